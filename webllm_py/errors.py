@@ -1,0 +1,77 @@
+"""One exception class per user-visible failure.
+
+Every message names what was wrong (the field, the file, the value) and what is allowed, so a user knows what to
+fix without reading our code. The class name is part of the contract: errors cross the worker boundary as
+``{name, message}`` and are raised again under the same name on the other side.
+"""
+
+from __future__ import annotations
+
+
+class WebLLMError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+# ---- model files ------------------------------------------------------------------------------------------------
+
+
+class GGUFError(WebLLMError):
+    """A GGUF file is truncated, corrupt or uses something we do not support.
+
+    ``source`` names the file (path or URL), ``offset`` the byte where reading failed, ``expected`` what should
+    have been there.
+    """
+
+    def __init__(self, source: str, offset: int, expected: str, found: str | None = None):
+        self.source = source
+        self.offset = offset
+        self.expected = expected
+        self.found = found
+        detail = f"; found {found}" if found is not None else ""
+        super().__init__(f"{source}: at byte offset {offset}: expected {expected}{detail}")
+
+
+class UnsupportedModelError(WebLLMError):
+    """The model's architecture or a tensor's quantization type is not one we can run."""
+
+
+class ModelNotFoundError(WebLLMError):
+    """A model id is not in the app config's model list."""
+
+
+class ModelDownloadError(WebLLMError):
+    """Fetching model weights failed (network, HTTP status, size mismatch)."""
+
+
+# ---- GPU ----------------------------------------------------------------------------------------------------------
+
+
+class WebGPUNotAvailableError(WebLLMError):
+    """No WebGPU adapter could be found on this machine or in this browser."""
+
+
+class DeviceLimitError(WebLLMError):
+    """The GPU adapter lacks a limit or a feature the model needs."""
+
+
+class DeviceLostError(WebLLMError):
+    """The GPU device was lost while the engine was using it."""
+
+
+# ---- conversation and requests --------------------------------------------------------------------------------------
+
+
+class UnknownChatTemplateError(WebLLMError):
+    """The GGUF's chat template is not one we recognize, and the caller passed none."""
+
+
+class ContextWindowSizeExceededError(WebLLMError):
+    """The prompt (plus what was already in the KV cache) does not fit the model's context window."""
+
+
+class InvalidRequestError(WebLLMError):
+    """A request field has a value outside what is allowed; the message names the field and the limit."""
+
+
+class EngineNotLoadedError(WebLLMError):
+    """A request was made before any model was loaded (call reload() or CreateMLCEngine first)."""
