@@ -75,3 +75,71 @@ class InvalidRequestError(WebLLMError):
 
 class EngineNotLoadedError(WebLLMError):
     """A request was made before any model was loaded (call reload() or CreateMLCEngine first)."""
+
+
+# ---- request validation (protocol.py) -------------------------------------------------------------------------------
+# Each subclass of InvalidRequestError is one kind of failure. ``field`` is the request field as the caller wrote it
+# (``temperature``, ``messages[2].content``), so a client can point at it without parsing the message.
+
+
+def _show(value: object) -> str:
+    """A short repr for error messages: a 5 MB prompt must not end up in a traceback."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class UnsupportedFieldError(InvalidRequestError):
+    """An OpenAI request field we do not implement (yet), or a field OpenAI does not have."""
+
+    def __init__(self, field: str, value: object, reason: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"`{field}` is not supported ({reason}); got {_show(value)}")
+
+
+class InvalidRangeError(InvalidRequestError):
+    """A numeric field is outside its allowed range, or a count is above its limit."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"`{field}` must be {allowed}; got {_show(value)}")
+
+
+class InvalidFieldTypeError(InvalidRequestError):
+    """A field has the wrong JSON type (e.g. ``seed`` is a float, ``stop`` is a number)."""
+
+    def __init__(self, field: str, value: object, expected: str):
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"`{field}` must be {expected}; got {_show(value)} ({type(value).__name__})")
+
+
+class FieldDependencyError(InvalidRequestError):
+    """A field is only allowed together with another (``stream_options`` needs ``stream=True``)."""
+
+    def __init__(self, field: str, requires: str):
+        self.field = field
+        self.requires = requires
+        super().__init__(f"`{field}` is only allowed when {requires}")
+
+
+class InvalidMessagesError(InvalidRequestError):
+    """``messages`` is missing, empty, or breaks a rule on roles, order or content."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        super().__init__(f"`{field}`: {reason}")
+
+
+class SpecifiedModelNotFoundError(InvalidRequestError):
+    """The request's ``model`` names a model other than the one this engine has loaded."""
+
+
+# ---- model files (download.py) --------------------------------------------------------------------------------------
+
+
+class ModelIntegrityError(ModelDownloadError):
+    """A downloaded file's sha256 or size differs from what the model record promises."""
