@@ -43,6 +43,15 @@ class ModelDownloadError(WebLLMError):
     """Fetching model weights failed (network, HTTP status, size mismatch)."""
 
 
+class TokenizerError(WebLLMError):
+    """The GGUF's vocabulary is inconsistent (an id out of range, a missing list), or a token id is invalid."""
+
+
+class UnsupportedTokenizerError(UnsupportedModelError):
+    """The GGUF's ``tokenizer.ggml.model`` or ``tokenizer.ggml.pre`` is not one we implement; the message names
+    the value and the supported ones."""
+
+
 # ---- GPU ----------------------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,313 @@
+"""Chat messages -> prompt text, with chat templates kept as data.
+
+A GGUF carries its chat template as Jinja source (``tokenizer.chat_template``). We do not run Jinja (it is not in
+Pyodide's standard library and a template is code); we recognize the template family by distinctive markers and
+render it with a :class:`ChatTemplate`, a frozen record of prefixes and suffixes. The output is byte-identical to
+what the Jinja template renders with Hugging Face's settings (``trim_blocks`` and ``lstrip_blocks``); the tests
+check that against ``jinja2`` for every family.
+
+Families: ChatML (SmolLM2, Qwen, ...), Llama-3 / 3.1 / 3.2, Llama-2 (``[INST]`` with ``<<SYS>>``), Zephyr
+(TinyLlama-Chat: ``<|user|>\\n...</s>``).
+
+BOS: some templates write the BOS token's text at the start (``bos_text``). Tokenize such a prompt with
+``parse_special=True`` and ``add_bos=False`` (or strip ``bos_text`` first and let the tokenizer add BOS, as
+llama.cpp's server does); either way the prompt starts with exactly one BOS.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import InvalidMessagesError, UnknownChatTemplateError
+
+ALLOWED_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One chat format as data. A turn renders as ``prefix + content + suffix`` for its role.
+
+    ``first_system_prefix``: used instead of ``system_prefix`` for a system message at position 0 (Llama-3.1 puts
+    its date lines there). ``default_system``: content of the system turn inserted when the first message is not a
+    system message (None: insert nothing). ``system_in_first_user``: Llama-2 has no system turn; the system message
+    is formatted with this (``{system}`` placeholder) and put in front of the first user message.
+    ``strip_content``: the template strips each message's content (Python ``str.strip``). ``alternate``: roles must
+    go user, assistant, user, ... (after an optional leading system message). ``date_format``: the template writes
+    today's date (``strftime_now``); ``{date}`` in the prefixes is replaced by it.
+    """
+
+    name: str
+    user_prefix: str
+    user_suffix: str
+    assistant_prefix: str
+    assistant_suffix: str
+    system_prefix: str = ""
+    system_suffix: str = ""
+    first_system_prefix: str | None = None
+    default_system: str | None = None
+    system_in_first_user: str | None = None
+    bos_text: str = ""
+    generation_prompt: str = ""
+    strip_content: bool = False
+    alternate: bool = False
+    date_format: str | None = None
+    # Text that ends the assistant's turn: generation stops there (as text, and as token when one exists).
+    stop_strings: tuple[str, ...] = ()
+    stop_token_texts: tuple[str, ...] = ()
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for ``messages`` (OpenAI shape: ``role`` and ``content``), as the Jinja template gives."""
+        msgs = [(m["role"], content) for m, content in zip(messages, _contents(messages), strict=True)]
+        if not msgs:
+            raise InvalidMessagesError("messages", "at least one message is required")
+
+        def clean(text: str) -> str:
+            return text.strip() if self.strip_content else text
+
+        date = time.strftime(self.date_format) if self.date_format else ""
+        out: list[str] = [self.bos_text]
+
+        system: str | None = None
+        if msgs[0][0] == "system":
+            system = msgs[0][1]
+            msgs = msgs[1:]
+        elif self.default_system is not None:
+            system = self.default_system
+
+        if self.system_in_first_user is not None:
+            # Llama-2: no system turn; the system text joins the first user message before stripping.
+            for i, (role, _) in enumerate(msgs):
+                if role != ("user" if i % 2 == 0 else "assistant"):
+                    raise InvalidMessagesError(
+                        f"messages[{i + (len(messages) - len(msgs))}].role",
+                        f"{self.name} needs roles to alternate user/assistant/user/... after an optional first "
+                        f"system message; got {role!r}",
+                    )
+            for i, (role, content) in enumerate(msgs):
+                if i == 0 and system is not None:
+                    content = self.system_in_first_user.replace("{system}", system) + content
+                if role == "user":
+                    out += [self.user_prefix, clean(content), self.user_suffix]
+                else:
+                    out += [self.assistant_prefix, clean(content), self.assistant_suffix]
+        else:
+            if system is not None:
+                prefix = (
+                    self.first_system_prefix if self.first_system_prefix is not None else self.system_prefix
+                )
+                out += [prefix.replace("{date}", date), clean(system), self.system_suffix]
+            offset = len(messages) - len(msgs)
+            for i, (role, content) in enumerate(msgs):
+                if self.alternate and role != ("user" if i % 2 == 0 else "assistant"):
+                    raise InvalidMessagesError(
+                        f"messages[{i + offset}].role",
+                        f"{self.name} needs roles to alternate user/assistant/user/...; got {role!r}",
+                    )
+                prefix, suffix = self._affixes(role)
+                out += [prefix, clean(content), suffix]
+        if add_generation_prompt:
+            out.append(self.generation_prompt)
+        return "".join(out)
+
+    def _affixes(self, role: str) -> tuple[str, str]:
+        if role == "user":
+            return self.user_prefix, self.user_suffix
+        if role == "assistant":
+            return self.assistant_prefix, self.assistant_suffix
+        return self.system_prefix, self.system_suffix
+
+
+def _contents(messages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each message's content as one string; checks roles and content types on the way."""
+    out: list[str] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise InvalidMessagesError(
+                f"messages[{i}]", f"must be an object with role and content; got {m!r}"
+            )
+        role = m.get("role")
+        if role not in ALLOWED_ROLES:
+            raise InvalidMessagesError(
+                f"messages[{i}].role", f"role {role!r} is not supported; allowed: {', '.join(ALLOWED_ROLES)}"
+            )
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, str):
+            out.append(content)
+            continue
+        if not isinstance(content, list):
+            raise InvalidMessagesError(
+                f"messages[{i}].content",
+                f"must be a string or a list of text parts; got {type(content).__name__}",
+            )
+        texts: list[str] = []
+        for j, part in enumerate(content):
+            if (
+                not isinstance(part, Mapping)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
+                raise InvalidMessagesError(
+                    f"messages[{i}].content[{j}]",
+                    f'only {{"type": "text", "text": ...}} parts are supported; got {kind!r}',
+                )
+            texts.append(part["text"])
+        # OpenAI concatenates text parts; we add no separator so nothing is invented.
+        out.append("".join(texts))
+    return out
+
+
+# ---- the known families -------------------------------------------------------------------------------------------
+
+
+def chatml(default_system: str | None = None, name: str = "chatml") -> ChatTemplate:
+    """ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; ``default_system`` as in SmolLM2 / Qwen."""
+    return ChatTemplate(
+        name=name,
+        system_prefix="<|im_start|>system\n",
+        system_suffix="<|im_end|>\n",
+        user_prefix="<|im_start|>user\n",
+        user_suffix="<|im_end|>\n",
+        assistant_prefix="<|im_start|>assistant\n",
+        assistant_suffix="<|im_end|>\n",
+        default_system=default_system,
+        generation_prompt="<|im_start|>assistant\n",
+        stop_strings=("<|im_end|>",),
+        stop_token_texts=("<|im_end|>",),
+    )
+
+
+_L3_HEADER = "<|start_header_id|>{}<|end_header_id|>\n\n"
+
+# meta-llama/Meta-Llama-3-8B-Instruct: every message "<|start_header_id|>role<|end_header_id|>\n\n" + trim + eot.
+LLAMA_3 = ChatTemplate(
+    name="llama-3",
+    system_prefix=_L3_HEADER.format("system"),
+    system_suffix="<|eot_id|>",
+    user_prefix=_L3_HEADER.format("user"),
+    user_suffix="<|eot_id|>",
+    assistant_prefix=_L3_HEADER.format("assistant"),
+    assistant_suffix="<|eot_id|>",
+    bos_text="<|begin_of_text|>",
+    generation_prompt=_L3_HEADER.format("assistant"),
+    strip_content=True,
+    stop_strings=("<|eot_id|>",),
+    stop_token_texts=("<|eot_id|>", "<|eom_id|>"),
+)
+
+# Llama-3.1 (and 3.2, which writes today's date): a system turn always comes first, with knowledge/date lines.
+_L31_SYSTEM = _L3_HEADER.format("system") + "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
+LLAMA_3_1 = ChatTemplate(
+    name="llama-3.1",
+    system_prefix=_L3_HEADER.format("system"),
+    system_suffix="<|eot_id|>",
+    first_system_prefix=_L31_SYSTEM.replace("{date}", "26 Jul 2024"),
+    default_system="",
+    user_prefix=_L3_HEADER.format("user"),
+    user_suffix="<|eot_id|>",
+    assistant_prefix=_L3_HEADER.format("assistant"),
+    assistant_suffix="<|eot_id|>",
+    bos_text="<|begin_of_text|>",
+    generation_prompt=_L3_HEADER.format("assistant"),
+    strip_content=True,
+    stop_strings=("<|eot_id|>",),
+    stop_token_texts=("<|eot_id|>", "<|eom_id|>"),
+)
+LLAMA_3_2 = replace(LLAMA_3_1, name="llama-3.2", first_system_prefix=_L31_SYSTEM, date_format="%d %b %Y")
+
+# meta-llama/Llama-2-7b-chat-hf: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>".
+LLAMA_2 = ChatTemplate(
+    name="llama-2",
+    user_prefix="<s>[INST] ",
+    user_suffix=" [/INST]",
+    assistant_prefix=" ",
+    assistant_suffix=" </s>",
+    system_in_first_user="<<SYS>>\n{system}\n<</SYS>>\n\n",
+    strip_content=True,
+    alternate=True,
+    stop_strings=("</s>",),
+    stop_token_texts=("</s>",),
+)
+
+# HuggingFaceH4/zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0: "<|role|>\n{content}</s>\n", prompt "<|assistant|>\n".
+ZEPHYR = ChatTemplate(
+    name="zephyr",
+    system_prefix="<|system|>\n",
+    system_suffix="</s>\n",
+    user_prefix="<|user|>\n",
+    user_suffix="</s>\n",
+    assistant_prefix="<|assistant|>\n",
+    assistant_suffix="</s>\n",
+    generation_prompt="<|assistant|>\n",
+    stop_strings=("</s>",),
+    stop_token_texts=("</s>",),
+)
+
+CHATML = chatml()
+
+TEMPLATES: dict[str, ChatTemplate] = {
+    t.name: t for t in (CHATML, LLAMA_3, LLAMA_3_1, LLAMA_3_2, LLAMA_2, ZEPHYR)
+}
+
+# A ChatML default system prompt, written literally in the template: '<|im_start|>system\n...<|im_end|>'
+# (the newline is a real one or a Jinja "\n" escape). A capture with Jinja syntax in it is an expression, not text.
+_CHATML_DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", re.DOTALL)
+
+
+def _chatml_default_system(template: str) -> str | None:
+    if "loop.first" not in template and "messages[0]" not in template:
+        return None  # the template never looks at the first message, so it cannot insert a default
+    for m in _CHATML_DEFAULT_SYSTEM.finditer(template):
+        text = m.group(1)
+        if not any(c in text for c in "'\"{}+"):
+            return text.replace("\\n", "\n")
+    return None
+
+
+def recognize(gguf_template: str) -> ChatTemplate | None:
+    """The template family of a GGUF chat template, from its markers; None when we do not know it."""
+    t = gguf_template
+    if "<|im_start|>" in t and "<|im_end|>" in t:
+        return chatml(_chatml_default_system(t))
+    if "<|start_header_id|>" in t and "<|eot_id|>" in t:
+        if "Cutting Knowledge Date" in t:
+            return LLAMA_3_2 if "strftime_now" in t else LLAMA_3_1
+        return LLAMA_3
+    if "[INST]" in t and "<<SYS>>" in t:
+        return LLAMA_2
+    if "<|user|>" in t and "<|assistant|>" in t and "eos_token" in t and "<|end|>" not in t:
+        return ZEPHYR
+    return None
+
+
+def get_chat_template(gguf_template: str | None, override: str | ChatTemplate | None = None) -> ChatTemplate:
+    """The ChatTemplate to use: ``override`` (a name from :data:`TEMPLATES` or an instance) wins, else the family
+    recognized from the GGUF's ``tokenizer.chat_template``."""
+    if isinstance(override, ChatTemplate):
+        return override
+    if override is not None:
+        if override not in TEMPLATES:
+            raise UnknownChatTemplateError(
+                f"chat_template={override!r} is not a template name we know; known: {', '.join(TEMPLATES)}"
+            )
+        return TEMPLATES[override]
+    found = recognize(gguf_template) if gguf_template else None
+    if found is not None:
+        return found
+    shown = (
+        "the GGUF has no tokenizer.chat_template"
+        if not gguf_template
+        else f"the GGUF's chat template is not one we recognize: {gguf_template[:200]!r}"
+        + (" ..." if len(gguf_template) > 200 else "")
+    )
+    raise UnknownChatTemplateError(
+        f"{shown}. Pass one explicitly: chat_template=<name> when loading the model (or the model record's "
+        f"chat_template override), with a name from: {', '.join(TEMPLATES)}; or a "
+        "webllm_py.conversation.ChatTemplate instance."
+    )

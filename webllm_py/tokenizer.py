@@ -1,0 +1,635 @@
+"""Text <-> token ids for the vocabularies stored in GGUF files, in pure Python (stdlib only: it runs in Pyodide).
+
+Two vocabulary kinds, chosen by ``tokenizer.ggml.model``:
+
+* ``gpt2``: byte-level BPE. The text is split into pre-tokens by a regex chosen by ``tokenizer.ggml.pre``, each
+  pre-token's UTF-8 bytes are mapped to printable characters (GPT-2's byte alphabet, space -> ``Ġ``), and the
+  merges (``tokenizer.ggml.merges``, lower index = applied first) join neighbouring symbols.
+* ``llama``: SentencePiece BPE. Spaces become ``▁``, a ``▁`` is put in front of the text, and the pair whose merged
+  text has the highest vocabulary score is joined first; characters with no token fall back to ``<0xNN>`` bytes.
+
+Everything follows llama.cpp's ``llama-vocab.cpp`` / ``unicode.cpp`` (not HF ``tokenizers``), because the goldens
+come from llama.cpp and the models were converted for it:
+
+* special tokens (CONTROL, USER_DEFINED, UNKNOWN) are cut out of the text first, longest first, every occurrence;
+  with ``parse_special=False`` only USER_DEFINED ones are;
+* llama.cpp's pre-tokenizers are hand-written loops over Unicode *flags* (letter, number, whitespace from its own
+  table). Our regexes below reproduce those loops, not the HF regexes; they differ at the edges (``\\s`` is
+  llama.cpp's whitespace set, chunk ends act like end of text);
+* ``\\p{L}`` / ``\\p{N}`` do not exist in stdlib ``re``: we build the classes once from ``unicodedata``.
+
+Speed: BPE results are cached per pre-token (a bounded dict), merges are a dict ``(left, right) -> rank``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from .errors import TokenizerError, UnsupportedTokenizerError
+
+# GGUF token types (``tokenizer.ggml.token_type``), from llama.cpp's ``llama_token_type``.
+TOKEN_NORMAL = 1
+TOKEN_UNKNOWN = 2
+TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
+TOKEN_UNUSED = 5
+TOKEN_BYTE = 6
+
+# Token texts that end a turn or the text. llama.cpp marks these as end-of-generation and forces them to CONTROL
+# even where the converter forgot to (llama-vocab.cpp, "auto-detect special tokens by text").
+EOT_TEXTS = (
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "<end_of_utterance>",
+)
+
+# A pre-token cache larger than this is cleared: chat prompts repeat a few thousand distinct words at most.
+_CACHE_MAX = 50_000
+# Words up to this many symbols use the simple O(n^2) merge loop; longer ones (long runs of spaces, base64) a heap.
+_SHORT_WORD = 24
+
+
+# ---- Unicode classes ---------------------------------------------------------------------------------------------
+
+# llama.cpp's whitespace set (unicode-data.cpp ``unicode_set_whitespace``): Unicode White_Space. It is NOT what
+# ``str.isspace`` / ``re``'s ``\s`` accept (those add U+001C..U+001F), so we never use ``\s``.
+_WHITESPACE = [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B)] + [
+    0x2028,
+    0x2029,
+    0x202F,
+    0x205F,
+    0x3000,
+]
+
+# Code points past these ranges are unassigned (Cn), tags (Cf) or private use (Co) in every Unicode version Python
+# ships, so none of them is a letter or a number; skipping them makes the one-time scan ~4x faster.
+_SCAN_LIMITS = ((0, 0x40000), (0xE0000, 0xE0200))
+
+
+def _class_body(codepoints: Iterable[int]) -> str:
+    """Sorted code points -> the inside of a ``re`` character class, as ``\\uXXXX`` ranges (no raw characters)."""
+
+    def esc(cp: int) -> str:
+        return f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}"
+
+    parts: list[str] = []
+    start = prev = None
+    for cp in codepoints:
+        if prev is not None and cp == prev + 1:
+            prev = cp
+            continue
+        if start is not None:
+            parts.append(esc(start) if start == prev else f"{esc(start)}-{esc(prev)}")
+        start = prev = cp
+    if start is not None:
+        parts.append(esc(start) if start == prev else f"{esc(start)}-{esc(prev)}")
+    return "".join(parts)
+
+
+@cache
+def _unicode_classes() -> dict[str, str]:
+    """Class bodies for letters (L), numbers (N) and whitespace (W), built once per process (~0.1 s)."""
+    letters: list[int] = []
+    numbers: list[int] = []
+    category = unicodedata.category
+    for lo, hi in _SCAN_LIMITS:
+        for cp in range(lo, hi):
+            c = category(chr(cp))[0]
+            if c == "L":
+                letters.append(cp)
+            elif c == "N":
+                numbers.append(cp)
+    return {"L": _class_body(letters), "N": _class_body(numbers), "W": _class_body(sorted(_WHITESPACE))}
+
+
+# ---- pre-tokenizers ----------------------------------------------------------------------------------------------
+# Each is ONE regex used with findall. Every character belongs to exactly one of letter (L), number (N),
+# whitespace (W) or other (O = none of them), and every alternative set covers all four, so findall never skips
+# text. The comments give llama.cpp's regex; the pattern reproduces its hand-written loop in unicode.cpp.
+
+# gpt2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+_GPT2 = r"'(?:[stmd]|re|ve|ll)| ?[{L}]+| ?[{N}]+| ?[^{W}{L}{N}]+|[{W}]+(?![^{W}])|[{W}]+"
+
+# smollm / starcoder: two passes, "\p{N}" (every number char alone), then gpt2 inside each remaining chunk. A chunk
+# ends at a digit, so a whitespace run right before a digit is taken whole (the gpt2 loop treats chunk end as end
+# of text): that is the first whitespace alternative. Spaces never join a digit (" 1" -> " ", "1").
+_SMOLLM = r"[{N}]|'(?:[stmd]|re|ve|ll)| ?[{L}]+| ?[^{W}{L}{N}]+|[{W}]+(?=[{N}]|\Z)|[{W}]+(?![^{W}])|[{W}]+"
+
+# llama3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+
+#         |\s+(?!\S)|\s+
+_LLAMA3 = (
+    r"'(?:[sStTmMdD]|[rR][eE]|[vV][eE]|[lL][lL])|[^\r\n{L}{N}]?[{L}]+|[{N}]{{1,3}}| ?[^{W}{L}{N}]+[\r\n]*"
+    r"|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
+)
+
+# qwen2: as llama3 but every number char alone (\p{N} instead of \p{N}{1,3}).
+_QWEN2 = (
+    r"'(?:[sStTmMdD]|[rR][eE]|[vV][eE]|[lL][lL])|[^\r\n{L}{N}]?[{L}]+|[{N}]| ?[^{W}{L}{N}]+[\r\n]*"
+    r"|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
+)
+
+# tokenizer.ggml.pre -> (pattern, ignore_merges). Names are llama.cpp's; each group shares one regex there.
+# ignore_merges: a pre-token that is itself a vocabulary entry is emitted whole (llama.cpp does it for llama3).
+_PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
+    "smollm": (_SMOLLM, False),
+    "starcoder": (_SMOLLM, False),
+    "refact": (_SMOLLM, False),
+    "codeshell": (_SMOLLM, False),
+    "llama-bpe": (_LLAMA3, True),
+    "llama3": (_LLAMA3, True),
+    "llama-v3": (_LLAMA3, True),
+    "falcon3": (_LLAMA3, True),
+    "pixtral": (_LLAMA3, True),
+    "qwen2": (_QWEN2, False),
+    "deepseek-r1-qwen": (_QWEN2, False),
+    "stablelm2": (_QWEN2, False),
+    "gpt-2": (_GPT2, False),
+    "gpt2": (_GPT2, False),
+    "phi-2": (_GPT2, False),
+    "mpt": (_GPT2, False),
+    "olmo": (_GPT2, False),
+}
+
+SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
+SUPPORTED_MODELS = ("gpt2", "llama")
+
+
+@cache
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern.format(**_unicode_classes()))
+
+
+def pre_tokenize(text: str, pre: str) -> list[str]:
+    """Split ``text`` (no special tokens in it) the way llama.cpp's pre-tokenizer ``pre`` does."""
+    if pre not in _PRE_TOKENIZERS:
+        raise UnsupportedTokenizerError(_unknown_pre_message(pre))
+    return _compile(_PRE_TOKENIZERS[pre][0]).findall(text)
+
+
+def _unknown_pre_message(pre: object) -> str:
+    return (
+        f"tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer we support; supported: "
+        f"{', '.join(SUPPORTED_PRE_TOKENIZERS)}"
+    )
+
+
+# ---- GPT-2 byte alphabet -----------------------------------------------------------------------------------------
+
+
+@cache
+def _byte_alphabet() -> tuple[str, dict[str, int]]:
+    """GPT-2's byte <-> printable character map: printable Latin-1 bytes map to themselves, the 68 others to
+    U+0100.. in byte order. Returns (256-char translation table indexed by byte, char -> byte)."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = [""] * 256
+    n = 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return "".join(table), {c: b for b, c in enumerate(table)}
+
+
+# ---- the tokenizer -----------------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """A GGUF vocabulary: ``encode`` text to ids, ``decode`` ids to text, ``stream_decoder`` for generation."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        tokens: Sequence[str],
+        token_types: Sequence[int] | None = None,
+        merges: Sequence[str] | None = None,
+        scores: Sequence[float] | None = None,
+        pre: str | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        eot_id: int | None = None,
+        add_bos: bool = False,
+        add_space_prefix: bool = True,
+    ):
+        if model not in SUPPORTED_MODELS:
+            raise UnsupportedTokenizerError(
+                f"tokenizer.ggml.model = {model!r} is not a tokenizer we support; supported: "
+                f"{', '.join(SUPPORTED_MODELS)}"
+            )
+        self.model = model
+        self._tokens: list[str] = list(tokens)
+        n = len(self._tokens)
+        types = list(token_types) if token_types is not None else [TOKEN_NORMAL] * n
+        if len(types) < n:
+            raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
+        # Later duplicates win, as in llama.cpp's token_to_id map.
+        self._vocab: dict[str, int] = {t: i for i, t in enumerate(self._tokens)}
+        for text in EOT_TEXTS:
+            i = self._vocab.get(text)
+            if i is not None and types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED, TOKEN_UNUSED):
+                types[i] = TOKEN_CONTROL
+        self._types = types
+
+        def check_id(name: str, i: int | None) -> int | None:
+            if i is None:
+                return None
+            if not 0 <= i < n:
+                raise TokenizerError(f"{name} = {i} is outside the vocabulary (0..{n - 1})")
+            return i
+
+        self._bos_id = check_id("tokenizer.ggml.bos_token_id", bos_id)
+        self._eos_id = check_id("tokenizer.ggml.eos_token_id", eos_id)
+        self.add_bos = add_bos
+        eot = {self._vocab[t] for t in EOT_TEXTS if t in self._vocab}
+        for i in (self._eos_id, check_id("tokenizer.ggml.eot_token_id", eot_id)):
+            if i is not None:
+                eot.add(i)
+        self._eot_ids = frozenset(eot)
+
+        # Special tokens, longest text first (llama.cpp's cache_special_tokens order; ties by id for determinism).
+        special = [i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)]
+        special.sort(key=lambda i: (-len(self._tokens[i].encode()), i))
+        self._special_all = [(self._tokens[i], i) for i in special if self._tokens[i]]
+        self._special_user = [(t, i) for t, i in self._special_all if types[i] == TOKEN_USER_DEFINED]
+
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._piece_cache: dict[int, bytes] = {}
+        if model == "gpt2":
+            if pre is None:
+                raise UnsupportedTokenizerError(
+                    "the GGUF has no tokenizer.ggml.pre (pre-tokenizer name); supported: "
+                    + ", ".join(SUPPORTED_PRE_TOKENIZERS)
+                )
+            if pre not in _PRE_TOKENIZERS:
+                raise UnsupportedTokenizerError(_unknown_pre_message(pre))
+            if merges is None:
+                raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
+            self.pre: str | None = pre
+            pattern, self._ignore_merges = _PRE_TOKENIZERS[pre]
+            self._splitter = _compile(pattern)
+            self._ranks: dict[tuple[str, str], int] = {}
+            for rank, merge in enumerate(merges):
+                # llama.cpp splits at the first space after the first character (a merge never starts with one).
+                cut = merge.find(" ", 1)
+                pair = (merge[:cut], merge[cut + 1 :]) if cut >= 0 else ("", "")
+                self._ranks.setdefault(pair, rank)
+            self._byte_table, self._byte_of_char = _byte_alphabet()
+        else:
+            self.pre = None
+            self._add_space_prefix = add_space_prefix
+            self._scores = list(scores) if scores is not None else [0.0] * n
+            self._byte_tokens = [self._vocab.get(f"<0x{b:02X}>") for b in range(256)]
+
+    # ---- construction ----
+
+    @classmethod
+    def from_gguf(cls, metadata: Mapping[str, Any], *, add_bos: bool | None = None) -> Tokenizer:
+        """Build from a GGUF metadata dict (``GGUFFile.metadata``). ``add_bos`` overrides the file's choice."""
+        model = metadata.get("tokenizer.ggml.model")
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        if model is None or tokens is None:
+            raise TokenizerError(
+                "the GGUF has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)"
+            )
+        if model == "llama":
+            # llama.cpp's SPM defaults: BOS 1, EOS 2, add BOS, add a space prefix.
+            default_bos, default_eos, default_add_bos = 1, 2, True
+        else:
+            default_bos, default_eos, default_add_bos = 11, 11, False
+        n = len(tokens)
+        bos = metadata.get("tokenizer.ggml.bos_token_id", default_bos)
+        eos = metadata.get("tokenizer.ggml.eos_token_id", default_eos)
+        if add_bos is None:
+            add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
+        return cls(
+            model=model,
+            tokens=tokens,
+            token_types=metadata.get("tokenizer.ggml.token_type"),
+            merges=metadata.get("tokenizer.ggml.merges"),
+            scores=metadata.get("tokenizer.ggml.scores"),
+            pre=metadata.get("tokenizer.ggml.pre"),
+            bos_id=bos if bos is not None and 0 <= bos < n else None,
+            eos_id=eos if eos is not None and 0 <= eos < n else None,
+            eot_id=metadata.get("tokenizer.ggml.eot_token_id"),
+            add_bos=add_bos,
+            add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)),
+        )
+
+    # ---- vocabulary ----
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._eos_id
+
+    @property
+    def eot_ids(self) -> frozenset[int]:
+        """Ids that end generation: EOS plus end-of-turn tokens (``<|im_end|>``, ``<|eot_id|>``, ...)."""
+        return self._eot_ids
+
+    def token_to_id(self, text: str) -> int | None:
+        """The id of the token whose vocabulary text is ``text`` (GPT-2 alphabet for gpt2: ``"Ġthe"``), or None."""
+        return self._vocab.get(text)
+
+    def id_to_token(self, token_id: int) -> str:
+        """The vocabulary text of ``token_id`` (as stored: ``"Ġthe"``, ``"▁the"``, ``"<|im_end|>"``)."""
+        if not 0 <= token_id < len(self._tokens):
+            raise TokenizerError(
+                f"token id {token_id} is outside the vocabulary (0..{len(self._tokens) - 1})"
+            )
+        return self._tokens[token_id]
+
+    def is_special(self, token_id: int) -> bool:
+        """True for CONTROL and UNKNOWN tokens: the ones ``decode(skip_special=True)`` leaves out."""
+        return self._types[token_id] in (TOKEN_CONTROL, TOKEN_UNKNOWN)
+
+    # ---- encode ----
+
+    def encode(self, text: str, *, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
+        """Text -> ids, as llama.cpp's ``llama_tokenize(text, add_special=add_bos, parse_special)``.
+
+        ``parse_special``: control tokens written in the text (``<|im_start|>``) become their ids; when False they
+        are tokenized as plain text (user-defined tokens are still matched, as in llama.cpp).
+        """
+        if add_bos is None:
+            add_bos = self.add_bos
+        out: list[int] = []
+        if add_bos:
+            if self._bos_id is None:
+                raise TokenizerError("add_bos=True but this vocabulary has no BOS token")
+            out.append(self._bos_id)
+        if not text:
+            return out
+        fragments = self._split_special(text, parse_special)
+        if self.model == "gpt2":
+            for frag in fragments:
+                if isinstance(frag, int):
+                    out.append(frag)
+                else:
+                    self._encode_bpe(frag, out)
+        else:
+            prev_special = True
+            for frag in fragments:
+                if isinstance(frag, int):
+                    out.append(frag)
+                    prev_special = True
+                else:
+                    if self._add_space_prefix and prev_special:
+                        frag = " " + frag
+                    self._encode_spm(frag.replace(" ", "\u2581"), out)
+                    prev_special = False
+        return out
+
+    def _split_special(self, text: str, parse_special: bool) -> list[str | int]:
+        """Cut special-token texts out of ``text``: for each special token, longest first, every occurrence in
+        every remaining text fragment (llama.cpp's tokenizer_st_partition)."""
+        specials = self._special_all if parse_special else self._special_user
+        fragments: list[str | int] = [text]
+        for stext, sid in specials:
+            if stext not in text:  # cheap C-level test; most special tokens never occur
+                continue
+            new: list[str | int] = []
+            for frag in fragments:
+                if isinstance(frag, int) or stext not in frag:
+                    new.append(frag)
+                    continue
+                pieces = frag.split(stext)
+                for k, piece in enumerate(pieces):
+                    if k:
+                        new.append(sid)
+                    if piece:
+                        new.append(piece)
+            fragments = new
+        return fragments
+
+    def _encode_bpe(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        for word in self._splitter.findall(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._bpe_word(word)
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[word] = ids
+            out.extend(ids)
+
+    def _bpe_word(self, word: str) -> tuple[int, ...]:
+        """One pre-token -> ids: byte-encode, merge by rank (leftmost first on ties), look the pieces up."""
+        encoded = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
+        vocab = self._vocab
+        if self._ignore_merges and encoded in vocab:
+            return (vocab[encoded],)
+        if len(encoded) <= _SHORT_WORD:
+            symbols = _merge_short(list(encoded), self._ranks)
+        else:
+            symbols = _merge_long(list(encoded), self._ranks)
+        ids: list[int] = []
+        for sym in symbols:
+            i = vocab.get(sym)
+            if i is not None:
+                ids.append(i)
+            else:
+                # A merge product missing from the vocabulary: emit its bytes one by one (llama.cpp does too).
+                ids.extend(vocab[c] for c in sym if c in vocab)
+        return tuple(ids)
+
+    def _encode_spm(self, text: str, out: list[int]) -> None:
+        """SentencePiece BPE on one fragment (spaces already ``▁``): llama.cpp's llm_tokenizer_spm_session."""
+        vocab, scores = self._vocab, self._scores
+        syms: list[str] = list(text)
+        n = len(syms)
+        nxt = list(range(1, n)) + [-1]
+        prv = list(range(-1, n - 1))
+        heap: list[tuple[float, int, int, int]] = []
+        # rev_merge: text -> (left, right) of the last bigram pushed with that text, to re-split unknown symbols.
+        rev: dict[str, tuple[int, int]] = {}
+
+        def push(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            merged = syms[left] + syms[right]
+            tid = vocab.get(merged)
+            if tid is None:
+                return
+            # Highest score first, then leftmost; size detects a stale entry.
+            heapq.heappush(heap, (-scores[tid], left, right, len(merged.encode())))
+            rev[merged] = (left, right)
+
+        for i in range(n - 1):
+            push(i, i + 1)
+        sizes = [len(s.encode()) for s in syms]
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if sizes[left] == 0 or sizes[right] == 0 or sizes[left] + sizes[right] != size:
+                continue
+            syms[left] += syms[right]
+            sizes[left] += sizes[right]
+            sizes[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prv[nxt[right]] = left
+            push(prv[left], left)
+            push(left, nxt[left])
+
+        byte_tokens = self._byte_tokens
+
+        def resegment(i: int) -> None:
+            tid = vocab.get(syms[i])
+            if tid is not None:
+                out.append(tid)
+                return
+            pair = rev.get(syms[i])
+            if pair is None:
+                for b in syms[i].encode():
+                    bt = byte_tokens[b]
+                    if bt is not None:
+                        out.append(bt)
+                return
+            resegment(pair[0])
+            resegment(pair[1])
+
+        i = 0 if n else -1
+        while i != -1:
+            resegment(i)
+            i = nxt[i]
+
+    # ---- decode ----
+
+    def token_bytes(self, token_id: int, *, skip_special: bool = False) -> bytes:
+        """The bytes one token stands for (llama.cpp's ``token_to_piece``, no space stripping).
+
+        CONTROL / UNKNOWN tokens give their text, or nothing with ``skip_special``; USER_DEFINED tokens always
+        give their text; UNUSED tokens give nothing. A piece may be part of a UTF-8 character.
+        """
+        ttype = self._types[token_id]
+        if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN):
+            return b"" if skip_special else self._tokens[token_id].encode()
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            piece = self._piece(token_id, ttype)
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def _piece(self, token_id: int, ttype: int) -> bytes:
+        text = self._tokens[token_id]
+        if ttype == TOKEN_USER_DEFINED:
+            return text.encode()
+        if ttype == TOKEN_BYTE:
+            return bytes([int(text[3:5], 16)]) if len(text) == 6 and text.startswith("<0x") else b""
+        if ttype != TOKEN_NORMAL:
+            return b""
+        if self.model == "llama":
+            return text.replace("\u2581", " ").encode()
+        byte_of = self._byte_of_char
+        # A character outside the byte alphabet cannot come from byte-level BPE; keep it as UTF-8 rather than fail.
+        return b"".join(bytes([byte_of[c]]) if c in byte_of else c.encode() for c in text)
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Ids -> text. Bytes that are not valid UTF-8 become U+FFFD, as llama.cpp's detokenizer output does when
+        read with ``errors="replace"``."""
+        return b"".join(self.token_bytes(i, skip_special=skip_special) for i in ids).decode(
+            "utf-8", "replace"
+        )
+
+    def stream_decoder(self, *, skip_special: bool = False) -> StreamDecoder:
+        """A decoder for tokens arriving one at a time that never emits half a character."""
+        return StreamDecoder(self, skip_special=skip_special)
+
+
+class StreamDecoder:
+    """Turns token ids into text as they are generated, holding the bytes of an unfinished UTF-8 character.
+
+    A token can end inside a character (emoji and CJK are often split over 2-4 byte tokens), so ``push`` returns
+    only complete characters; ``flush`` returns what is left (a dangling partial character becomes U+FFFD).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, skip_special: bool = False):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        # The stdlib incremental UTF-8 decoder holds incomplete sequences and replaces invalid bytes exactly as a
+        # one-shot decode(errors="replace") of the whole byte string would.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._decoder.decode(self._tokenizer.token_bytes(token_id, skip_special=self._skip_special))
+
+    def flush(self) -> str:
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+
+
+# ---- BPE merge loops ---------------------------------------------------------------------------------------------
+
+
+def _merge_short(syms: list[str], ranks: Mapping[tuple[str, str], int]) -> list[str]:
+    """Repeatedly join the adjacent pair with the lowest rank, leftmost first. Fast for short words."""
+    get = ranks.get
+    while len(syms) > 1:
+        best_rank = None
+        best = -1
+        for i in range(len(syms) - 1):
+            r = get((syms[i], syms[i + 1]))
+            if r is not None and (best_rank is None or r < best_rank):
+                best_rank = r
+                best = i
+        if best < 0:
+            break
+        syms[best : best + 2] = [syms[best] + syms[best + 1]]
+    return syms
+
+
+def _merge_long(syms: list[str], ranks: Mapping[tuple[str, str], int]) -> list[str]:
+    """Same result as ``_merge_short`` in O(n log n): llama.cpp's priority queue of (rank, left) with a linked list;
+    a popped pair whose symbols changed since it was pushed is stale and skipped."""
+    n = len(syms)
+    nxt = list(range(1, n)) + [-1]
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap: list[tuple[int, int, int, str, str]] = []
+    get = ranks.get
+    for i in range(n - 1):
+        r = get((syms[i], syms[i + 1]))
+        if r is not None:
+            heap.append((r, i, i + 1, syms[i], syms[i + 1]))
+    heapq.heapify(heap)
+    while heap:
+        _, left, right, ltext, rtext = heapq.heappop(heap)
+        if not alive[left] or not alive[right] or syms[left] != ltext or syms[right] != rtext:
+            continue
+        syms[left] = ltext + rtext
+        alive[right] = False
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prv[nxt[right]] = left
+        p, q = prv[left], nxt[left]
+        if p >= 0:
+            r = get((syms[p], syms[left]))
+            if r is not None:
+                heapq.heappush(heap, (r, p, left, syms[p], syms[left]))
+        if q >= 0:
+            r = get((syms[left], syms[q]))
+            if r is not None:
+                heapq.heappush(heap, (r, left, q, syms[left], syms[q]))
+    return [s for s, a in zip(syms, alive, strict=True) if a]
