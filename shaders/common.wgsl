@@ -1,0 +1,125 @@
+// Shared definitions for every kernel.
+//
+// Defines every includer sets: WG (threads per workgroup, a power of two).
+// The registry also sets SG_ARGS (extra entry-point parameters) and SG_INIT (a statement copying them to the
+// private sg_* variables): write `fn main(..., lid: u32 SG_ARGS) { SG_INIT ... }` in every kernel.
+// Optional: SUBGROUPS (use subgroupAdd/subgroupMax for reductions), F16 (the f16 tier: KV cache stored as f16).
+//
+// Subgroup code never assumes a subgroup size: a reduction adds within each subgroup, then combines one partial per
+// subgroup through workgroup memory. It relies on subgroups being contiguous runs of local_invocation_index, which
+// the device probe checks at start-up (the engine falls back to the tree reductions where it fails).
+
+// Per-step scalars, written by the host before each prefill chunk and advanced on the GPU by the sampler, so that a
+// decode step needs no host write at all.
+struct State {
+  pos: u32,       // sequence position of this step's first token
+  n_tokens: u32,  // tokens in this step: the prefill chunk length, 1 when decoding
+  step: u32,      // sampled tokens so far in this request (the random stream's position)
+  _pad: u32,
+}
+
+#ifdef F16
+alias KV_T = f16;
+#else
+alias KV_T = f32;
+#endif
+
+var<workgroup> red_f32: array<f32, WG>;
+var<private> sg_size_p: u32 = 1u;   // subgroup size, copied from the entry point's builtin
+var<private> sg_lane_p: u32 = 0u;   // this invocation's index in its subgroup
+
+// Sum of v over the whole workgroup, returned to every invocation. Call from workgroup-uniform control flow.
+fn wg_sum(v: f32, lid: u32) -> f32 {
+#ifdef SUBGROUPS
+  let s = subgroupAdd(v);
+  if (sg_lane_p == 0u) {
+    red_f32[lid / sg_size_p] = s;
+  }
+  workgroupBarrier();
+  var total = 0.0;
+  let n = WG / sg_size_p;
+  for (var i = 0u; i < n; i++) {
+    total += red_f32[i];
+  }
+  workgroupBarrier();
+  return total;
+#else
+  red_f32[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      red_f32[lid] += red_f32[lid + s];
+    }
+    workgroupBarrier();
+  }
+  let total = red_f32[0];
+  workgroupBarrier();
+  return total;
+#endif
+}
+
+// Maximum of v over the whole workgroup, returned to every invocation.
+fn wg_max(v: f32, lid: u32) -> f32 {
+#ifdef SUBGROUPS
+  let s = subgroupMax(v);
+  if (sg_lane_p == 0u) {
+    red_f32[lid / sg_size_p] = s;
+  }
+  workgroupBarrier();
+  var m = red_f32[0];
+  let n = WG / sg_size_p;
+  for (var i = 1u; i < n; i++) {
+    m = max(m, red_f32[i]);
+  }
+  workgroupBarrier();
+  return m;
+#else
+  red_f32[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      red_f32[lid] = max(red_f32[lid], red_f32[lid + s]);
+    }
+    workgroupBarrier();
+  }
+  let m = red_f32[0];
+  workgroupBarrier();
+  return m;
+#endif
+}
+
+// Sum of a vec4 over the workgroup (four row partials of a matrix-vector product at once), to every invocation.
+var<workgroup> red_v4: array<vec4<f32>, WG>;
+
+fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
+#ifdef SUBGROUPS
+  let s = subgroupAdd(v);
+  if (sg_lane_p == 0u) {
+    red_v4[lid / sg_size_p] = s;
+  }
+  workgroupBarrier();
+  var total = vec4<f32>(0.0);
+  let n = WG / sg_size_p;
+  for (var i = 0u; i < n; i++) {
+    total += red_v4[i];
+  }
+  workgroupBarrier();
+  return total;
+#else
+  red_v4[lid] = v;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      red_v4[lid] += red_v4[lid + s];
+    }
+    workgroupBarrier();
+  }
+  let total = red_v4[0];
+  workgroupBarrier();
+  return total;
+#endif
+}
+
+fn silu(x: f32) -> f32 {
+  return x / (1.0 + exp(-x));
+}

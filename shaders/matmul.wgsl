@@ -1,0 +1,223 @@
+// Quantized matrix products out = W x with fused prologue and epilogues, for every linear layer of the model.
+//
+// Variants (defines):
+//   GEMV      decode: one token (the last of the step), R = 4 rows per workgroup, K split across WG invocations.
+//   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
+//   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
+//   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
+//             result is scaled by 1 / sqrt(mean(x^2) + eps) at the end (the norm is linear in W x).
+//   EPI       what happens to each result:
+//               STORE  out[t, n] = y
+//               ADD    out[t, n] += y (the residual stream; each element written by one invocation)
+//               QKV    rows [0, n_q) are queries: RoPE, then out[t, n]; rows [n_q, n_q + n_kv) are keys: RoPE, then
+//                      the K cache at position pos + t; the remaining n_kv rows are values: the V cache.
+//               SILU   rows come in (gate, up) pairs (interleaved at repack): out[t, n / 2] = silu(gate) * up
+
+#include "common.wgsl"
+#include "weights.wgsl"
+
+struct Params {
+  n_rows: u32,      // N: output rows of W
+  k_blocks: u32,    // K / 32: blocks per row of W (K = input features)
+  x_stride: u32,    // elements between consecutive tokens of x
+  out_stride: u32,  // elements between consecutive tokens of out
+  eps: f32,         // RMSNorm epsilon (NORM)
+  n_q: u32,         // QKV: query rows (n_heads * head_dim)
+  n_kv: u32,        // QKV: key rows = value rows (n_kv_heads * head_dim)
+  head_dim: u32,    // QKV: features per head
+  max_ctx: u32,     // QKV: KV cache capacity in positions
+  rope_dims: u32,   // QKV: rotated features per head (even, <= head_dim)
+  _pad0: u32,
+  _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<uniform> S: State;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;        // (n_tokens, x_stride) f32
+@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;      // (N, K/32, UNITS) packed weights
+#ifdef W_SCALES
+@group(0) @binding(4) var<storage, read> w_s: array<u32>;            // (N, K/32) pack2x16float(d, m)
+#endif
+#ifdef NORM
+@group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;   // (K,) f32 RMSNorm weight
+#endif
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;      // (n_tokens, out_stride) f32
+#if EPI == QKV
+@group(0) @binding(7) var<storage, read_write> kv: array<KV_T>;      // (2, n_kv_heads, max_ctx, head_dim): K then V
+@group(0) @binding(8) var<storage, read> rope_freq: array<f32>;      // (rope_dims / 2,) inverse frequencies
+#endif
+
+#if EPI == QKV
+// Rotate the feature pair (a, b) at even feature index d of a head by the angle pos * rope_freq[d / 2]
+// (GGML's "normal" RoPE: adjacent pairs). The angle is reduced to [-pi, pi) before sin/cos, which are only
+// accurate there on many GPUs.
+fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
+  if (d >= P.rope_dims) {
+    return vec2<f32>(a, b);
+  }
+  let turns = f32(pos) * (rope_freq[d / 2u] * 0.15915494309189535);
+  let angle = (fract(turns + 0.5) - 0.5) * 6.283185307179586;
+  let c = cos(angle);
+  let s = sin(angle);
+  return vec2<f32>(a * c - b * s, a * s + b * c);
+}
+#endif
+
+// Results for rows r and r + 1 (r even) of token t.
+fn epilogue_pair(r: u32, t: u32, a: f32, b: f32) {
+#if EPI == STORE
+  if (r < P.n_rows) { out[t * P.out_stride + r] = a; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] = b; }
+#endif
+#if EPI == ADD
+  if (r < P.n_rows) { out[t * P.out_stride + r] += a; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] += b; }
+#endif
+#if EPI == SILU
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + r / 2u] = silu(a) * b; }
+#endif
+#if EPI == QKV
+  if (r + 1u >= P.n_rows) {
+    return;
+  }
+  let pos = S.pos + t;
+  let hd = P.head_dim;
+  if (r < P.n_q) {
+    let v = rope(a, b, r % hd, pos);
+    out[t * P.out_stride + r] = v.x;
+    out[t * P.out_stride + r + 1u] = v.y;
+  } else if (r < P.n_q + P.n_kv) {
+    let kr = r - P.n_q;
+    let v = rope(a, b, kr % hd, pos);
+    let i = ((kr / hd) * P.max_ctx + pos) * hd + kr % hd;
+    kv[i] = KV_T(v.x);
+    kv[i + 1u] = KV_T(v.y);
+  } else {
+    let vr = r - P.n_q - P.n_kv;
+    let i = P.n_kv * P.max_ctx + ((vr / hd) * P.max_ctx + pos) * hd + vr % hd;
+    kv[i] = KV_T(a);
+    kv[i + 1u] = KV_T(b);
+  }
+#endif
+}
+
+#ifdef GEMV
+const R: u32 = 4u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let row0 = (wid.y * nwg.x + wid.x) * R;
+  let t = S.n_tokens - 1u;  // decoding: the only token; after a prefill chunk: its last one (for the LM head)
+  let nb = P.k_blocks;
+  let xbase = t * (P.x_stride / 4u);
+  var acc = vec4<f32>(0.0);
+  var ssq = 0.0;
+  for (var b = lid; b < nb; b += WG) {
+    var xb: array<vec4<f32>, 8>;
+    var xsum = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+      var v = x[xbase + b * 8u + i];
+#ifdef NORM
+      ssq += dot(v, v);
+      v *= norm_w[b * 8u + i];
+#endif
+      xb[i] = v;
+      xsum += v.x + v.y + v.z + v.w;
+    }
+    if (row0 < P.n_rows) { acc.x += block_dot(row0 * nb + b, &xb, xsum); }
+    if (row0 + 1u < P.n_rows) { acc.y += block_dot((row0 + 1u) * nb + b, &xb, xsum); }
+    if (row0 + 2u < P.n_rows) { acc.z += block_dot((row0 + 2u) * nb + b, &xb, xsum); }
+    if (row0 + 3u < P.n_rows) { acc.w += block_dot((row0 + 3u) * nb + b, &xb, xsum); }
+  }
+  acc = wg_sum4(acc, lid);
+#ifdef NORM
+  acc *= inverseSqrt(wg_sum(ssq, lid) / f32(nb * 32u) + P.eps);
+#endif
+  if (lid == 0u) {
+    epilogue_pair(row0, t, acc.x, acc.y);
+    epilogue_pair(row0 + 2u, t, acc.z, acc.w);
+  }
+}
+#endif
+
+#ifdef GEMM
+// 32 rows x 32 tokens per workgroup; WG must be 64. Invocation (ty, tx) = (lid / 8, lid % 8) computes rows
+// 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3.
+const TILE: u32 = 32u;
+const PITCH: u32 = 33u;  // padded row pitch of the tiles in workgroup memory
+var<workgroup> w_tile: array<f32, 1056>;   // (32 rows, 33) dequantized weights of one block column
+var<workgroup> x_tile: array<f32, 1056>;   // (32 tokens, 33) activations of the same block column
+var<workgroup> ssq_tile: array<f32, 64>;   // per loader invocation: partial sum(x^2) of its token
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let row0 = wid.x * TILE;
+  let t0 = wid.y * TILE;
+  let n_tokens = S.n_tokens;
+  let nb = P.k_blocks;
+  let ty = lid / 8u;
+  let tx = lid % 8u;
+  // As a loader, invocation lid fills half (16 columns) of tile row lid / 2 in both tiles.
+  let lr = lid / 2u;
+  let lh = lid % 2u;
+  let w_row = row0 + lr;
+  let x_tok = t0 + lr;
+  var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4 ty + i, token 4 tx + j
+  var ssq = 0.0;
+  for (var b = 0u; b < nb; b++) {
+    for (var i = 0u; i < 4u; i++) {
+      var wv = vec4<f32>(0.0);
+      if (w_row < P.n_rows) {
+        wv = dequant4(w_row * nb + b, 4u * lh + i);
+      }
+      var xv = vec4<f32>(0.0);
+      if (x_tok < n_tokens) {
+        xv = x[x_tok * (P.x_stride / 4u) + b * 8u + 4u * lh + i];
+#ifdef NORM
+        ssq += dot(xv, xv);
+        xv *= norm_w[b * 8u + 4u * lh + i];
+#endif
+      }
+      let c = lr * PITCH + 16u * lh + 4u * i;
+      w_tile[c] = wv.x;
+      w_tile[c + 1u] = wv.y;
+      w_tile[c + 2u] = wv.z;
+      w_tile[c + 3u] = wv.w;
+      x_tile[c] = xv.x;
+      x_tile[c + 1u] = xv.y;
+      x_tile[c + 2u] = xv.z;
+      x_tile[c + 3u] = xv.w;
+    }
+    workgroupBarrier();
+    for (var k = 0u; k < TILE; k++) {
+      let xs = vec4<f32>(x_tile[(4u * tx) * PITCH + k], x_tile[(4u * tx + 1u) * PITCH + k],
+                         x_tile[(4u * tx + 2u) * PITCH + k], x_tile[(4u * tx + 3u) * PITCH + k]);
+      acc[0] += w_tile[(4u * ty) * PITCH + k] * xs;
+      acc[1] += w_tile[(4u * ty + 1u) * PITCH + k] * xs;
+      acc[2] += w_tile[(4u * ty + 2u) * PITCH + k] * xs;
+      acc[3] += w_tile[(4u * ty + 3u) * PITCH + k] * xs;
+    }
+    workgroupBarrier();
+  }
+  var scale = vec4<f32>(1.0);
+#ifdef NORM
+  ssq_tile[lid] = ssq;
+  workgroupBarrier();
+  for (var j = 0u; j < 4u; j++) {
+    let tl = 4u * tx + j;
+    scale[j] = inverseSqrt((ssq_tile[2u * tl] + ssq_tile[2u * tl + 1u]) / f32(nb * 32u) + P.eps);
+  }
+#endif
+  for (var j = 0u; j < 4u; j++) {
+    let t = t0 + 4u * tx + j;
+    if (t < n_tokens) {
+      let r = row0 + 4u * ty;
+      epilogue_pair(r, t, acc[0][j] * scale[j], acc[1][j] * scale[j]);
+      epilogue_pair(r + 2u, t, acc[2][j] * scale[j], acc[3][j] * scale[j]);
+    }
+  }
+}
+#endif

@@ -1,0 +1,143 @@
+"""Repack + quantized matrix products (GEMV for decode, GEMM for prefill) against numpy, every format and epilogue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webllm_py.kernels import ops
+from webllm_py.model.quant import GGMLType
+
+from .conftest import assert_close, download, state_buffer, upload, zeros
+from .quantize import dequantize, quantize
+
+TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+REL = 2e-5  # f32 accumulation of exactly dequantized weights: only summation order differs from float64
+
+
+def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
+    """Random (n, k) weight uploaded through the repack kernel; returns (Weight, dequantized reference)."""
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    raw = quantize(w, ggml_type)
+    ref = dequantize(raw, ggml_type, (n, k))
+    weight = ops.alloc_weight(kern, ggml_type, n, k, "w")
+    rep = ops.Repacker(kern, staging_bytes=max(256, len(raw) // 3 // 4 * 4))  # force several chunks
+    rep.upload(weight, ggml_type, raw, n)
+    return weight, ref
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n,k", [(37, 96), (75, 160), (6, 32)])
+@pytest.mark.parametrize("gemm,m", [(False, 1), (False, 3), (True, 1), (True, 5), (True, 33), (True, 70)])
+def test_matmul_store(kern, ggml_type, n, k, gemm, m):
+    rng = np.random.default_rng(n * 1000 + k + m)
+    weight, ref = make_weight(kern, rng, ggml_type, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    out = zeros(kern, m * n * 4)
+    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="STORE", gemm=gemm)
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, out, np.float32, m * n).reshape(m, n)
+    want = x.astype(np.float64) @ ref.T.astype(np.float64)
+    if gemm:
+        assert_close(got, want, REL, f"GEMM {ggml_type.name} {n}x{k} m={m}")
+    else:  # decode reads the last token of the step and writes its row
+        assert_close(got[m - 1], want[m - 1], REL, f"GEMV {ggml_type.name} {n}x{k}")
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F32], ids=lambda t: t.name)
+@pytest.mark.parametrize("gemm,m", [(False, 1), (True, 7), (True, 40)])
+def test_matmul_norm_add(kern, ggml_type, gemm, m):
+    """RMSNorm folded into the product, residual add in the epilogue: out += W (x * nw / rms(x))."""
+    n, k, eps = 45, 128, 1e-5
+    rng = np.random.default_rng(7 + m)
+    weight, ref = make_weight(kern, rng, ggml_type, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3
+    nw = rng.standard_normal(k).astype(np.float32)
+    resid = rng.standard_normal((m, n)).astype(np.float32)
+    out = upload(kern, resid)
+    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="ADD",
+                        gemm=gemm, norm_w=upload(kern, nw), eps=eps)
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, out, np.float32, m * n).reshape(m, n)
+    xn = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + eps) * nw
+    want = resid + xn @ ref.T.astype(np.float64)
+    rows = slice(None) if gemm else slice(m - 1, m)
+    assert_close(got[rows], want[rows], REL, "norm+add")
+
+
+@pytest.mark.parametrize("gemm,m", [(False, 1), (True, 9)])
+def test_matmul_silu(kern, gemm, m):
+    """Gate and up rows interleaved by the repack (dst rows 2i and 2i+1); out = silu(gate) * up."""
+    n_ff, k = 37, 64
+    rng = np.random.default_rng(11)
+    gate = rng.standard_normal((n_ff, k)).astype(np.float32)
+    up = rng.standard_normal((n_ff, k)).astype(np.float32)
+    t = GGMLType.Q4_0
+    weight = ops.alloc_weight(kern, t, 2 * n_ff, k, "gateup")
+    rep = ops.Repacker(kern)
+    rep.upload(weight, t, quantize(gate, t), n_ff, dst_row0=0, dst_row_step=2)
+    rep.upload(weight, t, quantize(up, t), n_ff, dst_row0=1, dst_row_step=2)
+    g_ref = dequantize(quantize(gate, t), t, gate.shape).astype(np.float64)
+    u_ref = dequantize(quantize(up, t), t, up.shape).astype(np.float64)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    out = zeros(kern, m * n_ff * 4)
+    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="SILU", gemm=gemm)
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, out, np.float32, m * n_ff).reshape(m, n_ff)
+    g = x @ g_ref.T
+    want = g / (1 + np.exp(-g)) * (x @ u_ref.T)
+    rows = slice(None) if gemm else slice(m - 1, m)
+    assert_close(got[rows], want[rows], REL, "silu")
+
+
+def rope_ref(v: np.ndarray, pos: np.ndarray, freqs: np.ndarray, head_dim: int) -> np.ndarray:
+    """GGML 'normal' RoPE on (m, heads * head_dim): adjacent pairs (2i, 2i+1) rotated by pos * freqs[i]."""
+    m = v.shape[0]
+    v = v.reshape(m, -1, head_dim // 2, 2).astype(np.float64)
+    ang = pos[:, None, None] * freqs[None, None, :]
+    c, s = np.cos(ang), np.sin(ang)
+    out = np.stack([v[..., 0] * c - v[..., 1] * s, v[..., 0] * s + v[..., 1] * c], axis=-1)
+    return out.reshape(m, -1)
+
+
+@pytest.mark.parametrize("gemm,m,pos0", [(False, 1, 0), (False, 1, 517), (True, 6, 0), (True, 37, 300)])
+def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0):
+    """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
+    n_heads, n_kv_heads, hd, k, max_ctx = 3, 1, 32, 64, 640
+    nq, nkv = n_heads * hd, n_kv_heads * hd
+    rng = np.random.default_rng(pos0 + m)
+    t = GGMLType.Q8_0
+    mats = [rng.standard_normal((r, k)).astype(np.float32) for r in (nq, nkv, nkv)]
+    weight = ops.alloc_weight(kern, t, nq + 2 * nkv, k, "qkv")
+    rep = ops.Repacker(kern)
+    row0 = 0
+    refs = []
+    for mat in mats:
+        rep.upload(weight, t, quantize(mat, t), mat.shape[0], dst_row0=row0)
+        refs.append(dequantize(quantize(mat, t), t, mat.shape).astype(np.float64))
+        row0 += mat.shape[0]
+    freqs = 10000.0 ** (-np.arange(0, hd, 2) / hd)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    q_out = zeros(kern, m * nq * 4)
+    kv_dtype = np.float16 if kern.tier.f16 else np.float32
+    kv = zeros(kern, 2 * nkv * max_ctx * np.dtype(kv_dtype).itemsize)
+    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=q_out, state=state_buffer(kern, pos0, m), epi="QKV",
+                        gemm=gemm, kv=kv, rope_freq=upload(kern, freqs.astype(np.float32)), n_q=nq, n_kv=nkv,
+                        head_dim=hd, max_ctx=max_ctx, rope_dims=hd)
+    kern.device.submit([launch.dispatch(m)])
+    tokens = np.arange(m) if gemm else np.array([m - 1])
+    pos = pos0 + tokens
+    q_want = rope_ref(x[tokens] @ refs[0].T, pos, freqs, hd)
+    k_want = rope_ref(x[tokens] @ refs[1].T, pos, freqs, hd)
+    v_want = x[tokens] @ refs[2].T
+    q_got = download(kern, q_out, np.float32, m * nq).reshape(m, nq)[tokens]
+    cache = download(kern, kv, kv_dtype, 2 * nkv * max_ctx).astype(np.float64).reshape(2, n_kv_heads, max_ctx, hd)
+    k_got = cache[0][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
+    v_got = cache[1][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
+    kv_rel = 2e-3 if kern.tier.f16 else 1e-4  # f16 cache rounding; f32 angle reduction at positions ~500
+    assert_close(q_got, q_want, 1e-4, "q")
+    assert_close(k_got, k_want, kv_rel, "k cache")
+    assert_close(v_got, v_want, kv_rel, "v cache")
+    # nothing written outside the step's positions
+    others = np.setdiff1d(np.arange(max_ctx), pos)
+    assert not cache[:, :, others, :].any()

@@ -1,0 +1,118 @@
+"""The GPU device protocol the engine depends on; ``host/native.py`` and ``host/browser.py`` implement it.
+
+The protocol is deliberately small and shaped for one pattern: build every buffer, pipeline and bind group once at
+load, then per step hand the whole list of dispatches to ``submit`` (one command encoder, one compute pass, then
+any buffer copies, one queue submission) and read back a few bytes from a MAP_READ buffer.
+
+Creation calls are synchronous because they are synchronous in WebGPU too (createBuffer, createBindGroup,
+writeBuffer, submit); only reading back is async, because nothing in a browser may block on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class BufferUsage:
+    """GPUBufferUsage flag values (identical in WebGPU and wgpu-py)."""
+
+    MAP_READ = 0x0001
+    MAP_WRITE = 0x0002
+    COPY_SRC = 0x0004
+    COPY_DST = 0x0008
+    UNIFORM = 0x0040
+    STORAGE = 0x0080
+    INDIRECT = 0x0100
+
+
+@dataclass(eq=False)
+class Buffer:
+    """A GPU buffer: the host's object (wgpu-py or a JS proxy) with the size and label we gave it."""
+
+    handle: Any
+    size: int  # bytes
+    label: str
+    usage: int
+
+
+# Opaque host objects: a wgpu-py object natively, a JS proxy (or an index into a JS-side table) in the browser.
+Pipeline = Any
+BindGroup = Any
+
+# One dispatch: (pipeline, bind group, workgroups x, y, z).
+Dispatch = tuple[Pipeline, BindGroup, int, int, int]
+# One copy after the compute pass: (src buffer, src offset, dst buffer, dst offset, size in bytes).
+Copy = tuple[Buffer, int, Buffer, int, int]
+# One bind group entry: (binding index, buffer, offset in bytes, size in bytes).
+Binding = tuple[int, Buffer, int, int]
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What the adapter granted us; the kernel tier and every kernel variant are chosen from this."""
+
+    has_f16: bool  # WebGPU feature "shader-f16"
+    has_subgroups: bool  # WebGPU feature "subgroups" (wgpu-native: "subgroup")
+    max_storage_buffer_binding_size: int  # bytes
+    max_buffer_size: int  # bytes
+    max_compute_workgroup_storage_size: int  # bytes
+    max_compute_invocations_per_workgroup: int
+    max_storage_buffers_per_shader_stage: int
+    min_storage_buffer_offset_alignment: int  # bytes
+    min_uniform_buffer_offset_alignment: int  # bytes
+    max_compute_workgroups_per_dimension: int
+    # WGSL directives this host's compiler needs for the features above: Tint requires `enable subgroups;`,
+    # naga rejects it. Emitted by the preprocessor, never written in a shader.
+    wgsl_enables_subgroups: bool = False
+    subgroup_min_size: int = 0
+    subgroup_max_size: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    vendor: str = ""
+    architecture: str = ""
+    device: str = ""
+    description: str = ""
+    backend: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [p for p in (self.vendor, self.device or self.architecture, self.backend) if p]
+        return " / ".join(parts) or "unknown adapter"
+
+
+class Device(Protocol):
+    """An open WebGPU device."""
+
+    caps: DeviceCaps
+    info: AdapterInfo
+    host: str  # "native" or "browser"
+
+    def create_buffer(self, size: int, usage: int, label: str) -> Buffer: ...
+
+    def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def create_pipeline(self, code: str, label: str) -> Pipeline:
+        """A compute pipeline with entry point ``main`` and an automatic layout of bind group 0."""
+        ...
+
+    def create_bind_group(self, pipeline: Pipeline, entries: Sequence[Binding], label: str) -> BindGroup: ...
+
+    def submit(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> None:
+        """Encode all dispatches in one compute pass, then the copies, and submit once."""
+        ...
+
+    async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        """Map a MAP_READ buffer, copy ``size`` bytes out, unmap. Waits only for the work that wrote it."""
+        ...
+
+    async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        """Read any COPY_SRC buffer (through a temporary staging buffer). For tests and rare reads only."""
+        ...
+
+    def destroy_buffer(self, buffer: Buffer) -> None: ...
+
+    def destroy(self) -> None: ...

@@ -1,0 +1,186 @@
+"""Desktop host: the Device protocol over wgpu-py (wgpu-native: Vulkan, Metal, D3D12; lavapipe on CPU-only Linux)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..errors import DeviceLimitError, WebGPUNotAvailableError
+from ..gpu.device import AdapterInfo, BindGroup, Binding, Buffer, BufferUsage, Copy, DeviceCaps, Dispatch, Pipeline
+
+try:
+    import wgpu
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise WebGPUNotAvailableError(
+        "the desktop host needs wgpu-py: install it with `pip install 'webllm-py[native]'`"
+    ) from exc
+
+# Limits we ask for up to the adapter's maximum; kernels are generated for what is granted.
+_WANTED_LIMITS = (
+    "max-storage-buffer-binding-size",
+    "max-buffer-size",
+    "max-compute-workgroup-storage-size",
+    "max-compute-invocations-per-workgroup",
+    "max-storage-buffers-per-shader-stage",
+    "max-compute-workgroup-size-x",
+)
+
+# WebGPU's spec defaults: what a browser device gets unless it asks for more. Tests can open a device with these to
+# check that kernels fit the browser baseline.
+SPEC_DEFAULT_LIMITS = {
+    "max-storage-buffer-binding-size": 128 << 20,
+    "max-buffer-size": 256 << 20,
+    "max-compute-workgroup-storage-size": 16384,
+    "max-compute-invocations-per-workgroup": 256,
+    "max-storage-buffers-per-shader-stage": 8,
+    "max-compute-workgroup-size-x": 256,
+}
+
+
+class NativeDevice:
+    host = "native"
+
+    def __init__(self, adapter: wgpu.GPUAdapter, device: wgpu.GPUDevice, caps: DeviceCaps, info: AdapterInfo):
+        self.adapter = adapter
+        self.device = device
+        self.queue = device.queue
+        self.caps = caps
+        self.info = info
+
+    # ---- resources --------------------------------------------------------------------------------------------------
+
+    def create_buffer(self, size: int, usage: int, label: str) -> Buffer:
+        if size > self.caps.max_buffer_size:
+            raise DeviceLimitError(
+                f"buffer {label!r} needs {size} bytes but this GPU's maxBufferSize is {self.caps.max_buffer_size}"
+            )
+        # WebGPU wants buffer sizes in multiples of 4.
+        size = max(4, -(-size // 4) * 4)
+        return Buffer(self.device.create_buffer(size=size, usage=usage, label=label), size, label, usage)
+
+    def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self.queue.write_buffer(buffer.handle, offset, data)
+
+    def create_pipeline(self, code: str, label: str) -> Pipeline:
+        module = self.device.create_shader_module(code=code, label=label)
+        return self.device.create_compute_pipeline(
+            layout="auto", compute={"module": module, "entry_point": "main"}, label=label
+        )
+
+    def create_bind_group(self, pipeline: Pipeline, entries: Sequence[Binding], label: str) -> BindGroup:
+        return self.device.create_bind_group(
+            layout=pipeline.get_bind_group_layout(0),
+            entries=[
+                {"binding": b, "resource": {"buffer": buf.handle, "offset": off, "size": size}} for b, buf, off, size in entries
+            ],
+            label=label,
+        )
+
+    # ---- execution --------------------------------------------------------------------------------------------------
+
+    def submit(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> None:
+        encoder = self.device.create_command_encoder()
+        if dispatches:
+            cpass = encoder.begin_compute_pass()
+            last_pipeline = None
+            for pipeline, bind_group, x, y, z in dispatches:
+                if pipeline is not last_pipeline:
+                    cpass.set_pipeline(pipeline)
+                    last_pipeline = pipeline
+                cpass.set_bind_group(0, bind_group)
+                cpass.dispatch_workgroups(x, y, z)
+            cpass.end()
+        for src, src_off, dst, dst_off, size in copies:
+            encoder.copy_buffer_to_buffer(src.handle, src_off, dst.handle, dst_off, size)
+        self.queue.submit([encoder.finish()])
+
+    async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        # map_sync blocks this thread until the GPU finished the submissions that use the buffer; wgpu-native has no
+        # event loop integration, so yield once first to let other tasks run.
+        await asyncio.sleep(0)
+        handle = buffer.handle
+        handle.map_sync(wgpu.MapMode.READ, offset, -(-size // 4) * 4)
+        try:
+            return bytes(handle.read_mapped(offset, size))
+        finally:
+            handle.unmap()
+
+    async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        await asyncio.sleep(0)
+        return bytes(self.queue.read_buffer(buffer.handle, offset, size))
+
+    def destroy_buffer(self, buffer: Buffer) -> None:
+        buffer.handle.destroy()
+
+    def destroy(self) -> None:
+        self.device.destroy()
+
+
+def _adapter_info(adapter: wgpu.GPUAdapter) -> AdapterInfo:
+    raw = dict(adapter.info)
+    return AdapterInfo(
+        vendor=str(raw.get("vendor", "")),
+        architecture=str(raw.get("architecture", "")),
+        device=str(raw.get("device", "")),
+        description=str(raw.get("description", "")),
+        backend=str(raw.get("backend_type", "")),
+        extra={k: v for k, v in raw.items() if isinstance(v, (str, int, float))},
+    )
+
+
+async def open_device(
+    *, power_preference: str = "high-performance", use_f16: bool | None = None, use_subgroups: bool | None = None,
+    spec_default_limits: bool = False,
+) -> NativeDevice:
+    """Open the best WebGPU adapter on this machine.
+
+    ``use_f16`` / ``use_subgroups``: None takes the feature when the adapter has it, False refuses it (to test the
+    f32 or no-subgroup tiers on an adapter that has them), True requires it. ``spec_default_limits`` asks for
+    WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
+    """
+    adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+    if adapter is None:
+        raise WebGPUNotAvailableError(
+            "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "
+            "mesa-vulkan-drivers` for the lavapipe CPU driver)"
+        )
+    features = set(adapter.features)
+    has_f16 = "shader-f16" in features
+    has_subgroups = "subgroup" in features or "subgroups" in features
+    for name, want, have in (("shader-f16", use_f16, has_f16), ("subgroups", use_subgroups, has_subgroups)):
+        if want and not have:
+            raise DeviceLimitError(f"the adapter {_adapter_info(adapter).summary()} lacks the feature {name!r}")
+    has_f16 = has_f16 if use_f16 is None else bool(use_f16)
+    has_subgroups = has_subgroups if use_subgroups is None else bool(use_subgroups)
+
+    required_features = []
+    if has_f16:
+        required_features.append("shader-f16")
+    if has_subgroups:
+        required_features.append("subgroup" if "subgroup" in features else "subgroups")
+
+    alimits = adapter.limits
+    if spec_default_limits:
+        limits = {k: min(v, alimits[k]) for k, v in SPEC_DEFAULT_LIMITS.items()}
+    else:
+        limits = {k: alimits[k] for k in _WANTED_LIMITS}
+    device = adapter.request_device_sync(required_features=required_features, required_limits=limits)
+    dl = device.limits
+    caps = DeviceCaps(
+        has_f16=has_f16,
+        has_subgroups=has_subgroups,
+        max_storage_buffer_binding_size=dl["max-storage-buffer-binding-size"],
+        max_buffer_size=dl["max-buffer-size"],
+        max_compute_workgroup_storage_size=dl["max-compute-workgroup-storage-size"],
+        max_compute_invocations_per_workgroup=dl["max-compute-invocations-per-workgroup"],
+        max_storage_buffers_per_shader_stage=dl["max-storage-buffers-per-shader-stage"],
+        min_storage_buffer_offset_alignment=dl["min-storage-buffer-offset-alignment"],
+        min_uniform_buffer_offset_alignment=dl["min-uniform-buffer-offset-alignment"],
+        max_compute_workgroups_per_dimension=dl["max-compute-workgroups-per-dimension"],
+        # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
+        wgsl_enables_subgroups=False,
+    )
+    return NativeDevice(adapter, device, caps, _adapter_info(adapter))
+
+
+__all__ = ["NativeDevice", "open_device", "BufferUsage"]

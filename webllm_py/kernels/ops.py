@@ -1,0 +1,295 @@
+"""GPU operations as launches: a pipeline, a bind group built once, and a grid for a given number of tokens.
+
+The graph builds every launch at load time; a step is then just ``[launch.dispatch(n_tokens) for ...]``. Kernel
+tests use the same functions on hand-made buffers, so what is tested is what the model runs.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import DeviceLimitError
+from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
+from ..model.quant import GGMLType
+from . import params
+from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, Kernels
+
+STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
+GEMV_ROWS = 4  # rows per GEMV workgroup (R in matmul.wgsl)
+GEMM_TILE = 32  # rows and tokens per GEMM workgroup
+GEMM_WG = 64
+REPACK_WG = 64
+
+
+@dataclass(frozen=True)
+class Launch:
+    pipeline: Pipeline
+    bind_group: object
+    grid: Callable[[int], tuple[int, int, int]]  # n_tokens -> workgroups (x, y, z)
+    label: str
+
+    def dispatch(self, n_tokens: int) -> Dispatch:
+        x, y, z = self.grid(n_tokens)
+        return (self.pipeline, self.bind_group, x, y, z)
+
+
+@dataclass
+class Weight:
+    """A matrix W (n_rows, k) in the repacked layout of weights.wgsl."""
+
+    fmt: str  # Q4 | Q8 | F16 | F32
+    n_rows: int
+    k: int  # input features, a multiple of 32
+    q: Buffer  # (n_rows, k / 32, units) vec4<u32>
+    s: Buffer | None  # (n_rows, k / 32) u32 scales, Q4 and Q8 only
+
+    @property
+    def k_blocks(self) -> int:
+        return self.k // 32
+
+    @property
+    def nbytes(self) -> int:
+        return self.q.size + (self.s.size if self.s is not None else 0)
+
+
+def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
+    """Spread a 1-D grid over x and y when it exceeds the per-dimension limit."""
+    if n_workgroups <= limit:
+        return (max(1, n_workgroups), 1, 1)
+    y = math.ceil(n_workgroups / limit)
+    return (math.ceil(n_workgroups / y), y, 1)
+
+
+def alloc_weight(kern: Kernels, ggml_type: GGMLType, n_rows: int, k: int, label: str) -> Weight:
+    fmt = WEIGHT_FORMAT[ggml_type.name]
+    if k % 32:
+        raise ValueError(f"{label}: input features {k} must be a multiple of 32")
+    kb = k // 32
+    q_size = n_rows * kb * UNITS_PER_BLOCK[fmt] * 16
+    limit = kern.device.caps.max_storage_buffer_binding_size
+    if q_size > limit:
+        raise DeviceLimitError(
+            f"weight {label!r} needs a {q_size}-byte storage binding but this GPU allows {limit} "
+            "(maxStorageBufferBindingSize)"
+        )
+    q = kern.device.create_buffer(q_size, STORAGE, f"{label}.q")
+    s = kern.device.create_buffer(n_rows * kb * 4, STORAGE, f"{label}.s") if fmt in SCALED_FORMATS else None
+    return Weight(fmt, n_rows, k, q, s)
+
+
+class Repacker:
+    """Moves GGUF tensor bytes into Weight buffers through one reusable staging buffer and the repack kernel."""
+
+    def __init__(self, kern: Kernels, staging_bytes: int = 16 << 20):
+        self.kern = kern
+        self.staging_bytes = staging_bytes
+        self.staging = kern.device.create_buffer(staging_bytes, STORAGE, "repack.staging")
+
+    def rows_per_chunk(self, row_bytes: int) -> int:
+        return max(1, self.staging_bytes // row_bytes)
+
+    def upload(
+        self, w: Weight, ggml_type: GGMLType, raw: bytes, n_rows: int, *, dst_row0: int = 0, dst_row_step: int = 1
+    ) -> None:
+        """Repack ``n_rows`` source rows held in ``raw`` into destination rows dst_row0 + i * dst_row_step."""
+        row_bytes = len(raw) // n_rows
+        if row_bytes > self.staging_bytes:
+            raise DeviceLimitError(f"a row of {row_bytes} bytes does not fit the {self.staging_bytes}-byte staging buffer")
+        kb = w.k_blocks
+        pipe = self.kern.pipeline(
+            "repack.wgsl", WG=REPACK_WG, SRC=ggml_type.name, **({"SCALES": 1} if w.s is not None else {})
+        )
+        step = self.rows_per_chunk(row_bytes)
+        for r0 in range(0, n_rows, step):
+            rows = min(step, n_rows - r0)
+            chunk = raw[r0 * row_bytes : (r0 + rows) * row_bytes]
+            chunk += bytes(-len(chunk) % 4)
+            self.kern.device.write_buffer(self.staging, 0, chunk)
+            entries = [
+                _uniform_entry(
+                    self.kern,
+                    params.REPACK,
+                    "repack.params",
+                    n_rows=rows,
+                    k_blocks=kb,
+                    dst_row0=dst_row0 + r0 * dst_row_step,
+                    dst_row_step=dst_row_step,
+                ),
+                (1, self.staging, 0, len(chunk)),
+                _whole(2, w.q),
+            ]
+            if w.s is not None:
+                entries.append((3, w.s, 0, w.s.size))
+            bg = self.kern.device.create_bind_group(pipe, entries, "repack")
+            n_wg = math.ceil(rows * kb / REPACK_WG)
+            self.kern.device.submit([(pipe, bg, *fold_grid(n_wg))])
+
+    def destroy(self) -> None:
+        self.kern.device.destroy_buffer(self.staging)
+
+
+def _whole(binding: int, buf: Buffer) -> tuple[int, Buffer, int, int]:
+    return (binding, buf, 0, buf.size)
+
+
+def _uniform_entry(kern: Kernels, spec: params.ParamsSpec, label: str, **values: float) -> tuple[int, Buffer, int, int]:
+    data = spec.pack(**values)
+    return (0, kern.uniform(data, label), 0, len(data))
+
+
+def matmul(
+    kern: Kernels,
+    *,
+    w: Weight,
+    x: Buffer,
+    out: Buffer,
+    state: Buffer,
+    epi: str,
+    gemm: bool,
+    x_stride: int | None = None,
+    out_stride: int | None = None,
+    norm_w: Buffer | None = None,
+    eps: float = 0.0,
+    kv: Buffer | None = None,
+    rope_freq: Buffer | None = None,
+    n_q: int = 0,
+    n_kv: int = 0,
+    head_dim: int = 0,
+    max_ctx: int = 0,
+    rope_dims: int = 0,
+    label: str = "matmul",
+) -> Launch:
+    """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants."""
+    defines: dict[str, object] = {"WG": GEMM_WG if gemm else kern.gemv_wg, "W_FMT": w.fmt, "EPI": epi}
+    defines["GEMM" if gemm else "GEMV"] = 1
+    if w.s is not None:
+        defines["W_SCALES"] = 1
+    if norm_w is not None:
+        defines["NORM"] = 1
+    pipe = kern.pipeline("matmul.wgsl", **defines)
+    if out_stride is None:  # outputs of a token are contiguous
+        out_stride = {"SILU": w.n_rows // 2, "QKV": n_q}.get(epi, w.n_rows)
+    entries = [
+        _uniform_entry(
+            kern,
+            params.MATMUL,
+            f"{label}.params",
+            n_rows=w.n_rows,
+            k_blocks=w.k_blocks,
+            x_stride=x_stride if x_stride is not None else w.k,
+            out_stride=out_stride,
+            eps=eps,
+            n_q=n_q,
+            n_kv=n_kv,
+            head_dim=head_dim,
+            max_ctx=max_ctx,
+            rope_dims=rope_dims,
+        ),
+        _whole(1, state),
+        _whole(2, x),
+        _whole(3, w.q),
+        _whole(6, out),
+    ]
+    if w.s is not None:
+        entries.append(_whole(4, w.s))
+    if norm_w is not None:
+        entries.append(_whole(5, norm_w))
+    if epi == "QKV":
+        assert kv is not None and rope_freq is not None
+        entries += [_whole(7, kv), _whole(8, rope_freq)]
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    if gemm:
+        row_tiles = math.ceil(w.n_rows / GEMM_TILE)
+
+        def grid(n_tokens: int) -> tuple[int, int, int]:
+            return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
+
+    else:
+        fixed = fold_grid(math.ceil(w.n_rows / GEMV_ROWS))
+
+        def grid(n_tokens: int) -> tuple[int, int, int]:
+            return fixed
+
+    return Launch(pipe, bg, grid, label)
+
+
+def attention(
+    kern: Kernels,
+    *,
+    q: Buffer,
+    kv: Buffer,
+    out: Buffer,
+    state: Buffer,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    max_ctx: int,
+    label: str = "attention",
+) -> Launch:
+    wg = kern.attention_wg
+    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, HDT=math.ceil(head_dim / wg))
+    entries = [
+        _uniform_entry(
+            kern,
+            params.ATTENTION,
+            f"{label}.params",
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_ctx=max_ctx,
+            q_stride=n_heads * head_dim,
+            scale=1.0 / math.sqrt(head_dim),
+        ),
+        _whole(1, state),
+        _whole(2, q),
+        _whole(3, kv),
+        _whole(4, out),
+    ]
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, 1), label)
+
+
+def embed(kern: Kernels, *, w: Weight, tokens: Buffer, out: Buffer, state: Buffer, label: str = "embed") -> Launch:
+    wg = 64
+    defines: dict[str, object] = {"WG": wg, "W_FMT": w.fmt}
+    if w.s is not None:
+        defines["W_SCALES"] = 1
+    pipe = kern.pipeline("embed.wgsl", **defines)
+    entries = [
+        _uniform_entry(kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k),
+        _whole(1, state),
+        _whole(2, tokens),
+        _whole(3, w.q),
+        _whole(6, out),
+    ]
+    if w.s is not None:
+        entries.append(_whole(4, w.s))
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    x_groups = math.ceil(w.k // 4 / wg)
+    return Launch(pipe, bg, lambda n_tokens: (x_groups, n_tokens, 1), label)
+
+
+class Sampler:
+    """The sampling launch; its Params (temperature, top_p, seed) live in one buffer rewritten per request."""
+
+    WG = 256
+
+    def __init__(self, kern: Kernels, *, logits: Buffer, tokens: Buffer, state: Buffer, vocab: int):
+        self.kern = kern
+        self.vocab = vocab
+        self.params = kern.device.create_buffer(params.SAMPLE.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "sample.params")
+        self.configure(temperature=0.0, top_p=1.0, seed=0)
+        pipe = kern.pipeline("sample.wgsl", WG=self.WG)
+        entries = [(0, self.params, 0, params.SAMPLE.size), _whole(1, state), _whole(2, logits), _whole(3, tokens)]
+        bg = kern.device.create_bind_group(pipe, entries, "sample")
+        self.launch = Launch(pipe, bg, lambda n_tokens: (1, 1, 1), "sample")
+
+    def configure(self, *, temperature: float, top_p: float, seed: int) -> None:
+        data = params.SAMPLE.pack(vocab=self.vocab, temperature=temperature, top_p=top_p, seed=seed & 0xFFFFFFFF)
+        self.kern.device.write_buffer(self.params, 0, data)
+
+
+def f32_bytes(values: list[float]) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)

@@ -1,0 +1,85 @@
+"""Kernel tier selection and the pipeline cache: one compiled pipeline per (shader, defines) variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..gpu.device import BufferUsage, Device, Pipeline
+from .preprocess import preprocess, variant_key
+
+# Weight formats of the repacked layout (weights.wgsl), by GGUF type name.
+WEIGHT_FORMAT = {"Q4_0": "Q4", "Q4_1": "Q4", "Q8_0": "Q8", "F16": "F16", "F32": "F32"}
+SCALED_FORMATS = ("Q4", "Q8")
+# vec4<u32> words per 32-weight block, and bytes of scales per block, in the repacked layout.
+UNITS_PER_BLOCK = {"Q4": 1, "Q8": 2, "F16": 4, "F32": 8}
+
+
+@dataclass(frozen=True)
+class Tier:
+    """What the kernels may use: decided once per device from its features."""
+
+    f16: bool  # KV cache in f16 (shader-f16)
+    subgroups: bool  # subgroupAdd / subgroupMax reductions
+
+    @property
+    def name(self) -> str:
+        return ("f16" if self.f16 else "f32") + ("-subgroups" if self.subgroups else "")
+
+    @classmethod
+    def for_device(cls, device: Device, *, f16: bool | None = None, subgroups: bool | None = None) -> Tier:
+        caps = device.caps
+        return cls(
+            f16=caps.has_f16 if f16 is None else (f16 and caps.has_f16),
+            subgroups=caps.has_subgroups if subgroups is None else (subgroups and caps.has_subgroups),
+        )
+
+
+class Kernels:
+    """Compiles shader variants for one device and tier, each once."""
+
+    def __init__(self, device: Device, tier: Tier, *, gemv_wg: int = 64, attention_wg: int = 64):
+        self.device = device
+        self.tier = tier
+        self.gemv_wg = gemv_wg  # invocations per GEMV workgroup (tuned per adapter later)
+        self.attention_wg = attention_wg
+        self._pipelines: dict[str, Pipeline] = {}
+        self._uniforms: dict[bytes, object] = {}
+
+    def defines(self, **defines: object) -> dict[str, object]:
+        d = dict(defines)
+        if self.tier.f16:
+            d["F16"] = 1
+        if self.tier.subgroups:
+            d["SUBGROUPS"] = 1
+            d["SG_ARGS"] = ", @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32"
+            d["SG_INIT"] = "sg_size_p = sg_size; sg_lane_p = sg_lane;"
+        else:
+            d["SG_ARGS"] = ""
+            d["SG_INIT"] = ""
+        return d
+
+    def source(self, shader: str, **defines: object) -> str:
+        return preprocess(
+            shader, self.defines(**defines), enable_subgroups_directive=self.device.caps.wgsl_enables_subgroups
+        )
+
+    def pipeline(self, shader: str, **defines: object) -> Pipeline:
+        key = variant_key(shader, {k: v for k, v in defines.items()}) + f"@{self.tier.name}"
+        pipe = self._pipelines.get(key)
+        if pipe is None:
+            pipe = self.device.create_pipeline(self.source(shader, **defines), key)
+            self._pipelines[key] = pipe
+        return pipe
+
+    def uniform(self, data: bytes, label: str = "params") -> object:
+        """A uniform buffer holding ``data``; identical Params share one buffer."""
+        buf = self._uniforms.get(data)
+        if buf is None:
+            buf = self.device.create_buffer(len(data), BufferUsage.UNIFORM | BufferUsage.COPY_DST, label)
+            self.device.write_buffer(buf, 0, data)
+            self._uniforms[data] = buf
+        return buf
+
+    @property
+    def n_pipelines(self) -> int:
+        return len(self._pipelines)
