@@ -1,0 +1,212 @@
+"""A fake GPU engine, tokenizer and chat template for the API tests: same interface as webllm_py.engine's
+``Engine`` / ``Generation`` / ``GenerationStats`` and the tokenizer's stream decoder, no GPU, no model.
+
+The fake model "says" a script: a list of token pieces (str or raw bytes). The tokenizer gives each distinct piece
+an id; its stream decoder holds incomplete UTF-8 between tokens, as the real one does, so a script can split a
+multi-byte character across tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import sys
+import types
+from dataclasses import dataclass
+
+from webllm_py.errors import ContextWindowSizeExceededError
+
+EOT_PIECE = b"<|im_end|>"
+
+
+class FakeStreamDecoder:
+    def __init__(self, tokenizer: FakeTokenizer):
+        self._tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._tokenizer.pieces[token_id])
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+class FakeTokenizer:
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = [b"<s>", EOT_PIECE]
+        self.bos_id = 0
+        self.eos_id = 1
+        self.eot_ids = frozenset({1})
+        self.encoded: list[str] = []  # every text passed to encode(), for assertions
+
+    def ids(self, pieces: list[str | bytes]) -> list[int]:
+        out = []
+        for piece in pieces:
+            raw = piece.encode() if isinstance(piece, str) else piece
+            if raw not in self.pieces:
+                self.pieces.append(raw)
+            out.append(self.pieces.index(raw))
+        return out
+
+    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
+        self.encoded.append(text)
+        return [self.bos_id] + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
+
+    def decode(self, ids: list[int]) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", "replace")
+
+    def stream_decoder(self) -> FakeStreamDecoder:
+        return FakeStreamDecoder(self)
+
+
+class FakeChatTemplate:
+    stop_strings = ("<|im_end|>",)
+
+    def __init__(self) -> None:
+        self.rendered: list[list[dict]] = []
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+        self.rendered.append(messages)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        return text + ("assistant: " if add_generation_prompt else "")
+
+
+@dataclass
+class FakeStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_time_s: float = 0.5
+    decode_time_s: float = 0.0
+    time_to_first_token_s: float = 0.5
+    e2e_latency_s: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_time_s
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.decode_time_s if self.decode_time_s else 0.0
+
+    @property
+    def time_per_output_token_s(self) -> float:
+        return self.decode_time_s / self.completion_tokens if self.completion_tokens else 0.0
+
+
+class FakeGeneration:
+    """Yields the script's ids; stops at an eot id (not yielded) like the real engine, or at max_tokens."""
+
+    def __init__(
+        self, engine: FakeEngine, prompt_ids: list[int], script: list[int], params, step_delay: float
+    ):
+        self._engine = engine
+        self._script = list(script)
+        self._params = params
+        self._step_delay = step_delay
+        self._pos = 0
+        self.finish_reason: str | None = None
+        self.stats = FakeStats(prompt_tokens=len(prompt_ids))
+        self.aclose_calls = 0
+        self.yielded: list[int] = []
+
+    def __aiter__(self) -> FakeGeneration:
+        return self
+
+    async def __anext__(self) -> int:
+        if self.finish_reason is not None:
+            raise StopAsyncIteration
+        await asyncio.sleep(self._step_delay)  # a decode step awaits the GPU: other tasks run meanwhile
+        if self._params.max_tokens is not None and len(self.yielded) >= self._params.max_tokens:
+            self._end("length")
+        if self._pos >= len(self._script):
+            self._end("stop")  # script over: the fake model emits end-of-turn
+        token_id = self._script[self._pos]
+        self._pos += 1
+        stop_ids = self._params.stop_token_ids | (
+            frozenset() if self._params.ignore_eos else self._engine.tokenizer.eot_ids
+        )
+        if token_id in stop_ids:
+            self._end("stop")
+        self.yielded.append(token_id)
+        self.stats.completion_tokens += 1
+        self.stats.decode_time_s += 0.01
+        self.stats.e2e_latency_s = self.stats.prefill_time_s + self.stats.decode_time_s
+        return token_id
+
+    def _end(self, reason: str) -> None:
+        self.finish_reason = reason
+        self._engine.busy = False
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        # Idempotent, like the real one: streaming.py and ChatCompletionStream may both close it.
+        self.aclose_calls += 1
+        if self.finish_reason is None:
+            self.finish_reason = "abort"
+        self._engine.busy = False
+
+
+class FakeEngine:
+    def __init__(
+        self, model_id: str = "fake-model", context_window_size: int = 4096, step_delay: float = 0.0
+    ):
+        self.model_id = model_id
+        self.tokenizer = FakeTokenizer()
+        self.chat_template = FakeChatTemplate()
+        self.context_window_size = context_window_size
+        self.step_delay = step_delay
+        self.script: list[int] = []  # what the next generation says, as token ids
+        self.generations: list[FakeGeneration] = []
+        self.busy = False
+        self.unloaded = False
+
+    def say(self, pieces: list[str | bytes], end: bool = True) -> list[int]:
+        """Set the next reply: token pieces, then end-of-turn unless ``end`` is False."""
+        self.script = self.tokenizer.ids(pieces) + ([self.tokenizer.eos_id] if end else [])
+        return self.script
+
+    def generate(self, prompt_ids: list[int], params) -> FakeGeneration:
+        if self.busy:
+            # The real engine has one KV cache: two generations at once would corrupt it.
+            raise RuntimeError("FakeEngine.generate called while another generation is running")
+        budget = params.max_tokens or 0
+        if len(prompt_ids) + budget > self.context_window_size:
+            raise ContextWindowSizeExceededError(
+                f"prompt {len(prompt_ids)} + max_tokens {budget} > context window {self.context_window_size}"
+            )
+        self.busy = True
+        generation = FakeGeneration(self, prompt_ids, self.script, params, self.step_delay)
+        self.generations.append(generation)
+        return generation
+
+    async def unload(self) -> None:
+        self.unloaded = True
+
+
+@dataclass(frozen=True)
+class _SamplingParams:
+    """Copy of engine.py's SamplingParams, used only until the real engine module exists in the checkout."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop_token_ids: frozenset[int] = frozenset()
+    ignore_eos: bool = False
+
+
+def sampling_params_class():
+    """engine.py's SamplingParams. While the lead's engine.py has not landed, a stand-in module is installed
+    under its name so that MLCEngine's lazy ``from webllm_py.engine import ...`` resolves."""
+    try:
+        import webllm_py.engine as engine_module
+    except ImportError:
+        engine_module = types.ModuleType("webllm_py.engine")
+        engine_module.SamplingParams = _SamplingParams
+        engine_module.load_engine = None  # tests patch this
+        sys.modules["webllm_py.engine"] = engine_module
+    return engine_module.SamplingParams
+
+
+def make_params(**kw):
+    return sampling_params_class()(**kw)

@@ -1,0 +1,91 @@
+"""webllm_py: WebLLM re-built in Python. Quantized GGUF LLMs on WebGPU, in the browser (Pyodide) and on the
+desktop (wgpu-py), behind WebLLM's OpenAI-shaped API::
+
+    import webllm_py
+    engine = await webllm_py.CreateMLCEngine("SmolLM2-135M-Instruct-Q4_1")
+    reply = await engine.chat.completions.create(messages=[{"role": "user", "content": "Hi"}])
+
+Public names only. Importing the package must stay cheap and host-neutral: no wgpu, no numpy, no GPU code; the
+engine is imported when a model is first loaded.
+"""
+
+from __future__ import annotations
+
+from .api.chat import ChatCompletionStream, ChatCompletionStreamSync
+from .api.mlc_engine import CreateMLCEngine, InitProgressReport, MLCEngine, MLCEngineSync
+from .api.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+from .config import AppConfig, ModelRecord, prebuilt_app_config
+from .errors import (
+    ContextWindowSizeExceededError,
+    DeviceLimitError,
+    DeviceLostError,
+    EngineNotLoadedError,
+    FieldDependencyError,
+    GGUFError,
+    InvalidFieldTypeError,
+    InvalidMessagesError,
+    InvalidRangeError,
+    InvalidRequestError,
+    ModelDownloadError,
+    ModelIntegrityError,
+    ModelNotFoundError,
+    SpecifiedModelNotFoundError,
+    TokenizerError,
+    UnknownChatTemplateError,
+    UnsupportedFieldError,
+    UnsupportedModelError,
+    UnsupportedTokenizerError,
+    WebGPUNotAvailableError,
+    WebLLMError,
+)
+
+__version__ = "0.1.0"  # keep equal to pyproject.toml's version (a unit test checks)
+
+__all__ = [
+    "AppConfig",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionStream",
+    "ChatCompletionStreamSync",
+    "Choice",
+    "ChoiceDelta",
+    "ChunkChoice",
+    "CompletionUsage",
+    "ContextWindowSizeExceededError",
+    "CreateMLCEngine",
+    "DeviceLimitError",
+    "DeviceLostError",
+    "EngineNotLoadedError",
+    "FieldDependencyError",
+    "GGUFError",
+    "InitProgressReport",
+    "InvalidFieldTypeError",
+    "InvalidMessagesError",
+    "InvalidRangeError",
+    "InvalidRequestError",
+    "MLCEngine",
+    "MLCEngineSync",
+    "ModelDownloadError",
+    "ModelIntegrityError",
+    "ModelNotFoundError",
+    "ModelRecord",
+    "SpecifiedModelNotFoundError",
+    "TokenizerError",
+    "UnknownChatTemplateError",
+    "UnsupportedFieldError",
+    "UnsupportedModelError",
+    "UnsupportedTokenizerError",
+    "WebGPUNotAvailableError",
+    "WebLLMError",
+    "__version__",
+    "prebuilt_app_config",
+]

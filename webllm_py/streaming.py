@@ -1,0 +1,206 @@
+"""Token ids -> text deltas -> ``ChatCompletionChunk``s; stop strings, finish reasons and usage.
+
+Pure async generators over the engine's ``Generation`` (an async iterator of token ids) and the tokenizer's
+stream decoder, so everything here is tested with a fake engine (STYLE rule 8). Three layers, each feeding the next:
+
+``StopStringFilter``   text in, safe text out: holds back any tail that could still become a stop string
+``text_deltas``        ids -> decoder -> filter -> non-empty text pieces; ends the generation on a stop string
+``chat_completion_chunks``  text pieces -> OpenAI chunks: role first, a final chunk with finish_reason, usage
+``collect_chat_completion`` chunks -> one ``ChatCompletion``: the non-streaming answer is the concatenated stream
+
+Whatever way iteration ends (exhausted, stop string, interrupt, consumer ``break``/``aclose()``, an exception),
+``generation.aclose()`` is awaited, which releases the engine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .api.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+
+
+class StreamDecoder(Protocol):
+    def push(self, token_id: int) -> str: ...  # complete characters only
+    def flush(self) -> str: ...  # whatever was held back (an incomplete character at the end)
+
+
+class StopStringFilter:
+    """Cut text before the first stop string, never letting out text that may turn out to be part of one.
+
+    Invariant: ``_held`` is the longest tail of the text seen so far that is a proper prefix of some stop string.
+    Everything before it has been let out, and no stop string can start there: had it started there, the text
+    from its start to the end would be a prefix of that stop string and would have been held.
+    """
+
+    def __init__(self, stop_strings: Sequence[str]):
+        self._stops = tuple(s for s in stop_strings if s)
+        self._held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        """Feed new text; return the part that is safe to show now."""
+        if self.stopped or not self._stops:
+            return "" if self.stopped else text
+        buf = self._held + text
+        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buf[: min(hits)]
+        keep = self._partial_stop_len(buf)
+        self._held = buf[len(buf) - keep :]
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        """The generation ended without a stop string: the held tail was real text after all."""
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_stop_len(self, buf: str) -> int:
+        longest = min(len(buf), max(len(s) for s in self._stops) - 1)
+        for k in range(longest, 0, -1):
+            tail = buf[-k:]
+            if any(s.startswith(tail) for s in self._stops):
+                return k
+        return 0
+
+
+@dataclass
+class StreamState:
+    """What one generation has produced so far; the engine keeps it for ``getMessage()``."""
+
+    text: str = ""  # all text let out so far (stop string excluded)
+    finish_reason: str | None = None  # "stop" | "length" | "abort", set when the stream ended normally
+
+
+async def text_deltas(
+    generation: Any,
+    decoder: StreamDecoder,
+    stop_strings: Sequence[str] = (),
+    *,
+    should_abort: Callable[[], bool] | None = None,
+    state: StreamState | None = None,
+) -> AsyncIterator[str]:
+    """Yield non-empty text pieces of ``generation``'s tokens; set ``state.finish_reason`` at the end."""
+    state = state if state is not None else StreamState()
+    stops = StopStringFilter(stop_strings)
+    finish = None
+    try:
+        async for token_id in generation:
+            text = stops.push(decoder.push(token_id))
+            if text:
+                state.text += text
+                yield text
+            if stops.stopped:
+                finish = "stop"  # our stop, not the engine's: aclose() below would otherwise report "abort"
+                break
+            if should_abort is not None and should_abort():
+                finish = "abort"
+                break
+        if not stops.stopped:
+            # The decoder may hold the bytes of an incomplete last character; the filter its possible-stop tail.
+            tail = stops.push(decoder.flush())
+            if stops.stopped:
+                finish = "stop"
+            else:
+                tail += stops.flush()
+            if tail:
+                state.text += tail
+                yield tail
+    finally:
+        await generation.aclose()
+    state.finish_reason = finish or generation.finish_reason
+
+
+def usage_from_stats(stats: Any) -> CompletionUsage:
+    """OpenAI usage plus WebLLM's ``extra`` speed numbers, from the engine's ``GenerationStats``."""
+    return CompletionUsage(
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        total_tokens=stats.prompt_tokens + stats.completion_tokens,
+        extra={
+            "prefill_tokens_per_s": stats.prefill_tokens_per_s,
+            "decode_tokens_per_s": stats.decode_tokens_per_s,
+            "time_to_first_token_s": stats.time_to_first_token_s,
+            "time_per_output_token_s": stats.time_per_output_token_s,
+            "e2e_latency_s": stats.e2e_latency_s,
+        },
+    )
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+async def chat_completion_chunks(
+    generation: Any,
+    decoder: StreamDecoder,
+    *,
+    model: str,
+    stop_strings: Sequence[str] = (),
+    include_usage: bool = False,
+    should_abort: Callable[[], bool] | None = None,
+    state: StreamState | None = None,
+    completion_id: str | None = None,
+    created: int | None = None,
+) -> AsyncIterator[ChatCompletionChunk]:
+    """OpenAI's chunk sequence: text chunks (the first one with ``role``), a final chunk with an empty delta and
+    the finish reason, then, with ``include_usage``, a usage chunk with no choices."""
+    state = state if state is not None else StreamState()
+    completion_id = completion_id or new_completion_id()
+    created = int(time.time()) if created is None else created
+
+    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=completion_id, choices=choices, created=created, model=model, usage=usage
+        )
+
+    role: Any = "assistant"  # only the first chunk names the role, as OpenAI does
+    async with aclosing(
+        text_deltas(generation, decoder, stop_strings, should_abort=should_abort, state=state)
+    ) as deltas:
+        async for text in deltas:
+            yield chunk([ChunkChoice(index=0, delta=ChoiceDelta(content=text, role=role))])
+            role = None
+    yield chunk([ChunkChoice(index=0, delta=ChoiceDelta(role=role), finish_reason=state.finish_reason)])
+    if include_usage:
+        yield chunk([], usage=usage_from_stats(generation.stats))
+
+
+async def collect_chat_completion(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
+    """The non-streaming answer: the stream's text joined, its finish reason and usage (stream it with
+    ``include_usage=True``)."""
+    parts: list[str] = []
+    first = finish_reason = usage = None
+    async for c in chunks:
+        first = first or c
+        for choice in c.choices:
+            parts.append(choice.delta.content or "")
+            finish_reason = choice.finish_reason or finish_reason
+        usage = c.usage or usage
+    if first is None or finish_reason is None:
+        raise RuntimeError("chat completion stream ended without its final chunk")  # a bug in this module
+    return ChatCompletion(
+        id=first.id,
+        choices=[
+            Choice(
+                index=0, message=ChatCompletionMessage(content="".join(parts)), finish_reason=finish_reason
+            )
+        ],
+        created=first.created,
+        model=first.model,
+        usage=usage,
+    )
