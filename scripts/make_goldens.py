@@ -1,6 +1,6 @@
 """Write the llama.cpp goldens that the tokenizer, template and model tests compare against.
 
-Run by hand from the repo root (needs ``llama-cpp-python``, ``jinja2`` and ``numpy``; the outputs are committed):
+Run by hand from the repo root (needs ``llama-cpp-python``, ``gguf``, ``jinja2`` and ``numpy``; the outputs are committed):
 
     python3 scripts/make_goldens.py [--model PATH] [--out tests/data/goldens]
 
@@ -8,6 +8,8 @@ Outputs (all small; logits are float32 in a compressed npz):
 
 * ``tokenizer_ids.json``  llama.cpp's ids for every string in ``tests/data/tokenizer_corpus.json``, with
   ``special=True`` and ``special=False``; and llama.cpp's bytes for some id lists (token_to_piece, special on/off).
+  ``by_pre`` repeats the corpus under other pre-tokenizers (llama-bpe, qwen2, gpt-2): the same vocabulary written to
+  a vocab-only GGUF with ``tokenizer.ggml.pre`` changed, so those code paths are checked against llama.cpp too.
 * ``chat_greedy.json``    chat conversations: the prompt text rendered by the GGUF's Jinja template, its ids, and
   48 greedy tokens (argmax of the logits) with the top-2 margin of each step, stopping at an end-of-turn token.
 * ``first_logits.npz`` + ``first_logits.json``  full-vocabulary logits at the last position of raw prompts.
@@ -22,8 +24,10 @@ import hashlib
 import json
 import random
 import sys
+import tempfile
 from pathlib import Path
 
+import gguf
 import jinja2
 import jinja2.sandbox
 import llama_cpp
@@ -51,11 +55,15 @@ CONVERSATIONS: list[dict] = [
     },
     {
         "name": "french",
-        "messages": [{"role": "user", "content": "Bonjour ! Peux-tu m'expliquer pourquoi le ciel est bleu ?"}],
+        "messages": [
+            {"role": "user", "content": "Bonjour ! Peux-tu m'expliquer pourquoi le ciel est bleu ?"}
+        ],
     },
     {
         "name": "emoji",
-        "messages": [{"role": "user", "content": "Describe a sunny beach day using emoji 🌞🏖️ and one sentence."}],
+        "messages": [
+            {"role": "user", "content": "Describe a sunny beach day using emoji 🌞🏖️ and one sentence."}
+        ],
     },
     {
         "name": "multi_turn",
@@ -77,14 +85,21 @@ CONVERSATIONS: list[dict] = [
     {"name": "primes", "messages": [{"role": "user", "content": "List the first five prime numbers."}]},
     {
         "name": "translate",
-        "messages": [{"role": "user", "content": "Translate 'good morning' into Spanish, German and Japanese."}],
+        "messages": [
+            {"role": "user", "content": "Translate 'good morning' into Spanish, German and Japanese."}
+        ],
     },
     {"name": "leap_year", "messages": [{"role": "user", "content": "How many days are in a leap year?"}]},
     {
         "name": "whitespace",
-        "messages": [{"role": "user", "content": "  Count the words in this sentence:\n\tthe cat sat on the mat.  "}],
+        "messages": [
+            {"role": "user", "content": "  Count the words in this sentence:\n\tthe cat sat on the mat.  "}
+        ],
     },
-    {"name": "empty_system", "messages": [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}]},
+    {
+        "name": "empty_system",
+        "messages": [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}],
+    },
 ]
 
 RAW_PROMPTS: list[tuple[str, str]] = [
@@ -121,7 +136,30 @@ def default_model() -> Path:
         return FALLBACK_MODEL
 
 
-def render_jinja(template: str, messages: list[dict], bos: str, eos: str, add_generation_prompt: bool = True) -> str:
+OTHER_PRES = ("llama-bpe", "qwen2", "gpt-2")
+
+
+def write_vocab_only(src: Path, dst: Path, pre: str) -> None:
+    """Copy every metadata key of ``src`` into a tensor-less GGUF, with ``tokenizer.ggml.pre`` set to ``pre``."""
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        value = pre if name == "tokenizer.ggml.pre" else field.contents()
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, value, field.types[0], sub_type=field.types[-1])
+        else:
+            writer.add_key_value(name, value, field.types[0])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def render_jinja(
+    template: str, messages: list[dict], bos: str, eos: str, add_generation_prompt: bool = True
+) -> str:
     """Render like transformers' apply_chat_template: sandboxed, trim_blocks, lstrip_blocks."""
 
     def raise_exception(msg: str) -> None:
@@ -157,7 +195,9 @@ def sha256(path: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=None, help="SmolLM2 GGUF (default: the project's cached copy)")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="SmolLM2 GGUF (default: the project's cached copy)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "data" / "goldens")
     args = ap.parse_args()
     model = args.model or default_model()
@@ -166,7 +206,9 @@ def main() -> None:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=2048, n_threads=2, logits_all=False, verbose=False, seed=0)
+    llm = llama_cpp.Llama(
+        model_path=str(model), n_ctx=2048, n_threads=2, logits_all=False, verbose=False, seed=0
+    )
     meta = llm.metadata
     template = meta["tokenizer.chat_template"]
     bos_id, eos_id = llm.token_bos(), llm.token_eos()
@@ -200,8 +242,27 @@ def main() -> None:
                 "bytes_plain": b"".join(piece(llm, i, False) for i in ids).hex(),
             }
         )
+    by_pre = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in OTHER_PRES:
+            path = Path(tmp) / f"vocab-{pre}.gguf"
+            write_vocab_only(model, path, pre)
+            vocab_llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            by_pre[pre] = [
+                {
+                    "ids_special": vocab_llm.tokenize(t.encode("utf-8"), add_bos=False, special=True),
+                    "ids_plain": vocab_llm.tokenize(t.encode("utf-8"), add_bos=False, special=False),
+                }
+                for t in corpus
+            ]
+            del vocab_llm
     (out / "tokenizer_ids.json").write_text(
-        json.dumps({"corpus": entries, "detokenize": detok}, ensure_ascii=True, separators=(",", ":")) + "\n"
+        json.dumps(
+            {"corpus": entries, "detokenize": detok, "by_pre": by_pre},
+            ensure_ascii=True,
+            separators=(",", ":"),
+        )
+        + "\n"
     )
     print(f"tokenizer_ids.json: {len(entries)} strings, {len(detok)} id lists")
 
@@ -238,10 +299,18 @@ def main() -> None:
                 "text": text,
             }
         )
-        print(f"  {conv['name']}: {len(prompt_ids)} prompt ids -> {len(generated)} ({'stop' if stop is not None else 'length'}) {text[:60]!r}")
+        print(
+            f"  {conv['name']}: {len(prompt_ids)} prompt ids -> {len(generated)} ({'stop' if stop is not None else 'length'}) {text[:60]!r}"
+        )
     (out / "chat_greedy.json").write_text(
         json.dumps(
-            {"n_greedy": N_GREEDY, "eog_ids": sorted(eog), "bos_text": bos_text, "eos_text": eos_text, "chats": chats},
+            {
+                "n_greedy": N_GREEDY,
+                "eog_ids": sorted(eog),
+                "bos_text": bos_text,
+                "eos_text": eos_text,
+                "chats": chats,
+            },
             ensure_ascii=True,
             indent=1,
         )

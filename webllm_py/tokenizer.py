@@ -73,6 +73,29 @@ _WHITESPACE = [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x20
     0x3000,
 ]
 
+# Letters (L) and numbers (N) of Unicode 15.0/15.1, the version of llama.cpp's table (unicode-data.cpp), that are
+# unassigned in Python 3.11's unicodedata (Unicode 14.0): without them a CJK Extension H/I character would be "other"
+# here and a letter there. Python >= 3.13 knows them already; the union is harmless.
+_UNICODE_15_ADDITIONS = (
+    (0x1123F, 0x11240, "L"),
+    (0x11F02, 0x11F02, "L"),
+    (0x11F04, 0x11F10, "L"),
+    (0x11F12, 0x11F33, "L"),
+    (0x11F50, 0x11F59, "N"),
+    (0x1342F, 0x1342F, "L"),
+    (0x13441, 0x13446, "L"),
+    (0x1B132, 0x1B132, "L"),
+    (0x1B155, 0x1B155, "L"),
+    (0x1D2C0, 0x1D2D3, "N"),
+    (0x1DF25, 0x1DF2A, "L"),
+    (0x1E030, 0x1E06D, "L"),
+    (0x1E4D0, 0x1E4EB, "L"),
+    (0x1E4F0, 0x1E4F9, "N"),
+    (0x2B739, 0x2B739, "L"),
+    (0x2EBF0, 0x2EE5D, "L"),
+    (0x31350, 0x323AF, "L"),
+)
+
 # Code points past these ranges are unassigned (Cn), tags (Cf) or private use (Co) in every Unicode version Python
 # ships, so none of them is a letter or a number; skipping them makes the one-time scan ~4x faster.
 _SCAN_LIMITS = ((0, 0x40000), (0xE0000, 0xE0200))
@@ -111,7 +134,13 @@ def _unicode_classes() -> dict[str, str]:
                 letters.append(cp)
             elif c == "N":
                 numbers.append(cp)
-    return {"L": _class_body(letters), "N": _class_body(numbers), "W": _class_body(sorted(_WHITESPACE))}
+    for lo, hi, kind in _UNICODE_15_ADDITIONS:
+        (letters if kind == "L" else numbers).extend(range(lo, hi + 1))
+    return {
+        "L": _class_body(sorted(set(letters))),
+        "N": _class_body(sorted(set(numbers))),
+        "W": _class_body(sorted(_WHITESPACE)),
+    }
 
 
 # ---- pre-tokenizers ----------------------------------------------------------------------------------------------
