@@ -1,0 +1,209 @@
+"""Chat templates as data: our rendering must equal the real Jinja templates, byte for byte."""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+
+import jinja2
+import jinja2.sandbox
+import pytest
+
+from tests.unit import _tok_templates as T
+from webllm_py.conversation import (
+    CHATML,
+    LLAMA_2,
+    LLAMA_3,
+    LLAMA_3_1,
+    LLAMA_3_2,
+    TEMPLATES,
+    ZEPHYR,
+    ChatTemplate,
+    get_chat_template,
+    recognize,
+)
+from webllm_py.errors import InvalidMessagesError, UnknownChatTemplateError
+
+
+def _raise_exception(msg: str) -> None:
+    raise jinja2.exceptions.TemplateError(msg)
+
+
+@cache
+def _compiled(template: str) -> jinja2.Template:
+    # transformers' apply_chat_template environment; compiled once per template (compiling dominates the time).
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = time.strftime
+    return env.from_string(template)
+
+
+def jinja_render(
+    template: str, messages: list[dict], *, bos: str, eos: str, add_generation_prompt: bool
+) -> str:
+    """What transformers' apply_chat_template renders."""
+    return _compiled(template).render(
+        messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=add_generation_prompt
+    )
+
+
+def plain(messages: list[dict]) -> list[dict]:
+    """Jinja templates want string content; ours also takes text parts, which it joins."""
+    out = []
+    for m in messages:
+        c = m["content"]
+        out.append({"role": m["role"], "content": c if isinstance(c, str) else "".join(p["text"] for p in c)})
+    return out
+
+
+SYS = {"role": "system", "content": "You are a terse assistant."}
+U1 = {"role": "user", "content": "What is the capital of France?"}
+A1 = {"role": "assistant", "content": "Paris."}
+U2 = {"role": "user", "content": "And of Japan? 🗾"}
+
+CONVERSATIONS = {
+    "single": [U1],
+    "system": [SYS, U1],
+    "multi": [U1, A1, U2],
+    "system_multi": [SYS, U1, A1, U2],
+    "empty_user": [{"role": "user", "content": ""}],
+    "empty_system": [{"role": "system", "content": ""}, U1],
+    "ends_with_assistant": [U1, A1],
+    "unicode": [{"role": "user", "content": "Привет! 你好 مرحبا नमस्ते 👨‍👩‍👧 e\u0301"}],
+    "whitespace": [
+        {"role": "system", "content": "  padded system \n"},
+        {"role": "user", "content": "\n\t padded user  \n"},
+        {"role": "assistant", "content": "  padded answer  "},
+        {"role": "user", "content": " last "},
+    ],
+    "newlines": [{"role": "user", "content": "line 1\nline 2\n\nline 4"}],
+    "specialish": [{"role": "user", "content": "<|im_start|> [INST] <<SYS>> </s> <|eot_id|>"}],
+    "parts": [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Summarize: "}, {"type": "text", "text": "cats."}],
+        }
+    ],
+    "long_multi": [SYS] + [U1, A1] * 5 + [U2],
+}
+
+# name -> (template source, the ChatTemplate it must be recognized as or None, bos text, eos text)
+FAMILIES = {
+    "smollm2": (T.SMOLLM2, None, "<|im_start|>", "<|im_end|>"),
+    "chatml": (T.CHATML_PLAIN, None, "<|im_start|>", "<|im_end|>"),
+    "qwen2.5": (T.QWEN25, None, "<|endoftext|>", "<|im_end|>"),
+    "llama-3": (T.LLAMA3, LLAMA_3, "<|begin_of_text|>", "<|eot_id|>"),
+    "llama-3.1": (T.LLAMA31, LLAMA_3_1, "<|begin_of_text|>", "<|eot_id|>"),
+    "llama-3.2": (T.LLAMA32, LLAMA_3_2, "<|begin_of_text|>", "<|eot_id|>"),
+    "llama-2": (T.LLAMA2, LLAMA_2, "<s>", "</s>"),
+    "zephyr": (T.ZEPHYR, ZEPHYR, "<s>", "</s>"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("conv", list(CONVERSATIONS))
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_render_matches_jinja(family: str, conv: str, add_generation_prompt: bool) -> None:
+    source, expected_template, bos, eos = FAMILIES[family]
+    messages = CONVERSATIONS[conv]
+    template = get_chat_template(source)
+    if expected_template is not None:
+        assert template == expected_template
+    want = jinja_render(
+        source, plain(messages), bos=bos, eos=eos, add_generation_prompt=add_generation_prompt
+    )
+    got = template.render(messages, add_generation_prompt=add_generation_prompt)
+    assert got == want, f"{family}/{conv}: first difference at {_first_diff(got, want)}:\n{got!r}\n{want!r}"
+
+
+def _first_diff(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def test_smollm2_default_system_prompt() -> None:
+    t = get_chat_template(T.SMOLLM2)
+    assert t.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    text = t.render([U1])
+    assert text == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert t.stop_token_texts == ("<|im_end|>",)
+    assert "<|im_end|>" in t.stop_strings
+
+
+def test_plain_chatml_has_no_default_system() -> None:
+    assert get_chat_template(T.CHATML_PLAIN) == CHATML
+    assert CHATML.render([U1]).startswith("<|im_start|>user\n")
+
+
+def test_qwen_default_system_is_extracted() -> None:
+    t = get_chat_template(T.QWEN25)
+    assert t.default_system == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def test_recognition_by_markers_not_whole_string() -> None:
+    # A reformatted copy (extra whitespace, other comments) is still recognized.
+    assert recognize("{# my copy #}\n" + T.LLAMA3 + "\n") == LLAMA_3
+    assert recognize(T.LLAMA2.replace("{% endif %}", "{%- endif %}")) == LLAMA_2
+    assert recognize(T.ZEPHYR) == ZEPHYR
+    assert recognize(T.LLAMA31) == LLAMA_3_1
+    assert recognize(T.LLAMA32) == LLAMA_3_2
+    # Phi-3.5 uses <|user|> but ends turns with <|end|>: not Zephyr. Mistral uses [INST] without <<SYS>>.
+    assert recognize(T.PHI35) is None
+    assert recognize(T.MISTRAL_NEMO) is None
+
+
+def test_override_by_name_and_instance() -> None:
+    for name, template in TEMPLATES.items():
+        assert get_chat_template(None, name) is template
+        assert get_chat_template(T.SMOLLM2, name) is template
+    custom = ChatTemplate(
+        name="custom", user_prefix="U: ", user_suffix="\n", assistant_prefix="A: ", assistant_suffix="\n"
+    )
+    assert get_chat_template("anything", custom) is custom
+    assert custom.render([U1, A1]) == "U: What is the capital of France?\nA: Paris.\n"
+
+
+def test_unknown_template_error_says_how_to_fix() -> None:
+    with pytest.raises(UnknownChatTemplateError) as e:
+        get_chat_template(T.MISTRAL_NEMO)
+    msg = str(e.value)
+    assert repr(T.MISTRAL_NEMO[:200]) in msg
+    assert "chat_template=" in msg
+    for name in TEMPLATES:
+        assert name in msg
+    with pytest.raises(UnknownChatTemplateError, match="no tokenizer.chat_template"):
+        get_chat_template(None)
+    with pytest.raises(UnknownChatTemplateError, match="'nope' is not a template name"):
+        get_chat_template(T.SMOLLM2, "nope")
+
+
+def test_rejects_unknown_role() -> None:
+    with pytest.raises(InvalidMessagesError) as e:
+        CHATML.render([U1, {"role": "tool", "content": "42"}])
+    assert "'tool'" in str(e.value)
+    assert "system, user, assistant" in str(e.value)
+    assert e.value.field == "messages[1].role"
+
+
+def test_rejects_non_text_parts_and_bad_content() -> None:
+    with pytest.raises(InvalidMessagesError, match="image_url"):
+        CHATML.render([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    with pytest.raises(InvalidMessagesError, match="string or a list"):
+        CHATML.render([{"role": "user", "content": 5}])
+    with pytest.raises(InvalidMessagesError, match="at least one message"):
+        CHATML.render([])
+
+
+def test_llama2_requires_alternation() -> None:
+    with pytest.raises(InvalidMessagesError, match="alternate"):
+        LLAMA_2.render([U1, U2])
+    with pytest.raises(InvalidMessagesError, match="alternate"):
+        LLAMA_2.render([SYS, A1])
+
+
+def test_none_content_is_empty() -> None:
+    assert CHATML.render([{"role": "user", "content": None}]) == CHATML.render(
+        [{"role": "user", "content": ""}]
+    )
