@@ -13,6 +13,8 @@ Outputs (all small; logits are float32 in a compressed npz):
 * ``chat_greedy.json``    chat conversations: the prompt text rendered by the GGUF's Jinja template, its ids, and
   48 greedy tokens (argmax of the logits) with the top-2 margin of each step, stopping at an end-of-turn token.
 * ``first_logits.npz`` + ``first_logits.json``  full-vocabulary logits at the last position of raw prompts.
+* ``spm_ids.json``        a small synthetic SentencePiece (``tokenizer.ggml.model = llama``) vocabulary, written
+  to a vocab-only GGUF, and llama.cpp's ids for strings over it: checks our SPM path without a Llama-2 model file.
 * ``meta.json``           llama-cpp-python version, the llama.cpp commit it vendors, the model file's sha256.
 """
 
@@ -157,6 +159,94 @@ def write_vocab_only(src: Path, dst: Path, pre: str) -> None:
     writer.close()
 
 
+SPM_WORDS = "the quick brown fox jumps over lazy dog hello world café 世界 ab ba aa bb abc cab".split()
+
+
+def spm_vocab() -> dict:
+    """A deterministic SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, every substring of the words
+    (with and without the ``▁`` space mark) with pseudo-random scores, a few space/newline pieces, one user-defined."""
+    rng = random.Random(3)
+    tokens, types, scores = ["<unk>", "<s>", "</s>"], [2, 3, 3], [0.0, 0.0, 0.0]
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(6)
+        scores.append(0.0)
+    pieces = set()
+    for w in SPM_WORDS:
+        for x in ("\u2581" + w, w):
+            pieces |= {x[i:j] for i in range(len(x)) for j in range(i + 1, len(x) + 1)}
+    pieces |= {"\u2581\u2581", "\u2581\u2581\u2581\u2581", "\n", "\u2581\n", "!", "\u2581!"}
+    for piece_text in sorted(pieces - set(tokens)):
+        tokens.append(piece_text)
+        types.append(1)
+        scores.append(round(-rng.random() * 10, 4))
+    tokens.append("<tool>")
+    types.append(4)
+    scores.append(0.0)
+    return {"tokens": tokens, "token_type": types, "scores": scores}
+
+
+def write_spm_gguf(src: Path, dst: Path, vocab: dict) -> None:
+    """A tensor-less GGUF with ``src``'s model hyper-parameters and the SentencePiece vocabulary ``vocab``."""
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith(("GGUF.", "tokenizer.")) or name == "general.architecture":
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, field.contents(), field.types[0], sub_type=field.types[-1])
+        else:
+            writer.add_key_value(name, field.contents(), field.types[0])
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(vocab["tokens"])
+    writer.add_token_scores(vocab["scores"])
+    writer.add_token_types(vocab["token_type"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def spm_goldens(model: Path) -> dict:
+    vocab = spm_vocab()
+    rng = random.Random(4)
+    pool = SPM_WORDS + [" ", "  ", "\n", "!", "é", "😀", "</s>", "<s>", "<tool>", "x", "\t", "ab", "ba"]
+    strings = [
+        "",
+        " ",
+        "hello world",
+        " hello",
+        "hello  world",
+        "café 世界!",
+        "😀",
+        "a\nb",
+        "<s>hello</s>",
+        "x<tool>y",
+    ]
+    strings += ["".join(rng.choice(pool) for _ in range(rng.randrange(1, 12))) for _ in range(200)]
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spm.gguf"
+        write_spm_gguf(model, path, vocab)
+        spm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        for text in strings:
+            data = text.encode("utf-8")
+            cases.append(
+                {
+                    "text": text,
+                    "ids_bos_special": spm.tokenize(data, add_bos=True, special=True),
+                    "ids_plain": spm.tokenize(data, add_bos=False, special=False),
+                }
+            )
+        pieces = [piece(spm, i, True).hex() for i in range(len(vocab["tokens"]))]
+        del spm
+    return {"vocab": vocab, "pieces_special": pieces, "cases": cases}
+
+
 def render_jinja(
     template: str, messages: list[dict], bos: str, eos: str, add_generation_prompt: bool = True
 ) -> str:
@@ -265,6 +355,11 @@ def main() -> None:
         + "\n"
     )
     print(f"tokenizer_ids.json: {len(entries)} strings, {len(detok)} id lists")
+
+    (out / "spm_ids.json").write_text(
+        json.dumps(spm_goldens(model), ensure_ascii=True, separators=(",", ":")) + "\n"
+    )
+    print("spm_ids.json: synthetic SentencePiece vocabulary")
 
     # ---- greedy chat ----
     chats = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +293,29 @@ def test_spm_byte_fallback_and_special() -> None:
     # é has no piece: its two UTF-8 bytes as <0xC3> <0xA9>; </s> is a control token.
     assert texts(tok, ids) == ["▁h", "<0xC3>", "<0xA9>", "</s>"]
     assert tok.decode(ids, skip_special=True) == " hé"
+
+
+def test_spm_equals_llama_cpp_on_synthetic_vocabulary() -> None:
+    # tests/data/goldens/spm_ids.json: a SentencePiece vocabulary made by scripts/make_goldens.py and llama.cpp's ids
+    # for strings over it (the vocabulary travels in the file, so no model is needed).
+    data = json.loads(
+        (Path(__file__).resolve().parent.parent / "data" / "goldens" / "spm_ids.json").read_text()
+    )
+    vocab = data["vocab"]
+    tok = Tokenizer.from_gguf(
+        {
+            "tokenizer.ggml.model": "llama",
+            "tokenizer.ggml.tokens": vocab["tokens"],
+            "tokenizer.ggml.token_type": vocab["token_type"],
+            "tokenizer.ggml.scores": vocab["scores"],
+            "tokenizer.ggml.bos_token_id": 1,
+            "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.add_bos_token": True,
+        }
+    )
+    for case in data["cases"]:
+        text = case["text"]
+        assert tok.encode(text, parse_special=True) == case["ids_bos_special"], text
+        assert tok.encode(text, add_bos=False, parse_special=False) == case["ids_plain"], text
+    for i, hexed in enumerate(data["pieces_special"]):
+        assert tok.token_bytes(i) == bytes.fromhex(hexed), (i, vocab["tokens"][i])
