@@ -251,6 +251,7 @@ class Tokenizer:
         bos_id: int | None = None,
         eos_id: int | None = None,
         eot_id: int | None = None,
+        eom_id: int | None = None,
         add_bos: bool = False,
         add_space_prefix: bool = True,
     ):
@@ -284,7 +285,11 @@ class Tokenizer:
         self._eos_id = check_id("tokenizer.ggml.eos_token_id", eos_id)
         self.add_bos = add_bos
         eot = {self._vocab[t] for t in EOT_TEXTS if t in self._vocab}
-        for i in (self._eos_id, check_id("tokenizer.ggml.eot_token_id", eot_id)):
+        for i in (
+            self._eos_id,
+            check_id("tokenizer.ggml.eot_token_id", eot_id),
+            check_id("tokenizer.ggml.eom_token_id", eom_id),
+        ):
             if i is not None:
                 eot.add(i)
         self._eot_ids = frozenset(eot)
@@ -340,8 +345,12 @@ class Tokenizer:
         else:
             default_bos, default_eos, default_add_bos = 11, 11, False
         n = len(tokens)
-        bos = metadata.get("tokenizer.ggml.bos_token_id", default_bos)
-        eos = metadata.get("tokenizer.ggml.eos_token_id", default_eos)
+
+        def in_range(key: str, default: int | None = None) -> int | None:
+            # llama.cpp ignores an out-of-range special id (with a warning) rather than refusing the model.
+            i = metadata.get(key, default)
+            return i if isinstance(i, int) and 0 <= i < n else None
+
         if add_bos is None:
             add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
         return cls(
@@ -351,9 +360,10 @@ class Tokenizer:
             merges=metadata.get("tokenizer.ggml.merges"),
             scores=metadata.get("tokenizer.ggml.scores"),
             pre=metadata.get("tokenizer.ggml.pre"),
-            bos_id=bos if bos is not None and 0 <= bos < n else None,
-            eos_id=eos if eos is not None and 0 <= eos < n else None,
-            eot_id=metadata.get("tokenizer.ggml.eot_token_id"),
+            bos_id=in_range("tokenizer.ggml.bos_token_id", default_bos),
+            eos_id=in_range("tokenizer.ggml.eos_token_id", default_eos),
+            eot_id=in_range("tokenizer.ggml.eot_token_id"),
+            eom_id=in_range("tokenizer.ggml.eom_token_id"),
             add_bos=add_bos,
             add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)),
         )
@@ -551,6 +561,10 @@ class Tokenizer:
         CONTROL / UNKNOWN tokens give their text, or nothing with ``skip_special``; USER_DEFINED tokens always
         give their text; UNUSED tokens give nothing. A piece may be part of a UTF-8 character.
         """
+        if not 0 <= token_id < len(self._tokens):
+            raise TokenizerError(
+                f"token id {token_id} is outside the vocabulary (0..{len(self._tokens) - 1})"
+            )
         ttype = self._types[token_id]
         if ttype in (TOKEN_CONTROL, TOKEN_UNKNOWN):
             return b"" if skip_special else self._tokens[token_id].encode()

@@ -185,6 +185,8 @@ def test_properties_and_eot_ids() -> None:
     assert tok.id_to_token(2) == "<|im_end|>"
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         tok.id_to_token(10_000)
+    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+        tok.decode([-1])
     tok = make(user_defined=("<|eot_id|>",), extra={"tokenizer.ggml.eot_token_id": 3})
     assert {3, tok.token_to_id("<|eot_id|>")} <= tok.eot_ids
     # An end-of-turn token that the converter left USER_DEFINED is treated as control, as llama.cpp does.
