@@ -9,9 +9,10 @@ check that against ``jinja2`` for every family.
 Families: ChatML (SmolLM2, Qwen, ...), Llama-3 / 3.1 / 3.2, Llama-2 (``[INST]`` with ``<<SYS>>``), Zephyr
 (TinyLlama-Chat: ``<|user|>\\n...</s>``).
 
-BOS: some templates write the BOS token's text at the start (``bos_text``). Tokenize such a prompt with
-``parse_special=True`` and ``add_bos=False`` (or strip ``bos_text`` first and let the tokenizer add BOS, as
-llama.cpp's server does); either way the prompt starts with exactly one BOS.
+BOS: some templates write the BOS token's text themselves (Llama-3 ``bos_text``, Llama-2 ``<s>`` in each user
+prefix). Tokenize the prompt with ``parse_special=True`` and add a BOS only when the tokenizer wants one AND the text
+does not already start with the BOS token's text (llama.cpp's server strips that leading text instead; the ids are
+the same): ``add_bos = tok.add_bos and not prompt.startswith(tok.id_to_token(tok.bos_id))``.
 """
 
 from __future__ import annotations
