@@ -141,22 +141,37 @@ def default_model() -> Path:
 OTHER_PRES = ("llama-bpe", "qwen2", "gpt-2")
 
 
-def write_vocab_only(src: Path, dst: Path, pre: str) -> None:
-    """Copy every metadata key of ``src`` into a tensor-less GGUF, with ``tokenizer.ggml.pre`` set to ``pre``."""
+def vocab_only_writer(
+    src: Path, dst: Path, keep_tokenizer: bool, overrides: dict[str, str] | None = None
+) -> gguf.GGUFWriter:
+    """A writer for a tensor-less GGUF holding ``src``'s metadata (its tokenizer keys only if ``keep_tokenizer``,
+    string values replaced by ``overrides``); the caller adds keys, then calls :func:`finish`."""
+    overrides = overrides or {}
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
             continue
-        value = pre if name == "tokenizer.ggml.pre" else field.contents()
+        if name.startswith("tokenizer.") and not keep_tokenizer:
+            continue
+        value = overrides.get(name, field.contents())
         if field.types[0] == gguf.GGUFValueType.ARRAY:
             writer.add_key_value(name, value, field.types[0], sub_type=field.types[-1])
         else:
             writer.add_key_value(name, value, field.types[0])
+    return writer
+
+
+def finish(writer: gguf.GGUFWriter) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def write_vocab_only(src: Path, dst: Path, pre: str) -> None:
+    """``src``'s metadata in a tensor-less GGUF, with ``tokenizer.ggml.pre`` set to ``pre``."""
+    finish(vocab_only_writer(src, dst, keep_tokenizer=True, overrides={"tokenizer.ggml.pre": pre}))
 
 
 SPM_WORDS = "the quick brown fox jumps over lazy dog hello world café 世界 ab ba aa bb abc cab".split()
@@ -188,15 +203,7 @@ def spm_vocab() -> dict:
 
 def write_spm_gguf(src: Path, dst: Path, vocab: dict) -> None:
     """A tensor-less GGUF with ``src``'s model hyper-parameters and the SentencePiece vocabulary ``vocab``."""
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(dst, arch=reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith(("GGUF.", "tokenizer.")) or name == "general.architecture":
-            continue
-        if field.types[0] == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(name, field.contents(), field.types[0], sub_type=field.types[-1])
-        else:
-            writer.add_key_value(name, field.contents(), field.types[0])
+    writer = vocab_only_writer(src, dst, keep_tokenizer=False)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(vocab["tokens"])
     writer.add_token_scores(vocab["scores"])
@@ -205,10 +212,7 @@ def write_spm_gguf(src: Path, dst: Path, vocab: dict) -> None:
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
 
 
 def spm_goldens(model: Path) -> dict:

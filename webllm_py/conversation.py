@@ -204,21 +204,11 @@ LLAMA_3 = ChatTemplate(
 
 # Llama-3.1 (and 3.2, which writes today's date): a system turn always comes first, with knowledge/date lines.
 _L31_SYSTEM = _L3_HEADER.format("system") + "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
-LLAMA_3_1 = ChatTemplate(
+LLAMA_3_1 = replace(
+    LLAMA_3,
     name="llama-3.1",
-    system_prefix=_L3_HEADER.format("system"),
-    system_suffix="<|eot_id|>",
     first_system_prefix=_L31_SYSTEM.replace("{date}", "26 Jul 2024"),
     default_system="",
-    user_prefix=_L3_HEADER.format("user"),
-    user_suffix="<|eot_id|>",
-    assistant_prefix=_L3_HEADER.format("assistant"),
-    assistant_suffix="<|eot_id|>",
-    bos_text="<|begin_of_text|>",
-    generation_prompt=_L3_HEADER.format("assistant"),
-    strip_content=True,
-    stop_strings=("<|eot_id|>",),
-    stop_token_texts=("<|eot_id|>", "<|eom_id|>"),
 )
 LLAMA_3_2 = replace(LLAMA_3_1, name="llama-3.2", first_system_prefix=_L31_SYSTEM, date_format="%d %b %Y")
 
