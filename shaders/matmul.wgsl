@@ -1,7 +1,8 @@
 // Quantized matrix products out = W x with fused prologue and epilogues, for every linear layer of the model.
 //
 // Variants (defines):
-//   GEMV      decode: one token (the last of the step), R = 4 rows per workgroup, K split across WG invocations.
+//   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
+//             workgroup, K split across WG invocations.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
@@ -63,8 +64,8 @@ fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
 }
 #endif
 
-// Results for rows r and r + 1 (r even) of token t.
-fn epilogue_pair(r: u32, t: u32, a: f32, b: f32) {
+// Results for rows r and r + 1 (r even), stored at token row t of out; pos is the token's sequence position.
+fn epilogue_pair(r: u32, t: u32, pos: u32, a: f32, b: f32) {
 #if EPI == STORE
   if (r < P.n_rows) { out[t * P.out_stride + r] = a; }
   if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] = b; }
@@ -80,7 +81,6 @@ fn epilogue_pair(r: u32, t: u32, a: f32, b: f32) {
   if (r + 1u >= P.n_rows) {
     return;
   }
-  let pos = S.pos + t;
   let hd = P.head_dim;
   if (r < P.n_q) {
     let v = rope(a, b, r % hd, pos);
@@ -109,7 +109,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32 SG_ARGS) {
   SG_INIT
   let row0 = (wid.y * nwg.x + wid.x) * R;
-  let t = S.n_tokens - 1u;  // decoding: the only token; after a prefill chunk: its last one (for the LM head)
+  // Decoding: the only token; after a prefill chunk: its last one (for the LM head). Its result goes to row 0 of
+  // out, so the LM head's logits buffer holds one row whatever the chunk length.
+  let t = S.n_tokens - 1u;
+  let pos = S.pos + t;
   let nb = P.k_blocks;
   let xbase = t * (P.x_stride / 4u);
   var acc = vec4<f32>(0.0);
@@ -136,20 +139,68 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   acc *= inverseSqrt(wg_sum(ssq, lid) / f32(nb * 32u) + P.eps);
 #endif
   if (lid == 0u) {
-    epilogue_pair(row0, t, acc.x, acc.y);
-    epilogue_pair(row0 + 2u, t, acc.z, acc.w);
+    epilogue_pair(row0, 0u, pos, acc.x, acc.y);
+    epilogue_pair(row0 + 2u, 0u, pos, acc.z, acc.w);
+  }
+}
+#endif
+
+#ifdef GEMV_ROWS
+// Decode variant for CPU adapters (lavapipe) and other SIMD-across-invocations devices: one row per invocation,
+// no reduction in the inner loop; WG rows per workgroup. The activations are read by every invocation (cached).
+var<workgroup> row_out: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let row0 = (wid.y * nwg.x + wid.x) * WG;
+  let row = row0 + lid;
+  let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
+  let pos = S.pos + t;
+  let nb = P.k_blocks;
+  let xbase = t * (P.x_stride / 4u);
+  var scale = 1.0;
+#ifdef NORM
+  var ssq = 0.0;
+  for (var i = lid; i < nb * 8u; i += WG) {
+    let v = x[xbase + i];
+    ssq += dot(v, v);
+  }
+  scale = inverseSqrt(wg_sum(ssq, lid) / f32(nb * 32u) + P.eps);
+#endif
+  var acc = 0.0;
+  if (row < P.n_rows) {
+    for (var b = 0u; b < nb; b++) {
+      var xb: array<vec4<f32>, 8>;
+      var xsum = 0.0;
+      for (var i = 0u; i < 8u; i++) {
+        var v = x[xbase + b * 8u + i];
+#ifdef NORM
+        v *= norm_w[b * 8u + i];
+#endif
+        xb[i] = v;
+        xsum += v.x + v.y + v.z + v.w;
+      }
+      acc += block_dot(row * nb + b, &xb, xsum);
+    }
+  }
+  row_out[lid] = acc * scale;
+  workgroupBarrier();
+  if (lid % 2u == 0u) {
+    epilogue_pair(row, 0u, pos, row_out[lid], row_out[lid + 1u]);
   }
 }
 #endif
 
 #ifdef GEMM
 // 32 rows x 32 tokens per workgroup; WG must be 64. Invocation (ty, tx) = (lid / 8, lid % 8) computes rows
-// 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3.
+// 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3: per k, one vec4 of
+// weights and one of activations from workgroup memory make a 4 x 4 outer product.
 const TILE: u32 = 32u;
-const PITCH: u32 = 33u;  // padded row pitch of the tiles in workgroup memory
-var<workgroup> w_tile: array<f32, 1056>;   // (32 rows, 33) dequantized weights of one block column
-var<workgroup> x_tile: array<f32, 1056>;   // (32 tokens, 33) activations of the same block column
-var<workgroup> ssq_tile: array<f32, 64>;   // per loader invocation: partial sum(x^2) of its token
+var<workgroup> w_tile: array<vec4<f32>, 256>;   // (32 k, 8): rows 4i .. 4i+3 of column k, dequantized
+var<workgroup> x_tile: array<vec4<f32>, 256>;   // (32 k, 8): tokens 4j .. 4j+3 of column k
+var<workgroup> ssq_tile: array<f32, 64>;        // per loader invocation: partial sum(x^2) of its token
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -160,7 +211,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nb = P.k_blocks;
   let ty = lid / 8u;
   let tx = lid % 8u;
-  // As a loader, invocation lid fills half (16 columns) of tile row lid / 2 in both tiles.
+  // As a loader, invocation lid fills 16 columns (half a block) of tile row lid / 2 in both tiles.
   let lr = lid / 2u;
   let lh = lid % 2u;
   let w_row = row0 + lr;
@@ -181,24 +232,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         xv *= norm_w[b * 8u + 4u * lh + i];
 #endif
       }
-      let c = lr * PITCH + 16u * lh + 4u * i;
-      w_tile[c] = wv.x;
-      w_tile[c + 1u] = wv.y;
-      w_tile[c + 2u] = wv.z;
-      w_tile[c + 3u] = wv.w;
-      x_tile[c] = xv.x;
-      x_tile[c + 1u] = xv.y;
-      x_tile[c + 2u] = xv.z;
-      x_tile[c + 3u] = xv.w;
+      let k = 16u * lh + 4u * i;
+      let slot = lr / 4u;
+      let c = lr % 4u;
+      w_tile[k * 8u + slot][c] = wv.x;
+      w_tile[(k + 1u) * 8u + slot][c] = wv.y;
+      w_tile[(k + 2u) * 8u + slot][c] = wv.z;
+      w_tile[(k + 3u) * 8u + slot][c] = wv.w;
+      x_tile[k * 8u + slot][c] = xv.x;
+      x_tile[(k + 1u) * 8u + slot][c] = xv.y;
+      x_tile[(k + 2u) * 8u + slot][c] = xv.z;
+      x_tile[(k + 3u) * 8u + slot][c] = xv.w;
     }
     workgroupBarrier();
     for (var k = 0u; k < TILE; k++) {
-      let xs = vec4<f32>(x_tile[(4u * tx) * PITCH + k], x_tile[(4u * tx + 1u) * PITCH + k],
-                         x_tile[(4u * tx + 2u) * PITCH + k], x_tile[(4u * tx + 3u) * PITCH + k]);
-      acc[0] += w_tile[(4u * ty) * PITCH + k] * xs;
-      acc[1] += w_tile[(4u * ty + 1u) * PITCH + k] * xs;
-      acc[2] += w_tile[(4u * ty + 2u) * PITCH + k] * xs;
-      acc[3] += w_tile[(4u * ty + 3u) * PITCH + k] * xs;
+      let wk = w_tile[k * 8u + ty];
+      let xk = x_tile[k * 8u + tx];
+      acc[0] += wk.x * xk;
+      acc[1] += wk.y * xk;
+      acc[2] += wk.z * xk;
+      acc[3] += wk.w * xk;
     }
     workgroupBarrier();
   }
@@ -215,8 +268,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t = t0 + 4u * tx + j;
     if (t < n_tokens) {
       let r = row0 + 4u * ty;
-      epilogue_pair(r, t, acc[0][j] * scale[j], acc[1][j] * scale[j]);
-      epilogue_pair(r + 2u, t, acc[2][j] * scale[j], acc[3][j] * scale[j]);
+      epilogue_pair(r, t, S.pos + t, acc[0][j] * scale[j], acc[1][j] * scale[j]);
+      epilogue_pair(r + 2u, t, S.pos + t, acc[2][j] * scale[j], acc[3][j] * scale[j]);
     }
   }
 }

@@ -96,6 +96,29 @@ class Repacker:
     ) -> None:
         """Repack ``n_rows`` source rows held in ``raw`` into destination rows dst_row0 + i * dst_row_step."""
         row_bytes = len(raw) // n_rows
+        self.upload_rows(
+            w,
+            ggml_type,
+            n_rows,
+            row_bytes,
+            lambda r0, rows: raw[r0 * row_bytes : (r0 + rows) * row_bytes],
+            dst_row0=dst_row0,
+            dst_row_step=dst_row_step,
+        )
+
+    def upload_rows(
+        self,
+        w: Weight,
+        ggml_type: GGMLType,
+        n_rows: int,
+        row_bytes: int,
+        read_rows: Callable[[int, int], bytes],
+        *,
+        dst_row0: int = 0,
+        dst_row_step: int = 1,
+    ) -> None:
+        """Like upload, reading source rows on demand (``read_rows(first_row, count)``), one staging chunk at a time,
+        so a weight never sits whole in host memory."""
         if row_bytes > self.staging_bytes:
             raise DeviceLimitError(f"a row of {row_bytes} bytes does not fit the {self.staging_bytes}-byte staging buffer")
         kb = w.k_blocks
@@ -105,7 +128,7 @@ class Repacker:
         step = self.rows_per_chunk(row_bytes)
         for r0 in range(0, n_rows, step):
             rows = min(step, n_rows - r0)
-            chunk = raw[r0 * row_bytes : (r0 + rows) * row_bytes]
+            chunk = read_rows(r0, rows)
             chunk += bytes(-len(chunk) % 4)
             self.kern.device.write_buffer(self.staging, 0, chunk)
             entries = [
@@ -163,8 +186,9 @@ def matmul(
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants."""
+    gemv = kern.gemv_variant
     defines: dict[str, object] = {"WG": GEMM_WG if gemm else kern.gemv_wg, "W_FMT": w.fmt, "EPI": epi}
-    defines["GEMM" if gemm else "GEMV"] = 1
+    defines["GEMM" if gemm else gemv] = 1
     if w.s is not None:
         defines["W_SCALES"] = 1
     if norm_w is not None:
@@ -208,7 +232,8 @@ def matmul(
             return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
 
     else:
-        fixed = fold_grid(math.ceil(w.n_rows / GEMV_ROWS))
+        rows_per_wg = kern.gemv_wg if gemv == "GEMV_ROWS" else GEMV_ROWS
+        fixed = fold_grid(math.ceil(w.n_rows / rows_per_wg))
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
             return fixed

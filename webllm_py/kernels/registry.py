@@ -37,10 +37,15 @@ class Tier:
 class Kernels:
     """Compiles shader variants for one device and tier, each once."""
 
-    def __init__(self, device: Device, tier: Tier, *, gemv_wg: int = 64, attention_wg: int = 64):
+    def __init__(
+        self, device: Device, tier: Tier, *, gemv_variant: str = "GEMV", gemv_wg: int = 64, attention_wg: int = 64
+    ):
         self.device = device
         self.tier = tier
-        self.gemv_wg = gemv_wg  # invocations per GEMV workgroup (tuned per adapter later)
+        # Decode matrix-vector kernel: "GEMV" splits K over a workgroup of gemv_wg invocations (GPUs);
+        # "GEMV_ROWS" gives each invocation a whole row (CPU adapters, where reductions cost more than they save).
+        self.gemv_variant = gemv_variant
+        self.gemv_wg = gemv_wg
         self.attention_wg = attention_wg
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}

@@ -1,0 +1,294 @@
+"""The engine: load a GGUF onto the GPU, prefill a prompt, decode token ids. Host-agnostic; talks only to a Device.
+
+The decode loop keeps the GPU busy: the sampler leaves each token where the next step's embedding reads it, so
+step t + 1 is submitted before the host has read token t, and the host reads token ids one step behind from a small
+ring of 4-byte MAP_READ buffers. A step after the last wanted token may run for nothing; it only writes a KV entry
+past the end, which the next request overwrites.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .conversation import ChatTemplate, get_chat_template
+from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, InvalidRequestError
+from .gpu.device import BufferUsage, Device
+from .kernels.params import pack_state
+from .kernels.registry import Kernels, Tier
+from .model.config import ModelConfig
+from .model.gguf import GGUFFile
+from .model.graph import LlamaGraph, default_chunk
+from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .config import ModelRecord
+
+Progress = Callable[[float, str], None]
+DEFAULT_CONTEXT_WINDOW = 4096  # positions of KV cache when neither the request nor the model record says
+READBACK_RING = 3  # MAP_READ buffers for token ids: one being read, one being written, one spare
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0.0 => greedy (argmax)
+    top_p: float = 1.0
+    seed: int | None = None  # None => a random seed
+    max_tokens: int | None = None  # None => until the context window is full
+    stop_token_ids: frozenset[int] = frozenset()  # extra ids that end generation
+    ignore_eos: bool = False  # when True, neither EOS nor end-of-turn tokens stop generation
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_time_s: float = 0.0  # request start -> first token id on the host (prefill + first sample)
+    decode_time_s: float = 0.0  # first token -> last token on the host
+    time_to_first_token_s: float = 0.0
+    e2e_latency_s: float = 0.0
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_time_s if self.prefill_time_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        n = self.completion_tokens - 1  # the first token comes out of the prefill step
+        return n / self.decode_time_s if n > 0 and self.decode_time_s > 0 else 0.0
+
+    @property
+    def time_per_output_token_s(self) -> float:
+        n = self.completion_tokens - 1
+        return self.decode_time_s / n if n > 0 else 0.0
+
+
+class Generation:
+    """One request's token ids, as an async iterator. ``finish_reason`` and ``stats`` are final once it ends."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, max_new: int):
+        self.engine = engine
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.max_new = max_new
+        self.finish_reason: str | None = None
+        self.stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        self._started = False
+        self._closed = False
+        self._ids = self._run()
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> int:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._ids.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early; the engine is free for the next request as soon as this returns."""
+        if self.finish_reason is None:
+            self.finish_reason = "abort"
+        self._closed = True
+        await self._ids.aclose()
+        self.engine._release(self)
+
+    def interrupt(self) -> None:
+        """Ask the generation to end at its next token with finish_reason "abort" (safe from any task)."""
+        self._interrupted = True
+
+    _interrupted = False
+
+    async def _run(self):  # noqa: C901 - the decode loop reads top to bottom on purpose
+        engine, graph, dev = self.engine, self.engine.graph, self.engine.device
+        params = self.params
+        start = time.perf_counter()
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= engine.tokenizer.eot_ids
+        try:
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            graph.sampler.configure(temperature=params.temperature, top_p=params.top_p, seed=seed)
+
+            # Prefill: chunks of at most graph.chunk tokens; the last one ends with the LM head and the sampler.
+            ids = self.prompt_ids
+            for c0 in range(0, len(ids), graph.chunk):
+                chunk = ids[c0 : c0 + graph.chunk]
+                last = c0 + len(chunk) == len(ids)
+                dev.write_buffer(graph.tokens, 0, struct.pack(f"<{len(chunk)}I", *chunk))
+                dev.write_buffer(graph.state, 0, pack_state(c0, len(chunk), 0))
+                copies = [(graph.tokens, 0, engine.ring[0], 0, 4)] if last else []
+                dev.submit(graph.forward(len(chunk), sample=last), copies)
+
+            # Decode, reading one step behind: step i's token lands in ring[i % RING].
+            submitted = 1  # steps whose token will be read (the prefill's sample is step 0)
+            if self.max_new > 1:
+                dev.submit(graph.decode_dispatches, [(graph.tokens, 0, engine.ring[1], 0, 4)])
+                submitted = 2
+            first_token_at = 0.0
+            for i in range(self.max_new):
+                data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
+                token = struct.unpack("<I", data)[0]
+                now = time.perf_counter()
+                if i == 0:
+                    first_token_at = now
+                    self.stats.time_to_first_token_s = now - start
+                    self.stats.prefill_time_s = now - start
+                self.stats.completion_tokens = i + 1
+                self.stats.decode_time_s = now - first_token_at
+                if submitted < self.max_new and token not in stop_ids and not self._interrupted:
+                    ring = engine.ring[submitted % READBACK_RING]
+                    dev.submit(graph.decode_dispatches, [(graph.tokens, 0, ring, 0, 4)])
+                    submitted += 1
+                yield token
+                if token in stop_ids:
+                    self.finish_reason = "stop"
+                    return
+                if self._interrupted:
+                    self.finish_reason = "abort"
+                    return
+            self.finish_reason = "length"
+        finally:
+            self.stats.e2e_latency_s = time.perf_counter() - start
+            engine._release(self)
+
+
+class Engine:
+    """A model loaded on one device, generating one request at a time."""
+
+    def __init__(
+        self,
+        model_id: str,
+        cfg: ModelConfig,
+        gguf: GGUFFile,
+        device: Device,
+        kern: Kernels,
+        graph: LlamaGraph,
+        tokenizer: Tokenizer,
+        chat_template: ChatTemplate,
+    ):
+        self.model_id = model_id
+        self.config = cfg
+        self.gguf = gguf
+        self.device = device
+        self.kern = kern
+        self.graph = graph
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.context_window_size = graph.max_ctx
+        self.ring = [
+            device.create_buffer(4, BufferUsage.MAP_READ | BufferUsage.COPY_DST, f"token_readback{i}")
+            for i in range(READBACK_RING)
+        ]
+        self._active: Generation | None = None
+        self._unloaded = False
+        self.owns_device = False  # set by load_engine when it opened the device itself
+        self.load_stats: dict[str, Any] = {}
+
+    @property
+    def tier(self) -> Tier:
+        return self.kern.tier
+
+    @property
+    def dispatches_per_decode_step(self) -> int:
+        return len(self.graph.decode_dispatches)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        """Start generating after ``prompt_ids``; iterate the result for token ids."""
+        if self._unloaded:
+            raise EngineNotLoadedError(f"model {self.model_id!r} was unloaded; reload it first")
+        if self._active is not None:
+            raise InvalidRequestError(
+                f"model {self.model_id!r} is already generating; finish or aclose() that generation first"
+            )
+        n_ctx = self.context_window_size
+        if not prompt_ids:
+            raise InvalidRequestError("the prompt is empty: it needs at least one token")
+        bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise InvalidRequestError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
+        room = n_ctx - len(prompt_ids)
+        if room < 1:
+            raise ContextWindowSizeExceededError(
+                f"the prompt has {len(prompt_ids)} tokens but the context window holds {n_ctx} "
+                f"(prompt plus reply); shorten the conversation or load the model with a larger context_window_size "
+                f"(the model supports up to {self.config.context_length})"
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ContextWindowSizeExceededError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context window "
+                f"of {n_ctx} tokens; lower max_tokens to at most {room} or shorten the prompt"
+            )
+        max_new = params.max_tokens if params.max_tokens is not None else room
+        gen = Generation(self, list(prompt_ids), params, max_new)
+        self._active = gen
+        return gen
+
+    def _release(self, gen: Generation) -> None:
+        if self._active is gen:
+            self._active = None
+
+    async def unload(self) -> None:
+        if self._active is not None:
+            await self._active.aclose()
+        self._unloaded = True
+        for buf in self.ring:
+            self.device.destroy_buffer(buf)
+        if self.owns_device:
+            self.device.destroy()
+        self.gguf.close()
+
+
+async def load_engine(
+    record: ModelRecord | str,
+    gguf_path: str,
+    *,
+    device: Device | None = None,
+    progress: Progress | None = None,
+    context_window_size: int | None = None,
+    chat_template: str | ChatTemplate | None = None,
+    tier: Tier | None = None,
+) -> Engine:
+    """Open ``gguf_path`` and put the model on ``device`` (the host's default WebGPU device when None)."""
+    t0 = time.perf_counter()
+    model_id = record if isinstance(record, str) else record.model_id
+    if not isinstance(record, str):
+        context_window_size = context_window_size or record.context_window_size
+        chat_template = chat_template if chat_template is not None else record.chat_template
+    gguf = GGUFFile.open(gguf_path)
+    try:
+        cfg = ModelConfig.from_gguf(gguf)
+        tokenizer = Tokenizer.from_gguf(gguf.metadata)
+        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
+        n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
+        if not 1 <= n_ctx <= cfg.context_length:
+            raise InvalidRequestError(
+                f"context_window_size {n_ctx} is outside [1, {cfg.context_length}] (the model's context length)"
+            )
+        owns_device = device is None
+        if device is None:
+            from .host import open_device
+
+            device = await open_device()
+        kern = Kernels(device, tier or Tier.for_device(device))
+        graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
+        await graph.load(gguf, progress)
+        graph.check_limits()
+    except BaseException:
+        gguf.close()
+        raise
+    engine = Engine(model_id, cfg, gguf, device, kern, graph, tokenizer, template)
+    engine.owns_device = owns_device
+    engine.load_stats = {
+        "load_time_s": time.perf_counter() - t0,
+        "weight_bytes": graph.weight_bytes,
+        "kv_cache_bytes": graph.kv_bytes,
+        "tier": kern.tier.name,
+        "pipelines": kern.n_pipelines,
+        "adapter": device.info.summary(),
+    }
+    return engine

@@ -1,0 +1,237 @@
+"""The Llama-family forward pass on the GPU: weights, KV cache, activations, and the launches of one step.
+
+Everything is allocated and every bind group is built once, in ``load``; a step is then a list of dispatches
+recorded into one compute pass. Per layer, five kernels (matmul.wgsl variants and attention.wgsl):
+
+    qkv   RMSNorm(x) @ [Wq; Wk; Wv] -> RoPE(q) to scratch, RoPE(k) and v appended to the KV cache
+    attn  causal GQA attention over the cache -> attn
+    o     x += attn @ Wo
+    ffn1  RMSNorm(x) @ [Wgate; Wup] (rows interleaved) -> h = silu(gate) * up
+    ffn2  x += h @ Wdown
+
+plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them:
+5 * n_layers + 3 dispatches for a decode step (153 for SmolLM2-135M's 30 layers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import Callable
+
+from ..errors import DeviceLimitError, UnsupportedModelError
+from ..gpu.device import Buffer, BufferUsage, Dispatch
+from ..kernels import ops
+from ..kernels.registry import WEIGHT_FORMAT, Kernels
+from .config import ModelConfig
+from .gguf import GGUFFile, TensorInfo
+from .quant import GGMLType, dequantize_row
+
+STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
+Progress = Callable[[float, str], None]
+
+
+class Layer:
+    """GPU tensors and launches of one transformer block."""
+
+    attn_norm: Buffer  # (H,) f32
+    qkv: ops.Weight  # (n_q + 2 n_kv, H): q rows, then k rows, then v rows
+    o: ops.Weight  # (H, n_q)
+    ffn_norm: Buffer  # (H,) f32
+    gate_up: ops.Weight  # (2 I, H): gate row i at 2i, up row i at 2i + 1
+    down: ops.Weight  # (H, I)
+    kv: Buffer  # (2, n_kv_heads, max_ctx, head_dim) KV_T: the K cache, then the V cache
+    launches: tuple[ops.Launch, ...]  # qkv, attn, o, ffn1, ffn2 for decode; the same with GEMM for prefill
+    prefill_launches: tuple[ops.Launch, ...]
+
+
+class LlamaGraph:
+    def __init__(self, cfg: ModelConfig, kern: Kernels, *, max_ctx: int, chunk: int):
+        self.cfg = cfg
+        self.kern = kern
+        self.device = kern.device
+        self.max_ctx = max_ctx  # KV cache capacity in positions
+        self.chunk = chunk  # most tokens in one prefill step
+        self.layers: list[Layer] = []
+        self.weight_bytes = 0  # bytes of GPU memory held by weights
+        self.kv_bytes = 0
+
+    # ---- loading ------------------------------------------------------------------------------------------------------
+
+    async def load(self, gguf: GGUFFile, progress: Progress | None = None) -> None:
+        cfg, dev = self.cfg, self.device
+        H, I, C = cfg.hidden_size, cfg.ffn_size, self.chunk
+        kv_itemsize = 2 if self.kern.tier.f16 else 4
+
+        # Activations, (tokens, features) row-major f32.
+        self.x = dev.create_buffer(C * H * 4, STORAGE, "x")  # (C, H) residual stream
+        self.q = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "q")  # (C, n_heads * head_dim) RoPE'd queries
+        self.attn = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "attn")  # (C, n_heads * head_dim)
+        self.h = dev.create_buffer(C * I * 4, STORAGE, "h")  # (C, I) silu(gate) * up
+        self.logits = dev.create_buffer(cfg.vocab_size * 4, STORAGE, "logits")  # (vocab,) of the step's last token
+        self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
+        self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
+        self.rope_freq = dev.create_buffer(cfg.rope_dims // 2 * 4, STORAGE, "rope_freq")  # (rope_dims/2,) f32
+        dev.write_buffer(self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *self._rope_frequencies(gguf)))
+
+        names = [t for t in gguf.tensors if t.endswith(".weight")]
+        total = sum(gguf.tensors[n].nbytes for n in names) or 1
+        done = 0
+        repacker = ops.Repacker(self.kern)
+
+        async def step(nbytes: int, what: str) -> None:
+            nonlocal done
+            done += nbytes
+            if progress is not None:
+                progress(min(done / total, 1.0), what)
+            await asyncio.sleep(0)  # let progress events and other tasks through (the browser's only thread)
+
+        self.embd = self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
+        await step(gguf.tensor("token_embd.weight").nbytes, "token_embd")
+        for i in range(cfg.n_layers):
+            p = f"blk.{i}."
+            layer = Layer()
+            layer.attn_norm = self._vector(gguf, p + "attn_norm.weight")
+            layer.qkv = self._matrix(gguf, repacker, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], p + "qkv")
+            layer.o = self._matrix(gguf, repacker, [p + "attn_output.weight"], p + "o")
+            layer.ffn_norm = self._vector(gguf, p + "ffn_norm.weight")
+            layer.gate_up = self._matrix(gguf, repacker, [p + "ffn_gate.weight", p + "ffn_up.weight"], p + "gate_up",
+                                         interleave=True)
+            layer.down = self._matrix(gguf, repacker, [p + "ffn_down.weight"], p + "down")
+            kv_size = 2 * cfg.n_kv_heads * self.max_ctx * cfg.head_dim * kv_itemsize
+            layer.kv = dev.create_buffer(kv_size, STORAGE, p + "kv")
+            self.kv_bytes += kv_size
+            self.layers.append(layer)
+            await step(sum(t.nbytes for n, t in gguf.tensors.items() if n.startswith(p)), f"layer {i + 1}/{cfg.n_layers}")
+        self.output_norm = self._vector(gguf, "output_norm.weight")
+        if cfg.tied_embeddings:
+            self.lm_head = self.embd
+        else:
+            self.lm_head = self._matrix(gguf, repacker, ["output.weight"], "output")
+            await step(gguf.tensor("output.weight").nbytes, "output")
+        repacker.destroy()
+        self._build_launches()
+        if progress is not None:
+            progress(1.0, "weights on the GPU")
+
+    def _rope_frequencies(self, gguf: GGUFFile) -> list[float]:
+        """Inverse frequency of each rotated pair: base^(-2i / rope_dims), divided by Llama 3.1's factors if any."""
+        cfg = self.cfg
+        freqs = [cfg.rope_base ** (-2.0 * i / cfg.rope_dims) for i in range(cfg.rope_dims // 2)]
+        if cfg.has_rope_freq_factors:
+            factors = self._floats(gguf, gguf.tensor("rope_freqs.weight"))
+            freqs = [f / factors[i] for i, f in enumerate(freqs)]
+        return freqs
+
+    def _floats(self, gguf: GGUFFile, info: TensorInfo) -> list[float]:
+        if info.ggml_type not in (GGMLType.F32, GGMLType.F16):
+            raise UnsupportedModelError(f"{info.name}: expected an F32 or F16 vector, found {info.ggml_type.name}")
+        return dequantize_row(info.ggml_type, gguf.tensor_bytes(info.name))
+
+    def _vector(self, gguf: GGUFFile, name: str) -> Buffer:
+        info = gguf.tensor(name)
+        data = gguf.tensor_bytes(name)
+        if info.ggml_type != GGMLType.F32:
+            values = self._floats(gguf, info)
+            data = struct.pack(f"<{len(values)}f", *values)
+        buf = self.device.create_buffer(len(data), STORAGE, name)
+        self.device.write_buffer(buf, 0, data)
+        self.weight_bytes += len(data)
+        return buf
+
+    def _matrix(
+        self, gguf: GGUFFile, repacker: ops.Repacker, names: list[str], label: str, *, interleave: bool = False
+    ) -> ops.Weight:
+        """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight."""
+        infos = [gguf.tensor(n) for n in names]
+        k = infos[0].shape[0]
+        formats = {WEIGHT_FORMAT.get(i.ggml_type.name) for i in infos}
+        if len(formats) != 1 or any(i.shape[0] != k for i in infos):
+            desc = ", ".join(f"{i.name} {i.ggml_type.name} {list(i.shape)}" for i in infos)
+            raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same type family and input size")
+        n_rows = sum(i.n_rows for i in infos)
+        weight = ops.alloc_weight(self.kern, infos[0].ggml_type, n_rows, k, label)
+        row0 = 0
+        for j, info in enumerate(infos):
+            def read_rows(r0: int, rows: int, info: TensorInfo = info) -> bytes:
+                return gguf.tensor_bytes(info.name, r0 * info.row_bytes, rows * info.row_bytes)
+
+            if interleave:  # rows of matrix j go to j, j + len(infos), ...
+                dst_row0, step = j, len(infos)
+            else:
+                dst_row0, step = row0, 1
+            repacker.upload_rows(weight, info.ggml_type, info.n_rows, info.row_bytes, read_rows,
+                                 dst_row0=dst_row0, dst_row_step=step)
+            row0 += info.n_rows
+        self.weight_bytes += weight.nbytes
+        return weight
+
+    # ---- launches -----------------------------------------------------------------------------------------------------
+
+    def _build_launches(self) -> None:
+        cfg, k = self.cfg, self.kern
+        qkv_args = dict(n_q=cfg.q_size, n_kv=cfg.kv_size, head_dim=cfg.head_dim, max_ctx=self.max_ctx,
+                        rope_dims=cfg.rope_dims, rope_freq=self.rope_freq)
+        eps = cfg.norm_eps
+        st = self.state
+        for i, L in enumerate(self.layers):
+            def layer_launches(gemm: bool, L: Layer = L, i: int = i) -> tuple[ops.Launch, ...]:
+                tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
+                return (
+                    ops.matmul(k, w=L.qkv, x=self.x, out=self.q, state=st, epi="QKV", gemm=gemm, norm_w=L.attn_norm,
+                               eps=eps, kv=L.kv, label=f"{tag}.qkv", **qkv_args),
+                    ops.attention(k, q=self.q, kv=L.kv, out=self.attn, state=st, n_heads=cfg.n_heads,
+                                  n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_ctx=self.max_ctx,
+                                  label=f"blk.{i}.attn"),
+                    ops.matmul(k, w=L.o, x=self.attn, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.o"),
+                    ops.matmul(k, w=L.gate_up, x=self.x, out=self.h, state=st, epi="SILU", gemm=gemm,
+                               norm_w=L.ffn_norm, eps=eps, label=f"{tag}.ffn1"),
+                    ops.matmul(k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.ffn2"),
+                )
+
+            L.launches = layer_launches(False)
+            L.prefill_launches = layer_launches(True)
+        self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
+        self.lm_head_launch = ops.matmul(k, w=self.lm_head, x=self.x, out=self.logits, state=st, epi="STORE",
+                                         gemm=False, norm_w=self.output_norm, eps=eps, label="lm_head")
+        self.sampler = ops.Sampler(k, logits=self.logits, tokens=self.tokens, state=st, vocab=cfg.vocab_size)
+        self._decode = self.forward(1, sample=True)
+
+    def forward(self, n_tokens: int, *, sample: bool) -> list[Dispatch]:
+        """The dispatches of one step over ``n_tokens`` tokens (1 when decoding), in order.
+
+        With ``sample`` the step ends with the LM head on its last token and the sampler, which writes the next
+        token id into ``tokens[0]`` and advances ``state``; without it (a prefill chunk that is not the last) the
+        step only fills the KV cache.
+        """
+        gemm = n_tokens > 1
+        out = [self.embed_launch.dispatch(n_tokens)]
+        for layer in self.layers:
+            launches = layer.prefill_launches if gemm else layer.launches
+            out.extend(launch.dispatch(n_tokens) for launch in launches)
+        if sample:
+            out.append(self.lm_head_launch.dispatch(n_tokens))
+            out.append(self.sampler.launch.dispatch(n_tokens))
+        return out
+
+    @property
+    def decode_dispatches(self) -> list[Dispatch]:
+        return self._decode
+
+    def check_limits(self) -> None:
+        caps = self.device.caps
+        biggest = max(L.kv.size for L in self.layers)
+        if biggest > caps.max_storage_buffer_binding_size:
+            raise DeviceLimitError(
+                f"a layer's KV cache needs {biggest} bytes for {self.max_ctx} positions but this GPU allows "
+                f"{caps.max_storage_buffer_binding_size} per binding: lower context_window_size"
+            )
+
+
+def kv_cache_bytes(cfg: ModelConfig, max_ctx: int, f16: bool) -> int:
+    return cfg.n_layers * 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * (2 if f16 else 4)
+
+
+def default_chunk(max_ctx: int) -> int:
+    return min(256, max(32, 2 ** math.ceil(math.log2(max(1, min(max_ctx, 256))))))
