@@ -11,7 +11,7 @@ The ``*Sync`` twins serve ``MLCEngineSync``: the same calls, blocking, with a pl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParams, ChatCompletionMessageParam
@@ -27,23 +27,44 @@ class ChatCompletionStream:
 
     The engine serves one request at a time; an open stream is that request. It lets go of the engine as soon
     as the generation has ended (the chunk carrying ``finish_reason``), when closed (``aclose()``, ``async with``),
-    when an error ends it, or when it is garbage collected. A consumer that ``break``s out of ``async for`` and
-    then sends another request from the same task needs none of these: the engine sees that this task cannot be
-    reading the old stream any more and closes it (see ``MLCEngine._acquire``).
+    when an error ends it, when an ``async for`` over it is left early (``break``, ``return``, an exception), or
+    when it is garbage collected.
+
+    Leaving ``async for`` early closes the stream, as it would an async generator: ``__aiter__`` hands each loop
+    its own small generator, which the loop drops on ``break`` and CPython then closes at once (asyncio's
+    async-generator finalizer), even while the caller still holds this object. Reading it by hand with
+    ``__anext__`` does not do that; there, close it, or send the next request from the same task (see
+    ``MLCEngine._acquire``).
     """
 
     def __init__(
-        self, chunks: AsyncGenerator[ChatCompletionChunk, None], on_release: Callable[[], None], owner: object
+        self,
+        chunks: AsyncGenerator[ChatCompletionChunk, None],
+        generation: Any,
+        on_release: Callable[[], None],
+        owner: object,
     ):
         self._chunks = chunks
+        self._generation = generation  # the engine's Generation the chunks come from
         self._on_release: Callable[[], None] | None = on_release
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self.owner = owner  # the asyncio task (or, for MLCEngineSync, the thread) that made the request
         self.iterating = False  # True while a task is inside __anext__
 
-    def __aiter__(self) -> ChatCompletionStream:
-        return self
+    def __aiter__(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+        try:
+            while True:
+                try:
+                    chunk = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            await self.aclose()  # the loop was left, normally or early: nobody will read the rest
 
     async def __anext__(self) -> ChatCompletionChunk:
         if self._closed:
@@ -62,6 +83,10 @@ class ChatCompletionStream:
             self._release()
         return chunk
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def aclose(self) -> None:
         """Stop the generation (finish_reason "abort") and release the engine; safe to call twice."""
         if self._closed:
@@ -73,7 +98,8 @@ class ChatCompletionStream:
             )
         self._closed = True
         try:
-            await self._chunks.aclose()  # runs streaming.py's finally blocks: generation.aclose()
+            await self._chunks.aclose()  # runs streaming.py's finally blocks, which close the generation...
+            await self._generation.aclose()  # ...unless it was never started: then they never run
         finally:
             self._release()
 
@@ -91,7 +117,7 @@ class ChatCompletionStream:
     def __del__(self) -> None:
         # Dropped while open (a consumer that broke out and forgot the stream): close it on its loop, which
         # also releases the engine. Scheduling a coroutine that refers to self resurrects self; that is allowed.
-        if self._on_release is not None and not self._loop.is_closed():
+        if getattr(self, "_on_release", None) is not None and not self._loop.is_closed():
             try:
                 self._loop.call_soon_threadsafe(self._loop.create_task, self.aclose())
             except RuntimeError:  # the loop closed in between
@@ -151,8 +177,18 @@ class ChatCompletionStreamSync:
         self._stream = stream
         self._call = call
 
-    def __iter__(self) -> ChatCompletionStreamSync:
-        return self
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        # A generator per loop, for the same reason as ChatCompletionStream.__aiter__: a `for` left early drops
+        # it, and CPython closes a dropped generator at once, which closes the stream and frees the engine.
+        try:
+            while True:
+                try:
+                    chunk = next(self)
+                except StopIteration:
+                    return
+                yield chunk
+        finally:
+            self.close()
 
     def __next__(self) -> ChatCompletionChunk:
         try:
@@ -161,7 +197,8 @@ class ChatCompletionStreamSync:
             raise StopIteration from None
 
     def close(self) -> None:
-        self._call(self._stream.aclose())
+        if not self._stream.closed:  # also keeps a late close() from touching a closed engine's loop
+            self._call(self._stream.aclose())
 
     def __enter__(self) -> ChatCompletionStreamSync:
         return self

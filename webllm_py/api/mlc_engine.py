@@ -185,7 +185,7 @@ class MLCEngine:
                     self._active_stream = None
                 self._lock.release()
 
-            stream = ChatCompletionStream(chunks, on_release=release, owner=owner)
+            stream = ChatCompletionStream(chunks, generation, on_release=release, owner=owner)
             self._active_stream = stream
             return stream
 

@@ -1,0 +1,523 @@
+"""MLCEngine / CreateMLCEngine / MLCEngineSync over a fake GPU engine: the public API end to end, one request at
+a time, early exits releasing the engine, interrupt, reload/unload, and the package's import surface."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import webllm_py
+from tests.unit._fake_engine import FakeEngine, sampling_params_class
+from webllm_py import errors
+from webllm_py.config import AppConfig, ModelRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+USER = [{"role": "user", "content": "Hi"}]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """An app config with two local fake models and a fake load_engine that records what it was given."""
+    sampling_params_class()  # makes webllm_py.engine importable while the real one has not landed
+    import webllm_py.engine as engine_module
+
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    config = AppConfig(
+        model_list=[
+            ModelRecord("fake-model", str(gguf), overrides={"temperature": 0.3}),
+            ModelRecord("other-model", str(gguf)),
+        ],
+        cache_dir=str(tmp_path / "cache"),
+    )
+    loaded: list[FakeEngine] = []
+    step_delay = {"s": 0.0}
+
+    async def fake_load_engine(record, gguf_path, *, device=None, progress=None):
+        progress(0.0, "Loading weights")
+        await asyncio.sleep(0)
+        progress(0.5, "Loading weights")
+        engine = FakeEngine(
+            record.model_id,
+            context_window_size=record.context_window_size or 4096,
+            step_delay=step_delay["s"],
+        )
+        engine.record, engine.gguf_path, engine.device = record, gguf_path, device
+        engine.say(["Hello", " there", "!"])
+        loaded.append(engine)
+        return engine
+
+    monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    return SimpleNamespace(config=config, loaded=loaded, gguf=str(gguf), step_delay=step_delay)
+
+
+async def create(world, **kw) -> webllm_py.MLCEngine:
+    return await webllm_py.CreateMLCEngine("fake-model", app_config=world.config, **kw)
+
+
+# ---- loading ---------------------------------------------------------------------------------------------------
+
+
+def test_create_reports_progress_and_passes_overrides(world):
+    reports = []
+
+    async def go():
+        return await create(
+            world, init_progress_callback=reports.append, chat_template="chatml", context_window_size=512
+        )
+
+    engine = run(go())
+    assert engine.model_id == "fake-model"
+    fake = world.loaded[0]
+    assert fake.gguf_path == world.gguf
+    assert fake.record.chat_template == "chatml" and fake.record.context_window_size == 512
+    assert all(isinstance(r, webllm_py.InitProgressReport) for r in reports)
+    assert [r.progress for r in reports] == [0.0, 0.5, 1.0]
+    assert [r.timeElapsed for r in reports] == sorted(r.timeElapsed for r in reports)
+    assert "Finish loading fake-model" in reports[-1].text
+    assert reports[0]["text"] == "Loading weights" and reports[-1]["progress"] == 1.0
+    assert reports[-1].to_dict().keys() == {"progress", "timeElapsed", "text"}
+
+
+def test_unknown_model_id_keeps_current_model(world):
+    async def go():
+        engine = await create(world)
+        with pytest.raises(errors.ModelNotFoundError, match="fake-model, other-model"):
+            await engine.reload("nope")
+        return engine
+
+    engine = run(go())
+    assert engine.model_id == "fake-model" and not world.loaded[0].unloaded
+
+
+def test_reload_unloads_previous(world):
+    async def go():
+        engine = await create(world)
+        await engine.reload("other-model")
+        reply = await engine.chat.completions.create(messages=USER)
+        return engine, reply
+
+    engine, reply = run(go())
+    assert world.loaded[0].unloaded and engine.model_id == "other-model" and reply.model == "other-model"
+
+
+def test_requests_without_a_model(world):
+    async def go():
+        engine = webllm_py.MLCEngine(app_config=world.config)
+        with pytest.raises(errors.EngineNotLoadedError, match="reload"):
+            await engine.chat.completions.create(messages=USER)
+        await engine.reload("fake-model")
+        await engine.unload()
+        with pytest.raises(errors.EngineNotLoadedError):
+            await engine.chat.completions.create(messages=USER)
+
+    run(go())
+    assert world.loaded[0].unloaded
+
+
+# ---- requests --------------------------------------------------------------------------------------------------
+
+
+def test_non_streaming_completion(world):
+    openai_chat = pytest.importorskip("openai.types.chat")
+
+    async def go():
+        engine = await create(world)
+        messages = [
+            {"role": "system", "content": "Be nice."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ]
+        return engine, await engine.chat.completions.create(messages=messages, max_tokens=10, seed=3)
+
+    engine, reply = run(go())
+    fake = world.loaded[0]
+    assert isinstance(reply, webllm_py.ChatCompletion)
+    assert reply.choices[0].message.content == "Hello there!" and reply.choices[0].finish_reason == "stop"
+    assert reply.model == "fake-model" and reply.id.startswith("chatcmpl-")
+    assert fake.chat_template.rendered == [
+        [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]
+    ]
+    prompt = fake.tokenizer.encoded[0]
+    assert prompt == "system: Be nice.\nuser: Hi\nassistant: "
+    assert reply.usage.prompt_tokens == len(prompt) + 1 and reply.usage.completion_tokens == 3
+    params = fake.generations[0]._params
+    assert (params.temperature, params.top_p, params.seed, params.max_tokens) == (0.3, 1.0, 3, 10)
+    assert fake.generations[0].aclose_calls >= 1 and not fake.busy
+    openai_chat.ChatCompletion.model_validate(reply.to_dict())
+
+
+def test_request_values_override_record_defaults(world):
+    async def go():
+        engine = await create(world)
+        await engine.chat.completions.create(
+            messages=USER, temperature=0, top_p=0.5, ignore_eos=True, max_completion_tokens=2
+        )
+
+    run(go())
+    params = world.loaded[0].generations[0]._params
+    assert (params.temperature, params.top_p, params.ignore_eos, params.max_tokens) == (0.0, 0.5, True, 2)
+    assert isinstance(params, sampling_params_class())
+
+
+def test_streaming_completion(world):
+    openai_chat = pytest.importorskip("openai.types.chat")
+
+    async def go():
+        engine = await create(world)
+        stream = await engine.chat.completions.create(
+            messages=USER, stream=True, stream_options={"include_usage": True}
+        )
+        return [c async for c in stream]
+
+    chunks = run(go())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there!"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert (
+        chunks[-2].choices[0].finish_reason == "stop"
+        and chunks[-1].choices == []
+        and chunks[-1].usage.total_tokens > 3
+    )
+    for c in chunks:
+        openai_chat.ChatCompletionChunk.model_validate(c.to_dict())
+
+
+def test_stop_strings_from_request_and_template(world):
+    async def go():
+        engine = await create(world)
+        fake = world.loaded[0]
+        fake.say(["one, ", "two", "<|im_end|>", " three"], end=False)
+        a = await engine.chat.completions.create(messages=USER, stop=", t")
+        b = await engine.chat.completions.create(messages=USER)
+        # ignore_eos: the template's end-of-turn string no longer stops; the request's own stop still does
+        c = await engine.chat.completions.create(messages=USER, ignore_eos=True)
+        d = await engine.chat.completions.create(messages=USER, ignore_eos=True, stop=["thr"])
+        return a, b, c, d
+
+    a, b, c, d = run(go())
+    assert a.choices[0].message.content == "one" and a.choices[0].finish_reason == "stop"
+    assert b.choices[0].message.content == "one, two"
+    assert c.choices[0].message.content == "one, two<|im_end|> three"
+    assert d.choices[0].message.content == "one, two<|im_end|> "
+
+
+def test_invalid_requests_raise_and_do_not_hold_the_engine(world):
+    async def go():
+        engine = await create(world)
+        with pytest.raises(errors.UnsupportedFieldError, match="`tools`"):
+            await engine.chat.completions.create(messages=USER, tools=[{"type": "function"}])
+        with pytest.raises(errors.InvalidRangeError, match="`temperature`"):
+            await engine.chat.completions.create(messages=USER, temperature=9)
+        with pytest.raises(errors.SpecifiedModelNotFoundError, match="other-model"):
+            await engine.chat.completions.create(messages=USER, model="other-model")
+        with pytest.raises(errors.ContextWindowSizeExceededError):
+            await engine.chat.completions.create(messages=USER, max_tokens=10_000)
+        with pytest.raises(errors.ContextWindowSizeExceededError):
+            await engine.chat.completions.create(messages=USER, max_tokens=10_000, stream=True)
+        return await asyncio.wait_for(engine.chat.completions.create(messages=USER, model="fake-model"), 2)
+
+    assert run(go()).choices[0].message.content == "Hello there!"
+
+
+def test_chat_completion_raw_dict(world):
+    async def go():
+        engine = await create(world)
+        return await engine.chatCompletion({"messages": USER, "max_tokens": 1})
+
+    reply = run(go())
+    assert reply.choices[0].message.content == "Hello" and reply.choices[0].finish_reason == "length"
+
+
+# ---- one request at a time ----------------------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_served_one_at_a_time(world):
+    world.step_delay["s"] = (
+        0.001  # decode steps yield to other tasks, so without the lock they would interleave
+    )
+
+    async def go():
+        engine = await create(world)
+
+        async def stream_all():
+            stream = await engine.chat.completions.create(messages=USER, stream=True)
+            return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+        async def one():
+            return (await engine.chat.completions.create(messages=USER)).choices[0].message.content
+
+        return await asyncio.wait_for(asyncio.gather(one(), stream_all(), one(), stream_all()), 5)
+
+    assert run(go()) == ["Hello there!"] * 4
+    assert len(world.loaded[0].generations) == 4  # FakeEngine.generate raises if called while busy
+
+
+def test_break_after_two_chunks_then_second_request(world):
+    async def go():
+        engine = await create(world)
+        world.loaded[0].say(list("abcdefgh"))
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        seen = []
+        async for chunk in stream:
+            seen.append(chunk.choices[0].delta.content)
+            if len(seen) == 2:
+                break
+        # `stream` is still referenced, and the request comes from another task: only leaving the loop can have
+        # freed the engine.
+        second = asyncio.create_task(engine.chat.completions.create(messages=USER))
+        return seen, await asyncio.wait_for(second, 2), stream
+
+    seen, reply, stream = run(go())
+    first = world.loaded[0].generations[0]
+    assert seen == ["a", "b"] and stream.closed
+    assert first.finish_reason == "abort" and first.aclose_calls >= 1
+    assert reply.choices[0].message.content == "abcdefgh"
+
+
+def test_unfinished_stream_read_by_hand_is_closed_by_its_tasks_next_request(world):
+    async def go():
+        engine = await create(world)
+        world.loaded[0].say(list("abcdefgh"))
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        await stream.__anext__()
+        async with asyncio.timeout(2):  # same task, no new one: without the owner rule each create would hang
+            unread = await engine.chat.completions.create(messages=USER, stream=True)  # never read at all
+            reply = await engine.chat.completions.create(messages=USER)
+        return stream, unread, reply
+
+    stream, unread, reply = run(go())
+    assert stream.closed and unread.closed and reply.choices[0].message.content == "abcdefgh"
+    assert [g.finish_reason for g in world.loaded[0].generations] == ["abort", "abort", "stop"]
+
+
+def test_break_in_another_task_then_dropped_stream_releases(world):
+    async def go():
+        engine = await create(world)
+        world.loaded[0].say(list("abcdefgh"))
+
+        async def consumer():
+            stream = await engine.chat.completions.create(messages=USER, stream=True)
+            async for _ in stream:
+                break  # the stream goes out of scope when this task ends
+
+        await asyncio.create_task(consumer())
+        gc.collect()
+        return await asyncio.wait_for(engine.chat.completions.create(messages=USER), 2)
+
+    assert run(go()).choices[0].message.content == "abcdefgh"
+    assert world.loaded[0].generations[0].finish_reason == "abort"
+
+
+def test_aclose_and_async_with_release(world):
+    async def go():
+        engine = await create(world)
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        await stream.aclose()  # never iterated
+        await stream.aclose()  # twice is fine
+        async with await engine.chat.completions.create(messages=USER, stream=True) as s2:
+            await s2.__anext__()
+        held = [c async for c in stream]  # a closed stream is simply empty
+        other = asyncio.create_task(engine.chat.completions.create(messages=USER))
+        return held, await asyncio.wait_for(other, 2)
+
+    held, reply = run(go())
+    gens = world.loaded[0].generations
+    assert held == [] and reply.choices[0].message.content == "Hello there!"
+    assert (
+        gens[0].finish_reason == "abort"
+        and gens[1].finish_reason == "abort"
+        and gens[2].finish_reason == "stop"
+    )
+
+
+def test_engine_is_free_once_the_final_chunk_is_read(world):
+    """Another task's request need not wait for this consumer to pull StopAsyncIteration."""
+
+    async def go():
+        engine = await create(world)
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                break
+        return stream, await asyncio.wait_for(
+            asyncio.create_task(engine.chat.completions.create(messages=USER)), 2
+        )
+
+    stream, reply = run(go())
+    assert reply.choices[0].message.content == "Hello there!"
+
+
+def test_other_task_waits_for_an_open_stream(world):
+    async def go():
+        engine = await create(world)
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        waiting = asyncio.create_task(engine.chat.completions.create(messages=USER))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # FIFO: it waits for the stream, it does not cancel it
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        return text, await asyncio.wait_for(waiting, 2)
+
+    text, reply = run(go())
+    assert text == "Hello there!" and reply.choices[0].message.content == "Hello there!"
+
+
+# ---- interrupt, stats, messages, unload ------------------------------------------------------------------------
+
+
+def test_interrupt_generate_aborts_non_streaming(world):
+    world.step_delay["s"] = 0.01
+
+    async def go():
+        engine = await create(world)
+        world.loaded[0].say(list("abcdefghijklmnopqrstuvwxyz"))
+        task = asyncio.create_task(engine.chat.completions.create(messages=USER))
+        await asyncio.sleep(0.05)
+        partial = await engine.getMessage()
+        engine.interruptGenerate()
+        reply = await asyncio.wait_for(task, 2)
+        return partial, reply, await engine.getMessage()
+
+    partial, reply, message = run(go())
+    text = reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "abort"
+    assert 0 < len(partial) <= len(text) < 26 and text.startswith(partial) and message == text
+
+
+def test_interrupt_before_a_request_is_forgotten(world):
+    async def go():
+        engine = await create(world)
+        engine.interruptGenerate()  # nothing running: WebLLM clears the flag when the next generation starts
+        return await engine.chat.completions.create(messages=USER)
+
+    assert run(go()).choices[0].finish_reason == "stop"
+
+
+def test_runtime_stats_get_message_reset_chat(world):
+    async def go():
+        engine = await create(world)
+        before = await engine.runtimeStatsText()
+        await engine.chat.completions.create(messages=USER)
+        after = await engine.runtimeStatsText()
+        message = await engine.getMessage()
+        await engine.resetChat(keep_stats=True)
+        kept = await engine.runtimeStatsText()
+        await engine.resetChat()
+        return before, after, message, kept, await engine.runtimeStatsText(), await engine.getMessage()
+
+    before, after, message, kept, reset, empty = run(go())
+    stats = world.loaded[0].generations[0].stats
+    assert before == "prefill: 0.0000 tokens/sec, decoding: 0.0000 tokens/sec"
+    assert (
+        after
+        == f"prefill: {stats.prefill_tokens_per_s:.4f} tokens/sec, decoding: {stats.decode_tokens_per_s:.4f} tokens/sec"
+    )
+    assert stats.decode_tokens_per_s > 0 and message == "Hello there!"
+    assert kept == after and reset == before and empty == ""
+
+
+def test_unload_closes_an_open_stream(world):
+    async def go():
+        engine = await create(world)
+        stream = await engine.chat.completions.create(messages=USER, stream=True)
+        await stream.__anext__()
+        await asyncio.wait_for(engine.unload(), 2)
+        return engine, [c async for c in stream]
+
+    engine, rest = run(go())
+    assert rest == [] and engine.model_id is None
+    assert world.loaded[0].unloaded and world.loaded[0].generations[0].finish_reason == "abort"
+
+
+# ---- MLCEngineSync -------------------------------------------------------------------------------------------
+
+
+def test_sync_engine(world):
+    reports = []
+    with webllm_py.MLCEngineSync(
+        "fake-model", app_config=world.config, init_progress_callback=reports.append
+    ) as engine:
+        assert engine.model_id == "fake-model" and reports[-1].progress == 1.0
+        reply = engine.chat.completions.create(messages=USER)
+        assert (
+            isinstance(reply, webllm_py.ChatCompletion) and reply.choices[0].message.content == "Hello there!"
+        )
+
+        chunks = list(
+            engine.chat.completions.create(messages=USER, stream=True, stream_options={"include_usage": True})
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there!"
+        assert chunks[-1].usage is not None
+
+        world.loaded[0].say(list("abcdef"))
+        stream = engine.chat.completions.create(messages=USER, stream=True)
+        for n, _ in enumerate(stream, 1):
+            if n == 2:
+                break
+        # same thread, stream still referenced: the next request must not deadlock
+        assert engine.chat.completions.create(messages=USER).choices[0].message.content == "abcdef"
+        assert world.loaded[0].generations[-2].finish_reason == "abort"
+
+        def read_one_by_hand_then_ask_again():
+            # next() on the stream object itself, not a `for`: only the same-thread owner rule can free it
+            stream = engine.chat.completions.create(messages=USER, stream=True)
+            next(stream)
+            return stream, engine.chat.completions.create(messages=USER)
+
+        # In a daemon thread, so that a regression fails here instead of hanging the test run.
+        result = []
+        worker = threading.Thread(
+            target=lambda: result.extend(read_one_by_hand_then_ask_again()), daemon=True
+        )
+        worker.start()
+        worker.join(timeout=5)
+        assert result, "a second request from the thread that left a stream unfinished hung"
+        by_hand, again = result
+        assert again.choices[0].message.content == "abcdef" and by_hand._stream.closed
+
+        with engine.chat.completions.create(messages=USER, stream=True) as s:
+            next(s)
+        assert engine.getMessage() == "a"
+        assert engine.runtimeStatsText().startswith("prefill: ")
+        with pytest.raises(errors.UnsupportedFieldError):
+            engine.chat.completions.create(messages=USER, logprobs=True)
+    assert world.loaded[0].unloaded
+    engine.close()  # twice is fine
+
+
+def test_sync_engine_bad_model_cleans_up(world):
+    with pytest.raises(errors.ModelNotFoundError):
+        webllm_py.MLCEngineSync("nope", app_config=world.config)
+
+
+# ---- the package's public surface ------------------------------------------------------------------------------
+
+
+def test_import_does_not_pull_gpu_or_numpy():
+    code = "import sys, webllm_py; bad = [m for m in sys.modules if m.split('.')[0] in ('wgpu', 'numpy', 'js', 'pyodide')]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_matches_pyproject():
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert webllm_py.__version__ == tomllib.load(f)["project"]["version"]
+
+
+def test_every_error_class_is_exported():
+    classes = {
+        n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, errors.WebLLMError)
+    }
+    assert classes <= set(webllm_py.__all__), sorted(classes - set(webllm_py.__all__))
+    for name in webllm_py.__all__:
+        assert hasattr(webllm_py, name)
