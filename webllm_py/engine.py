@@ -19,7 +19,7 @@ from .conversation import ChatTemplate, get_chat_template
 from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, InvalidRequestError
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
-from .kernels.registry import Kernels, Tier
+from .kernels.registry import Kernels, Tier, default_tuning
 from .model.config import ModelConfig
 from .model.gguf import GGUFFile
 from .model.graph import LlamaGraph, default_chunk
@@ -210,7 +210,9 @@ class Engine:
             raise InvalidRequestError("the prompt is empty: it needs at least one token")
         bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
         if bad:
-            raise InvalidRequestError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})")
+            raise InvalidRequestError(
+                f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})"
+            )
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(
@@ -274,7 +276,7 @@ async def load_engine(
             from .host import open_device
 
             device = await open_device()
-        kern = Kernels(device, tier or Tier.for_device(device))
+        kern = Kernels(device, tier or Tier.for_device(device), **default_tuning(device))
         graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         await graph.load(gguf, progress)
         graph.check_limits()

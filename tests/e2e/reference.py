@@ -30,7 +30,9 @@ class ReferenceLlama:
         if name not in self._cache:
             info = self.g.tensor(name)
             shape = (info.n_rows, info.shape[0])
-            self._cache[name] = dequantize(self.g.tensor_bytes(name), info.ggml_type, shape).astype(np.float64)
+            self._cache[name] = dequantize(self.g.tensor_bytes(name), info.ggml_type, shape).astype(
+                np.float64
+            )
         return self._cache[name]
 
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
@@ -42,7 +44,9 @@ class ReferenceLlama:
         freqs = self.base ** (-np.arange(0, self.hd, 2) / self.hd)
         ang = pos[:, None, None] * freqs[None, None, :]
         c, s = np.cos(ang), np.sin(ang)
-        return np.stack([v[..., 0] * c - v[..., 1] * s, v[..., 0] * s + v[..., 1] * c], axis=-1).reshape(m, -1)
+        return np.stack([v[..., 0] * c - v[..., 1] * s, v[..., 0] * s + v[..., 1] * c], axis=-1).reshape(
+            m, -1
+        )
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits (vocab,) of the last position after the whole prompt."""

@@ -8,8 +8,12 @@ import pytest
 from webllm_py.gpu.device import BufferUsage
 from webllm_py.kernels.registry import Kernels, Tier
 
-TIERS = [Tier(f16=False, subgroups=False), Tier(f16=False, subgroups=True), Tier(f16=True, subgroups=False),
-         Tier(f16=True, subgroups=True)]
+TIERS = [
+    Tier(f16=False, subgroups=False),
+    Tier(f16=False, subgroups=True),
+    Tier(f16=True, subgroups=False),
+    Tier(f16=True, subgroups=True),
+]
 
 
 @pytest.fixture(params=TIERS, ids=lambda t: t.name)
@@ -55,4 +59,6 @@ def assert_close(got: np.ndarray, want: np.ndarray, rel: float, what: str) -> No
     assert np.all(np.isfinite(got)), f"{what}: non-finite values"
     assert np.any(got != 0), f"{what}: all zeros (did the kernel run?)"
     err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
-    assert err <= rel, f"{what}: normalized error {err:.3g} > {rel:.3g}; max abs diff {np.abs(got - want).max():.3g}"
+    assert err <= rel, (
+        f"{what}: normalized error {err:.3g} > {rel:.3g}; max abs diff {np.abs(got - want).max():.3g}"
+    )

@@ -28,7 +28,14 @@ def attention_ref(q, k_cache, v_cache, pos0, n_kv_heads):
 
 @pytest.mark.parametrize(
     "heads,kv_heads,hd,m,pos0",
-    [(9, 3, 64, 1, 0), (9, 3, 64, 1, 130), (4, 4, 32, 1, 63), (6, 2, 48, 5, 0), (2, 1, 128, 37, 70), (3, 1, 64, 70, 0)],
+    [
+        (9, 3, 64, 1, 0),
+        (9, 3, 64, 1, 130),
+        (4, 4, 32, 1, 63),
+        (6, 2, 48, 5, 0),
+        (2, 1, 128, 37, 70),
+        (3, 1, 64, 70, 0),
+    ],
 )
 def test_attention(kern, heads, kv_heads, hd, m, pos0):
     max_ctx = 256
@@ -38,9 +45,17 @@ def test_attention(kern, heads, kv_heads, hd, m, pos0):
     v_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
     q = (rng.standard_normal((m, heads, hd)) * 2).astype(np.float32)
     out = zeros(kern, m * heads * hd * 4)
-    launch = ops.attention(kern, q=upload(kern, q), kv=upload(kern, np.stack([k_cache, v_cache])), out=out,
-                           state=state_buffer(kern, pos0, m), n_heads=heads, n_kv_heads=kv_heads, head_dim=hd,
-                           max_ctx=max_ctx)
+    launch = ops.attention(
+        kern,
+        q=upload(kern, q),
+        kv=upload(kern, np.stack([k_cache, v_cache])),
+        out=out,
+        state=state_buffer(kern, pos0, m),
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        head_dim=hd,
+        max_ctx=max_ctx,
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * heads * hd).reshape(m, heads, hd)
     want = attention_ref(q, k_cache, v_cache, pos0, kv_heads)

@@ -13,8 +13,11 @@ from .conftest import STORAGE, assert_close, download, state_buffer, upload, zer
 from .quantize import dequantize, quantize
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.F16, GGMLType.F32],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "ggml_type",
+    [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.F16, GGMLType.F32],
+    ids=lambda t: t.name,
+)
 def test_embed(kern, ggml_type):
     vocab, h, m = 301, 96, 7
     rng = np.random.default_rng(3)
@@ -34,7 +37,9 @@ def run_sampler(kern, logits, *, temperature, top_p, seed, step=0, pos=10, n_tok
     vocab = len(logits)
     state = state_buffer(kern, pos, n_tokens, step)
     tokens = zeros(kern, 16)
-    s = ops.Sampler(kern, logits=upload(kern, logits.astype(np.float32)), tokens=tokens, state=state, vocab=vocab)
+    s = ops.Sampler(
+        kern, logits=upload(kern, logits.astype(np.float32)), tokens=tokens, state=state, vocab=vocab
+    )
     s.configure(temperature=temperature, top_p=top_p, seed=seed)
     kern.device.submit([s.launch.dispatch(1)])
     tok = int(download(kern, tokens, np.uint32, 1)[0])

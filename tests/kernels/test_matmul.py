@@ -34,7 +34,9 @@ def test_matmul_store(kern, ggml_type, n, k, gemm, m):
     weight, ref = make_weight(kern, rng, ggml_type, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     out = zeros(kern, m * n * 4)
-    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="STORE", gemm=gemm)
+    launch = ops.matmul(
+        kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="STORE", gemm=gemm
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * n).reshape(m, n)
     want = x.astype(np.float64) @ ref.T.astype(np.float64)
@@ -56,8 +58,17 @@ def test_matmul_norm_add(kern, ggml_type, gemm, m):
     nw = rng.standard_normal(k).astype(np.float32)
     resid = rng.standard_normal((m, n)).astype(np.float32)
     out = upload(kern, resid)
-    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="ADD",
-                        gemm=gemm, norm_w=upload(kern, nw), eps=eps)
+    launch = ops.matmul(
+        kern,
+        w=weight,
+        x=upload(kern, x),
+        out=out,
+        state=state_buffer(kern, 0, m),
+        epi="ADD",
+        gemm=gemm,
+        norm_w=upload(kern, nw),
+        eps=eps,
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * n).reshape(m, n)
     xn = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + eps) * nw
@@ -84,7 +95,9 @@ def test_matmul_silu(kern, gemm, m):
     u_ref = dequantize(quantize(up, t), t, up.shape).astype(np.float64)
     x = rng.standard_normal((m, k)).astype(np.float32)
     out = zeros(kern, m * n_ff * 4)
-    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="SILU", gemm=gemm)
+    launch = ops.matmul(
+        kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="SILU", gemm=gemm
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * n_ff).reshape(m, n_ff)
     g = x @ g_ref.T
@@ -126,9 +139,22 @@ def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0):
     q_out = zeros(kern, m * nq * 4)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     kv = zeros(kern, 2 * nkv * max_ctx * np.dtype(kv_dtype).itemsize)
-    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=q_out, state=state_buffer(kern, pos0, m), epi="QKV",
-                        gemm=gemm, kv=kv, rope_freq=upload(kern, freqs.astype(np.float32)), n_q=nq, n_kv=nkv,
-                        head_dim=hd, max_ctx=max_ctx, rope_dims=hd)
+    launch = ops.matmul(
+        kern,
+        w=weight,
+        x=upload(kern, x),
+        out=q_out,
+        state=state_buffer(kern, pos0, m),
+        epi="QKV",
+        gemm=gemm,
+        kv=kv,
+        rope_freq=upload(kern, freqs.astype(np.float32)),
+        n_q=nq,
+        n_kv=nkv,
+        head_dim=hd,
+        max_ctx=max_ctx,
+        rope_dims=hd,
+    )
     kern.device.submit([launch.dispatch(m)])
     tokens = np.arange(m) if gemm else np.array([m - 1])
     pos = pos0 + tokens
@@ -136,7 +162,9 @@ def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0):
     k_want = rope_ref(x[tokens] @ refs[1].T, pos, freqs, hd)
     v_want = x[tokens] @ refs[2].T
     q_got = download(kern, q_out, np.float32, m * nq).reshape(m, nq)[tokens if gemm else [0]]
-    cache = download(kern, kv, kv_dtype, 2 * nkv * max_ctx).astype(np.float64).reshape(2, n_kv_heads, max_ctx, hd)
+    cache = (
+        download(kern, kv, kv_dtype, 2 * nkv * max_ctx).astype(np.float64).reshape(2, n_kv_heads, max_ctx, hd)
+    )
     k_got = cache[0][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
     v_got = cache[1][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
     kv_rel = 2e-3 if kern.tier.f16 else 1e-4  # f16 cache rounding; f32 angle reduction at positions ~500

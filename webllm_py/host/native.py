@@ -6,7 +6,17 @@ import asyncio
 from collections.abc import Sequence
 
 from ..errors import DeviceLimitError, WebGPUNotAvailableError
-from ..gpu.device import AdapterInfo, BindGroup, Binding, Buffer, BufferUsage, Copy, DeviceCaps, Dispatch, Pipeline
+from ..gpu.device import (
+    AdapterInfo,
+    BindGroup,
+    Binding,
+    Buffer,
+    BufferUsage,
+    Copy,
+    DeviceCaps,
+    Dispatch,
+    Pipeline,
+)
 
 try:
     import wgpu
@@ -46,6 +56,8 @@ class NativeDevice:
         self.queue = device.queue
         self.caps = caps
         self.info = info
+        self.allocated_bytes = 0  # live buffer bytes
+        self.peak_allocated_bytes = 0
 
     # ---- resources --------------------------------------------------------------------------------------------------
 
@@ -56,7 +68,10 @@ class NativeDevice:
             )
         # WebGPU wants buffer sizes in multiples of 4.
         size = max(4, -(-size // 4) * 4)
-        return Buffer(self.device.create_buffer(size=size, usage=usage, label=label), size, label, usage)
+        buf = Buffer(self.device.create_buffer(size=size, usage=usage, label=label), size, label, usage)
+        self.allocated_bytes += size
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        return buf
 
     def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.queue.write_buffer(buffer.handle, offset, data)
@@ -71,7 +86,8 @@ class NativeDevice:
         return self.device.create_bind_group(
             layout=pipeline.get_bind_group_layout(0),
             entries=[
-                {"binding": b, "resource": {"buffer": buf.handle, "offset": off, "size": size}} for b, buf, off, size in entries
+                {"binding": b, "resource": {"buffer": buf.handle, "offset": off, "size": size}}
+                for b, buf, off, size in entries
             ],
             label=label,
         )
@@ -111,6 +127,7 @@ class NativeDevice:
 
     def destroy_buffer(self, buffer: Buffer) -> None:
         buffer.handle.destroy()
+        self.allocated_bytes -= buffer.size
 
     def destroy(self) -> None:
         self.device.destroy()
@@ -129,7 +146,10 @@ def _adapter_info(adapter: wgpu.GPUAdapter) -> AdapterInfo:
 
 
 async def open_device(
-    *, power_preference: str = "high-performance", use_f16: bool | None = None, use_subgroups: bool | None = None,
+    *,
+    power_preference: str = "high-performance",
+    use_f16: bool | None = None,
+    use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
 ) -> NativeDevice:
     """Open the best WebGPU adapter on this machine.
@@ -149,7 +169,9 @@ async def open_device(
     has_subgroups = "subgroup" in features or "subgroups" in features
     for name, want, have in (("shader-f16", use_f16, has_f16), ("subgroups", use_subgroups, has_subgroups)):
         if want and not have:
-            raise DeviceLimitError(f"the adapter {_adapter_info(adapter).summary()} lacks the feature {name!r}")
+            raise DeviceLimitError(
+                f"the adapter {_adapter_info(adapter).summary()} lacks the feature {name!r}"
+            )
     has_f16 = has_f16 if use_f16 is None else bool(use_f16)
     has_subgroups = has_subgroups if use_subgroups is None else bool(use_subgroups)
 

@@ -92,7 +92,14 @@ class Repacker:
         return max(1, self.staging_bytes // row_bytes)
 
     def upload(
-        self, w: Weight, ggml_type: GGMLType, raw: bytes, n_rows: int, *, dst_row0: int = 0, dst_row_step: int = 1
+        self,
+        w: Weight,
+        ggml_type: GGMLType,
+        raw: bytes,
+        n_rows: int,
+        *,
+        dst_row0: int = 0,
+        dst_row_step: int = 1,
     ) -> None:
         """Repack ``n_rows`` source rows held in ``raw`` into destination rows dst_row0 + i * dst_row_step."""
         row_bytes = len(raw) // n_rows
@@ -120,7 +127,9 @@ class Repacker:
         """Like upload, reading source rows on demand (``read_rows(first_row, count)``), one staging chunk at a time,
         so a weight never sits whole in host memory."""
         if row_bytes > self.staging_bytes:
-            raise DeviceLimitError(f"a row of {row_bytes} bytes does not fit the {self.staging_bytes}-byte staging buffer")
+            raise DeviceLimitError(
+                f"a row of {row_bytes} bytes does not fit the {self.staging_bytes}-byte staging buffer"
+            )
         kb = w.k_blocks
         pipe = self.kern.pipeline(
             "repack.wgsl", WG=REPACK_WG, SRC=ggml_type.name, **({"SCALES": 1} if w.s is not None else {})
@@ -158,7 +167,9 @@ def _whole(binding: int, buf: Buffer) -> tuple[int, Buffer, int, int]:
     return (binding, buf, 0, buf.size)
 
 
-def _uniform_entry(kern: Kernels, spec: params.ParamsSpec, label: str, **values: float) -> tuple[int, Buffer, int, int]:
+def _uniform_entry(
+    kern: Kernels, spec: params.ParamsSpec, label: str, **values: float
+) -> tuple[int, Buffer, int, int]:
     data = spec.pack(**values)
     return (0, kern.uniform(data, label), 0, len(data))
 
@@ -276,7 +287,9 @@ def attention(
     return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, 1), label)
 
 
-def embed(kern: Kernels, *, w: Weight, tokens: Buffer, out: Buffer, state: Buffer, label: str = "embed") -> Launch:
+def embed(
+    kern: Kernels, *, w: Weight, tokens: Buffer, out: Buffer, state: Buffer, label: str = "embed"
+) -> Launch:
     wg = 64
     defines: dict[str, object] = {"WG": wg, "W_FMT": w.fmt}
     if w.s is not None:
@@ -304,15 +317,24 @@ class Sampler:
     def __init__(self, kern: Kernels, *, logits: Buffer, tokens: Buffer, state: Buffer, vocab: int):
         self.kern = kern
         self.vocab = vocab
-        self.params = kern.device.create_buffer(params.SAMPLE.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "sample.params")
+        self.params = kern.device.create_buffer(
+            params.SAMPLE.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "sample.params"
+        )
         self.configure(temperature=0.0, top_p=1.0, seed=0)
         pipe = kern.pipeline("sample.wgsl", WG=self.WG)
-        entries = [(0, self.params, 0, params.SAMPLE.size), _whole(1, state), _whole(2, logits), _whole(3, tokens)]
+        entries = [
+            (0, self.params, 0, params.SAMPLE.size),
+            _whole(1, state),
+            _whole(2, logits),
+            _whole(3, tokens),
+        ]
         bg = kern.device.create_bind_group(pipe, entries, "sample")
         self.launch = Launch(pipe, bg, lambda n_tokens: (1, 1, 1), "sample")
 
     def configure(self, *, temperature: float, top_p: float, seed: int) -> None:
-        data = params.SAMPLE.pack(vocab=self.vocab, temperature=temperature, top_p=top_p, seed=seed & 0xFFFFFFFF)
+        data = params.SAMPLE.pack(
+            vocab=self.vocab, temperature=temperature, top_p=top_p, seed=seed & 0xFFFFFFFF
+        )
         self.kern.device.write_buffer(self.params, 0, data)
 
 

@@ -45,7 +45,11 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def preprocess(
-    name: str, defines: dict[str, object], *, enable_subgroups_directive: bool = False, sources: dict[str, str] | None = None
+    name: str,
+    defines: dict[str, object],
+    *,
+    enable_subgroups_directive: bool = False,
+    sources: dict[str, str] | None = None,
 ) -> str:
     """Expand shader ``name`` with ``defines``. ``sources`` overrides file loading (for tests)."""
     defs = {k: str(v) for k, v in defines.items()}

@@ -38,7 +38,13 @@ class Kernels:
     """Compiles shader variants for one device and tier, each once."""
 
     def __init__(
-        self, device: Device, tier: Tier, *, gemv_variant: str = "GEMV", gemv_wg: int = 64, attention_wg: int = 64
+        self,
+        device: Device,
+        tier: Tier,
+        *,
+        gemv_variant: str = "GEMV",
+        gemv_wg: int = 64,
+        attention_wg: int = 64,
     ):
         self.device = device
         self.tier = tier
@@ -56,7 +62,9 @@ class Kernels:
             d["F16"] = 1
         if self.tier.subgroups:
             d["SUBGROUPS"] = 1
-            d["SG_ARGS"] = ", @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32"
+            d["SG_ARGS"] = (
+                ", @builtin(subgroup_size) sg_size: u32, @builtin(subgroup_invocation_id) sg_lane: u32"
+            )
             d["SG_INIT"] = "sg_size_p = sg_size; sg_lane_p = sg_lane;"
         else:
             d["SG_ARGS"] = ""
@@ -65,7 +73,9 @@ class Kernels:
 
     def source(self, shader: str, **defines: object) -> str:
         return preprocess(
-            shader, self.defines(**defines), enable_subgroups_directive=self.device.caps.wgsl_enables_subgroups
+            shader,
+            self.defines(**defines),
+            enable_subgroups_directive=self.device.caps.wgsl_enables_subgroups,
         )
 
     def pipeline(self, shader: str, **defines: object) -> Pipeline:
@@ -88,3 +98,13 @@ class Kernels:
     @property
     def n_pipelines(self) -> int:
         return len(self._pipelines)
+
+
+def default_tuning(device: Device) -> dict[str, object]:
+    """Kernel shapes by adapter kind until load-time tuning measures them: CPU rasterizers (lavapipe/llvmpipe,
+    SwiftShader) run a workgroup as SIMD loops on one core, where small workgroups waste less on reductions."""
+    info = device.info
+    text = f"{info.vendor} {info.device} {info.description} {info.extra.get('adapter_type', '')}".lower()
+    if any(k in text for k in ("llvmpipe", "lavapipe", "swiftshader", "cpu")):
+        return {"gemv_wg": 16}
+    return {}

@@ -80,9 +80,14 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             problems.append(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
         if self.head_dim % 2 or self.rope_dims % 2 or self.rope_dims > self.head_dim:
-            problems.append(f"rope dimension {self.rope_dims} must be even and at most head_dim {self.head_dim}")
-        for name, v in (("embedding_length", self.hidden_size), ("feed_forward_length", self.ffn_size),
-                        ("n_heads * head_dim", self.q_size)):
+            problems.append(
+                f"rope dimension {self.rope_dims} must be even and at most head_dim {self.head_dim}"
+            )
+        for name, v in (
+            ("embedding_length", self.hidden_size),
+            ("feed_forward_length", self.ffn_size),
+            ("n_heads * head_dim", self.q_size),
+        ):
             if v % 32:
                 problems.append(f"{name} = {v} is not a multiple of 32 (needed by the quantized kernels)")
         if problems:

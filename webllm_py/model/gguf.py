@@ -34,9 +34,21 @@ MAX_ARRAY_ITEMS = 1 << 26
 MAX_DIMS = 4
 
 # GGUF metadata value types.
-_UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL, _STRING, _ARRAY, _UINT64, _INT64, _FLOAT64 = range(
-    13
-)
+(
+    _UINT8,
+    _INT8,
+    _UINT16,
+    _INT16,
+    _UINT32,
+    _INT32,
+    _FLOAT32,
+    _BOOL,
+    _STRING,
+    _ARRAY,
+    _UINT64,
+    _INT64,
+    _FLOAT64,
+) = range(13)
 _SCALAR_FORMATS = {
     _UINT8: "<B",
     _INT8: "<b",
@@ -149,7 +161,10 @@ class _Cursor:
         end = self.pos + n
         if end > self.src.size:
             raise GGUFError(
-                self.src.name, self.pos, f"{n} bytes of {what}", f"end of file ({self.src.size} bytes): truncated"
+                self.src.name,
+                self.pos,
+                f"{n} bytes of {what}",
+                f"end of file ({self.src.size} bytes): truncated",
             )
         rel = self.pos - self._buf_start
         if rel < 0 or rel + n > len(self._buf):
@@ -174,7 +189,9 @@ class _Cursor:
         start = self.pos
         n = self.u64(f"length of {what}")
         if n > MAX_STRING_BYTES:
-            raise GGUFError(self.src.name, start, f"a string length for {what} below {MAX_STRING_BYTES}", str(n))
+            raise GGUFError(
+                self.src.name, start, f"a string length for {what} below {MAX_STRING_BYTES}", str(n)
+            )
         raw = self.take(n, what)
         try:
             return raw.decode("utf-8")
@@ -191,7 +208,12 @@ class _Cursor:
             item_type = self.u32(f"item type of {what}")
             count = self.u64(f"item count of {what}")
             if count > MAX_ARRAY_ITEMS:
-                raise GGUFError(self.src.name, start + 4, f"an array length for {what} below {MAX_ARRAY_ITEMS}", str(count))
+                raise GGUFError(
+                    self.src.name,
+                    start + 4,
+                    f"an array length for {what} below {MAX_ARRAY_ITEMS}",
+                    str(count),
+                )
             if item_type in _SCALAR_FORMATS:
                 fmt = _SCALAR_FORMATS[item_type][1]
                 size = struct.calcsize(fmt)
@@ -200,8 +222,12 @@ class _Cursor:
                 return [self.string(f"{what}[{i}]") for i in range(count)]
             if item_type == _ARRAY:
                 return [self.value(_ARRAY, f"{what}[{i}]") for i in range(count)]
-            raise GGUFError(self.src.name, start, f"a known array item type (0..12) for {what}", str(item_type))
-        raise GGUFError(self.src.name, self.pos - 4, f"a known metadata value type (0..12) for {what}", str(vtype))
+            raise GGUFError(
+                self.src.name, start, f"a known array item type (0..12) for {what}", str(item_type)
+            )
+        raise GGUFError(
+            self.src.name, self.pos - 4, f"a known metadata value type (0..12) for {what}", str(vtype)
+        )
 
 
 class GGUFFile:
@@ -255,7 +281,9 @@ class GGUFFile:
 
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment % 8:
-            raise GGUFError(self.name, cur.pos, "general.alignment to be a positive multiple of 8", repr(alignment))
+            raise GGUFError(
+                self.name, cur.pos, "general.alignment to be a positive multiple of 8", repr(alignment)
+            )
 
         infos: list[tuple[str, tuple[int, ...], GGMLType, int, int]] = []
         for i in range(n_tensors):
@@ -263,7 +291,9 @@ class GGUFFile:
             name = cur.string(f"name of tensor #{i}")
             n_dims = cur.u32(f"dimension count of tensor {name!r}")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise GGUFError(self.name, cur.pos - 4, f"1..{MAX_DIMS} dimensions for tensor {name!r}", str(n_dims))
+                raise GGUFError(
+                    self.name, cur.pos - 4, f"1..{MAX_DIMS} dimensions for tensor {name!r}", str(n_dims)
+                )
             shape = tuple(cur.u64(f"dimension {d} of tensor {name!r}") for d in range(n_dims))
             type_pos = cur.pos
             type_id = cur.u32(f"type of tensor {name!r}")
@@ -278,11 +308,16 @@ class GGUFFile:
                 ) from None
             rel = cur.u64(f"data offset of tensor {name!r}")
             if rel % alignment:
-                raise GGUFError(self.name, cur.pos - 8, f"a data offset aligned to {alignment} for {name!r}", str(rel))
+                raise GGUFError(
+                    self.name, cur.pos - 8, f"a data offset aligned to {alignment} for {name!r}", str(rel)
+                )
             block = QUANT_FORMATS[ggml_type].block_size
             if shape[0] % block:
                 raise GGUFError(
-                    self.name, info_pos, f"row length of {name!r} to be a multiple of {block} for {ggml_type.name}", str(shape[0])
+                    self.name,
+                    info_pos,
+                    f"row length of {name!r} to be a multiple of {block} for {ggml_type.name}",
+                    str(shape[0]),
                 )
             infos.append((name, shape, ggml_type, rel, info_pos))
 
@@ -311,7 +346,9 @@ class GGUFFile:
         try:
             return self.tensors[name]
         except KeyError:
-            raise GGUFError(self.name, self.data_offset, f"a tensor named {name!r}", "no such tensor") from None
+            raise GGUFError(
+                self.name, self.data_offset, f"a tensor named {name!r}", "no such tensor"
+            ) from None
 
     def tensor_bytes(self, name: str, start: int = 0, size: int | None = None) -> bytes:
         """Bytes of tensor ``name``, optionally a sub-range [start, start + size) of them."""
@@ -320,7 +357,9 @@ class GGUFFile:
             size = info.nbytes - start
         data = self.source.read(info.offset + start, size)
         if len(data) != size:
-            raise GGUFError(self.name, info.offset + start, f"{size} bytes of tensor {name!r}", f"{len(data)} bytes")
+            raise GGUFError(
+                self.name, info.offset + start, f"{size} bytes of tensor {name!r}", f"{len(data)} bytes"
+            )
         return data
 
     def get(self, key: str, default: Any = None) -> Any:

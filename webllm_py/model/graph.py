@@ -61,19 +61,23 @@ class LlamaGraph:
 
     async def load(self, gguf: GGUFFile, progress: Progress | None = None) -> None:
         cfg, dev = self.cfg, self.device
-        H, I, C = cfg.hidden_size, cfg.ffn_size, self.chunk
+        H, FF, C = cfg.hidden_size, cfg.ffn_size, self.chunk
         kv_itemsize = 2 if self.kern.tier.f16 else 4
 
         # Activations, (tokens, features) row-major f32.
         self.x = dev.create_buffer(C * H * 4, STORAGE, "x")  # (C, H) residual stream
         self.q = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "q")  # (C, n_heads * head_dim) RoPE'd queries
         self.attn = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "attn")  # (C, n_heads * head_dim)
-        self.h = dev.create_buffer(C * I * 4, STORAGE, "h")  # (C, I) silu(gate) * up
-        self.logits = dev.create_buffer(cfg.vocab_size * 4, STORAGE, "logits")  # (vocab,) of the step's last token
+        self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) silu(gate) * up
+        self.logits = dev.create_buffer(
+            cfg.vocab_size * 4, STORAGE, "logits"
+        )  # (vocab,) of the step's last token
         self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
         self.rope_freq = dev.create_buffer(cfg.rope_dims // 2 * 4, STORAGE, "rope_freq")  # (rope_dims/2,) f32
-        dev.write_buffer(self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *self._rope_frequencies(gguf)))
+        dev.write_buffer(
+            self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *self._rope_frequencies(gguf))
+        )
 
         names = [t for t in gguf.tensors if t.endswith(".weight")]
         total = sum(gguf.tensors[n].nbytes for n in names) or 1
@@ -93,17 +97,23 @@ class LlamaGraph:
             p = f"blk.{i}."
             layer = Layer()
             layer.attn_norm = self._vector(gguf, p + "attn_norm.weight")
-            layer.qkv = self._matrix(gguf, repacker, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], p + "qkv")
+            layer.qkv = self._matrix(
+                gguf, repacker, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], p + "qkv"
+            )
             layer.o = self._matrix(gguf, repacker, [p + "attn_output.weight"], p + "o")
             layer.ffn_norm = self._vector(gguf, p + "ffn_norm.weight")
-            layer.gate_up = self._matrix(gguf, repacker, [p + "ffn_gate.weight", p + "ffn_up.weight"], p + "gate_up",
-                                         interleave=True)
+            layer.gate_up = self._matrix(
+                gguf, repacker, [p + "ffn_gate.weight", p + "ffn_up.weight"], p + "gate_up", interleave=True
+            )
             layer.down = self._matrix(gguf, repacker, [p + "ffn_down.weight"], p + "down")
             kv_size = 2 * cfg.n_kv_heads * self.max_ctx * cfg.head_dim * kv_itemsize
             layer.kv = dev.create_buffer(kv_size, STORAGE, p + "kv")
             self.kv_bytes += kv_size
             self.layers.append(layer)
-            await step(sum(t.nbytes for n, t in gguf.tensors.items() if n.startswith(p)), f"layer {i + 1}/{cfg.n_layers}")
+            await step(
+                sum(t.nbytes for n, t in gguf.tensors.items() if n.startswith(p)),
+                f"layer {i + 1}/{cfg.n_layers}",
+            )
         self.output_norm = self._vector(gguf, "output_norm.weight")
         if cfg.tied_embeddings:
             self.lm_head = self.embd
@@ -126,7 +136,9 @@ class LlamaGraph:
 
     def _floats(self, gguf: GGUFFile, info: TensorInfo) -> list[float]:
         if info.ggml_type not in (GGMLType.F32, GGMLType.F16):
-            raise UnsupportedModelError(f"{info.name}: expected an F32 or F16 vector, found {info.ggml_type.name}")
+            raise UnsupportedModelError(
+                f"{info.name}: expected an F32 or F16 vector, found {info.ggml_type.name}"
+            )
         return dequantize_row(info.ggml_type, gguf.tensor_bytes(info.name))
 
     def _vector(self, gguf: GGUFFile, name: str) -> Buffer:
@@ -141,7 +153,13 @@ class LlamaGraph:
         return buf
 
     def _matrix(
-        self, gguf: GGUFFile, repacker: ops.Repacker, names: list[str], label: str, *, interleave: bool = False
+        self,
+        gguf: GGUFFile,
+        repacker: ops.Repacker,
+        names: list[str],
+        label: str,
+        *,
+        interleave: bool = False,
     ) -> ops.Weight:
         """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight."""
         infos = [gguf.tensor(n) for n in names]
@@ -149,11 +167,14 @@ class LlamaGraph:
         formats = {WEIGHT_FORMAT.get(i.ggml_type.name) for i in infos}
         if len(formats) != 1 or any(i.shape[0] != k for i in infos):
             desc = ", ".join(f"{i.name} {i.ggml_type.name} {list(i.shape)}" for i in infos)
-            raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same type family and input size")
+            raise UnsupportedModelError(
+                f"{gguf.name}: cannot fuse {desc}: they need the same type family and input size"
+            )
         n_rows = sum(i.n_rows for i in infos)
         weight = ops.alloc_weight(self.kern, infos[0].ggml_type, n_rows, k, label)
         row0 = 0
         for j, info in enumerate(infos):
+
             def read_rows(r0: int, rows: int, info: TensorInfo = info) -> bytes:
                 return gguf.tensor_bytes(info.name, r0 * info.row_bytes, rows * info.row_bytes)
 
@@ -161,8 +182,15 @@ class LlamaGraph:
                 dst_row0, step = j, len(infos)
             else:
                 dst_row0, step = row0, 1
-            repacker.upload_rows(weight, info.ggml_type, info.n_rows, info.row_bytes, read_rows,
-                                 dst_row0=dst_row0, dst_row_step=step)
+            repacker.upload_rows(
+                weight,
+                info.ggml_type,
+                info.n_rows,
+                info.row_bytes,
+                read_rows,
+                dst_row0=dst_row0,
+                dst_row_step=step,
+            )
             row0 += info.n_rows
         self.weight_bytes += weight.nbytes
         return weight
@@ -171,30 +199,82 @@ class LlamaGraph:
 
     def _build_launches(self) -> None:
         cfg, k = self.cfg, self.kern
-        qkv_args = dict(n_q=cfg.q_size, n_kv=cfg.kv_size, head_dim=cfg.head_dim, max_ctx=self.max_ctx,
-                        rope_dims=cfg.rope_dims, rope_freq=self.rope_freq)
+        qkv_args = dict(
+            n_q=cfg.q_size,
+            n_kv=cfg.kv_size,
+            head_dim=cfg.head_dim,
+            max_ctx=self.max_ctx,
+            rope_dims=cfg.rope_dims,
+            rope_freq=self.rope_freq,
+        )
         eps = cfg.norm_eps
         st = self.state
         for i, L in enumerate(self.layers):
+
             def layer_launches(gemm: bool, L: Layer = L, i: int = i) -> tuple[ops.Launch, ...]:
                 tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
                 return (
-                    ops.matmul(k, w=L.qkv, x=self.x, out=self.q, state=st, epi="QKV", gemm=gemm, norm_w=L.attn_norm,
-                               eps=eps, kv=L.kv, label=f"{tag}.qkv", **qkv_args),
-                    ops.attention(k, q=self.q, kv=L.kv, out=self.attn, state=st, n_heads=cfg.n_heads,
-                                  n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_ctx=self.max_ctx,
-                                  label=f"blk.{i}.attn"),
-                    ops.matmul(k, w=L.o, x=self.attn, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.o"),
-                    ops.matmul(k, w=L.gate_up, x=self.x, out=self.h, state=st, epi="SILU", gemm=gemm,
-                               norm_w=L.ffn_norm, eps=eps, label=f"{tag}.ffn1"),
-                    ops.matmul(k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.ffn2"),
+                    ops.matmul(
+                        k,
+                        w=L.qkv,
+                        x=self.x,
+                        out=self.q,
+                        state=st,
+                        epi="QKV",
+                        gemm=gemm,
+                        norm_w=L.attn_norm,
+                        eps=eps,
+                        kv=L.kv,
+                        label=f"{tag}.qkv",
+                        **qkv_args,
+                    ),
+                    ops.attention(
+                        k,
+                        q=self.q,
+                        kv=L.kv,
+                        out=self.attn,
+                        state=st,
+                        n_heads=cfg.n_heads,
+                        n_kv_heads=cfg.n_kv_heads,
+                        head_dim=cfg.head_dim,
+                        max_ctx=self.max_ctx,
+                        label=f"blk.{i}.attn",
+                    ),
+                    ops.matmul(
+                        k, w=L.o, x=self.attn, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.o"
+                    ),
+                    ops.matmul(
+                        k,
+                        w=L.gate_up,
+                        x=self.x,
+                        out=self.h,
+                        state=st,
+                        epi="SILU",
+                        gemm=gemm,
+                        norm_w=L.ffn_norm,
+                        eps=eps,
+                        label=f"{tag}.ffn1",
+                    ),
+                    ops.matmul(
+                        k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.ffn2"
+                    ),
                 )
 
             L.launches = layer_launches(False)
             L.prefill_launches = layer_launches(True)
         self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
-        self.lm_head_launch = ops.matmul(k, w=self.lm_head, x=self.x, out=self.logits, state=st, epi="STORE",
-                                         gemm=False, norm_w=self.output_norm, eps=eps, label="lm_head")
+        self.lm_head_launch = ops.matmul(
+            k,
+            w=self.lm_head,
+            x=self.x,
+            out=self.logits,
+            state=st,
+            epi="STORE",
+            gemm=False,
+            norm_w=self.output_norm,
+            eps=eps,
+            label="lm_head",
+        )
         self.sampler = ops.Sampler(k, logits=self.logits, tokens=self.tokens, state=st, vocab=cfg.vocab_size)
         self._decode = self.forward(1, sample=True)
 

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Desktop benchmark: our engine (wgpu-native) against llama.cpp on the same GGUF and the same prompts. Prints JSON.
+
+    python3 bench/decode.py [--prompt-tokens 128 512] [--decode-tokens 128] [--threads N] [--model PATH]
+
+Measures, for each prompt length: prefill tokens/s and time to first token (prompt -> first sampled id on the
+host), then decode tokens/s over --decode-tokens greedy tokens (EOS ignored). Also: load time, dispatches per decode
+step, GPU memory allocated (peak), the adapter and kernel tier. When ``llama_cpp`` imports, llama.cpp runs the same
+token ids on the CPU with --threads threads, and the ratios ours / llama.cpp are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+SEED_TEXT = (
+    "The history of computing is a story of people, ideas and machines. Early mechanical calculators gave way to "
+    "electronic computers, which filled whole rooms. Transistors made them smaller, and integrated circuits put "
+    "billions of transistors on one chip. Software grew alongside the hardware, from machine code to Python. "
+)
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += tokenizer.encode(SEED_TEXT, add_bos=False)
+    return ids[:n]
+
+
+async def bench_ours(model: str, lengths: list[int], n_decode: int, tier_name: str | None) -> dict:
+    from webllm_py.engine import SamplingParams, load_engine
+    from webllm_py.host.native import open_device
+    from webllm_py.kernels.registry import Tier
+
+    device = await open_device()
+    tier = None
+    if tier_name:
+        tier = Tier(f16=tier_name.startswith("f16"), subgroups=tier_name.endswith("subgroups"))
+    t0 = time.perf_counter()
+    engine = await load_engine(
+        "bench", model, device=device, tier=tier, context_window_size=max(lengths) + n_decode + 8
+    )
+    load_s = time.perf_counter() - t0
+    out = {
+        "engine": "webllm_py",
+        "adapter": device.info.summary(),
+        "tier": engine.tier.name,
+        "load_time_s": round(load_s, 3),
+        "dispatches_per_decode_step": engine.dispatches_per_decode_step,
+        "gpu_weight_bytes": engine.graph.weight_bytes,
+        "gpu_kv_cache_bytes": engine.graph.kv_bytes,
+        "gpu_peak_allocated_bytes": device.peak_allocated_bytes,
+        "runs": [],
+    }
+    # Warm-up: compiles nothing new but lets the driver settle.
+    gen = engine.generate(
+        prompt_ids(engine.tokenizer, 8), SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    )
+    async for _ in gen:
+        pass
+    for n in lengths:
+        ids = prompt_ids(engine.tokenizer, n)
+        gen = engine.generate(ids, SamplingParams(temperature=0, max_tokens=n_decode, ignore_eos=True))
+        async for _ in gen:
+            pass
+        s = gen.stats
+        out["runs"].append(
+            {
+                "prompt_tokens": n,
+                "decode_tokens": s.completion_tokens,
+                "prefill_tokens_per_s": round(s.prefill_tokens_per_s, 2),
+                "time_to_first_token_s": round(s.time_to_first_token_s, 4),
+                "decode_tokens_per_s": round(s.decode_tokens_per_s, 2),
+            }
+        )
+    await engine.unload()
+    return out
+
+
+def bench_llama_cpp(model: str, lengths: list[int], n_decode: int, threads: int, tokenizer) -> dict | None:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    import numpy as np
+
+    n_gpu = int(os.environ.get("BENCH_LLAMA_GPU_LAYERS", "0"))
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=model,
+        n_ctx=max(lengths) + n_decode + 8,
+        n_threads=threads,
+        n_batch=512,
+        n_gpu_layers=n_gpu,
+        verbose=False,
+    )
+    out = {
+        "engine": "llama.cpp",
+        "version": llama_cpp.__version__,
+        "threads": threads,
+        "n_gpu_layers": n_gpu,
+        "load_time_s": round(time.perf_counter() - t0, 3),
+        "runs": [],
+    }
+    for n in lengths:
+        ids = prompt_ids(tokenizer, n)
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(ids)
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        ttft = time.perf_counter() - t
+        t1 = time.perf_counter()
+        for _ in range(n_decode - 1):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        dec = time.perf_counter() - t1
+        out["runs"].append(
+            {
+                "prompt_tokens": n,
+                "decode_tokens": n_decode,
+                "prefill_tokens_per_s": round(n / ttft, 2),
+                "time_to_first_token_s": round(ttft, 4),
+                "decode_tokens_per_s": round((n_decode - 1) / dec, 2),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", default=None, help="GGUF path (default: the embedded SmolLM2-135M-Instruct Q4_1)"
+    )
+    ap.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
+    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    args = ap.parse_args()
+    model = args.model
+    if model is None:
+        from tests.e2e.model_path import smollm2_path
+
+        model = str(smollm2_path())
+    ours = asyncio.run(bench_ours(model, args.prompt_tokens, args.decode_tokens, args.tier))
+    result = {"model": os.path.basename(model), "ours": ours}
+    if not args.no_peer:
+        from webllm_py.model.gguf import GGUFFile
+        from webllm_py.tokenizer import Tokenizer
+
+        with GGUFFile.open(model) as g:
+            tok = Tokenizer.from_gguf(g.metadata)
+        peer = bench_llama_cpp(model, args.prompt_tokens, args.decode_tokens, args.threads, tok)
+        if peer is not None:
+            result["llama_cpp"] = peer
+            result["ratio_ours_over_llama_cpp"] = [
+                {
+                    "prompt_tokens": a["prompt_tokens"],
+                    "prefill": round(a["prefill_tokens_per_s"] / b["prefill_tokens_per_s"], 3),
+                    "decode": round(a["decode_tokens_per_s"] / b["decode_tokens_per_s"], 3),
+                }
+                for a, b in zip(ours["runs"], peer["runs"], strict=True)
+            ]
+        else:
+            result["llama_cpp"] = "not installed (pip install llama-cpp-python to compare)"
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
