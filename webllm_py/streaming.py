@@ -8,15 +8,16 @@ stream decoder, so everything here is tested with a fake engine (STYLE rule 8). 
 ``chat_completion_chunks``  text pieces -> OpenAI chunks: role first, a final chunk with finish_reason, usage
 ``collect_chat_completion`` chunks -> one ``ChatCompletion``: the non-streaming answer is the concatenated stream
 
-Whatever way iteration ends (exhausted, stop string, interrupt, consumer ``break``/``aclose()``, an exception),
-``generation.aclose()`` is awaited, which releases the engine.
+Whatever way iteration ends (exhausted, stop string, consumer ``break``/``aclose()``, an exception),
+``generation.aclose()`` is awaited, which releases the engine. Interrupts are the engine's business
+(``Generation.interrupt()``): the generation then simply ends with finish_reason "abort".
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -91,24 +92,28 @@ async def text_deltas(
     decoder: StreamDecoder,
     stop_strings: Sequence[str] = (),
     *,
-    should_abort: Callable[[], bool] | None = None,
+    end_ids: frozenset[int] = frozenset(),
     state: StreamState | None = None,
 ) -> AsyncIterator[str]:
-    """Yield non-empty text pieces of ``generation``'s tokens; set ``state.finish_reason`` at the end."""
+    """Yield non-empty text pieces of ``generation``'s tokens; set ``state.finish_reason`` at the end.
+
+    ``end_ids`` are the ids the engine stops on (end-of-turn, EOS, request stop ids). The engine yields that last
+    id before it finishes; it is not part of the reply, so it is not decoded (``<|endoftext|>`` would otherwise
+    show up whenever the template's stop strings do not name it).
+    """
     state = state if state is not None else StreamState()
     stops = StopStringFilter(stop_strings)
     finish = None
     try:
         async for token_id in generation:
+            if token_id in end_ids:
+                continue  # the generation ends after this id
             text = stops.push(decoder.push(token_id))
             if text:
                 state.text += text
                 yield text
             if stops.stopped:
                 finish = "stop"  # our stop, not the engine's: aclose() below would otherwise report "abort"
-                break
-            if should_abort is not None and should_abort():
-                finish = "abort"
                 break
         if not stops.stopped:
             # The decoder may hold the bytes of an incomplete last character; the filter its possible-stop tail.
@@ -151,8 +156,8 @@ async def chat_completion_chunks(
     *,
     model: str,
     stop_strings: Sequence[str] = (),
+    end_ids: frozenset[int] = frozenset(),
     include_usage: bool = False,
-    should_abort: Callable[[], bool] | None = None,
     state: StreamState | None = None,
     completion_id: str | None = None,
     created: int | None = None,
@@ -170,7 +175,7 @@ async def chat_completion_chunks(
 
     role: Any = "assistant"  # only the first chunk names the role, as OpenAI does
     async with aclosing(
-        text_deltas(generation, decoder, stop_strings, should_abort=should_abort, state=state)
+        text_deltas(generation, decoder, stop_strings, end_ids=end_ids, state=state)
     ) as deltas:
         async for text in deltas:
             yield chunk([ChunkChoice(index=0, delta=ChoiceDelta(content=text, role=role))])

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import sys
-import types
-from dataclasses import dataclass
 
+from webllm_py.engine import GenerationStats, SamplingParams
 from webllm_py.errors import ContextWindowSizeExceededError
 
 EOT_PIECE = b"<|im_end|>"
@@ -71,30 +69,9 @@ class FakeChatTemplate:
         return text + ("assistant: " if add_generation_prompt else "")
 
 
-@dataclass
-class FakeStats:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prefill_time_s: float = 0.5
-    decode_time_s: float = 0.0
-    time_to_first_token_s: float = 0.5
-    e2e_latency_s: float = 0.0
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_time_s
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return self.completion_tokens / self.decode_time_s if self.decode_time_s else 0.0
-
-    @property
-    def time_per_output_token_s(self) -> float:
-        return self.decode_time_s / self.completion_tokens if self.completion_tokens else 0.0
-
-
 class FakeGeneration:
-    """Yields the script's ids; stops at an eot id (not yielded) like the real engine, or at max_tokens."""
+    """Like engine.Generation: yields the script's ids; an end id (eot, or a request stop id) is yielded, then the
+    generation ends with "stop"; max_tokens ends it with "length"; interrupt() ends it after the next id."""
 
     def __init__(
         self, engine: FakeEngine, prompt_ids: list[int], script: list[int], params, step_delay: float
@@ -103,9 +80,12 @@ class FakeGeneration:
         self._script = list(script)
         self._params = params
         self._step_delay = step_delay
-        self._pos = 0
+        self._interrupted = False
         self.finish_reason: str | None = None
-        self.stats = FakeStats(prompt_tokens=len(prompt_ids))
+        # prefill 0.5 s, then 10 ms per token: fixed numbers the usage tests can check
+        self.stats = GenerationStats(
+            prompt_tokens=len(prompt_ids), prefill_time_s=0.5, time_to_first_token_s=0.5
+        )
         self.aclose_calls = 0
         self.yielded: list[int] = []
 
@@ -116,20 +96,22 @@ class FakeGeneration:
         if self.finish_reason is not None:
             raise StopAsyncIteration
         await asyncio.sleep(self._step_delay)  # a decode step awaits the GPU: other tasks run meanwhile
-        if self._params.max_tokens is not None and len(self.yielded) >= self._params.max_tokens:
-            self._end("length")
-        if self._pos >= len(self._script):
-            self._end("stop")  # script over: the fake model emits end-of-turn
-        token_id = self._script[self._pos]
-        self._pos += 1
+        last = self.yielded[-1] if self.yielded else None
         stop_ids = self._params.stop_token_ids | (
             frozenset() if self._params.ignore_eos else self._engine.tokenizer.eot_ids
         )
-        if token_id in stop_ids:
+        if last is not None and last in stop_ids:
             self._end("stop")
+        if self._interrupted:
+            self._end("abort")
+        if self._params.max_tokens is not None and len(self.yielded) >= self._params.max_tokens:
+            self._end("length")
+        if len(self.yielded) >= len(self._script):
+            self._end("length")  # script over without an end id: as if the context window were full
+        token_id = self._script[len(self.yielded)]
         self.yielded.append(token_id)
         self.stats.completion_tokens += 1
-        self.stats.decode_time_s += 0.01
+        self.stats.decode_time_s = 0.01 * (self.stats.completion_tokens - 1)
         self.stats.e2e_latency_s = self.stats.prefill_time_s + self.stats.decode_time_s
         return token_id
 
@@ -137,6 +119,9 @@ class FakeGeneration:
         self.finish_reason = reason
         self._engine.busy = False
         raise StopAsyncIteration
+
+    def interrupt(self) -> None:
+        self._interrupted = True
 
     async def aclose(self) -> None:
         # Idempotent, like the real one: streaming.py and ChatCompletionStream may both close it.
@@ -169,7 +154,7 @@ class FakeEngine:
         if self.busy:
             # The real engine has one KV cache: two generations at once would corrupt it.
             raise RuntimeError("FakeEngine.generate called while another generation is running")
-        budget = params.max_tokens or 0
+        budget = params.max_tokens or 1
         if len(prompt_ids) + budget > self.context_window_size:
             raise ContextWindowSizeExceededError(
                 f"prompt {len(prompt_ids)} + max_tokens {budget} > context window {self.context_window_size}"
@@ -183,30 +168,5 @@ class FakeEngine:
         self.unloaded = True
 
 
-@dataclass(frozen=True)
-class _SamplingParams:
-    """Copy of engine.py's SamplingParams, used only until the real engine module exists in the checkout."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    max_tokens: int | None = None
-    stop_token_ids: frozenset[int] = frozenset()
-    ignore_eos: bool = False
-
-
-def sampling_params_class():
-    """engine.py's SamplingParams. While the lead's engine.py has not landed, a stand-in module is installed
-    under its name so that MLCEngine's lazy ``from webllm_py.engine import ...`` resolves."""
-    try:
-        import webllm_py.engine as engine_module
-    except ImportError:
-        engine_module = types.ModuleType("webllm_py.engine")
-        engine_module.SamplingParams = _SamplingParams
-        engine_module.load_engine = None  # tests patch this
-        sys.modules["webllm_py.engine"] = engine_module
-    return engine_module.SamplingParams
-
-
-def make_params(**kw):
-    return sampling_params_class()(**kw)
+def make_params(**kw) -> SamplingParams:
+    return SamplingParams(**kw)

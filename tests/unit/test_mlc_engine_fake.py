@@ -15,9 +15,10 @@ from types import SimpleNamespace
 import pytest
 
 import webllm_py
-from tests.unit._fake_engine import FakeEngine, sampling_params_class
+from tests.unit._fake_engine import FakeEngine
 from webllm_py import errors
 from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.engine import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "Hi"}]
@@ -30,7 +31,6 @@ def run(coro):
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     """An app config with two local fake models and a fake load_engine that records what it was given."""
-    sampling_params_class()  # makes webllm_py.engine importable while the real one has not landed
     import webllm_py.engine as engine_module
 
     gguf = tmp_path / "fake.gguf"
@@ -151,7 +151,8 @@ def test_non_streaming_completion(world):
     ]
     prompt = fake.tokenizer.encoded[0]
     assert prompt == "system: Be nice.\nuser: Hi\nassistant: "
-    assert reply.usage.prompt_tokens == len(prompt) + 1 and reply.usage.completion_tokens == 3
+    # 3 tokens of text plus the end-of-turn id, which the engine counts as generated
+    assert reply.usage.prompt_tokens == len(prompt) + 1 and reply.usage.completion_tokens == 4
     params = fake.generations[0]._params
     assert (params.temperature, params.top_p, params.seed, params.max_tokens) == (0.3, 1.0, 3, 10)
     assert fake.generations[0].aclose_calls >= 1 and not fake.busy
@@ -168,7 +169,7 @@ def test_request_values_override_record_defaults(world):
     run(go())
     params = world.loaded[0].generations[0]._params
     assert (params.temperature, params.top_p, params.ignore_eos, params.max_tokens) == (0.0, 0.5, True, 2)
-    assert isinstance(params, sampling_params_class())
+    assert isinstance(params, SamplingParams)
 
 
 def test_streaming_completion(world):

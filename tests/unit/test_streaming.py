@@ -30,7 +30,8 @@ def start(engine: FakeEngine, pieces, *, end=True, **params):
 async def deltas(engine, pieces, stops=(), *, end=True, **params):
     generation = start(engine, pieces, end=end, **params)
     state = StreamState()
-    out = [t async for t in text_deltas(generation, engine.tokenizer.stream_decoder(), stops, state=state)]
+    decoder, end_ids = engine.tokenizer.stream_decoder(), engine.tokenizer.eot_ids
+    out = [t async for t in text_deltas(generation, decoder, stops, end_ids=end_ids, state=state)]
     return out, state, generation
 
 
@@ -158,25 +159,44 @@ def test_incomplete_character_at_the_end_is_flushed():
     assert state.text == "ok\ufffd" and state.finish_reason == "length"
 
 
-def test_should_abort_gives_abort():
+def test_engine_interrupt_gives_abort():
     engine = FakeEngine()
     generation = start(engine, ["a", "b", "c", "d"])
     state = StreamState()
 
     async def go():
         seen = []
-        async for t in text_deltas(
-            generation,
-            engine.tokenizer.stream_decoder(),
-            (),
-            should_abort=lambda: len(seen) >= 2,
-            state=state,
-        ):
+        async for t in text_deltas(generation, engine.tokenizer.stream_decoder(), (), state=state):
             seen.append(t)
+            if len(seen) == 2:
+                generation.interrupt()
         return seen
 
     assert run(go()) == ["a", "b"]
     assert state.finish_reason == "abort" and generation.finish_reason == "abort"
+
+
+def test_end_ids_are_not_rendered():
+    """The engine yields the id it stops on; its text must not reach the reply even when no stop string names it
+    (a model ending with <|endoftext|> under a ChatML template, whose stop string is <|im_end|>)."""
+    engine = FakeEngine()
+    endoftext = engine.tokenizer.ids(["<|endoftext|>"])[0]
+    engine.tokenizer.eot_ids = frozenset({1, endoftext})
+    engine.script = engine.tokenizer.ids(["Hi", "!"]) + [endoftext]
+
+    async def go(end_ids):
+        generation = engine.generate([0], make_params())
+        state = StreamState()
+        decoder = engine.tokenizer.stream_decoder()
+        out = [
+            t async for t in text_deltas(generation, decoder, ["<|im_end|>"], end_ids=end_ids, state=state)
+        ]
+        return "".join(out), state.finish_reason, generation
+
+    text, finish, generation = run(go(engine.tokenizer.eot_ids))
+    assert text == "Hi!" and finish == "stop" and generation.yielded[-1] == endoftext
+    text, _, _ = run(go(frozenset()))
+    assert text == "Hi!<|endoftext|>"  # what happens without end_ids: the reason they exist
 
 
 def test_early_consumer_exit_closes_generation():
@@ -233,6 +253,7 @@ async def chunks_of(engine, pieces, stops=(), *, include_usage=False, end=True, 
             engine.tokenizer.stream_decoder(),
             model="fake",
             stop_strings=stops,
+            end_ids=engine.tokenizer.eot_ids,
             include_usage=include_usage,
         )
     ]
@@ -249,8 +270,9 @@ def test_chunk_sequence_role_first_final_then_usage():
     assert final.choices[0].delta.to_dict() == {} and final.choices[0].finish_reason == "stop"
     usage_chunk = chunks[3]
     assert usage_chunk.choices == [] and len(chunks) == 4
-    assert usage_chunk.usage.prompt_tokens == 3 and usage_chunk.usage.completion_tokens == 2
-    assert usage_chunk.usage.total_tokens == 5
+    # the end-of-turn id counts as generated, as the engine counts it
+    assert usage_chunk.usage.prompt_tokens == 3 and usage_chunk.usage.completion_tokens == 3
+    assert usage_chunk.usage.total_tokens == 6
     assert set(usage_chunk.usage.extra) == {
         "prefill_tokens_per_s",
         "decode_tokens_per_s",

@@ -95,7 +95,7 @@ class MLCEngine:
         self._record: ModelRecord | None = None
         self._lock = asyncio.Lock()  # one request at a time; binds to the loop on first use
         self._active_stream: ChatCompletionStream | None = None
-        self._interrupt = False  # set by interruptGenerate(), cleared when a generation starts
+        self._generation: Any = None  # the running engine Generation, for interruptGenerate()
         self._last_state = StreamState()  # getMessage()
         self._last_stats: GenerationStats | None = None  # runtimeStatsText()
         self.chat = Chat(self)
@@ -148,7 +148,7 @@ class MLCEngine:
             await self._unload_locked()
 
     async def _end_current_request(self) -> None:
-        self._interrupt = True  # a non-streaming request, or a stream being read, stops at its next token
+        self.interruptGenerate()  # a non-streaming request, or a stream being read, stops at its next token
         stream = self._active_stream
         if stream is not None and not stream.iterating:
             await stream.aclose()
@@ -180,7 +180,7 @@ class MLCEngine:
         if checked.config.stream:
 
             def release() -> None:
-                self._last_stats = generation.stats
+                self._done(generation)
                 if self._active_stream is stream:
                     self._active_stream = None
                 self._lock.release()
@@ -193,8 +193,13 @@ class MLCEngine:
             async with aclosing(chunks):
                 return await collect_chat_completion(chunks)
         finally:
-            self._last_stats = generation.stats
+            self._done(generation)
             self._lock.release()
+
+    def _done(self, generation: Any) -> None:
+        self._last_stats = generation.stats
+        if self._generation is generation:
+            self._generation = None
 
     async def _acquire(self, owner: object) -> None:
         stale = self._active_stream
@@ -215,16 +220,19 @@ class MLCEngine:
         return self._engine
 
     def _start(self, engine: Engine, checked: ChatRequest) -> tuple[Any, Any]:
-        """Render, tokenize and start one generation; return it and its (not yet started) chunk iterator."""
+        """Render, tokenize and start one generation; return it and its (not yet started) chunk iterator.
+
+        Everything that can fail comes before ``engine.generate``: once a generation exists it holds the engine
+        until it is closed, which this synchronous function could not do."""
         from webllm_py.engine import (
-            SamplingParams,  # already imported by load_engine; lazy for the same reason
-        )
+            SamplingParams,
+        )  # imported by load_engine already; lazy for the same reason
 
         config = checked.config
-        prompt = engine.chat_template.render(
-            [m.to_dict() for m in checked.messages], add_generation_prompt=True
+        messages = [m.to_dict() for m in checked.messages]
+        prompt_ids = engine.tokenizer.encode(
+            engine.chat_template.render(messages, add_generation_prompt=True)
         )
-        prompt_ids = engine.tokenizer.encode(prompt)  # BOS as the tokenizer's GGUF metadata says
         # Request value, else the model record's default (overrides), else OpenAI's default.
         defaults = self._record.overrides if self._record is not None else {}
         params = SamplingParams(
@@ -234,20 +242,23 @@ class MLCEngine:
             max_tokens=config.max_tokens,
             ignore_eos=config.ignore_eos,
         )
-        generation = engine.generate(prompt_ids, params)  # may raise ContextWindowSizeExceededError
         # ignore_eos means "run to max_tokens": the template's end-of-turn strings no longer stop it, but stop
         # strings the caller asked for in this very request still do.
         stop_strings = (() if config.ignore_eos else tuple(engine.chat_template.stop_strings)) + config.stop
-        self._interrupt = False
+        end_ids = params.stop_token_ids | (frozenset() if config.ignore_eos else engine.tokenizer.eot_ids)
+        decoder = engine.tokenizer.stream_decoder()
+
+        generation = engine.generate(prompt_ids, params)  # may raise ContextWindowSizeExceededError
+        self._generation = generation
         self._last_state = state = StreamState()
         chunks = chat_completion_chunks(
             generation,
-            engine.tokenizer.stream_decoder(),
+            decoder,
             model=engine.model_id,
             stop_strings=stop_strings,
+            end_ids=end_ids,
             # The non-streaming answer is the collected stream; it always reports usage.
             include_usage=config.include_usage or not config.stream,
-            should_abort=lambda: self._interrupt,
             state=state,
         )
         return generation, chunks
@@ -255,8 +266,9 @@ class MLCEngine:
     # ---- WebLLM's other engine methods ----------------------------------------------------------------------------
 
     def interruptGenerate(self) -> None:
-        """End the running generation at its next token with finish_reason "abort". Safe from any thread."""
-        self._interrupt = True
+        """End the running generation at its next token with finish_reason "abort"; no-op when none runs."""
+        if self._generation is not None:
+            self._generation.interrupt()
 
     async def resetChat(self, keep_stats: bool = False) -> None:
         """Forget the last reply (and its stats unless ``keep_stats``). There is no KV-cache reuse across
