@@ -11,6 +11,8 @@ engine is imported when a model is first loaded.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .api.chat import ChatCompletionStream, ChatCompletionStreamSync
 from .api.mlc_engine import CreateMLCEngine, InitProgressReport, MLCEngine, MLCEngineSync
 from .api.types import (
@@ -40,12 +42,33 @@ from .errors import (
     SpecifiedModelNotFoundError,
     TokenizerError,
     UnknownChatTemplateError,
+    UnknownMessageKindError,
+    UnsupportedEndpointError,
     UnsupportedFieldError,
     UnsupportedModelError,
     UnsupportedTokenizerError,
     WebGPUNotAvailableError,
     WebLLMError,
+    WorkerError,
 )
+
+if TYPE_CHECKING:
+    from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
+
+# The Web Worker proxy (worker/client.py) is imported on first use, keeping `import webllm_py` small.
+_LAZY = {
+    "CreateWebWorkerMLCEngine": "webllm_py.worker.client",
+    "WebWorkerMLCEngine": "webllm_py.worker.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'webllm_py' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"  # keep equal to pyproject.toml's version (a unit test checks)
 
@@ -62,6 +85,7 @@ __all__ = [
     "CompletionUsage",
     "ContextWindowSizeExceededError",
     "CreateMLCEngine",
+    "CreateWebWorkerMLCEngine",
     "DeviceLimitError",
     "DeviceLostError",
     "EngineNotLoadedError",
@@ -81,11 +105,15 @@ __all__ = [
     "SpecifiedModelNotFoundError",
     "TokenizerError",
     "UnknownChatTemplateError",
+    "UnknownMessageKindError",
+    "UnsupportedEndpointError",
     "UnsupportedFieldError",
     "UnsupportedModelError",
     "UnsupportedTokenizerError",
     "WebGPUNotAvailableError",
     "WebLLMError",
+    "WebWorkerMLCEngine",
+    "WorkerError",
     "__version__",
     "prebuilt_app_config",
 ]

@@ -152,3 +152,27 @@ class SpecifiedModelNotFoundError(InvalidRequestError):
 
 class ModelIntegrityError(ModelDownloadError):
     """A downloaded file's sha256 or size differs from what the model record promises."""
+
+
+# ---- the worker boundary (worker/handler.py, worker/client.py, web/webllm_py.js) ------------------------------------
+
+
+class UnsupportedEndpointError(WebLLMError):
+    """The engine behind a worker does not implement this API (e.g. text ``completions.create``)."""
+
+
+class UnknownMessageKindError(WebLLMError):
+    """A worker message has a ``kind`` outside the closed set in ``worker/messages.py``, or a malformed
+    envelope."""
+
+
+class WorkerError(WebLLMError):
+    """An error from the worker whose name is not a class of this package (a bug, or a Python built-in we do not
+    map), or the worker itself failed (it crashed, was terminated, or a message could not be cloned).
+
+    ``name`` is the remote class name (``"ZeroDivisionError"``), so nothing is lost crossing the boundary.
+    """
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(f"{name}: {message}" if name else message)

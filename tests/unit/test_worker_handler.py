@@ -1,0 +1,658 @@
+"""The worker side of the protocol (worker/handler.py, worker/messages.py), message by message, in CPython.
+
+A real ``MLCEngine`` over the fake GPU engine (``_fake_engine.py``) behind a ``WorkerHandler``; every message in
+and out goes through a JSON round trip, so whatever the handler posts is plain JSON as ``postMessage`` needs.
+``Worker`` and ``world`` here are also used by test_worker_client.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid as uuidlib
+from types import SimpleNamespace
+
+import pytest
+
+import webllm_py.engine as engine_module
+from tests.unit._fake_engine import FakeEngine, FakeGeneration
+from webllm_py import errors
+from webllm_py.api.mlc_engine import MLCEngine
+from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.worker import messages
+from webllm_py.worker.handler import WorkerHandler, create_handler
+
+USER = [{"role": "user", "content": "Hi"}]
+ALPHABET = list("abcdefghijklmnopqrstuvwxyz")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))  # a hang fails the test instead of the run
+
+
+def json_copy(value):
+    return json.loads(json.dumps(value))
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """Two local fake models, and a load_engine that builds a FakeEngine saying "Hello there!"."""
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    config = AppConfig(
+        model_list=[ModelRecord("fake-model", str(gguf)), ModelRecord("other-model", str(gguf))],
+        cache_dir=str(tmp_path / "cache"),
+    )
+    loaded: list[FakeEngine] = []
+    knobs = SimpleNamespace(step_delay=0.0, script=["Hello", " there", "!"])
+
+    async def fake_load_engine(record, gguf_path, *, device=None, progress=None):
+        progress(0.0, "Loading weights")
+        await asyncio.sleep(0)
+        progress(0.5, "Loading weights")
+        fake = FakeEngine(record.model_id, step_delay=knobs.step_delay)
+        fake.say(knobs.script)
+        loaded.append(fake)
+        return fake
+
+    monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    return SimpleNamespace(config=config, loaded=loaded, knobs=knobs)
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.cached = {"fake-model"}
+
+    async def gpu_vendor(self) -> str:
+        return "fake-vendor"
+
+    async def max_storage_buffer_binding_size(self) -> int:
+        return 1 << 30
+
+    async def has_model_in_cache(self, record, app_config) -> bool:
+        return record.model_id in self.cached
+
+    async def delete_model_in_cache(self, record, app_config) -> None:
+        self.cached.discard(record.model_id)
+
+
+class Worker:
+    """A handler fed raw messages; ``ask`` sends one request and returns its reply (and any progress seen)."""
+
+    def __init__(self, world, host=None):
+        self.outbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.engine = MLCEngine(app_config=world.config)
+        self.handler = WorkerHandler(self.engine, lambda m: self.outbox.put_nowait(json_copy(m)), host=host)
+        self.replies: dict[str, dict] = {}
+        self.progress: list[dict] = []
+
+    async def send(self, kind: str, content=None, uuid: str | None = None) -> str:
+        uuid = uuid or uuidlib.uuid4().hex
+        await self.handler.on_message(json_copy({"kind": kind, "uuid": uuid, "content": content}))
+        return uuid
+
+    async def reply(self, uuid: str) -> dict:
+        while uuid not in self.replies:
+            message = await self.outbox.get()
+            if message["kind"] == "initProgressCallback":
+                self.progress.append(message)
+            else:
+                assert message["uuid"] not in self.replies, "a request was answered twice"
+                self.replies[message["uuid"]] = message
+        return self.replies[uuid]
+
+    async def ask(self, kind: str, content=None) -> dict:
+        return await self.reply(await self.send(kind, content))
+
+    async def value(self, kind: str, content=None):
+        message = await self.ask(kind, content)
+        assert message["kind"] == "return", message
+        return message["content"]
+
+    async def pull_all(self, stream_id: str) -> list[dict]:
+        chunks = []
+        while (chunk := await self.value("completionStreamNextChunk", {"streamId": stream_id})) is not None:
+            chunks.append(chunk)
+        return chunks
+
+
+def text_of(chunks: list[dict]) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def finish_of(chunks: list[dict]) -> list[str]:
+    return [
+        c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+    ]
+
+
+async def loaded_worker(world, host=None) -> Worker:
+    worker = Worker(world, host)
+    assert await worker.value("reload", {"modelId": ["fake-model"]}) is None
+    return worker
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+
+
+def test_reload_reports_progress_under_its_uuid(world):
+    async def go():
+        worker = Worker(world)
+        uuid = await worker.send(
+            "reload", {"modelId": "fake-model", "chatOpts": {"context_window_size": 512}}
+        )
+        return worker, uuid, await worker.reply(uuid)
+
+    worker, uuid, reply = run(go())
+    assert reply == {"kind": "return", "uuid": uuid, "content": None}
+    assert [p["content"]["progress"] for p in worker.progress] == [0.0, 0.5, 1.0]
+    assert {p["uuid"] for p in worker.progress} == {uuid}
+    assert worker.progress[-1]["content"].keys() == {"progress", "timeElapsed", "text"}
+    assert worker.engine.model_id == "fake-model"
+
+
+def test_reload_errors_cross_with_their_names(world):
+    async def go():
+        worker = Worker(world)
+        return (
+            await worker.ask("reload", {"modelId": ["nope"]}),
+            await worker.ask("reload", {"modelId": ["fake-model", "other-model"]}),
+            await worker.ask("reload", {"modelId": "fake-model", "chatOpts": {"temperature": 0.1}}),
+            await worker.ask("reload", {}),
+        )
+
+    unknown, two, opts, missing = run(go())
+    assert unknown["kind"] == "throw" and unknown["content"]["name"] == "ModelNotFoundError"
+    assert "fake-model, other-model" in unknown["content"]["message"]
+    assert (
+        two["content"]["name"] == "UnsupportedFieldError" and two["content"]["details"]["field"] == "modelId"
+    )
+    assert opts["content"]["name"] == "UnsupportedFieldError"
+    assert opts["content"]["details"]["field"] == "chatOpts.temperature"
+    assert missing["content"]["name"] == "InvalidFieldTypeError"
+
+
+def test_unload_then_requests_fail_typed(world):
+    async def go():
+        worker = await loaded_worker(world)
+        assert await worker.value("unload") is None
+        return await worker.ask("chatCompletionNonStreaming", {"request": {"messages": USER}})
+
+    reply = run(go())
+    assert reply["content"]["name"] == "EngineNotLoadedError"
+    assert world.loaded[0].unloaded
+
+
+# ---- requests -----------------------------------------------------------------------------------------------------
+
+
+def test_non_streaming(world):
+    async def go():
+        worker = await loaded_worker(world)
+        return await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "max_tokens": 8}, "modelId": ["fake-model"]},
+        )
+
+    reply = run(go())
+    assert reply["object"] == "chat.completion" and reply["model"] == "fake-model"
+    assert reply["choices"][0]["message"]["content"] == "Hello there!"
+    assert reply["choices"][0]["finish_reason"] == "stop"
+    assert reply["usage"]["completion_tokens"] == 4 and "decode_tokens_per_s" in reply["usage"]["extra"]
+
+
+def test_bad_requests_throw_typed_errors_with_details(world):
+    async def go():
+        worker = await loaded_worker(world)
+        return (
+            await worker.ask("chatCompletionNonStreaming", {"request": {"messages": USER, "temperature": 5}}),
+            await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER, "top_p": 0}}),
+            await worker.ask("chatCompletionNonStreaming", {"request": {"messages": []}}),
+            await worker.ask("chatCompletionNonStreaming", {"request": {"messages": USER, "model": "other"}}),
+            await worker.ask("chatCompletionNonStreaming", {"request": "hi"}),
+            await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}}),
+        )
+
+    temperature, top_p, empty, model, not_a_dict, ok = run(go())
+    assert temperature["content"]["name"] == "InvalidRangeError"
+    assert temperature["content"]["details"] == {"field": "temperature", "value": 5, "allowed": "in [0, 2]"}
+    assert "`temperature` must be in [0, 2]" in temperature["content"]["message"]
+    assert top_p["content"]["name"] == "InvalidRangeError" and top_p["content"]["details"]["field"] == "top_p"
+    assert empty["content"]["name"] == "InvalidMessagesError"
+    assert model["content"]["name"] == "SpecifiedModelNotFoundError"
+    assert not_a_dict["content"]["name"] == "InvalidFieldTypeError"
+    assert ok["choices"][0]["message"]["content"] == "Hello there!"  # none of them held the engine
+
+
+def test_streaming_pull_one_chunk_per_request(world):
+    async def go():
+        worker = await loaded_worker(world)
+        init = await worker.ask(
+            "chatCompletionStreamInit",
+            {
+                "request": {"messages": USER, "stream_options": {"include_usage": True}},
+                "selectedModelId": "fake-model",
+            },
+        )
+        fake = world.loaded[0]
+        assert fake.generations[0].yielded == []  # init only validates and opens: nothing generated yet
+        first = await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]})
+        assert len(fake.generations[0].yielded) == 1  # one pull, one decode step
+        rest = await worker.pull_all(init["uuid"])
+        after_end = await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]})
+        return init, [first, *rest], after_end
+
+    init, chunks, after_end = run(go())
+    assert init["content"] is None and after_end is None
+    assert text_of(chunks) == "Hello there!" and chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert finish_of(chunks) == ["stop"] and chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+
+
+def test_streamed_text_equals_non_streamed_text(world):
+    world.knobs.script = ["Un", "é", b"\xf0\x9f", b"\x98\x80", " fin"]  # a 4-byte emoji split across tokens
+
+    async def go():
+        worker = await loaded_worker(world)
+        whole = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        init = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        return whole, await worker.pull_all(init["uuid"])
+
+    whole, chunks = run(go())
+    assert text_of(chunks) == whole["choices"][0]["message"]["content"] == "Uné😀 fin"
+
+
+def test_interrupt_mid_stream_ends_with_abort_then_next_request_works(world):
+    world.knobs.script = ALPHABET
+
+    async def go():
+        worker = await loaded_worker(world)
+        init = await worker.ask(
+            "chatCompletionStreamInit",
+            {"request": {"messages": USER, "stream_options": {"include_usage": True}}},
+        )
+        head = [await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]}) for _ in range(2)]
+        assert await worker.value("interruptGenerate") is None
+        tail = await worker.pull_all(init["uuid"])
+        message = await worker.value("getMessage")
+        nxt = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        return head, tail, message, nxt
+
+    head, tail, message, nxt = run(go())
+    assert text_of(head) == "ab" and text_of(tail) == "" and message == "ab"
+    assert finish_of(tail) == ["abort"] and tail[-1]["usage"]["completion_tokens"] == 2
+    assert nxt["choices"][0]["message"]["content"] == "".join(ALPHABET)
+    assert [g.finish_reason for g in world.loaded[0].generations] == ["abort", "stop"]
+
+
+def test_interrupt_while_a_pull_is_running(world):
+    world.knobs.script = ALPHABET
+    world.knobs.step_delay = 0.01  # each decode step yields to the loop, so the interrupt arrives mid-pull
+
+    async def go():
+        worker = await loaded_worker(world)
+        init = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]})
+        pull = await worker.send("completionStreamNextChunk", {"streamId": init["uuid"]})
+        interrupt = await worker.send("interruptGenerate")
+        assert (await worker.reply(interrupt))["content"] is None
+        pulled = (await worker.reply(pull))["content"]
+        return [pulled, *await worker.pull_all(init["uuid"])]
+
+    chunks = run(go())
+    assert finish_of(chunks) == ["abort"] and len(text_of(chunks)) <= 2
+    assert world.loaded[0].generations[0].finish_reason == "abort"
+
+
+def test_abandoned_stream_is_ended_by_the_next_request(world):
+    """mlc-ai/mlc-llm#3113: a consumer stops pulling; WebLLM then hangs every later request on the model lock."""
+    world.knobs.script = ALPHABET
+
+    async def go():
+        worker = await loaded_worker(world)
+        init = await worker.ask(
+            "chatCompletionStreamInit",
+            {"request": {"messages": USER, "stream_options": {"include_usage": True}}},
+        )
+        head = [await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]}) for _ in range(2)]
+        nxt = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        late = await worker.pull_all(init["uuid"])  # the consumer comes back after all
+        return head, nxt, late
+
+    head, nxt, late = run(go())
+    assert text_of(head) == "ab" and nxt["choices"][0]["message"]["content"] == "".join(ALPHABET)
+    assert finish_of(late) == ["abort"] and late[-1]["usage"] is not None  # it learns how its stream ended
+    assert [g.finish_reason for g in world.loaded[0].generations] == ["abort", "stop"]
+
+
+def test_never_pulled_stream_is_closed_without_running_its_prefill(world):
+    async def go():
+        worker = await loaded_worker(world)
+        first = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        second = await worker.ask(
+            "chatCompletionStreamInit", {"request": {"messages": USER}}
+        )  # must not hang
+        return await worker.pull_all(first["uuid"]), await worker.pull_all(second["uuid"])
+
+    first, second = run(go())
+    gens = world.loaded[0].generations
+    assert gens[0].finish_reason == "abort" and gens[0].yielded == []  # never stepped
+    assert len(first) == 1 and finish_of(first) == ["abort"] and first[0]["model"] == "fake-model"
+    assert text_of(second) == "Hello there!" and finish_of(second) == ["stop"]
+
+
+def test_two_stream_inits_at_once_do_not_deadlock(world):
+    async def go():
+        worker = await loaded_worker(world)
+        a = await worker.send("chatCompletionStreamInit", {"request": {"messages": USER}})
+        b = await worker.send("chatCompletionStreamInit", {"request": {"messages": USER}})
+        await worker.reply(a), await worker.reply(b)
+        return await worker.pull_all(a), await worker.pull_all(b)
+
+    a, b = run(go())
+    assert finish_of(a) == ["abort"] and text_of(b) == "Hello there!"
+
+
+def test_interrupt_naming_a_stream_ends_only_that_stream(world):
+    world.knobs.script = ALPHABET
+
+    async def go():
+        worker = await loaded_worker(world)
+        old = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        old_chunks = await worker.pull_all(old["uuid"])
+        live = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        first = await worker.value("completionStreamNextChunk", {"streamId": live["uuid"]})
+        # the consumer of the finished stream leaves late: the live one must not notice
+        assert await worker.value("interruptGenerate", {"streamId": old["uuid"]}) is None
+        rest = await worker.pull_all(live["uuid"])
+        # now the live stream's own consumer leaves early
+        third = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        await worker.value("completionStreamNextChunk", {"streamId": third["uuid"]})
+        assert await worker.value("interruptGenerate", {"streamId": third["uuid"]}) is None
+        assert await worker.value("interruptGenerate", {"streamId": "no-such-stream"}) is None
+        return old_chunks, [first, *rest], await worker.pull_all(third["uuid"])
+
+    old, live, third = run(go())
+    assert finish_of(old) == ["stop"] and finish_of(live) == ["stop"] and text_of(live) == "".join(ALPHABET)
+    assert finish_of(third) == ["abort"]
+    assert world.loaded[0].generations[2].finish_reason == "abort"
+
+
+def test_interrupt_non_streaming(world):
+    world.knobs.script = ALPHABET
+    world.knobs.step_delay = 0.005
+
+    async def go():
+        worker = await loaded_worker(world)
+        request = await worker.send("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        while not (await worker.value("getMessage")):  # wait until it has produced something
+            await asyncio.sleep(0.005)
+        await worker.send("interruptGenerate")
+        return (await worker.reply(request))["content"]
+
+    reply = run(go())
+    assert reply["choices"][0]["finish_reason"] == "abort"
+    assert 0 < len(reply["choices"][0]["message"]["content"]) < 26
+
+
+def test_unload_and_reload_end_an_open_stream(world):
+    world.knobs.script = ALPHABET
+
+    async def go():
+        worker = await loaded_worker(world)
+        a = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        await worker.value("completionStreamNextChunk", {"streamId": a["uuid"]})
+        await worker.value("reload", {"modelId": ["other-model"]})
+        b = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        await worker.value("completionStreamNextChunk", {"streamId": b["uuid"]})
+        await worker.value("unload")
+        return await worker.pull_all(a["uuid"]), await worker.pull_all(b["uuid"])
+
+    a, b = run(go())
+    assert finish_of(a) == ["abort"] and finish_of(b) == ["abort"]
+    assert all(fake.unloaded for fake in world.loaded)
+
+
+def test_error_in_the_middle_of_a_stream_crosses_then_the_stream_is_over(world, monkeypatch):
+    original = FakeGeneration.__anext__
+
+    async def failing(self):
+        if len(self.yielded) == 2:
+            raise errors.DeviceLostError("the GPU went away")
+        return await original(self)
+
+    monkeypatch.setattr(FakeGeneration, "__anext__", failing)
+    world.knobs.script = ALPHABET
+
+    async def go():
+        worker = await loaded_worker(world)
+        init = await worker.ask("chatCompletionStreamInit", {"request": {"messages": USER}})
+        replies = [
+            await worker.ask("completionStreamNextChunk", {"streamId": init["uuid"]}) for _ in range(4)
+        ]
+        monkeypatch.setattr(FakeGeneration, "__anext__", original)
+        return replies, await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+
+    replies, nxt = run(go())
+    assert [r["kind"] for r in replies] == ["return", "return", "throw", "return"]
+    assert replies[2]["content"]["name"] == "DeviceLostError" and replies[3]["content"] is None
+    assert nxt["choices"][0]["message"]["content"] == "".join(ALPHABET)
+
+
+def test_reload_if_unmatched(world):
+    """A request names the model the page believes is loaded; a worker that lost it loads it first."""
+
+    async def go():
+        worker = Worker(world)  # a fresh worker: nothing loaded (as after a restart)
+        uuid = await worker.send(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER}, "modelId": ["other-model"], "chatOpts": None},
+        )
+        return worker, uuid, (await worker.reply(uuid))["content"]
+
+    worker, uuid, reply = run(go())
+    assert reply["model"] == "other-model" and worker.engine.model_id == "other-model"
+    assert worker.progress and {p["uuid"] for p in worker.progress} == {uuid}
+
+
+# ---- the other kinds ------------------------------------------------------------------------------------------------
+
+
+def test_stats_message_and_reset(world):
+    async def go():
+        worker = await loaded_worker(world)
+        await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        stats, message = await worker.value("runtimeStatsText", {}), await worker.value("getMessage", {})
+        await worker.value("resetChat", {"keepStats": True})
+        kept = await worker.value("runtimeStatsText")
+        await worker.value("resetChat")
+        return stats, message, kept, await worker.value("runtimeStatsText"), await worker.value("getMessage")
+
+    stats, message, kept, reset, empty = run(go())
+    assert stats.startswith("prefill: ") and "decoding: " in stats and stats == kept
+    assert message == "Hello there!" and reset == "prefill: 0.0000 tokens/sec, decoding: 0.0000 tokens/sec"
+    assert empty == ""
+
+
+def test_gpu_and_cache_questions_go_to_the_host(world):
+    async def go():
+        worker = await loaded_worker(world, host=FakeHost())
+        return (
+            await worker.value("getGPUVendor"),
+            await worker.value("getMaxStorageBufferBindingSize"),
+            await worker.value("hasModelInCache", {"modelId": "fake-model"}),
+            await worker.value("hasModelInCache", {"modelId": "other-model"}),
+            await worker.value("deleteModelInCache", {"modelId": "fake-model"}),
+            await worker.value("hasModelInCache", {"modelId": "fake-model"}),
+            await worker.ask("hasModelInCache", {"modelId": "nope"}),
+        )
+
+    vendor, size, cached, other, deleted, after, unknown = run(go())
+    assert (vendor, size, cached, other, deleted, after) == ("fake-vendor", 1 << 30, True, False, None, False)
+    assert unknown["content"]["name"] == "ModelNotFoundError"
+
+
+def test_without_a_host_gpu_questions_fail_typed(world):
+    async def go():
+        worker = await loaded_worker(world)
+        return await worker.ask("getGPUVendor"), await worker.ask(
+            "hasModelInCache", {"modelId": "fake-model"}
+        )
+
+    vendor, cached = run(go())
+    assert vendor["content"]["name"] == cached["content"]["name"] == "WebGPUNotAvailableError"
+
+
+def test_log_level(world):
+    async def go():
+        worker = Worker(world)
+        return await worker.ask("setLogLevel", "ERROR"), await worker.ask("setLogLevel", "LOUD")
+
+    logger = logging.getLogger("webllm_py")
+    before = logger.level
+    try:
+        ok, bad = run(go())
+        assert ok["content"] is None and logger.level == logging.ERROR
+        assert bad["content"]["name"] == "UnsupportedFieldError"
+    finally:
+        logger.setLevel(before)
+
+
+def test_app_config_round_trip(world):
+    webllm_style = {
+        "model_list": [
+            {"model_id": "tiny", "model": "https://example.com/tiny.gguf", "overrides": {"temperature": 0.5}},
+            {
+                "model_id": "zipped",
+                "model_url": "https://example.com/w.whl",
+                "model_file": "pkg/m.gguf",
+                "size": 3,
+            },
+        ]
+    }
+
+    async def go():
+        worker = Worker(world)
+        before = await worker.value("getAppConfig")
+        assert await worker.value("setAppConfig", webllm_style) is None
+        after = await worker.value("getAppConfig")
+        bad = await worker.ask("setAppConfig", {"model_list": [{"model_id": "x", "model_lib": "x.wasm"}]})
+        return worker, before, after, bad
+
+    worker, before, after, bad = run(go())
+    assert [r["model_id"] for r in before["model_list"]] == ["fake-model", "other-model"]
+    assert after["model_list"][0]["model_url"] == "https://example.com/tiny.gguf"
+    assert after["model_list"][0]["overrides"] == {"temperature": 0.5}
+    assert after["model_list"][1]["model_file"] == "pkg/m.gguf" and after["cache_dir"] is None
+    assert worker.engine.app_config.get_record("zipped").size == 3
+    assert bad["content"]["name"] == "UnsupportedFieldError"
+    assert bad["content"]["details"]["field"] == "appConfig.model_list[0].model_lib"
+    assert messages.app_config_from_dict(after) == worker.engine.app_config
+
+
+def test_text_completion_is_a_clear_error_until_the_engine_has_it(world):
+    async def go():
+        worker = await loaded_worker(world)
+        return (
+            await worker.ask("completionNonStreaming", {"request": {"prompt": "Once"}}),
+            await worker.ask("completionStreamInit", {"request": {"prompt": "Once"}}),
+            await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}}),
+        )
+
+    whole, stream, ok = run(go())
+    assert whole["content"]["name"] == stream["content"]["name"] == "UnsupportedEndpointError"
+    assert "chat.completions.create" in whole["content"]["message"]
+    assert ok["choices"][0]["message"]["content"] == "Hello there!"
+
+
+def test_unknown_kinds_and_bad_envelopes(world, caplog):
+    async def go():
+        worker = Worker(world)
+        unknown = await worker.ask("forwardTokensAndSample", {"inputIds": [1]})
+        await worker.handler.on_message({"kind": "reload", "content": {}})  # no uuid: nobody to answer
+        await worker.handler.on_message("not a dict")
+        await worker.handler.join()
+        return worker, unknown
+
+    with caplog.at_level(logging.WARNING, logger="webllm_py"):
+        worker, unknown = run(go())
+    assert unknown["kind"] == "throw" and unknown["content"]["name"] == "UnknownMessageKindError"
+    assert "interruptGenerate" in unknown["content"]["message"]  # it lists what is understood
+    assert worker.outbox.empty() and "without a uuid" in caplog.text
+
+
+def test_every_kind_has_a_method_and_the_kinds_are_webllms():
+    handler = WorkerHandler(MLCEngine(), lambda m: None)
+    assert set(handler._methods) == messages.REQUEST_KINDS
+    webllm = {
+        "reload", "unload", "chatCompletionNonStreaming", "chatCompletionStreamInit", "completionNonStreaming",
+        "completionStreamInit", "completionStreamNextChunk", "interruptGenerate", "resetChat", "getMessage",
+        "runtimeStatsText", "getGPUVendor", "getMaxStorageBufferBindingSize", "setLogLevel", "setAppConfig",
+    }  # fmt: skip
+    assert messages.REQUEST_KINDS - webllm == {"getAppConfig", "hasModelInCache", "deleteModelInCache"}
+    assert messages.REQUEST_KINDS >= webllm
+
+
+def test_create_handler_takes_an_engine_and_keeps_its_progress_callback(world):
+    seen = []
+
+    async def go():
+        posted = []
+        engine = MLCEngine(app_config=world.config, init_progress_callback=seen.append)
+        handler = create_handler(posted.append, engine=engine)
+        await handler.on_message({"kind": "reload", "uuid": "u1", "content": {"modelId": ["fake-model"]}})
+        await handler.join()
+        return posted
+
+    posted = run(go())
+    assert posted[-1] == {"kind": "return", "uuid": "u1", "content": None}
+    assert len(seen) == 3 and [m["kind"] for m in posted[:-1]] == ["initProgressCallback"] * 3
+
+
+# ---- messages.py: errors across the boundary ----------------------------------------------------------------------
+
+
+def test_errors_round_trip_as_the_same_class():
+    cases = [
+        errors.InvalidRangeError("temperature", 5, "in [0, 2]"),
+        errors.GGUFError("m.gguf", 12, "magic GGUF", "b'ABCD'"),
+        errors.ModelNotFoundError("no such model"),
+        errors.WebGPUNotAvailableError("no adapter"),
+        ValueError("plain"),
+        KeyError("k"),
+    ]
+    for original in cases:
+        content = json_copy(messages.error_to_content(original))
+        again = messages.error_from_content(content)
+        assert type(again) is type(original) and str(again) == str(original)
+        for key, value in vars(original).items():
+            assert getattr(again, key) == value
+    assert messages.error_from_content(json_copy(messages.error_to_content(ValueError("x"))))  # has a stack
+    assert "stack" in messages.error_to_content(ValueError("x"))["details"]
+    assert "stack" not in messages.error_to_content(errors.ModelNotFoundError("x"))["details"]
+
+
+def test_unknown_error_names_keep_their_name():
+    odd = messages.error_from_content({"name": "ZeroDivisionError", "message": "division by zero"})
+    assert isinstance(odd, errors.WorkerError) and odd.name == "ZeroDivisionError"
+    assert str(odd) == "ZeroDivisionError: division by zero"
+    # passed on again (a proxy re-throwing), it keeps the original name and message
+    assert messages.error_to_content(odd)["name"] == "ZeroDivisionError"
+    assert messages.error_to_content(odd)["message"] == "division by zero"
+    # names that are not exception classes are not instantiated
+    assert isinstance(messages.error_from_content({"name": "AppConfig", "message": "x"}), errors.WorkerError)
+    assert isinstance(messages.error_from_content({"name": "SystemExit", "message": "x"}), errors.WorkerError)
+    assert isinstance(messages.error_from_content("boom"), errors.WorkerError)
+
+
+def test_parse_request():
+    assert messages.parse_request({"kind": "unload", "uuid": "u", "content": None}) == ("unload", "u", None)
+    with pytest.raises(errors.UnknownMessageKindError) as e:
+        messages.parse_request({"kind": "nope", "uuid": "u"})
+    assert e.value.uuid == "u"
+    for bad in ({"kind": "unload"}, {"kind": "unload", "uuid": ""}, None, []):
+        with pytest.raises(errors.UnknownMessageKindError) as e:
+            messages.parse_request(bad)
+        assert e.value.uuid is None

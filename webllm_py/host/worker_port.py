@@ -1,0 +1,112 @@
+"""Browser glue for the worker protocol (Pyodide only).
+
+``JSWorkerPort``: a JS ``Worker`` as the ``Port`` that ``worker/client.py`` talks through, on the page.
+``BrowserWorkerHost``: what ``worker/handler.py`` asks the host, in the worker: the GPU adapter and the model cache.
+
+Messages cross ``postMessage`` as plain JS objects built by ``JSON.parse(json.dumps(message))``, and come back
+through ``JSON.stringify`` + ``json.loads``. That costs tens of microseconds a message (nothing next to a decode
+step) and keeps the wire exactly JSON: ``None`` is ``null`` on the JS side, never ``undefined``, and no PyProxy or
+JsProxy is ever left to destroy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import js
+from pyodide.ffi import JsProxy, create_proxy
+
+from ..config import AppConfig, ModelRecord
+from ..errors import WebGPUNotAvailableError
+
+
+def to_js_json(message: Any) -> Any:
+    """A plain JS value equal to the JSON-able ``message``."""
+    return js.JSON.parse(json.dumps(message))
+
+
+def from_js_json(value: Any) -> Any:
+    """A Python value equal to the JSON-able JS ``value`` (``None`` for ``undefined``)."""
+    if not isinstance(value, JsProxy):
+        return value  # numbers, strings, booleans and None arrive converted already
+    text = js.JSON.stringify(value)
+    return json.loads(text) if isinstance(text, str) else None
+
+
+class JSWorkerPort:
+    """A module ``Worker`` (started from ``worker.js``) as a ``worker.client.Port``."""
+
+    def __init__(self, worker: Any):
+        self.worker = worker
+        self._on_message: Callable[[dict[str, Any]], None] | None = None
+        self._on_error: Callable[[str], None] | None = None
+        # Kept by JS as event listeners, so they must outlive this call: destroyed in close().
+        self._message_proxy = create_proxy(self._message)
+        self._error_proxy = create_proxy(self._error)
+        worker.addEventListener("message", self._message_proxy)
+        worker.addEventListener("error", self._error_proxy)
+        worker.addEventListener("messageerror", self._error_proxy)
+
+    def post(self, message: dict[str, Any]) -> None:
+        self.worker.postMessage(to_js_json(message))
+
+    def set_listener(
+        self, on_message: Callable[[dict[str, Any]], None], on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self._on_message, self._on_error = on_message, on_error
+
+    def _message(self, event: Any) -> None:
+        data = from_js_json(event.data)
+        if isinstance(data, dict) and self._on_message is not None:
+            self._on_message(data)
+
+    def _error(self, event: Any) -> None:
+        if self._on_error is not None:
+            message = getattr(event, "message", None) or f"the worker raised a {event.type} event"
+            self._on_error(str(message))
+
+    def close(self) -> None:
+        self.worker.removeEventListener("message", self._message_proxy)
+        self.worker.removeEventListener("error", self._error_proxy)
+        self.worker.removeEventListener("messageerror", self._error_proxy)
+        self.worker.terminate()
+        self._message_proxy.destroy()
+        self._error_proxy.destroy()
+
+
+class BrowserWorkerHost:
+    """``worker.handler.WorkerHost`` in a browser worker: ``navigator.gpu`` and the browser model cache."""
+
+    async def _adapter(self) -> Any:
+        gpu = getattr(js.navigator, "gpu", None)
+        adapter = await gpu.requestAdapter() if gpu is not None else None
+        if not adapter:  # undefined navigator.gpu, or requestAdapter() resolving to null (JsNull is falsy)
+            raise WebGPUNotAvailableError(
+                "WebGPU is not available in this browser: navigator.gpu is missing or has no adapter. Use a "
+                "recent Chrome or Edge (or Firefox/Safari with WebGPU on), served over https or localhost; on "
+                "Linux, Chrome may need chrome://flags/#enable-unsafe-webgpu."
+            )
+        return adapter
+
+    async def gpu_vendor(self) -> str:
+        adapter = await self._adapter()
+        info = getattr(adapter, "info", None)  # GPUAdapterInfo; older Chrome only had requestAdapterInfo()
+        if info is None and hasattr(adapter, "requestAdapterInfo"):
+            info = await adapter.requestAdapterInfo()
+        return str(getattr(info, "vendor", "") or "")
+
+    async def max_storage_buffer_binding_size(self) -> int:
+        adapter = await self._adapter()
+        return int(adapter.limits.maxStorageBufferBindingSize)
+
+    async def has_model_in_cache(self, record: ModelRecord, app_config: AppConfig) -> bool:
+        from . import browser_cache
+
+        return bool(await browser_cache.has_model_in_cache(record, app_config))
+
+    async def delete_model_in_cache(self, record: ModelRecord, app_config: AppConfig) -> None:
+        from . import browser_cache
+
+        await browser_cache.delete_model_in_cache(record, app_config)

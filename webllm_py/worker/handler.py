@@ -1,0 +1,407 @@
+"""The worker side of the protocol: messages in, engine calls, ``return`` / ``throw`` out.
+
+Host-agnostic: ``WorkerHandler`` gets an engine (an ``MLCEngine``, or a fake in tests) and a ``post(message)``
+callable, and is fed with ``await handler.on_message(message)``; the browser's worker bootstrap
+(``host/worker_entry.py``) connects those to ``postMessage`` / ``onmessage``, the unit tests to asyncio queues.
+
+``on_message`` only starts a task per request and returns, so an ``interruptGenerate`` is served while a
+generation is running, however the host awaits it. Each task runs ``handle_task``, which answers exactly once.
+
+One generation at a time, as in WebLLM. Unlike WebLLM, a request that needs the engine (a new completion,
+``reload``, ``unload``) first ends a stream that is still open instead of queueing behind it: the page that opened
+it either stopped reading it (mlc-ai/mlc-llm#3113: then WebLLM hangs forever) or is about to learn from its next
+pull that it ended with finish_reason "abort". A non-streaming request that is running is waited for, as in WebLLM.
+
+Ending a stream (``_end_stream``) interrupts its generation and then pulls what is left on the consumer's behalf:
+the engine stops at its next token without another decode step, so this yields the held-back text, the final
+chunk with finish_reason "abort" and the usage chunk, and frees the engine. Those chunks wait in the stream's
+queue for the consumer's next pulls. A stream that was never pulled is closed without starting it (that would run
+the prefill) and answers its first pull with a final "abort" chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.errors import (
+    InvalidFieldTypeError,
+    UnsupportedEndpointError,
+    UnsupportedFieldError,
+    WebGPUNotAvailableError,
+)
+from webllm_py.protocol import check_chat_completion_request
+from webllm_py.streaming import new_completion_id
+
+from .messages import (
+    LOG_LEVELS,
+    REQUEST_KINDS,
+    app_config_from_dict,
+    app_config_to_dict,
+    error_to_content,
+    make_message,
+    parse_request,
+    reload_kwargs,
+    single_model_id,
+)
+
+log = logging.getLogger("webllm_py")
+Post = Callable[[dict[str, Any]], None]
+KEEP_ENDED_STREAMS = 16  # ended streams whose consumer may still pull their last chunks
+
+
+class WorkerHost(Protocol):
+    """What only the host can answer: the GPU adapter and the model cache. ``host/worker_port.py`` has the
+    browser's; tests pass a fake."""
+
+    async def gpu_vendor(self) -> str: ...
+
+    async def max_storage_buffer_binding_size(self) -> int: ...
+
+    async def has_model_in_cache(self, record: ModelRecord, app_config: AppConfig) -> bool: ...
+
+    async def delete_model_in_cache(self, record: ModelRecord, app_config: AppConfig) -> None: ...
+
+
+@dataclass
+class _Stream:
+    """One open stream, named by the uuid of its init request."""
+
+    id: str
+    chunks: Any  # the engine's stream: async iterator of chunk objects (to_dict()), with aclose()
+    text_completion: bool
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one pull (or the end) at a time
+    queued: deque[dict[str, Any]] = field(default_factory=deque)  # pulled on the consumer's behalf
+    pulled: int = 0  # chunks taken from the engine
+    finished: bool = False  # a chunk with finish_reason came out: the engine is free again
+    exhausted: bool = False  # the engine's stream has nothing more
+
+
+class WorkerHandler:
+    """Serve one engine over the worker protocol (``worker/messages.py``)."""
+
+    def __init__(self, engine: Any, post: Post, *, host: WorkerHost | None = None):
+        self.engine = engine
+        self._post = post
+        self._host = host
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()
+        self._start_lock = asyncio.Lock()  # see _start
+        self._progress_uuid = ""  # the request whose model load is reporting progress
+        self._user_progress = engine.getInitProgressCallback()
+        engine.setInitProgressCallback(self._on_progress)
+        # kind -> coroutine method; building it here checks that every kind of the protocol has one.
+        self._methods: dict[str, Callable[[str, Any], Awaitable[Any]]] = {
+            kind: getattr(self, "_" + kind) for kind in REQUEST_KINDS
+        }
+
+    # ---- entry points -----------------------------------------------------------------------------------------
+
+    async def on_message(self, message: dict[str, Any]) -> None:
+        """Take one request from the page; its reply is posted when its task ends."""
+        try:
+            kind, uuid, content = parse_request(message)
+        except Exception as e:
+            uuid = getattr(e, "uuid", None)
+            if uuid:
+                self._post(make_message("throw", uuid, error_to_content(e)))
+            else:
+                log.warning("worker: dropped a message without a uuid: %s", e)
+            return
+        task = asyncio.get_running_loop().create_task(self.handle_task(uuid, kind, content))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle_task(self, uuid: str, kind: str, content: Any) -> None:
+        """Run one request and post its one reply: ``return`` with the value, or ``throw`` with the error."""
+        try:
+            value = await self._methods[kind](uuid, content if content is not None else {})
+        except asyncio.CancelledError:
+            self._post(
+                make_message("throw", uuid, {"name": "CancelledError", "message": "the worker stopped"})
+            )
+            raise
+        except Exception as e:
+            self._post(make_message("throw", uuid, error_to_content(e)))
+        else:
+            self._post(make_message("return", uuid, value))
+
+    async def join(self) -> None:
+        """Wait until every request taken so far has been answered (tests; an orderly shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ---- loading ----------------------------------------------------------------------------------------------
+
+    async def _reload(self, uuid: str, content: Mapping[str, Any]) -> None:
+        model_id = single_model_id(content.get("modelId"))
+        if model_id is None:
+            raise InvalidFieldTypeError("modelId", None, "a model id (or a list of one)")
+        kwargs = reload_kwargs(content.get("chatOpts"))
+        await self._end_open_streams()
+        await self._load(uuid, model_id, kwargs)
+        return None
+
+    async def _load(self, uuid: str, model_id: str, kwargs: dict[str, Any]) -> None:
+        self._progress_uuid = uuid
+        try:
+            await self.engine.reload(model_id, **kwargs)
+        finally:
+            self._progress_uuid = ""
+
+    async def _unload(self, uuid: str, content: Any) -> None:
+        await self._end_open_streams()
+        await self.engine.unload()
+
+    def _on_progress(self, report: Any) -> None:
+        self._post(make_message("initProgressCallback", self._progress_uuid, report.to_dict()))
+        if self._user_progress is not None:
+            self._user_progress(report)
+
+    async def _reload_if_unmatched(self, uuid: str, content: Mapping[str, Any]) -> None:
+        """WebLLM's ``reloadIfUnmatched``: a request carries the model the page believes is loaded; a worker that
+        restarted (or failed a reload) loads it again before serving, instead of failing."""
+        wanted = single_model_id(content.get("modelId"))
+        if wanted is not None and wanted != self.engine.model_id:
+            await self._load(uuid, wanted, reload_kwargs(content.get("chatOpts")))
+
+    # ---- completions ------------------------------------------------------------------------------------------
+
+    async def _chatCompletionNonStreaming(self, uuid: str, content: Mapping[str, Any]) -> dict[str, Any]:
+        request = _request(content, stream=False)
+        check_chat_completion_request(request)  # a bad request fails before it ends anyone's stream
+        reply = await self._start(uuid, content, lambda: self.engine.chatCompletion(request))
+        return reply.to_dict()
+
+    async def _chatCompletionStreamInit(self, uuid: str, content: Mapping[str, Any]) -> None:
+        request = _request(content, stream=True)
+        check_chat_completion_request(request)
+        await self._start(uuid, content, lambda: self.engine.chatCompletion(request), stream_id=uuid)
+
+    async def _completionNonStreaming(self, uuid: str, content: Mapping[str, Any]) -> dict[str, Any]:
+        completion = self._text_completion()
+        request = _request(content, stream=False)
+        return (await self._start(uuid, content, lambda: completion(request))).to_dict()
+
+    async def _completionStreamInit(self, uuid: str, content: Mapping[str, Any]) -> None:
+        completion = self._text_completion()
+        request = _request(content, stream=True)
+        await self._start(uuid, content, lambda: completion(request), stream_id=uuid, text_completion=True)
+
+    async def _start(
+        self,
+        uuid: str,
+        content: Mapping[str, Any],
+        run: Callable[[], Awaitable[Any]],
+        *,
+        stream_id: str | None = None,
+        text_completion: bool = False,
+    ) -> Any:
+        """End any open stream, load the page's model if the worker lost it, then run the request; a stream is
+        registered under ``stream_id``. One start at a time: a request that arrives meanwhile must see the stream
+        this one opens, or it would queue behind it in the engine with nobody left to end it."""
+        async with self._start_lock:
+            await self._end_open_streams()
+            await self._reload_if_unmatched(uuid, content)
+            result = await run()
+            if stream_id is not None:
+                self._add_stream(_Stream(stream_id, result, text_completion=text_completion))
+            return result
+
+    def _text_completion(self) -> Callable[[dict[str, Any]], Any]:
+        completion = getattr(self.engine, "completion", None)
+        if completion is None:
+            raise UnsupportedEndpointError(
+                "text completions (`completions.create`) are not implemented by this engine yet; "
+                "use `chat.completions.create`"
+            )
+        return completion
+
+    def _add_stream(self, stream: _Stream) -> None:
+        # Streams stay here until their consumer has pulled the end. One whose consumer never comes back (ended
+        # for it by a later request) is forgotten once enough newer ones exist; only the newest can be open.
+        self._streams[stream.id] = stream
+        while len(self._streams) > KEEP_ENDED_STREAMS:
+            self._streams.popitem(last=False)
+
+    async def _completionStreamNextChunk(
+        self, uuid: str, content: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """One chunk of the stream, or null when it has ended (WebLLM's pull model)."""
+        stream = self._streams.get(content.get("streamId"))
+        if stream is None:
+            return None  # ended long ago (or never existed): there is nothing more to read
+        async with stream.lock:
+            if stream.queued:
+                chunk = stream.queued.popleft()
+            elif stream.exhausted:
+                chunk = None
+            else:
+                chunk = await self._pull(stream)
+            if chunk is None:
+                self._streams.pop(stream.id, None)
+            return chunk
+
+    async def _pull(self, stream: _Stream) -> dict[str, Any] | None:
+        """Take the next chunk from the engine (the caller holds ``stream.lock``)."""
+        try:
+            chunk = await stream.chunks.__anext__()
+        except StopAsyncIteration:
+            stream.exhausted = True
+            return None
+        except BaseException:
+            stream.exhausted = True  # the engine's stream has closed itself and freed the engine
+            raise
+        stream.pulled += 1
+        d = chunk.to_dict()
+        if any(c.get("finish_reason") for c in d.get("choices", ())):
+            stream.finished = True
+        return d
+
+    # ---- ending streams and generations -----------------------------------------------------------------------
+
+    async def _interruptGenerate(self, uuid: str, content: Mapping[str, Any]) -> None:
+        """Without a stream id: WebLLM's engine-wide interrupt (a running non-streaming request ends with "abort"
+        too). With one: end that stream only, if it is still open; its consumer has stopped reading it."""
+        stream_id = content.get("streamId")
+        if stream_id is None:
+            self.engine.interruptGenerate()
+            await self._end_open_streams()
+        elif (stream := self._streams.get(stream_id)) is not None:
+            await self._end_stream(stream)
+
+    async def _end_open_streams(self) -> None:
+        for stream in list(self._streams.values()):
+            await self._end_stream(stream)
+
+    async def _end_stream(self, stream: _Stream) -> None:
+        if stream.finished or stream.exhausted:
+            return  # the engine is free already; what is left (the usage chunk) is plain data
+        self.engine.interruptGenerate()  # an open stream holds the engine, so the running generation is its own
+        async with stream.lock:  # after a pull that is running, if any
+            if stream.finished or stream.exhausted:
+                return
+            if stream.pulled == 0:
+                # Never started: starting it now would run the whole prefill just to stop after it.
+                await stream.chunks.aclose()
+                stream.exhausted = True
+                stream.queued.append(self._abort_chunk(stream))
+                return
+            # Interrupted, the engine stops at its next token with no decode step in between. Pulling a few
+            # chunks (held-back text, the final chunk, usage) is enough; if an engine went on anyway, close it.
+            for _ in range(3):
+                chunk = await self._pull(stream)
+                if chunk is None:
+                    return
+                stream.queued.append(chunk)
+                if stream.finished:
+                    break
+            if not stream.finished:
+                await stream.chunks.aclose()
+                stream.exhausted = True
+                stream.queued.append(self._abort_chunk(stream))
+                return
+            while (chunk := await self._pull(stream)) is not None:  # the usage chunk, if asked for
+                stream.queued.append(chunk)
+
+    def _abort_chunk(self, stream: _Stream) -> dict[str, Any]:
+        """The final chunk of a stream that was ended before producing one."""
+        if stream.text_completion:
+            choice: dict[str, Any] = {"index": 0, "text": "", "finish_reason": "abort", "logprobs": None}
+            kind = "text_completion"
+        else:
+            choice = {"index": 0, "delta": {"role": "assistant"}, "finish_reason": "abort", "logprobs": None}
+            kind = "chat.completion.chunk"
+        return {
+            "id": new_completion_id(),
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.engine.model_id or "",
+            "system_fingerprint": None,
+            "choices": [choice],
+            "usage": None,
+        }
+
+    # ---- the engine's other methods ---------------------------------------------------------------------------
+
+    async def _resetChat(self, uuid: str, content: Mapping[str, Any]) -> None:
+        await self.engine.resetChat(bool(content.get("keepStats", False)))
+
+    async def _getMessage(self, uuid: str, content: Any) -> str:
+        return await self.engine.getMessage()
+
+    async def _runtimeStatsText(self, uuid: str, content: Any) -> str:
+        return await self.engine.runtimeStatsText()
+
+    async def _getGPUVendor(self, uuid: str, content: Any) -> str:
+        return await self._require_host().gpu_vendor()
+
+    async def _getMaxStorageBufferBindingSize(self, uuid: str, content: Any) -> int:
+        return await self._require_host().max_storage_buffer_binding_size()
+
+    async def _setLogLevel(self, uuid: str, content: Any) -> None:
+        level = content if isinstance(content, str) else None
+        if level not in LOG_LEVELS:
+            raise UnsupportedFieldError("logLevel", content, f"one of {', '.join(LOG_LEVELS)}")
+        log.setLevel(LOG_LEVELS[level])
+
+    async def _setAppConfig(self, uuid: str, content: Any) -> None:
+        self.engine.setAppConfig(app_config_from_dict(content))
+
+    async def _getAppConfig(self, uuid: str, content: Any) -> dict[str, Any]:
+        return app_config_to_dict(self.engine.app_config)
+
+    async def _hasModelInCache(self, uuid: str, content: Mapping[str, Any]) -> bool:
+        app_config = self.engine.app_config
+        record = app_config.get_record(_model_id(content))  # ModelNotFoundError for an unknown id
+        return bool(await self._require_host().has_model_in_cache(record, app_config))
+
+    async def _deleteModelInCache(self, uuid: str, content: Mapping[str, Any]) -> None:
+        app_config = self.engine.app_config
+        record = app_config.get_record(_model_id(content))
+        await self._require_host().delete_model_in_cache(record, app_config)
+
+    def _require_host(self) -> WorkerHost:
+        if self._host is None and sys.platform == "emscripten":
+            from webllm_py.host.worker_port import BrowserWorkerHost  # the browser's GPU and cache
+
+            self._host = BrowserWorkerHost()
+        if self._host is None:
+            raise WebGPUNotAvailableError(
+                "this worker handler has no host to ask about the GPU or the model cache: "
+                "pass WorkerHandler(..., host=...) outside the browser"
+            )
+        return self._host
+
+
+def _request(content: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+    request = content.get("request")
+    if not isinstance(request, Mapping):
+        raise InvalidFieldTypeError("request", request, "a request dict")
+    # The kind decides streaming; an explicit stream flag that disagrees is the client's bug, not the user's.
+    return {**request, "stream": stream}
+
+
+def _model_id(content: Mapping[str, Any]) -> str:
+    model_id = single_model_id(content.get("modelId"))
+    if model_id is None:
+        raise InvalidFieldTypeError("modelId", None, "a model id")
+    return model_id
+
+
+def create_handler(post: Post, *, engine: Any = None, host: WorkerHost | None = None) -> WorkerHandler:
+    """The handler ``host/worker_entry.py`` starts in the browser worker: an ``MLCEngine`` that fetches models
+    into the browser cache (``host/browser_cache.py``), served over ``post``."""
+    if engine is None:
+        from webllm_py.api.mlc_engine import MLCEngine
+        from webllm_py.host import browser_cache  # imports js: only reached in the browser
+
+        engine = MLCEngine(resolve_model=browser_cache.resolve_model)
+    return WorkerHandler(engine, post, host=host)

@@ -1,0 +1,275 @@
+"""The worker protocol: one envelope, a closed set of kinds, errors as ``{name, message}``.
+
+Every message, either way, is ``{"kind": str, "uuid": str, "content": ...}`` and plain JSON (dicts, lists,
+strings, numbers, booleans, null), so it survives ``postMessage``'s structured clone and a ``JSON.stringify`` round
+trip unchanged. The page sends a request; the worker answers it with exactly one ``return`` or ``throw`` carrying
+the same uuid, and may send ``initProgressCallback`` messages before that while a model loads. This mirrors
+WebLLM's ``src/message.ts`` (webllm_anchor.md section 3); ``web/webllm_py.js`` is the JS side of the same table.
+
+Requests (page -> worker), ``content`` per kind:
+
+===============================  ==============================================================  ================
+kind                             content                                                         return
+===============================  ==============================================================  ================
+reload                           ``{modelId: [id], chatOpts?: {context_window_size?,             null
+                                 chat_template?}}``
+unload                           null                                                            null
+chatCompletionNonStreaming       ``{request, modelId?: [id], chatOpts?}``                        ChatCompletion
+chatCompletionStreamInit         ``{request, selectedModelId?, modelId?, chatOpts?}``            null
+completionNonStreaming           as chatCompletionNonStreaming (text completion)                 Completion
+completionStreamInit             as chatCompletionStreamInit (text completion)                   null
+completionStreamNextChunk        ``{streamId, selectedModelId?}``                                chunk or null
+interruptGenerate                null, or ``{streamId}`` to end that stream only                 null
+resetChat                        ``{keepStats?: bool, modelId?}``                                null
+getMessage                       ``{modelId?}``                                                  str
+runtimeStatsText                 ``{modelId?}``                                                  str
+getGPUVendor                     null                                                            str
+getMaxStorageBufferBindingSize   null                                                            int (bytes)
+setLogLevel                      ``"TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR" | "SILENT"``    null
+setAppConfig                     an app config dict (``app_config_to_dict``)                      null
+getAppConfig                     null                                                            app config dict
+hasModelInCache                  ``{modelId}``                                                   bool
+deleteModelInCache               ``{modelId}``                                                   null
+===============================  ==============================================================  ================
+
+Replies (worker -> page): ``return`` (content: the value above), ``throw`` (content: ``{name, message,
+details?}``), ``initProgressCallback`` (content: ``{progress, timeElapsed, text}``; uuid: the request that is
+loading, or ``""`` for the worker's own start-up).
+
+Differences from WebLLM, on purpose:
+
+- A stream is named by the uuid of its ``*StreamInit`` request (``streamId``), not by its model id, so a late pull
+  from an abandoned stream can never receive chunks of the request that replaced it.
+- ``interruptGenerate`` may name a stream: a consumer that leaves ``for await`` early ends its own stream and frees
+  the engine at once (WebLLM keeps the model locked until the stream is drained, mlc-ai/mlc-llm#3113).
+- Every request is answered, including ``interruptGenerate``, ``setLogLevel``, ``setAppConfig`` and unknown kinds
+  (``UnknownMessageKindError``): nothing the page awaits can hang on a missing reply.
+- Errors cross as ``{name, message, details}`` and are raised again as the same class (WebLLM sends a string).
+- ``getAppConfig`` (ours) lets a page list the models the worker knows, e.g. for a model picker.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from webllm_py import errors
+from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.errors import UnknownMessageKindError, UnsupportedFieldError, WebLLMError, WorkerError
+
+REQUEST_KINDS = frozenset(
+    {
+        "reload",
+        "unload",
+        "chatCompletionNonStreaming",
+        "chatCompletionStreamInit",
+        "completionNonStreaming",
+        "completionStreamInit",
+        "completionStreamNextChunk",
+        "interruptGenerate",
+        "resetChat",
+        "getMessage",
+        "runtimeStatsText",
+        "getGPUVendor",
+        "getMaxStorageBufferBindingSize",
+        "setLogLevel",
+        "setAppConfig",
+        "getAppConfig",
+        "hasModelInCache",
+        "deleteModelInCache",
+    }
+)
+RESPONSE_KINDS = frozenset({"return", "throw", "initProgressCallback"})
+
+# WebLLM's LogLevel names -> Python logging levels (SILENT: above CRITICAL, so nothing is logged).
+LOG_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40, "SILENT": 60}
+
+# Python built-ins an error from the worker may be raised again as; anything else becomes WorkerError.
+_BUILTIN_ERRORS = frozenset(
+    {
+        "ValueError",
+        "TypeError",
+        "KeyError",
+        "IndexError",
+        "RuntimeError",
+        "NotImplementedError",
+        "MemoryError",
+    }
+)
+
+
+# ---- envelope ---------------------------------------------------------------------------------------------------
+
+
+def make_message(kind: str, uuid: str, content: Any = None) -> dict[str, Any]:
+    return {"kind": kind, "uuid": uuid, "content": content}
+
+
+def parse_request(message: Any) -> tuple[str, str, Any]:
+    """``(kind, uuid, content)`` of a request; ``UnknownMessageKindError`` for anything outside the protocol.
+
+    The error carries ``uuid`` when the envelope had one, so the handler can still answer it."""
+    uuid = message.get("uuid") if isinstance(message, Mapping) else None
+    if not isinstance(uuid, str) or not uuid:
+        err = UnknownMessageKindError(
+            f"a worker message must be {{kind, uuid, content}}; got {message!r:.200}"
+        )
+        err.uuid = None
+        raise err
+    kind = message.get("kind")
+    if kind not in REQUEST_KINDS:
+        err = UnknownMessageKindError(
+            f"unknown message kind {kind!r:.80}; the worker understands: {', '.join(sorted(REQUEST_KINDS))}"
+        )
+        err.uuid = uuid
+        raise err
+    return kind, uuid, message.get("content")
+
+
+# ---- errors -----------------------------------------------------------------------------------------------------
+
+
+def error_to_content(exc: BaseException) -> dict[str, Any]:
+    """``{name, message, details}``: the class name, the message, and the error's JSON-able attributes (``field``,
+    ``value``, ``allowed``...); for errors that are not ours, the worker-side traceback as ``details.stack``."""
+    details: dict[str, Any] = {}
+    for key, value in vars(exc).items():
+        if key.startswith("_") or key == "name":
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        details[key] = value
+    if not isinstance(exc, WebLLMError):
+        # Not a failure we raise on purpose: most likely a bug, so the worker-side stack is worth carrying.
+        details["stack"] = "".join(traceback.format_exception(exc))
+    if isinstance(exc, WorkerError):
+        name = exc.name  # a remote error passed on: keep its original name
+        message = str(exc.args[0]) if exc.args else ""
+        message = message.removeprefix(f"{name}: ")
+    else:
+        name = type(exc).__name__
+        message = str(exc.args[0]) if len(exc.args) == 1 and isinstance(exc, KeyError) else str(exc)
+    return {"name": name, "message": message, "details": details}
+
+
+def error_from_content(content: Any) -> BaseException:
+    """The exception a ``throw`` reply stands for: the class of that name from ``webllm_py.errors``, a Python
+    built-in from a short list, else ``WorkerError`` keeping the name. Attributes from ``details`` are restored."""
+    if not isinstance(content, Mapping):
+        return WorkerError("", f"the worker threw {content!r:.200}")
+    name = str(content.get("name") or "Error")
+    message = str(content.get("message") or "")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, WebLLMError)) and name in _BUILTIN_ERRORS:
+        cls = getattr(builtins, name)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)) or cls is WorkerError:
+        return WorkerError(name, message)
+    # Our classes build their message from named arguments (InvalidRangeError(field, value, allowed)); the message
+    # is already built, so skip __init__ and set the attributes it would have set.
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    details = content.get("details")
+    if isinstance(details, Mapping):
+        for key, value in details.items():
+            if isinstance(key, str) and not key.startswith("_"):
+                setattr(exc, key, value)
+    return exc
+
+
+# ---- app config and chat options --------------------------------------------------------------------------------
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRecord))
+
+
+def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
+    """JSON form of an ``AppConfig``: ``{model_list: [{model_id, model_url, ...}], cache_dir}``."""
+    records = []
+    for record in config.model_list:
+        d = {name: getattr(record, name) for name in _RECORD_FIELDS}
+        template = d["chat_template"]
+        if template is not None and not isinstance(template, str):
+            d["chat_template"] = template.name  # a ChatTemplate object crosses by its registered name
+        d["overrides"] = dict(d["overrides"])
+        records.append(d)
+    return {"model_list": records, "cache_dir": config.cache_dir}
+
+
+def app_config_from_dict(d: Any) -> AppConfig:
+    """``AppConfig`` from its JSON form. WebLLM's ``model`` is accepted for ``model_url``; unknown keys are an
+    error naming them (a WebLLM ``model_lib`` means nothing here, and a typo must not pass silently)."""
+    if isinstance(d, AppConfig):
+        return d
+    if not isinstance(d, Mapping) or not isinstance(d.get("model_list"), list):
+        raise UnsupportedFieldError(
+            "appConfig", d, "an app config is {model_list: [{model_id, model_url}, ...]}"
+        )
+    for key in d:
+        if key not in ("model_list", "cache_dir", "cacheBackend"):
+            raise UnsupportedFieldError(
+                f"appConfig.{key}", d[key], "app config keys are model_list, cache_dir"
+            )
+    records = []
+    for i, raw in enumerate(d["model_list"]):
+        if not isinstance(raw, Mapping):
+            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, "a model record is a dict")
+        fields = dict(raw)
+        if "model" in fields and "model_url" not in fields:
+            fields["model_url"] = fields.pop("model")
+        for key in fields:
+            if key not in _RECORD_FIELDS:
+                raise UnsupportedFieldError(
+                    f"appConfig.model_list[{i}].{key}",
+                    fields[key],
+                    f"record fields are {', '.join(_RECORD_FIELDS)}",
+                )
+        if fields.get("overrides") is None:
+            fields.pop("overrides", None)
+        try:
+            records.append(ModelRecord(**fields))
+        except TypeError as e:  # a required field missing
+            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, str(e)) from None
+    return AppConfig(model_list=records, cache_dir=d.get("cache_dir"))
+
+
+CHAT_OPTS = ("context_window_size", "chat_template")
+
+
+def reload_kwargs(chat_opts: Any) -> dict[str, Any]:
+    """``MLCEngine.reload`` keyword arguments from WebLLM-style ``chatOpts`` (only what our engine takes)."""
+    if chat_opts is None:
+        return {}
+    if isinstance(chat_opts, list):  # WebLLM sends one ChatOptions per model id
+        if len(chat_opts) > 1:
+            raise UnsupportedFieldError("chatOpts", chat_opts, "one model per engine: pass one ChatOptions")
+        chat_opts = chat_opts[0] if chat_opts else {}
+        if chat_opts is None:
+            return {}
+    if not isinstance(chat_opts, Mapping):
+        raise UnsupportedFieldError("chatOpts", chat_opts, "chat options are a dict")
+    for key in chat_opts:
+        if key not in CHAT_OPTS:
+            raise UnsupportedFieldError(
+                f"chatOpts.{key}", chat_opts[key], f"supported: {', '.join(CHAT_OPTS)}"
+            )
+    return {k: v for k, v in chat_opts.items() if v is not None}
+
+
+def single_model_id(model_id: Any, field: str = "modelId") -> str | None:
+    """The one model id of a WebLLM ``modelId`` (a string, or a list of one); None when absent."""
+    if model_id is None:
+        return None
+    if isinstance(model_id, list):
+        if len(model_id) > 1:
+            raise UnsupportedFieldError(
+                field, model_id, "one model per engine (several models is not supported yet)"
+            )
+        return single_model_id(model_id[0], field) if model_id else None
+    if not isinstance(model_id, str):
+        raise UnsupportedFieldError(field, model_id, "a model id string")
+    return model_id
