@@ -88,7 +88,10 @@ class WorkerChatCompletionStream:
                     return
                 yield chunk
         finally:
-            await self.aclose()
+            # No await here: a loop that is left drops this generator, and where no asyncio async-generator
+            # finalizer runs it is closed synchronously. Posting the end needs no await, and requests after it
+            # reach the worker after it.
+            self._end_in_worker()
 
     async def __anext__(self) -> Any:
         if self._closed:
