@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -402,3 +404,151 @@ def test_stream_type_is_exported_shape():
     # openai-python's AsyncStream surface: async iteration, aclose, async with
     for name in ("__aiter__", "__anext__", "aclose", "__aenter__", "__aexit__"):
         assert callable(getattr(WorkerChatCompletionStream, name))
+
+
+# ---- the JS proxy (web/webllm_py.js) in Node, against the same Python handler ----------------------------------------
+
+NODE_DRIVER = r"""
+import { createInterface } from "node:readline";
+import { pathToFileURL } from "node:url";
+const { CreateWebWorkerMLCEngine, WebLLMError, errorClass } = await import(pathToFileURL(process.argv[2]).href);
+
+// A Worker whose other end is the Python test: one JSON message per line on stdout / stdin.
+class StdioWorker extends EventTarget {
+  postMessage(message) { process.stdout.write("MSG " + JSON.stringify(message) + "\n"); }
+  terminate() { this.terminated = true; }
+}
+const worker = new StdioWorker();
+createInterface({ input: process.stdin }).on("line", (line) =>
+  worker.dispatchEvent(new MessageEvent("message", { data: JSON.parse(line) })));
+
+const messages = [{ role: "user", content: "Hi" }];
+const text = (chunks) => chunks.map((c) => c.choices[0]?.delta.content ?? "").join("");
+const finishes = (chunks) => chunks.map((c) => c.choices[0]?.finish_reason).filter(Boolean);
+const out = {};
+
+const progress = [];
+const engine = await CreateWebWorkerMLCEngine(worker, "fake-model", {
+  initProgressCallback: (report) => progress.push(report),
+});
+out.progress = progress.map((r) => [r.progress, typeof r.timeElapsed, r.text.length > 0]);
+out.modelId = engine.modelId;
+
+const whole = await engine.chat.completions.create({ messages, temperature: 0 });
+out.whole = { object: whole.object, text: whole.choices[0].message.content, finish: whole.choices[0].finish_reason };
+
+let chunks = [];
+const stream = await engine.chat.completions.create({
+  messages, temperature: 0, stream: true, stream_options: { include_usage: true } });
+for await (const chunk of stream) chunks.push(chunk);
+out.stream = { text: text(chunks), finishes: finishes(chunks), lastChoices: chunks.at(-1).choices.length,
+               usage: chunks.at(-1).usage, role: chunks[0].choices[0].delta.role };
+
+try {
+  await engine.chat.completions.create({ messages, temperature: 5 });
+} catch (e) {
+  out.error = { name: e.name, message: e.message, field: e.field, value: e.value, isError: e instanceof Error,
+                isWebLLMError: e instanceof WebLLMError, isClass: e instanceof errorClass("InvalidRangeError") };
+}
+try {
+  await (await engine.chat.completions.create({ messages, stream: true, top_p: 0 })).next();
+} catch (e) { out.streamError = e.name; }
+
+chunks = [];
+for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) {
+  chunks.push(chunk);
+  if (chunks.length === 2) engine.interruptGenerate();
+}
+out.interrupted = { text: text(chunks), finishes: finishes(chunks) };
+out.afterInterrupt = (await engine.chat.completions.create({ messages })).choices[0].message.content;
+
+chunks = [];
+for await (const chunk of await engine.chat.completions.create({ messages, stream: true })) {
+  chunks.push(chunk);
+  if (chunks.length === 3) break;
+}
+out.broke = text(chunks);
+out.afterBreak = (await engine.chat.completions.create({ messages })).choices[0].message.content;
+
+out.message = await engine.getMessage();
+out.stats = await engine.runtimeStatsText();
+out.models = (await engine.getAppConfig()).model_list.map((r) => r.model_id);
+try { await engine.completions.create({ prompt: "Once" }); } catch (e) { out.completions = e.name; }
+try { await engine.getGPUVendor(); } catch (e) { out.vendor = e.name; }
+try { await engine.reload("nope"); } catch (e) { out.reload = [e.name, engine.modelId]; }
+await engine.resetChat();
+out.reset = await engine.getMessage();
+await engine.unload();
+try { await engine.chat.completions.create({ messages }); } catch (e) { out.unloaded = [e.name, engine.modelId]; }
+const pending = engine.getMessage();
+engine.terminate();
+try { await pending; } catch (e) { out.terminated = [e.name, worker.terminated]; }
+process.stdout.write("RESULT " + JSON.stringify(out) + "\n");
+process.exit(0);
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
+def test_js_proxy_against_the_python_handler(world, tmp_path):
+    world.knobs.script = ALPHABET
+    driver = tmp_path / "driver.mjs"
+    driver.write_text(NODE_DRIVER)
+
+    async def go():
+        node = await asyncio.create_subprocess_exec(
+            "node", str(driver), str(ROOT / "web" / "webllm_py.js"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+        def post(message: dict) -> None:
+            node.stdin.write((json.dumps(message) + "\n").encode())
+
+        handler = WorkerHandler(MLCEngine(app_config=world.config), post)
+        sent: list[dict] = []
+        try:
+            while line := (await node.stdout.readline()).decode():
+                if line.startswith("MSG "):
+                    sent.append(json.loads(line[4:]))
+                    await handler.on_message(sent[-1])
+                elif line.startswith("RESULT "):
+                    return json.loads(line[7:]), sent
+            raise AssertionError("node ended without a result: " + (await node.stderr.read()).decode())
+        finally:
+            if node.returncode is None:
+                node.kill()
+            await node.wait()
+
+    out, sent = run(go())
+    alphabet = "".join(ALPHABET)
+    assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
+    assert out["modelId"] == "fake-model"
+    assert out["whole"] == {"object": "chat.completion", "text": alphabet, "finish": "stop"}
+    assert out["stream"]["text"] == alphabet and out["stream"]["finishes"] == ["stop"]
+    assert out["stream"]["lastChoices"] == 0 and out["stream"]["usage"]["completion_tokens"] == 27
+    assert out["stream"]["role"] == "assistant"
+    assert out["error"] == {
+        "name": "InvalidRangeError",
+        "message": "`temperature` must be in [0, 2]; got 5.0",
+        "field": "temperature",
+        "value": 5,
+        "isError": True,
+        "isWebLLMError": True,
+        "isClass": True,
+    }
+    assert out["streamError"] == "InvalidRangeError"
+    assert out["interrupted"] == {"text": "ab", "finishes": ["abort"]} and out["afterInterrupt"] == alphabet
+    assert out["broke"] == "abc" and out["afterBreak"] == alphabet
+    interrupts = [m["content"] for m in sent if m["kind"] == "interruptGenerate"]
+    assert interrupts[0] is None and set(interrupts[1]) == {"streamId"}  # engine-wide, then the broken stream
+    assert out["message"] == alphabet and out["stats"].startswith("prefill: ")
+    assert out["models"] == ["fake-model", "other-model"]
+    assert out["completions"] == "UnsupportedEndpointError" and out["vendor"] == "WebGPUNotAvailableError"
+    assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
+    assert out["unloaded"] == ["EngineNotLoadedError", None] and out["terminated"] == ["WorkerError", True]
+    assert {m["kind"] for m in sent} <= messages_kinds()
+
+
+def messages_kinds() -> frozenset[str]:
+    from webllm_py.worker.messages import REQUEST_KINDS
+
+    return REQUEST_KINDS

@@ -1,0 +1,325 @@
+// webllm_py's page-side engine for JS pages: WebLLM's WebWorkerMLCEngine API over our Python engine in a worker.
+//
+//   import { CreateWebWorkerMLCEngine } from "./webllm_py.js";      // was: from "@mlc-ai/web-llm"
+//   const engine = await CreateWebWorkerMLCEngine(
+//     new Worker(new URL("./worker.js", import.meta.url), { type: "module" }),
+//     "SmolLM2-135M-Instruct-Q4_1",
+//     { initProgressCallback: (report) => console.log(report.progress, report.text) },
+//   );
+//   const chunks = await engine.chat.completions.create({ messages, stream: true,
+//                                                         stream_options: { include_usage: true } });
+//   for await (const chunk of chunks) out.textContent += chunk.choices[0]?.delta.content ?? "";
+//
+// The wire protocol is webllm_py/worker/messages.py (its table lists every kind and its content); this file is the
+// twin of webllm_py/worker/client.py. Streams are pulled one chunk per request, as in WebLLM. Differences from
+// WebLLM, on purpose:
+//   - Errors thrown in the worker are Error subclasses whose `name` is the Python class (error.name ===
+//     "InvalidRangeError"), with the error's fields (`field`, `value`, `allowed`...) as properties. All of them
+//     are `instanceof WebLLMError`. WebLLM rejects with a string.
+//   - Leaving `for await` early (break, return, throw) ends that stream in the worker at once and frees the engine
+//     for the next request; WebLLM keeps the model locked until the stream is drained (mlc-ai/mlc-llm#3113).
+//   - If the worker dies (an uncaught error, a message that cannot be cloned) or terminate() is called, every
+//     pending call rejects with WorkerError instead of waiting forever.
+//   - One model per engine; `modelId` arrays of one element are accepted for compatibility.
+
+const LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "SILENT"];
+
+/** Base class of every error the engine throws; `name` is the Python class name. */
+export class WebLLMError extends Error {
+  constructor(message, details) {
+    super(message);
+    if (details) Object.assign(this, details);
+  }
+}
+
+const errorClasses = new Map();
+
+/** The Error subclass for a Python error class name (created on first use, then the same class every time). */
+export function errorClass(name) {
+  let cls = errorClasses.get(name);
+  if (!cls) {
+    cls = { [name]: class extends WebLLMError {} }[name];
+    Object.defineProperty(cls.prototype, "name", { value: name, configurable: true, writable: true });
+    errorClasses.set(name, cls);
+  }
+  return cls;
+}
+
+/** The error a `throw` reply stands for: {name, message, details} -> an instance of errorClass(name). */
+export function errorFromContent(content) {
+  if (content === null || typeof content !== "object") {
+    return new (errorClass("WorkerError"))(`the worker threw ${String(content)}`);
+  }
+  const { stack, ...details } = content.details || {};
+  const error = new (errorClass(content.name || "Error"))(content.message || "", details);
+  if (stack) error.workerStack = stack; // the Python traceback, for errors that are bugs
+  return error;
+}
+
+let counter = 0;
+function newUUID() {
+  // crypto.randomUUID exists only in secure contexts (https, localhost); a page on a LAN address has none.
+  if (globalThis.crypto && typeof globalThis.crypto.randomUUID === "function") return globalThis.crypto.randomUUID();
+  counter += 1;
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${counter}`;
+}
+
+function hasFinishReason(chunk) {
+  return Array.isArray(chunk.choices) && chunk.choices.some((c) => c && c.finish_reason);
+}
+
+function oneModelId(modelId) {
+  if (Array.isArray(modelId)) {
+    if (modelId.length !== 1) {
+      throw new (errorClass("UnsupportedFieldError"))(
+        `\`modelId\` is not supported (one model per engine); got ${JSON.stringify(modelId)}`,
+        { field: "modelId", value: modelId },
+      );
+    }
+    return modelId[0];
+  }
+  return modelId;
+}
+
+/** WebLLM's WebWorkerMLCEngine: the MLCEngine API, served by webllm_py's engine in a Web Worker. */
+export class WebWorkerMLCEngine {
+  /**
+   * @param worker a module Worker started from webllm_py's worker.js (anything with postMessage and
+   *               addEventListener("message") works, e.g. a MessagePort).
+   * @param engineConfig {initProgressCallback?, appConfig?, logLevel?}
+   */
+  constructor(worker, engineConfig = {}) {
+    this.worker = worker;
+    this.modelId = undefined; // the model loaded for us; sent with each request so a restarted worker reloads it
+    this.chatOpts = undefined;
+    this.initProgressCallback = engineConfig.initProgressCallback;
+    this.pending = new Map(); // uuid -> {resolve, reject}
+    this.terminated = null;
+    this.chat = { completions: { create: (request) => this.chatCompletion(request) } };
+    this.completions = { create: (request) => this.completion(request) };
+    this.embeddings = {
+      create: async () => {
+        throw new (errorClass("UnsupportedEndpointError"))("embeddings are not implemented by webllm_py yet");
+      },
+    };
+    this.onmessage = this.onmessage.bind(this);
+    this.onerror = this.onerror.bind(this);
+    worker.addEventListener("message", this.onmessage);
+    worker.addEventListener("error", this.onerror);
+    worker.addEventListener("messageerror", this.onerror);
+    // Posted now, so they reach the worker before any later request; their errors surface on the next call.
+    this.setup = [];
+    if (engineConfig.appConfig) this.setup.push(this.send("setAppConfig", engineConfig.appConfig));
+    if (engineConfig.logLevel) this.setup.push(this.send("setLogLevel", engineConfig.logLevel));
+    if (engineConfig.logitProcessorRegistry) {
+      console.warn("webllm_py: logitProcessorRegistry is not supported and is ignored");
+    }
+  }
+
+  // ---- transport ----------------------------------------------------------------------------------------------
+
+  send(kind, content, uuid = newUUID()) {
+    if (this.terminated) return Promise.reject(this.terminated);
+    return new Promise((resolve, reject) => {
+      this.pending.set(uuid, { resolve, reject });
+      try {
+        this.worker.postMessage({ kind, uuid, content: content === undefined ? null : content });
+      } catch (error) {
+        // DataCloneError: something in the request cannot cross postMessage (a function, a DOM node...)
+        this.pending.delete(uuid);
+        reject(error);
+      }
+    });
+  }
+
+  async call(kind, content, uuid) {
+    while (this.setup.length) await this.setup.shift();
+    return this.send(kind, content, uuid);
+  }
+
+  postNoReply(kind, content) {
+    if (!this.terminated) this.worker.postMessage({ kind, uuid: newUUID(), content: content ?? null });
+  }
+
+  onmessage(event) {
+    const message = event.data;
+    if (message === null || typeof message !== "object") return;
+    const { kind, uuid, content } = message;
+    if (kind === "initProgressCallback") {
+      if (this.initProgressCallback && content) {
+        try {
+          this.initProgressCallback(content);
+        } catch (error) {
+          console.error("initProgressCallback threw", error);
+        }
+      }
+      return;
+    }
+    const waiter = this.pending.get(uuid);
+    if (!waiter) return; // the reply to a request nobody waits for (interruptGenerate, an ended stream)
+    this.pending.delete(uuid);
+    if (kind === "return") waiter.resolve(content ?? null);
+    else if (kind === "throw") waiter.reject(errorFromContent(content));
+    else waiter.reject(new (errorClass("UnknownMessageKindError"))(`unexpected reply kind ${String(kind)}`));
+  }
+
+  onerror(event) {
+    const message = (event && event.message) || `the worker raised a ${event && event.type} event`;
+    this.failPending(new (errorClass("WorkerError"))(message));
+  }
+
+  failPending(error) {
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const waiter of pending) waiter.reject(error);
+  }
+
+  /** Stop the worker; calls still waiting reject with WorkerError, and so do later ones. */
+  terminate() {
+    if (this.terminated) return;
+    this.terminated = new (errorClass("WorkerError"))("the worker was terminated");
+    this.failPending(this.terminated);
+    this.worker.removeEventListener("message", this.onmessage);
+    this.worker.removeEventListener("error", this.onerror);
+    this.worker.removeEventListener("messageerror", this.onerror);
+    if (typeof this.worker.terminate === "function") this.worker.terminate();
+  }
+
+  // ---- loading ------------------------------------------------------------------------------------------------
+
+  setInitProgressCallback(callback) {
+    this.initProgressCallback = callback;
+  }
+
+  getInitProgressCallback() {
+    return this.initProgressCallback;
+  }
+
+  /** Load a model (chatOpts: {context_window_size?, chat_template?}); progress goes to initProgressCallback. */
+  async reload(modelId, chatOpts) {
+    const id = oneModelId(modelId);
+    const opts = Array.isArray(chatOpts) ? chatOpts[0] : chatOpts;
+    await this.call("reload", { modelId: [id], chatOpts: opts ?? null });
+    this.modelId = id;
+    this.chatOpts = opts ?? undefined;
+  }
+
+  async unload() {
+    await this.call("unload", null);
+    this.modelId = undefined;
+    this.chatOpts = undefined;
+  }
+
+  // ---- requests -----------------------------------------------------------------------------------------------
+
+  modelContent(request) {
+    return {
+      request,
+      modelId: this.modelId === undefined ? null : [this.modelId],
+      chatOpts: this.chatOpts ?? null,
+    };
+  }
+
+  /** WebLLM's engine.chatCompletion: a ChatCompletion, or (stream: true) an async iterable of chunks. */
+  async chatCompletion(request) {
+    if (request && request.stream) {
+      const streamId = newUUID();
+      await this.call("chatCompletionStreamInit", this.modelContent(request), streamId);
+      return this.pull(streamId);
+    }
+    return this.call("chatCompletionNonStreaming", this.modelContent(request));
+  }
+
+  /** Text completion; the worker throws UnsupportedEndpointError while the engine does not implement it. */
+  async completion(request) {
+    if (request && request.stream) {
+      const streamId = newUUID();
+      await this.call("completionStreamInit", this.modelContent(request), streamId);
+      return this.pull(streamId);
+    }
+    return this.call("completionNonStreaming", this.modelContent(request));
+  }
+
+  /** The stream's chunks, one completionStreamNextChunk request each; leaving early ends it in the worker. */
+  async *pull(streamId) {
+    let done = false; // the worker has nothing more, or the chunk with finish_reason came (the engine is free)
+    try {
+      while (true) {
+        const chunk = await this.call("completionStreamNextChunk", { streamId });
+        if (chunk === null || typeof chunk !== "object") {
+          done = true;
+          return;
+        }
+        if (hasFinishReason(chunk)) done = true;
+        yield chunk;
+      }
+    } catch (error) {
+      done = true; // an error from the worker ends the stream there too
+      throw error;
+    } finally {
+      if (!done) this.postNoReply("interruptGenerate", { streamId });
+    }
+  }
+
+  // ---- WebLLM's other engine methods --------------------------------------------------------------------------
+
+  /** End the running generation at its next token with finish_reason "abort" (not awaited, as in WebLLM). */
+  interruptGenerate() {
+    this.postNoReply("interruptGenerate", null);
+  }
+
+  async resetChat(keepStats = false) {
+    await this.call("resetChat", { keepStats });
+  }
+
+  async getMessage() {
+    return this.call("getMessage", {});
+  }
+
+  async runtimeStatsText() {
+    return this.call("runtimeStatsText", {});
+  }
+
+  async getGPUVendor() {
+    return this.call("getGPUVendor", null);
+  }
+
+  async getMaxStorageBufferBindingSize() {
+    return this.call("getMaxStorageBufferBindingSize", null);
+  }
+
+  async setLogLevel(logLevel) {
+    if (!LOG_LEVELS.includes(logLevel)) {
+      throw new (errorClass("UnsupportedFieldError"))(`log level must be one of ${LOG_LEVELS.join(", ")}`, {
+        field: "logLevel",
+        value: logLevel,
+      });
+    }
+    await this.call("setLogLevel", logLevel);
+  }
+
+  /** Replace the worker's model list: {model_list: [{model_id, model_url (or WebLLM's `model`), ...}]}. */
+  async setAppConfig(appConfig) {
+    await this.call("setAppConfig", appConfig);
+  }
+
+  /** The worker's app config, e.g. to fill a model picker (a webllm_py addition). */
+  async getAppConfig() {
+    return this.call("getAppConfig", null);
+  }
+
+  async hasModelInCache(modelId) {
+    return this.call("hasModelInCache", { modelId: oneModelId(modelId) });
+  }
+
+  async deleteModelInCache(modelId) {
+    await this.call("deleteModelInCache", { modelId: oneModelId(modelId) });
+  }
+}
+
+/** WebLLM's CreateWebWorkerMLCEngine: a WebWorkerMLCEngine over `worker`, with `modelId` loaded. */
+export async function CreateWebWorkerMLCEngine(worker, modelId, engineConfig = {}, chatOpts) {
+  const engine = new WebWorkerMLCEngine(worker, engineConfig);
+  await engine.reload(modelId, chatOpts);
+  return engine;
+}
