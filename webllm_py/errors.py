@@ -67,6 +67,11 @@ class DeviceLostError(WebLLMError):
     """The GPU device was lost while the engine was using it."""
 
 
+class GPUValidationError(WebLLMError):
+    """WebGPU rejected a call: a shader this browser's compiler refuses, a binding over a limit. Reported by the
+    browser asynchronously and raised at the engine's next read, so a broken kernel never yields silent garbage."""
+
+
 # ---- conversation and requests --------------------------------------------------------------------------------------
 
 
@@ -152,6 +157,11 @@ class SpecifiedModelNotFoundError(InvalidRequestError):
 
 class ModelIntegrityError(ModelDownloadError):
     """A downloaded file's sha256 or size differs from what the model record promises."""
+
+
+class StorageQuotaError(ModelDownloadError):
+    """The browser's storage quota for this site cannot hold the model (checked before downloading, and raised
+    when the browser refuses a write with QuotaExceededError)."""
 
 
 # ---- the worker boundary (worker/handler.py, worker/client.py, web/webllm_py.js) ------------------------------------

@@ -47,6 +47,9 @@ Dispatch = tuple[Pipeline, BindGroup, int, int, int]
 Copy = tuple[Buffer, int, Buffer, int, int]
 # One bind group entry: (binding index, buffer, offset in bytes, size in bytes).
 Binding = tuple[int, Buffer, int, int]
+# A dispatch list handed to the host once (Device.prepare) and submitted many times: the decode step. Natively a
+# list; in the browser an index into a JavaScript-side table, so a step costs one call with no conversion.
+Prepared = Any
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,13 @@ class Device(Protocol):
 
     def create_bind_group(self, pipeline: Pipeline, entries: Sequence[Binding], label: str) -> BindGroup: ...
 
-    def submit(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> None:
-        """Encode all dispatches in one compute pass, then the copies, and submit once."""
+    def prepare(self, dispatches: Sequence[Dispatch]) -> Prepared:
+        """Keep a dispatch list that will be submitted many times; ``len()`` of the result is its length."""
+        ...
+
+    def submit(self, dispatches: Sequence[Dispatch] | Prepared, copies: Sequence[Copy] = ()) -> None:
+        """Encode all dispatches (a list, or what ``prepare`` returned) in one compute pass, then the copies, and
+        submit once."""
         ...
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
@@ -111,6 +119,11 @@ class Device(Protocol):
 
     async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:
         """Read any COPY_SRC buffer (through a temporary staging buffer). For tests and rare reads only."""
+        ...
+
+    async def idle(self) -> None:
+        """Wait until the GPU finished all submitted work; raise any error the host reported asynchronously
+        (the browser reports shader compilation and validation errors that way)."""
         ...
 
     def destroy_buffer(self, buffer: Buffer) -> None: ...

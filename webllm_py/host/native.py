@@ -94,6 +94,9 @@ class NativeDevice:
 
     # ---- execution --------------------------------------------------------------------------------------------------
 
+    def prepare(self, dispatches: Sequence[Dispatch]) -> list[Dispatch]:
+        return list(dispatches)  # wgpu-py calls cost little; nothing to gain from keeping it elsewhere
+
     def submit(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> None:
         encoder = self.device.create_command_encoder()
         if dispatches:
@@ -124,6 +127,11 @@ class NativeDevice:
     async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:
         await asyncio.sleep(0)
         return bytes(self.queue.read_buffer(buffer.handle, offset, size))
+
+    async def idle(self) -> None:
+        # wgpu-py raises validation errors at the call that caused them, and the next map waits for the GPU; the
+        # queue's work-done callback is broken in wgpu-py 0.32 (a ctypes signature mismatch).
+        await asyncio.sleep(0)
 
     def destroy_buffer(self, buffer: Buffer) -> None:
         buffer.handle.destroy()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,15 +81,33 @@ _TYPE_NAMES = {
 
 # A source of bytes: read(offset, size) -> bytes (may return fewer bytes only at the end of the data).
 ReadAt = Callable[[int, int], bytes]
+AsyncReadAt = Callable[[int, int], Awaitable[bytes]]
+# How much of an asynchronous source is fetched to parse the header (metadata and tensor table) from; it grows
+# when a header is bigger (large vocabularies take several MB).
+HEADER_PREFETCH = 8 << 20
 
 
 class ByteSource:
-    """Random access to the bytes of a GGUF file: a local path, or in-memory bytes (downloaded, or built in tests)."""
+    """Random access to the bytes of a GGUF file: a local path, in-memory bytes (downloaded, or built in tests), or
+    browser storage. A source reads synchronously (``read_at``), or only asynchronously (``read_at_async``: the
+    Cache API and IndexedDB have no synchronous reads); open the latter with ``GGUFFile.open_async``."""
 
-    def __init__(self, name: str, size: int, read_at: ReadAt):
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        read_at: ReadAt | None = None,
+        *,
+        read_at_async: AsyncReadAt | None = None,
+        close: Callable[[], None] | None = None,
+    ):
+        if read_at is None and read_at_async is None:
+            raise ValueError("a ByteSource needs read_at or read_at_async")
         self.name = name
         self.size = size
         self._read_at = read_at
+        self._read_at_async = read_at_async
+        self._close = close
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str]) -> ByteSource:
@@ -104,22 +122,48 @@ class ByteSource:
             fh.seek(offset)
             return fh.read(n)
 
-        src = cls(path, size, read_at)
-        src._file = fh  # type: ignore[attr-defined]
-        return src
+        return cls(path, size, read_at, close=fh.close)
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes | bytearray | memoryview) -> ByteSource:
         view = memoryview(data)
         return cls(name, len(view), lambda offset, n: bytes(view[offset : offset + n]))
 
+    @property
+    def is_sync(self) -> bool:
+        return self._read_at is not None
+
     def read(self, offset: int, n: int) -> bytes:
+        if self._read_at is None:
+            raise TypeError(
+                f"{self.name} can only be read asynchronously: use read_async / GGUFFile.open_async"
+            )
         return self._read_at(offset, n)
 
+    async def read_async(self, offset: int, n: int) -> bytes:
+        if self._read_at_async is not None:
+            return await self._read_at_async(offset, n)
+        return self._read_at(offset, n)  # type: ignore[misc]
+
     def close(self) -> None:
-        fh = getattr(self, "_file", None)
-        if fh is not None:
-            fh.close()
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+
+class _Prefix(ByteSource):
+    """The first bytes of an asynchronous source, read synchronously while the header is parsed; notes whether a
+    read wanted more than it holds (then the parse is retried on a longer prefix)."""
+
+    def __init__(self, src: ByteSource, data: bytes):
+        super().__init__(src.name, src.size, self._read_prefix)
+        self.data = data
+        self.ran_short = False
+
+    def _read_prefix(self, offset: int, n: int) -> bytes:
+        if offset + n > len(self.data) and len(self.data) < self.size:
+            self.ran_short = True
+        return self.data[offset : offset + n]
 
 
 @dataclass(frozen=True)
@@ -249,6 +293,25 @@ class GGUFFile:
     def from_bytes(cls, name: str, data: bytes | bytearray | memoryview) -> GGUFFile:
         return cls(ByteSource.from_bytes(name, data))
 
+    @classmethod
+    async def open_async(cls, src: ByteSource) -> GGUFFile:
+        """Parse the header of a source that may only read asynchronously: from a prefix of it, fetched once
+        (and again, longer, only when the header does not fit)."""
+        if src.is_sync:
+            return cls(src)
+        n = min(src.size, HEADER_PREFETCH)
+        while True:
+            prefix = _Prefix(src, await src.read_async(0, n))
+            try:
+                gguf = cls(prefix)
+            except GGUFError:
+                if not prefix.ran_short:
+                    raise
+                n = min(src.size, n * 4)
+                continue
+            gguf.source = src
+            return gguf
+
     def close(self) -> None:
         self.source.close()
 
@@ -356,6 +419,18 @@ class GGUFFile:
         if size is None:
             size = info.nbytes - start
         data = self.source.read(info.offset + start, size)
+        if len(data) != size:
+            raise GGUFError(
+                self.name, info.offset + start, f"{size} bytes of tensor {name!r}", f"{len(data)} bytes"
+            )
+        return data
+
+    async def tensor_bytes_async(self, name: str, start: int = 0, size: int | None = None) -> bytes:
+        """``tensor_bytes`` for any source (the loader's path: browser storage only reads asynchronously)."""
+        info = self.tensor(name)
+        if size is None:
+            size = info.nbytes - start
+        data = await self.source.read_async(info.offset + start, size)
         if len(data) != size:
             raise GGUFError(
                 self.name, info.offset + start, f"{size} bytes of tensor {name!r}", f"{len(data)} bytes"

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 
 from ..errors import DeviceLimitError, UnsupportedModelError
-from ..gpu.device import Buffer, BufferUsage, Dispatch
+from ..gpu.device import Buffer, BufferUsage, Dispatch, Prepared
 from ..kernels import ops
 from ..kernels.registry import WEIGHT_FORMAT, Kernels
 from .config import ModelConfig
@@ -75,9 +75,8 @@ class LlamaGraph:
         self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
         self.rope_freq = dev.create_buffer(cfg.rope_dims // 2 * 4, STORAGE, "rope_freq")  # (rope_dims/2,) f32
-        dev.write_buffer(
-            self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *self._rope_frequencies(gguf))
-        )
+        freqs = await self._rope_frequencies(gguf)
+        dev.write_buffer(self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *freqs))
 
         names = [t for t in gguf.tensors if t.endswith(".weight")]
         total = sum(gguf.tensors[n].nbytes for n in names) or 1
@@ -91,21 +90,21 @@ class LlamaGraph:
                 progress(min(done / total, 1.0), what)
             await asyncio.sleep(0)  # let progress events and other tasks through (the browser's only thread)
 
-        self.embd = self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
+        self.embd = await self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
         await step(gguf.tensor("token_embd.weight").nbytes, "token_embd")
         for i in range(cfg.n_layers):
             p = f"blk.{i}."
             layer = Layer()
-            layer.attn_norm = self._vector(gguf, p + "attn_norm.weight")
-            layer.qkv = self._matrix(
+            layer.attn_norm = await self._vector(gguf, p + "attn_norm.weight")
+            layer.qkv = await self._matrix(
                 gguf, repacker, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], p + "qkv"
             )
-            layer.o = self._matrix(gguf, repacker, [p + "attn_output.weight"], p + "o")
-            layer.ffn_norm = self._vector(gguf, p + "ffn_norm.weight")
-            layer.gate_up = self._matrix(
+            layer.o = await self._matrix(gguf, repacker, [p + "attn_output.weight"], p + "o")
+            layer.ffn_norm = await self._vector(gguf, p + "ffn_norm.weight")
+            layer.gate_up = await self._matrix(
                 gguf, repacker, [p + "ffn_gate.weight", p + "ffn_up.weight"], p + "gate_up", interleave=True
             )
-            layer.down = self._matrix(gguf, repacker, [p + "ffn_down.weight"], p + "down")
+            layer.down = await self._matrix(gguf, repacker, [p + "ffn_down.weight"], p + "down")
             kv_size = 2 * cfg.n_kv_heads * self.max_ctx * cfg.head_dim * kv_itemsize
             layer.kv = dev.create_buffer(kv_size, STORAGE, p + "kv")
             self.kv_bytes += kv_size
@@ -114,45 +113,45 @@ class LlamaGraph:
                 sum(t.nbytes for n, t in gguf.tensors.items() if n.startswith(p)),
                 f"layer {i + 1}/{cfg.n_layers}",
             )
-        self.output_norm = self._vector(gguf, "output_norm.weight")
+        self.output_norm = await self._vector(gguf, "output_norm.weight")
         if cfg.tied_embeddings:
             self.lm_head = self.embd
         else:
-            self.lm_head = self._matrix(gguf, repacker, ["output.weight"], "output")
+            self.lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
             await step(gguf.tensor("output.weight").nbytes, "output")
         repacker.destroy()
         self._build_launches()
         if progress is not None:
             progress(1.0, "weights on the GPU")
 
-    def _rope_frequencies(self, gguf: GGUFFile) -> list[float]:
+    async def _rope_frequencies(self, gguf: GGUFFile) -> list[float]:
         """Inverse frequency of each rotated pair: base^(-2i / rope_dims), divided by Llama 3.1's factors if any."""
         cfg = self.cfg
         freqs = [cfg.rope_base ** (-2.0 * i / cfg.rope_dims) for i in range(cfg.rope_dims // 2)]
         if cfg.has_rope_freq_factors:
-            factors = self._floats(gguf, gguf.tensor("rope_freqs.weight"))
+            factors = await self._floats(gguf, gguf.tensor("rope_freqs.weight"))
             freqs = [f / factors[i] for i, f in enumerate(freqs)]
         return freqs
 
-    def _floats(self, gguf: GGUFFile, info: TensorInfo) -> list[float]:
+    async def _floats(self, gguf: GGUFFile, info: TensorInfo) -> list[float]:
         if info.ggml_type not in (GGMLType.F32, GGMLType.F16):
             raise UnsupportedModelError(
                 f"{info.name}: expected an F32 or F16 vector, found {info.ggml_type.name}"
             )
-        return dequantize_row(info.ggml_type, gguf.tensor_bytes(info.name))
+        return dequantize_row(info.ggml_type, await gguf.tensor_bytes_async(info.name))
 
-    def _vector(self, gguf: GGUFFile, name: str) -> Buffer:
+    async def _vector(self, gguf: GGUFFile, name: str) -> Buffer:
         info = gguf.tensor(name)
-        data = gguf.tensor_bytes(name)
+        data = await gguf.tensor_bytes_async(name)
         if info.ggml_type != GGMLType.F32:
-            values = self._floats(gguf, info)
+            values = await self._floats(gguf, info)
             data = struct.pack(f"<{len(values)}f", *values)
         buf = self.device.create_buffer(len(data), STORAGE, name)
         self.device.write_buffer(buf, 0, data)
         self.weight_bytes += len(data)
         return buf
 
-    def _matrix(
+    async def _matrix(
         self,
         gguf: GGUFFile,
         repacker: ops.Repacker,
@@ -161,7 +160,10 @@ class LlamaGraph:
         *,
         interleave: bool = False,
     ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight."""
+        """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight.
+
+        Source rows are read a staging buffer's worth at a time (``read_async``: browser storage has no
+        synchronous reads), so a weight never sits whole in host memory."""
         infos = [gguf.tensor(n) for n in names]
         k = infos[0].shape[0]
         formats = {WEIGHT_FORMAT.get(i.ggml_type.name) for i in infos}
@@ -174,23 +176,17 @@ class LlamaGraph:
         weight = ops.alloc_weight(self.kern, infos[0].ggml_type, n_rows, k, label)
         row0 = 0
         for j, info in enumerate(infos):
-
-            def read_rows(r0: int, rows: int, info: TensorInfo = info) -> bytes:
-                return gguf.tensor_bytes(info.name, r0 * info.row_bytes, rows * info.row_bytes)
-
             if interleave:  # rows of matrix j go to j, j + len(infos), ...
                 dst_row0, step = j, len(infos)
             else:
                 dst_row0, step = row0, 1
-            repacker.upload_rows(
-                weight,
-                info.ggml_type,
-                info.n_rows,
-                info.row_bytes,
-                read_rows,
-                dst_row0=dst_row0,
-                dst_row_step=step,
-            )
+            rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
+            for r0 in range(0, info.n_rows, rows_per_chunk):
+                rows = min(rows_per_chunk, info.n_rows - r0)
+                raw = await gguf.tensor_bytes_async(info.name, r0 * info.row_bytes, rows * info.row_bytes)
+                repacker.upload(
+                    weight, info.ggml_type, raw, rows, dst_row0=dst_row0 + r0 * step, dst_row_step=step
+                )
             row0 += info.n_rows
         self.weight_bytes += weight.nbytes
         return weight
@@ -276,7 +272,7 @@ class LlamaGraph:
             label="lm_head",
         )
         self.sampler = ops.Sampler(k, logits=self.logits, tokens=self.tokens, state=st, vocab=cfg.vocab_size)
-        self._decode = self.forward(1, sample=True)
+        self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
 
     def forward(self, n_tokens: int, *, sample: bool) -> list[Dispatch]:
         """The dispatches of one step over ``n_tokens`` tokens (1 when decoding), in order.
@@ -296,7 +292,8 @@ class LlamaGraph:
         return out
 
     @property
-    def decode_dispatches(self) -> list[Dispatch]:
+    def decode_dispatches(self) -> Prepared:
+        """The decode step's dispatches, prepared once on the device (``len()`` gives their number)."""
         return self._decode
 
     def check_limits(self) -> None:

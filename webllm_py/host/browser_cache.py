@@ -1,0 +1,164 @@
+"""Model files in the browser: download once with progress, keep them in browser storage, read them back in ranges.
+
+``resolve_model`` is the browser's ``MLCEngine`` model resolver (``api/mlc_engine.py``): it returns a
+:class:`~webllm_py.model.gguf.ByteSource` over the stored file, not a path, and ``load_engine`` streams the weights
+from it into GPU buffers a staging buffer at a time, so a model never sits whole in the Python heap (wasm32 caps it
+at 4 GiB). The storage is the one the app config names (``AppConfig.cache_backend``): the Cache API by default,
+IndexedDB, or OPFS, whose synchronous reads in a worker go straight into Python memory. ``cache_helper.js`` does
+the JavaScript side; keys are the model file's absolute URL, as in WebLLM.
+
+Progress follows WebLLM's ``InitProgressReport`` phases: the download reports 0..1 with WebLLM's "Fetching param
+cache" text (only when the file is not cached yet), then loading onto the GPU reports 0..1 again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import time
+from collections.abc import Callable
+
+import js
+from pyodide.code import run_js
+from pyodide.ffi import JsException, create_proxy
+
+from .. import errors
+from ..config import AppConfig, ModelRecord
+from ..errors import ModelDownloadError, ModelIntegrityError, UnsupportedModelError
+from ..model.gguf import ByteSource
+
+Progress = Callable[[float, str], None]
+HASH_CHUNK = 16 << 20  # bytes read at a time when checking a download's sha256
+
+_helper = None
+
+
+def _js():
+    global _helper
+    if _helper is None:
+        source = (
+            importlib.resources.files(__package__).joinpath("cache_helper.js").read_text(encoding="utf-8")
+        )
+        _helper = run_js(source)
+    return _helper
+
+
+def backend_of(app_config: AppConfig | None) -> str:
+    return getattr(app_config, "cache_backend", None) or "cache"
+
+
+def model_url(record: ModelRecord) -> str:
+    """The record's URL made absolute against the page (or worker script) that runs us: the cache key."""
+    return str(js.URL.new(record.model_url, js.location.href).href)
+
+
+def _reraise(exc: JsException) -> None:
+    """A JS Error named after one of our error classes (cache_helper.js ``fail``) becomes that class again."""
+    name = getattr(exc, "name", "") or ""
+    message = getattr(exc, "message", "") or str(exc)
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, ModelDownloadError):
+        raise cls(message) from None
+    raise ModelDownloadError(f"{name}: {message}") from exc
+
+
+def _check_record(record: ModelRecord) -> None:
+    if record.model_file is not None:
+        raise UnsupportedModelError(
+            f"model {record.model_id!r} is a member ({record.model_file}) of an archive ({record.model_url}); in the "
+            "browser a model record must point at the .gguf file itself (e.g. a Hugging Face resolve/main URL)"
+        )
+
+
+async def has_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> bool:
+    """WebLLM's ``hasModelInCache``: is the record's file completely stored in the app config's backend?"""
+    _check_record(record)
+    return bool(await _js().has(backend_of(app_config), model_url(record)))
+
+
+async def delete_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> None:
+    """WebLLM's ``deleteModelInCache``: remove the record's file from the app config's backend (no-op if absent)."""
+    _check_record(record)
+    await _js().remove(backend_of(app_config), model_url(record))
+
+
+async def storage_estimate() -> dict[str, int]:
+    """``navigator.storage.estimate()``: {"quota": bytes, "usage": bytes} ({} where the browser has none)."""
+    estimate = await _js().estimate()
+    return {"quota": int(estimate.quota), "usage": int(estimate.usage)} if estimate else {}
+
+
+async def download_model(record: ModelRecord, app_config: AppConfig | None, progress: Progress) -> int:
+    """Download the record's file into the cache (checking quota first, size and sha256 after); returns bytes."""
+    _check_record(record)
+    backend, url = backend_of(app_config), model_url(record)
+    start = time.perf_counter()
+
+    def on_bytes(done: int, total: int | None) -> None:
+        mb = done / (1 << 20)
+        fraction = done / total if total else 0.0
+        progress(
+            min(fraction, 1.0),
+            f"Fetching param cache[1/1]: {mb:.0f}MB fetched. {fraction * 100:.0f}% completed, "
+            f"{time.perf_counter() - start:.0f} secs elapsed. It can take a while when we first visit this page "
+            "to populate the cache. Later refreshes will become faster.",
+        )
+
+    callback = create_proxy(on_bytes)
+    try:
+        size = int(await _js().download(backend, url, record.size or 0, callback))
+    except JsException as exc:
+        _reraise(exc)
+    finally:
+        callback.destroy()
+    if record.sha256:
+        source = await open_model(record, app_config)
+        try:
+            digest = hashlib.sha256()
+            for offset in range(0, source.size, HASH_CHUNK):
+                digest.update(await source.read_async(offset, min(HASH_CHUNK, source.size - offset)))
+        finally:
+            source.close()
+        if digest.hexdigest() != record.sha256.lower():
+            await delete_model_in_cache(record, app_config)
+            raise ModelIntegrityError(
+                f"Download of {url} has sha256 {digest.hexdigest()}, but the model record says {record.sha256.lower()}"
+            )
+    return size
+
+
+async def open_model(record: ModelRecord, app_config: AppConfig | None = None) -> ByteSource:
+    """A ByteSource over the stored file: synchronous for OPFS in a worker, asynchronous otherwise."""
+    _check_record(record)
+    url = model_url(record)
+    try:
+        reader = await _js().open(backend_of(app_config), url)
+    except JsException as exc:
+        _reraise(exc)
+    size = int(reader.size)
+    read_into = reader.readInto if reader.sync else None
+    read = reader.read
+
+    def read_at(offset: int, n: int) -> bytes:
+        # A bytearray is bytes-like for every reader of a ByteSource; filling it in place saves a copy.
+        buf = bytearray(max(0, min(n, size - offset)))
+        got = read_into(buf, offset)
+        return buf if got == len(buf) else buf[:got]
+
+    async def read_at_async(offset: int, n: int) -> bytes:
+        return (await read(offset, n)).to_bytes()
+
+    return ByteSource(
+        url,
+        size,
+        read_at if read_into is not None else None,
+        read_at_async=None if read_into is not None else read_at_async,
+        close=lambda: reader.close(),
+    )
+
+
+async def resolve_model(record: ModelRecord, app_config: AppConfig, progress: Progress) -> ByteSource:
+    """The browser's model resolver: the stored file, downloaded first when it is not stored yet."""
+    if not await has_model_in_cache(record, app_config):
+        await download_model(record, app_config, progress)
+    return await open_model(record, app_config)

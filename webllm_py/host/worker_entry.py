@@ -1,0 +1,73 @@
+"""The Python side of the engine's module Web Worker: route each message from the page to the protocol handler.
+
+``web/worker.js`` boots Pyodide, installs our wheel and calls ``start(handler_module)``. From then on each message
+the page posts is converted to Python (``event.data.to_py()``: JS objects become dicts, arrays lists) and handed
+to ``await handler.on_message(msg)``, each in its own task, so a message that arrives while a generation runs (an
+interrupt, a stream pull) is handled at once. The handler answers through the ``post(obj)`` callable it was created
+with, which converts a dict to a plain JS object and calls ``postMessage``.
+
+The handler module's contract (``webllm_py.worker.handler`` in production; tests pass their own)::
+
+    def create_handler(post: Callable[[dict], None]) -> Handler      # called once, by start()
+    class Handler:
+        async def on_message(self, msg: dict) -> None: ...           # called for every message, in arrival order
+
+An exception that escapes ``on_message`` is a bug in the handler; it is posted as ``{"kind": "throw", "uuid":
+msg.get("uuid", ""), "content": {"name": ..., "message": ...}}`` so the page does not wait forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import js
+from pyodide.ffi import JsProxy, create_proxy, to_js
+
+DEFAULT_HANDLER = "webllm_py.worker.handler"
+
+# on_message calls still running, held so they are not garbage-collected mid-flight
+_tasks: set[asyncio.Task] = set()
+_listener = None  # the create_proxy'd onmessage function (kept alive for the worker's lifetime)
+
+
+def post(obj: dict[str, Any]) -> None:
+    """Send ``obj`` to the page: dicts become plain JS objects, lists arrays, None undefined."""
+    js.postMessage(to_js(obj, dict_converter=js.Object.fromEntries))
+
+
+def to_python(data: Any) -> Any:
+    """A message's ``event.data`` as Python values (primitives already arrive as Python values)."""
+    return data.to_py() if isinstance(data, JsProxy) else data
+
+
+def start(
+    handler_module: str = DEFAULT_HANDLER, post_message: Callable[[dict[str, Any]], None] = post
+) -> Any:
+    """Create the handler and make it this worker's ``onmessage``. Returns the handler (tests inspect it)."""
+    global _listener
+    handler = importlib.import_module(handler_module).create_handler(post_message)
+
+    async def dispatch(msg: Any) -> None:
+        try:
+            await handler.on_message(msg)
+        except BaseException as exc:  # reported to the page, which would otherwise wait forever
+            traceback.print_exc()
+            uuid = msg.get("uuid", "") if isinstance(msg, dict) else ""
+            post_message(
+                {"kind": "throw", "uuid": uuid, "content": {"name": type(exc).__name__, "message": str(exc)}}
+            )
+
+    def onmessage(event: Any) -> None:
+        task = asyncio.ensure_future(dispatch(to_python(event.data)))
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
+
+    if _listener is not None:
+        _listener.destroy()
+    _listener = create_proxy(onmessage)
+    js.self.onmessage = _listener
+    return handler
