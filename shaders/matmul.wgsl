@@ -197,10 +197,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // 32 rows x 32 tokens per workgroup; WG must be 64. Invocation (ty, tx) = (lid / 8, lid % 8) computes rows
 // 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3: per k, one vec4 of
 // weights and one of activations from workgroup memory make a 4 x 4 outer product.
+// As a loader, invocation (kg, g) = (lid / 8, lid % 8) dequantizes a 4 x 4 patch (rows or tokens 4 g .. 4 g + 3,
+// columns 4 kg .. 4 kg + 3 of the block), transposes it in registers and stores four whole vec4s per tile.
 const TILE: u32 = 32u;
 var<workgroup> w_tile: array<vec4<f32>, 256>;   // (32 k, 8): rows 4i .. 4i+3 of column k, dequantized
 var<workgroup> x_tile: array<vec4<f32>, 256>;   // (32 k, 8): tokens 4j .. 4j+3 of column k
-var<workgroup> ssq_tile: array<f32, 64>;        // per loader invocation: partial sum(x^2) of its token
+var<workgroup> ssq_tile: array<vec4<f32>, 64>;  // (8 column groups, 8 token groups): partial sum(x^2)
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -211,38 +213,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nb = P.k_blocks;
   let ty = lid / 8u;
   let tx = lid % 8u;
-  // As a loader, invocation lid fills 16 columns (half a block) of tile row lid / 2 in both tiles.
-  let lr = lid / 2u;
-  let lh = lid % 2u;
-  let w_row = row0 + lr;
-  let x_tok = t0 + lr;
+  let kg = lid / 8u;
+  let g = lid % 8u;
   var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4 ty + i, token 4 tx + j
-  var ssq = 0.0;
+  var ssq = vec4<f32>(0.0);      // loader's tokens 4 g .. 4 g + 3, its columns only
   for (var b = 0u; b < nb; b++) {
+    var w: array<vec4<f32>, 4>;
+    var xv: array<vec4<f32>, 4>;
     for (var i = 0u; i < 4u; i++) {
-      var wv = vec4<f32>(0.0);
-      if (w_row < P.n_rows) {
-        wv = dequant4(w_row * nb + b, 4u * lh + i);
+      let r = row0 + 4u * g + i;
+      if (r < P.n_rows) {
+        w[i] = dequant4(r * nb + b, kg);
       }
-      var xv = vec4<f32>(0.0);
-      if (x_tok < n_tokens) {
-        xv = x[x_tok * (P.x_stride / 4u) + b * 8u + 4u * lh + i];
+      let t = t0 + 4u * g + i;
+      if (t < n_tokens) {
+        var v = x[t * (P.x_stride / 4u) + b * 8u + kg];
 #ifdef NORM
-        ssq += dot(xv, xv);
-        xv *= norm_w[b * 8u + 4u * lh + i];
+        ssq[i] += dot(v, v);
+        v *= norm_w[b * 8u + kg];
 #endif
+        xv[i] = v;
       }
-      let k = 16u * lh + 4u * i;
-      let slot = lr / 4u;
-      let c = lr % 4u;
-      w_tile[k * 8u + slot][c] = wv.x;
-      w_tile[(k + 1u) * 8u + slot][c] = wv.y;
-      w_tile[(k + 2u) * 8u + slot][c] = wv.z;
-      w_tile[(k + 3u) * 8u + slot][c] = wv.w;
-      x_tile[k * 8u + slot][c] = xv.x;
-      x_tile[(k + 1u) * 8u + slot][c] = xv.y;
-      x_tile[(k + 2u) * 8u + slot][c] = xv.z;
-      x_tile[(k + 3u) * 8u + slot][c] = xv.w;
+    }
+    let wt = transpose(mat4x4<f32>(w[0], w[1], w[2], w[3]));  // wt[c]: rows 4 g .. 4 g + 3 at column 4 kg + c
+    let xt = transpose(mat4x4<f32>(xv[0], xv[1], xv[2], xv[3]));
+    for (var c = 0u; c < 4u; c++) {
+      w_tile[(4u * kg + c) * 8u + g] = wt[c];
+      x_tile[(4u * kg + c) * 8u + g] = xt[c];
     }
     workgroupBarrier();
     for (var k = 0u; k < TILE; k++) {
@@ -257,12 +254,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   var scale = vec4<f32>(1.0);
 #ifdef NORM
-  ssq_tile[lid] = ssq;
+  ssq_tile[kg * 8u + g] = ssq;
   workgroupBarrier();
-  for (var j = 0u; j < 4u; j++) {
-    let tl = 4u * tx + j;
-    scale[j] = inverseSqrt((ssq_tile[2u * tl] + ssq_tile[2u * tl + 1u]) / f32(nb * 32u) + P.eps);
+  var total = vec4<f32>(0.0);
+  for (var q = 0u; q < 8u; q++) {
+    total += ssq_tile[q * 8u + tx];
   }
+  scale = inverseSqrt(total / f32(nb * 32u) + P.eps);
 #endif
   for (var j = 0u; j < 4u; j++) {
     let t = t0 + 4u * tx + j;

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, ClassVar, Literal, Self, TypedDict
 
 FinishReason = Literal["stop", "length", "abort"]
 Role = Literal["system", "user", "assistant"]
@@ -156,8 +156,57 @@ class ChunkChoice:
         return cls(d["index"], ChoiceDelta.from_dict(d.get("delta") or {}), d.get("finish_reason"))
 
 
+class _Response:
+    """What ChatCompletion and ChatCompletionChunk share: the same envelope around their own choice type."""
+
+    _choice_type: Any  # Choice or ChunkChoice
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[Any]
+    usage: CompletionUsage | None
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "id": self.id,
+                "object": self.object,
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": self.system_fingerprint,
+                "choices": [c.to_dict(exclude_none) for c in self.choices],
+                "usage": self.usage.to_dict(exclude_none) if self.usage is not None else None,
+            },
+            exclude_none,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        usage = d.get("usage")
+        return cls(
+            id=d["id"],
+            choices=[cls._choice_type.from_dict(c) for c in d["choices"]],
+            created=d["created"],
+            model=d["model"],
+            usage=CompletionUsage.from_dict(usage) if usage is not None else None,
+            system_fingerprint=d.get("system_fingerprint"),
+        )
+
+    def model_dump(self, exclude_none: bool = False) -> dict[str, Any]:
+        """openai-python's name for to_dict()."""
+        return self.to_dict(exclude_none)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    model_dump_json = to_json
+
+
 @dataclass
-class ChatCompletion:
+class ChatCompletion(_Response):
+    _choice_type: ClassVar[type] = Choice
     id: str  # "chatcmpl-..."
     choices: list[Choice]
     created: int  # Unix time, seconds
@@ -166,43 +215,10 @@ class ChatCompletion:
     system_fingerprint: str | None = None
     object: Literal["chat.completion"] = "chat.completion"
 
-    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "id": self.id,
-                "object": self.object,
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": self.system_fingerprint,
-                "choices": [c.to_dict(exclude_none) for c in self.choices],
-                "usage": self.usage.to_dict(exclude_none) if self.usage is not None else None,
-            },
-            exclude_none,
-        )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChatCompletion:
-        usage = d.get("usage")
-        return cls(
-            id=d["id"],
-            choices=[Choice.from_dict(c) for c in d["choices"]],
-            created=d["created"],
-            model=d["model"],
-            usage=CompletionUsage.from_dict(usage) if usage is not None else None,
-            system_fingerprint=d.get("system_fingerprint"),
-        )
-
-    # openai-python spellings of the same thing
-    model_dump = to_dict
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-
-    model_dump_json = to_json
-
 
 @dataclass
-class ChatCompletionChunk:
+class ChatCompletionChunk(_Response):
+    _choice_type: ClassVar[type] = ChunkChoice
     id: str  # the same "chatcmpl-..." id for every chunk of one stream
     choices: list[ChunkChoice]  # empty in the final usage chunk
     created: int  # Unix time, seconds; the same for every chunk of one stream
@@ -210,39 +226,6 @@ class ChatCompletionChunk:
     usage: CompletionUsage | None = None  # only on the final usage chunk (stream_options.include_usage)
     system_fingerprint: str | None = None
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-
-    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "id": self.id,
-                "object": self.object,
-                "created": self.created,
-                "model": self.model,
-                "system_fingerprint": self.system_fingerprint,
-                "choices": [c.to_dict(exclude_none) for c in self.choices],
-                "usage": self.usage.to_dict(exclude_none) if self.usage is not None else None,
-            },
-            exclude_none,
-        )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChatCompletionChunk:
-        usage = d.get("usage")
-        return cls(
-            id=d["id"],
-            choices=[ChunkChoice.from_dict(c) for c in d["choices"]],
-            created=d["created"],
-            model=d["model"],
-            usage=CompletionUsage.from_dict(usage) if usage is not None else None,
-            system_fingerprint=d.get("system_fingerprint"),
-        )
-
-    model_dump = to_dict
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-
-    model_dump_json = to_json
 
 
 def _drop_none(d: dict[str, Any], exclude_none: bool) -> dict[str, Any]:

@@ -60,32 +60,27 @@ def resolve_model_path(
         return gguf_path
     os.makedirs(folder, exist_ok=True)
 
-    if record.model_file is None:
+    def fetch(dest: str, check_gguf: bool = False) -> None:
         download_file(
             source,
-            gguf_path,
+            dest,
             sha256=record.sha256,
             size=record.size,
             on_bytes=_bytes_reporter(report, "Downloading", source),
-            check_gguf=True,
+            check_gguf=check_gguf,
         )
+
+    if record.model_file is None:
+        fetch(gguf_path, check_gguf=True)
         return gguf_path
 
     if local is not None:
         archive, downloaded = local, False
     else:
-        archive = os.path.join(
-            folder, _safe_name(urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1] or "archive.zip")
-        )
-        downloaded = True
+        archive_name = urllib.parse.urlsplit(source).path.rsplit("/", 1)[-1] or "archive.zip"
+        archive, downloaded = os.path.join(folder, _safe_name(archive_name)), True
         if not os.path.exists(archive):  # a verified archive from an interrupted extraction is reused
-            download_file(
-                source,
-                archive,
-                sha256=record.sha256,
-                size=record.size,
-                on_bytes=_bytes_reporter(report, "Downloading", source),
-            )
+            fetch(archive)
     extract_member(
         archive,
         record.model_file,
