@@ -81,6 +81,19 @@ function oneModelId(modelId) {
   return modelId;
 }
 
+function absoluteModelURLs(appConfig) {
+  const base = globalThis.location && globalThis.location.href;
+  if (!base || !appConfig || !Array.isArray(appConfig.model_list)) return appConfig;
+  const modelList = appConfig.model_list.map((record) => {
+    const copy = { ...record };
+    for (const key of ["model_url", "model"]) {
+      if (typeof copy[key] === "string") copy[key] = new URL(copy[key], base).href;
+    }
+    return copy;
+  });
+  return { ...appConfig, model_list: modelList };
+}
+
 /** WebLLM's WebWorkerMLCEngine: the MLCEngine API, served by webllm_py's engine in a Web Worker. */
 export class WebWorkerMLCEngine {
   /**
@@ -109,7 +122,7 @@ export class WebWorkerMLCEngine {
     worker.addEventListener("messageerror", this.onerror);
     // Posted now, so they reach the worker before any later request; their errors surface on the next call.
     this.setup = [];
-    if (engineConfig.appConfig) this.setup.push(this.send("setAppConfig", engineConfig.appConfig));
+    if (engineConfig.appConfig) this.setup.push(this.send("setAppConfig", absoluteModelURLs(engineConfig.appConfig)));
     if (engineConfig.logLevel) this.setup.push(this.send("setLogLevel", engineConfig.logLevel));
     if (engineConfig.logitProcessorRegistry) {
       console.warn("webllm_py: logitProcessorRegistry is not supported and is ignored");
@@ -298,9 +311,11 @@ export class WebWorkerMLCEngine {
     await this.call("setLogLevel", logLevel);
   }
 
-  /** Replace the worker's model list: {model_list: [{model_id, model_url (or WebLLM's `model`), ...}]}. */
+  /** Replace the worker's model list: {model_list: [{model_id, model_url (or WebLLM's `model`), ...}]}. Relative
+   *  model URLs are made absolute against this page, as WebLLM does (the worker would resolve them against
+   *  worker.js otherwise). */
   async setAppConfig(appConfig) {
-    await this.call("setAppConfig", appConfig);
+    await this.call("setAppConfig", absoluteModelURLs(appConfig));
   }
 
   /** The worker's app config, e.g. to fill a model picker (a webllm_py addition). */

@@ -656,3 +656,31 @@ def test_parse_request():
         with pytest.raises(errors.UnknownMessageKindError) as e:
             messages.parse_request(bad)
         assert e.value.uuid is None
+
+
+def test_create_handler_takes_the_sites_app_config():
+    site = {
+        "model_list": [{"model_id": "m", "model_url": "models/m.gguf", "size": 10}],
+        "cacheBackend": "opfs",
+    }
+    handler = create_handler(lambda m: None, engine=MLCEngine(), app_config=site)
+    config = handler.engine.app_config
+    assert config.get_record("m").model_url == "models/m.gguf" and config.cache_backend == "opfs"
+
+
+def test_app_config_backend_spellings():
+    record = {"model_id": "m", "model_url": "m.gguf"}
+    assert messages.app_config_from_dict({"model_list": [record]}).cache_backend == "cache"
+    assert messages.app_config_from_dict(
+        {"model_list": [record], "cacheBackend": "indexeddb"}
+    ).cache_backend == ("indexeddb")
+    assert messages.app_config_from_dict(
+        {"model_list": [record], "useIndexedDBCache": True}
+    ).cache_backend == ("indexeddb")
+    assert (
+        messages.app_config_to_dict(AppConfig(model_list=[], cache_backend="opfs"))["cache_backend"] == "opfs"
+    )
+    with pytest.raises(ValueError, match="cache_backend"):
+        messages.app_config_from_dict({"model_list": [record], "cache_backend": "floppy"})
+    with pytest.raises(errors.UnsupportedFieldError, match="appConfig.model_lists"):
+        messages.app_config_from_dict({"model_list": [record], "model_lists": []})

@@ -396,12 +396,18 @@ def _model_id(content: Mapping[str, Any]) -> str:
     return model_id
 
 
-def create_handler(post: Post, *, engine: Any = None, host: WorkerHost | None = None) -> WorkerHandler:
+def create_handler(
+    post: Post, *, engine: Any = None, host: WorkerHost | None = None, app_config: Any = None
+) -> WorkerHandler:
     """The handler ``host/worker_entry.py`` starts in the browser worker: an ``MLCEngine`` that fetches models
-    into the browser cache (``host/browser_cache.py``), served over ``post``."""
+    into the browser cache (``host/browser_cache.py``), served over ``post``. ``app_config`` (an ``AppConfig`` or
+    its JSON form, e.g. the ``appConfig`` of the site's ``webllm_py.json``) is the engine's model list until the
+    page sends its own; relative model URLs resolve against the worker script."""
     if engine is None:
         from webllm_py.api.mlc_engine import MLCEngine
         from webllm_py.host import browser_cache  # imports js: only reached in the browser
 
         engine = MLCEngine(resolve_model=browser_cache.resolve_model)
+    if app_config is not None:
+        engine.setAppConfig(app_config_from_dict(app_config))
     return WorkerHandler(engine, post, host=host)

@@ -185,6 +185,8 @@ def error_from_content(content: Any) -> BaseException:
 # ---- app config and chat options --------------------------------------------------------------------------------
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRecord))
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(AppConfig) if f.name != "model_list")
+_CONFIG_ALIASES = {"cacheBackend": "cache_backend"}  # WebLLM's spelling
 
 
 def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
@@ -197,7 +199,7 @@ def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
             d["chat_template"] = template.name  # a ChatTemplate object crosses by its registered name
         d["overrides"] = dict(d["overrides"])
         records.append(d)
-    return {"model_list": records, "cache_dir": config.cache_dir}
+    return {"model_list": records, **{name: getattr(config, name) for name in _CONFIG_FIELDS}}
 
 
 def app_config_from_dict(d: Any) -> AppConfig:
@@ -209,11 +211,20 @@ def app_config_from_dict(d: Any) -> AppConfig:
         raise UnsupportedFieldError(
             "appConfig", d, "an app config is {model_list: [{model_id, model_url}, ...]}"
         )
-    for key in d:
-        if key not in ("model_list", "cache_dir", "cacheBackend"):
-            raise UnsupportedFieldError(
-                f"appConfig.{key}", d[key], "app config keys are model_list, cache_dir"
-            )
+    options: dict[str, Any] = {}
+    for key, value in d.items():
+        if key == "model_list":
+            continue
+        if key == "useIndexedDBCache":  # WebLLM before cacheBackend existed
+            if value and "cache_backend" in _CONFIG_FIELDS:
+                options.setdefault("cache_backend", "indexeddb")
+            continue
+        name = _CONFIG_ALIASES.get(key, key)
+        if name not in _CONFIG_FIELDS:
+            allowed = ", ".join(("model_list", *_CONFIG_FIELDS))
+            raise UnsupportedFieldError(f"appConfig.{key}", value, f"app config keys are {allowed}")
+        if value is not None:
+            options[name] = value
     records = []
     for i, raw in enumerate(d["model_list"]):
         if not isinstance(raw, Mapping):
@@ -234,7 +245,7 @@ def app_config_from_dict(d: Any) -> AppConfig:
             records.append(ModelRecord(**fields))
         except TypeError as e:  # a required field missing
             raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, str(e)) from None
-    return AppConfig(model_list=records, cache_dir=d.get("cache_dir"))
+    return AppConfig(model_list=records, **options)
 
 
 CHAT_OPTS = ("context_window_size", "chat_template")
