@@ -54,3 +54,27 @@ class Handler:
 
 def create_handler(post):
     return Handler(post)
+
+
+# ---- helpers for test code run in the worker ------------------------------------------------------------------------
+
+
+async def demo_record():
+    """The demo model's record from the dist's boot config (its URL points at dist/models/)."""
+    import json
+
+    import js
+
+    from webllm_py.config import ModelRecord
+
+    boot = json.loads(await (await js.fetch("webllm_py.json")).text())
+    return ModelRecord(**boot["appConfig"]["model_list"][0])
+
+
+async def demo_app_config(backend: str = "cache", **record_changes):
+    import dataclasses
+
+    from webllm_py.config import AppConfig
+
+    record = dataclasses.replace(await demo_record(), **record_changes)
+    return record, AppConfig(model_list=[record], cache_backend=backend)

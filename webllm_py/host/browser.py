@@ -218,15 +218,8 @@ def _adapter_info(adapter) -> AdapterInfo:
     )
 
 
-async def open_device(
-    *,
-    power_preference: str = "high-performance",
-    use_f16: bool | None = None,
-    use_subgroups: bool | None = None,
-    spec_default_limits: bool = False,
-) -> BrowserDevice:
-    """Open this browser's WebGPU adapter. Same options as ``host.native.open_device``; the f32 kernel tier is
-    chosen when the adapter lacks ``shader-f16`` (Chromium's SwiftShader, many Linux and Android GPUs)."""
+async def request_adapter(power_preference: str = "high-performance"):
+    """This browser's GPUAdapter, or WebGPUNotAvailableError saying why there is none."""
     gpu = getattr(js.navigator, "gpu", None)
     if not gpu:
         raise WebGPUNotAvailableError(
@@ -239,6 +232,19 @@ async def open_device(
             "WebGPU is exposed but no adapter was found (navigator.gpu.requestAdapter() returned null): the GPU "
             "may be blocklisted or disabled; check chrome://gpu, or start Chromium with --enable-unsafe-webgpu"
         )
+    return adapter
+
+
+async def open_device(
+    *,
+    power_preference: str = "high-performance",
+    use_f16: bool | None = None,
+    use_subgroups: bool | None = None,
+    spec_default_limits: bool = False,
+) -> BrowserDevice:
+    """Open this browser's WebGPU adapter. Same options as ``host.native.open_device``; the f32 kernel tier is
+    chosen when the adapter lacks ``shader-f16`` (Chromium's SwiftShader, many Linux and Android GPUs)."""
+    adapter = await request_adapter(power_preference)
     info = _adapter_info(adapter)
     has_f16 = bool(adapter.features.has("shader-f16"))
     has_subgroups = bool(adapter.features.has("subgroups"))

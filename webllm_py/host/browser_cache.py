@@ -24,7 +24,7 @@ from pyodide.ffi import JsException, create_proxy
 
 from .. import errors
 from ..config import AppConfig, ModelRecord
-from ..errors import ModelDownloadError, ModelIntegrityError, UnsupportedModelError
+from ..errors import ModelDownloadError, ModelIntegrityError
 from ..model.gguf import ByteSource
 
 Progress = Callable[[float, str], None]
@@ -62,24 +62,27 @@ def _reraise(exc: JsException) -> None:
     raise ModelDownloadError(f"{name}: {message}") from exc
 
 
-def _check_record(record: ModelRecord) -> None:
-    if record.model_file is not None:
-        raise UnsupportedModelError(
-            f"model {record.model_id!r} is a member ({record.model_file}) of an archive ({record.model_url}); in the "
-            "browser a model record must point at the .gguf file itself (e.g. a Hugging Face resolve/main URL)"
-        )
+def cache_key(record: ModelRecord) -> str:
+    """What the file is stored under: its absolute URL, or ``URL#member`` for a member of a zip archive."""
+    url = model_url(record)
+    return f"{url}#{record.model_file}" if record.model_file else url
 
 
 async def has_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> bool:
     """WebLLM's ``hasModelInCache``: is the record's file completely stored in the app config's backend?"""
-    _check_record(record)
-    return bool(await _js().has(backend_of(app_config), model_url(record)))
+    return bool(await _js().has(backend_of(app_config), cache_key(record)))
 
 
 async def delete_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> None:
     """WebLLM's ``deleteModelInCache``: remove the record's file from the app config's backend (no-op if absent)."""
-    _check_record(record)
-    await _js().remove(backend_of(app_config), model_url(record))
+    await _js().remove(backend_of(app_config), cache_key(record))
+
+
+async def require_webgpu() -> None:
+    """Raise WebGPUNotAvailableError now, before a long download, when there is no WebGPU adapter."""
+    from .browser import request_adapter
+
+    await request_adapter()
 
 
 async def storage_estimate() -> dict[str, int]:
@@ -89,9 +92,13 @@ async def storage_estimate() -> dict[str, int]:
 
 
 async def download_model(record: ModelRecord, app_config: AppConfig | None, progress: Progress) -> int:
-    """Download the record's file into the cache (checking quota first, size and sha256 after); returns bytes."""
-    _check_record(record)
-    backend, url = backend_of(app_config), model_url(record)
+    """Download the record's file into the cache; returns the bytes stored.
+
+    Checks the storage quota first, then while streaming: the length against Content-Length and ``record.size``,
+    and the sha256 of what ``model_url`` serves against ``record.sha256``. For a record with ``model_file`` the
+    archive is never stored: its member is extracted (inflated) as it streams in. Any failure leaves nothing
+    stored and raises ModelDownloadError, StorageQuotaError or ModelIntegrityError."""
+    backend, url, key = backend_of(app_config), model_url(record), cache_key(record)
     start = time.perf_counter()
 
     def on_bytes(done: int, total: int | None) -> None:
@@ -104,35 +111,33 @@ async def download_model(record: ModelRecord, app_config: AppConfig | None, prog
             "to populate the cache. Later refreshes will become faster.",
         )
 
-    callback = create_proxy(on_bytes)
+    digest = hashlib.sha256() if record.sha256 else None
+
+    def on_chunk(chunk) -> None:
+        digest.update(chunk.to_bytes())  # type: ignore[union-attr]
+
+    callbacks = [create_proxy(on_bytes)] + ([create_proxy(on_chunk)] if digest is not None else [None])
     try:
-        size = int(await _js().download(backend, url, record.size or 0, callback))
+        size = int(await _js().download(backend, key, url, record.model_file, record.size or 0, *callbacks))
     except JsException as exc:
         _reraise(exc)
     finally:
-        callback.destroy()
-    if record.sha256:
-        source = await open_model(record, app_config)
-        try:
-            digest = hashlib.sha256()
-            for offset in range(0, source.size, HASH_CHUNK):
-                digest.update(await source.read_async(offset, min(HASH_CHUNK, source.size - offset)))
-        finally:
-            source.close()
-        if digest.hexdigest() != record.sha256.lower():
-            await delete_model_in_cache(record, app_config)
-            raise ModelIntegrityError(
-                f"Download of {url} has sha256 {digest.hexdigest()}, but the model record says {record.sha256.lower()}"
-            )
+        for c in callbacks:
+            if c is not None:
+                c.destroy()
+    if digest is not None and digest.hexdigest() != record.sha256.lower():  # type: ignore[union-attr]
+        await delete_model_in_cache(record, app_config)
+        raise ModelIntegrityError(
+            f"Download of {url} has sha256 {digest.hexdigest()}, but the model record says {record.sha256}"
+        )
     return size
 
 
 async def open_model(record: ModelRecord, app_config: AppConfig | None = None) -> ByteSource:
     """A ByteSource over the stored file: synchronous for OPFS in a worker, asynchronous otherwise."""
-    _check_record(record)
-    url = model_url(record)
+    key = cache_key(record)
     try:
-        reader = await _js().open(backend_of(app_config), url)
+        reader = await _js().open(backend_of(app_config), key)
     except JsException as exc:
         _reraise(exc)
     size = int(reader.size)
@@ -149,7 +154,7 @@ async def open_model(record: ModelRecord, app_config: AppConfig | None = None) -
         return (await read(offset, n)).to_bytes()
 
     return ByteSource(
-        url,
+        key,
         size,
         read_at if read_into is not None else None,
         read_at_async=None if read_into is not None else read_at_async,
@@ -158,7 +163,9 @@ async def open_model(record: ModelRecord, app_config: AppConfig | None = None) -
 
 
 async def resolve_model(record: ModelRecord, app_config: AppConfig, progress: Progress) -> ByteSource:
-    """The browser's model resolver: the stored file, downloaded first when it is not stored yet."""
+    """The browser's model resolver: the stored file, downloaded first when it is not stored yet (and only when
+    this browser has a WebGPU adapter: a model that cannot run is not worth a download)."""
+    await require_webgpu()
     if not await has_model_in_cache(record, app_config):
         await download_model(record, app_config, progress)
     return await open_model(record, app_config)

