@@ -1,0 +1,217 @@
+"""Every WGSL variant the engine and the kernel tests use compiles under Tint (Chromium's WGSL compiler).
+
+naga (wgpu-py, the desktop) and Tint disagree on details (kernels.md section 2.12): Tint requires ``enable
+subgroups;``, rejects subgroup builtins and barriers outside uniform control flow, and checks workgroup memory
+against the device's limit. The variants are generated here, on the desktop, by the real preprocessor and kernel
+code driven against a recording device that has the browser's capabilities; the page then compiles each one with
+``createShaderModule`` + ``createComputePipelineAsync`` and reports every error with its line.
+
+SwiftShader has no ``shader-f16``, so the f16 tiers cannot be compiled here; the f32 tiers (with and without
+subgroups) are what a browser without f16 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import pytest
+
+from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
+from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels, Tier
+from webllm_py.model.quant import GGMLType
+
+TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
+# The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups.
+TUNINGS = [{}, {"gemv_wg": 16}]
+TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+HEAD_DIMS = [32, 48, 64, 128]  # tests/kernels/test_attention.py; SmolLM2 has 64
+
+
+class RecordingDevice:
+    """A Device that compiles nothing: it keeps each pipeline's WGSL by label (what the engine would create)."""
+
+    host = "recording"
+
+    def __init__(self, tier: Tier):
+        self.caps = DeviceCaps(
+            has_f16=tier.f16,
+            has_subgroups=tier.subgroups,
+            max_storage_buffer_binding_size=1 << 30,
+            max_buffer_size=1 << 30,
+            max_compute_workgroup_storage_size=32768,
+            max_compute_invocations_per_workgroup=1024,
+            max_storage_buffers_per_shader_stage=10,
+            min_storage_buffer_offset_alignment=256,
+            min_uniform_buffer_offset_alignment=256,
+            max_compute_workgroups_per_dimension=65535,
+            wgsl_enables_subgroups=True,  # as host/browser.py sets it
+        )
+        self.info = AdapterInfo(vendor="recording")
+        self.sources: dict[str, str] = {}
+
+    def create_buffer(self, size: int, usage: int, label: str) -> Buffer:
+        return Buffer(None, max(4, -(-size // 4) * 4), label, usage)
+
+    def write_buffer(self, buffer, offset, data) -> None:
+        pass
+
+    def create_pipeline(self, code: str, label: str):
+        self.sources[label] = code
+        return label
+
+    def create_bind_group(self, pipeline, entries, label):
+        return label
+
+    def prepare(self, dispatches):
+        return list(dispatches)
+
+    def submit(self, dispatches, copies=()) -> None:
+        pass
+
+    async def idle(self) -> None:
+        pass
+
+    def destroy_buffer(self, buffer) -> None:
+        pass
+
+    def destroy(self) -> None:
+        pass
+
+
+def kernel_matrix_variants(kern: Kernels) -> None:
+    """Create the pipelines of every op over the define space the kernel tests cover."""
+    buf = kern.device.create_buffer(1 << 16, ops.STORAGE, "buf")
+    state = kern.device.create_buffer(16, ops.STORAGE, "state")
+    for t in TYPES:
+        w = ops.alloc_weight(kern, t, 96, 96, "w")
+        kern.pipeline(
+            "repack.wgsl", WG=ops.REPACK_WG, SRC=t.name, **({"SCALES": 1} if w.s is not None else {})
+        )
+        ops.embed(kern, w=w, tokens=buf, out=buf, state=state)
+        for gemm in (False, True):
+            for norm in (None, buf):
+                for epi in ("STORE", "ADD", "SILU"):
+                    ops.matmul(
+                        kern, w=w, x=buf, out=buf, state=state, epi=epi, gemm=gemm, norm_w=norm, eps=1e-5
+                    )
+                ops.matmul(
+                    kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, norm_w=norm, eps=1e-5,
+                    kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+                )  # fmt: skip
+    for hd in HEAD_DIMS:
+        ops.attention(
+            kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64
+        )
+    ops.Sampler(kern, logits=buf, tokens=buf, state=state, vocab=1000)
+
+
+def engine_variants(kern: Kernels, gguf_path: str) -> None:
+    """Load the real model's graph on the recording device: the pipelines the engine creates for it."""
+    from webllm_py.model.config import ModelConfig
+    from webllm_py.model.gguf import GGUFFile
+    from webllm_py.model.graph import LlamaGraph
+
+    with GGUFFile.open(gguf_path) as gguf:
+        graph = LlamaGraph(ModelConfig.from_gguf(gguf), kern, max_ctx=256, chunk=32)
+        asyncio.run(graph.load(gguf))
+
+
+def all_variants() -> tuple[dict[str, str], set[str]]:
+    """label -> WGSL of every distinct variant, and the labels of the engine's own variants on a GPU."""
+    from tests.e2e.model_path import smollm2_path
+
+    sources: dict[str, str] = {}
+    engine_on_gpu: set[str] = set()
+    model = str(smollm2_path())
+    for tier in TIERS:
+        for tuning in TUNINGS:
+            engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
+            engine_variants(Kernels(engine_dev, tier, **tuning), model)
+            kernel_matrix_variants(Kernels(tests_dev, tier, **tuning))
+            for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
+                sources.setdefault(code, label)  # identical text is compiled once
+            if not tuning:
+                engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
+    return {label: code for code, label in sources.items()}, engine_on_gpu
+
+
+# Tint's whole front end (parsing, types, uniformity, `enable` rules) runs in createShaderModule; creating the
+# pipeline adds the layout and limit checks but also SwiftShader's machine-code generation (about half a second a
+# pipeline on two cores), so pipelines are made for the engine's GPU variants only (its SwiftShader variants are
+# made by test_runtime's reply test).
+COMPILE_ALL = """async ([sources, withPipeline]) => {
+  const adapter = await navigator.gpu.requestAdapter();
+  const L = adapter.limits;
+  const device = await adapter.requestDevice({
+    requiredFeatures: adapter.features.has("subgroups") ? ["subgroups"] : [],
+    requiredLimits: {
+      maxComputeWorkgroupStorageSize: L.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: L.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: L.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: L.maxStorageBuffersPerShaderStage,
+      maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
+      maxBufferSize: L.maxBufferSize,
+    },
+  });
+  const failures = [];
+  const pending = sources.map(async ([label, code]) => {
+    device.pushErrorScope("validation");
+    const module = device.createShaderModule({ code, label });
+    const info = await module.getCompilationInfo();
+    const errors = info.messages.filter((m) => m.type === "error").map((m) => `${m.lineNum}:${m.linePos} ${m.message}`);
+    let pipeline = null;
+    if (withPipeline.includes(label)) {
+      try {
+        await device.createComputePipelineAsync({ layout: "auto", compute: { module, entryPoint: "main" }, label });
+      } catch (e) {
+        pipeline = e.message;
+      }
+    }
+    const scope = await device.popErrorScope();
+    if (errors.length || pipeline || scope) failures.push({ label, errors, pipeline, scope: scope && scope.message });
+  });
+  await Promise.all(pending);
+  return { compiled: sources.length, failures, subgroups: adapter.features.has("subgroups") };
+}"""
+
+
+@pytest.fixture(scope="module")
+def variants() -> tuple[dict[str, str], set[str]]:
+    # Loading a graph uses asyncio.run, which cannot run on the thread whose loop Playwright's sync API owns.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(all_variants).result()
+
+
+def test_variants_cover_the_engine_and_both_f32_tiers(variants):
+    sources, engine = variants
+    labels = set(sources)
+    assert engine <= labels and len(engine) >= 20
+    assert any(label.endswith("@f32-subgroups") for label in labels)
+    assert any(label.endswith("@f32") for label in labels)
+    for shader in ("matmul", "attention", "embed", "sample", "repack"):
+        assert any(label.startswith(shader + ":") for label in labels), shader
+    subgroup_sources = [code for label, code in sources.items() if label.endswith("@f32-subgroups")]
+    assert all(
+        "enable subgroups;" in code for code in subgroup_sources if "subgroup" in code.split("\n", 1)[1]
+    )
+
+
+def test_every_variant_compiles_under_tint(variants, server, browser_context):
+    page = browser_context.new_page()
+    try:
+        page.goto(server.url + "webllm_py.json")  # any page of the origin: WebGPU needs a secure context
+        page.set_default_timeout(600_000)
+        sources, engine = variants
+        result = page.evaluate(COMPILE_ALL, [sorted(sources.items()), sorted(engine)])
+    finally:
+        page.close()
+    assert result["subgroups"], "SwiftShader should offer subgroups"
+    report = "\n".join(
+        f"{f['label']}: {'; '.join(f['errors']) or f['pipeline'] or f['scope']}" for f in result["failures"]
+    )
+    assert not result["failures"], (
+        f"{len(result['failures'])} of {result['compiled']} variants fail:\n{report}"
+    )
+    assert result["compiled"] == len(sources) > 50
