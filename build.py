@@ -103,12 +103,27 @@ def have_lavapipe() -> bool:
     return any(Path(d).glob("lvp_icd*.json") for d in ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"))
 
 
-def install_test_deps() -> None:
+def missing_apt_packages() -> list[str]:
+    """Debian packages the tests need that are not installed: lavapipe (kernels, e2e), Chromium (browser tests,
+    driven by Playwright with WebGPU on its SwiftShader adapter; never `playwright install`), npm (fetches Pyodide
+    for dist/)."""
+    missing = []
     if not have_lavapipe():
+        missing += APT_PACKAGES
+    if not Path("/usr/bin/chromium").exists():
+        missing.append("chromium")
+    if shutil.which("npm") is None:
+        missing.append("npm")
+    return missing
+
+
+def install_test_deps() -> None:
+    missing = missing_apt_packages()
+    if missing:
         apt = ["apt-get"] if os.geteuid() == 0 else ["sudo", "apt-get"]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         run([*apt, "update", "-q"], env=env)
-        run([*apt, "install", "-y", "-q", *APT_PACKAGES], env=env)
+        run([*apt, "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
     run([sys.executable, "-m", "pip", "install", "-q", "-e", ".[dev]"])
 
 
@@ -122,6 +137,9 @@ def test(pytest_args: list[str]) -> int:
         [sys.executable, "-c", "from tests.e2e.model_path import smollm2_path; print(smollm2_path())"],
         env=env,
     )
+    # dist/ for tests/browser (Pyodide from npm, micropip from PyPI, our wheel, the model), built before pytest
+    # so its downloads show up here rather than inside a fixture.
+    build_demo()
     t0 = time.time()
     code = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rfE", *pytest_args], cwd=ROOT, env=env
