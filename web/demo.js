@@ -34,7 +34,7 @@ const HELP = {
 HELP.InvalidRangeError = HELP.InvalidFieldTypeError = HELP.UnsupportedFieldError =
   "The request has a setting the engine does not accept; fix it under Settings.";
 
-const demo = { engine: null, messages: [], generating: false, modelId: null };
+const demo = { engine: null, messages: [], generating: false, modelId: null, progress: [] };
 window.webllmDemo = demo; // for the console (and the browser tests)
 
 function setState(state) {
@@ -64,6 +64,11 @@ function clearError() {
 }
 
 function onProgress(report) {
+  demo.progress.push(report); // the engine's InitProgressReports, as they came
+  showProgress(report);
+}
+
+function showProgress(report) {
   $("progress-row").hidden = false;
   $("progress").value = report.progress;
   $("progress-text").textContent = report.text;
@@ -132,7 +137,7 @@ async function load() {
   if (!modelId) return;
   clearError();
   setState("loading");
-  onProgress({ progress: 0, text: `Loading ${modelId}…` });
+  showProgress({ progress: 0, text: `Loading ${modelId}…` });
   try {
     await demo.engine.reload(modelId);
     demo.modelId = modelId;
@@ -240,7 +245,7 @@ async function main() {
     // Said at once; loading a model would fail in the worker with the same typed error.
     showError({ name: "WebGPUNotAvailableError", message: "navigator.gpu is undefined in this browser." });
   }
-  onProgress({ progress: 0, text: "Starting the Python worker…" });
+  showProgress({ progress: 0, text: "Starting the Python worker…" });
   const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
   demo.engine = new WebWorkerMLCEngine(worker, { initProgressCallback: onProgress });
   try {

@@ -684,3 +684,36 @@ def test_app_config_backend_spellings():
         messages.app_config_from_dict({"model_list": [record], "cache_backend": "floppy"})
     with pytest.raises(errors.UnsupportedFieldError, match="appConfig.model_lists"):
         messages.app_config_from_dict({"model_list": [record], "model_lists": []})
+
+
+def test_js_null_stand_ins_mean_not_given(world):
+    """Pyodide's to_py() turns JS null into a falsy ``jsnull`` object, not None: the handler reads it as None."""
+
+    class JsNullLike:
+        def __bool__(self) -> bool:
+            return False
+
+    null = JsNullLike()
+    content = {
+        "request": {"messages": USER, "max_tokens": null, "stop": None},
+        "modelId": null,
+        "chatOpts": null,
+    }
+    assert messages.plain(content) == {
+        "request": {"messages": USER, "max_tokens": None, "stop": None},
+        "modelId": None,
+        "chatOpts": None,
+    }
+    with pytest.raises(errors.UnknownMessageKindError, match="JSON data only") as e:
+        messages.parse_request({"kind": "reload", "uuid": "u", "content": {"modelId": object()}})
+    assert e.value.uuid == "u"
+
+    async def go():
+        worker = await loaded_worker(world)
+        uuid = uuidlib.uuid4().hex
+        await worker.handler.on_message(
+            {"kind": "chatCompletionNonStreaming", "uuid": uuid, "content": content}
+        )
+        return (await worker.reply(uuid))["content"]
+
+    assert run(go())["choices"][0]["message"]["content"] == "Hello there!"

@@ -127,7 +127,27 @@ def parse_request(message: Any) -> tuple[str, str, Any]:
         )
         err.uuid = uuid
         raise err
-    return kind, uuid, message.get("content")
+    try:
+        content = plain(message.get("content"))
+    except UnknownMessageKindError as err:
+        err.uuid = uuid
+        raise
+    return kind, uuid, content
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data. A host's JS-to-Python conversion may leave stand-ins for JS ``null`` (Pyodide's
+    ``to_py()`` gives ``jsnull``, which is falsy but not None): anything that is not JSON data and is falsy becomes
+    None, so ``{"max_tokens": null}`` means "not given", as in OpenAI's API."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if not value:
+        return None
+    raise UnknownMessageKindError(f"a worker message must hold JSON data only; got {type(value).__name__}")
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------

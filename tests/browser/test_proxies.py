@@ -1,0 +1,255 @@
+"""The page-side proxies in Chromium, against the real worker and the real model (SwiftShader WebGPU).
+
+``web/webllm_py.js`` is driven from a test page at the root of dist/ (one engine for the module: a model load is
+slow on SwiftShader, and so is every token, so each request asks for a few tokens only). The two examples
+(``examples/script-embed.html``, ``examples/pyscript.html``) are opened as a user would and must answer.
+
+What the protocol does with every kind, error and early exit is tested in CPython (tests/unit/test_worker_*.py);
+here it is the same code over ``postMessage``, Pyodide's conversions and a real generation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = "__proxies__.html"
+TIMEOUT_MS = 900_000  # SwiftShader: tens of seconds per prefill, seconds per token
+
+# The model list comes from the site's webllm_py.json, passed explicitly so the test does not depend on what the
+# worker applies by default; relative model URLs resolve against this page (the dist/ root).
+PAGE_HTML = """<!doctype html><meta charset="utf-8"><title>proxies</title>
+<script type="module">
+import * as webllm from "./webllm_py.js";
+window.webllm = webllm;
+window.progress = [];
+window.ready = (async () => {
+  const site = await (await fetch("webllm_py.json")).json();
+  const worker = new Worker(new URL("./worker.js", location.href), { type: "module" });
+  window.engine = await webllm.CreateWebWorkerMLCEngine(worker, site.appConfig.model_list[0].model_id, {
+    appConfig: site.appConfig,
+    initProgressCallback: (report) => window.progress.push(report),
+  });
+  return window.engine.modelId;
+})();
+</script>"""
+
+SHORT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+def ensure_npm_files(dist: Path) -> None:
+    """Put the npm files web/manifest.json asks for into dist/ (what `build.py demo` should do; a no-op once it
+    does)."""
+    manifest = json.loads((ROOT / "web" / "manifest.json").read_text())
+    for entry in manifest["npm"]:
+        target = dist / entry["to"]
+        if target.exists() and any(target.iterdir()):
+            continue
+        folder = ROOT / ".cache" / "npm"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = entry["package"].lstrip("@").replace("/", "-") + f"-{entry['version']}.tgz"
+        if not (folder / name).exists():
+            subprocess.run(
+                [
+                    "npm",
+                    "pack",
+                    "--silent",
+                    f"{entry['package']}@{entry['version']}",
+                    "--pack-destination",
+                    str(folder),
+                ],
+                check=True,
+            )
+        prefix = "package/" + entry["copy"]
+        with tarfile.open(folder / name) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith(prefix):
+                    out = target / member.name[len(prefix) :]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(tar.extractfile(member).read())
+
+
+@pytest.fixture(scope="module")
+def proxy_page(server, browser_context):
+    page = browser_context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.route(
+        f"**/{PAGE}", lambda route: route.fulfill(status=200, content_type="text/html", body=PAGE_HTML)
+    )
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.goto(server.url + PAGE)
+    page.console = console
+    yield page
+    page.close()
+
+
+def evaluate(page, script: str, arg=None):
+    """Run an async function body in the page, after the engine is ready; JS errors come back as {error}."""
+    return page.evaluate(
+        f"""async (arg) => {{
+            await window.ready;
+            const engine = window.engine;
+            try {{ {script} }} catch (e) {{
+                return {{ error: {{ name: e.name, message: e.message, field: e.field, isWebLLMError:
+                          e instanceof window.webllm.WebLLMError, isError: e instanceof Error }} }};
+            }}
+        }}""",
+        arg,
+    )
+
+
+def test_load_reports_progress(proxy_page):
+    model_id = proxy_page.evaluate("() => window.ready")
+    progress = proxy_page.evaluate("() => window.progress")
+    assert model_id == "SmolLM2-135M-Instruct-Q4_1"
+    assert progress, "no initProgressCallback report arrived"
+    assert all(set(r) >= {"progress", "timeElapsed", "text"} for r in progress)
+    assert all(0.0 <= r["progress"] <= 1.0 for r in progress)
+    assert [r["timeElapsed"] for r in progress] == sorted(r["timeElapsed"] for r in progress)
+    assert progress[-1]["progress"] == 1.0 and "Finish loading" in progress[-1]["text"]
+
+
+def test_stream_deltas_equal_the_non_streamed_text_and_end_with_usage(proxy_page):
+    out = evaluate(
+        proxy_page,
+        """
+        const request = { messages: arg, temperature: 0, max_tokens: 3 };
+        const whole = await engine.chat.completions.create(request);
+        const chunks = [];
+        const stream = await engine.chat.completions.create(
+            { ...request, stream: true, stream_options: { include_usage: true } });
+        for await (const chunk of stream) chunks.push(chunk);
+        return { whole, chunks };
+        """,
+        SHORT,
+    )
+    assert "error" not in out, out
+    whole, chunks = out["whole"], out["chunks"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text and text == whole["choices"][0]["message"]["content"]
+    assert whole["choices"][0]["finish_reason"] == chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    extra = chunks[-1]["usage"]["extra"]
+    assert extra["prefill_tokens_per_s"] > 0 and extra["time_to_first_token_s"] > 0
+    assert chunks[-1]["usage"]["prompt_tokens"] == whole["usage"]["prompt_tokens"]
+
+
+def test_bad_request_throws_a_typed_error(proxy_page):
+    out = evaluate(
+        proxy_page,
+        """
+        const errors = [];
+        for (const stream of [false, true]) {
+          try { await engine.chat.completions.create({ messages: arg, temperature: 5, stream }); }
+          catch (e) { errors.push({ name: e.name, field: e.field, typed: e instanceof window.webllm.WebLLMError,
+                                    cls: e instanceof window.webllm.errorClass("InvalidRangeError") }); }
+        }
+        return errors;
+        """,
+        SHORT,
+    )
+    assert out == [{"name": "InvalidRangeError", "field": "temperature", "typed": True, "cls": True}] * 2
+
+
+def test_interrupt_mid_stream_then_break_then_next_request(proxy_page):
+    out = evaluate(
+        proxy_page,
+        """
+        const interrupted = [];
+        for await (const chunk of await engine.chat.completions.create(
+            { messages: arg, temperature: 0, max_tokens: 40, stream: true })) {
+          interrupted.push(chunk);
+          if (interrupted.length === 1) engine.interruptGenerate();
+        }
+        let broke = 0;
+        for await (const chunk of await engine.chat.completions.create(
+            { messages: arg, temperature: 0, max_tokens: 40, stream: true })) {
+          broke += 1;
+          break;  // the engine must be free for the next request at once
+        }
+        const next = await engine.chat.completions.create({ messages: arg, temperature: 0, max_tokens: 1 });
+        return { interrupted, broke, next, message: await engine.getMessage() };
+        """,
+        SHORT,
+    )
+    assert "error" not in out, out
+    finishes = [c["choices"][0]["finish_reason"] for c in out["interrupted"] if c["choices"]]
+    assert (
+        finishes[-1] == "abort" and len(out["interrupted"]) <= 3
+    )  # the first chunk, maybe held text, the end
+    assert out["broke"] == 1
+    assert out["next"]["choices"][0]["finish_reason"] == "length"
+    assert out["next"]["usage"]["completion_tokens"] == 1 and out["message"]
+
+
+def test_other_engine_methods(proxy_page):
+    out = evaluate(
+        proxy_page,
+        """
+        return {
+          vendor: await engine.getGPUVendor(),
+          maxBinding: await engine.getMaxStorageBufferBindingSize(),
+          stats: await engine.runtimeStatsText(),
+          cached: await engine.hasModelInCache(engine.modelId),
+          models: (await engine.getAppConfig()).model_list.map((r) => r.model_id),
+          reset: await engine.resetChat().then(() => engine.getMessage()),
+        };
+        """,
+    )
+    assert "error" not in out, out
+    assert isinstance(out["vendor"], str) and out["maxBinding"] >= 128 << 20
+    assert out["stats"].startswith("prefill: ") and out["cached"] is True
+    assert out["models"] == ["SmolLM2-135M-Instruct-Q4_1"] and out["reset"] == ""
+
+
+# ---- the examples ---------------------------------------------------------------------------------------------------
+
+
+# The examples are kept minimal, with no error handling; this notes an uncaught error on <body> so a failing
+# example fails its test at once instead of at the timeout.
+CATCH_ERRORS = """
+const note = (e) => { document.body.dataset.error = `${e?.name}: ${e?.message}`; };
+window.addEventListener("error", (event) => note(event.error ?? { name: "Error", message: event.message }));
+window.addEventListener("unhandledrejection", (event) => note(event.reason));
+"""
+
+
+def run_example(browser_context, server, path: str) -> str:
+    """Open an example page; return its #out text once it is done, or fail with what went wrong."""
+    page = browser_context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    page.add_init_script(CATCH_ERRORS)
+    try:
+        page.goto(server.url + path)
+        # PyScript shows a Python exception in a .py-error element instead of raising it in the page
+        page.wait_for_selector("body[data-done], body[data-error], .py-error", timeout=TIMEOUT_MS)
+        error = page.get_attribute("body", "data-error")
+        if page.locator(".py-error").count():
+            error = page.inner_text(".py-error")[-2000:]
+        assert error is None, f"{path} failed: {error}\n" + "\n".join(console[-30:])
+        return page.inner_text("#out")
+    finally:
+        page.close()
+
+
+def test_script_embed_example_answers(browser_context, server):
+    assert run_example(browser_context, server, "examples/script-embed.html?max_tokens=3").strip()
+
+
+def test_pyscript_example_answers(browser_context, server, dist):
+    if not shutil.which("npm") and not (dist / "pyscript" / "core.js").exists():
+        pytest.fail(
+            "the PyScript example needs @pyscript/core in dist/pyscript, and npm to fetch it is missing"
+        )
+    ensure_npm_files(dist)
+    assert run_example(browser_context, server, "examples/pyscript.html?max_tokens=3").strip()
