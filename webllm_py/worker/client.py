@@ -268,7 +268,12 @@ class WebWorkerMLCEngine:
         if kind == "initProgressCallback":
             if self._progress_callback is not None and isinstance(content, dict):
                 try:
-                    self._progress_callback(InitProgressReport(**content))
+                    report = InitProgressReport(
+                        progress=float(content.get("progress") or 0.0),
+                        timeElapsed=float(content.get("timeElapsed") or 0.0),
+                        text=str(content.get("text") or ""),
+                    )
+                    self._progress_callback(report)
                 except Exception:  # the page's callback failed: report it, keep the protocol running
                     log.exception("initProgressCallback raised")
             return
