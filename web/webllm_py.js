@@ -235,22 +235,21 @@ export class WebWorkerMLCEngine {
 
   /** WebLLM's engine.chatCompletion: a ChatCompletion, or (stream: true) an async iterable of chunks. */
   async chatCompletion(request) {
-    if (request && request.stream) {
-      const streamId = newUUID();
-      await this.call("chatCompletionStreamInit", this.modelContent(request), streamId);
-      return this.pull(streamId);
-    }
-    return this.call("chatCompletionNonStreaming", this.modelContent(request));
+    return this.generate(request, "chatCompletionStreamInit", "chatCompletionNonStreaming");
   }
 
   /** Text completion; the worker throws UnsupportedEndpointError while the engine does not implement it. */
   async completion(request) {
+    return this.generate(request, "completionStreamInit", "completionNonStreaming");
+  }
+
+  async generate(request, streamKind, wholeKind) {
     if (request && request.stream) {
-      const streamId = newUUID();
-      await this.call("completionStreamInit", this.modelContent(request), streamId);
+      const streamId = newUUID(); // the init request's uuid names the stream
+      await this.call(streamKind, this.modelContent(request), streamId);
       return this.pull(streamId);
     }
-    return this.call("completionNonStreaming", this.modelContent(request));
+    return this.call(wholeKind, this.modelContent(request));
   }
 
   /** The stream's chunks, one completionStreamNextChunk request each; leaving early ends it in the worker. */

@@ -133,6 +133,14 @@ async def loaded_worker(world, host=None) -> Worker:
     return worker
 
 
+async def open_stream(worker: Worker, pulls: int = 0, usage: bool = False) -> tuple[str, list[dict]]:
+    """Start a stream and pull ``pulls`` chunks; returns its id and those chunks."""
+    request = {"messages": USER, **({"stream_options": {"include_usage": True}} if usage else {})}
+    stream_id = (await worker.ask("chatCompletionStreamInit", {"request": request}))["uuid"]
+    head = [await worker.value("completionStreamNextChunk", {"streamId": stream_id}) for _ in range(pulls)]
+    return stream_id, head
+
+
 # ---- loading ------------------------------------------------------------------------------------------------------
 
 
@@ -269,13 +277,9 @@ def test_interrupt_mid_stream_ends_with_abort_then_next_request_works(world):
 
     async def go():
         worker = await loaded_worker(world)
-        init = await worker.ask(
-            "chatCompletionStreamInit",
-            {"request": {"messages": USER, "stream_options": {"include_usage": True}}},
-        )
-        head = [await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]}) for _ in range(2)]
+        stream_id, head = await open_stream(worker, pulls=2, usage=True)
         assert await worker.value("interruptGenerate") is None
-        tail = await worker.pull_all(init["uuid"])
+        tail = await worker.pull_all(stream_id)
         message = await worker.value("getMessage")
         nxt = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
         return head, tail, message, nxt
@@ -312,13 +316,9 @@ def test_abandoned_stream_is_ended_by_the_next_request(world):
 
     async def go():
         worker = await loaded_worker(world)
-        init = await worker.ask(
-            "chatCompletionStreamInit",
-            {"request": {"messages": USER, "stream_options": {"include_usage": True}}},
-        )
-        head = [await worker.value("completionStreamNextChunk", {"streamId": init["uuid"]}) for _ in range(2)]
+        stream_id, head = await open_stream(worker, pulls=2, usage=True)
         nxt = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
-        late = await worker.pull_all(init["uuid"])  # the consumer comes back after all
+        late = await worker.pull_all(stream_id)  # the consumer comes back after all
         return head, nxt, late
 
     head, nxt, late = run(go())

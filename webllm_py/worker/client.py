@@ -24,6 +24,7 @@ import uuid as uuidlib
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Literal, Protocol, Unpack, overload
 
+from webllm_py.api.chat import _request  # the same request dict as the desktop API builds
 from webllm_py.api.mlc_engine import InitProgressCallback, InitProgressReport
 from webllm_py.api.types import (
     ChatCompletion,
@@ -148,15 +149,6 @@ class WorkerChatCompletionStream:
                 self._end_in_worker()
             except Exception:  # the port is gone; the worker went with it
                 pass
-
-
-def _request(messages: Any, stream: bool, params: dict[str, Any]) -> dict[str, Any]:
-    # None means "not given", as in api/chat.py; the worker validates the rest and throws typed errors.
-    return {
-        "messages": list(messages),
-        "stream": stream,
-        **{k: v for k, v in params.items() if v is not None},
-    }
 
 
 class _ChatCompletions:
@@ -326,21 +318,29 @@ class WebWorkerMLCEngine:
 
     async def chatCompletion(self, request: dict[str, Any]) -> ChatCompletion | WorkerChatCompletionStream:
         """WebLLM's raw-dict form of ``chat.completions.create``."""
-        content = self._model_content(request)
-        if request.get("stream"):
-            stream_id = uuidlib.uuid4().hex
-            await self._call("chatCompletionStreamInit", content, uuid=stream_id)
-            return WorkerChatCompletionStream(self, stream_id, ChatCompletionChunk.from_dict)
-        return ChatCompletion.from_dict(await self._call("chatCompletionNonStreaming", content))
+        return await self._generate(
+            request, "chatCompletionStreamInit", "chatCompletionNonStreaming", ChatCompletion.from_dict,
+            ChatCompletionChunk.from_dict,
+        )  # fmt: skip
 
     async def completion(self, request: dict[str, Any]) -> Any:
         """Text completion (``completions.create``); dicts, as there is no Completion type yet."""
+        return await self._generate(request, "completionStreamInit", "completionNonStreaming", dict, dict)
+
+    async def _generate(
+        self,
+        request: dict[str, Any],
+        stream_kind: str,
+        whole_kind: str,
+        decode_whole: Callable[[dict[str, Any]], Any],
+        decode_chunk: Callable[[dict[str, Any]], Any],
+    ) -> Any:
         content = self._model_content(request)
         if request.get("stream"):
-            stream_id = uuidlib.uuid4().hex
-            await self._call("completionStreamInit", content, uuid=stream_id)
-            return WorkerChatCompletionStream(self, stream_id, dict)
-        return await self._call("completionNonStreaming", content)
+            stream_id = uuidlib.uuid4().hex  # the init request's uuid names the stream in the worker
+            await self._call(stream_kind, content, uuid=stream_id)
+            return WorkerChatCompletionStream(self, stream_id, decode_chunk)
+        return decode_whole(await self._call(whole_kind, content))
 
     # ---- WebLLM's other engine methods --------------------------------------------------------------------------
 
