@@ -81,13 +81,8 @@ def _build_testkit_wheel(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def dist() -> Path:
-    """dist/ as ``python3 build.py demo --no-serve`` builds it, plus the testkit wheel and a test boot config."""
-    sys.path.insert(0, str(ROOT))
-    import build
-
-    out = build.build_demo()
+def prepare_test_dist(out: Path) -> Path:
+    """Add the testkit wheel and test-boot.json (the demo's boot config with the testkit handler) to a dist/."""
     boot = json.loads((out / "webllm_py.json").read_text())
     test_wheels = out / "test-wheels"
     shutil.rmtree(test_wheels, ignore_errors=True)
@@ -96,6 +91,15 @@ def dist() -> Path:
     test_boot = {**boot, "wheels": [*boot["wheels"], f"test-wheels/{kit.name}"], "handler": "webllm_testkit"}
     (out / "test-boot.json").write_text(json.dumps(test_boot, indent=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def dist() -> Path:
+    """dist/ as ``python3 build.py demo --no-serve`` builds it, plus the testkit wheel and a test boot config."""
+    sys.path.insert(0, str(ROOT))
+    import build
+
+    return prepare_test_dist(build.build_demo())
 
 
 class Server:

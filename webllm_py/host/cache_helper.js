@@ -261,14 +261,42 @@
     },
   };
 
+  // Each blob read is a round trip to the browser process (milliseconds), and the loader reads a tensor at a time,
+  // often a few KB: read whole aligned blocks and serve reads from the last two.
+  const BLOCK = 16 << 20;
+
   function blobReader(blob) {
+    let blocks = []; // [{index, promise of Uint8Array}], most recent first
+    function block(index) {
+      let hit = blocks.find((b) => b.index === index);
+      if (!hit) {
+        const start = index * BLOCK;
+        hit = { index, bytes: blob.slice(start, Math.min(start + BLOCK, blob.size)).arrayBuffer().then((b) => new Uint8Array(b)) };
+      }
+      blocks = [hit, ...blocks.filter((b) => b !== hit)].slice(0, 2);
+      return hit.bytes;
+    }
     return {
       size: blob.size,
       sync: false,
       async read(offset, n) {
-        return new Uint8Array(await blob.slice(offset, offset + n).arrayBuffer());
+        const end = Math.min(offset + n, blob.size);
+        if (end - offset > BLOCK) return new Uint8Array(await blob.slice(offset, end).arrayBuffer());
+        const out = new Uint8Array(Math.max(0, end - offset));
+        let at = offset;
+        while (at < end) {
+          const index = Math.floor(at / BLOCK);
+          const bytes = await block(index);
+          const start = at - index * BLOCK;
+          const take = Math.min(bytes.byteLength - start, end - at);
+          out.set(bytes.subarray(start, start + take), at - offset);
+          at += take;
+        }
+        return out;
       },
-      close() {},
+      close() {
+        blocks = [];
+      },
     };
   }
 
