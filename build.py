@@ -19,7 +19,8 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
-    dist/*                 everything in web/ (worker bootstrap, JS proxy, pages)
+    dist/*                 everything in web/ (worker bootstrap, JS proxy, pages), and the npm files that
+                           web/manifest.json lists for them (e.g. @pyscript/core for the PyScript example)
 
 Downloads (npm, PyPI) are cached in .cache/; later builds reuse them.
 """
@@ -137,9 +138,10 @@ def test(pytest_args: list[str]) -> int:
         [sys.executable, "-c", "from tests.e2e.model_path import smollm2_path; print(smollm2_path())"],
         env=env,
     )
-    # dist/ for tests/browser (Pyodide from npm, micropip from PyPI, our wheel, the model), built before pytest
-    # so its downloads show up here rather than inside a fixture.
-    build_demo()
+    # What tests/browser builds its dist from (Pyodide from npm, micropip from PyPI), fetched before pytest so the
+    # downloads show up here rather than inside a fixture.
+    pyodide_tarball()
+    micropip_wheel()
     t0 = time.time()
     code = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rfE", *pytest_args], cwd=ROOT, env=env
@@ -182,14 +184,37 @@ DIST = ROOT / "dist"
 DEMO_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
 
 
-def pyodide_tarball() -> Path:
-    """npm's pyodide package, fetched once with ``npm pack`` into .cache/npm/."""
+def npm_tarball(package: str, version: str) -> Path:
+    """An npm package's tarball, fetched once with ``npm pack`` into .cache/npm/."""
     folder = CACHE / "npm"
-    tgz = folder / f"pyodide-{PYODIDE_VERSION}.tgz"
+    tgz = folder / (package.lstrip("@").replace("/", "-") + f"-{version}.tgz")
     if not tgz.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        run(["npm", "pack", "--silent", f"pyodide@{PYODIDE_VERSION}", "--pack-destination", str(folder)])
+        run(["npm", "pack", "--silent", f"{package}@{version}", "--pack-destination", str(folder)])
     return tgz
+
+
+def pyodide_tarball() -> Path:
+    return npm_tarball("pyodide", PYODIDE_VERSION)
+
+
+def copy_npm_files(out: Path) -> None:
+    """The npm files web/manifest.json lists for the pages (e.g. @pyscript/core for the PyScript example)."""
+    import json
+    import tarfile
+
+    manifest = ROOT / "web" / "manifest.json"
+    if not manifest.exists():
+        return
+    for entry in json.loads(manifest.read_text()).get("npm", []):
+        prefix = "package/" + entry["copy"]
+        target = out / entry["to"]
+        with tarfile.open(npm_tarball(entry["package"], entry["version"])) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith(prefix):
+                    dst = target / member.name[len(prefix) :]
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.write_bytes(tar.extractfile(member).read())
 
 
 def micropip_wheel() -> Path:
@@ -271,6 +296,7 @@ def build_demo(out: Path = DIST) -> Path:
             dst = out / src.relative_to(web)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
+    copy_npm_files(out)
     boot = {
         "indexURL": "pyodide/",
         "packages": ["micropip"],

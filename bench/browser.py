@@ -3,7 +3,7 @@
 
     python3 bench/browser.py [--prompt-tokens 32] [--decode-tokens 8] [--backend cache] [--chromium-arg ...]
 
-Builds dist/ (``build.py demo``), serves it on 127.0.0.1 and runs, in a fresh browser profile:
+Builds the demo site (``build.py demo``, into .cache/test-dist with the tests' handler), serves it on 127.0.0.1 and runs, in a fresh browser profile:
 
 - boot: a new worker until Python runs (Pyodide start-up, micropip installs the wheels);
 - cold load: ``MLCEngine.reload`` with an empty cache (download into ``--backend``, then onto the GPU);
@@ -147,9 +147,16 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     import build
-    from tests.browser.conftest import TEST_PAGE, Server, WorkerSession, _route_test_page, prepare_test_dist
+    from tests.browser.conftest import (
+        TEST_DIST,
+        TEST_PAGE,
+        Server,
+        WorkerSession,
+        _route_test_page,
+        prepare_test_dist,
+    )
 
-    dist = prepare_test_dist(build.build_demo())
+    dist = prepare_test_dist(build.build_demo(TEST_DIST))
     server = Server(dist)
     result: dict = {"backend": args.backend}
     try:

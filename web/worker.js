@@ -12,11 +12,22 @@
 //
 // ?indexURL=, ?wheel= (repeatable) and ?handler= override the file. Messages that arrive while Python boots are
 // kept and delivered in order once the handler is running. If booting fails, every message (kept or later) is
-// answered with {kind: "throw", uuid, content: {name: "WorkerBootError", message}}.
+// answered with {kind: "throw", uuid, content: {name: "WorkerBootError", message}}. While it boots (seconds: the
+// runtime is ~13 MB of wasm and stdlib), the worker reports {kind: "initProgressCallback", uuid: "", content:
+// {progress, timeElapsed, text}}, WebLLM's InitProgressReport, so a page can show it before the model's own.
 
 const here = new URL(import.meta.url);
 const pending = [];
 let bootError = null;
+const started = performance.now();
+
+function bootProgress(progress, text) {
+  self.postMessage({
+    kind: "initProgressCallback",
+    uuid: "",
+    content: { progress, timeElapsed: (performance.now() - started) / 1000, text },
+  });
+}
 
 function answerWithBootError(msg) {
   self.postMessage({
@@ -53,8 +64,10 @@ async function loadConfig() {
 async function boot() {
   const config = await loadConfig();
   if (!config.wheels.length) throw new Error("no wheels to install: the worker config lists none");
+  bootProgress(0, "Starting the Python runtime (Pyodide)");
   const { loadPyodide } = await import(new URL("pyodide.mjs", config.indexURL).href);
   const pyodide = await loadPyodide({ indexURL: config.indexURL, packages: config.packages });
+  bootProgress(0.7, "Installing webllm_py");
   const micropip = pyodide.pyimport("micropip");
   for (const wheel of config.wheels) {
     await micropip.install.callKwargs(wheel, { deps: false });
@@ -63,6 +76,7 @@ async function boot() {
   const entry = pyodide.pyimport("webllm_py.host.worker_entry");
   entry.start(config.handler); // replaces self.onmessage
   entry.destroy();
+  bootProgress(1, `Python runtime ready (${((performance.now() - started) / 1000).toFixed(1)} s)`);
   for (const data of pending.splice(0)) self.dispatchEvent(new MessageEvent("message", { data }));
 }
 

@@ -93,13 +93,18 @@ def prepare_test_dist(out: Path) -> Path:
     return out
 
 
+# The tests' own dist (a deployable dist/ should not carry the testkit): what `build.py demo --no-serve` builds.
+TEST_DIST = ROOT / ".cache" / "test-dist"
+
+
 @pytest.fixture(scope="session")
 def dist() -> Path:
-    """dist/ as ``python3 build.py demo --no-serve`` builds it, plus the testkit wheel and a test boot config."""
+    """The demo site as ``python3 build.py demo --no-serve`` builds it, plus the testkit wheel and a test boot
+    config (in .cache/test-dist)."""
     sys.path.insert(0, str(ROOT))
     import build
 
-    return prepare_test_dist(build.build_demo())
+    return prepare_test_dist(build.build_demo(TEST_DIST))
 
 
 class Server:

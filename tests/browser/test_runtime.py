@@ -32,6 +32,10 @@ adapter_max = int(dev.adapter.limits.maxStorageBufferBindingSize)
     assert (caps["f16"], caps["subgroups"], caps["tier"]) == (False, True, "f32-subgroups")
     assert caps["enables"] is True  # Tint needs `enable subgroups;`
     assert caps["binding"] == caps["adapter_max"]  # the adapter's maximum was requested, not the spec default
+    # While it booted, the worker reported WebLLM-shaped progress under the empty uuid.
+    boot = [e["content"] for e in w.events() if e["kind"] == "initProgressCallback" and e["uuid"] == ""]
+    assert [r["progress"] for r in boot] == [0, 0.7, 1]
+    assert boot[-1]["text"].startswith("Python runtime ready") and boot[-1]["timeElapsed"] > 0
 
 
 def test_device_round_trip_and_one_call_prepared_plan(open_worker):
