@@ -127,7 +127,7 @@ def wheel() -> Path:
     build_dir = ROOT / "build"
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), "."])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), "."])
     (whl,) = out.glob("webllm_py-*.whl")
     print(whl)
     return whl
