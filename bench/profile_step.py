@@ -75,7 +75,7 @@ async def main() -> None:
     out["ms_per_step"]["full"] = round(await time_steps(full), 3)
     out["ms_per_step"]["empty_round_trip"] = round(await time_steps([]), 3)
     for group in ("qkv", "attn", "o", "ffn1", "ffn2", "lm_head", "sample"):
-        kept = [d for d, lab in zip(full, labels) if lab != group]
+        kept = [d for d, lab in zip(full, labels, strict=True) if lab != group]
         out["ms_per_step"][f"without_{group}"] = round(await time_steps(kept), 3)
     t = time.perf_counter()
     for _ in range(200):
