@@ -37,7 +37,9 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
     return ids[:n]
 
 
-async def bench_ours(model: str, lengths: list[int], n_decode: int, tier_name: str | None) -> dict:
+async def bench_ours(
+    model: str, lengths: list[int], n_decode: int, tier_name: str | None, tuning: dict | None
+) -> dict:
     from webllm_py.engine import SamplingParams, load_engine
     from webllm_py.host.native import open_device
     from webllm_py.kernels.registry import Tier
@@ -48,13 +50,19 @@ async def bench_ours(model: str, lengths: list[int], n_decode: int, tier_name: s
         tier = Tier(f16=tier_name.startswith("f16"), subgroups=tier_name.endswith("subgroups"))
     t0 = time.perf_counter()
     engine = await load_engine(
-        "bench", model, device=device, tier=tier, context_window_size=max(lengths) + n_decode + 8
+        "bench",
+        model,
+        device=device,
+        tier=tier,
+        tuning=tuning,
+        context_window_size=max(lengths) + n_decode + 8,
     )
     load_s = time.perf_counter() - t0
     out = {
         "engine": "webllm_py",
         "adapter": device.info.summary(),
         "tier": engine.tier.name,
+        "tuning": {"gemv_variant": engine.kern.gemv_variant, "gemv_wg": engine.kern.gemv_wg},
         "load_time_s": round(load_s, 3),
         "dispatches_per_decode_step": engine.dispatches_per_decode_step,
         "gpu_weight_bytes": engine.graph.weight_bytes,
@@ -87,6 +95,11 @@ async def bench_ours(model: str, lengths: list[int], n_decode: int, tier_name: s
     return out
 
 
+def last_argmax(llama_cpp, llm, np) -> int:
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))))
+
+
 def bench_llama_cpp(model: str, lengths: list[int], n_decode: int, threads: int, tokenizer) -> dict | None:
     try:
         import llama_cpp
@@ -117,12 +130,12 @@ def bench_llama_cpp(model: str, lengths: list[int], n_decode: int, threads: int,
         llm.reset()
         t = time.perf_counter()
         llm.eval(ids)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = last_argmax(llama_cpp, llm, np)
         ttft = time.perf_counter() - t
         t1 = time.perf_counter()
         for _ in range(n_decode - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = last_argmax(llama_cpp, llm, np)
         dec = time.perf_counter() - t1
         out["runs"].append(
             {
@@ -146,13 +159,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--gemv-wg", type=int, default=None, help="invocations per decode GEMV workgroup")
+    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_ROWS"])
     args = ap.parse_args()
     model = args.model
     if model is None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    ours = asyncio.run(bench_ours(model, args.prompt_tokens, args.decode_tokens, args.tier))
+    tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant} if args.gemv_wg else None
+    ours = asyncio.run(bench_ours(model, args.prompt_tokens, args.decode_tokens, args.tier, tuning))
     result = {"model": os.path.basename(model), "ours": ours}
     if not args.no_peer:
         from webllm_py.model.gguf import GGUFFile

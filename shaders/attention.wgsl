@@ -1,8 +1,12 @@
 // Causal self-attention with grouped-query heads, for decode (one token) and prefill (a chunk of tokens).
 //
-// One workgroup per (query head, token of the step). It walks the keys 0 .. pos + t in tiles of WG positions with
-// an online softmax (running max m and normalizer l), so any context length runs in fixed workgroup memory.
-// Defines: WG (threads, a power of two), HD (head_dim), HDT = ceil(HD / WG) output features per invocation.
+// One workgroup per (query head, token of the step) walks the keys 0 .. pos + t in tiles of TILE positions with an
+// online softmax (running max m and normalizer l), so any context length runs in fixed workgroup memory:
+//   scores   each invocation scores TILE / WG positions (vec4 loads of K rows), kept in workgroup memory
+//   softmax  one workgroup max and one sum per tile
+//   values   invocations form WG / HD groups of HD; group g sums the positions j = g (mod groups), invocation d of the
+//            group owning output feature d (coalesced V loads); the groups' partials are added at the end.
+// Defines: WG (threads, a power of two, a multiple of HD), HD (head_dim, a multiple of 4), TILE (positions per tile).
 
 #include "common.wgsl"
 
@@ -19,12 +23,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: State;
-@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_heads, HD) f32, RoPE applied
-@group(0) @binding(3) var<storage, read> kv: array<KV_T>;        // (2, n_kv_heads, max_ctx, HD): K then V
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // (n_tokens, n_heads, HD) f32
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;     // (n_tokens, n_heads, HD) f32, RoPE applied
+@group(0) @binding(3) var<storage, read> kv: array<vec4<KV_T>>;   // (2, n_kv_heads, max_ctx, HD): K then V
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n_tokens, n_heads, HD) f32
 
-var<workgroup> q_sh: array<f32, HD>;     // this head's query, pre-scaled
-var<workgroup> p_sh: array<f32, WG>;     // this tile's softmax numerators
+const HD4: u32 = HD / 4u;
+const GROUPS: u32 = WG / HD;
+
+var<workgroup> q_sh: array<vec4<f32>, HD4>;   // this head's query, pre-scaled
+var<workgroup> p_sh: array<f32, TILE>;        // this tile's scores, then softmax numerators
+var<workgroup> acc_sh: array<f32, WG>;        // the groups' partial outputs, added at the end
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -33,53 +41,54 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let t = wid.y;
   let kvh = h / (P.n_heads / P.n_kv_heads);
   let n_keys = S.pos + t + 1u;  // causal: token t sees positions 0 .. pos + t
-  let k_base = kvh * P.max_ctx * HD;
-  let v_base = (P.n_kv_heads + kvh) * P.max_ctx * HD;
-  for (var d = lid; d < HD; d += WG) {
-    q_sh[d] = q[t * P.q_stride + h * HD + d] * P.scale;
+  let k_base = kvh * P.max_ctx * HD4;                    // in vec4
+  let v_base = (P.n_kv_heads + kvh) * P.max_ctx * HD;    // in elements
+  for (var i = lid; i < HD4; i += WG) {
+    q_sh[i] = q[(t * P.q_stride + h * HD) / 4u + i] * P.scale;
   }
   workgroupBarrier();
 
-  var m = -1e30;  // running max of the scores
-  var l = 0.0;    // running sum of exp(score - m)
-  var acc: array<f32, HDT>;
-  for (var p0 = 0u; p0 < n_keys; p0 += WG) {
-    let p = p0 + lid;
-    var s = -1e30;
-    if (p < n_keys) {
-      s = 0.0;
-      let k_row = k_base + p * HD;
-      for (var d = 0u; d < HD; d++) {
-        s += q_sh[d] * f32(kv[k_row + d]);
+  let d = lid % HD;      // output feature of this invocation
+  let grp = lid / HD;    // which positions (mod GROUPS) it sums
+  var m = -1e30;         // running max of the scores
+  var l = 0.0;           // running sum of exp(score - m)
+  var acc = 0.0;         // this group's partial output feature d
+  for (var p0 = 0u; p0 < n_keys; p0 += TILE) {
+    let n_in = min(TILE, n_keys - p0);
+    var tile_max = -1e30;
+    for (var j = lid; j < n_in; j += WG) {
+      let k_row = k_base + (p0 + j) * HD4;
+      var s = 0.0;
+      for (var i = 0u; i < HD4; i++) {
+        s += dot(q_sh[i], vec4<f32>(kv[k_row + i]));
       }
+      p_sh[j] = s;
+      tile_max = max(tile_max, s);
     }
-    let m_new = max(m, wg_max(s, lid));
-    var e = 0.0;
-    if (p < n_keys) {
-      e = exp(s - m_new);
+    let m_new = max(m, wg_max(tile_max, lid));  // its barriers also publish p_sh
+    var part = 0.0;
+    for (var j = lid; j < n_in; j += WG) {
+      let e = exp(p_sh[j] - m_new);
+      p_sh[j] = e;
+      part += e;
     }
-    p_sh[lid] = e;
-    let l_tile = wg_sum(e, lid);  // its barriers also publish p_sh
     let corr = exp(m - m_new);
-    l = l * corr + l_tile;
+    l = l * corr + wg_sum(part, lid);            // its barriers also publish the numerators
     m = m_new;
-    let n_in = min(WG, n_keys - p0);
-    for (var i = 0u; i < HDT; i++) {
-      let d = lid + i * WG;
-      var a = acc[i] * corr;
-      if (d < HD) {
-        for (var j = 0u; j < n_in; j++) {
-          a += p_sh[j] * f32(kv[v_base + (p0 + j) * HD + d]);
-        }
-      }
-      acc[i] = a;
+    acc *= corr;
+    for (var j = grp; j < n_in; j += GROUPS) {
+      let vi = v_base + (p0 + j) * HD + d;
+      acc += p_sh[j] * f32(kv[vi / 4u][vi % 4u]);
     }
     workgroupBarrier();  // every invocation is done with p_sh before the next tile overwrites it
   }
-  for (var i = 0u; i < HDT; i++) {
-    let d = lid + i * WG;
-    if (d < HD) {
-      out[t * P.q_stride + h * HD + d] = acc[i] / l;
+  acc_sh[lid] = acc;
+  workgroupBarrier();
+  if (lid < HD) {
+    var total = 0.0;
+    for (var g = 0u; g < GROUPS; g++) {
+      total += acc_sh[g * HD + lid];
     }
+    out[t * P.q_stride + h * HD + lid] = total / l;
   }
 }

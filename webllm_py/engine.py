@@ -20,6 +20,7 @@ from .conversation import ChatTemplate, get_chat_template
 from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, InvalidRequestError
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
+from .kernels.probe import probe_subgroups
 from .kernels.registry import Kernels, Tier, default_tuning
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
@@ -255,9 +256,12 @@ async def load_engine(
     context_window_size: int | None = None,
     chat_template: str | ChatTemplate | None = None,
     tier: Tier | None = None,
+    tuning: dict[str, object] | None = None,
 ) -> Engine:
     """Open ``gguf_path`` (a local file, or a ByteSource such as the browser cache's) and put the model on
-    ``device`` (the host's default WebGPU device when None)."""
+    ``device`` (the host's default WebGPU device when None).
+
+    ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get."""
     t0 = time.perf_counter()
     model_id = record if isinstance(record, str) else record.model_id
     if not isinstance(record, str):
@@ -281,7 +285,13 @@ async def load_engine(
             from .host import open_device
 
             device = await open_device()
-        kern = Kernels(device, tier or Tier.for_device(device), **default_tuning(device))
+        kern = Kernels(device, tier or Tier.for_device(device), **(tuning or default_tuning(device)))
+        if kern.tier.subgroups:
+            probe = await probe_subgroups(kern)
+            if not probe.ok:  # reductions fall back to workgroup-memory trees
+                kern = Kernels(
+                    device, Tier(f16=kern.tier.f16, subgroups=False), **(tuning or default_tuning(device))
+                )
         graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         await graph.load(gguf, progress)
         graph.check_limits()

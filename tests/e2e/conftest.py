@@ -38,6 +38,11 @@ def engine(request, gpu_device):
     return engine_for(request.param, gpu_device)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def engine_f32(gpu_device):
     return engine_for(E2E_TIERS[0], gpu_device)
+
+
+@pytest.fixture(scope="session")
+def engine_f16(gpu_device):
+    return engine_for(E2E_TIERS[1], gpu_device)

@@ -32,13 +32,15 @@ def attention_ref(q, k_cache, v_cache, pos0, n_kv_heads):
         (9, 3, 64, 1, 0),
         (9, 3, 64, 1, 130),
         (4, 4, 32, 1, 63),
-        (6, 2, 48, 5, 0),
+        (6, 2, 32, 5, 0),
         (2, 1, 128, 37, 70),
         (3, 1, 64, 70, 0),
+        (4, 2, 64, 1, 1500),
+        (2, 2, 256, 3, 1030),
     ],
 )
 def test_attention(kern, heads, kv_heads, hd, m, pos0):
-    max_ctx = 256
+    max_ctx = max(256, pos0 + m + 8)  # pos0 > 1024 crosses the kernel's 1024-position tiles
     rng = np.random.default_rng(heads * 100 + m + pos0)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     k_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
@@ -60,3 +62,12 @@ def test_attention(kern, heads, kv_heads, hd, m, pos0):
     got = download(kern, out, np.float32, m * heads * hd).reshape(m, heads, hd)
     want = attention_ref(q, k_cache, v_cache, pos0, kv_heads)
     assert_close(got, want, 1e-5, f"attention m={m} pos0={pos0}")
+
+
+def test_unsupported_head_dim(kern):
+    from webllm_py.errors import UnsupportedModelError
+
+    buf = zeros(kern, 64)
+    with pytest.raises(UnsupportedModelError, match="head_dim 48"):
+        ops.attention(kern, q=buf, kv=buf, out=buf, state=state_buffer(kern, 0, 1), n_heads=2, n_kv_heads=1,
+                      head_dim=48, max_ctx=4)

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import DeviceLimitError
+from ..errors import DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
@@ -22,6 +22,7 @@ GEMV_ROWS = 4  # rows per GEMV workgroup (R in matmul.wgsl)
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
 GEMM_WG = 64
 REPACK_WG = 64
+ATTENTION_TILE = 1024  # key positions per attention tile (4 KiB of scores in workgroup memory)
 
 
 @dataclass(frozen=True)
@@ -265,8 +266,10 @@ def attention(
     max_ctx: int,
     label: str = "attention",
 ) -> Launch:
-    wg = kern.attention_wg
-    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, HDT=math.ceil(head_dim / wg))
+    if head_dim % 4 or head_dim > 256 or 256 % head_dim:
+        raise UnsupportedModelError(f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)")
+    wg = max(kern.attention_wg, head_dim)
+    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, TILE=ATTENTION_TILE)
     entries = [
         _uniform_entry(
             kern,

@@ -44,7 +44,7 @@ class Kernels:
         *,
         gemv_variant: str = "GEMV",
         gemv_wg: int = 64,
-        attention_wg: int = 64,
+        attention_wg: int = 256,
     ):
         self.device = device
         self.tier = tier
@@ -106,5 +106,5 @@ def default_tuning(device: Device) -> dict[str, object]:
     info = device.info
     text = f"{info.vendor} {info.device} {info.description} {info.extra.get('adapter_type', '')}".lower()
     if any(k in text for k in ("llvmpipe", "lavapipe", "swiftshader", "cpu")):
-        return {"gemv_wg": 16}
+        return {"gemv_wg": 16, "attention_wg": 64}
     return {}

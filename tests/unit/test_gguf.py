@@ -1,0 +1,102 @@
+"""GGUF reader: good files parse; truncated, corrupt and unsupported files raise GGUFError naming file and offset."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from webllm_py.errors import GGUFError
+from webllm_py.model.gguf import GGUFFile
+from webllm_py.model.quant import GGMLType, dequantize_row
+
+from .gguf_builder import build_gguf
+
+F32_ROW = struct.pack("<4f", 1.0, -2.0, 0.5, 3.25)
+META = [
+    ("general.architecture", "str", "llama"),
+    ("llama.block_count", "u32", 2),
+    ("llama.rope.freq_base", "f32", 10000.0),
+    ("tokenizer.ggml.tokens", "arr:str", ["<s>", "a", "b", "ü"]),
+    ("tokenizer.ggml.scores", "arr:f32", [0.0, -1.0, -2.0, -3.0]),
+    ("flag", "bool", True),
+    ("big", "u64", 1 << 40),
+]
+
+
+def good() -> bytes:
+    q8 = struct.pack("<e", 0.5) + bytes(range(32))
+    return build_gguf(META, [("norm.weight", (4,), 0, F32_ROW), ("w.weight", (32, 2), 8, q8 + q8)])
+
+
+def test_parses_metadata_and_tensors():
+    g = GGUFFile.from_bytes("good.gguf", good())
+    assert g.version == 3
+    assert g.metadata["llama.block_count"] == 2
+    assert g.metadata["tokenizer.ggml.tokens"] == ["<s>", "a", "b", "ü"]
+    assert g.metadata["flag"] is True and g.metadata["big"] == 1 << 40
+    assert g.metadata["llama.rope.freq_base"] == pytest.approx(10000.0)
+    t = g.tensor("w.weight")
+    assert t.shape == (32, 2) and t.ggml_type == GGMLType.Q8_0 and t.nbytes == 68 and t.n_rows == 2
+    assert t.offset % 32 == 0
+    assert dequantize_row(GGMLType.F32, g.tensor_bytes("norm.weight")) == [1.0, -2.0, 0.5, 3.25]
+    assert dequantize_row(GGMLType.Q8_0, g.tensor_bytes("w.weight", 34, 34))[:3] == [0.0, 0.5, 1.0]
+
+
+def raises(data: bytes, *fragments: str) -> GGUFError:
+    with pytest.raises(GGUFError) as info:
+        GGUFFile.from_bytes("bad.gguf", data)
+    msg = str(info.value)
+    assert msg.startswith("bad.gguf: at byte offset "), msg
+    for f in fragments:
+        assert f in msg, msg
+    return info.value
+
+
+def test_not_a_gguf():
+    e = raises(b"PK\x03\x04" + bytes(100), "magic bytes b'GGUF'")
+    assert e.offset == 0
+
+
+def test_bad_version():
+    raises(build_gguf(META, [], version=7), "GGUF version 2 or 3", "found 7")
+
+
+@pytest.mark.parametrize("cut", [3, 10, 30, 200, -40, -1])
+def test_truncated_anywhere(cut):
+    data = good()
+    raises(data[:cut] if cut > 0 else data[:cut], "truncated")
+
+
+def test_unsupported_tensor_type_names_it():
+    data = build_gguf(META, [("q6k.weight", (256, 1), 14, bytes(210))])
+    e = raises(data, "'q6k.weight'", "F32, F16, Q4_0, Q4_1, Q8_0", "ggml type id 14")
+    assert e.offset > 0
+
+
+def test_unknown_metadata_type():
+    data = bytearray(build_gguf([("k", "u32", 1)], []))
+    data[24 + 8 + 1 : 24 + 8 + 1 + 4] = struct.pack("<I", 99)  # the value type of key "k"
+    raises(bytes(data), "known metadata value type")
+
+
+def test_absurd_string_length():
+    data = bytearray(build_gguf([("k", "str", "v")], []))
+    data[24 : 24 + 8] = struct.pack("<Q", 1 << 62)  # the key's length
+    raises(bytes(data), "string length")
+
+
+def test_row_not_multiple_of_block():
+    raises(build_gguf(META, [("w.weight", (33, 1), 8, bytes(34))]), "multiple of 32")
+
+
+def test_misaligned_data_offset():
+    data = bytearray(build_gguf([], [("n.weight", (4,), 0, F32_ROW)]))
+    pos = data.index(b"n.weight") + len(b"n.weight") + 4 + 8 + 4
+    data[pos : pos + 8] = struct.pack("<Q", 3)
+    raises(bytes(data), "aligned to 32")
+
+
+def test_missing_file_names_path(tmp_path):
+    with pytest.raises(GGUFError, match="nope.gguf"):
+        GGUFFile.open(tmp_path / "nope.gguf")
