@@ -433,3 +433,24 @@ out
         assert server.count(".gguf") == before
     finally:
         ctx.close()
+
+
+def test_a_lost_device_raises_device_lost_error(open_worker):
+    w = open_worker()
+    out = w.run(
+        """
+from webllm_py.errors import DeviceLostError
+from webllm_py.gpu.device import BufferUsage as U
+from webllm_py.host import open_device
+dev = await open_device()
+buf = dev.create_buffer(16, U.MAP_READ | U.COPY_DST, "readback")
+dev.device.destroy()
+try:
+    await dev.read_buffer(buf, 0, 4)
+    r = "no error"
+except DeviceLostError as e:
+    r = str(e)
+r
+"""
+    )
+    assert "lost" in out and "destroyed" in out

@@ -19,6 +19,7 @@ import pytest
 
 from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
+from webllm_py.kernels.probe import PROBE_WG_SIZES
 from webllm_py.kernels.registry import Kernels, Tier
 from webllm_py.model.quant import GGMLType
 
@@ -26,7 +27,7 @@ TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups.
 TUNINGS = [{}, {"gemv_wg": 16}]
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
-HEAD_DIMS = [32, 48, 64, 128]  # tests/kernels/test_attention.py; SmolLM2 has 64
+HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
 
 
 class RecordingDevice:
@@ -105,6 +106,9 @@ def kernel_matrix_variants(kern: Kernels) -> None:
             kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64
         )
     ops.Sampler(kern, logits=buf, tokens=buf, state=state, vocab=1000)
+    if kern.tier.subgroups:  # the start-up subgroup layout probe (engine.load_engine)
+        for wg in PROBE_WG_SIZES:
+            kern.pipeline("probe.wgsl", WG=wg)
 
 
 def engine_variants(kern: Kernels, gguf_path: str) -> None:
@@ -190,7 +194,7 @@ def test_variants_cover_the_engine_and_both_f32_tiers(variants):
     assert engine <= labels and len(engine) >= 20
     assert any(label.endswith("@f32-subgroups") for label in labels)
     assert any(label.endswith("@f32") for label in labels)
-    for shader in ("matmul", "attention", "embed", "sample", "repack"):
+    for shader in ("matmul", "attention", "embed", "sample", "repack", "probe"):
         assert any(label.startswith(shader + ":") for label in labels), shader
     subgroup_sources = [code for label, code in sources.items() if label.endswith("@f32-subgroups")]
     assert all(

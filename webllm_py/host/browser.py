@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import js
 from pyodide.code import run_js
-from pyodide.ffi import to_js
+from pyodide.ffi import JsException, to_js
 
 from ..errors import DeviceLimitError, DeviceLostError, GPUValidationError, WebGPUNotAvailableError
 from ..gpu.device import (
@@ -163,14 +163,27 @@ class BrowserDevice:
         self.js.submitOnce(_u32(flat), _u32(flat_copies))
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
-        data = await self._read(buffer.handle, offset, size)
+        try:
+            data = await self._read(buffer.handle, offset, size)
+        except JsException as exc:  # mapAsync rejects when the device is lost or the buffer is bad
+            self._raise_for(exc)
         self.raise_errors()
         return data.to_bytes()
 
     async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:
-        data = await self.js.readStorage(buffer.handle, offset, size)
+        try:
+            data = await self.js.readStorage(buffer.handle, offset, size)
+        except JsException as exc:
+            self._raise_for(exc)
         self.raise_errors()
         return data.to_bytes()
+
+    def _raise_for(self, exc: JsException) -> None:
+        self.raise_errors()  # the reported cause, when there is one
+        lost = self.js.lostReason()
+        if lost:
+            raise DeviceLostError(f"the WebGPU device was lost ({lost})") from exc
+        raise GPUValidationError(f"reading a GPU buffer failed: {exc}") from exc
 
     async def idle(self) -> None:
         """Wait for the GPU and for pending error reports; raise the first error (load time: shaders compiled)."""
