@@ -140,7 +140,10 @@ def server(dist):
     s.close()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop running on the main thread while it is
+# open, and every later test that calls asyncio.run() (e2e, kernels, unit run after browser/ in one pytest) would
+# fail with "asyncio.run() cannot be called from a running event loop". It closes when tests/browser/ is done.
+@pytest.fixture(scope="package")
 def playwright_instance():
     from playwright.sync_api import sync_playwright
 
@@ -158,7 +161,7 @@ def launch(playwright_instance, user_data_dir: Path, extra_args=(), webgpu: bool
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_context(playwright_instance, tmp_path_factory):
     ctx = launch(playwright_instance, tmp_path_factory.mktemp("chromium-profile"))
     yield ctx
