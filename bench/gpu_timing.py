@@ -32,6 +32,8 @@ async def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--gemv-wg", type=int, default=None)
+    ap.add_argument("--gemv-variant", default="GEMV")
+    ap.add_argument("--gemv-seg", type=int, default=8)
     args = ap.parse_args()
 
     import wgpu
@@ -47,7 +49,9 @@ async def main() -> None:
 
         model = str(smollm2_path())
     dev = await open_device(extra_features=("timestamp-query", "timestamp-query-inside-passes"))
-    tuning = {"gemv_wg": args.gemv_wg} if args.gemv_wg else None
+    tuning = None
+    if args.gemv_wg:
+        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
     eng = await load_engine("t", model, device=dev, tuning=tuning, context_window_size=args.context + 64)
     g = eng.graph
     labels = (

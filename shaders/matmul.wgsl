@@ -3,6 +3,7 @@
 // Variants (defines):
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
+//   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below).
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
@@ -141,6 +142,72 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lid == 0u) {
     epilogue_pair(row0, 0u, pos, acc.x, acc.y);
     epilogue_pair(row0 + 2u, 0u, pos, acc.z, acc.w);
+  }
+}
+#endif
+
+#ifdef GEMV_SEG
+// Decode variant without workgroup barriers (in subgroup tiers): a segment of SEG consecutive invocations computes a
+// row pair (r, r + 1), each invocation taking every SEG-th group of 4 weights of both rows, and the segment adds its
+// partials with subgroupShuffleXor. SEG is at most the device's smallest subgroup size (measured by the start-up
+// probe), so a segment never straddles two subgroups. WG / SEG row pairs per workgroup.
+// Without subgroups, the segment sums through workgroup memory (a tree of log2(SEG) barrier steps).
+const PAIRS: u32 = WG / SEG;
+
+fn seg_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
+#ifdef SUBGROUPS
+  var s = v;
+  for (var m = 1u; m < SEG; m <<= 1u) {
+    s += subgroupShuffleXor(s, m);
+  }
+  return s;
+#else
+  red_v4[lid] = vec4<f32>(v, 0.0);
+  workgroupBarrier();
+  for (var m = SEG / 2u; m > 0u; m >>= 1u) {
+    if (lid % SEG < m) {
+      red_v4[lid] += red_v4[lid + m];
+    }
+    workgroupBarrier();
+  }
+  return red_v4[lid - lid % SEG].xyz;
+#endif
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let r0 = 2u * ((wid.y * nwg.x + wid.x) * PAIRS + lid / SEG);
+  let lane = lid % SEG;
+  let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
+  let pos = S.pos + t;
+  let nb = P.k_blocks;
+  let n_quads = nb * 8u;
+  let xbase = t * (P.x_stride / 4u);
+  var acc = vec3<f32>(0.0);  // row r0, row r0 + 1, sum(x^2)
+  for (var i = lane; i < n_quads; i += SEG) {
+    var xv = x[xbase + i];
+#ifdef NORM
+    acc.z += dot(xv, xv);
+    xv *= norm_w[i];
+#endif
+    let b = i / 8u;
+    let quad = i % 8u;
+    if (r0 < P.n_rows) {
+      acc.x += dot(dequant4(r0 * nb + b, quad), xv);
+    }
+    if (r0 + 1u < P.n_rows) {
+      acc.y += dot(dequant4((r0 + 1u) * nb + b, quad), xv);
+    }
+  }
+  acc = seg_sum3(acc, lid);
+  var scale = 1.0;
+#ifdef NORM
+  scale = inverseSqrt(acc.z / f32(nb * 32u) + P.eps);
+#endif
+  if (lane == 0u) {
+    epilogue_pair(r0, 0u, pos, acc.x * scale, acc.y * scale);
   }
 }
 #endif

@@ -69,5 +69,14 @@ def test_unsupported_head_dim(kern):
 
     buf = zeros(kern, 64)
     with pytest.raises(UnsupportedModelError, match="head_dim 48"):
-        ops.attention(kern, q=buf, kv=buf, out=buf, state=state_buffer(kern, 0, 1), n_heads=2, n_kv_heads=1,
-                      head_dim=48, max_ctx=4)
+        ops.attention(
+            kern,
+            q=buf,
+            kv=buf,
+            out=buf,
+            state=state_buffer(kern, 0, 1),
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=48,
+            max_ctx=4,
+        )

@@ -201,6 +201,8 @@ def matmul(
     gemv = kern.gemv_variant
     defines: dict[str, object] = {"WG": GEMM_WG if gemm else kern.gemv_wg, "W_FMT": w.fmt, "EPI": epi}
     defines["GEMM" if gemm else gemv] = 1
+    if not gemm and gemv == "GEMV_SEG":
+        defines["SEG"] = kern.gemv_seg
     if w.s is not None:
         defines["W_SCALES"] = 1
     if norm_w is not None:
@@ -244,7 +246,7 @@ def matmul(
             return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
 
     else:
-        rows_per_wg = kern.gemv_wg if gemv == "GEMV_ROWS" else GEMV_ROWS
+        rows_per_wg = {"GEMV_ROWS": kern.gemv_wg, "GEMV_SEG": 2 * kern.gemv_wg // kern.gemv_seg}.get(gemv, GEMV_ROWS)
         fixed = fold_grid(math.ceil(w.n_rows / rows_per_wg))
 
         def grid(n_tokens: int) -> tuple[int, int, int]:

@@ -45,6 +45,7 @@ class Kernels:
         gemv_variant: str = "GEMV",
         gemv_wg: int = 64,
         attention_wg: int = 256,
+        gemv_seg: int = 8,
     ):
         self.device = device
         self.tier = tier
@@ -52,6 +53,8 @@ class Kernels:
         # "GEMV_ROWS" gives each invocation a whole row (CPU adapters, where reductions cost more than they save).
         self.gemv_variant = gemv_variant
         self.gemv_wg = gemv_wg
+        # "GEMV_SEG": invocations per row pair; at most the smallest subgroup size the probe measured.
+        self.gemv_seg = gemv_seg
         self.attention_wg = attention_wg
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
