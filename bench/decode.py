@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     ap.add_argument("--gemv-wg", type=int, default=None, help="invocations per decode GEMV workgroup")
-    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_ROWS", "GEMV_SEG"])
+    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_SEG"])
     ap.add_argument("--gemv-seg", type=int, default=8, help="GEMV_SEG: invocations per row pair")
     args = ap.parse_args()
     model = args.model

@@ -34,9 +34,7 @@ def test_matmul_store(kern, ggml_type, n, k, gemm, m):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize(
-    "variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8), ("GEMV_ROWS", 16, 8)]
-)
+@pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
 def test_gemv_variants(kern, ggml_type, variant, wg, seg):
     kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg
     check_store(kern, ggml_type, 37, 96, False, 2)
