@@ -62,7 +62,12 @@ async def bench_ours(
         "engine": "webllm_py",
         "adapter": device.info.summary(),
         "tier": engine.tier.name,
-        "tuning": {"gemv_variant": engine.kern.gemv_variant, "gemv_wg": engine.kern.gemv_wg},
+        "tuning": {
+            "gemv_variant": engine.kern.gemv_variant,
+            "gemv_wg": engine.kern.gemv_wg,
+            "gemv_seg": engine.kern.gemv_seg,
+            "attention_wg": engine.kern.attention_wg,
+        },
         "load_time_s": round(load_s, 3),
         "dispatches_per_decode_step": engine.dispatches_per_decode_step,
         "gpu_weight_bytes": engine.graph.weight_bytes,
@@ -160,14 +165,17 @@ def main() -> None:
     ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
     ap.add_argument("--gemv-wg", type=int, default=None, help="invocations per decode GEMV workgroup")
-    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_ROWS"])
+    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_SEG"])
+    ap.add_argument("--gemv-seg", type=int, default=8, help="GEMV_SEG: invocations per row pair")
     args = ap.parse_args()
     model = args.model
     if model is None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant} if args.gemv_wg else None
+    tuning = None
+    if args.gemv_wg:
+        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
     ours = asyncio.run(bench_ours(model, args.prompt_tokens, args.decode_tokens, args.tier, tuning))
     result = {"model": os.path.basename(model), "ours": ours}
     if not args.no_peer:

@@ -29,6 +29,8 @@ async def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--gemv-wg", type=int, default=None)
+    ap.add_argument("--gemv-variant", default="GEMV")
+    ap.add_argument("--gemv-seg", type=int, default=8)
     args = ap.parse_args()
     from webllm_py.engine import load_engine
     from webllm_py.host.native import open_device
@@ -40,7 +42,9 @@ async def main() -> None:
 
         model = str(smollm2_path())
     dev = await open_device()
-    tuning = {"gemv_wg": args.gemv_wg} if args.gemv_wg else None
+    tuning = None
+    if args.gemv_wg:
+        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
     eng = await load_engine(
         "p", model, device=dev, tuning=tuning, context_window_size=args.context + args.steps * 10
     )

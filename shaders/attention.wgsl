@@ -7,6 +7,11 @@
 //   values   invocations form WG / HD groups of HD; group g sums the positions j = g (mod groups), invocation d of the
 //            group owning output feature d (coalesced V loads); the groups' partials are added at the end.
 // Defines: WG (threads, a power of two, a multiple of HD), HD (head_dim, a multiple of 4), TILE (positions per tile).
+//
+// SPLIT (decode, "flash decoding"): the keys are cut into num_workgroups.z splits, one workgroup each, so a long
+// context keeps many workgroups busy; each writes its unnormalized partial (acc, m, l) and the consumer (the output
+// projection, matmul.wgsl ATTN_IN) merges the splits while it loads its input. Without SPLIT the workgroup writes the
+// normalized output.
 
 #include "common.wgsl"
 
@@ -25,7 +30,10 @@ struct Params {
 @group(0) @binding(1) var<uniform> S: State;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;     // (n_tokens, n_heads, HD) f32, RoPE applied
 @group(0) @binding(3) var<storage, read> kv: array<vec4<KV_T>>;   // (2, n_kv_heads, max_ctx, HD): K then V
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n_tokens, n_heads, HD) f32
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n_tokens, n_heads, HD) f32; SPLIT: (n_heads, splits, HD) partial acc
+#ifdef SPLIT
+@group(0) @binding(5) var<storage, read_write> ml: array<f32>;    // SPLIT: (n_heads, splits, 2) max m and sum l
+#endif
 
 const HD4: u32 = HD / 4u;
 const GROUPS: u32 = WG / HD;
@@ -35,12 +43,17 @@ var<workgroup> p_sh: array<f32, TILE>;        // this tile's scores, then softma
 var<workgroup> acc_sh: array<f32, WG>;        // the groups' partial outputs, added at the end
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
   SG_INIT
   let h = wid.x;
   let t = wid.y;
   let kvh = h / (P.n_heads / P.n_kv_heads);
   let n_keys = S.pos + t + 1u;  // causal: token t sees positions 0 .. pos + t
+  // This workgroup's keys: all of them, or one of nwg.z equal splits.
+  let split_len = (n_keys + nwg.z - 1u) / nwg.z;
+  let k_lo = min(wid.z * split_len, n_keys);
+  let k_hi = min(k_lo + split_len, n_keys);
   let k_base = kvh * P.max_ctx * HD4;                    // in vec4
   let v_base = (P.n_kv_heads + kvh) * P.max_ctx * HD;    // in elements
   for (var i = lid; i < HD4; i += WG) {
@@ -53,8 +66,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var m = -1e30;         // running max of the scores
   var l = 0.0;           // running sum of exp(score - m)
   var acc = 0.0;         // this group's partial output feature d
-  for (var p0 = 0u; p0 < n_keys; p0 += TILE) {
-    let n_in = min(TILE, n_keys - p0);
+  for (var p0 = k_lo; p0 < k_hi; p0 += TILE) {
+    let n_in = min(TILE, k_hi - p0);
     var tile_max = -1e30;
     for (var j = lid; j < n_in; j += WG) {
       let k_row = k_base + (p0 + j) * HD4;
@@ -89,6 +102,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var g = 0u; g < GROUPS; g++) {
       total += acc_sh[g * HD + lid];
     }
+#ifdef SPLIT
+    let slot = h * nwg.z + wid.z;  // decode: one token
+    out[slot * HD + lid] = total;
+    if (lid == 0u) {
+      ml[2u * slot] = m;
+      ml[2u * slot + 1u] = l;
+    }
+#else
     out[t * P.q_stride + h * HD + lid] = total / l;
+#endif
   }
 }

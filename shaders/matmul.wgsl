@@ -3,8 +3,11 @@
 // Variants (defines):
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
+//   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below).
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
+//   ATTN_IN   decode only: x is split attention output (attention.wgsl SPLIT): per head, the partial sums of
+//             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
 //   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
 //             result is scaled by 1 / sqrt(mean(x^2) + eps) at the end (the norm is linear in W x).
 //   EPI       what happens to each result:
@@ -28,7 +31,7 @@ struct Params {
   head_dim: u32,    // QKV: features per head
   max_ctx: u32,     // QKV: KV cache capacity in positions
   rope_dims: u32,   // QKV: rotated features per head (even, <= head_dim)
-  _pad0: u32,
+  n_splits: u32,    // ATTN_IN: key splits of the attention partials (head_dim gives the head size)
   _pad1: u32,
 }
 
@@ -43,6 +46,48 @@ struct Params {
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;   // (K,) f32 RMSNorm weight
 #endif
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;      // (n_tokens, out_stride) f32
+#ifdef ATTN_IN
+@group(0) @binding(9) var<storage, read> ml: array<f32>;             // (n_heads, n_splits, 2) max m, sum l
+var<workgroup> coef: array<f32, 1024>;                                // (n_heads, n_splits) merge weights
+
+// Merge weights of each head's splits: exp(m_s - M) / sum_s exp(m_s - M) l_s. Call from uniform control flow.
+fn attn_coefficients(lid: u32) {
+  let ns = P.n_splits;
+  let n_heads = P.k_blocks * 32u / P.head_dim;
+  for (var h = lid; h < n_heads; h += WG) {
+    var m_max = -1e30;
+    for (var s = 0u; s < ns; s++) {
+      m_max = max(m_max, ml[2u * (h * ns + s)]);
+    }
+    var total = 0.0;
+    for (var s = 0u; s < ns; s++) {
+      total += exp(ml[2u * (h * ns + s)] - m_max) * ml[2u * (h * ns + s) + 1u];
+    }
+    for (var s = 0u; s < ns; s++) {
+      coef[h * ns + s] = exp(ml[2u * (h * ns + s)] - m_max) / total;
+    }
+  }
+  workgroupBarrier();
+}
+#endif
+
+// Activations i*4 .. i*4+3 of the token whose row starts at vec4 index xbase.
+fn load_x(xbase: u32, i: u32) -> vec4<f32> {
+#ifdef ATTN_IN
+  let ns = P.n_splits;
+  let hd = P.head_dim;
+  let k0 = 4u * i;
+  let h = k0 / hd;
+  var v = vec4<f32>(0.0);
+  for (var s = 0u; s < ns; s++) {
+    v += coef[h * ns + s] * x[((h * ns + s) * hd + k0 % hd) / 4u];
+  }
+  return v;
+#else
+  return x[xbase + i];
+#endif
+}
+
 #if EPI == QKV
 @group(0) @binding(7) var<storage, read_write> kv: array<KV_T>;      // (2, n_kv_heads, max_ctx, head_dim): K then V
 @group(0) @binding(8) var<storage, read> rope_freq: array<f32>;      // (rope_dims / 2,) inverse frequencies
@@ -115,13 +160,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let pos = S.pos + t;
   let nb = P.k_blocks;
   let xbase = t * (P.x_stride / 4u);
+#ifdef ATTN_IN
+  attn_coefficients(lid);
+#endif
   var acc = vec4<f32>(0.0);
   var ssq = 0.0;
   for (var b = lid; b < nb; b += WG) {
     var xb: array<vec4<f32>, 8>;
     var xsum = 0.0;
     for (var i = 0u; i < 8u; i++) {
-      var v = x[xbase + b * 8u + i];
+      var v = load_x(xbase, b * 8u + i);
 #ifdef NORM
       ssq += dot(v, v);
       v *= norm_w[b * 8u + i];
@@ -145,50 +193,71 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 #endif
 
-#ifdef GEMV_ROWS
-// Decode variant for CPU adapters (lavapipe) and other SIMD-across-invocations devices: one row per invocation,
-// no reduction in the inner loop; WG rows per workgroup. The activations are read by every invocation (cached).
-var<workgroup> row_out: array<f32, WG>;
+#ifdef GEMV_SEG
+// Decode variant without workgroup barriers (in subgroup tiers): a segment of SEG consecutive invocations computes a
+// row pair (r, r + 1), each invocation taking every SEG-th group of 4 weights of both rows, and the segment adds its
+// partials with subgroupShuffleXor. SEG is at most the device's smallest subgroup size (measured by the start-up
+// probe), so a segment never straddles two subgroups. WG / SEG row pairs per workgroup.
+// Without subgroups, the segment sums through workgroup memory (a tree of log2(SEG) barrier steps).
+const PAIRS: u32 = WG / SEG;
+
+fn seg_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
+#ifdef SUBGROUPS
+  var s = v;
+  for (var m = 1u; m < SEG; m <<= 1u) {
+    s += subgroupShuffleXor(s, m);
+  }
+  return s;
+#else
+  red_v4[lid] = vec4<f32>(v, 0.0);
+  workgroupBarrier();
+  for (var m = SEG / 2u; m > 0u; m >>= 1u) {
+    if (lid % SEG < m) {
+      red_v4[lid] += red_v4[lid + m];
+    }
+    workgroupBarrier();
+  }
+  return red_v4[lid - lid % SEG].xyz;
+#endif
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32 SG_ARGS) {
   SG_INIT
-  let row0 = (wid.y * nwg.x + wid.x) * WG;
-  let row = row0 + lid;
+  let r0 = 2u * ((wid.y * nwg.x + wid.x) * PAIRS + lid / SEG);
+  let lane = lid % SEG;
   let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
   let pos = S.pos + t;
   let nb = P.k_blocks;
+  let n_quads = nb * 8u;
   let xbase = t * (P.x_stride / 4u);
-  var scale = 1.0;
-#ifdef NORM
-  var ssq = 0.0;
-  for (var i = lid; i < nb * 8u; i += WG) {
-    let v = x[xbase + i];
-    ssq += dot(v, v);
-  }
-  scale = inverseSqrt(wg_sum(ssq, lid) / f32(nb * 32u) + P.eps);
+#ifdef ATTN_IN
+  attn_coefficients(lid);
 #endif
-  var acc = 0.0;
-  if (row < P.n_rows) {
-    for (var b = 0u; b < nb; b++) {
-      var xb: array<vec4<f32>, 8>;
-      var xsum = 0.0;
-      for (var i = 0u; i < 8u; i++) {
-        var v = x[xbase + b * 8u + i];
+  var acc = vec3<f32>(0.0);  // row r0, row r0 + 1, sum(x^2)
+  for (var i = lane; i < n_quads; i += SEG) {
+    var xv = load_x(xbase, i);
 #ifdef NORM
-        v *= norm_w[b * 8u + i];
+    acc.z += dot(xv, xv);
+    xv *= norm_w[i];
 #endif
-        xb[i] = v;
-        xsum += v.x + v.y + v.z + v.w;
-      }
-      acc += block_dot(row * nb + b, &xb, xsum);
+    let b = i / 8u;
+    let quad = i % 8u;
+    if (r0 < P.n_rows) {
+      acc.x += dot(dequant4(r0 * nb + b, quad), xv);
+    }
+    if (r0 + 1u < P.n_rows) {
+      acc.y += dot(dequant4((r0 + 1u) * nb + b, quad), xv);
     }
   }
-  row_out[lid] = acc * scale;
-  workgroupBarrier();
-  if (lid % 2u == 0u) {
-    epilogue_pair(row, 0u, pos, row_out[lid], row_out[lid + 1u]);
+  acc = seg_sum3(acc, lid);
+  var scale = 1.0;
+#ifdef NORM
+  scale = inverseSqrt(acc.z / f32(nb * 32u) + P.eps);
+#endif
+  if (lane == 0u) {
+    epilogue_pair(r0, 0u, pos, acc.x * scale, acc.y * scale);
   }
 }
 #endif

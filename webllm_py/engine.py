@@ -292,6 +292,8 @@ async def load_engine(
                 kern = Kernels(
                     device, Tier(f16=kern.tier.f16, subgroups=False), **(tuning or default_tuning(device))
                 )
+            else:  # a GEMV_SEG segment must fit in the smallest subgroup
+                kern.gemv_seg = min(kern.gemv_seg, probe.min_size)
         graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         await graph.load(gguf, progress)
         graph.check_limits()

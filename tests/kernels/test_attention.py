@@ -69,5 +69,72 @@ def test_unsupported_head_dim(kern):
 
     buf = zeros(kern, 64)
     with pytest.raises(UnsupportedModelError, match="head_dim 48"):
-        ops.attention(kern, q=buf, kv=buf, out=buf, state=state_buffer(kern, 0, 1), n_heads=2, n_kv_heads=1,
-                      head_dim=48, max_ctx=4)
+        ops.attention(
+            kern,
+            q=buf,
+            kv=buf,
+            out=buf,
+            state=state_buffer(kern, 0, 1),
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=48,
+            max_ctx=4,
+        )
+
+
+@pytest.mark.parametrize("n_splits", [1, 3, 16])
+@pytest.mark.parametrize("pos0", [0, 5, 200, 1100])
+@pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG"])
+def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv):
+    """Decode: flash-decoding splits write partials; the output projection merges them while loading its input."""
+    from webllm_py.model.quant import GGMLType
+
+    from .quantize import dequantize, quantize
+
+    heads, kv_heads, hd, n_out = 6, 2, 64, 40
+    max_ctx = pos0 + 8
+    kern.gemv_variant = gemv
+    rng = np.random.default_rng(pos0 * 7 + n_splits)
+    kv_dtype = np.float16 if kern.tier.f16 else np.float32
+    k_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
+    v_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
+    q = (rng.standard_normal((1, heads, hd)) * 2).astype(np.float32)
+    state = state_buffer(kern, pos0, 1)
+    part = zeros(kern, heads * n_splits * hd * 4)
+    ml = zeros(kern, heads * n_splits * 2 * 4)
+    att = ops.attention(
+        kern,
+        q=upload(kern, q),
+        kv=upload(kern, np.stack([k_cache, v_cache])),
+        out=part,
+        state=state,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        head_dim=hd,
+        max_ctx=max_ctx,
+        ml=ml,
+        n_splits=n_splits,
+    )
+    w = rng.standard_normal((n_out, heads * hd)).astype(np.float32)
+    raw = quantize(w, GGMLType.Q8_0)
+    weight = ops.alloc_weight(kern, GGMLType.Q8_0, n_out, heads * hd, "wo")
+    ops.Repacker(kern).upload(weight, GGMLType.Q8_0, raw, n_out)
+    out = zeros(kern, n_out * 4)
+    proj = ops.matmul(
+        kern,
+        w=weight,
+        x=part,
+        out=out,
+        state=state,
+        epi="STORE",
+        gemm=False,
+        head_dim=hd,
+        attn_ml=ml,
+        n_splits=n_splits,
+    )
+    kern.device.submit([att.dispatch(1), proj.dispatch(1)])
+    got = download(kern, out, np.float32, n_out)
+    want = dequantize(raw, GGMLType.Q8_0, w.shape).astype(np.float64) @ attention_ref(
+        q, k_cache, v_cache, pos0, kv_heads
+    ).reshape(-1)
+    assert_close(got, want, 1e-5, f"split attention x{n_splits} at {pos0}")

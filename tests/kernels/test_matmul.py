@@ -30,6 +30,18 @@ def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
 @pytest.mark.parametrize("n,k", [(37, 96), (75, 160), (6, 32)])
 @pytest.mark.parametrize("gemm,m", [(False, 1), (False, 3), (True, 1), (True, 5), (True, 33), (True, 70)])
 def test_matmul_store(kern, ggml_type, n, k, gemm, m):
+    check_store(kern, ggml_type, n, k, gemm, m)
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
+def test_gemv_variants(kern, ggml_type, variant, wg, seg):
+    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg
+    check_store(kern, ggml_type, 37, 96, False, 2)
+    check_store(kern, ggml_type, 6, 32, False, 1)
+
+
+def check_store(kern, ggml_type, n, k, gemm, m):
     rng = np.random.default_rng(n * 1000 + k + m)
     weight, ref = make_weight(kern, rng, ggml_type, n, k)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -48,9 +60,12 @@ def test_matmul_store(kern, ggml_type, n, k, gemm, m):
 
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F32], ids=lambda t: t.name)
-@pytest.mark.parametrize("gemm,m", [(False, 1), (True, 7), (True, 40)])
-def test_matmul_norm_add(kern, ggml_type, gemm, m):
+@pytest.mark.parametrize(
+    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (True, 7, ""), (True, 40, "")]
+)
+def test_matmul_norm_add(kern, ggml_type, gemm, m, gemv):
     """RMSNorm folded into the product, residual add in the epilogue: out += W (x * nw / rms(x))."""
+    kern.gemv_variant = gemv or kern.gemv_variant
     n, k, eps = 45, 128, 1e-5
     rng = np.random.default_rng(7 + m)
     weight, ref = make_weight(kern, rng, ggml_type, n, k)
@@ -79,9 +94,10 @@ def test_matmul_norm_add(kern, ggml_type, gemm, m):
         assert_close(got[:1], (want[m - 1] - resid[m - 1] + resid[0])[None], REL, "norm+add")
 
 
-@pytest.mark.parametrize("gemm,m", [(False, 1), (True, 9)])
-def test_matmul_silu(kern, gemm, m):
+@pytest.mark.parametrize("gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, "")])
+def test_matmul_silu(kern, gemm, m, gemv):
     """Gate and up rows interleaved by the repack (dst rows 2i and 2i+1); out = silu(gate) * up."""
+    kern.gemv_variant = gemv or kern.gemv_variant
     n_ff, k = 37, 64
     rng = np.random.default_rng(11)
     gate = rng.standard_normal((n_ff, k)).astype(np.float32)
@@ -118,9 +134,19 @@ def rope_ref(v: np.ndarray, pos: np.ndarray, freqs: np.ndarray, head_dim: int) -
     return out.reshape(m, -1)
 
 
-@pytest.mark.parametrize("gemm,m,pos0", [(False, 1, 0), (False, 1, 517), (True, 6, 0), (True, 37, 300)])
-def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0):
+@pytest.mark.parametrize(
+    "gemm,m,pos0,gemv",
+    [
+        (False, 1, 0, "GEMV"),
+        (False, 1, 517, "GEMV"),
+        (False, 1, 517, "GEMV_SEG"),
+        (True, 6, 0, ""),
+        (True, 37, 300, ""),
+    ],
+)
+def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
+    kern.gemv_variant = gemv or kern.gemv_variant
     n_heads, n_kv_heads, hd, k, max_ctx = 3, 1, 32, 64, 640
     nq, nkv = n_heads * hd, n_kv_heads * hd
     rng = np.random.default_rng(pos0 + m)

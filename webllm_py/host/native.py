@@ -159,12 +159,14 @@ async def open_device(
     use_f16: bool | None = None,
     use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
+    extra_features: tuple[str, ...] = (),
 ) -> NativeDevice:
     """Open the best WebGPU adapter on this machine.
 
     ``use_f16`` / ``use_subgroups``: None takes the feature when the adapter has it, False refuses it (to test the
     f32 or no-subgroup tiers on an adapter that has them), True requires it. ``spec_default_limits`` asks for
     WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
+    ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools).
     """
     adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
     if adapter is None:
@@ -183,7 +185,7 @@ async def open_device(
     has_f16 = has_f16 if use_f16 is None else bool(use_f16)
     has_subgroups = has_subgroups if use_subgroups is None else bool(use_subgroups)
 
-    required_features = []
+    required_features = list(extra_features)
     if has_f16:
         required_features.append("shader-f16")
     if has_subgroups:

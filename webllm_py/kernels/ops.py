@@ -18,7 +18,7 @@ from . import params
 from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, Kernels
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
-GEMV_ROWS = 4  # rows per GEMV workgroup (R in matmul.wgsl)
+GEMV_ROWS_PER_WG = 4  # R in matmul.wgsl's GEMV variant
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
 GEMM_WG = 64
 REPACK_WG = 64
@@ -195,16 +195,26 @@ def matmul(
     head_dim: int = 0,
     max_ctx: int = 0,
     rope_dims: int = 0,
+    attn_ml: Buffer | None = None,
+    n_splits: int = 0,
     label: str = "matmul",
 ) -> Launch:
-    """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants."""
+    """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants.
+
+    With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
+    (max, sum) pairs in ``attn_ml``, merged as they are loaded."""
     gemv = kern.gemv_variant
     defines: dict[str, object] = {"WG": GEMM_WG if gemm else kern.gemv_wg, "W_FMT": w.fmt, "EPI": epi}
     defines["GEMM" if gemm else gemv] = 1
+    if not gemm and gemv == "GEMV_SEG":
+        defines["SEG"] = kern.gemv_seg
     if w.s is not None:
         defines["W_SCALES"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
+    if attn_ml is not None:
+        assert not gemm and head_dim and n_splits, "split attention input is a decode (GEMV) feature"
+        defines["ATTN_IN"] = 1
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
         out_stride = {"SILU": w.n_rows // 2, "QKV": n_q}.get(epi, w.n_rows)
@@ -223,6 +233,7 @@ def matmul(
             head_dim=head_dim,
             max_ctx=max_ctx,
             rope_dims=rope_dims,
+            n_splits=n_splits,
         ),
         _whole(1, state),
         _whole(2, x),
@@ -236,6 +247,8 @@ def matmul(
     if epi == "QKV":
         assert kv is not None and rope_freq is not None
         entries += [_whole(7, kv), _whole(8, rope_freq)]
+    if attn_ml is not None:
+        entries.append(_whole(9, attn_ml))
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
         row_tiles = math.ceil(w.n_rows / GEMM_TILE)
@@ -244,7 +257,7 @@ def matmul(
             return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
 
     else:
-        rows_per_wg = kern.gemv_wg if gemv == "GEMV_ROWS" else GEMV_ROWS
+        rows_per_wg = 2 * kern.gemv_wg // kern.gemv_seg if gemv == "GEMV_SEG" else GEMV_ROWS_PER_WG
         fixed = fold_grid(math.ceil(w.n_rows / rows_per_wg))
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
@@ -264,12 +277,19 @@ def attention(
     n_kv_heads: int,
     head_dim: int,
     max_ctx: int,
+    ml: Buffer | None = None,
+    n_splits: int = 1,
     label: str = "attention",
 ) -> Launch:
+    """Causal GQA attention. With ``ml`` (decode), the keys are cut into ``n_splits`` splits: ``out`` receives
+    (n_heads, n_splits, head_dim) partial sums and ``ml`` their (max, sum) pairs, for matmul(attn_ml=...)."""
     if head_dim % 4 or head_dim > 256 or 256 % head_dim:
-        raise UnsupportedModelError(f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)")
+        raise UnsupportedModelError(
+            f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)"
+        )
     wg = max(kern.attention_wg, head_dim)
-    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, TILE=ATTENTION_TILE)
+    split = {"SPLIT": 1} if ml is not None else {}
+    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, TILE=ATTENTION_TILE, **split)
     entries = [
         _uniform_entry(
             kern,
@@ -286,8 +306,12 @@ def attention(
         _whole(3, kv),
         _whole(4, out),
     ]
+    if ml is not None:
+        entries.append(_whole(5, ml))
+    else:
+        n_splits = 1
     bg = kern.device.create_bind_group(pipe, entries, label)
-    return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, 1), label)
+    return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, n_splits), label)
 
 
 def embed(

@@ -51,7 +51,7 @@ MATMUL = _spec(
     "head_dim:u32",
     "max_ctx:u32",
     "rope_dims:u32",
-    "_pad0:u32",
+    "n_splits:u32",
     "_pad1:u32",
 )
 ATTENTION = _spec(

@@ -45,14 +45,20 @@ class Kernels:
         gemv_variant: str = "GEMV",
         gemv_wg: int = 64,
         attention_wg: int = 256,
+        gemv_seg: int = 8,
+        attention_splits: int = 16,
     ):
         self.device = device
         self.tier = tier
-        # Decode matrix-vector kernel: "GEMV" splits K over a workgroup of gemv_wg invocations (GPUs);
-        # "GEMV_ROWS" gives each invocation a whole row (CPU adapters, where reductions cost more than they save).
+        # Decode matrix-vector kernel: "GEMV" splits K over a workgroup of gemv_wg invocations, four rows each;
+        # "GEMV_SEG" gives each row pair a segment of gemv_seg invocations and sums it with subgroup shuffles.
         self.gemv_variant = gemv_variant
         self.gemv_wg = gemv_wg
+        # "GEMV_SEG": invocations per row pair; at most the smallest subgroup size the probe measured.
+        self.gemv_seg = gemv_seg
         self.attention_wg = attention_wg
+        # Key splits of decode attention (flash decoding): more workgroups for long contexts.
+        self.attention_splits = attention_splits
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 
@@ -106,5 +112,5 @@ def default_tuning(device: Device) -> dict[str, object]:
     info = device.info
     text = f"{info.vendor} {info.device} {info.description} {info.extra.get('adapter_type', '')}".lower()
     if any(k in text for k in ("llvmpipe", "lavapipe", "swiftshader", "cpu")):
-        return {"gemv_wg": 16, "attention_wg": 64}
+        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2}
     return {}

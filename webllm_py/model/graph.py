@@ -67,7 +67,12 @@ class LlamaGraph:
         # Activations, (tokens, features) row-major f32.
         self.x = dev.create_buffer(C * H * 4, STORAGE, "x")  # (C, H) residual stream
         self.q = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "q")  # (C, n_heads * head_dim) RoPE'd queries
-        self.attn = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "attn")  # (C, n_heads * head_dim)
+        # (C, n_heads * head_dim) in prefill; decode: (n_heads, splits, head_dim) partial sums of the key splits
+        splits = self.kern.attention_splits
+        self.attn = dev.create_buffer(max(C, splits) * cfg.q_size * 4, STORAGE, "attn")
+        self.attn_ml = dev.create_buffer(
+            cfg.n_heads * splits * 2 * 4, STORAGE, "attn_ml"
+        )  # (n_heads, splits, 2)
         self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) silu(gate) * up
         self.logits = dev.create_buffer(
             cfg.vocab_size * 4, STORAGE, "logits"
@@ -209,6 +214,10 @@ class LlamaGraph:
 
             def layer_launches(gemm: bool, L: Layer = L, i: int = i) -> tuple[ops.Launch, ...]:
                 tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
+                # Decode splits the keys over several workgroups (flash decoding) and the output projection merges
+                # the splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
+                split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
+                merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": self.kern.attention_splits}
                 return (
                     ops.matmul(
                         k,
@@ -234,10 +243,20 @@ class LlamaGraph:
                         n_kv_heads=cfg.n_kv_heads,
                         head_dim=cfg.head_dim,
                         max_ctx=self.max_ctx,
-                        label=f"blk.{i}.attn",
+                        label=f"{tag}.attn",
+                        **split,
                     ),
                     ops.matmul(
-                        k, w=L.o, x=self.attn, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.o"
+                        k,
+                        w=L.o,
+                        x=self.attn,
+                        out=self.x,
+                        state=st,
+                        epi="ADD",
+                        gemm=gemm,
+                        head_dim=cfg.head_dim,
+                        label=f"{tag}.o",
+                        **merge,
                     ),
                     ops.matmul(
                         k,

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""GPU time of each kernel in a decode step, from timestamps written between dispatches (wgpu-native only).
+
+    python3 bench/gpu_timing.py [--model PATH] [--context 128] [--gemv-wg N]
+
+Prints JSON: GPU microseconds per kernel group for one decode step (median over --repeats steps), the GPU time of the
+whole step, and the host time to encode and submit a step. Needs the adapter features "timestamp-query" and
+"timestamp-query-inside-passes" (Vulkan and lavapipe have them). Timestamps between dependent dispatches include
+the barrier and launch gap, so a group's time is what it costs in the step, not its kernel alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import struct
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--gemv-wg", type=int, default=None)
+    ap.add_argument("--gemv-variant", default="GEMV")
+    ap.add_argument("--gemv-seg", type=int, default=8)
+    args = ap.parse_args()
+
+    import wgpu
+    from wgpu.backends.wgpu_native.extras import write_timestamp
+
+    from webllm_py.engine import load_engine
+    from webllm_py.host.native import open_device
+    from webllm_py.kernels.params import pack_state
+
+    model = args.model
+    if model is None:
+        from tests.e2e.model_path import smollm2_path
+
+        model = str(smollm2_path())
+    dev = await open_device(extra_features=("timestamp-query", "timestamp-query-inside-passes"))
+    tuning = None
+    if args.gemv_wg:
+        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
+    eng = await load_engine("t", model, device=dev, tuning=tuning, context_window_size=args.context + 64)
+    g = eng.graph
+    labels = (
+        ["embed"]
+        + [x for _ in g.layers for x in ("qkv", "attn", "o", "ffn1", "ffn2")]
+        + ["lm_head", "sample"]
+    )
+    steps = g.decode_dispatches
+    n = len(steps)
+    qs = dev.device.create_query_set(type="timestamp", count=n + 1)
+    out_buf = dev.device.create_buffer(
+        size=8 * (n + 1), usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+    )
+
+    per_group: dict[str, list[float]] = defaultdict(list)
+    totals = []
+    for _ in range(args.repeats):
+        dev.write_buffer(g.state, 0, pack_state(args.context, 1, 0))
+        enc = dev.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        write_timestamp(cpass, qs, 0)
+        for i, (pipe, bg, x, y, z) in enumerate(steps):
+            cpass.set_pipeline(pipe)
+            cpass.set_bind_group(0, bg)
+            cpass.dispatch_workgroups(x, y, z)
+            write_timestamp(cpass, qs, i + 1)
+        cpass.end()
+        enc.resolve_query_set(qs, 0, n + 1, out_buf, 0)
+        dev.queue.submit([enc.finish()])
+        ts = struct.unpack(f"<{n + 1}Q", bytes(dev.queue.read_buffer(out_buf)))
+        sums: dict[str, float] = defaultdict(float)
+        for i, lab in enumerate(labels):
+            sums[lab] += (ts[i + 1] - ts[i]) / 1e3  # ns -> us
+        for k, v in sums.items():
+            per_group[k].append(v)
+        totals.append((ts[-1] - ts[0]) / 1e3)
+
+    # Host side: encode + submit of one step with the engine's own submit (no waiting on the GPU).
+    t = time.perf_counter()
+    for _ in range(50):
+        dev.submit(steps)
+    host_us = (time.perf_counter() - t) / 50 * 1e6
+    await dev.read_storage(g.state, 0, 4)
+    result = {
+        "adapter": dev.info.summary(),
+        "tier": eng.tier.name,
+        "context": args.context,
+        "dispatches": n,
+        "gpu_us_per_step": round(statistics.median(totals), 1),
+        "gpu_us_by_group": {k: round(statistics.median(v), 1) for k, v in per_group.items()},
+        "gpu_us_per_dispatch_by_group": {
+            k: round(statistics.median(v) / labels.count(k), 2) for k, v in per_group.items()
+        },
+        "host_us_encode_submit_per_step": round(host_us, 1),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
