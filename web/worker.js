@@ -58,6 +58,9 @@ async function loadConfig() {
     packages: config.packages || ["micropip"],
     wheels: wheels.map((w) => new URL(w, base).href),
     handler: params.get("handler") || config.handler || "webllm_py.worker.handler",
+    // The site's model list: the engine's app config until a page sends its own (relative model URLs are
+    // relative to this worker script, like the config file next to it).
+    appConfig: config.appConfig ? JSON.stringify(config.appConfig) : null,
   };
 }
 
@@ -74,7 +77,7 @@ async function boot() {
   }
   micropip.destroy();
   const entry = pyodide.pyimport("webllm_py.host.worker_entry");
-  entry.start(config.handler); // replaces self.onmessage
+  entry.start.callKwargs(config.handler, { app_config_json: config.appConfig }); // replaces self.onmessage
   entry.destroy();
   bootProgress(1, `Python runtime ready (${((performance.now() - started) / 1000).toFixed(1)} s)`);
   for (const data of pending.splice(0)) self.dispatchEvent(new MessageEvent("message", { data }));

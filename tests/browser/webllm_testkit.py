@@ -52,7 +52,7 @@ class Handler:
         self.post({"kind": "return", "uuid": uuid, "content": value})
 
 
-def create_handler(post):
+def create_handler(post, app_config=None):  # the site app config is not used by the testkit
     return Handler(post)
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import js
-from pyodide.ffi import JsProxy, create_proxy, to_js
+from pyodide.ffi import JsProxy, create_proxy
 
 DEFAULT_HANDLER = "webllm_py.worker.handler"
 
@@ -35,21 +36,31 @@ _listener = None  # the create_proxy'd onmessage function (kept alive for the wo
 
 
 def post(obj: dict[str, Any]) -> None:
-    """Send ``obj`` to the page: dicts become plain JS objects, lists arrays, None undefined."""
-    js.postMessage(to_js(obj, dict_converter=js.Object.fromEntries))
+    """Send ``obj`` to the page as plain JSON values: dicts become objects, lists arrays, None null (OpenAI's shapes
+    say ``"finish_reason": null``, which ``to_js`` would turn into undefined)."""
+    js.postMessage(js.JSON.parse(json.dumps(obj)))
 
 
 def to_python(data: Any) -> Any:
-    """A message's ``event.data`` as Python values (primitives already arrive as Python values)."""
-    return data.to_py() if isinstance(data, JsProxy) else data
+    """A message's ``event.data`` as Python values: JSON objects become dicts and null None (not ``jsnull``)."""
+    return json.loads(js.JSON.stringify(data)) if isinstance(data, JsProxy) else data
 
 
 def start(
-    handler_module: str = DEFAULT_HANDLER, post_message: Callable[[dict[str, Any]], None] = post
+    handler_module: str = DEFAULT_HANDLER,
+    post_message: Callable[[dict[str, Any]], None] = post,
+    app_config_json: str | None = None,
 ) -> Any:
-    """Create the handler and make it this worker's ``onmessage``. Returns the handler (tests inspect it)."""
+    """Create the handler and make it this worker's ``onmessage``. Returns the handler (tests inspect it).
+
+    ``app_config_json``: the site's model list (``appConfig`` of the worker config, as JSON), the engine's app config
+    until a page sends its own; pages that name a model without an app config get it from there."""
     global _listener
-    handler = importlib.import_module(handler_module).create_handler(post_message)
+    create = importlib.import_module(handler_module).create_handler
+    if app_config_json:
+        handler = create(post_message, app_config=json.loads(app_config_json))
+    else:
+        handler = create(post_message)
 
     async def dispatch(msg: Any) -> None:
         try:
