@@ -243,22 +243,20 @@ class LlamaGraph:
     ) -> ops.Launch:
         """The launch of one of the model's matrix products: role "qkv", "o", "ffn1", "ffn2" of ``layer``, or
         "lm_head". ``gemv`` overrides the decode kernel shape (tuning measures candidates through this)."""
-        cfg, k, st, eps = self.cfg, self.kern, self.state, self.cfg.norm_eps
+        cfg, k = self.cfg, self.kern
         gemv = gemv or (None if gemm else k.gemv_roles.get(role))
         tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}" if layer is not None else role
+        common = dict(state=self.state, gemm=gemm, gemv=gemv, label=tag)
+        normed = dict(eps=cfg.norm_eps, **common)  # RMSNorm folded in: norm_w given below
         if role == "lm_head":
             return ops.matmul(
                 k,
                 w=self.lm_head,
                 x=self.x,
                 out=self.logits,
-                state=st,
                 epi="STORE",
-                gemm=False,
                 norm_w=self.output_norm,
-                eps=eps,
-                gemv=gemv,
-                label=tag,
+                **{**normed, "gemm": False},
             )
         L = self.layers[layer]
         if role == "qkv":
@@ -267,11 +265,8 @@ class LlamaGraph:
                 w=L.qkv,
                 x=self.x,
                 out=self.q,
-                state=st,
                 epi="QKV",
-                gemm=gemm,
                 norm_w=L.attn_norm,
-                eps=eps,
                 kv=L.kv,
                 n_q=cfg.q_size,
                 n_kv=cfg.kv_size,
@@ -279,42 +274,17 @@ class LlamaGraph:
                 max_ctx=self.max_ctx,
                 rope_dims=cfg.rope_dims,
                 rope_freq=self.rope_freq,
-                gemv=gemv,
-                label=tag,
+                **normed,
             )
         if role == "o":
             merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": k.attention_splits}
             return ops.matmul(
-                k,
-                w=L.o,
-                x=self.attn,
-                out=self.x,
-                state=st,
-                epi="ADD",
-                gemm=gemm,
-                head_dim=cfg.head_dim,
-                gemv=gemv,
-                label=tag,
-                **merge,
+                k, w=L.o, x=self.attn, out=self.x, epi="ADD", head_dim=cfg.head_dim, **merge, **common
             )
         if role == "ffn1":
-            return ops.matmul(
-                k,
-                w=L.gate_up,
-                x=self.x,
-                out=self.h,
-                state=st,
-                epi="SILU",
-                gemm=gemm,
-                norm_w=L.ffn_norm,
-                eps=eps,
-                gemv=gemv,
-                label=tag,
-            )
+            return ops.matmul(k, w=L.gate_up, x=self.x, out=self.h, epi="SILU", norm_w=L.ffn_norm, **normed)
         if role == "ffn2":
-            return ops.matmul(
-                k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, gemv=gemv, label=tag
-            )
+            return ops.matmul(k, w=L.down, x=self.h, out=self.x, epi="ADD", **common)
         raise ValueError(f"unknown matrix role {role!r}")
 
     def forward(self, n_tokens: int, *, sample: bool) -> list[Dispatch]:
