@@ -51,7 +51,9 @@ def adjust(
     lg = np.asarray(logits, dtype=np.float64).copy()
     for i, b in logit_bias:
         lg[i] += b
-    if counts is not None and (presence_penalty != 0.0 or frequency_penalty != 0.0 or repetition_penalty != 1.0):
+    if counts is not None and (
+        presence_penalty != 0.0 or frequency_penalty != 0.0 or repetition_penalty != 1.0
+    ):
         seen = counts > 0
         pen = lg[seen] - (presence_penalty + counts[seen] * frequency_penalty)
         lg[seen] = np.where(pen < 0, pen * repetition_penalty, pen / repetition_penalty)

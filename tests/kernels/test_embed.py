@@ -30,4 +30,3 @@ def test_embed(kern, ggml_type):
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * h).reshape(m, h)
     assert_close(got, dequantize(raw, ggml_type, (vocab, h))[ids], 0.0, "embedding rows")
-

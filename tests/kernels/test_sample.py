@@ -237,4 +237,3 @@ def test_state_buffer_is_uniform_and_storage(kern):
     # The state is read as a uniform by every kernel and written as storage by the sampler.
     buf = state_buffer(kern, 0, 1)
     assert buf.usage & BufferUsage.UNIFORM and buf.usage & STORAGE == STORAGE
-

@@ -491,7 +491,7 @@ def test_sync_engine(world):
         assert engine.getMessage() == "a"
         assert engine.runtimeStatsText().startswith("prefill: ")
         with pytest.raises(errors.UnsupportedFieldError):
-            engine.chat.completions.create(messages=USER, logprobs=True)
+            engine.chat.completions.create(messages=USER, response_format={"type": "json_object"})
     assert world.loaded[0].unloaded
     engine.close()  # twice is fine
 
