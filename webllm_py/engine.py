@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .conversation import ChatTemplate, get_chat_template
@@ -67,6 +67,9 @@ class GenerationStats:
     completion_tokens: int = 0
     prefill_time_s: float = 0.0  # request start -> first token id on the host (prefill + first sample)
     decode_time_s: float = 0.0  # first token -> last token on the host
+    token_times_s: list[float] = field(
+        default_factory=list
+    )  # host seconds before each token id (latency breakdown)
     time_to_first_token_s: float = 0.0
     e2e_latency_s: float = 0.0
 
@@ -179,7 +182,7 @@ class Generation:
             if self.max_new > 1:
                 dev.submit(graph.decode_dispatches, copies(1))
                 submitted = 2
-            first_token_at = 0.0
+            first_token_at = last_at = 0.0
             for i in range(self.max_new):
                 data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
                 token = struct.unpack("<I", data)[0]
@@ -189,6 +192,8 @@ class Generation:
                     self.logprobs.append((token, logprob, top))
                 read.append(token)
                 now = time.perf_counter()
+                self.stats.token_times_s.append(now - (last_at or start))
+                last_at = now
                 if i == 0:
                     first_token_at = now
                     self.stats.time_to_first_token_s = now - start

@@ -149,7 +149,21 @@ class InvalidMessagesError(InvalidRequestError):
 
 
 class SpecifiedModelNotFoundError(InvalidRequestError):
-    """The request's ``model`` names a model other than the one this engine has loaded."""
+    """The request's ``model`` names a model this engine has not loaded."""
+
+    field = "model"
+
+
+class UnclearModelToUseError(InvalidRequestError):
+    """Several models are loaded and the request's ``model`` does not say which one to use."""
+
+    field = "model"
+
+
+class ReloadModelIdNotUniqueError(InvalidRequestError):
+    """``reload()`` was given the same model id more than once."""
+
+    field = "model_id"
 
 
 # ---- model files (download.py) --------------------------------------------------------------------------------------

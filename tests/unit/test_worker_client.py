@@ -326,8 +326,12 @@ def test_engine_methods(world):
         with pytest.raises(ValueError, match="log level"):
             await engine.setLogLevel("LOUD")
         await engine.setLogLevel("WARN")
-        with pytest.raises(errors.UnsupportedEndpointError, match="chat.completions.create"):
-            await engine.completions.create(prompt="Once upon")
+        text = await engine.completions.create(prompt="Once upon", max_tokens=2, echo=True)
+        out["text"] = (type(text).__name__, text.choices[0].text)
+        streamed = await engine.completions.create(prompt="Once", stream=True)
+        out["text_stream"] = "".join([c.choices[0].text async for c in streamed if c.choices])
+        with pytest.raises(errors.UnsupportedFieldError, match="suffix"):
+            await engine.completions.create(prompt="Once upon", suffix="end")
         return out
 
     out = run(go())
@@ -473,7 +477,8 @@ out.afterBreak = (await engine.chat.completions.create({ messages })).choices[0]
 out.message = await engine.getMessage();
 out.stats = await engine.runtimeStatsText();
 out.models = (await engine.getAppConfig()).model_list.map((r) => r.model_id);
-try { await engine.completions.create({ prompt: "Once" }); } catch (e) { out.completions = e.name; }
+out.completions = (await engine.completions.create({ prompt: "Once", max_tokens: 3 })).choices[0].text;
+try { await engine.completions.create({ prompt: "Once", best_of: 2 }); } catch (e) { out.bestOf = [e.name, e.field]; }
 try { await engine.getGPUVendor(); } catch (e) { out.vendor = e.name; }
 try { await engine.reload("nope"); } catch (e) { out.reload = [e.name, engine.modelId]; }
 await engine.resetChat();
@@ -542,7 +547,8 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert interrupts[0] is None and set(interrupts[1]) == {"streamId"}  # engine-wide, then the broken stream
     assert out["message"] == alphabet and out["stats"].startswith("prefill: ")
     assert out["models"] == ["fake-model", "other-model"]
-    assert out["completions"] == "UnsupportedEndpointError" and out["vendor"] == "WebGPUNotAvailableError"
+    assert out["completions"] == alphabet[:3] and out["bestOf"] == ["UnsupportedFieldError", "best_of"]
+    assert out["vendor"] == "WebGPUNotAvailableError"
     assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
     assert out["unloaded"] == ["EngineNotLoadedError", None] and out["terminated"] == ["WorkerError", True]
     assert {m["kind"] for m in sent} <= messages_kinds()

@@ -552,18 +552,21 @@ def test_app_config_round_trip(world):
     assert messages.app_config_from_dict(after) == worker.engine.app_config
 
 
-def test_text_completion_is_a_clear_error_until_the_engine_has_it(world):
+def test_text_completion_through_the_worker(world):
     async def go():
         worker = await loaded_worker(world)
-        return (
-            await worker.ask("completionNonStreaming", {"request": {"prompt": "Once"}}),
-            await worker.ask("completionStreamInit", {"request": {"prompt": "Once"}}),
-            await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}}),
-        )
+        whole = await worker.value("completionNonStreaming", {"request": {"prompt": "Once", "echo": True}})
+        stream_id = (await worker.ask("completionStreamInit", {"request": {"prompt": "Once"}}))["uuid"]
+        chunks = await worker.pull_all(stream_id)
+        refused = await worker.ask("completionNonStreaming", {"request": {"prompt": "Once", "user": "u1"}})
+        ok = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        return whole, chunks, refused, ok
 
-    whole, stream, ok = run(go())
-    assert whole["content"]["name"] == stream["content"]["name"] == "UnsupportedEndpointError"
-    assert "chat.completions.create" in whole["content"]["message"]
+    whole, chunks, refused, ok = run(go())
+    assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "OnceHello there!"
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello there!"
+    assert refused["kind"] == "throw" and refused["content"]["name"] == "UnsupportedFieldError"
+    assert refused["content"]["details"]["field"] == "user" and "`user`" in refused["content"]["message"]
     assert ok["choices"][0]["message"]["content"] == "Hello there!"
 
 

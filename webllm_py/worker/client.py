@@ -31,6 +31,7 @@ from webllm_py.api.types import (
     ChatCompletionChunk,
     ChatCompletionCreateParams,
     ChatCompletionMessageParam,
+    Completion,
 )
 from webllm_py.config import AppConfig
 from webllm_py.errors import WorkerError
@@ -186,13 +187,12 @@ class _Chat:
 
 
 class _TextCompletions:
-    """``completions.create`` (text completion). The worker answers ``UnsupportedEndpointError`` until the engine
-    implements it; replies are then passed on as dicts, as there is no ``Completion`` type yet."""
+    """``completions.create`` (text completion): a ``Completion``, or with ``stream=True`` a stream of them."""
 
     def __init__(self, engine: WebWorkerMLCEngine):
         self._engine = engine
 
-    async def create(self, *, prompt: str, stream: bool = False, **params: Any) -> Any:
+    async def create(self, *, prompt: str | list[int], stream: bool = False, **params: Any) -> Any:
         request = {"prompt": prompt, "stream": stream, **{k: v for k, v in params.items() if v is not None}}
         return await self._engine.completion(request)
 
@@ -324,8 +324,14 @@ class WebWorkerMLCEngine:
         )  # fmt: skip
 
     async def completion(self, request: dict[str, Any]) -> Any:
-        """Text completion (``completions.create``); dicts, as there is no Completion type yet."""
-        return await self._generate(request, "completionStreamInit", "completionNonStreaming", dict, dict)
+        """Text completion (``completions.create``): a ``Completion``, or a stream of them."""
+        return await self._generate(
+            request,
+            "completionStreamInit",
+            "completionNonStreaming",
+            Completion.from_dict,
+            Completion.from_dict,
+        )
 
     async def _generate(
         self,
