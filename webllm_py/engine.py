@@ -97,6 +97,7 @@ class Generation:
         self.params = params
         self.max_new = max_new
         self.finish_reason: str | None = None
+        self.output_ids: list[int] = []  # the ids yielded so far
         self.reused = 0  # prompt tokens whose KV entries were already in the cache (not prefilled)
         # With params.logprobs, one (token, logprob, [(id, logprob)] * top_logprobs) per yielded token, appended
         # before the token is yielded.
@@ -191,6 +192,7 @@ class Generation:
                     _, logprob, top = graph.sampler.parse_record(rec, params.top_logprobs)
                     self.logprobs.append((token, logprob, top))
                 read.append(token)
+                self.output_ids.append(token)
                 now = time.perf_counter()
                 self.stats.token_times_s.append(now - (last_at or start))
                 last_at = now

@@ -48,7 +48,8 @@ class FakeTokenizer:
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
         self.encoded.append(text)
-        return [self.bos_id] + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
+        bos = [self.bos_id] if add_bos is not False else []
+        return bos + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
 
     vocab_size = 1000  # ids the fake model could say (pieces get ids as they are first seen)
 
@@ -93,6 +94,7 @@ class FakeGeneration:
         )
         self.aclose_calls = 0
         self.yielded: list[int] = []
+        self.output_ids = self.yielded
         self.reused = 0
         # With params.logprobs: each token's record; the fake distribution gives every token log-probability
         # -0.25 * (its position + 1) and names ids 2, 3... as the alternatives.

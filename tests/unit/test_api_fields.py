@@ -217,7 +217,10 @@ def test_multi_round_prefills_only_the_new_turn(world):  # noqa: F811
     turn1 = "user: Hi\nassistant: "
     turn2 = turn1 + "Hello there!\nuser: More\nassistant: "
     assert first.usage.prompt_tokens == len(turn1) + 1
-    assert gens[1].reused == len(turn1) + 1 and second.usage.prompt_tokens == len(turn2) - len(turn1)
+    # The conversation's ids are the first prompt's plus the reply's as generated (3 tokens, end-of-turn not
+    # included): only the new turn's text is tokenized and prefilled.
+    new_turn = "\nuser: More\nassistant: "
+    assert gens[1].reused == len(turn1) + 1 + 3 and second.usage.prompt_tokens == len(new_turn)
     # An earlier turn changed: the conversation is not extended, so everything is prefilled again.
     assert gens[2].reused == 0 and third.usage.prompt_tokens == len(turn2) + 1
     assert gens[3].reused == 0 and fourth.usage.prompt_tokens == len("system: Be brief.\n" + turn2) + 1

@@ -110,6 +110,12 @@ class _Slot:
     last_stats: GenerationStats | None = None  # runtimeStatsText()
     # The messages the KV cache holds, the model's last reply included; None after a reset or a text completion.
     conversation: tuple[ChatMessage, ...] | None = None
+    # That conversation as prompt text up to the end of the reply, and its token ids: the prompt ids as they were
+    # plus the reply's ids as generated (re-tokenizing the reply's text may split it differently, which would
+    # cost a prefill of the whole reply). None when the reply's text is not its ids' (cut by a stop string).
+    conversation_text: str = ""
+    conversation_ids: list[int] | None = None
+    pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
 
 
 class MLCEngine:
@@ -224,12 +230,17 @@ class MLCEngine:
         try:
             engine = slot.engine
             messages = [m.to_dict() for m in checked.messages]
-            prompt_ids = engine.tokenizer.encode(
-                engine.chat_template.render(messages, add_generation_prompt=True)
-            )
+            text = engine.chat_template.render(messages, add_generation_prompt=True)
             # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
-            # (everything but the new last message is that conversation, the model's reply included).
+            # (everything but the new last message is that conversation, the model's reply included). Then only
+            # the new turn's text is tokenized, after the conversation's ids.
             reuse = slot.conversation is not None and checked.messages[:-1] == slot.conversation
+            if reuse and slot.conversation_ids is not None and text.startswith(slot.conversation_text):
+                new_turn = engine.tokenizer.encode(text[len(slot.conversation_text) :], add_bos=False)
+                prompt_ids = slot.conversation_ids + new_turn
+            else:
+                prompt_ids = engine.tokenizer.encode(text)
+            slot.pending = (text, prompt_ids, frozenset())
             return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
         except BaseException:
             self._release(slot, None)
@@ -250,7 +261,7 @@ class MLCEngine:
                 prompt_ids = list(prompt)
                 prompt_text = engine.tokenizer.decode(prompt_ids)
             # A raw prompt is not a conversation: as in WebLLM, the KV cache starts over.
-            slot.conversation = None
+            slot.conversation = slot.conversation_ids = slot.pending = None
             echo = prompt_text if checked.echo else None
             return await self._run(slot, checked.config, prompt_ids, False, owner, None, text_echo=echo)
         except BaseException:
@@ -380,6 +391,8 @@ class MLCEngine:
         stop_strings = tuple(template_stops) + config.stop
         end_ids = params.stop_token_ids | (frozenset() if config.ignore_eos else engine.tokenizer.eot_ids)
         decoder = engine.tokenizer.stream_decoder()
+        if chat and slot.pending is not None:
+            slot.pending = (slot.pending[0], slot.pending[1], end_ids)
 
         generation = engine.generate(
             prompt_ids, params, reuse_kv=reuse
@@ -406,8 +419,15 @@ class MLCEngine:
         slot.last_stats = generation.stats
         if slot.generation is generation:
             slot.generation = None
-        if messages is not None:
-            slot.conversation = (*messages, ChatMessage("assistant", slot.last_state.text))
+        if messages is not None and slot.pending is not None:
+            reply = slot.last_state.text
+            slot.conversation = (*messages, ChatMessage("assistant", reply))
+            text, prompt_ids, end_ids = slot.pending
+            reply_ids = [t for t in generation.output_ids if t not in end_ids]
+            slot.conversation_text = text + reply
+            same = slot.engine.tokenizer.decode(reply_ids) == reply
+            slot.conversation_ids = prompt_ids + reply_ids if same else None
+            slot.pending = None
 
     def _release(self, slot: _Slot, generation: Any, messages: tuple[ChatMessage, ...] | None = None) -> None:
         if generation is not None:
@@ -431,6 +451,7 @@ class MLCEngine:
             return
         slot = self._route(model_id)
         slot.conversation = None
+        slot.conversation_ids = None
         slot.last_state = StreamState()
         if not keep_stats:
             slot.last_stats = None
