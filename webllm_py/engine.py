@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .conversation import ChatTemplate, get_chat_template
-from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, InvalidRequestError
+from .errors import ContextWindowSizeExceededError, EngineBusyError, EngineNotLoadedError, InvalidRangeError
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
@@ -276,17 +276,15 @@ class Engine:
         if self._unloaded:
             raise EngineNotLoadedError(f"model {self.model_id!r} was unloaded; reload it first")
         if self._active is not None:
-            raise InvalidRequestError(
+            raise EngineBusyError(
                 f"model {self.model_id!r} is already generating; finish or aclose() that generation first"
             )
         n_ctx = self.context_window_size
         if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty: it needs at least one token")
-        bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})"
-            )
+            raise InvalidRangeError("prompt", prompt_ids, "at least one token")
+        for i, t in enumerate(prompt_ids):
+            if not 0 <= t < self.config.vocab_size:
+                raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {self.config.vocab_size})")
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(
@@ -363,8 +361,8 @@ async def load_engine(
         template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
-            raise InvalidRequestError(
-                f"context_window_size {n_ctx} is outside [1, {cfg.context_length}] (the model's context length)"
+            raise InvalidRangeError(
+                "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
             )
         owns_device = device is None
         if device is None:

@@ -91,6 +91,11 @@ class EngineNotLoadedError(WebLLMError):
     """A request was made before any model was loaded (call reload() or CreateMLCEngine first)."""
 
 
+class EngineBusyError(WebLLMError):
+    """``Engine.generate`` was called while the model's previous generation was still open (the low-level API;
+    ``MLCEngine`` queues requests instead)."""
+
+
 # ---- request validation (protocol.py) -------------------------------------------------------------------------------
 # Each subclass of InvalidRequestError is one kind of failure. ``field`` is the request field as the caller wrote it
 # (``temperature``, ``messages[2].content``), so a client can point at it without parsing the message.

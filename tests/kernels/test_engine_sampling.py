@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from webllm_py import errors
 from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.model.gguf import GGUFFile
 
@@ -128,3 +129,18 @@ def test_kv_reuse_prefills_only_the_new_part(engine):
     # The same prompt again: everything but its last token is reused.
     _, gen5 = run(engine, changed, greedy)
     assert gen5.reused == len(changed) - 1 and gen5.stats.prompt_tokens == 1
+
+
+def test_engine_errors_name_the_field(engine):
+    with pytest.raises(errors.InvalidRangeError) as info:
+        engine.generate([], SamplingParams())
+    assert info.value.field == "prompt"
+    with pytest.raises(errors.InvalidRangeError) as info:
+        engine.generate([1, engine.config.vocab_size], SamplingParams())
+    assert info.value.field == "prompt[1]" and f"[0, {engine.config.vocab_size})" in str(info.value)
+    gen = engine.generate(PROMPT, SamplingParams(max_tokens=2))
+    with pytest.raises(errors.EngineBusyError):
+        engine.generate(PROMPT, SamplingParams())
+    asyncio.run(gen.aclose())
+    # Nothing was lost: the engine still generates.
+    assert len(run(engine, PROMPT, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))[0]) == 2

@@ -637,6 +637,19 @@ def test_errors_round_trip_as_the_same_class():
     assert "stack" not in messages.error_to_content(errors.ModelNotFoundError("x"))["details"]
 
 
+def test_every_error_class_crosses_with_its_name_and_field():
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, errors.WebLLMError)]
+    assert len(classes) > 20
+    for cls in classes:
+        if cls is errors.WorkerError:
+            continue
+        content = {"name": cls.__name__, "message": "what to fix", "details": {"field": "top_p", "value": 3}}
+        again = messages.error_from_content(json_copy(content))
+        assert type(again) is cls and str(again) == "what to fix"
+        assert (again.field, again.value) == ("top_p", 3)
+        assert messages.error_to_content(again)["name"] == cls.__name__
+
+
 def test_unknown_error_names_keep_their_name():
     odd = messages.error_from_content({"name": "ZeroDivisionError", "message": "division by zero"})
     assert isinstance(odd, errors.WorkerError) and odd.name == "ZeroDivisionError"
