@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .api.builder import Messages
 from .api.chat import ChatCompletionStream, ChatCompletionStreamSync
 from .api.mlc_engine import CreateMLCEngine, InitProgressReport, MLCEngine, MLCEngineSync
+from .api.sse import aparse_sse, parse_sse, sse_event, to_sse
 from .api.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -47,6 +49,7 @@ from .errors import (
     ModelIntegrityError,
     ModelNotFoundError,
     ReloadModelIdNotUniqueError,
+    ServerSentEventsError,
     SpecifiedModelNotFoundError,
     StorageQuotaError,
     TokenizerError,
@@ -114,11 +117,13 @@ __all__ = [
     "InvalidRequestError",
     "MLCEngine",
     "MLCEngineSync",
+    "Messages",
     "ModelDownloadError",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "ModelRecord",
     "ReloadModelIdNotUniqueError",
+    "ServerSentEventsError",
     "SpecifiedModelNotFoundError",
     "StorageQuotaError",
     "TokenizerError",
@@ -135,5 +140,9 @@ __all__ = [
     "WebWorkerMLCEngine",
     "WorkerError",
     "__version__",
+    "aparse_sse",
+    "parse_sse",
     "prebuilt_app_config",
+    "sse_event",
+    "to_sse",
 ]

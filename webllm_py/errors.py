@@ -171,6 +171,10 @@ class ReloadModelIdNotUniqueError(InvalidRequestError):
     field = "model_id"
 
 
+class ServerSentEventsError(WebLLMError):
+    """An SSE body (``api/sse.py``) is malformed, or the server reported an error in the stream."""
+
+
 # ---- model files (download.py) --------------------------------------------------------------------------------------
 
 
