@@ -153,19 +153,30 @@ class InvalidMessagesError(InvalidRequestError):
         super().__init__(f"`{field}`: {reason}")
 
 
-class SpecifiedModelNotFoundError(InvalidRequestError):
+class _NamedFieldError(InvalidRequestError):
+    """An error about one request field, named by the class (``field``), with the value given (``value``)."""
+
+    field = ""
+
+    def __init__(self, message: str, value: object = None):
+        super().__init__(message)
+        self.field = type(self).field  # an instance attribute, so it crosses the worker boundary in `details`
+        self.value = value
+
+
+class SpecifiedModelNotFoundError(_NamedFieldError):
     """The request's ``model`` names a model this engine has not loaded."""
 
     field = "model"
 
 
-class UnclearModelToUseError(InvalidRequestError):
+class UnclearModelToUseError(_NamedFieldError):
     """Several models are loaded and the request's ``model`` does not say which one to use."""
 
     field = "model"
 
 
-class ReloadModelIdNotUniqueError(InvalidRequestError):
+class ReloadModelIdNotUniqueError(_NamedFieldError):
     """``reload()`` was given the same model id more than once."""
 
     field = "model_id"

@@ -316,3 +316,24 @@ def test_text_completions(world):  # noqa: F811
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == len("Once") + 1
     for field, err in refused.items():
         assert err.field == field and f"`{field}`" in str(err)
+
+
+def test_per_request_interrupt_only_ends_that_request(world):  # noqa: F811
+    world.step_delay["s"] = 0.001
+
+    async def go():
+        engine = await create(world)
+        await engine.reload(["fake-model", "other-model"])
+        world.loaded[-2].say(list("abcdefghijklmnop"))
+        world.loaded[-1].say(list("abcdefghijklmnop"))
+        mine = await engine.chat.completions.create(messages=USER, model="fake-model", stream=True)
+        other = asyncio.create_task(engine.chat.completions.create(messages=USER, model="other-model"))
+        first = await mine.__anext__()
+        mine.interrupt()
+        rest = [c async for c in mine]
+        engine.interruptGenerate("nope")  # a model with nothing running: no-op
+        return [first, *rest], await other
+
+    chunks, other = run(go())
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "abort"
+    assert other.choices[0].message.content == "abcdefghijklmnop" and other.choices[0].finish_reason == "stop"

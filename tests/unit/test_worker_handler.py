@@ -173,12 +173,40 @@ def test_reload_errors_cross_with_their_names(world):
     unknown, two, opts, missing = run(go())
     assert unknown["kind"] == "throw" and unknown["content"]["name"] == "ModelNotFoundError"
     assert "fake-model, other-model" in unknown["content"]["message"]
-    assert (
-        two["content"]["name"] == "UnsupportedFieldError" and two["content"]["details"]["field"] == "modelId"
-    )
+    assert two == {"kind": "return", "uuid": two["uuid"], "content": None}  # several models load
     assert opts["content"]["name"] == "UnsupportedFieldError"
     assert opts["content"]["details"]["field"] == "chatOpts.temperature"
     assert missing["content"]["name"] == "InvalidFieldTypeError"
+
+
+def test_several_models_through_the_worker(world):
+    both = ["fake-model", "other-model"]
+
+    async def go():
+        worker = Worker(world)
+        assert await worker.value("reload", {"modelId": both}) is None
+        routed = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "other-model"}, "modelId": both},
+        )
+        unclear = await worker.ask(
+            "chatCompletionNonStreaming", {"request": {"messages": USER}, "modelId": both}
+        )
+        missing = await worker.ask(
+            "chatCompletionNonStreaming", {"request": {"messages": USER, "model": "x"}, "modelId": both}
+        )
+        return routed, unclear, missing, worker.engine.model_ids
+
+    routed, unclear, missing, loaded = run(go())
+    assert routed["model"] == "other-model" and loaded == both
+    assert (
+        unclear["content"]["name"] == "UnclearModelToUseError"
+        and "fake-model, other-model" in unclear["content"]["message"]
+    )
+    assert (
+        missing["content"]["name"] == "SpecifiedModelNotFoundError"
+        and missing["content"]["details"]["field"] == "model"
+    )
 
 
 def test_unload_then_requests_fail_typed(world):

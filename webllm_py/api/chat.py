@@ -94,6 +94,11 @@ class ChatCompletionStream:
     def closed(self) -> bool:
         return self._closed
 
+    def interrupt(self) -> None:
+        """End this request only, at its next token, with finish_reason "abort" (the chunks up to then, the final
+        chunk and the usage chunk still come); safe from any task, and a no-op once it has ended."""
+        self._generation.interrupt()
+
     async def aclose(self) -> None:
         """Stop the generation (finish_reason "abort") and release the engine; safe to call twice."""
         if self._closed:

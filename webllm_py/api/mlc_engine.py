@@ -163,7 +163,7 @@ class MLCEngine:
         if not ids or not all(isinstance(i, str) for i in ids):
             raise InvalidFieldTypeError("model_id", model_id, "a model id or a non-empty list of them")
         if len(set(ids)) != len(ids):
-            raise ReloadModelIdNotUniqueError(f"reload() got the same model id twice: {ids}")
+            raise ReloadModelIdNotUniqueError(f"reload() got the same model id twice: {ids}", ids)
         records = []
         for i in ids:
             record = self.app_config.get_record(i)  # ModelNotFoundError before anything is unloaded
@@ -339,7 +339,8 @@ class MLCEngine:
         if slot is None:
             raise SpecifiedModelNotFoundError(
                 f"`model` is {model!r}, but the loaded models are {', '.join(map(repr, self._slots))}; "
-                "name one of them, leave `model` out, or call reload() first"
+                "name one of them, leave `model` out, or call reload() first",
+                model,
             )
         return slot
 
@@ -437,11 +438,12 @@ class MLCEngine:
 
     # ---- WebLLM's other engine methods ----------------------------------------------------------------------------
 
-    def interruptGenerate(self) -> None:
-        """End every running generation at its next token with finish_reason "abort"; no-op when none runs.
-        (A single request: ``stream.interrupt()`` or ``stream.aclose()``.)"""
-        for slot in self._slots.values():
-            if slot.generation is not None:
+    def interruptGenerate(self, model_id: str | None = None) -> None:
+        """End the running generation of ``model_id`` (of every model when None, as WebLLM's engine-wide flag) at
+        its next token with finish_reason "abort"; no-op when none runs. One stream only: ``stream.interrupt()``
+        or ``stream.aclose()``."""
+        for mid, slot in self._slots.items():
+            if slot.generation is not None and model_id in (None, mid):
                 slot.generation.interrupt()
 
     async def resetChat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
@@ -553,8 +555,8 @@ class MLCEngineSync:
     def unload(self) -> None:
         self._call(self.engine.unload())
 
-    def interruptGenerate(self) -> None:
-        self._loop.call_soon_threadsafe(self.engine.interruptGenerate)
+    def interruptGenerate(self, model_id: str | None = None) -> None:
+        self._loop.call_soon_threadsafe(self.engine.interruptGenerate, model_id)
 
     def resetChat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
         self._call(self.engine.resetChat(keep_stats, model_id))

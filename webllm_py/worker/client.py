@@ -215,7 +215,10 @@ class WebWorkerMLCEngine:
         self.port = as_port(worker)
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._progress_callback = init_progress_callback
-        self.model_id: str | None = None  # the model the worker has loaded for us, sent with each request
+        self.model_id: str | None = None  # the (first) model the worker has loaded for us
+        self.model_ids: list[
+            str
+        ] = []  # all of them, sent with each request (a restarted worker reloads them)
         self.chat_opts: dict[str, Any] | None = None
         self._terminated: BaseException | None = None
         self.chat = _Chat(self)
@@ -295,26 +298,32 @@ class WebWorkerMLCEngine:
     # ---- loading ----------------------------------------------------------------------------------------------
 
     async def reload(
-        self, model_id: str, *, chat_template: str | None = None, context_window_size: int | None = None
+        self,
+        model_id: str | Sequence[str],
+        *,
+        chat_template: str | None = None,
+        context_window_size: int | None = None,
     ) -> None:
-        """Load ``model_id`` in the worker (after unloading what was there); progress goes to the callback."""
+        """Load ``model_id`` (one id, or a list: several models, requests routed by ``model``) in the worker,
+        after unloading what was there; progress goes to the callback."""
         chat_opts = {
             k: v
             for k, v in (("chat_template", chat_template), ("context_window_size", context_window_size))
             if v is not None
         }
-        await self._call("reload", {"modelId": [model_id], "chatOpts": chat_opts or None})
-        self.model_id, self.chat_opts = model_id, chat_opts or None
+        ids = [model_id] if isinstance(model_id, str) else list(model_id)
+        await self._call("reload", {"modelId": ids, "chatOpts": chat_opts or None})
+        self.model_ids, self.model_id, self.chat_opts = ids, ids[0], chat_opts or None
 
     async def unload(self) -> None:
         await self._call("unload")
         self.model_id = self.chat_opts = None
+        self.model_ids = []
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
     def _model_content(self, request: dict[str, Any]) -> dict[str, Any]:
-        model_id = [self.model_id] if self.model_id is not None else None
-        return {"request": request, "modelId": model_id, "chatOpts": self.chat_opts}
+        return {"request": request, "modelId": self.model_ids or None, "chatOpts": self.chat_opts}
 
     async def chatCompletion(self, request: dict[str, Any]) -> ChatCompletion | WorkerChatCompletionStream:
         """WebLLM's raw-dict form of ``chat.completions.create``."""

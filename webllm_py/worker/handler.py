@@ -47,6 +47,7 @@ from .messages import (
     app_config_to_dict,
     error_to_content,
     make_message,
+    model_id_list,
     parse_request,
     reload_kwargs,
     single_model_id,
@@ -141,18 +142,18 @@ class WorkerHandler:
     # ---- loading ----------------------------------------------------------------------------------------------
 
     async def _reload(self, uuid: str, content: Mapping[str, Any]) -> None:
-        model_id = single_model_id(content.get("modelId"))
-        if model_id is None:
-            raise InvalidFieldTypeError("modelId", None, "a model id (or a list of one)")
+        model_ids = model_id_list(content.get("modelId"))
+        if model_ids is None:
+            raise InvalidFieldTypeError("modelId", None, "a model id (or a list of them)")
         kwargs = reload_kwargs(content.get("chatOpts"))
         await self._end_open_streams()
-        await self._load(uuid, model_id, kwargs)
+        await self._load(uuid, model_ids, kwargs)
         return None
 
-    async def _load(self, uuid: str, model_id: str, kwargs: dict[str, Any]) -> None:
+    async def _load(self, uuid: str, model_ids: list[str], kwargs: dict[str, Any]) -> None:
         self._progress_uuid = uuid
         try:
-            await self.engine.reload(model_id, **kwargs)
+            await self.engine.reload(model_ids[0] if len(model_ids) == 1 else model_ids, **kwargs)
         finally:
             self._progress_uuid = ""
 
@@ -168,8 +169,11 @@ class WorkerHandler:
     async def _reload_if_unmatched(self, uuid: str, content: Mapping[str, Any]) -> None:
         """WebLLM's ``reloadIfUnmatched``: a request carries the model the page believes is loaded; a worker that
         restarted (or failed a reload) loads it again before serving, instead of failing."""
-        wanted = single_model_id(content.get("modelId"))
-        if wanted is not None and wanted != self.engine.model_id:
+        wanted = model_id_list(content.get("modelId"))
+        loaded = getattr(self.engine, "model_ids", None)
+        if loaded is None:  # an engine with one model
+            loaded = [self.engine.model_id] if self.engine.model_id is not None else []
+        if wanted is not None and wanted != list(loaded):
             await self._load(uuid, wanted, reload_kwargs(content.get("chatOpts")))
 
     # ---- completions ------------------------------------------------------------------------------------------
