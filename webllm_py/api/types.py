@@ -6,7 +6,10 @@ Names, fields and JSON follow openai-python's ``openai.types.chat`` (``ChatCompl
 pydantic models because the package must install in Pyodide with no compiled wheel.
 
 Two WebLLM extensions ride along: ``finish_reason`` may be ``"abort"`` (after ``interruptGenerate()``), and
-``CompletionUsage.extra`` carries speed numbers (openai-python keeps it as an extra field).
+``CompletionUsage.extra`` carries speed numbers (openai-python keeps it as an extra field). "abort" is kept rather
+than mapped to "stop" because it tells a client the reply is incomplete; openai-python's client parses responses
+leniently (``construct_type``) and passes it through, only a strict ``model_validate`` rejects it (the tests validate
+such replies strictly with that one field read as "stop", and leniently as sent: tests/unit/openai_check.py).
 
 Request-side shapes are TypedDicts, as in openai-python: they describe what a caller passes, nothing checks them
 at runtime (``protocol.py`` does the checking).
