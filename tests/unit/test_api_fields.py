@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+import webllm_py
 from webllm_py import errors
 
 from .openai_check import validate
@@ -337,3 +338,14 @@ def test_per_request_interrupt_only_ends_that_request(world):  # noqa: F811
     chunks, other = run(go())
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "abort"
     assert other.choices[0].message.content == "abcdefghijklmnop" and other.choices[0].finish_reason == "stop"
+
+
+def test_sync_engine_has_the_same_endpoints(world):  # noqa: F811
+    with webllm_py.MLCEngineSync("fake-model", app_config=world.config) as engine:
+        text = engine.completions.create(prompt="Once", max_tokens=2)
+        chunks = list(engine.completions.create(prompt="Once", stream=True))
+        chat = engine.chat.completions.create(messages=USER, n=2, logprobs=True)
+        engine.interruptGenerate("fake-model")
+    assert validate(text).choices[0].text == "Hello there"
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "Hello there!"
+    assert len(validate(chat).choices) == 2
