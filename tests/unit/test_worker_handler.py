@@ -195,10 +195,39 @@ def test_several_models_through_the_worker(world):
         missing = await worker.ask(
             "chatCompletionNonStreaming", {"request": {"messages": USER, "model": "x"}, "modelId": both}
         )
+        # A stream left open on one model does not stop a request to the other; one to its own model ends it.
+        a = (
+            await worker.ask(
+                "chatCompletionStreamInit",
+                {"request": {"messages": USER, "model": "fake-model"}, "modelId": both},
+            )
+        )["uuid"]
+        first = await worker.value("completionStreamNextChunk", {"streamId": a})
+        other = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "other-model"}, "modelId": both},
+        )
+        still_open = await worker.value("completionStreamNextChunk", {"streamId": a})
+        same = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "fake-model"}, "modelId": both},
+        )
+        ended = await worker.pull_all(a)
+        routed = (routed, other, same, [first, still_open], ended)
         return routed, unclear, missing, worker.engine.model_ids
 
-    routed, unclear, missing, loaded = run(go())
+    (routed, other, same, head, ended), unclear, missing, loaded = run(go())
     assert routed["model"] == "other-model" and loaded == both
+    assert (
+        other["choices"][0]["message"]["content"]
+        == same["choices"][0]["message"]["content"]
+        == "Hello there!"
+    )
+    assert (
+        text_of(head) == "Hello there"
+        and finish_of(ended) == ["abort"]
+        and ended[-1]["model"] == "fake-model"
+    )
     assert (
         unclear["content"]["name"] == "UnclearModelToUseError"
         and "fake-model, other-model" in unclear["content"]["message"]
