@@ -1,24 +1,60 @@
-// Token sampling on the GPU, one workgroup: greedy (argmax) or temperature + top-p, then advance the step state.
+// Token sampling on the GPU, one workgroup: logit bias, penalties, then greedy (argmax) or temperature + top-k +
+// top-p; optionally the log-probabilities of what was sampled; then advance the step state.
 //
 // Writes the sampled id where the next step's embedding reads it (tokens[0]) and moves State on by the tokens just
-// processed, so decode steps chain on the GPU with no host write in between; the host only copies tokens[0] out.
-// Top-p needs no sort: the probability threshold that keeps the smallest top set with mass >= top_p is found by
-// bisection, then the kept tokens are walked in index order with one uniform random number.
+// processed, so decode steps chain on the GPU with no host write in between; the host only copies tokens[0] out
+// (or, when logprobs are asked for, the small `record` that starts with the same id).
+//
+// Order, as WebLLM (llm_chat.ts sampleTokenFromLogits) and MLC's logit processor:
+//   1. logit bias: logits[id] += bias for each (id, bias) pair of the request (ids unique, checked by the host);
+//   2. penalties, for each token sampled n > 0 times so far in this request (counts, kept here):
+//        l -= presence + n * frequency;  then  l = l < 0 ? l * repetition : l / repetition;
+//   3. greedy: argmax of the adjusted logits, ties to the lowest id (llama.cpp);
+//      else weights w = exp((l - max) / T) in (0, 1]; top-k keeps the ids with w >= the k-th largest weight and
+//      top-p then the smallest top set whose mass reaches top_p of the kept mass (both thresholds found by
+//      bisection on the float bits of w, 30 passes each, no sort); one uniform random number from
+//      pcg(seed ^ pcg(step)) picks an id by walking the kept weights in id order.
+// Bias and penalties are applied to `logits` in place (the LM head rewrites it every step).
+//
+// Log-probabilities (P.logprobs = 1) are those of the distribution the token was drawn from: log(w_i / kept mass)
+// for kept ids, LOGPROB_FLOOR for ids top-k/top-p removed. Greedy decoding draws from no distribution; there they
+// are the log-softmax of the adjusted logits at temperature 1, what the argmax is the mode of.
+// record = [token, logprob(token), (id, logprob) x n_top], the n_top most likely ids, most likely first.
+//
 // Defines: WG (threads, a power of two).
 
 #include "common.wgsl"
 
+const LOGPROB_FLOOR: f32 = -9999.0;  // log-probability reported for ids the request's top-k / top-p excluded
+const ONE_BITS: u32 = 0x3F800001u;   // just above the bits of 1.0: no weight reaches it
+
 struct Params {
   vocab: u32,         // logits to sample from
   temperature: f32,   // <= 0: greedy
-  top_p: f32,         // (0, 1]
+  top_p: f32,         // (0, 1]; 1: off
   seed: u32,          // random stream of this request
+  top_k: u32,         // 0 (or >= vocab): off
+  presence: f32,      // presence penalty, [-2, 2]
+  frequency: f32,     // frequency penalty, [-2, 2]
+  repetition: f32,    // repetition penalty, > 0; 1: off
+  n_bias: u32,        // (id, bias) pairs in `bias`
+  penalize: u32,      // 1: apply the penalties above from `counts`
+  n_top: u32,         // most likely ids written to `record`, 0..20
+  logprobs: u32,      // 1: write `record`
+}
+
+struct Bias {
+  id: u32,
+  value: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> state: State;
-@group(0) @binding(2) var<storage, read> logits: array<f32>;      // (vocab,) f32
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>;  // (vocab,) f32, adjusted in place
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>;  // tokens[0] <- the sampled id
+@group(0) @binding(4) var<storage, read_write> counts: array<u32>;  // (vocab,) u32 times sampled in this request
+@group(0) @binding(5) var<storage, read> bias: array<Bias>;         // (n_bias,) pairs, up to 300
+@group(0) @binding(6) var<storage, read_write> record: array<u32>;  // (2 + 2 * 20,) see above
 
 var<workgroup> arg_sh: array<u32, WG>;
 var<workgroup> chunk_sh: array<f32, WG>;
@@ -30,21 +66,21 @@ fn pcg(v: u32) -> u32 {
   return (w >> 22u) ^ w;
 }
 
-// Unnormalized probability of token i: exp((logit - max) / T), in (0, 1].
+// Unnormalized probability of token i: exp((logit - mx) / T), in [0, 1].
 fn weight(i: u32, mx: f32, inv_t: f32) -> f32 {
   return exp((logits[i] - mx) * inv_t);
 }
 
-@compute @workgroup_size(WG)
-fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
-  SG_INIT
-  let n = P.vocab;
-  // Argmax, ties to the lowest index (as llama.cpp's greedy sampler).
-  var best = -3.0e38;
-  var best_i = 0u;
+// The largest logit among ids ordered after (after_v, after_i) by (logit descending, id ascending), and its id:
+// with after_v = +inf the argmax (ties to the lowest id); called again with the previous answer, the next one.
+// Every invocation gets the result in arg_sh[0] / red_f32[0]. Call from workgroup-uniform control flow.
+fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
+  var best = -3.4e38;
+  var best_i = n;
   for (var i = lid; i < n; i += WG) {
     let v = logits[i];
-    if (v > best) {
+    let eligible = v < after_v || (v == after_v && i > after_i);
+    if (eligible && (v > best || best_i == n)) {
       best = v;
       best_i = i;
     }
@@ -56,50 +92,105 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     if (lid < s) {
       let a = red_f32[lid];
       let b = red_f32[lid + s];
-      if (b > a || (b == a && arg_sh[lid + s] < arg_sh[lid])) {
+      let ai = arg_sh[lid];
+      let bi = arg_sh[lid + s];
+      if (bi != n && (ai == n || b > a || (b == a && bi < ai))) {
         red_f32[lid] = b;
-        arg_sh[lid] = arg_sh[lid + s];
+        arg_sh[lid] = bi;
       }
     }
     workgroupBarrier();
   }
-  let mx = red_f32[0];
+  let v = red_f32[0];
+  workgroupBarrier();
+  return v;
+}
+
+// Kept mass above a weight threshold (and the count of such ids, in .y), summed over the workgroup.
+fn mass_above(lid: u32, n: u32, mx: f32, inv_t: f32, thr: f32) -> vec2<f32> {
+  var m = 0.0;
+  var c = 0.0;
+  for (var i = lid; i < n; i += WG) {
+    let w = weight(i, mx, inv_t);
+    if (w >= thr) {
+      m += w;
+      c += 1.0;
+    }
+  }
+  return vec2<f32>(wg_sum(m, lid), wg_sum(c, lid));
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let n = P.vocab;
+
+  // 1. Logit bias: a few sparse adds, then make them visible to every invocation.
+  if (P.n_bias > 0u) {
+    for (var j = lid; j < P.n_bias; j += WG) {
+      let b = bias[j];
+      logits[b.id] += b.value;
+    }
+    storageBarrier();
+  }
+
+  // 2. Presence, frequency and repetition penalties on the ids sampled so far in this request.
+  if (P.penalize != 0u) {
+    for (var i = lid; i < n; i += WG) {
+      let c = counts[i];
+      if (c > 0u) {
+        var l = logits[i] - (P.presence + f32(c) * P.frequency);
+        l = select(l / P.repetition, l * P.repetition, l < 0.0);
+        logits[i] = l;
+      }
+    }
+    storageBarrier();
+  }
+
+  // 3. Argmax: the greedy token, and the maximum every weight is relative to.
+  let mx = argmax_after(lid, n, 3.4e38, 0u);
   var token = arg_sh[0];
   workgroupBarrier();
 
-  if (P.temperature > 0.0) {
-    let inv_t = 1.0 / P.temperature;
-    var part = 0.0;
-    for (var i = lid; i < n; i += WG) {
-      part += weight(i, mx, inv_t);
-    }
-    var mass = wg_sum(part, lid);
-    var thr = 0.0;
-    if (P.top_p < 1.0) {
-      // Largest threshold whose kept mass still reaches top_p of the total.
-      let goal = P.top_p * mass;
-      var lo = 0.0;
-      var hi = 1.0;
-      var lo_mass = mass;
-      for (var it = 0u; it < 24u; it++) {
-        let mid = 0.5 * (lo + hi);
-        var pm = 0.0;
-        for (var i = lid; i < n; i += WG) {
-          let w = weight(i, mx, inv_t);
-          if (w >= mid) {
-            pm += w;
-          }
-        }
-        let m_mid = wg_sum(pm, lid);
-        if (m_mid >= goal) {
-          lo = mid;
-          lo_mass = m_mid;
-        } else {
-          hi = mid;
-        }
+  let sampling = P.temperature > 0.0;
+  let inv_t = select(1.0, 1.0 / P.temperature, sampling);
+  var thr = 0.0;  // kept ids: weight >= thr
+  var kept = 0.0;  // their mass
+  if (sampling || P.logprobs != 0u) {
+    kept = mass_above(lid, n, mx, inv_t, 0.0).x;
+  }
+
+  if (sampling) {
+    // Top-k: the largest threshold (as float bits, which order like the floats for w >= 0) keeping >= k ids.
+    if (P.top_k > 0u && P.top_k < n) {
+      var lo = 0u;
+      var hi = ONE_BITS;
+      for (var it = 0u; it < 30u; it++) {
+        let mid = lo + (hi - lo) / 2u;
+        let c = mass_above(lid, n, mx, inv_t, bitcast<f32>(mid)).y;
+        let ok = c >= f32(P.top_k);
+        lo = select(lo, mid, ok);
+        hi = select(mid, hi, ok);
       }
-      thr = lo;
-      mass = lo_mass;
+      thr = bitcast<f32>(lo);
+      kept = mass_above(lid, n, mx, inv_t, thr).x;
+    }
+    // Top-p within what top-k kept: the largest threshold whose mass still reaches top_p of the kept mass.
+    if (P.top_p < 1.0) {
+      let goal = P.top_p * kept;
+      var lo = bitcast<u32>(thr);
+      var hi = ONE_BITS;
+      var lo_mass = kept;
+      for (var it = 0u; it < 30u; it++) {
+        let mid = lo + (hi - lo) / 2u;
+        let m = mass_above(lid, n, mx, inv_t, bitcast<f32>(mid)).x;
+        let ok = m >= goal;
+        lo = select(lo, mid, ok);
+        hi = select(mid, hi, ok);
+        lo_mass = select(lo_mass, m, ok);
+      }
+      thr = bitcast<f32>(lo);
+      kept = lo_mass;
     }
     // Each invocation owns a contiguous chunk of ids; invocation 0 finds the chunk and the id inside it.
     let chunk = (n + WG - 1u) / WG;
@@ -116,7 +207,7 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     workgroupBarrier();
     if (lid == 0u) {
       let r = pcg(P.seed ^ pcg(state.step + 0x9E3779B9u));
-      let u = f32(r >> 8u) * (1.0 / 16777216.0) * mass;
+      let u = f32(r >> 8u) * (1.0 / 16777216.0) * kept;
       var acc = 0.0;
       var pick = token;  // fallback when rounding leaves u past the end: the most likely token
       var c = 0u;
@@ -145,8 +236,32 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     token = chosen_sh;
   }
 
+  // 4. Log-probabilities of the chosen id and of the n_top most likely ones.
+  if (P.logprobs != 0u) {
+    let log_kept = log(kept);
+    var prev_v = 3.4e38;
+    var prev_i = 0u;
+    for (var j = 0u; j < P.n_top; j++) {
+      let v = argmax_after(lid, n, prev_v, prev_i);
+      let i = arg_sh[0];
+      workgroupBarrier();
+      if (lid == 0u) {
+        let keep = weight(i, mx, inv_t) >= thr;
+        record[2u + 2u * j] = i;
+        record[3u + 2u * j] = bitcast<u32>(select(LOGPROB_FLOOR, (v - mx) * inv_t - log_kept, keep));
+      }
+      prev_v = v;
+      prev_i = i;
+    }
+    if (lid == 0u) {
+      record[0] = token;
+      record[1] = bitcast<u32>((logits[token] - mx) * inv_t - log_kept);
+    }
+  }
+
   if (lid == 0u) {
     tokens[0] = token;
+    counts[token] += 1u;
     state.pos += state.n_tokens;
     state.n_tokens = 1u;
     state.step += 1u;

@@ -20,7 +20,7 @@
 //     for the next request; WebLLM keeps the model locked until the stream is drained (mlc-ai/mlc-llm#3113).
 //   - If the worker dies (an uncaught error, a message that cannot be cloned) or terminate() is called, every
 //     pending call rejects with WorkerError instead of waiting forever.
-//   - One model per engine; `modelId` arrays of one element are accepted for compatibility.
+//   - `reload(modelId)` takes one id or a list (several models loaded, requests routed by `model`).
 
 const LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "SILENT"];
 
@@ -210,10 +210,10 @@ export class WebWorkerMLCEngine {
 
   /** Load a model (chatOpts: {context_window_size?, chat_template?}); progress goes to initProgressCallback. */
   async reload(modelId, chatOpts) {
-    const id = oneModelId(modelId);
+    const ids = Array.isArray(modelId) ? modelId : [modelId];
     const opts = Array.isArray(chatOpts) ? chatOpts[0] : chatOpts;
-    await this.call("reload", { modelId: [id], chatOpts: opts ?? null });
-    this.modelId = id;
+    await this.call("reload", { modelId: ids, chatOpts: opts ?? null });
+    this.modelId = ids.length === 1 ? ids[0] : ids;
     this.chatOpts = opts ?? undefined;
   }
 
@@ -228,7 +228,7 @@ export class WebWorkerMLCEngine {
   modelContent(request) {
     return {
       request,
-      modelId: this.modelId === undefined ? null : [this.modelId],
+      modelId: this.modelId === undefined ? null : [].concat(this.modelId),
       chatOpts: this.chatOpts ?? null,
     };
   }

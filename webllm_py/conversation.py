@@ -3,20 +3,28 @@
 A GGUF carries its chat template as Jinja source (``tokenizer.chat_template``). We do not run Jinja (it is not in
 Pyodide's standard library and a template is code); we recognize the template family by distinctive markers and
 render it with a :class:`ChatTemplate`, a frozen record of prefixes and suffixes. The output is byte-identical to
-what the Jinja template renders with Hugging Face's settings (``trim_blocks`` and ``lstrip_blocks``); the tests
-check that against ``jinja2`` for every family.
+what the Jinja template renders with Hugging Face's settings (``trim_blocks`` and ``lstrip_blocks``, transformers'
+``tojson``); the tests check that against ``jinja2`` for every family.
 
 Families: ChatML (SmolLM2, Qwen, ...), Llama-3 / 3.1 / 3.2, Llama-2 (``[INST]`` with ``<<SYS>>``), Zephyr
 (TinyLlama-Chat: ``<|user|>\\n...</s>``).
 
+Tool results (``role: "tool"``) render as each template renders them: generic ChatML and Llama-3 as a turn of their
+own, Qwen2.5 as ``<tool_response>`` blocks in a user turn, Llama-3.1/3.2 as an ``ipython`` turn holding the content as
+a JSON string. Llama-2 and Zephyr have no place for them: an error names the template.
+
+``render_parts`` keeps template text and message content apart: ``Tokenizer.encode_parts`` finds special tokens
+(``<|im_end|>``) in the template text only, so a user who types ``<|im_end|>`` cannot end their own turn; for
+ordinary content the ids equal those of tokenizing the rendered text whole, as llama.cpp does.
+
 BOS: some templates write the BOS token's text themselves (Llama-3 ``bos_text``, Llama-2 ``<s>`` in each user
-prefix). Tokenize the prompt with ``parse_special=True`` and add a BOS only when the tokenizer wants one AND the text
-does not already start with the BOS token's text (llama.cpp's server strips that leading text instead; the ids are
-the same): ``add_bos = tok.add_bos and not prompt.startswith(tok.id_to_token(tok.bos_id))``.
+prefix). ``encode_parts`` adds a BOS only when the tokenizer wants one AND the text does not already start with the
+BOS token's text (llama.cpp's server strips that leading text instead; the ids are the same).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +33,11 @@ from typing import Any
 
 from .errors import InvalidMessagesError, UnknownChatTemplateError
 
-ALLOWED_ROLES = ("system", "user", "assistant")
+ALLOWED_ROLES = ("system", "user", "assistant", "tool")
+
+# A piece of prompt text and whether it is template text (True: special tokens in it are parsed) or message
+# content (False: it is read as plain text, whatever it contains).
+Part = tuple[str, bool]
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,10 @@ class ChatTemplate:
     ``strip_content``: the template strips each message's content (Python ``str.strip``). ``alternate``: roles must
     go user, assistant, user, ... (after an optional leading system message). ``date_format``: the template writes
     today's date (``strftime_now``); ``{date}`` in the prefixes is replaced by it.
+
+    Tool results: ``tool_prefix`` / ``tool_suffix`` around each one (``tool_prefix`` None: the template has no tool
+    role); ``tool_group_prefix`` / ``tool_group_suffix`` around each run of consecutive ones (Qwen2.5 puts them in
+    one user turn); ``tool_json``: the content is written as a JSON string (Llama-3.1's ``tojson``), unstripped.
     """
 
     name: str
@@ -56,63 +72,103 @@ class ChatTemplate:
     strip_content: bool = False
     alternate: bool = False
     date_format: str | None = None
+    tool_prefix: str | None = None
+    tool_suffix: str = ""
+    tool_group_prefix: str = ""
+    tool_group_suffix: str = ""
+    tool_json: bool = False
     # Text that ends the assistant's turn: generation stops there (as text, and as token when one exists).
     stop_strings: tuple[str, ...] = ()
     stop_token_texts: tuple[str, ...] = ()
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
         """The prompt text for ``messages`` (OpenAI shape: ``role`` and ``content``), as the Jinja template gives."""
+        return "".join(
+            text for text, _ in self.render_parts(messages, add_generation_prompt=add_generation_prompt)
+        )
+
+    def render_parts(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> list[Part]:
+        """``render``'s text as (text, is_template) parts, for ``Tokenizer.encode_parts``."""
         msgs = [(m["role"], content) for m, content in zip(messages, _contents(messages), strict=True)]
         if not msgs:
             raise InvalidMessagesError("messages", "at least one message is required")
 
-        def clean(text: str) -> str:
-            return text.strip() if self.strip_content else text
+        def clean(parts: list[Part]) -> list[Part]:
+            return _strip_parts(parts) if self.strip_content else parts
 
         date = time.strftime(self.date_format) if self.date_format else ""
-        out: list[str] = [self.bos_text]
+        out: list[Part] = [(self.bos_text, True)]
 
         system: str | None = None
+        system_is_template = False  # a default system prompt is template text: it is written in the template
         if msgs[0][0] == "system":
             system = msgs[0][1]
             msgs = msgs[1:]
         elif self.default_system is not None:
             system = self.default_system
+            system_is_template = True
+        offset = len(messages) - len(msgs)
+        if self.tool_prefix is None:
+            for i, (role, _) in enumerate(msgs):
+                if role == "tool":
+                    raise InvalidMessagesError(
+                        f"messages[{i + offset}].role",
+                        f"the {self.name} chat template has no role for tool results; use a model whose template "
+                        "has one (ChatML, Llama-3) or pass the result in a user message",
+                    )
 
         if self.system_in_first_user is not None:
             # Llama-2: no system turn; the system text joins the first user message before stripping.
             for i, (role, _) in enumerate(msgs):
                 if role != ("user" if i % 2 == 0 else "assistant"):
                     raise InvalidMessagesError(
-                        f"messages[{i + (len(messages) - len(msgs))}].role",
+                        f"messages[{i + offset}].role",
                         f"{self.name} needs roles to alternate user/assistant/user/... after an optional first "
                         f"system message; got {role!r}",
                     )
             for i, (role, content) in enumerate(msgs):
+                body: list[Part] = [(content, False)]
                 if i == 0 and system is not None:
-                    content = self.system_in_first_user.replace("{system}", system) + content
-                if role == "user":
-                    out += [self.user_prefix, clean(content), self.user_suffix]
-                else:
-                    out += [self.assistant_prefix, clean(content), self.assistant_suffix]
+                    head, _, tail = self.system_in_first_user.partition("{system}")
+                    body = [(head, True), (system, system_is_template), (tail, True), *body]
+                prefix, suffix = (
+                    (self.user_prefix, self.user_suffix)
+                    if role == "user"
+                    else (self.assistant_prefix, self.assistant_suffix)
+                )
+                out += [(prefix, True), *clean(body), (suffix, True)]
         else:
             if system is not None:
                 prefix = (
                     self.first_system_prefix if self.first_system_prefix is not None else self.system_prefix
                 )
-                out += [prefix.replace("{date}", date), clean(system), self.system_suffix]
-            offset = len(messages) - len(msgs)
+                out += [
+                    (prefix.replace("{date}", date), True),
+                    *clean([(system, system_is_template)]),
+                    (self.system_suffix, True),
+                ]
             for i, (role, content) in enumerate(msgs):
+                if role == "tool":
+                    if i == 0 or msgs[i - 1][0] != "tool":
+                        out.append((self.tool_group_prefix, True))
+                    text = json.dumps(content, ensure_ascii=False) if self.tool_json else content
+                    body = [(text, False)] if self.tool_json else clean([(content, False)])
+                    out += [(self.tool_prefix, True), *body, (self.tool_suffix, True)]
+                    if i + 1 == len(msgs) or msgs[i + 1][0] != "tool":
+                        out.append((self.tool_group_suffix, True))
+                    continue
                 if self.alternate and role != ("user" if i % 2 == 0 else "assistant"):
                     raise InvalidMessagesError(
                         f"messages[{i + offset}].role",
                         f"{self.name} needs roles to alternate user/assistant/user/...; got {role!r}",
                     )
                 prefix, suffix = self._affixes(role)
-                out += [prefix, clean(content), suffix]
+                out += [(prefix, True), *clean([(content, False)]), (suffix, True)]
         if add_generation_prompt:
-            out.append(self.generation_prompt)
-        return "".join(out)
+            out.append((self.generation_prompt, True))
+        return [(text, is_template) for text, is_template in out if text]
 
     def _affixes(self, role: str) -> tuple[str, str]:
         if role == "user":
@@ -120,6 +176,20 @@ class ChatTemplate:
         if role == "assistant":
             return self.assistant_prefix, self.assistant_suffix
         return self.system_prefix, self.system_suffix
+
+
+def _strip_parts(parts: list[Part]) -> list[Part]:
+    """``str.strip`` of the parts' concatenation, keeping the parts apart."""
+    parts = list(parts)
+    while parts and not parts[0][0].strip():
+        parts.pop(0)
+    if parts:
+        parts[0] = (parts[0][0].lstrip(), parts[0][1])
+    while parts and not parts[-1][0].strip():
+        parts.pop()
+    if parts:
+        parts[-1] = (parts[-1][0].rstrip(), parts[-1][1])
+    return parts
 
 
 def _contents(messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -167,8 +237,23 @@ def _contents(messages: Sequence[Mapping[str, Any]]) -> list[str]:
 # ---- the known families -------------------------------------------------------------------------------------------
 
 
-def chatml(default_system: str | None = None, name: str = "chatml") -> ChatTemplate:
-    """ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; ``default_system`` as in SmolLM2 / Qwen."""
+def chatml(
+    default_system: str | None = None, name: str = "chatml", *, qwen_tools: bool = False
+) -> ChatTemplate:
+    """ChatML: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``; ``default_system`` as in SmolLM2 / Qwen.
+
+    Tool results: a ``tool`` turn (the generic template writes any role's name), or with ``qwen_tools`` Qwen2.5's
+    ``<tool_response>`` blocks, a run of them in one user turn."""
+    tools = (
+        {
+            "tool_prefix": "\n<tool_response>\n",
+            "tool_suffix": "\n</tool_response>",
+            "tool_group_prefix": "<|im_start|>user",
+            "tool_group_suffix": "<|im_end|>\n",
+        }
+        if qwen_tools
+        else {"tool_prefix": "<|im_start|>tool\n", "tool_suffix": "<|im_end|>\n"}
+    )
     return ChatTemplate(
         name=name,
         system_prefix="<|im_start|>system\n",
@@ -181,6 +266,7 @@ def chatml(default_system: str | None = None, name: str = "chatml") -> ChatTempl
         generation_prompt="<|im_start|>assistant\n",
         stop_strings=("<|im_end|>",),
         stop_token_texts=("<|im_end|>",),
+        **tools,
     )
 
 
@@ -198,6 +284,8 @@ LLAMA_3 = ChatTemplate(
     bos_text="<|begin_of_text|>",
     generation_prompt=_L3_HEADER.format("assistant"),
     strip_content=True,
+    tool_prefix=_L3_HEADER.format("tool"),  # the generic template writes any role's name
+    tool_suffix="<|eot_id|>",
     stop_strings=("<|eot_id|>",),
     stop_token_texts=("<|eot_id|>", "<|eom_id|>"),
 )
@@ -209,6 +297,8 @@ LLAMA_3_1 = replace(
     name="llama-3.1",
     first_system_prefix=_L31_SYSTEM.replace("{date}", "26 Jul 2024"),
     default_system="",
+    tool_prefix=_L3_HEADER.format("ipython"),
+    tool_json=True,
 )
 LLAMA_3_2 = replace(LLAMA_3_1, name="llama-3.2", first_system_prefix=_L31_SYSTEM, date_format="%d %b %Y")
 
@@ -265,7 +355,7 @@ def recognize(gguf_template: str) -> ChatTemplate | None:
     """The template family of a GGUF chat template, from its markers; None when we do not know it."""
     t = gguf_template
     if "<|im_start|>" in t and "<|im_end|>" in t:
-        return chatml(_chatml_default_system(t))
+        return chatml(_chatml_default_system(t), qwen_tools="<tool_response>" in t)
     if "<|start_header_id|>" in t and "<|eot_id|>" in t:
         if "Cutting Knowledge Date" in t:
             return LLAMA_3_2 if "strftime_now" in t else LLAMA_3_1

@@ -4,6 +4,13 @@ The decode loop keeps the GPU busy: the sampler leaves each token where the next
 step t + 1 is submitted before the host has read token t, and the host reads token ids one step behind from a small
 ring of 4-byte MAP_READ buffers. A step after the last wanted token may run for nothing; it only writes a KV entry
 past the end, which the next request overwrites.
+
+Sampling (temperature, top-p, top-k, penalties, logit bias) runs in the step's last dispatch (sample.wgsl); a
+request only rewrites its Params. With logprobs the step also copies the sampler's small record (the chosen token's
+log-probability and the top alternatives) next to the token id: a copy, not a dispatch.
+
+The engine remembers which token ids its KV cache holds (``kv_ids``); a request whose prompt starts with them
+prefills only the rest (multi-round chat, several choices of one prompt).
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .conversation import ChatTemplate, get_chat_template
-from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, InvalidRequestError
+from .errors import ContextWindowSizeExceededError, EngineBusyError, EngineNotLoadedError, InvalidRangeError
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
@@ -41,6 +48,13 @@ READBACK_RING = 3  # MAP_READ buffers for token ids: one being read, one being w
 class SamplingParams:
     temperature: float = 1.0  # 0.0 => greedy (argmax)
     top_p: float = 1.0
+    top_k: int = 0  # 0 => off
+    presence_penalty: float = 0.0  # [-2, 2], over tokens generated in this request
+    frequency_penalty: float = 0.0  # [-2, 2]
+    repetition_penalty: float = 1.0  # > 0; 1 => off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100])
+    logprobs: bool = False  # read the sampler's record back: the chosen token's log-probability...
+    top_logprobs: int = 0  # ...and this many alternatives, [0, 20]
     seed: int | None = None  # None => a random seed
     max_tokens: int | None = None  # None => until the context window is full
     stop_token_ids: frozenset[int] = frozenset()  # extra ids that end generation
@@ -53,6 +67,9 @@ class GenerationStats:
     completion_tokens: int = 0
     prefill_time_s: float = 0.0  # request start -> first token id on the host (prefill + first sample)
     decode_time_s: float = 0.0  # first token -> last token on the host
+    token_times_s: list[float] = field(
+        default_factory=list
+    )  # host seconds before each token id (latency breakdown)
     time_to_first_token_s: float = 0.0
     e2e_latency_s: float = 0.0
 
@@ -80,6 +97,11 @@ class Generation:
         self.params = params
         self.max_new = max_new
         self.finish_reason: str | None = None
+        self.output_ids: list[int] = []  # the ids yielded so far
+        self.reused = 0  # prompt tokens whose KV entries were already in the cache (not prefilled)
+        # With params.logprobs, one (token, logprob, [(id, logprob)] * top_logprobs) per yielded token, appended
+        # before the token is yielded.
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
         self.stats = GenerationStats(prompt_tokens=len(prompt_ids))
         self._started = False
         self._closed = False
@@ -114,30 +136,66 @@ class Generation:
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= engine.tokenizer.eot_ids
+        read: list[int] = []  # generated ids, as the host read them
+        submitted = 0  # steps submitted; step j consumes generated id j - 1 and writes its KV entry
+        ids = self.prompt_ids
+        reuse = self.reused
         try:
+            # The seed picks the random stream; the kernel draws number `step` of it at step `step`, so the same
+            # seed gives the same tokens on every host (up to float differences in the logits themselves).
             seed = params.seed if params.seed is not None else random.getrandbits(32)
-            graph.sampler.configure(temperature=params.temperature, top_p=params.top_p, seed=seed)
+            graph.sampler.configure(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=seed,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                repetition_penalty=params.repetition_penalty,
+                logit_bias=params.logit_bias,
+                logprobs=params.logprobs,
+                top_logprobs=params.top_logprobs,
+            )
+            record = graph.sampler.record
+            rec_bytes = graph.sampler.RECORD_BYTES
 
-            # Prefill: chunks of at most graph.chunk tokens; the last one ends with the LM head and the sampler.
-            ids = self.prompt_ids
-            for c0 in range(0, len(ids), graph.chunk):
+            def copies(step: int) -> list[tuple[Any, int, Any, int, int]]:
+                # The token id (and, when asked, the sampler's record) of this step, into the readback rings.
+                out = [(graph.tokens, 0, engine.ring[step % READBACK_RING], 0, 4)]
+                if params.logprobs:
+                    out.append((record, 0, engine.record_ring[step % READBACK_RING], 0, rec_bytes))
+                return out
+
+            # Prefill what the KV cache does not hold yet: chunks of at most graph.chunk tokens at positions
+            # reuse.., the last one ending with the LM head and the sampler.
+            # Until the prefill is submitted, nothing past the reused part is valid.
+            engine.kv_ids = ids[:reuse]
+            for c0 in range(reuse, len(ids), graph.chunk):
                 chunk = ids[c0 : c0 + graph.chunk]
                 last = c0 + len(chunk) == len(ids)
                 dev.write_buffer(graph.tokens, 0, struct.pack(f"<{len(chunk)}I", *chunk))
                 dev.write_buffer(graph.state, 0, pack_state(c0, len(chunk), 0))
-                copies = [(graph.tokens, 0, engine.ring[0], 0, 4)] if last else []
-                dev.submit(graph.forward(len(chunk), sample=last), copies)
+                dev.submit(graph.forward(len(chunk), sample=last), copies(0) if last else [])
+            engine.kv_ids = list(ids)
+            submitted = 1  # the prefill's sample is step 0
 
             # Decode, reading one step behind: step i's token lands in ring[i % RING].
-            submitted = 1  # steps whose token will be read (the prefill's sample is step 0)
             if self.max_new > 1:
-                dev.submit(graph.decode_dispatches, [(graph.tokens, 0, engine.ring[1], 0, 4)])
+                dev.submit(graph.decode_dispatches, copies(1))
                 submitted = 2
-            first_token_at = 0.0
+            first_token_at = last_at = 0.0
             for i in range(self.max_new):
                 data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
                 token = struct.unpack("<I", data)[0]
+                if params.logprobs:
+                    rec = await dev.read_buffer(engine.record_ring[i % READBACK_RING], 0, rec_bytes)
+                    _, logprob, top = graph.sampler.parse_record(rec, params.top_logprobs)
+                    self.logprobs.append((token, logprob, top))
+                read.append(token)
+                self.output_ids.append(token)
                 now = time.perf_counter()
+                self.stats.token_times_s.append(now - (last_at or start))
+                last_at = now
                 if i == 0:
                     first_token_at = now
                     self.stats.time_to_first_token_s = now - start
@@ -145,8 +203,7 @@ class Generation:
                 self.stats.completion_tokens = i + 1
                 self.stats.decode_time_s = now - first_token_at
                 if submitted < self.max_new and token not in stop_ids and not self._interrupted:
-                    ring = engine.ring[submitted % READBACK_RING]
-                    dev.submit(graph.decode_dispatches, [(graph.tokens, 0, ring, 0, 4)])
+                    dev.submit(graph.decode_dispatches, copies(submitted))
                     submitted += 1
                 yield token
                 if token in stop_ids:
@@ -157,6 +214,9 @@ class Generation:
                     return
             self.finish_reason = "length"
         finally:
+            # The cache holds the prompt and every generated id a submitted step consumed (never the last one).
+            if engine.kv_ids == ids:
+                engine.kv_ids = list(ids) + read[: max(0, submitted - 1)]
             self.stats.e2e_latency_s = time.perf_counter() - start
             engine._release(self)
 
@@ -188,6 +248,13 @@ class Engine:
             device.create_buffer(4, BufferUsage.MAP_READ | BufferUsage.COPY_DST, f"token_readback{i}")
             for i in range(READBACK_RING)
         ]
+        self.record_ring = [  # the sampler's logprobs record of a step, read only when a request asks for it
+            device.create_buffer(
+                graph.sampler.RECORD_BYTES, BufferUsage.MAP_READ | BufferUsage.COPY_DST, f"record_readback{i}"
+            )
+            for i in range(READBACK_RING)
+        ]
+        self.kv_ids: list[int] = []  # token ids whose KV entries positions 0.. of the cache hold, in order
         self._active: Generation | None = None
         self._unloaded = False
         self.owns_device = False  # set by load_engine when it opened the device itself
@@ -201,22 +268,23 @@ class Engine:
     def dispatches_per_decode_step(self) -> int:
         return len(self.graph.decode_dispatches)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        """Start generating after ``prompt_ids``; iterate the result for token ids."""
+    def generate(self, prompt_ids: list[int], params: SamplingParams, *, reuse_kv: bool = True) -> Generation:
+        """Start generating after ``prompt_ids``; iterate the result for token ids.
+
+        With ``reuse_kv`` the longest prefix of ``prompt_ids`` the KV cache already holds is not prefilled again
+        (``Generation.reused`` says how many tokens; at least the last prompt token is always run)."""
         if self._unloaded:
             raise EngineNotLoadedError(f"model {self.model_id!r} was unloaded; reload it first")
         if self._active is not None:
-            raise InvalidRequestError(
+            raise EngineBusyError(
                 f"model {self.model_id!r} is already generating; finish or aclose() that generation first"
             )
         n_ctx = self.context_window_size
         if not prompt_ids:
-            raise InvalidRequestError("the prompt is empty: it needs at least one token")
-        bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"prompt token id {bad[0]} is outside the vocabulary [0, {self.config.vocab_size})"
-            )
+            raise InvalidRangeError("prompt", prompt_ids, "at least one token")
+        for i, t in enumerate(prompt_ids):
+            if not 0 <= t < self.config.vocab_size:
+                raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {self.config.vocab_size})")
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(
@@ -231,6 +299,14 @@ class Engine:
             )
         max_new = params.max_tokens if params.max_tokens is not None else room
         gen = Generation(self, list(prompt_ids), params, max_new)
+        if reuse_kv:
+            common = 0
+            for a, b in zip(self.kv_ids, prompt_ids, strict=False):
+                if a != b:
+                    break
+                common += 1
+            gen.reused = min(common, len(prompt_ids) - 1)
+        gen.stats.prompt_tokens = len(prompt_ids) - gen.reused
         self._active = gen
         return gen
 
@@ -242,7 +318,8 @@ class Engine:
         if self._active is not None:
             await self._active.aclose()
         self._unloaded = True
-        for buf in self.ring:
+        self.kv_ids = []
+        for buf in self.ring + self.record_ring:
             self.device.destroy_buffer(buf)
         if self.owns_device:
             self.device.destroy()
@@ -284,8 +361,8 @@ async def load_engine(
         template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
-            raise InvalidRequestError(
-                f"context_window_size {n_ctx} is outside [1, {cfg.context_length}] (the model's context length)"
+            raise InvalidRangeError(
+                "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
             )
         owns_device = device is None
         if device is None:

@@ -91,6 +91,11 @@ class EngineNotLoadedError(WebLLMError):
     """A request was made before any model was loaded (call reload() or CreateMLCEngine first)."""
 
 
+class EngineBusyError(WebLLMError):
+    """``Engine.generate`` was called while the model's previous generation was still open (the low-level API;
+    ``MLCEngine`` queues requests instead)."""
+
+
 # ---- request validation (protocol.py) -------------------------------------------------------------------------------
 # Each subclass of InvalidRequestError is one kind of failure. ``field`` is the request field as the caller wrote it
 # (``temperature``, ``messages[2].content``), so a client can point at it without parsing the message.
@@ -148,8 +153,37 @@ class InvalidMessagesError(InvalidRequestError):
         super().__init__(f"`{field}`: {reason}")
 
 
-class SpecifiedModelNotFoundError(InvalidRequestError):
-    """The request's ``model`` names a model other than the one this engine has loaded."""
+class _NamedFieldError(InvalidRequestError):
+    """An error about one request field, named by the class (``field``), with the value given (``value``)."""
+
+    field = ""
+
+    def __init__(self, message: str, value: object = None):
+        super().__init__(message)
+        self.field = type(self).field  # an instance attribute, so it crosses the worker boundary in `details`
+        self.value = value
+
+
+class SpecifiedModelNotFoundError(_NamedFieldError):
+    """The request's ``model`` names a model this engine has not loaded."""
+
+    field = "model"
+
+
+class UnclearModelToUseError(_NamedFieldError):
+    """Several models are loaded and the request's ``model`` does not say which one to use."""
+
+    field = "model"
+
+
+class ReloadModelIdNotUniqueError(_NamedFieldError):
+    """``reload()`` was given the same model id more than once."""
+
+    field = "model_id"
+
+
+class ServerSentEventsError(WebLLMError):
+    """An SSE body (``api/sse.py``) is malformed, or the server reported an error in the stream."""
 
 
 # ---- model files (download.py) --------------------------------------------------------------------------------------

@@ -1,15 +1,23 @@
-"""Request validation: an OpenAI chat-completion request dict becomes a frozen ``ChatRequest`` once, here.
+"""Request validation: an OpenAI request dict becomes a frozen ``ChatRequest`` / ``CompletionRequest`` once, here.
 
-Nothing below this module reads the raw dict (STYLE rule 5). ``check_chat_completion_request`` is one function of
-numbered checks, in the spirit of WebLLM's ``postInitAndCheckFields`` and ``postInitAndCheckGenerationConfigValues``
-(webllm_anchor.md section 2.1); each failure raises its own ``InvalidRequestError`` subclass naming the field, the
-value and what is allowed.
+Nothing below this module reads the raw dict (STYLE rule 5). ``check_chat_completion_request`` and
+``check_completion_request`` are functions of numbered checks, in the spirit of WebLLM's ``postInitAndCheckFields``
+and ``postInitAndCheckGenerationConfigValues`` (webllm_anchor.md section 2.1); the generation knobs both share are
+checked once, by ``_check_generation``. Each failure raises its own ``InvalidRequestError`` subclass naming the field,
+the value and what is allowed.
 
 Differences from WebLLM, on purpose:
 - Unknown keys are an error (WebLLM ignores them), so a typo such as ``max_token`` does not silently do nothing.
-- OpenAI fields we do not implement yet are an error naming the field, unless they carry their no-op default
-  (``frequency_penalty=0``, ``logprobs=False``, ``tools=[]``...): clients such as LangChain send those explicitly.
-- ``max_completion_tokens`` (OpenAI's newer name) is accepted as ``max_tokens``.
+- OpenAI fields we do not implement are an error naming the field, unless they carry their no-op default
+  (``tools=[]``, ``response_format={"type": "text"}``...): clients such as LangChain send those explicitly.
+- ``max_completion_tokens`` (OpenAI's newer name) is accepted as ``max_tokens``; ``developer`` (OpenAI's newer name
+  for the system role) as ``system``.
+- ``top_logprobs`` goes up to 20 (OpenAI's limit; WebLLM stops at 5), and ``logprobs: true`` alone returns the
+  chosen tokens' log-probabilities (WebLLM returns an empty list).
+- ``top_k`` (an int, 0 or -1 = off) is accepted as an extension, as vLLM does.
+- ``extra_body`` is merged into the request, as openai-python does before sending it, so
+  ``extra_body={"enable_latency_breakdown": True}`` (WebLLM's spelling) and ``extra_body={"top_k": 40}`` both work.
+- Text completions accept a prompt given as token ids, ``echo`` when streaming, and OpenAI's integer ``logprobs``.
 """
 
 from __future__ import annotations
@@ -28,40 +36,47 @@ from .errors import (
 )
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
-ROLES = ("system", "user", "assistant")
+MAX_LOGIT_BIAS = 300  # entries; the GPU sampler's bias list holds this many (ops.Sampler.MAX_BIAS)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit; the GPU sampler writes this many (ops.Sampler.MAX_TOP_LOGPROBS)
+MAX_N = 128  # OpenAI's limit on choices per request
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for text completions (chat has none)
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
-# Fields we understand and apply.
-SUPPORTED_FIELDS = frozenset(
+# Request fields both endpoints understand and apply.
+GENERATION_FIELDS = frozenset(
     {
-        "messages",
         "model",
         "stream",
         "stream_options",
         "max_tokens",
-        "max_completion_tokens",
         "temperature",
         "top_p",
+        "top_k",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
         "seed",
         "stop",
         "n",
         "ignore_eos",
+        "enable_latency_breakdown",
+        "extra_body",
     }
 )
+CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens"}
+COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo"}
 
-# OpenAI (or WebLLM) fields that are not implemented yet, with the value that means "not used", which we accept.
-NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
+# OpenAI chat fields that are not implemented, with the values that mean "not used", which we accept.
+CHAT_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "tools": ([],),
     "tool_choice": ("none",),
     "parallel_tool_calls": (True, False),  # meaningless without tools
     "functions": ([],),
     "function_call": ("none",),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "logit_bias": ({},),
     "response_format": ({"type": "text"},),
-    "frequency_penalty": (0, 0.0),
-    "presence_penalty": (0, 0.0),
-    "repetition_penalty": (1, 1.0),
     "modalities": (["text"],),
     "audio": (),
     "prediction": (),
@@ -75,34 +90,65 @@ NOT_YET_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "safety_identifier": (),
     "verbosity": (),
 }
+# WebLLM's CompletionCreateParamsUnsupportedFields, plus OpenAI's newer ones.
+COMPLETION_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "suffix": (),
+    "best_of": (1,),
+    "user": (),
+}
+# Why each unsupported field is refused, for the error message.
+WHY_NOT = {
+    "tools": "function calling is not implemented",
+    "tool_choice": "function calling is not implemented",
+    "parallel_tool_calls": "function calling is not implemented",
+    "functions": "function calling is not implemented",
+    "function_call": "function calling is not implemented",
+    "response_format": "constrained decoding (JSON mode, grammars) is not implemented",
+    "suffix": "fill-in-the-middle needs a model trained for it",
+    "best_of": "several candidates per choice are not generated; ask for n choices instead",
+    "user": "there is no abuse monitoring to pass an end-user id to",
+}
 
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool" ("developer" arrives as "system")
     content: str  # text parts already joined
     name: str | None = None
+    tool_call_id: str | None = None
 
     def to_dict(self) -> dict[str, str]:
         """The shape ``ChatTemplate.render`` takes."""
         d = {"role": self.role, "content": self.content}
         if self.name is not None:
             d["name"] = self.name
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
         return d
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     # None means "not given": the engine applies the model record's overrides, then its own defaults.
-    max_tokens: int | None = None  # generated tokens, > 0; None => until the context window is full
+    max_tokens: int | None = (
+        None  # generated tokens per choice, > 0; None => until the context window is full
+    )
     temperature: float | None = None  # [0, 2]; 0 => greedy
     top_p: float | None = None  # (0, 1]
+    top_k: int | None = None  # >= 0; 0 => off
+    frequency_penalty: float | None = None  # [-2, 2], per occurrence of a token in this reply
+    presence_penalty: float | None = None  # [-2, 2], once for every token already in this reply
+    repetition_penalty: float | None = None  # > 0; 1 => off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]), ids distinct
+    logprobs: bool = False  # return the chosen tokens' log-probabilities
+    top_logprobs: int = 0  # and this many most likely alternatives at each position, [0, 20]
     seed: int | None = None
     stop: tuple[str, ...] = ()  # request stop strings (the chat template adds its own later)
     ignore_eos: bool = False
-    n: int = 1
+    n: int = 1  # choices, [1, 128]; more than 1 only without streaming
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
+    enable_latency_breakdown: bool = False  # usage.extra.latencyBreakdown (WebLLM's extra_body field)
     model: str | None = None
 
 
@@ -112,24 +158,121 @@ class ChatRequest:
     config: GenerationConfig
 
 
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str | tuple[int, ...]  # text, or token ids given by the caller
+    echo: bool  # the reply's text starts with the prompt's
+    config: GenerationConfig
+
+
 def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
     """Validate an OpenAI chat-completion request dict; raise the first problem found."""
-    # 1. Every key is known. Not-yet-supported fields pass only with their no-op value.
-    if not isinstance(request, Mapping):
-        raise InvalidFieldTypeError("request", request, "a dict of OpenAI chat-completion fields")
-    for key, value in request.items():
-        if key in SUPPORTED_FIELDS:
-            continue
-        if key in NOT_YET_SUPPORTED:
-            if value is None or any(value == ok and type(value) is type(ok) for ok in NOT_YET_SUPPORTED[key]):
-                continue
-            raise UnsupportedFieldError(key, value, "not implemented yet in webllm_py")
-        raise UnsupportedFieldError(key, value, "not a chat-completion request field")
+    # 1. A dict; extra_body merged in; every key known; unsupported fields pass only with their no-op value.
+    request = _check_keys(request, CHAT_FIELDS, CHAT_NOT_SUPPORTED, "chat-completion")
 
     # 2. messages: a non-empty list; roles, content and order checked message by message.
     messages = _check_messages(request.get("messages"))
 
-    # 3. stream is a bool; stream_options only with stream=True and only include_usage in it.
+    # 3. max_tokens / max_completion_tokens: an int > 0; if both are given they must agree.
+    max_tokens = _optional_positive_int(request, "max_tokens")
+    max_completion_tokens = _optional_positive_int(request, "max_completion_tokens")
+    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
+        raise InvalidRangeError(
+            "max_completion_tokens",
+            max_completion_tokens,
+            f"equal to max_tokens ({max_tokens}) when both are given",
+        )
+
+    # 4. Everything chat and text completions share (sampling, stop, n, stream...).
+    config = _check_generation(request, max_tokens if max_tokens is not None else max_completion_tokens)
+
+    # 5. top_logprobs needs logprobs=true (OpenAI's rule; WebLLM's DependencyError).
+    if request.get("top_logprobs") is not None and not config.logprobs:
+        raise FieldDependencyError("top_logprobs", "logprobs=True")
+    return ChatRequest(messages=messages, config=config)
+
+
+def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
+    """Validate an OpenAI text-completion request dict (``completions.create``); raise the first problem found."""
+    # 1. A dict; extra_body merged in; every key known; suffix, best_of and user are named and refused.
+    request = _check_keys(request, COMPLETION_FIELDS, COMPLETION_NOT_SUPPORTED, "completion")
+
+    # 2. prompt: a string, or a list of token ids (or a list holding one of those: one prompt per request).
+    prompt = _check_prompt(request.get("prompt"))
+
+    # 3. echo is a bool. Prompt-token log-probabilities would need the logits of every prompt position.
+    echo = _optional_bool(request, "echo")
+
+    # 4. logprobs: OpenAI's int (that many alternatives, [0, 20] here, 5 at OpenAI) or WebLLM's bool with
+    #    top_logprobs.
+    logprobs = request.get("logprobs")
+    fields = dict(request)
+    if isinstance(logprobs, int) and not isinstance(logprobs, bool):
+        if not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRangeError("logprobs", logprobs, f"an integer in [0, {MAX_TOP_LOGPROBS}] or a bool")
+        if request.get("top_logprobs") is not None:
+            raise UnsupportedFieldError(
+                "top_logprobs",
+                request["top_logprobs"],
+                "give it only with logprobs=True, not with an integer",
+            )
+        fields["logprobs"], fields["top_logprobs"] = True, logprobs
+    if echo and fields.get("logprobs"):
+        raise UnsupportedFieldError(
+            "echo", True, "echo with logprobs would need the prompt tokens' log-probabilities"
+        )
+
+    # 5. Everything chat and text completions share; max_tokens defaults to 16, as at OpenAI.
+    max_tokens = _optional_positive_int(request, "max_tokens")
+    config = _check_generation(
+        fields, max_tokens if max_tokens is not None else DEFAULT_COMPLETION_MAX_TOKENS
+    )
+
+    # 6. top_logprobs needs logprobs.
+    if request.get("top_logprobs") is not None and not config.logprobs:
+        raise FieldDependencyError("top_logprobs", "logprobs=True")
+    return CompletionRequest(prompt=prompt, echo=echo, config=config)
+
+
+def _check_keys(
+    request: Any, known: frozenset[str], not_supported: dict[str, tuple[Any, ...]], kind: str
+) -> dict[str, Any]:
+    if not isinstance(request, Mapping):
+        raise InvalidFieldTypeError("request", request, f"a dict of OpenAI {kind} fields")
+    out = dict(request)
+    extra = out.pop("extra_body", None)
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            raise InvalidFieldTypeError("extra_body", extra, "a dict of extra request fields")
+        for key, value in extra.items():
+            if key in out and out[key] is not None:
+                raise UnsupportedFieldError(
+                    f"extra_body.{key}", value, f"`{key}` is given both in the request and in extra_body"
+                )
+            if key not in known and key not in not_supported:
+                raise UnsupportedFieldError(f"extra_body.{key}", value, f"not a {kind} request field")
+            out[key] = value
+    refused = []
+    for key, value in out.items():
+        if key in known:
+            continue
+        if key in not_supported:
+            if value is None or any(value == ok and type(value) is type(ok) for ok in not_supported[key]):
+                continue
+            refused.append(key)
+            continue
+        raise UnsupportedFieldError(key, value, f"not a {kind} request field")
+    if refused:
+        # Every refused field at once, so a client learns in one round trip what to remove.
+        field = ", ".join(refused)
+        reasons = "; ".join(f"{k}: {WHY_NOT.get(k, 'not implemented in webllm_py')}" for k in refused)
+        value = out[refused[0]] if len(refused) == 1 else {k: out[k] for k in refused}
+        raise UnsupportedFieldError(field, value, reasons)
+    return out
+
+
+def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> GenerationConfig:
+    # a. stream is a bool; stream_options only with stream=True and only include_usage in it.
     stream = _optional_bool(request, "stream")
     include_usage = False
     stream_options = request.get("stream_options")
@@ -147,65 +290,112 @@ def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
                 )
         include_usage = _optional_bool(stream_options, "include_usage", prefix="stream_options.")
 
-    # 4. max_tokens / max_completion_tokens: an int > 0; if both are given they must agree.
-    max_tokens = _optional_positive_int(request, "max_tokens")
-    max_completion_tokens = _optional_positive_int(request, "max_completion_tokens")
-    if max_tokens is not None and max_completion_tokens is not None and max_tokens != max_completion_tokens:
-        raise InvalidRangeError(
-            "max_completion_tokens",
-            max_completion_tokens,
-            f"equal to max_tokens ({max_tokens}) when both are given",
-        )
-    if max_tokens is None:
-        max_tokens = max_completion_tokens
-
-    # 5. temperature in [0, 2].
+    # b. temperature in [0, 2]; top_p in (0, 1]; top_k an int >= 0 (-1 also means off, as in vLLM).
     temperature = _optional_number(request, "temperature")
     if temperature is not None and not 0.0 <= temperature <= 2.0:
         raise InvalidRangeError("temperature", temperature, "in [0, 2]")
-
-    # 6. top_p in (0, 1].
     top_p = _optional_number(request, "top_p")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise InvalidRangeError("top_p", top_p, "in (0, 1]")
+    top_k = _optional_int(request, "top_k")
+    if top_k is not None:
+        if top_k < -1:
+            raise InvalidRangeError("top_k", top_k, ">= 0 (0 or -1: no top-k)")
+        top_k = max(top_k, 0)
 
-    # 7. seed is an integer (WebLLM's SeedTypeError).
+    # c. frequency_penalty and presence_penalty in [-2, 2]; repetition_penalty > 0 (WebLLM's MinValueError).
+    penalties = {}
+    for key in ("frequency_penalty", "presence_penalty"):
+        penalties[key] = value = _optional_number(request, key)
+        if value is not None and not -2.0 <= value <= 2.0:
+            raise InvalidRangeError(key, value, "in [-2, 2]")
+    repetition_penalty = _optional_number(request, "repetition_penalty")
+    if repetition_penalty is not None and not repetition_penalty > 0.0:
+        raise InvalidRangeError("repetition_penalty", repetition_penalty, "> 0 (1: no penalty)")
+
+    # d. logit_bias: {token id: bias}, ids as ints or strings of ints (JSON keys are strings), bias in [-100, 100].
+    logit_bias = _check_logit_bias(request.get("logit_bias"))
+
+    # e. logprobs is a bool; top_logprobs an int in [0, 20] (its dependency on logprobs: the callers' last check).
+    logprobs = _optional_bool(request, "logprobs")
+    top_logprobs = _optional_int(request, "top_logprobs")
+    if top_logprobs is not None and not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidRangeError("top_logprobs", top_logprobs, f"in [0, {MAX_TOP_LOGPROBS}]")
+
+    # f. seed is an integer (WebLLM's SeedTypeError).
     seed = request.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise InvalidFieldTypeError("seed", seed, "an integer")
 
-    # 8. stop: a non-empty string or a list of at most 4 of them.
+    # g. stop: a non-empty string or a list of at most 4 of them.
     stop = _check_stop(request.get("stop"))
 
-    # 9. n: only 1 for now (several choices would need several generations; not implemented yet).
-    n = request.get("n")
-    if n is not None:
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise InvalidFieldTypeError("n", n, "an integer")
-        if n != 1:
-            raise InvalidRangeError("n", n, "1 (several choices per request are not supported yet)")
+    # h. n in [1, 128]; only 1 when streaming (WebLLM's StreamingCountError).
+    n = _optional_int(request, "n")
+    if n is not None and not 1 <= n <= MAX_N:
+        raise InvalidRangeError("n", n, f"in [1, {MAX_N}]")
+    if n is not None and n > 1 and stream:
+        raise InvalidRangeError("n", n, "1 when stream=True (a stream carries one choice)")
 
-    # 10. ignore_eos is a bool.
+    # i. ignore_eos and enable_latency_breakdown are bools; model is a string (which one is loaded: the engine's
+    #    check).
     ignore_eos = _optional_bool(request, "ignore_eos")
-
-    # 11. model is a string; whether it is the loaded model is the engine's check.
+    enable_latency_breakdown = _optional_bool(request, "enable_latency_breakdown")
     model = request.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidFieldTypeError("model", model, "a model id string")
 
-    config = GenerationConfig(
+    return GenerationConfig(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
+        top_k=top_k,
+        frequency_penalty=penalties["frequency_penalty"],
+        presence_penalty=penalties["presence_penalty"],
+        repetition_penalty=repetition_penalty,
+        logit_bias=logit_bias,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs or 0,
         seed=seed,
         stop=stop,
         ignore_eos=ignore_eos,
-        n=1,
+        n=n or 1,
         stream=stream,
         include_usage=include_usage,
+        enable_latency_breakdown=enable_latency_breakdown,
         model=model,
     )
-    return ChatRequest(messages=messages, config=config)
+
+
+def _check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    if bias is None:
+        return ()
+    if not isinstance(bias, Mapping):
+        raise InvalidFieldTypeError("logit_bias", bias, 'a dict of token id -> bias, e.g. {"50256": -100}')
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidRangeError("logit_bias", bias, f"at most {MAX_LOGIT_BIAS} entries (got {len(bias)})")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        token = key
+        if isinstance(key, str):
+            try:
+                token = int(key)
+            except ValueError:
+                token = None
+        if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+            raise InvalidFieldTypeError(
+                f"logit_bias[{key!r}]", key, "a token id: a non-negative integer, or a string of one"
+            )
+        if token in out:
+            raise InvalidRangeError(
+                f"logit_bias[{key!r}]", key, f"a token id given once (token {token} appears twice)"
+            )
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise InvalidFieldTypeError(f"logit_bias[{key!r}]", value, "a finite number")
+        if not -100.0 <= value <= 100.0:
+            raise InvalidRangeError(f"logit_bias[{key!r}]", value, "in [-100, 100]")
+        out[token] = float(value)
+    return tuple(out.items())
 
 
 def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
@@ -225,23 +415,43 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
             raise InvalidMessagesError(
                 f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r:.80}"
             )
+        allowed = ("role", "content", "name") + (("tool_call_id",) if role == "tool" else ())
         for key, value in message.items():
             # tool_calls, audio, refusal... would be silently dropped from the prompt; say so instead.
-            if key not in ("role", "content", "name") and value is not None:
-                raise UnsupportedFieldError(
-                    f"{where}.{key}", value, "messages may carry only role, content and name"
+            if key not in allowed and value is not None:
+                why = (
+                    "function calling is not implemented"
+                    if key in ("tool_calls", "function_call")
+                    else f"{role} messages may carry only {', '.join(allowed)}"
                 )
+                raise UnsupportedFieldError(f"{where}.{key}", value, why)
+        if role == "developer":
+            role = "system"  # OpenAI's newer name for it
         # WebLLM's SystemMessageOrderError: the system prompt is rendered once, at the top.
         if role == "system" and i != 0:
             raise InvalidMessagesError(where, "a system message is only allowed as the first message")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
             raise InvalidMessagesError(f"{where}.name", f"must be a string; got {name!r:.80}")
-        out.append(ChatMessage(role=role, content=_message_text(message.get("content"), where), name=name))
-    # WebLLM's MessageOrderError: the model answers the last user message.
-    if out[-1].role != "user":
+        tool_call_id = message.get("tool_call_id")
+        if role == "tool" and not isinstance(tool_call_id, str):
+            raise InvalidMessagesError(
+                f"{where}.tool_call_id",
+                f"a tool message must name the tool call it answers (a string); got {tool_call_id!r:.80}",
+            )
+        out.append(
+            ChatMessage(
+                role=role,
+                content=_message_text(message.get("content"), where),
+                name=name,
+                tool_call_id=tool_call_id,
+            )
+        )
+    # WebLLM's MessageOrderError: the model answers the last user message (or tool result).
+    if out[-1].role not in ("user", "tool"):
         raise InvalidMessagesError(
-            f"messages[{len(out) - 1}].role", f"the last message must have role 'user'; got {out[-1].role!r}"
+            f"messages[{len(out) - 1}].role",
+            f"the last message must have role 'user' or 'tool'; got {out[-1].role!r}",
         )
     return tuple(out)
 
@@ -256,7 +466,8 @@ def _message_text(content: Any, where: str) -> str:
             if part_type != "text":
                 raise InvalidMessagesError(
                     f"{where}.content[{j}]",
-                    f"only text parts ({{'type': 'text', 'text': ...}}) are supported; got type {part_type!r:.40}",
+                    f"only text parts ({{'type': 'text', 'text': ...}}) are supported (no model here reads "
+                    f"images or audio); got type {part_type!r:.40}",
                 )
             text = part.get("text")
             if not isinstance(text, str):
@@ -268,6 +479,25 @@ def _message_text(content: Any, where: str) -> str:
         return "\n".join(texts)
     raise InvalidMessagesError(
         f"{where}.content", f"must be a string or a list of text parts; got {content!r:.80}"
+    )
+
+
+def _check_prompt(prompt: Any) -> str | tuple[int, ...]:
+    if isinstance(prompt, list | tuple) and len(prompt) == 1 and isinstance(prompt[0], str | list | tuple):
+        prompt = prompt[0]  # a batch of one prompt
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidRangeError("prompt", prompt, "a non-empty string")
+        return prompt
+    if isinstance(prompt, list | tuple):
+        if prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+            return tuple(prompt)
+        if len(prompt) > 1 and all(isinstance(p, str | list | tuple) for p in prompt):
+            raise UnsupportedFieldError(
+                "prompt", prompt, "one prompt per request; send one request per prompt"
+            )
+    raise InvalidFieldTypeError(
+        "prompt", prompt, "a non-empty string or a non-empty list of token ids (non-negative integers)"
     )
 
 
@@ -306,12 +536,17 @@ def _optional_number(d: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _optional_positive_int(d: Mapping[str, Any], key: str) -> int | None:
+def _optional_int(d: Mapping[str, Any], key: str) -> int | None:
     value = d.get(key)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidFieldTypeError(key, value, "an integer")
-    if value <= 0:
+    return value
+
+
+def _optional_positive_int(d: Mapping[str, Any], key: str) -> int | None:
+    value = _optional_int(d, key)
+    if value is not None and value <= 0:
         raise InvalidRangeError(key, value, "> 0")
     return value

@@ -15,9 +15,10 @@ Whatever way iteration ends (exhausted, stop string, consumer ``break``/``aclose
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,11 +27,20 @@ from .api.types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessage,
+    ChatCompletionTokenLogprob,
     Choice,
     ChoiceDelta,
+    ChoiceLogprobs,
     ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
     CompletionUsage,
+    TopLogprob,
 )
+
+# One token's (id, log-probability, [(alternative id, log-probability)]) as the engine records it.
+LogprobRecord = tuple[int, float, list[tuple[int, float]]]
 
 
 class StreamDecoder(Protocol):
@@ -130,20 +140,46 @@ async def text_deltas(
     state.finish_reason = finish or generation.finish_reason
 
 
-def usage_from_stats(stats: Any) -> CompletionUsage:
-    """OpenAI usage plus WebLLM's ``extra`` speed numbers, from the engine's ``GenerationStats``."""
+def usage_from_stats(stats: Any, *, latency_breakdown: bool = False) -> CompletionUsage:
+    """OpenAI usage plus WebLLM's ``extra`` speed numbers, from the engine's ``GenerationStats``.
+
+    ``latency_breakdown`` adds WebLLM's ``latencyBreakdown`` with the one series we can measure, ``totalTime``
+    (host seconds between token ids): bias, penalties and sampling run fused in one GPU dispatch, so WebLLM's
+    per-stage series have no separate timings here."""
+    extra: dict[str, Any] = {
+        "prefill_tokens_per_s": stats.prefill_tokens_per_s,
+        "decode_tokens_per_s": stats.decode_tokens_per_s,
+        "time_to_first_token_s": stats.time_to_first_token_s,
+        "time_per_output_token_s": stats.time_per_output_token_s,
+        "e2e_latency_s": stats.e2e_latency_s,
+    }
+    if latency_breakdown:
+        extra["latencyBreakdown"] = {"totalTime": list(getattr(stats, "token_times_s", []))}
     return CompletionUsage(
         prompt_tokens=stats.prompt_tokens,
         completion_tokens=stats.completion_tokens,
         total_tokens=stats.prompt_tokens + stats.completion_tokens,
-        extra={
-            "prefill_tokens_per_s": stats.prefill_tokens_per_s,
-            "decode_tokens_per_s": stats.decode_tokens_per_s,
-            "time_to_first_token_s": stats.time_to_first_token_s,
-            "time_per_output_token_s": stats.time_per_output_token_s,
-            "e2e_latency_s": stats.e2e_latency_s,
-        },
+        extra=extra,
     )
+
+
+def logprob_entries(
+    token_bytes: Callable[[int], bytes],
+) -> Callable[[LogprobRecord], ChatCompletionTokenLogprob]:
+    """Engine records -> OpenAI's per-token entries, with each token's text and exact bytes."""
+
+    def top(token_id: int, logprob: float) -> TopLogprob:
+        raw = token_bytes(token_id)
+        return TopLogprob(raw.decode("utf-8", errors="replace"), logprob, list(raw))
+
+    def entry(record: LogprobRecord) -> ChatCompletionTokenLogprob:
+        token_id, logprob, alternatives = record
+        head = top(token_id, logprob)
+        return ChatCompletionTokenLogprob(
+            head.token, logprob, head.bytes, [top(i, lp) for i, lp in alternatives]
+        )
+
+    return entry
 
 
 def new_completion_id() -> str:
@@ -161,10 +197,27 @@ async def chat_completion_chunks(
     state: StreamState | None = None,
     completion_id: str | None = None,
     created: int | None = None,
+    logprob_entry: Callable[[LogprobRecord], ChatCompletionTokenLogprob] | None = None,
+    latency_breakdown: bool = False,
 ) -> AsyncIterator[ChatCompletionChunk]:
     """OpenAI's chunk sequence: text chunks (the first one with ``role``), a final chunk with an empty delta and
-    the finish reason, then, with ``include_usage``, a usage chunk with no choices."""
+    the finish reason, then, with ``include_usage``, a usage chunk with no choices.
+
+    With ``logprob_entry`` (the request asked for logprobs), each chunk carries the entries of the tokens read
+    since the previous chunk (``generation.logprobs``); tokens held back by the decoder or the stop-string filter
+    report with the chunk that lets their text out, or with the final chunk. End-of-turn ids are not part of the
+    reply and have no entry."""
     state = state if state is not None else StreamState()
+    sent = 0
+
+    def new_logprobs() -> ChoiceLogprobs | None:
+        nonlocal sent
+        if logprob_entry is None:
+            return None
+        records = generation.logprobs[sent:]
+        sent += len(records)
+        return ChoiceLogprobs(content=[logprob_entry(r) for r in records if r[0] not in end_ids])
+
     completion_id = completion_id or new_completion_id()
     created = int(time.time()) if created is None else created
 
@@ -178,23 +231,30 @@ async def chat_completion_chunks(
         text_deltas(generation, decoder, stop_strings, end_ids=end_ids, state=state)
     ) as deltas:
         async for text in deltas:
-            yield chunk([ChunkChoice(index=0, delta=ChoiceDelta(content=text, role=role))])
+            delta = ChoiceDelta(content=text, role=role)
+            yield chunk([ChunkChoice(index=0, delta=delta, logprobs=new_logprobs())])
             role = None
-    yield chunk([ChunkChoice(index=0, delta=ChoiceDelta(role=role), finish_reason=state.finish_reason)])
+    final = ChunkChoice(
+        index=0, delta=ChoiceDelta(role=role), finish_reason=state.finish_reason, logprobs=new_logprobs()
+    )
+    yield chunk([final])
     if include_usage:
-        yield chunk([], usage=usage_from_stats(generation.stats))
+        yield chunk([], usage=usage_from_stats(generation.stats, latency_breakdown=latency_breakdown))
 
 
 async def collect_chat_completion(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
     """The non-streaming answer: the stream's text joined, its finish reason and usage (stream it with
     ``include_usage=True``)."""
     parts: list[str] = []
+    entries: list[ChatCompletionTokenLogprob] | None = None
     first = finish_reason = usage = None
     async for c in chunks:
         first = first or c
         for choice in c.choices:
             parts.append(choice.delta.content or "")
             finish_reason = choice.finish_reason or finish_reason
+            if choice.logprobs is not None:
+                entries = (entries or []) + (choice.logprobs.content or [])
         usage = c.usage or usage
     if first is None or finish_reason is None:
         raise RuntimeError("chat completion stream ended without its final chunk")  # a bug in this module
@@ -202,10 +262,88 @@ async def collect_chat_completion(chunks: AsyncIterable[ChatCompletionChunk]) ->
         id=first.id,
         choices=[
             Choice(
-                index=0, message=ChatCompletionMessage(content="".join(parts)), finish_reason=finish_reason
+                index=0,
+                message=ChatCompletionMessage(content="".join(parts)),
+                finish_reason=finish_reason,
+                logprobs=ChoiceLogprobs(content=entries) if entries is not None else None,
             )
         ],
         created=first.created,
         model=first.model,
         usage=usage,
     )
+
+
+def merge_choices(replies: Sequence[ChatCompletion]) -> ChatCompletion:
+    """``n`` sequential generations -> one ``ChatCompletion`` with choices 0..n-1. The prompt is counted once (as
+    OpenAI does); completion tokens add up."""
+    first = replies[0]
+    choices = [dataclasses.replace(r.choices[0], index=i) for i, r in enumerate(replies)]
+    usage = first.usage
+    if usage is not None and len(replies) > 1:
+        completion = sum(r.usage.completion_tokens for r in replies if r.usage is not None)
+        usage = dataclasses.replace(
+            usage, completion_tokens=completion, total_tokens=usage.prompt_tokens + completion
+        )
+    return dataclasses.replace(first, choices=choices, usage=usage)
+
+
+def _completion_logprobs(
+    content: Sequence[ChatCompletionTokenLogprob] | None, offset: int
+) -> CompletionLogprobs | None:
+    """Chat-shaped per-token entries -> the legacy parallel lists of text completions."""
+    if content is None:
+        return None
+    out = CompletionLogprobs()
+    for entry in content:
+        out.tokens.append(entry.token)
+        out.token_logprobs.append(entry.logprob)
+        out.top_logprobs.append({t.token: t.logprob for t in entry.top_logprobs})
+        out.text_offset.append(offset)
+        offset += len(entry.token)
+    return out
+
+
+def completion_from_chat(reply: ChatCompletion, *, echo: str | None = None) -> Completion:
+    """A text completion is generated like a chat reply (without the template); only the wire shape differs."""
+    prefix = echo or ""
+    return Completion(
+        id="cmpl-" + reply.id.removeprefix("chatcmpl-"),
+        choices=[
+            CompletionChoice(
+                index=c.index,
+                text=prefix + (c.message.content or ""),
+                finish_reason=c.finish_reason,
+                logprobs=_completion_logprobs(c.logprobs.content if c.logprobs else None, len(prefix)),
+            )
+            for c in reply.choices
+        ],
+        created=reply.created,
+        model=reply.model,
+        usage=reply.usage,
+    )
+
+
+async def completion_chunks(
+    chunks: AsyncIterator[ChatCompletionChunk], *, echo: str | None = None
+) -> AsyncIterator[Completion]:
+    """A chat chunk stream -> OpenAI's text-completion stream (``Completion`` objects whose choices carry ``text``
+    pieces); with ``echo`` the first one starts with the prompt."""
+    prefix = echo or ""
+    offset = len(prefix)
+    async with aclosing(chunks):
+        async for c in chunks:
+            choices = []
+            for ch in c.choices:
+                text = prefix + (ch.delta.content or "")
+                logprobs = _completion_logprobs(ch.logprobs.content if ch.logprobs else None, offset)
+                choices.append(CompletionChoice(ch.index, text, ch.finish_reason, logprobs))
+                offset += len(text) - len(prefix)
+                prefix = ""
+            yield Completion(
+                id="cmpl-" + c.id.removeprefix("chatcmpl-"),
+                choices=choices,
+                created=c.created,
+                model=c.model,
+                usage=c.usage,
+            )

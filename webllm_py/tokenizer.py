@@ -413,14 +413,32 @@ class Tokenizer:
         """
         if add_bos is None:
             add_bos = self.add_bos
+        return self._encode_fragments(self._split_special(text, parse_special) if text else [], add_bos)
+
+    def encode_parts(self, parts: Sequence[tuple[str, bool]]) -> list[int]:
+        """A chat prompt's ids from ``ChatTemplate.render_parts``: special tokens are found in template text only
+        (``is_template``), never in message content, so content cannot forge a turn boundary. Text on both sides of
+        a part boundary is tokenized as one piece, so for content without special-token text the ids equal
+        ``encode("".join(texts))`` (llama.cpp's). A BOS is added when the vocabulary wants one and the template
+        did not write it."""
+        fragments: list[str | int] = []
+        for text, is_template in parts:
+            for frag in self._split_special(text, is_template):
+                if frag == "":
+                    continue
+                if isinstance(frag, str) and fragments and isinstance(fragments[-1], str):
+                    fragments[-1] += frag
+                else:
+                    fragments.append(frag)
+        add_bos = self.add_bos and not (fragments and fragments[0] == self._bos_id)
+        return self._encode_fragments(fragments, add_bos)
+
+    def _encode_fragments(self, fragments: Sequence[str | int], add_bos: bool) -> list[int]:
         out: list[int] = []
         if add_bos:
             if self._bos_id is None:
                 raise TokenizerError("add_bos=True but this vocabulary has no BOS token")
             out.append(self._bos_id)
-        if not text:
-            return out
-        fragments = self._split_special(text, parse_special)
         if self.model == "gpt2":
             for frag in fragments:
                 if isinstance(frag, int):

@@ -178,3 +178,42 @@ def test_unknown_model_id(loop, gpu_device, app_config):
         loop.run_until_complete(
             webllm_py.CreateMLCEngine("no-such-model", app_config=app_config, device=gpu_device)
         )
+
+
+def test_multi_round_prefills_only_the_new_turn(loop, api):
+    async def run():
+        first = await api.chat.completions.create(messages=QUESTION, temperature=0, max_tokens=12)
+        history = [*QUESTION, {"role": "assistant", "content": first.choices[0].message.content}]
+        follow = [*history, {"role": "user", "content": "And of Italy?"}]
+        second = await api.chat.completions.create(messages=follow, temperature=0, max_tokens=12)
+        await api.resetChat()
+        fresh = await api.chat.completions.create(messages=follow, temperature=0, max_tokens=12)
+        return first, second, fresh
+
+    first, second, fresh = loop.run_until_complete(run())
+    for r in (first, second, fresh):
+        oai.ChatCompletion.model_validate(r.to_dict())
+    engine = api._slots[api.model_id].engine
+    text = engine.chat_template.render(follow_messages(first), add_generation_prompt=True)
+    before = (
+        engine.chat_template.render(QUESTION, add_generation_prompt=True) + first.choices[0].message.content
+    )
+    new_turn = engine.tokenizer.encode(text[len(before) :], add_bos=False)
+    # Only the new turn is prefilled. The decode loop runs a step ahead of the host, so a reply that ended on
+    # end-of-turn has that token in the cache already, and the new turn's text starts with it; a reply ended by
+    # max_tokens has its last token not consumed yet, so it is prefilled with the new turn.
+    if first.choices[0].finish_reason == "stop":
+        extra = -1 if new_turn[0] in engine.tokenizer.eot_ids else 0
+    else:
+        extra = 1
+    assert second.usage.prompt_tokens == len(new_turn) + extra
+    assert fresh.usage.prompt_tokens == len(engine.tokenizer.encode(text))
+    assert second.choices[0].message.content and fresh.choices[0].message.content
+
+
+def follow_messages(first):
+    return [
+        *QUESTION,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And of Italy?"},
+    ]

@@ -48,7 +48,13 @@ class FakeTokenizer:
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True) -> list[int]:
         self.encoded.append(text)
-        return [self.bos_id] + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
+        bos = [self.bos_id] if add_bos is not False else []
+        return bos + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
+
+    vocab_size = 1000  # ids the fake model could say (pieces get ids as they are first seen)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.pieces[token_id]
 
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", "replace")
@@ -88,6 +94,11 @@ class FakeGeneration:
         )
         self.aclose_calls = 0
         self.yielded: list[int] = []
+        self.output_ids = self.yielded
+        self.reused = 0
+        # With params.logprobs: each token's record; the fake distribution gives every token log-probability
+        # -0.25 * (its position + 1) and names ids 2, 3... as the alternatives.
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     def __aiter__(self) -> FakeGeneration:
         return self
@@ -109,7 +120,12 @@ class FakeGeneration:
         if len(self.yielded) >= len(self._script):
             self._end("length")  # script over without an end id: as if the context window were full
         token_id = self._script[len(self.yielded)]
+        if self._params.logprobs:
+            lp = -0.25 * (len(self.yielded) + 1)
+            top = [(2 + j, lp - j) for j in range(self._params.top_logprobs)]
+            self.logprobs.append((token_id, lp, top))
         self.yielded.append(token_id)
+        self._engine.kv_ids.append(token_id)
         self.stats.completion_tokens += 1
         self.stats.decode_time_s = 0.01 * (self.stats.completion_tokens - 1)
         self.stats.e2e_latency_s = self.stats.prefill_time_s + self.stats.decode_time_s
@@ -144,13 +160,14 @@ class FakeEngine:
         self.generations: list[FakeGeneration] = []
         self.busy = False
         self.unloaded = False
+        self.kv_ids: list[int] = []  # what the fake KV cache holds (prompt, then every generated id)
 
     def say(self, pieces: list[str | bytes], end: bool = True) -> list[int]:
         """Set the next reply: token pieces, then end-of-turn unless ``end`` is False."""
         self.script = self.tokenizer.ids(pieces) + ([self.tokenizer.eos_id] if end else [])
         return self.script
 
-    def generate(self, prompt_ids: list[int], params) -> FakeGeneration:
+    def generate(self, prompt_ids: list[int], params, *, reuse_kv: bool = True) -> FakeGeneration:
         if self.busy:
             # The real engine has one KV cache: two generations at once would corrupt it.
             raise RuntimeError("FakeEngine.generate called while another generation is running")
@@ -161,6 +178,16 @@ class FakeEngine:
             )
         self.busy = True
         generation = FakeGeneration(self, prompt_ids, self.script, params, self.step_delay)
+        common = 0
+        if reuse_kv:  # the longest prefix the cache holds, as the real engine
+            for a, b in zip(self.kv_ids, prompt_ids, strict=False):
+                if a != b:
+                    break
+                common += 1
+        generation.reused = min(common, len(prompt_ids) - 1)
+        generation.stats.prompt_tokens = len(prompt_ids) - generation.reused
+        self.kv_ids = list(prompt_ids)
+        self.params = params
         self.generations.append(generation)
         return generation
 

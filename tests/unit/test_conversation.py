@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from functools import cache
 
@@ -34,6 +35,8 @@ def _compiled(template: str) -> jinja2.Template:
     # transformers' apply_chat_template environment; compiled once per template (compiling dominates the time).
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception
+    # transformers replaces Jinja's HTML-escaping tojson with plain json.dumps
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
     env.globals["strftime_now"] = time.strftime
     return env.from_string(template)
 
@@ -52,7 +55,7 @@ def plain(messages: list[dict]) -> list[dict]:
     out = []
     for m in messages:
         c = m["content"]
-        out.append({"role": m["role"], "content": c if isinstance(c, str) else "".join(p["text"] for p in c)})
+        out.append({**m, "content": c if isinstance(c, str) else "".join(p["text"] for p in c)})
     return out
 
 
@@ -181,10 +184,60 @@ def test_unknown_template_error_says_how_to_fix() -> None:
 
 def test_rejects_unknown_role() -> None:
     with pytest.raises(InvalidMessagesError) as e:
-        CHATML.render([U1, {"role": "tool", "content": "42"}])
-    assert "'tool'" in str(e.value)
-    assert "system, user, assistant" in str(e.value)
+        CHATML.render([U1, {"role": "function", "content": "42"}])
+    assert "'function'" in str(e.value)
+    assert "system, user, assistant, tool" in str(e.value)
     assert e.value.field == "messages[1].role"
+
+
+# ---- tool results ----------------------------------------------------------------------------------------------------
+
+T1 = {"role": "tool", "content": '{"temperature": 21}', "tool_call_id": "call_1"}
+T2 = {"role": "tool", "content": " <b>sunny</b> & 'dry' \n", "tool_call_id": "call_2"}
+TOOL_CONVERSATIONS = {
+    "one_result": [U1, A1, T1],
+    "two_results": [SYS, U1, A1, T1, T2],
+    "result_then_user": [U1, A1, T1, A1, U2],
+}
+TOOL_FAMILIES = ["smollm2", "chatml", "qwen2.5", "llama-3", "llama-3.1", "llama-3.2"]
+
+
+@pytest.mark.parametrize("family", TOOL_FAMILIES)
+@pytest.mark.parametrize("conv", list(TOOL_CONVERSATIONS))
+def test_tool_results_render_as_jinja(family: str, conv: str) -> None:
+    source, _, bos, eos = FAMILIES[family]
+    messages = TOOL_CONVERSATIONS[conv]
+    want = jinja_render(source, plain(messages), bos=bos, eos=eos, add_generation_prompt=True)
+    got = get_chat_template(source).render(messages)
+    assert got == want, f"{family}/{conv}: first difference at {_first_diff(got, want)}:\n{got!r}\n{want!r}"
+
+
+@pytest.mark.parametrize("family", ["llama-2", "zephyr"])
+def test_templates_without_a_tool_role_name_themselves(family: str) -> None:
+    template = get_chat_template(FAMILIES[family][0])
+    with pytest.raises(InvalidMessagesError) as e:
+        template.render([U1, A1, T1])
+    assert e.value.field == "messages[2].role" and f"the {template.name} chat template" in str(e.value)
+
+
+# ---- template text and content kept apart ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_render_parts_join_to_render_and_flag_only_content(family: str) -> None:
+    template = get_chat_template(FAMILIES[family][0])
+    messages = CONVERSATIONS["system_multi"]
+    parts = template.render_parts(messages)
+    assert "".join(t for t, _ in parts) == template.render(messages)
+    content = {t for t, is_template in parts if not is_template}
+    for m in messages:
+        assert any(m["content"].strip() in c for c in content) or family == "llama-2"
+    assert all("<|" not in t and "[INST]" not in t for t in content)
+
+
+def test_default_system_prompt_is_template_text() -> None:
+    parts = get_chat_template(T.SMOLLM2).render_parts([U1])
+    assert ("You are a helpful AI assistant named SmolLM, trained by Hugging Face", True) in parts
 
 
 def test_rejects_non_text_parts_and_bad_content() -> None:

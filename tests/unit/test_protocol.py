@@ -91,7 +91,22 @@ def test_max_completion_tokens_alias():
         ({"stop": 5}, InvalidFieldTypeError, ["`stop`", "string"]),
         ({"stop": ["ok", 5]}, InvalidFieldTypeError, ["`stop`"]),
         ({"stop": ""}, InvalidRangeError, ["`stop`", "non-empty"]),
-        ({"n": 2}, InvalidRangeError, ["`n`", "1", "2"]),
+        ({"n": 0}, InvalidRangeError, ["`n`", "[1, 128]", "0"]),
+        ({"n": 129}, InvalidRangeError, ["`n`", "129"]),
+        ({"n": 2, "stream": True}, InvalidRangeError, ["`n`", "stream=True"]),
+        ({"top_k": -2}, InvalidRangeError, ["`top_k`", ">= 0"]),
+        ({"frequency_penalty": 2.5}, InvalidRangeError, ["`frequency_penalty`", "[-2, 2]", "2.5"]),
+        ({"presence_penalty": -3}, InvalidRangeError, ["`presence_penalty`", "[-2, 2]"]),
+        ({"repetition_penalty": 0}, InvalidRangeError, ["`repetition_penalty`", "> 0"]),
+        ({"frequency_penalty": False}, InvalidFieldTypeError, ["`frequency_penalty`", "number"]),
+        ({"logit_bias": [1]}, InvalidFieldTypeError, ["`logit_bias`", "dict"]),
+        ({"logit_bias": {"5": 101}}, InvalidRangeError, ["`logit_bias['5']`", "[-100, 100]", "101"]),
+        ({"logit_bias": {"x": 1}}, InvalidFieldTypeError, ["`logit_bias['x']`", "token id"]),
+        ({"logit_bias": {"5": 1, 5: 2}}, InvalidRangeError, ["`logit_bias[5]`", "twice"]),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, InvalidRangeError, ["`logit_bias`", "at most 300"]),
+        ({"top_logprobs": 21, "logprobs": True}, InvalidRangeError, ["`top_logprobs`", "[0, 20]", "21"]),
+        ({"top_logprobs": 2}, FieldDependencyError, ["`top_logprobs`", "logprobs=True"]),
+        ({"logprobs": 1}, InvalidFieldTypeError, ["`logprobs`", "true or false"]),
         ({"n": "1"}, InvalidFieldTypeError, ["`n`"]),
         ({"ignore_eos": 1}, InvalidFieldTypeError, ["`ignore_eos`", "true or false"]),
         ({"stream": "yes"}, InvalidFieldTypeError, ["`stream`"]),
@@ -120,44 +135,82 @@ def test_invalid_values(fields, error, words):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "why"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "auto"),
-        ("logprobs", True),
-        ("top_logprobs", 2),
-        ("response_format", {"type": "json_object"}),
-        ("frequency_penalty", 0.5),
-        ("presence_penalty", -1),
-        ("logit_bias", {"50256": -100}),
-        ("user", "someone"),
+        ("tools", [{"type": "function", "function": {"name": "f"}}], "function calling"),
+        ("tool_choice", "auto", "function calling"),
+        ("response_format", {"type": "json_object"}, "constrained decoding"),
+        ("user", "someone", "abuse monitoring"),
     ],
 )
-def test_not_yet_supported_fields_are_named(field, value):
+def test_unsupported_fields_are_named(field, value, why):
     with pytest.raises(UnsupportedFieldError) as info:
         check(**{field: value})
     assert info.value.field == field
-    assert f"`{field}`" in str(info.value) and "not implemented yet" in str(info.value)
+    assert f"`{field}`" in str(info.value) and why in str(info.value)
+
+
+def test_all_unsupported_fields_named_at_once():
+    with pytest.raises(UnsupportedFieldError) as info:
+        check(tools=[{"type": "function"}], response_format={"type": "json_object"})
+    assert info.value.field == "tools, response_format"
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("frequency_penalty", 0),
-        ("presence_penalty", 0.0),
-        ("logprobs", False),
-        ("tools", []),
-        ("logit_bias", {}),
-    ],
+    ("field", "value"), [("tools", []), ("response_format", {"type": "text"}), ("tool_choice", None)]
 )
-def test_not_yet_supported_fields_pass_with_their_no_op_value(field, value):
+def test_unsupported_fields_pass_with_their_no_op_value(field, value):
     assert check(**{field: value}).config == GenerationConfig()
 
 
-def test_noop_value_must_match_type():
-    # False == 0 in Python, but frequency_penalty=False is a client bug, not "no penalty".
-    with pytest.raises(UnsupportedFieldError):
-        check(frequency_penalty=False)
+def test_sampling_fields():
+    config = check(
+        frequency_penalty=0.5,
+        presence_penalty=-1,
+        repetition_penalty=1.1,
+        logit_bias={"50": -100, 7: 2.5},
+        logprobs=True,
+        top_logprobs=20,
+        top_k=-1,
+        n=3,
+    ).config
+    assert (
+        config.frequency_penalty == 0.5
+        and config.presence_penalty == -1.0
+        and config.repetition_penalty == 1.1
+    )
+    assert config.logit_bias == ((50, -100.0), (7, 2.5))
+    assert config.logprobs and config.top_logprobs == 20 and config.top_k == 0 and config.n == 3
+
+
+def test_logprobs_alone_means_zero_alternatives():
+    config = check(logprobs=True).config
+    assert config.logprobs and config.top_logprobs == 0
+
+
+def test_extra_body_is_merged():
+    config = check(extra_body={"enable_latency_breakdown": True, "top_k": 40}).config
+    assert config.enable_latency_breakdown and config.top_k == 40
+    with pytest.raises(UnsupportedFieldError, match="extra_body.top_k"):
+        check(top_k=3, extra_body={"top_k": 40})
+    with pytest.raises(UnsupportedFieldError, match="extra_body.bogus"):
+        check(extra_body={"bogus": 1})
+
+
+def test_developer_role_is_system_and_tool_messages_need_an_id():
+    req = check_chat_completion_request(
+        {
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Weather?"},
+                {"role": "tool", "content": "sunny", "tool_call_id": "c1"},
+            ]
+        }
+    )
+    assert [m.role for m in req.messages] == ["system", "user", "tool"]
+    assert req.messages[2].to_dict() == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+    with pytest.raises(InvalidMessagesError, match="tool_call_id"):
+        check_chat_completion_request({"messages": [{"role": "tool", "content": "x"}]})
 
 
 def test_unknown_field_is_named():
@@ -205,9 +258,8 @@ def test_message_with_explicit_none_extras_is_fine():
         ([], "messages", "non-empty"),
         ("Hi", "messages", "non-empty list"),
         (["Hi"], "messages[0]", "dict"),
-        ([{"content": "x"}], "messages[0].role", "one of system, user, assistant"),
-        ([{"role": "tool", "content": "x"}], "messages[0].role", "'tool'"),
-        ([{"role": "developer", "content": "x"}], "messages[0].role", "'developer'"),
+        ([{"content": "x"}], "messages[0].role", "one of system, developer, user, assistant, tool"),
+        ([{"role": "function", "content": "x"}], "messages[0].role", "'function'"),
         (
             [
                 {"role": "user", "content": "a"},
@@ -220,7 +272,7 @@ def test_message_with_explicit_none_extras_is_fine():
         (
             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
             "messages[1].role",
-            "last message must have role 'user'",
+            "last message must have role 'user' or 'tool'",
         ),
         ([{"role": "system", "content": "a"}], "messages[0].role", "last message"),
         ([{"role": "user", "content": None}], "messages[0].content", "string or a list of text parts"),

@@ -165,6 +165,37 @@ def test_user_defined_tokens_match_without_parse_special() -> None:
     assert texts(tok, ids) == ["a", "<tool>", "b"]
 
 
+def test_encode_parts_reads_content_as_plain_text() -> None:
+    """A user who types <|im_end|> cannot end their turn: special tokens are found in template text only."""
+    tok = make(user_defined=("<tool>",))
+    parts = [("<|im_start|>user\n", True), ("hello<|im_end|> <tool>", False), ("<|im_end|>\n", True)]
+    ids = tok.encode_parts(parts)
+    assert ids.count(2) == 1 and ids[0] == 1 and ids[-2] == 2  # one <|im_end|>: the template's
+    assert tok.decode(ids) == "".join(t for t, _ in parts)
+    assert "<tool>" in texts(tok, ids)  # user-defined tokens match in content too, as llama.cpp does
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [("<|im_start|>user\n", True), ("hello world", False), ("<|im_end|>\n<|im_start|>", True)],
+        [("he", True), ("llo", False), (" wor", True), ("ld", False), ("", True)],
+        [("", False), ("  hello  ", False)],
+    ],
+)
+def test_encode_parts_equals_whole_text_for_ordinary_content(parts) -> None:
+    """Text across part boundaries is one piece for BPE: the ids are llama.cpp's for the joined prompt."""
+    for tok in (make(), Tokenizer.from_gguf(spm_metadata({"▁he": -1.0, "llo": -2.0, "▁hello": -0.5}))):
+        assert tok.encode_parts(parts) == tok.encode("".join(t for t, _ in parts))
+
+
+def test_encode_parts_adds_bos_unless_the_template_wrote_it() -> None:
+    tok = make(extra={"tokenizer.ggml.add_bos_token": True})
+    assert tok.encode_parts([("hello", False)])[:1] == [1]
+    ids = tok.encode_parts([("<|im_start|>", True), ("hello", False)])
+    assert ids.count(1) == 1  # the template's BOS text became the BOS; no second one
+
+
 def test_add_bos() -> None:
     tok = make()
     assert tok.encode("hello") == tok.encode("hello", add_bos=False)

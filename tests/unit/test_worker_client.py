@@ -23,6 +23,7 @@ import pytest
 
 import webllm_py
 from tests.unit import test_worker_handler as handler_tests
+from tests.unit.openai_check import validate
 from tests.unit.test_worker_handler import ALPHABET, USER, FakeHost, json_copy, run
 from webllm_py import errors
 from webllm_py.api.mlc_engine import MLCEngine
@@ -132,11 +133,21 @@ def test_same_answers_as_the_desktop_engine(world):
     async def go():
         engine, port = await connect(world)
         desktop = await webllm_py.CreateMLCEngine("fake-model", app_config=world.config)
-        request = {"messages": USER, "stream_options": {"include_usage": True}, "max_tokens": 9}
+        request = {
+            "messages": USER,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 9,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "stop": ["zzz"],
+            "logit_bias": {"7": 5},
+            "frequency_penalty": 0.5,
+            "extra_body": {"top_k": 3},
+        }
         remote = [c async for c in await engine.chat.completions.create(stream=True, **request)]
         local = [c async for c in await desktop.chat.completions.create(stream=True, **request)]
-        whole_remote = await engine.chat.completions.create(messages=USER, seed=1)
-        whole_local = await desktop.chat.completions.create(messages=USER, seed=1)
+        whole_remote = await engine.chat.completions.create(messages=USER, seed=1, n=2, logprobs=True)
+        whole_local = await desktop.chat.completions.create(messages=USER, seed=1, n=2, logprobs=True)
         return remote, local, whole_remote, whole_local
 
     remote, local, whole_remote, whole_local = run(go())
@@ -149,6 +160,10 @@ def test_same_answers_as_the_desktop_engine(world):
     assert text == whole_remote.choices[0].message.content == "Uné😀 fin"
     assert remote[-1].choices == [] and remote[-1].usage.completion_tokens == 6
     assert "decode_tokens_per_s" in remote[-1].usage.extra
+    assert len(whole_remote.choices) == 2 and whole_remote.choices[1].logprobs.content[0].logprob == -0.25
+    assert remote[0].choices[0].logprobs.content[0].top_logprobs[1].logprob == -1.25
+    for c in (*remote, whole_remote):
+        validate(c)
 
 
 def test_bad_requests_raise_the_workers_error_class(world):
@@ -326,8 +341,12 @@ def test_engine_methods(world):
         with pytest.raises(ValueError, match="log level"):
             await engine.setLogLevel("LOUD")
         await engine.setLogLevel("WARN")
-        with pytest.raises(errors.UnsupportedEndpointError, match="chat.completions.create"):
-            await engine.completions.create(prompt="Once upon")
+        text = await engine.completions.create(prompt="Once upon", max_tokens=2, echo=True)
+        out["text"] = (type(text).__name__, text.choices[0].text)
+        streamed = await engine.completions.create(prompt="Once", stream=True)
+        out["text_stream"] = "".join([c.choices[0].text async for c in streamed if c.choices])
+        with pytest.raises(errors.UnsupportedFieldError, match="suffix"):
+            await engine.completions.create(prompt="Once upon", suffix="end")
         return out
 
     out = run(go())
@@ -436,6 +455,8 @@ out.modelId = engine.modelId;
 
 const whole = await engine.chat.completions.create({ messages, temperature: 0 });
 out.whole = { object: whole.object, text: whole.choices[0].message.content, finish: whole.choices[0].finish_reason };
+const scored = await engine.chat.completions.create({ messages, n: 2, logprobs: true, top_logprobs: 1, seed: 3 });
+out.scored = [scored.choices.length, scored.choices[1].logprobs.content[0].top_logprobs.length];
 
 let chunks = [];
 const stream = await engine.chat.completions.create({
@@ -473,7 +494,8 @@ out.afterBreak = (await engine.chat.completions.create({ messages })).choices[0]
 out.message = await engine.getMessage();
 out.stats = await engine.runtimeStatsText();
 out.models = (await engine.getAppConfig()).model_list.map((r) => r.model_id);
-try { await engine.completions.create({ prompt: "Once" }); } catch (e) { out.completions = e.name; }
+out.completions = (await engine.completions.create({ prompt: "Once", max_tokens: 3 })).choices[0].text;
+try { await engine.completions.create({ prompt: "Once", best_of: 2 }); } catch (e) { out.bestOf = [e.name, e.field]; }
 try { await engine.getGPUVendor(); } catch (e) { out.vendor = e.name; }
 try { await engine.reload("nope"); } catch (e) { out.reload = [e.name, engine.modelId]; }
 await engine.resetChat();
@@ -523,6 +545,7 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
     assert out["modelId"] == "fake-model"
     assert out["whole"] == {"object": "chat.completion", "text": alphabet, "finish": "stop"}
+    assert out["scored"] == [2, 1]
     assert out["stream"]["text"] == alphabet and out["stream"]["finishes"] == ["stop"]
     assert out["stream"]["lastChoices"] == 0 and out["stream"]["usage"]["completion_tokens"] == 27
     assert out["stream"]["role"] == "assistant"
@@ -542,7 +565,8 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert interrupts[0] is None and set(interrupts[1]) == {"streamId"}  # engine-wide, then the broken stream
     assert out["message"] == alphabet and out["stats"].startswith("prefill: ")
     assert out["models"] == ["fake-model", "other-model"]
-    assert out["completions"] == "UnsupportedEndpointError" and out["vendor"] == "WebGPUNotAvailableError"
+    assert out["completions"] == alphabet[:3] and out["bestOf"] == ["UnsupportedFieldError", "best_of"]
+    assert out["vendor"] == "WebGPUNotAvailableError"
     assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
     assert out["unloaded"] == ["EngineNotLoadedError", None] and out["terminated"] == ["WorkerError", True]
     assert {m["kind"] for m in sent} <= messages_kinds()

@@ -173,12 +173,69 @@ def test_reload_errors_cross_with_their_names(world):
     unknown, two, opts, missing = run(go())
     assert unknown["kind"] == "throw" and unknown["content"]["name"] == "ModelNotFoundError"
     assert "fake-model, other-model" in unknown["content"]["message"]
-    assert (
-        two["content"]["name"] == "UnsupportedFieldError" and two["content"]["details"]["field"] == "modelId"
-    )
+    assert two == {"kind": "return", "uuid": two["uuid"], "content": None}  # several models load
     assert opts["content"]["name"] == "UnsupportedFieldError"
     assert opts["content"]["details"]["field"] == "chatOpts.temperature"
     assert missing["content"]["name"] == "InvalidFieldTypeError"
+
+
+def test_several_models_through_the_worker(world):
+    both = ["fake-model", "other-model"]
+
+    async def go():
+        worker = Worker(world)
+        assert await worker.value("reload", {"modelId": both}) is None
+        routed = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "other-model"}, "modelId": both},
+        )
+        unclear = await worker.ask(
+            "chatCompletionNonStreaming", {"request": {"messages": USER}, "modelId": both}
+        )
+        missing = await worker.ask(
+            "chatCompletionNonStreaming", {"request": {"messages": USER, "model": "x"}, "modelId": both}
+        )
+        # A stream left open on one model does not stop a request to the other; one to its own model ends it.
+        a = (
+            await worker.ask(
+                "chatCompletionStreamInit",
+                {"request": {"messages": USER, "model": "fake-model"}, "modelId": both},
+            )
+        )["uuid"]
+        first = await worker.value("completionStreamNextChunk", {"streamId": a})
+        other = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "other-model"}, "modelId": both},
+        )
+        still_open = await worker.value("completionStreamNextChunk", {"streamId": a})
+        same = await worker.value(
+            "chatCompletionNonStreaming",
+            {"request": {"messages": USER, "model": "fake-model"}, "modelId": both},
+        )
+        ended = await worker.pull_all(a)
+        routed = (routed, other, same, [first, still_open], ended)
+        return routed, unclear, missing, worker.engine.model_ids
+
+    (routed, other, same, head, ended), unclear, missing, loaded = run(go())
+    assert routed["model"] == "other-model" and loaded == both
+    assert (
+        other["choices"][0]["message"]["content"]
+        == same["choices"][0]["message"]["content"]
+        == "Hello there!"
+    )
+    assert (
+        text_of(head) == "Hello there"
+        and finish_of(ended) == ["abort"]
+        and ended[-1]["model"] == "fake-model"
+    )
+    assert (
+        unclear["content"]["name"] == "UnclearModelToUseError"
+        and "fake-model, other-model" in unclear["content"]["message"]
+    )
+    assert (
+        missing["content"]["name"] == "SpecifiedModelNotFoundError"
+        and missing["content"]["details"]["field"] == "model"
+    )
 
 
 def test_unload_then_requests_fail_typed(world):
@@ -552,18 +609,21 @@ def test_app_config_round_trip(world):
     assert messages.app_config_from_dict(after) == worker.engine.app_config
 
 
-def test_text_completion_is_a_clear_error_until_the_engine_has_it(world):
+def test_text_completion_through_the_worker(world):
     async def go():
         worker = await loaded_worker(world)
-        return (
-            await worker.ask("completionNonStreaming", {"request": {"prompt": "Once"}}),
-            await worker.ask("completionStreamInit", {"request": {"prompt": "Once"}}),
-            await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}}),
-        )
+        whole = await worker.value("completionNonStreaming", {"request": {"prompt": "Once", "echo": True}})
+        stream_id = (await worker.ask("completionStreamInit", {"request": {"prompt": "Once"}}))["uuid"]
+        chunks = await worker.pull_all(stream_id)
+        refused = await worker.ask("completionNonStreaming", {"request": {"prompt": "Once", "user": "u1"}})
+        ok = await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        return whole, chunks, refused, ok
 
-    whole, stream, ok = run(go())
-    assert whole["content"]["name"] == stream["content"]["name"] == "UnsupportedEndpointError"
-    assert "chat.completions.create" in whole["content"]["message"]
+    whole, chunks, refused, ok = run(go())
+    assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "OnceHello there!"
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello there!"
+    assert refused["kind"] == "throw" and refused["content"]["name"] == "UnsupportedFieldError"
+    assert refused["content"]["details"]["field"] == "user" and "`user`" in refused["content"]["message"]
     assert ok["choices"][0]["message"]["content"] == "Hello there!"
 
 
@@ -632,6 +692,19 @@ def test_errors_round_trip_as_the_same_class():
     assert messages.error_from_content(json_copy(messages.error_to_content(ValueError("x"))))  # has a stack
     assert "stack" in messages.error_to_content(ValueError("x"))["details"]
     assert "stack" not in messages.error_to_content(errors.ModelNotFoundError("x"))["details"]
+
+
+def test_every_error_class_crosses_with_its_name_and_field():
+    classes = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, errors.WebLLMError)]
+    assert len(classes) > 20
+    for cls in classes:
+        if cls is errors.WorkerError:
+            continue
+        content = {"name": cls.__name__, "message": "what to fix", "details": {"field": "top_p", "value": 3}}
+        again = messages.error_from_content(json_copy(content))
+        assert type(again) is cls and str(again) == "what to fix"
+        assert (again.field, again.value) == ("top_p", 3)
+        assert messages.error_to_content(again)["name"] == cls.__name__
 
 
 def test_unknown_error_names_keep_their_name():

@@ -14,7 +14,14 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
-from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParams, ChatCompletionMessageParam
+from .types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionCreateParams,
+    ChatCompletionMessageParam,
+    Completion,
+    CompletionCreateParams,
+)
 
 if TYPE_CHECKING:
     from .mlc_engine import MLCEngine
@@ -86,6 +93,11 @@ class ChatCompletionStream:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def interrupt(self) -> None:
+        """End this request only, at its next token, with finish_reason "abort" (the chunks up to then, the final
+        chunk and the usage chunk still come); safe from any task, and a no-op once it has ended."""
+        self._generation.interrupt()
 
     async def aclose(self) -> None:
         """Stop the generation (finish_reason "abort") and release the engine; safe to call twice."""
@@ -165,6 +177,34 @@ class Completions:
 class Chat:
     def __init__(self, engine: MLCEngine):
         self.completions = Completions(engine)
+
+
+class TextCompletions:
+    """``engine.completions``: OpenAI's (legacy) text completions. ``create(stream=True)`` gives a stream of
+    ``Completion`` objects, as openai-python's ``AsyncStream[Completion]``."""
+
+    def __init__(self, engine: MLCEngine):
+        self._engine = engine
+
+    @overload
+    async def create(
+        self,
+        *,
+        prompt: str | list[int],
+        stream: Literal[False] = False,
+        **params: Unpack[CompletionCreateParams],
+    ) -> Completion: ...
+
+    @overload
+    async def create(
+        self, *, prompt: str | list[int], stream: Literal[True], **params: Unpack[CompletionCreateParams]
+    ) -> ChatCompletionStream: ...
+
+    async def create(
+        self, *, prompt: str | list[int], stream: bool = False, **params: Any
+    ) -> Completion | ChatCompletionStream:
+        """Continue ``prompt`` (no chat template); see ``protocol.check_completion_request`` for the fields."""
+        return await self._engine.completion(_text_request(prompt, stream, params))
 
 
 # ---- blocking twins for MLCEngineSync -------------------------------------------------------------------------------
@@ -255,6 +295,25 @@ class CompletionsSync:
         return result
 
 
+class TextCompletionsSync:
+    def __init__(
+        self, engine: MLCEngine, call: Callable[[Coroutine[Any, Any, T]], T], owner: Callable[[], object]
+    ):
+        self._engine = engine
+        self._call = call
+        self._owner = owner
+
+    def create(
+        self, *, prompt: str | list[int], stream: bool = False, **params: Any
+    ) -> Completion | ChatCompletionStreamSync:
+        """Blocking ``completions.create``; with ``stream=True`` a plain iterator of ``Completion`` chunks."""
+        request = _text_request(prompt, stream, params)
+        result = self._call(self._engine._text_completion(request, owner=self._owner()))
+        if isinstance(result, ChatCompletionStream):
+            return ChatCompletionStreamSync(result, self._call)
+        return result
+
+
 class ChatSync:
     def __init__(
         self, engine: MLCEngine, call: Callable[[Coroutine[Any, Any, T]], T], owner: Callable[[], object]
@@ -267,3 +326,7 @@ def _request(
 ) -> dict[str, Any]:
     # None means "not given", like openai-python's NOT_GIVEN; everything else goes to validation as written.
     return {"messages": messages, "stream": stream, **{k: v for k, v in params.items() if v is not None}}
+
+
+def _text_request(prompt: Any, stream: bool, params: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": prompt, "stream": stream, **{k: v for k, v in params.items() if v is not None}}

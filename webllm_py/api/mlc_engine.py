@@ -18,18 +18,38 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
-from webllm_py.errors import EngineNotLoadedError, SpecifiedModelNotFoundError
-from webllm_py.protocol import ChatRequest, check_chat_completion_request
-from webllm_py.streaming import StreamState, chat_completion_chunks, collect_chat_completion
+from webllm_py.errors import (
+    EngineNotLoadedError,
+    InvalidFieldTypeError,
+    InvalidRangeError,
+    ReloadModelIdNotUniqueError,
+    SpecifiedModelNotFoundError,
+    UnclearModelToUseError,
+)
+from webllm_py.protocol import (
+    ChatMessage,
+    GenerationConfig,
+    check_chat_completion_request,
+    check_completion_request,
+)
+from webllm_py.streaming import (
+    StreamState,
+    chat_completion_chunks,
+    collect_chat_completion,
+    completion_chunks,
+    completion_from_chat,
+    logprob_entries,
+    merge_choices,
+)
 
-from .chat import Chat, ChatCompletionStream, ChatSync
-from .types import ChatCompletion
+from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCompletionsSync
+from .types import ChatCompletion, Completion
 
 if TYPE_CHECKING:
     from webllm_py.conversation import ChatTemplate
@@ -76,8 +96,31 @@ async def _resolve_on_desktop(record: ModelRecord, app_config: AppConfig, progre
     return await asyncio.to_thread(resolve_model_path, record, app_config, from_thread)
 
 
+@dataclass
+class _Slot:
+    """One loaded model and what its requests share: the lock that serves them first-come-first-served, the
+    running generation, and the conversation its KV cache holds (multi-round reuse)."""
+
+    engine: Engine
+    record: ModelRecord
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: asyncio wakes waiters in arrival order
+    active_stream: ChatCompletionStream | None = None
+    generation: Any = None  # the running engine Generation, for interruptGenerate()
+    last_state: StreamState = field(default_factory=StreamState)  # getMessage()
+    last_stats: GenerationStats | None = None  # runtimeStatsText()
+    # The messages the KV cache holds, the model's last reply included; None after a reset or a text completion.
+    conversation: tuple[ChatMessage, ...] | None = None
+    # That conversation as prompt text up to the end of the reply, and its token ids: the prompt ids as they were
+    # plus the reply's ids as generated (re-tokenizing the reply's text may split it differently, which would
+    # cost a prefill of the whole reply). None when the reply's text is not its ids' (cut by a stop string).
+    conversation_text: str = ""
+    conversation_ids: list[int] | None = None
+    pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
+
+
 class MLCEngine:
-    """WebLLM's ``MLCEngine``: ``chat.completions.create``, ``reload``, ``unload``, ``interruptGenerate``..."""
+    """WebLLM's ``MLCEngine``: ``chat.completions.create``, ``completions.create``, ``reload``, ``unload``,
+    ``interruptGenerate``... One or more models loaded at once; requests routed by their ``model`` field."""
 
     def __init__(
         self,
@@ -91,34 +134,44 @@ class MLCEngine:
         self._progress_callback = init_progress_callback
         self._device = device  # None => the engine picks the host's default GPU
         self._resolve_model = resolve_model or _resolve_on_desktop
-        self._engine: Engine | None = None
-        self._record: ModelRecord | None = None
-        self._lock = asyncio.Lock()  # one request at a time; binds to the loop on first use
-        self._active_stream: ChatCompletionStream | None = None
-        self._generation: Any = None  # the running engine Generation, for interruptGenerate()
-        self._last_state = StreamState()  # getMessage()
-        self._last_stats: GenerationStats | None = None  # runtimeStatsText()
+        self._slots: dict[str, _Slot] = {}  # model id -> slot, in load order
+        self._loading = asyncio.Lock()  # reload/unload; requests made meanwhile wait for it
         self.chat = Chat(self)
+        self.completions = TextCompletions(self)
 
     @property
     def model_id(self) -> str | None:
-        return self._engine.model_id if self._engine is not None else None
+        """The first loaded model's id (the only one, usually)."""
+        return next(iter(self._slots), None)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self._slots)
 
     # ---- loading --------------------------------------------------------------------------------------------------
 
     async def reload(
         self,
-        model_id: str,
+        model_id: str | Sequence[str],
         *,
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
-        """Unload the current model, then fetch (or find in the cache) and load ``model_id``."""
-        record = self.app_config.get_record(model_id)  # ModelNotFoundError before anything is unloaded
-        if chat_template is not None:
-            record = dataclasses.replace(record, chat_template=chat_template)
-        if context_window_size is not None:
-            record = dataclasses.replace(record, context_window_size=context_window_size)
+        """Unload every model, then fetch (or find in the cache) and load ``model_id`` (one id, or a list: all of
+        them, one after another, each with its own KV cache)."""
+        ids = [model_id] if isinstance(model_id, str) else list(model_id)
+        if not ids or not all(isinstance(i, str) for i in ids):
+            raise InvalidFieldTypeError("model_id", model_id, "a model id or a non-empty list of them")
+        if len(set(ids)) != len(ids):
+            raise ReloadModelIdNotUniqueError(f"reload() got the same model id twice: {ids}", ids)
+        records = []
+        for i in ids:
+            record = self.app_config.get_record(i)  # ModelNotFoundError before anything is unloaded
+            if chat_template is not None:
+                record = dataclasses.replace(record, chat_template=chat_template)
+            if context_window_size is not None:
+                record = dataclasses.replace(record, context_window_size=context_window_size)
+            records.append(record)
         start = time.perf_counter()
         callback = self._progress_callback
 
@@ -128,35 +181,36 @@ class MLCEngine:
                     InitProgressReport(progress=fraction, timeElapsed=time.perf_counter() - start, text=text)
                 )
 
-        await self._end_current_request()
-        # Loading holds the lock, so a request made meanwhile waits for the new model instead of failing.
-        async with self._lock:
-            await self._unload_locked()
-            gguf_path = await self._resolve_model(record, self.app_config, report)
-            from webllm_py.engine import (
-                load_engine,  # the GPU stack is imported on first load, not with the package
-            )
+        # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing.
+        async with self._loading:
+            await self._unload_all()
+            from webllm_py.engine import load_engine  # the GPU stack is imported on first load only
 
-            self._engine = await load_engine(record, gguf_path, device=self._device, progress=report)
-            self._record = record
-        report(1.0, f"Finish loading {model_id} on WebGPU ({time.perf_counter() - start:.1f} s)")
+            for record in records:
+                gguf_path = await self._resolve_model(record, self.app_config, report)
+                engine = await load_engine(record, gguf_path, device=self._device, progress=report)
+                self._slots[record.model_id] = _Slot(engine, record)
+        report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
 
     async def unload(self) -> None:
-        """End any generation, then free the model's GPU memory. No-op when nothing is loaded."""
-        await self._end_current_request()
-        async with self._lock:
-            await self._unload_locked()
+        """End every generation, then free the models' GPU memory. No-op when nothing is loaded."""
+        async with self._loading:
+            await self._unload_all()
 
-    async def _end_current_request(self) -> None:
-        self.interruptGenerate()  # a non-streaming request, or a stream being read, stops at its next token
-        stream = self._active_stream
+    async def _unload_all(self) -> None:
+        slots = list(self._slots.values())
+        self._slots.clear()  # requests that queue from now on learn that nothing is loaded
+        for slot in slots:
+            await self._end_current_request(slot)
+            async with slot.lock:  # the request being served has let go
+                await slot.engine.unload()
+
+    async def _end_current_request(self, slot: _Slot) -> None:
+        if slot.generation is not None:
+            slot.generation.interrupt()  # a non-streaming request, or a stream being read, stops at its next token
+        stream = slot.active_stream
         if stream is not None and not stream.iterating:
             await stream.aclose()
-
-    async def _unload_locked(self) -> None:
-        engine, self._engine, self._record = self._engine, None, None
-        if engine is not None:
-            await engine.unload()
 
     # ---- requests -------------------------------------------------------------------------------------------------
 
@@ -164,63 +218,143 @@ class MLCEngine:
         """WebLLM's ``engine.chatCompletion(request)``: the raw-dict form of ``chat.completions.create``."""
         return await self._chat_completion(request, owner=asyncio.current_task())
 
+    async def completion(self, request: Mapping[str, Any]) -> Completion | ChatCompletionStream:
+        """WebLLM's ``engine.completion(request)``: the raw-dict form of ``completions.create``."""
+        return await self._text_completion(request, owner=asyncio.current_task())
+
     async def _chat_completion(
         self, request: Mapping[str, Any], *, owner: object
     ) -> ChatCompletion | ChatCompletionStream:
         checked = check_chat_completion_request(request)  # a bad request fails at once, without waiting
-        await self._acquire(owner)
+        slot = await self._acquire(checked.config.model, owner)
         try:
-            # Checked after the wait: the model may have been unloaded or swapped while this request queued.
-            engine = self._require_engine(checked.config.model)
-            generation, chunks = self._start(engine, checked)
+            engine = slot.engine
+            messages = [m.to_dict() for m in checked.messages]
+            text = engine.chat_template.render(messages, add_generation_prompt=True)
+            # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
+            # (everything but the new last message is that conversation, the model's reply included). Then only
+            # the new turn's text is tokenized, after the conversation's ids.
+            reuse = slot.conversation is not None and checked.messages[:-1] == slot.conversation
+            if reuse and slot.conversation_ids is not None and text.startswith(slot.conversation_text):
+                new_turn = engine.tokenizer.encode(text[len(slot.conversation_text) :], add_bos=False)
+                prompt_ids = slot.conversation_ids + new_turn
+            else:
+                prompt_ids = engine.tokenizer.encode(text)
+            slot.pending = (text, prompt_ids, frozenset())
+            return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
         except BaseException:
-            self._lock.release()
+            self._release(slot, None)
             raise
 
-        if checked.config.stream:
+    async def _text_completion(
+        self, request: Mapping[str, Any], *, owner: object
+    ) -> Completion | ChatCompletionStream:
+        checked = check_completion_request(request)
+        slot = await self._acquire(checked.config.model, owner)
+        try:
+            engine = slot.engine
+            prompt = checked.prompt
+            if isinstance(prompt, str):
+                prompt_ids = engine.tokenizer.encode(prompt)
+                prompt_text = prompt
+            else:
+                prompt_ids = list(prompt)
+                prompt_text = engine.tokenizer.decode(prompt_ids)
+            # A raw prompt is not a conversation: as in WebLLM, the KV cache starts over.
+            slot.conversation = slot.conversation_ids = slot.pending = None
+            echo = prompt_text if checked.echo else None
+            return await self._run(slot, checked.config, prompt_ids, False, owner, None, text_echo=echo)
+        except BaseException:
+            self._release(slot, None)
+            raise
+
+    async def _run(
+        self,
+        slot: _Slot,
+        config: GenerationConfig,
+        prompt_ids: list[int],
+        reuse: bool,
+        owner: object,
+        messages: tuple[ChatMessage, ...] | None,
+        *,
+        text_echo: str | None = None,
+    ) -> Any:
+        """Generate ``config.n`` choices one after another (the lock is held); a stream has one."""
+        text = messages is None
+        if config.stream:
+            generation, chunks = self._start(slot, config, prompt_ids, reuse, 0, chat=not text)
+            if text:
+                chunks = completion_chunks(chunks, echo=text_echo)
 
             def release() -> None:
-                self._done(generation)
-                if self._active_stream is stream:
-                    self._active_stream = None
-                self._lock.release()
+                if slot.active_stream is stream:
+                    slot.active_stream = None
+                self._release(slot, generation, messages)
 
             stream = ChatCompletionStream(chunks, generation, on_release=release, owner=owner)
-            self._active_stream = stream
+            slot.active_stream = stream
             return stream
 
-        try:
-            async with aclosing(chunks):
-                return await collect_chat_completion(chunks)
-        finally:
-            self._done(generation)
-            self._lock.release()
+        replies: list[ChatCompletion] = []
+        for index in range(config.n):
+            # Later choices share the prompt: their prefill reuses all of it but the last token.
+            generation, chunks = self._start(
+                slot, config, prompt_ids, reuse or index > 0, index, chat=not text
+            )
+            try:
+                async with aclosing(chunks):
+                    replies.append(await collect_chat_completion(chunks))
+            finally:
+                self._done(slot, generation, messages if index == 0 else None)
+        self._release(slot, None)
+        reply = merge_choices(replies)
+        return completion_from_chat(reply, echo=text_echo) if text else reply
 
-    def _done(self, generation: Any) -> None:
-        self._last_stats = generation.stats
-        if self._generation is generation:
-            self._generation = None
-
-    async def _acquire(self, owner: object) -> None:
-        stale = self._active_stream
+    async def _acquire(self, model: str | None, owner: object) -> _Slot:
+        """Wait for a reload in progress, route to the model, then queue for it (first come, first served)."""
+        async with self._loading:
+            pass
+        slot = self._route(model)
+        stale = slot.active_stream
         if stale is not None and stale.owner == owner and not stale.iterating:
             await stale.aclose()  # abandoned by its owner, who is here asking again (see module docstring)
-        await self._lock.acquire()
+        await slot.lock.acquire()
+        if self._slots.get(slot.record.model_id) is not slot:  # unloaded while this request queued
+            slot.lock.release()
+            return await self._acquire(model, owner)
+        return slot
 
-    def _require_engine(self, requested_model: str | None) -> Engine:
-        if self._engine is None:
+    def _route(self, model: str | None) -> _Slot:
+        if not self._slots:
             raise EngineNotLoadedError(
                 "No model is loaded: call `await engine.reload(model_id)` or create the engine with CreateMLCEngine"
             )
-        if requested_model is not None and requested_model != self._engine.model_id:
+        if model is None:
+            if len(self._slots) > 1:
+                raise UnclearModelToUseError(
+                    f"several models are loaded ({', '.join(self._slots)}); name one in the request's `model`"
+                )
+            return next(iter(self._slots.values()))
+        slot = self._slots.get(model)
+        if slot is None:
             raise SpecifiedModelNotFoundError(
-                f"`model` is {requested_model!r}, but this engine has {self._engine.model_id!r} loaded; "
-                "leave `model` out or call reload() first"
+                f"`model` is {model!r}, but the loaded models are {', '.join(map(repr, self._slots))}; "
+                "name one of them, leave `model` out, or call reload() first",
+                model,
             )
-        return self._engine
+        return slot
 
-    def _start(self, engine: Engine, checked: ChatRequest) -> tuple[Any, Any]:
-        """Render, tokenize and start one generation; return it and its (not yet started) chunk iterator.
+    def _start(
+        self,
+        slot: _Slot,
+        config: GenerationConfig,
+        prompt_ids: list[int],
+        reuse: bool,
+        index: int,
+        *,
+        chat: bool,
+    ) -> tuple[Any, Any]:
+        """Start one generation; return it and its (not yet started) chunk iterator.
 
         Everything that can fail comes before ``engine.generate``: once a generation exists it holds the engine
         until it is closed, which this synchronous function could not do."""
@@ -228,29 +362,45 @@ class MLCEngine:
             SamplingParams,
         )  # imported by load_engine already; lazy for the same reason
 
-        config = checked.config
-        messages = [m.to_dict() for m in checked.messages]
-        prompt_ids = engine.tokenizer.encode(
-            engine.chat_template.render(messages, add_generation_prompt=True)
-        )
+        engine = slot.engine
         # Request value, else the model record's default (overrides), else OpenAI's default.
-        defaults = self._record.overrides if self._record is not None else {}
+        defaults = slot.record.overrides
+        seed = config.seed
+        if seed is not None and index > 0:
+            seed = (seed + 0x9E3779B9 * index) & 0xFFFFFFFF  # choice i: its own stream, the same every time
         params = SamplingParams(
             temperature=_first(config.temperature, defaults.get("temperature"), 1.0),
             top_p=_first(config.top_p, defaults.get("top_p"), 1.0),
-            seed=config.seed,
+            top_k=config.top_k or 0,
+            presence_penalty=_first(config.presence_penalty, defaults.get("presence_penalty"), 0.0),
+            frequency_penalty=_first(config.frequency_penalty, defaults.get("frequency_penalty"), 0.0),
+            repetition_penalty=_first(config.repetition_penalty, defaults.get("repetition_penalty"), 1.0),
+            logit_bias=config.logit_bias,
+            logprobs=config.logprobs,
+            top_logprobs=config.top_logprobs,
+            seed=seed,
             max_tokens=config.max_tokens,
             ignore_eos=config.ignore_eos,
         )
+        vocab = engine.tokenizer.vocab_size
+        for token, _ in config.logit_bias:
+            if token >= vocab:
+                raise InvalidRangeError(f"logit_bias[{token!r}]", token, f"a token id in [0, {vocab})")
         # ignore_eos means "run to max_tokens": the template's end-of-turn strings no longer stop it, but stop
         # strings the caller asked for in this very request still do.
-        stop_strings = (() if config.ignore_eos else tuple(engine.chat_template.stop_strings)) + config.stop
+        template_stops = engine.chat_template.stop_strings if chat and not config.ignore_eos else ()
+        stop_strings = tuple(template_stops) + config.stop
         end_ids = params.stop_token_ids | (frozenset() if config.ignore_eos else engine.tokenizer.eot_ids)
         decoder = engine.tokenizer.stream_decoder()
+        if chat and slot.pending is not None:
+            slot.pending = (slot.pending[0], slot.pending[1], end_ids)
 
-        generation = engine.generate(prompt_ids, params)  # may raise ContextWindowSizeExceededError
-        self._generation = generation
-        self._last_state = state = StreamState()
+        generation = engine.generate(
+            prompt_ids, params, reuse_kv=reuse
+        )  # may raise ContextWindowSizeExceeded
+        slot.generation = generation
+        slot.last_state = state = StreamState()
+        entry = logprob_entries(engine.tokenizer.token_bytes) if config.logprobs else None
         chunks = chat_completion_chunks(
             generation,
             decoder,
@@ -260,30 +410,61 @@ class MLCEngine:
             # The non-streaming answer is the collected stream; it always reports usage.
             include_usage=config.include_usage or not config.stream,
             state=state,
+            logprob_entry=entry,
+            latency_breakdown=config.enable_latency_breakdown,
         )
         return generation, chunks
 
+    def _done(self, slot: _Slot, generation: Any, messages: tuple[ChatMessage, ...] | None) -> None:
+        """A generation ended: keep its stats and, for chat, the conversation the KV cache now holds."""
+        slot.last_stats = generation.stats
+        if slot.generation is generation:
+            slot.generation = None
+        if messages is not None and slot.pending is not None:
+            reply = slot.last_state.text
+            slot.conversation = (*messages, ChatMessage("assistant", reply))
+            text, prompt_ids, end_ids = slot.pending
+            reply_ids = [t for t in generation.output_ids if t not in end_ids]
+            slot.conversation_text = text + reply
+            same = slot.engine.tokenizer.decode(reply_ids) == reply
+            slot.conversation_ids = prompt_ids + reply_ids if same else None
+            slot.pending = None
+
+    def _release(self, slot: _Slot, generation: Any, messages: tuple[ChatMessage, ...] | None = None) -> None:
+        if generation is not None:
+            self._done(slot, generation, messages)
+        if slot.lock.locked():
+            slot.lock.release()
+
     # ---- WebLLM's other engine methods ----------------------------------------------------------------------------
 
-    def interruptGenerate(self) -> None:
-        """End the running generation at its next token with finish_reason "abort"; no-op when none runs."""
-        if self._generation is not None:
-            self._generation.interrupt()
+    def interruptGenerate(self, model_id: str | None = None) -> None:
+        """End the running generation of ``model_id`` (of every model when None, as WebLLM's engine-wide flag) at
+        its next token with finish_reason "abort"; no-op when none runs. One stream only: ``stream.interrupt()``
+        or ``stream.aclose()``."""
+        for mid, slot in self._slots.items():
+            if slot.generation is not None and model_id in (None, mid):
+                slot.generation.interrupt()
 
-    async def resetChat(self, keep_stats: bool = False) -> None:
-        """Forget the last reply (and its stats unless ``keep_stats``). There is no KV-cache reuse across
-        requests yet, so there is no conversation state to reset beyond that."""
-        self._last_state = StreamState()
+    async def resetChat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
+        """Forget the conversation (the next request prefills everything) and the last reply (and its stats
+        unless ``keep_stats``). No-op when nothing is loaded, as in WebLLM."""
+        if not self._slots:
+            return
+        slot = self._route(model_id)
+        slot.conversation = None
+        slot.conversation_ids = None
+        slot.last_state = StreamState()
         if not keep_stats:
-            self._last_stats = None
+            slot.last_stats = None
 
-    async def getMessage(self) -> str:
+    async def getMessage(self, model_id: str | None = None) -> str:
         """The text of the current or last reply, as far as it has been streamed."""
-        return self._last_state.text
+        return self._route(model_id).last_state.text if self._slots else ""
 
-    async def runtimeStatsText(self) -> str:
+    async def runtimeStatsText(self, model_id: str | None = None) -> str:
         """WebLLM's ``"prefill: X tokens/sec, decoding: Y tokens/sec"`` for the last request."""
-        stats = self._last_stats
+        stats = self._route(model_id).last_stats if self._slots else None
         prefill = stats.prefill_tokens_per_s if stats is not None else 0.0
         decode = stats.decode_tokens_per_s if stats is not None else 0.0
         return f"prefill: {prefill:.4f} tokens/sec, decoding: {decode:.4f} tokens/sec"
@@ -299,7 +480,7 @@ class MLCEngine:
 
 
 async def CreateMLCEngine(
-    model_id: str,
+    model_id: str | Sequence[str],
     *,
     init_progress_callback: InitProgressCallback | None = None,
     app_config: AppConfig | None = None,
@@ -337,7 +518,9 @@ class MLCEngineSync:
             app_config=app_config, init_progress_callback=init_progress_callback, device=device
         )
         # Each blocking call is its own task on the loop, so the calling thread is what owns a stream.
-        self.chat = ChatSync(self.engine, self._call, owner=lambda: ("thread", threading.get_ident()))
+        owner = lambda: ("thread", threading.get_ident())  # noqa: E731
+        self.chat = ChatSync(self.engine, self._call, owner=owner)
+        self.completions = TextCompletionsSync(self.engine, self._call, owner=owner)
         if model_id is not None:
             try:
                 self.reload(model_id, chat_template=chat_template, context_window_size=context_window_size)
@@ -360,7 +543,7 @@ class MLCEngineSync:
 
     def reload(
         self,
-        model_id: str,
+        model_id: str | Sequence[str],
         *,
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
@@ -372,17 +555,17 @@ class MLCEngineSync:
     def unload(self) -> None:
         self._call(self.engine.unload())
 
-    def interruptGenerate(self) -> None:
-        self._loop.call_soon_threadsafe(self.engine.interruptGenerate)
+    def interruptGenerate(self, model_id: str | None = None) -> None:
+        self._loop.call_soon_threadsafe(self.engine.interruptGenerate, model_id)
 
-    def resetChat(self, keep_stats: bool = False) -> None:
-        self._call(self.engine.resetChat(keep_stats))
+    def resetChat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
+        self._call(self.engine.resetChat(keep_stats, model_id))
 
-    def getMessage(self) -> str:
-        return self._call(self.engine.getMessage())
+    def getMessage(self, model_id: str | None = None) -> str:
+        return self._call(self.engine.getMessage(model_id))
 
-    def runtimeStatsText(self) -> str:
-        return self._call(self.engine.runtimeStatsText())
+    def runtimeStatsText(self, model_id: str | None = None) -> str:
+        return self._call(self.engine.runtimeStatsText(model_id))
 
     @property
     def model_id(self) -> str | None:

@@ -6,7 +6,10 @@ Names, fields and JSON follow openai-python's ``openai.types.chat`` (``ChatCompl
 pydantic models because the package must install in Pyodide with no compiled wheel.
 
 Two WebLLM extensions ride along: ``finish_reason`` may be ``"abort"`` (after ``interruptGenerate()``), and
-``CompletionUsage.extra`` carries speed numbers (openai-python keeps it as an extra field).
+``CompletionUsage.extra`` carries speed numbers (openai-python keeps it as an extra field). "abort" is kept rather
+than mapped to "stop" because it tells a client the reply is incomplete; openai-python's client parses responses
+leniently (``construct_type``) and passes it through, only a strict ``model_validate`` rejects it (the tests validate
+such replies strictly with that one field read as "stop", and leniently as sent: tests/unit/openai_check.py).
 
 Request-side shapes are TypedDicts, as in openai-python: they describe what a caller passes, nothing checks them
 at runtime (``protocol.py`` does the checking).
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, TypedDict
 
 FinishReason = Literal["stop", "length", "abort"]
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 # ---- request side -----------------------------------------------------------------------------------------------
@@ -34,6 +37,7 @@ class ChatCompletionMessageParam(TypedDict, total=False):
     role: Role  # required
     content: str | list[ChatCompletionContentPartTextParam]  # required
     name: str
+    tool_call_id: str  # tool messages only: the call this result answers
 
 
 class ChatCompletionStreamOptionsParam(TypedDict, total=False):
@@ -49,10 +53,18 @@ class ChatCompletionCreateParams(TypedDict, total=False):
     max_completion_tokens: int  # OpenAI's newer name for max_tokens
     temperature: float  # [0, 2]; 0 => greedy
     top_p: float  # (0, 1]
-    seed: int
+    top_k: int  # extension (vLLM's): >= 0, 0 or -1 => off
+    frequency_penalty: float  # [-2, 2]
+    presence_penalty: float  # [-2, 2]
+    repetition_penalty: float  # WebLLM extension: > 0, 1 => off
+    logit_bias: dict[str, float]  # token id (as a string or int) -> bias in [-100, 100]
+    logprobs: bool  # return the chosen tokens' log-probabilities
+    top_logprobs: int  # [0, 20] alternatives per position; needs logprobs=True
+    seed: int  # same seed, same tokens
     stop: str | list[str]  # up to 4; the reply is cut before the first one
-    n: int  # only 1 for now
+    n: int  # [1, 128] choices; 1 when streaming
     ignore_eos: bool  # WebLLM extension: generate to max_tokens, past end-of-turn
+    extra_body: dict[str, Any]  # merged into the request (enable_latency_breakdown, top_k...)
 
 
 # ---- response side ----------------------------------------------------------------------------------------------
@@ -64,8 +76,9 @@ class CompletionUsage:
     completion_tokens: int
     total_tokens: int
     # WebLLM's speed numbers: prefill_tokens_per_s, decode_tokens_per_s, time_to_first_token_s,
-    # time_per_output_token_s, e2e_latency_s (all floats, seconds or tokens per second).
-    extra: dict[str, float] = field(default_factory=dict)
+    # time_per_output_token_s, e2e_latency_s (all floats, seconds or tokens per second); with
+    # enable_latency_breakdown also latencyBreakdown: {"totalTime": [seconds per sampled token]}.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
         return {
@@ -111,11 +124,65 @@ class ChoiceDelta:
 
 
 @dataclass
+class TopLogprob:
+    token: str  # the token's text (invalid UTF-8 of a partial character shown as U+FFFD)
+    logprob: float  # natural log of its probability in the distribution the token was sampled from
+    bytes: list[int] | None = None  # the token's exact UTF-8 bytes
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {"token": self.token, "logprob": self.logprob, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TopLogprob:
+        return cls(d["token"], d["logprob"], d.get("bytes"))
+
+
+@dataclass
+class ChatCompletionTokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = field(default_factory=list)  # most likely first, top_logprobs of them
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "bytes": self.bytes,
+            "top_logprobs": [t.to_dict() for t in self.top_logprobs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChatCompletionTokenLogprob:
+        top = [TopLogprob.from_dict(t) for t in d.get("top_logprobs") or []]
+        return cls(d["token"], d["logprob"], d.get("bytes"), top)
+
+
+@dataclass
+class ChoiceLogprobs:
+    content: list[ChatCompletionTokenLogprob] | None = None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        content = [c.to_dict() for c in self.content] if self.content is not None else None
+        return _drop_none({"content": content, "refusal": None}, exclude_none)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ChoiceLogprobs | None:
+        if d is None:
+            return None
+        content = d.get("content")
+        return cls(
+            [ChatCompletionTokenLogprob.from_dict(c) for c in content] if content is not None else None
+        )
+
+
+@dataclass
 class Choice:
     index: int
     message: ChatCompletionMessage
     finish_reason: FinishReason
-    logprobs: None = None  # logprobs are not supported yet; OpenAI writes null
+    logprobs: ChoiceLogprobs | None = None  # with logprobs=True: one entry per generated token
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
         return _drop_none(
@@ -123,14 +190,19 @@ class Choice:
                 "index": self.index,
                 "message": self.message.to_dict(exclude_none),
                 "finish_reason": self.finish_reason,
-                "logprobs": self.logprobs,
+                "logprobs": self.logprobs.to_dict() if self.logprobs is not None else None,
             },
             exclude_none,
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Choice:
-        return cls(d["index"], ChatCompletionMessage.from_dict(d["message"]), d["finish_reason"])
+        return cls(
+            d["index"],
+            ChatCompletionMessage.from_dict(d["message"]),
+            d["finish_reason"],
+            ChoiceLogprobs.from_dict(d.get("logprobs")),
+        )
 
 
 @dataclass
@@ -138,7 +210,7 @@ class ChunkChoice:
     index: int
     delta: ChoiceDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None  # the entries of the tokens this chunk's text came from
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
         return _drop_none(
@@ -146,14 +218,19 @@ class ChunkChoice:
                 "index": self.index,
                 "delta": self.delta.to_dict(exclude_none),
                 "finish_reason": self.finish_reason,
-                "logprobs": self.logprobs,
+                "logprobs": self.logprobs.to_dict() if self.logprobs is not None else None,
             },
             exclude_none,
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChunkChoice:
-        return cls(d["index"], ChoiceDelta.from_dict(d.get("delta") or {}), d.get("finish_reason"))
+        return cls(
+            d["index"],
+            ChoiceDelta.from_dict(d.get("delta") or {}),
+            d.get("finish_reason"),
+            ChoiceLogprobs.from_dict(d.get("logprobs")),
+        )
 
 
 class _Response:
@@ -230,3 +307,100 @@ class ChatCompletionChunk(_Response):
 
 def _drop_none(d: dict[str, Any], exclude_none: bool) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None} if exclude_none else d
+
+
+# ---- text completions (completions.create) ------------------------------------------------------------------------
+
+
+class CompletionCreateParams(TypedDict, total=False):
+    """The optional knobs of ``completions.create`` besides ``prompt`` and ``stream``: the sampling fields of
+    ``ChatCompletionCreateParams`` plus ``echo``; ``logprobs`` may be OpenAI's int (that many alternatives)."""
+
+    model: str
+    echo: bool  # the text starts with the prompt
+    stream_options: ChatCompletionStreamOptionsParam
+    max_tokens: int  # default 16, as at OpenAI
+    temperature: float
+    top_p: float
+    top_k: int
+    frequency_penalty: float
+    presence_penalty: float
+    repetition_penalty: float
+    logit_bias: dict[str, float]
+    logprobs: bool | int
+    top_logprobs: int
+    seed: int
+    stop: str | list[str]
+    n: int
+    ignore_eos: bool
+    extra_body: dict[str, Any]
+
+
+@dataclass
+class CompletionLogprobs:
+    """OpenAI's legacy logprobs shape: parallel lists, one entry per generated token."""
+
+    tokens: list[str] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)  # token text -> logprob, per position
+    text_offset: list[int] = field(
+        default_factory=list
+    )  # where each token's text starts in the choice's text
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {
+            "tokens": list(self.tokens),
+            "token_logprobs": list(self.token_logprobs),
+            "top_logprobs": [dict(t) for t in self.top_logprobs],
+            "text_offset": list(self.text_offset),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> CompletionLogprobs | None:
+        if d is None:
+            return None
+        return cls(
+            list(d.get("tokens") or []),
+            list(d.get("token_logprobs") or []),
+            [dict(t) for t in d.get("top_logprobs") or []],
+            list(d.get("text_offset") or []),
+        )
+
+
+@dataclass
+class CompletionChoice:
+    index: int
+    text: str
+    finish_reason: FinishReason | None  # None on the chunks of a stream before the last
+    logprobs: CompletionLogprobs | None = None
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return _drop_none(
+            {
+                "index": self.index,
+                "text": self.text,
+                "finish_reason": self.finish_reason,
+                "logprobs": self.logprobs.to_dict() if self.logprobs is not None else None,
+            },
+            exclude_none,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompletionChoice:
+        return cls(
+            d["index"], d["text"], d.get("finish_reason"), CompletionLogprobs.from_dict(d.get("logprobs"))
+        )
+
+
+@dataclass
+class Completion(_Response):
+    """openai-python's ``openai.types.Completion``; a stream is a sequence of these too (as at OpenAI)."""
+
+    _choice_type: ClassVar[type] = CompletionChoice
+    id: str  # "cmpl-..."
+    choices: list[CompletionChoice]
+    created: int
+    model: str
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+    object: Literal["text_completion"] = "text_completion"

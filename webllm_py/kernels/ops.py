@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import DeviceLimitError, UnsupportedModelError
@@ -336,16 +336,30 @@ def embed(
 
 
 class Sampler:
-    """The sampling launch; its Params (temperature, top_p, seed) live in one buffer rewritten per request."""
+    """The sampling launch (sample.wgsl) and its per-request buffers.
+
+    ``configure`` writes one request's knobs: Params, the logit-bias list, and, when a penalty is active, clears the
+    token counts the kernel keeps (penalties count the tokens sampled in this request only, as WebLLM's: prompt
+    tokens do not count). With ``logprobs`` the kernel also writes ``record``: the token, its log-probability and
+    the ``top_logprobs`` most likely (id, log-probability) pairs, which the engine copies out next to the token id.
+    """
 
     WG = 256
+    MAX_BIAS = 300  # (id, bias) pairs of one request's logit_bias (OpenAI's limit)
+    MAX_TOP_LOGPROBS = 20
+    RECORD_BYTES = 4 * (2 + 2 * MAX_TOP_LOGPROBS)  # (token u32, logprob f32, (id u32, logprob f32) x 20)
 
     def __init__(self, kern: Kernels, *, logits: Buffer, tokens: Buffer, state: Buffer, vocab: int):
         self.kern = kern
         self.vocab = vocab
-        self.params = kern.device.create_buffer(
+        dev = kern.device
+        self.params = dev.create_buffer(
             params.SAMPLE.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "sample.params"
         )
+        self.counts = dev.create_buffer(vocab * 4, STORAGE, "sample.counts")  # (vocab,) u32
+        self.bias = dev.create_buffer(self.MAX_BIAS * 8, STORAGE, "sample.bias")  # (300,) (u32 id, f32 bias)
+        self.record = dev.create_buffer(self.RECORD_BYTES, STORAGE, "sample.record")
+        dev.write_buffer(self.counts, 0, bytes(vocab * 4))
         self.configure(temperature=0.0, top_p=1.0, seed=0)
         pipe = kern.pipeline("sample.wgsl", WG=self.WG)
         entries = [
@@ -353,15 +367,63 @@ class Sampler:
             _whole(1, state),
             _whole(2, logits),
             _whole(3, tokens),
+            _whole(4, self.counts),
+            _whole(5, self.bias),
+            _whole(6, self.record),
         ]
-        bg = kern.device.create_bind_group(pipe, entries, "sample")
+        bg = dev.create_bind_group(pipe, entries, "sample")
         self.launch = Launch(pipe, bg, lambda n_tokens: (1, 1, 1), "sample")
 
-    def configure(self, *, temperature: float, top_p: float, seed: int) -> None:
+    def configure(
+        self,
+        *,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        top_k: int = 0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repetition_penalty: float = 1.0,
+        logit_bias: Sequence[tuple[int, float]] = (),
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+    ) -> None:
+        """Set one request's sampling. ``logit_bias``: (token id, bias) pairs with distinct ids < vocab."""
+        if len(logit_bias) > self.MAX_BIAS:
+            raise ValueError(f"at most {self.MAX_BIAS} logit_bias entries; got {len(logit_bias)}")
+        if not 0 <= top_logprobs <= self.MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {self.MAX_TOP_LOGPROBS}]; got {top_logprobs}")
+        ids = [i for i, _ in logit_bias]
+        if len(set(ids)) != len(ids) or any(not 0 <= i < self.vocab for i in ids):
+            raise ValueError(f"logit_bias ids must be distinct and in [0, {self.vocab}); got {ids}")
+        penalize = presence_penalty != 0.0 or frequency_penalty != 0.0 or repetition_penalty != 1.0
+        dev = self.kern.device
+        if penalize:
+            dev.write_buffer(self.counts, 0, bytes(self.vocab * 4))
+        if logit_bias:
+            dev.write_buffer(self.bias, 0, b"".join(struct.pack("<If", i, b) for i, b in logit_bias))
         data = params.SAMPLE.pack(
-            vocab=self.vocab, temperature=temperature, top_p=top_p, seed=seed & 0xFFFFFFFF
+            vocab=self.vocab,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed & 0xFFFFFFFF,
+            top_k=top_k,
+            presence=presence_penalty,
+            frequency=frequency_penalty,
+            repetition=repetition_penalty,
+            n_bias=len(logit_bias),
+            penalize=int(penalize),
+            n_top=top_logprobs if logprobs else 0,
+            logprobs=int(logprobs),
         )
-        self.kern.device.write_buffer(self.params, 0, data)
+        dev.write_buffer(self.params, 0, data)
+
+    @staticmethod
+    def parse_record(data: bytes, top_logprobs: int) -> tuple[int, float, list[tuple[int, float]]]:
+        """(token, its log-probability, [(id, log-probability)] x top_logprobs) from the bytes of ``record``."""
+        token, logprob = struct.unpack_from("<If", data, 0)
+        top = [struct.unpack_from("<If", data, 8 + 8 * j) for j in range(top_logprobs)]
+        return token, logprob, top
 
 
 def f32_bytes(values: list[float]) -> bytes:

@@ -66,7 +66,21 @@ ATTENTION = _spec(
     "_pad2:u32",
 )
 EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "_pad0:u32", "_pad1:u32")
-SAMPLE = _spec("sample.wgsl", "vocab:u32", "temperature:f32", "top_p:f32", "seed:u32")
+SAMPLE = _spec(
+    "sample.wgsl",
+    "vocab:u32",
+    "temperature:f32",
+    "top_p:f32",
+    "seed:u32",
+    "top_k:u32",
+    "presence:f32",
+    "frequency:f32",
+    "repetition:f32",
+    "n_bias:u32",
+    "penalize:u32",
+    "n_top:u32",
+    "logprobs:u32",
+)
 REPACK = _spec("repack.wgsl", "n_rows:u32", "k_blocks:u32", "dst_row0:u32", "dst_row_step:u32")
 
 ALL = (MATMUL, ATTENTION, EMBED, SAMPLE, REPACK)

@@ -31,6 +31,7 @@ from webllm_py.api.types import (
     ChatCompletionChunk,
     ChatCompletionCreateParams,
     ChatCompletionMessageParam,
+    Completion,
 )
 from webllm_py.config import AppConfig
 from webllm_py.errors import WorkerError
@@ -186,13 +187,12 @@ class _Chat:
 
 
 class _TextCompletions:
-    """``completions.create`` (text completion). The worker answers ``UnsupportedEndpointError`` until the engine
-    implements it; replies are then passed on as dicts, as there is no ``Completion`` type yet."""
+    """``completions.create`` (text completion): a ``Completion``, or with ``stream=True`` a stream of them."""
 
     def __init__(self, engine: WebWorkerMLCEngine):
         self._engine = engine
 
-    async def create(self, *, prompt: str, stream: bool = False, **params: Any) -> Any:
+    async def create(self, *, prompt: str | list[int], stream: bool = False, **params: Any) -> Any:
         request = {"prompt": prompt, "stream": stream, **{k: v for k, v in params.items() if v is not None}}
         return await self._engine.completion(request)
 
@@ -215,7 +215,10 @@ class WebWorkerMLCEngine:
         self.port = as_port(worker)
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._progress_callback = init_progress_callback
-        self.model_id: str | None = None  # the model the worker has loaded for us, sent with each request
+        self.model_id: str | None = None  # the (first) model the worker has loaded for us
+        self.model_ids: list[
+            str
+        ] = []  # all of them, sent with each request (a restarted worker reloads them)
         self.chat_opts: dict[str, Any] | None = None
         self._terminated: BaseException | None = None
         self.chat = _Chat(self)
@@ -295,26 +298,32 @@ class WebWorkerMLCEngine:
     # ---- loading ----------------------------------------------------------------------------------------------
 
     async def reload(
-        self, model_id: str, *, chat_template: str | None = None, context_window_size: int | None = None
+        self,
+        model_id: str | Sequence[str],
+        *,
+        chat_template: str | None = None,
+        context_window_size: int | None = None,
     ) -> None:
-        """Load ``model_id`` in the worker (after unloading what was there); progress goes to the callback."""
+        """Load ``model_id`` (one id, or a list: several models, requests routed by ``model``) in the worker,
+        after unloading what was there; progress goes to the callback."""
         chat_opts = {
             k: v
             for k, v in (("chat_template", chat_template), ("context_window_size", context_window_size))
             if v is not None
         }
-        await self._call("reload", {"modelId": [model_id], "chatOpts": chat_opts or None})
-        self.model_id, self.chat_opts = model_id, chat_opts or None
+        ids = [model_id] if isinstance(model_id, str) else list(model_id)
+        await self._call("reload", {"modelId": ids, "chatOpts": chat_opts or None})
+        self.model_ids, self.model_id, self.chat_opts = ids, ids[0], chat_opts or None
 
     async def unload(self) -> None:
         await self._call("unload")
         self.model_id = self.chat_opts = None
+        self.model_ids = []
 
     # ---- requests -----------------------------------------------------------------------------------------------
 
     def _model_content(self, request: dict[str, Any]) -> dict[str, Any]:
-        model_id = [self.model_id] if self.model_id is not None else None
-        return {"request": request, "modelId": model_id, "chatOpts": self.chat_opts}
+        return {"request": request, "modelId": self.model_ids or None, "chatOpts": self.chat_opts}
 
     async def chatCompletion(self, request: dict[str, Any]) -> ChatCompletion | WorkerChatCompletionStream:
         """WebLLM's raw-dict form of ``chat.completions.create``."""
@@ -324,8 +333,14 @@ class WebWorkerMLCEngine:
         )  # fmt: skip
 
     async def completion(self, request: dict[str, Any]) -> Any:
-        """Text completion (``completions.create``); dicts, as there is no Completion type yet."""
-        return await self._generate(request, "completionStreamInit", "completionNonStreaming", dict, dict)
+        """Text completion (``completions.create``): a ``Completion``, or a stream of them."""
+        return await self._generate(
+            request,
+            "completionStreamInit",
+            "completionNonStreaming",
+            Completion.from_dict,
+            Completion.from_dict,
+        )
 
     async def _generate(
         self,

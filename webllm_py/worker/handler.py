@@ -47,6 +47,7 @@ from .messages import (
     app_config_to_dict,
     error_to_content,
     make_message,
+    model_id_list,
     parse_request,
     reload_kwargs,
     single_model_id,
@@ -77,6 +78,7 @@ class _Stream:
     id: str
     chunks: Any  # the engine's stream: async iterator of chunk objects (to_dict()), with aclose()
     text_completion: bool
+    model: str | None = None  # the loaded model it runs on (several may be loaded)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one pull (or the end) at a time
     queued: deque[dict[str, Any]] = field(default_factory=deque)  # pulled on the consumer's behalf
     pulled: int = 0  # chunks taken from the engine
@@ -141,18 +143,18 @@ class WorkerHandler:
     # ---- loading ----------------------------------------------------------------------------------------------
 
     async def _reload(self, uuid: str, content: Mapping[str, Any]) -> None:
-        model_id = single_model_id(content.get("modelId"))
-        if model_id is None:
-            raise InvalidFieldTypeError("modelId", None, "a model id (or a list of one)")
+        model_ids = model_id_list(content.get("modelId"))
+        if model_ids is None:
+            raise InvalidFieldTypeError("modelId", None, "a model id (or a list of them)")
         kwargs = reload_kwargs(content.get("chatOpts"))
         await self._end_open_streams()
-        await self._load(uuid, model_id, kwargs)
+        await self._load(uuid, model_ids, kwargs)
         return None
 
-    async def _load(self, uuid: str, model_id: str, kwargs: dict[str, Any]) -> None:
+    async def _load(self, uuid: str, model_ids: list[str], kwargs: dict[str, Any]) -> None:
         self._progress_uuid = uuid
         try:
-            await self.engine.reload(model_id, **kwargs)
+            await self.engine.reload(model_ids[0] if len(model_ids) == 1 else model_ids, **kwargs)
         finally:
             self._progress_uuid = ""
 
@@ -168,8 +170,12 @@ class WorkerHandler:
     async def _reload_if_unmatched(self, uuid: str, content: Mapping[str, Any]) -> None:
         """WebLLM's ``reloadIfUnmatched``: a request carries the model the page believes is loaded; a worker that
         restarted (or failed a reload) loads it again before serving, instead of failing."""
-        wanted = single_model_id(content.get("modelId"))
-        if wanted is not None and wanted != self.engine.model_id:
+        wanted = model_id_list(content.get("modelId"))
+        loaded = getattr(self.engine, "model_ids", None)
+        if loaded is None:  # an engine with one model
+            loaded = [self.engine.model_id] if self.engine.model_id is not None else []
+        if wanted is not None and wanted != list(loaded):
+            await self._end_open_streams()
             await self._load(uuid, wanted, reload_kwargs(content.get("chatOpts")))
 
     # ---- completions ------------------------------------------------------------------------------------------
@@ -208,12 +214,24 @@ class WorkerHandler:
         registered under ``stream_id``. One start at a time: a request that arrives meanwhile must see the stream
         this one opens, or it would queue behind it in the engine with nobody left to end it."""
         async with self._start_lock:
-            await self._end_open_streams()
             await self._reload_if_unmatched(uuid, content)
+            # Only a stream on the same model can hold this request up (each model serves its own queue).
+            model = self._model_of(content)
+            await self._end_open_streams(model)
             result = await run()
             if stream_id is not None:
-                self._add_stream(_Stream(stream_id, result, text_completion=text_completion))
+                self._add_stream(_Stream(stream_id, result, text_completion=text_completion, model=model))
             return result
+
+    def _model_of(self, content: Mapping[str, Any]) -> str | None:
+        """The loaded model a request will run on: its ``model``, else the only one loaded (None: unknown, the
+        engine will say why)."""
+        request = content.get("request")
+        model = request.get("model") if isinstance(request, Mapping) else None
+        if isinstance(model, str):
+            return model
+        loaded = list(getattr(self.engine, "model_ids", None) or [self.engine.model_id])
+        return loaded[0] if len(loaded) == 1 else None
 
     def _text_completion(self) -> Callable[[dict[str, Any]], Any]:
         completion = getattr(self.engine, "completion", None)
@@ -277,14 +295,20 @@ class WorkerHandler:
         elif (stream := self._streams.get(stream_id)) is not None:
             await self._end_stream(stream)
 
-    async def _end_open_streams(self) -> None:
+    async def _end_open_streams(self, model: str | None = None) -> None:
+        """End the open streams (of ``model`` only, when given)."""
         for stream in list(self._streams.values()):
-            await self._end_stream(stream)
+            if model is None or stream.model in (None, model):
+                await self._end_stream(stream)
 
     async def _end_stream(self, stream: _Stream) -> None:
         if stream.finished or stream.exhausted:
             return  # the engine is free already; what is left (the usage chunk) is plain data
-        self.engine.interruptGenerate()  # an open stream holds the engine, so the running generation is its own
+        # An open stream holds its model, so that model's running generation is its own.
+        if stream.model is not None and getattr(self.engine, "model_ids", None) is not None:
+            self.engine.interruptGenerate(stream.model)
+        else:
+            self.engine.interruptGenerate()
         async with stream.lock:  # after a pull that is running, if any
             if stream.finished or stream.exhausted:
                 return
@@ -323,7 +347,7 @@ class WorkerHandler:
             "id": new_completion_id(),
             "object": kind,
             "created": int(time.time()),
-            "model": self.engine.model_id or "",
+            "model": stream.model or self.engine.model_id or "",
             "system_fingerprint": None,
             "choices": [choice],
             "usage": None,

@@ -59,7 +59,13 @@ from typing import Any
 
 from webllm_py import errors
 from webllm_py.config import AppConfig, ModelRecord
-from webllm_py.errors import UnknownMessageKindError, UnsupportedFieldError, WebLLMError, WorkerError
+from webllm_py.errors import (
+    InvalidFieldTypeError,
+    UnknownMessageKindError,
+    UnsupportedFieldError,
+    WebLLMError,
+    WorkerError,
+)
 
 REQUEST_KINDS = frozenset(
     {
@@ -289,6 +295,17 @@ def reload_kwargs(chat_opts: Any) -> dict[str, Any]:
                 f"chatOpts.{key}", chat_opts[key], f"supported: {', '.join(CHAT_OPTS)}"
             )
     return {k: v for k, v in chat_opts.items() if v is not None}
+
+
+def model_id_list(model_id: Any, field: str = "modelId") -> list[str] | None:
+    """The model ids of a WebLLM ``modelId`` (a string, or a list of them); None when absent."""
+    if model_id is None or model_id == []:
+        return None
+    ids = model_id if isinstance(model_id, list) else [model_id]
+    for i in ids:
+        if not isinstance(i, str):
+            raise InvalidFieldTypeError(field, model_id, "a model id string or a list of them")
+    return list(ids)
 
 
 def single_model_id(model_id: Any, field: str = "modelId") -> str | None:

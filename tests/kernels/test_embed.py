@@ -1,0 +1,32 @@
+"""Embedding gather against numpy (the sampler is tested in test_sample.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webllm_py.kernels import ops
+from webllm_py.model.quant import GGMLType
+
+from .conftest import assert_close, download, state_buffer, upload, zeros
+from .quantize import dequantize, quantize
+
+
+@pytest.mark.parametrize(
+    "ggml_type",
+    [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.F16, GGMLType.F32],
+    ids=lambda t: t.name,
+)
+def test_embed(kern, ggml_type):
+    vocab, h, m = 301, 96, 7
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((vocab, h)).astype(np.float32)
+    raw = quantize(table, ggml_type)
+    w = ops.alloc_weight(kern, ggml_type, vocab, h, "embd")
+    ops.Repacker(kern).upload(w, ggml_type, raw, vocab)
+    ids = np.array([0, 300, 5, 5, 17, 299, 128], dtype=np.uint32)
+    out = zeros(kern, m * h * 4)
+    launch = ops.embed(kern, w=w, tokens=upload(kern, ids), out=out, state=state_buffer(kern, 0, m))
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, out, np.float32, m * h).reshape(m, h)
+    assert_close(got, dequantize(raw, ggml_type, (vocab, h))[ids], 0.0, "embedding rows")
