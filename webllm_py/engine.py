@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from .errors import ContextWindowSizeExceededError, EngineNotLoadedError, Invali
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
-from .kernels.registry import Kernels, Tier, default_tuning
+from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
+from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import LlamaGraph, default_chunk
@@ -257,11 +259,16 @@ async def load_engine(
     chat_template: str | ChatTemplate | None = None,
     tier: Tier | None = None,
     tuning: dict[str, object] | None = None,
+    tune: bool | None = None,
+    tuning_cache: str | None = None,
 ) -> Engine:
     """Open ``gguf_path`` (a local file, or a ByteSource such as the browser cache's) and put the model on
     ``device`` (the host's default WebGPU device when None).
 
-    ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get."""
+    ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get. ``tune``:
+    measure the decode kernel shape of each matrix at load (default: on GPUs, not on CPU adapters, not when
+    ``tuning`` is given); results are kept in ``tuning_cache`` (default ~/.cache/webllm_py/tuning.json on the
+    desktop, nothing in the browser)."""
     t0 = time.perf_counter()
     model_id = record if isinstance(record, str) else record.model_id
     if not isinstance(record, str):
@@ -297,6 +304,14 @@ async def load_engine(
         graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         await graph.load(gguf, progress)
         graph.check_limits()
+        if tune if tune is not None else (tuning is None and not is_cpu_adapter(device)):
+            if tuning_cache is None and sys.platform != "emscripten":
+                tuning_cache = os.path.join(os.path.expanduser("~"), ".cache", "webllm_py", "tuning.json")
+            kern.gemv_roles, from_cache = await tune_gemv(graph, tuning_cache)
+            graph.rebuild_decode()
+            if progress is not None:
+                shapes = ", ".join(f"{r} {c.label()}" for r, c in kern.gemv_roles.items())
+                progress(1.0, f"Kernel shapes {'(cached)' if from_cache else 'measured'}: {shapes}")
         await device.idle()  # every shader compiled and every upload done: errors surface here, not mid-reply
     except BaseException:
         gguf.close()
@@ -310,5 +325,6 @@ async def load_engine(
         "tier": kern.tier.name,
         "pipelines": kern.n_pipelines,
         "adapter": device.info.summary(),
+        "gemv": {role: c.label() for role, c in kern.gemv_roles.items()} or kern.gemv.label(),
     }
     return engine

@@ -21,7 +21,7 @@ class ReferenceLlama:
         self.h = gguf.require(f"{arch}.embedding_length")
         self.n_heads = gguf.require(f"{arch}.attention.head_count")
         self.n_kv = gguf.get(f"{arch}.attention.head_count_kv", self.n_heads)
-        self.hd = self.h // self.n_heads
+        self.hd = gguf.get(f"{arch}.attention.key_length", self.h // self.n_heads)
         self.eps = gguf.require(f"{arch}.attention.layer_norm_rms_epsilon")
         self.base = gguf.get(f"{arch}.rope.freq_base", 10000.0)
         self._cache: dict[str, np.ndarray] = {}
@@ -42,6 +42,8 @@ class ReferenceLlama:
         m = v.shape[0]
         v = v.reshape(m, -1, self.hd // 2, 2)
         freqs = self.base ** (-np.arange(0, self.hd, 2) / self.hd)
+        if "rope_freqs.weight" in self.g.tensors:  # Llama 3.1: per-pair frequency divisors
+            freqs = freqs / self.w("rope_freqs.weight")[0]
         ang = pos[:, None, None] * freqs[None, None, :]
         c, s = np.cos(ang), np.sin(ang)
         return np.stack([v[..., 0] * c - v[..., 1] * s, v[..., 0] * s + v[..., 1] * c], axis=-1).reshape(
@@ -66,7 +68,7 @@ class ReferenceLlama:
                 s = q[:, h] @ k[:, h // group].T / np.sqrt(self.hd) + mask
                 pr = np.exp(s - s.max(axis=1, keepdims=True))
                 att[:, h] = (pr / pr.sum(axis=1, keepdims=True)) @ v[:, h // group]
-            x = x + att.reshape(m, -1) @ self.w(p + "attn_output.weight").T
+            x = x + att.reshape(m, -1) @ self.w(p + "attn_output.weight").T  # (m, n_heads * hd) -> (m, H)
             xn = self.norm(x, p + "ffn_norm.weight")
             g = xn @ self.w(p + "ffn_gate.weight").T
             u = xn @ self.w(p + "ffn_up.weight").T

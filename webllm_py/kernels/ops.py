@@ -15,10 +15,9 @@ from ..errors import DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
-from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, Kernels
+from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, GemvConfig, Kernels
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
-GEMV_ROWS_PER_WG = 4  # R in matmul.wgsl's GEMV variant
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
 GEMM_WG = 64
 REPACK_WG = 64
@@ -197,17 +196,18 @@ def matmul(
     rope_dims: int = 0,
     attn_ml: Buffer | None = None,
     n_splits: int = 0,
+    gemv: GemvConfig | None = None,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants.
 
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
     (max, sum) pairs in ``attn_ml``, merged as they are loaded."""
-    gemv = kern.gemv_variant
-    defines: dict[str, object] = {"WG": GEMM_WG if gemm else kern.gemv_wg, "W_FMT": w.fmt, "EPI": epi}
-    defines["GEMM" if gemm else gemv] = 1
-    if not gemm and gemv == "GEMV_SEG":
-        defines["SEG"] = kern.gemv_seg
+    gemv = gemv or kern.gemv
+    defines: dict[str, object] = {"WG": GEMM_WG if gemm else gemv.wg, "W_FMT": w.fmt, "EPI": epi}
+    defines["GEMM" if gemm else gemv.variant] = 1
+    if not gemm and gemv.variant == "GEMV_SEG":
+        defines["SEG"] = gemv.seg
     if w.s is not None:
         defines["W_SCALES"] = 1
     if norm_w is not None:
@@ -257,8 +257,7 @@ def matmul(
             return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
 
     else:
-        rows_per_wg = 2 * kern.gemv_wg // kern.gemv_seg if gemv == "GEMV_SEG" else GEMV_ROWS_PER_WG
-        fixed = fold_grid(math.ceil(w.n_rows / rows_per_wg))
+        fixed = fold_grid(math.ceil(w.n_rows / gemv.rows_per_workgroup))
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
             return fixed

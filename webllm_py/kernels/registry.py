@@ -15,6 +15,24 @@ UNITS_PER_BLOCK = {"Q4": 1, "Q8": 2, "F16": 4, "F32": 8}
 
 
 @dataclass(frozen=True)
+class GemvConfig:
+    """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG)."""
+
+    variant: (
+        str  # "GEMV": K split over wg invocations, four rows each; "GEMV_SEG": seg invocations per row pair
+    )
+    wg: int  # invocations per workgroup
+    seg: int = 0  # GEMV_SEG: invocations per row pair (at most the smallest subgroup size)
+
+    @property
+    def rows_per_workgroup(self) -> int:
+        return 2 * self.wg // self.seg if self.variant == "GEMV_SEG" else 4
+
+    def label(self) -> str:
+        return f"{self.variant}/{self.wg}" + (f"/{self.seg}" if self.variant == "GEMV_SEG" else "")
+
+
+@dataclass(frozen=True)
 class Tier:
     """What the kernels may use: decided once per device from its features."""
 
@@ -56,11 +74,18 @@ class Kernels:
         self.gemv_wg = gemv_wg
         # "GEMV_SEG": invocations per row pair; at most the smallest subgroup size the probe measured.
         self.gemv_seg = gemv_seg
+        # Per matrix role ("qkv", "o", "ffn1", "ffn2", "lm_head"), the GEMV shape load-time tuning chose.
+        self.gemv_roles: dict[str, GemvConfig] = {}
         self.attention_wg = attention_wg
         # Key splits of decode attention (flash decoding): more workgroups for long contexts.
         self.attention_splits = attention_splits
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
+
+    @property
+    def gemv(self) -> GemvConfig:
+        """The default decode GEMV shape (roles without a tuned one use it)."""
+        return GemvConfig(self.gemv_variant, self.gemv_wg, self.gemv_seg)
 
     def defines(self, **defines: object) -> dict[str, object]:
         d = dict(defines)
@@ -106,11 +131,16 @@ class Kernels:
         return len(self._pipelines)
 
 
-def default_tuning(device: Device) -> dict[str, object]:
-    """Kernel shapes by adapter kind until load-time tuning measures them: CPU rasterizers (lavapipe/llvmpipe,
-    SwiftShader) run a workgroup as SIMD loops on one core, where small workgroups waste less on reductions."""
+def is_cpu_adapter(device: Device) -> bool:
+    """CPU rasterizers (lavapipe/llvmpipe, SwiftShader) run a workgroup as SIMD loops on one core."""
     info = device.info
     text = f"{info.vendor} {info.device} {info.description} {info.extra.get('adapter_type', '')}".lower()
-    if any(k in text for k in ("llvmpipe", "lavapipe", "swiftshader", "cpu")):
+    return any(k in text for k in ("llvmpipe", "lavapipe", "swiftshader", "cpu"))
+
+
+def default_tuning(device: Device) -> dict[str, object]:
+    """Kernel shapes by adapter kind, before (or instead of) load-time tuning: on CPU adapters small workgroups
+    waste less on reductions, and tuning is skipped there (each measurement costs seconds)."""
+    if is_cpu_adapter(device):
         return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2}
     return {}

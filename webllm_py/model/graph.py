@@ -23,7 +23,7 @@ from collections.abc import Callable
 from ..errors import DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Prepared
 from ..kernels import ops
-from ..kernels.registry import WEIGHT_FORMAT, Kernels
+from ..kernels.registry import WEIGHT_FORMAT, GemvConfig, Kernels
 from .config import ModelConfig
 from .gguf import GGUFFile, TensorInfo
 from .quant import GGMLType, dequantize_row
@@ -199,99 +199,123 @@ class LlamaGraph:
     # ---- launches -----------------------------------------------------------------------------------------------------
 
     def _build_launches(self) -> None:
-        cfg, k = self.cfg, self.kern
-        qkv_args = dict(
-            n_q=cfg.q_size,
-            n_kv=cfg.kv_size,
+        k, st = self.kern, self.state
+        for i, L in enumerate(self.layers):
+            L.launches = self._layer_launches(i, gemm=False)
+            L.prefill_launches = self._layer_launches(i, gemm=True)
+        self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
+        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
+        self.sampler = ops.Sampler(
+            k, logits=self.logits, tokens=self.tokens, state=st, vocab=self.cfg.vocab_size
+        )
+        self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
+
+    def rebuild_decode(self) -> None:
+        """Rebuild the decode launches after ``kern.gemv_roles`` changed (load-time tuning)."""
+        for i, L in enumerate(self.layers):
+            L.launches = self._layer_launches(i, gemm=False)
+        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
+        self._decode = self.device.prepare(self.forward(1, sample=True))
+
+    def _layer_launches(self, i: int, *, gemm: bool) -> tuple[ops.Launch, ...]:
+        cfg, L = self.cfg, self.layers[i]
+        # Decode splits the keys over several workgroups (flash decoding) and the output projection merges the
+        # splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
+        split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
+        attention = ops.attention(
+            self.kern,
+            q=self.q,
+            kv=L.kv,
+            out=self.attn,
+            state=self.state,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
             head_dim=cfg.head_dim,
             max_ctx=self.max_ctx,
-            rope_dims=cfg.rope_dims,
-            rope_freq=self.rope_freq,
+            label=f"blk.{i}.{'gemm' if gemm else 'gemv'}.attn",
+            **split,
         )
-        eps = cfg.norm_eps
-        st = self.state
-        for i, L in enumerate(self.layers):
+        qkv, o, ffn1, ffn2 = (self.matmul_launch(role, i, gemm=gemm) for role in ("qkv", "o", "ffn1", "ffn2"))
+        return (qkv, attention, o, ffn1, ffn2)
 
-            def layer_launches(gemm: bool, L: Layer = L, i: int = i) -> tuple[ops.Launch, ...]:
-                tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
-                # Decode splits the keys over several workgroups (flash decoding) and the output projection merges
-                # the splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
-                split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
-                merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": self.kern.attention_splits}
-                return (
-                    ops.matmul(
-                        k,
-                        w=L.qkv,
-                        x=self.x,
-                        out=self.q,
-                        state=st,
-                        epi="QKV",
-                        gemm=gemm,
-                        norm_w=L.attn_norm,
-                        eps=eps,
-                        kv=L.kv,
-                        label=f"{tag}.qkv",
-                        **qkv_args,
-                    ),
-                    ops.attention(
-                        k,
-                        q=self.q,
-                        kv=L.kv,
-                        out=self.attn,
-                        state=st,
-                        n_heads=cfg.n_heads,
-                        n_kv_heads=cfg.n_kv_heads,
-                        head_dim=cfg.head_dim,
-                        max_ctx=self.max_ctx,
-                        label=f"{tag}.attn",
-                        **split,
-                    ),
-                    ops.matmul(
-                        k,
-                        w=L.o,
-                        x=self.attn,
-                        out=self.x,
-                        state=st,
-                        epi="ADD",
-                        gemm=gemm,
-                        head_dim=cfg.head_dim,
-                        label=f"{tag}.o",
-                        **merge,
-                    ),
-                    ops.matmul(
-                        k,
-                        w=L.gate_up,
-                        x=self.x,
-                        out=self.h,
-                        state=st,
-                        epi="SILU",
-                        gemm=gemm,
-                        norm_w=L.ffn_norm,
-                        eps=eps,
-                        label=f"{tag}.ffn1",
-                    ),
-                    ops.matmul(
-                        k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, label=f"{tag}.ffn2"
-                    ),
-                )
-
-            L.launches = layer_launches(False)
-            L.prefill_launches = layer_launches(True)
-        self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
-        self.lm_head_launch = ops.matmul(
-            k,
-            w=self.lm_head,
-            x=self.x,
-            out=self.logits,
-            state=st,
-            epi="STORE",
-            gemm=False,
-            norm_w=self.output_norm,
-            eps=eps,
-            label="lm_head",
-        )
-        self.sampler = ops.Sampler(k, logits=self.logits, tokens=self.tokens, state=st, vocab=cfg.vocab_size)
-        self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
+    def matmul_launch(
+        self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
+    ) -> ops.Launch:
+        """The launch of one of the model's matrix products: role "qkv", "o", "ffn1", "ffn2" of ``layer``, or
+        "lm_head". ``gemv`` overrides the decode kernel shape (tuning measures candidates through this)."""
+        cfg, k, st, eps = self.cfg, self.kern, self.state, self.cfg.norm_eps
+        gemv = gemv or (None if gemm else k.gemv_roles.get(role))
+        tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}" if layer is not None else role
+        if role == "lm_head":
+            return ops.matmul(
+                k,
+                w=self.lm_head,
+                x=self.x,
+                out=self.logits,
+                state=st,
+                epi="STORE",
+                gemm=False,
+                norm_w=self.output_norm,
+                eps=eps,
+                gemv=gemv,
+                label=tag,
+            )
+        L = self.layers[layer]
+        if role == "qkv":
+            return ops.matmul(
+                k,
+                w=L.qkv,
+                x=self.x,
+                out=self.q,
+                state=st,
+                epi="QKV",
+                gemm=gemm,
+                norm_w=L.attn_norm,
+                eps=eps,
+                kv=L.kv,
+                n_q=cfg.q_size,
+                n_kv=cfg.kv_size,
+                head_dim=cfg.head_dim,
+                max_ctx=self.max_ctx,
+                rope_dims=cfg.rope_dims,
+                rope_freq=self.rope_freq,
+                gemv=gemv,
+                label=tag,
+            )
+        if role == "o":
+            merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": k.attention_splits}
+            return ops.matmul(
+                k,
+                w=L.o,
+                x=self.attn,
+                out=self.x,
+                state=st,
+                epi="ADD",
+                gemm=gemm,
+                head_dim=cfg.head_dim,
+                gemv=gemv,
+                label=tag,
+                **merge,
+            )
+        if role == "ffn1":
+            return ops.matmul(
+                k,
+                w=L.gate_up,
+                x=self.x,
+                out=self.h,
+                state=st,
+                epi="SILU",
+                gemm=gemm,
+                norm_w=L.ffn_norm,
+                eps=eps,
+                gemv=gemv,
+                label=tag,
+            )
+        if role == "ffn2":
+            return ops.matmul(
+                k, w=L.down, x=self.h, out=self.x, state=st, epi="ADD", gemm=gemm, gemv=gemv, label=tag
+            )
+        raise ValueError(f"unknown matrix role {role!r}")
 
     def forward(self, n_tokens: int, *, sample: bool) -> list[Dispatch]:
         """The dispatches of one step over ``n_tokens`` tokens (1 when decoding), in order.

@@ -1,0 +1,107 @@
+"""Load-time GEMV tuning: every candidate shape is a correct kernel (so whichever wins, the answer is the same),
+the winners are cached per adapter and model shape, and a second load takes them from the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from webllm_py.engine import SamplingParams, load_engine
+from webllm_py.kernels import tuning
+from webllm_py.kernels.registry import GemvConfig, Tier
+
+from .tiny_llama import build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("tune") / "tiny.gguf", seed=7)
+
+
+def _greedy(engine, prompt) -> list[int]:
+    async def run():
+        gen = engine.generate(prompt, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+        return [t async for t in gen]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "tier", [Tier(f16=False, subgroups=True), Tier(f16=True, subgroups=False)], ids=lambda t: t.name
+)
+def test_tuning_is_cached_and_keeps_the_answer(tiny_path, tmp_path, gpu_device, tier, monkeypatch):
+    # Few candidates keep the measurement short on lavapipe; GEMV_SEG ones drop out where subgroups are off.
+    monkeypatch.setattr(tuning, "REPS", 2)
+    monkeypatch.setattr(tuning, "ROUNDS", 1)
+    monkeypatch.setattr(tuning, "CANDIDATES", (GemvConfig("GEMV", 16), GemvConfig("GEMV_SEG", 32, 8)))
+    prompt = [int(t) for t in np.random.default_rng(3).integers(3, 200, 40)]
+    plain = asyncio.run(load_engine("tiny", str(tiny_path), device=gpu_device, tier=tier, tune=False))
+    want = _greedy(plain, prompt)
+    asyncio.run(plain.unload())
+
+    cache = tmp_path / "tuning.json"
+    msgs: list[str] = []
+    tuned = asyncio.run(
+        load_engine(
+            "tiny",
+            str(tiny_path),
+            device=gpu_device,
+            tier=tier,
+            tune=True,
+            tuning_cache=str(cache),
+            progress=lambda p, text: msgs.append(text),
+        )
+    )
+    assert set(tuned.kern.gemv_roles) == set(tuning.ROLES)
+    if not tier.subgroups:
+        assert all(c.variant == "GEMV" for c in tuned.kern.gemv_roles.values())
+    assert any("measured" in m for m in msgs)
+    assert _greedy(tuned, prompt) == want
+    chosen = dict(tuned.kern.gemv_roles)
+    asyncio.run(tuned.unload())
+
+    saved = json.loads(cache.read_text())
+    assert len(saved) == 1 and set(next(iter(saved.values()))) == set(tuning.ROLES)
+
+    def no_measure(*a, **k):
+        raise AssertionError("the second load measured again instead of reading the cache")
+
+    monkeypatch.setattr(tuning, "measure", no_measure)
+    msgs.clear()
+    again = asyncio.run(
+        load_engine(
+            "tiny",
+            str(tiny_path),
+            device=gpu_device,
+            tier=tier,
+            tune=True,
+            tuning_cache=str(cache),
+            progress=lambda p, text: msgs.append(text),
+        )
+    )
+    assert again.kern.gemv_roles == chosen
+    assert any("(cached)" in m for m in msgs)
+    assert _greedy(again, prompt) == want
+    asyncio.run(again.unload())
+
+
+def test_every_role_with_a_different_shape(tiny_path, gpu_device):
+    """Mixed per-role shapes (as tuning may pick) give the same greedy tokens as one shape everywhere."""
+    tier = Tier(f16=False, subgroups=True)
+    prompt = [int(t) for t in np.random.default_rng(4).integers(3, 200, 30)]
+    engine = asyncio.run(load_engine("tiny", str(tiny_path), device=gpu_device, tier=tier, tune=False))
+    want = _greedy(engine, prompt)
+    shapes = [
+        GemvConfig("GEMV", 16),
+        GemvConfig("GEMV_SEG", 32, 8),
+        GemvConfig("GEMV", 64),
+        GemvConfig("GEMV_SEG", 64, 4),
+        GemvConfig("GEMV", 32),
+    ]
+    engine.kern.gemv_roles = dict(zip(tuning.ROLES, shapes, strict=True))
+    engine.graph.rebuild_decode()
+    assert _greedy(engine, prompt) == want
+    asyncio.run(engine.unload())
