@@ -368,3 +368,23 @@ class ExtensionServiceWorkerMLCEngineHandler(ServiceWorkerMLCEngineHandler):
 
     async def _port_alive(self, port_id: str) -> bool:
         return port_id in self._ports
+
+
+def create_service_worker_handler(
+    post_to_client: PostToClient,
+    *,
+    client_alive: ClientAlive | None = None,
+    engine: Any = None,
+    host: WorkerHost | None = None,
+    app_config: Any = None,
+    extension: bool = False,
+) -> ServiceWorkerMLCEngineHandler:
+    """The handler ``host/service_worker_entry.py`` starts in a service worker: ``create_handler``'s engine (models
+    fetched into the browser cache; ``app_config`` the site's model list) shared by every client. ``extension``:
+    clients are ``chrome.runtime`` Ports (``ExtensionServiceWorkerMLCEngineHandler``; ``client_alive`` unused)."""
+    from .handler import create_handler
+
+    engine = create_handler(lambda message: None, engine=engine, app_config=app_config).engine
+    if extension:
+        return ExtensionServiceWorkerMLCEngineHandler(engine, post_to_client, host=host)
+    return ServiceWorkerMLCEngineHandler(engine, post_to_client, client_alive=client_alive, host=host)
