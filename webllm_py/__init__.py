@@ -57,9 +57,13 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
+    from .worker.service_worker_client import CreateServiceWorkerMLCEngine, ServiceWorkerMLCEngine
 
-# The Web Worker proxy (worker/client.py) is imported on first use, keeping `import webllm_py` small.
+# The worker proxies (worker/client.py, worker/service_worker_client.py) are imported on first use, keeping
+# `import webllm_py` small.
 _LAZY = {
+    "CreateServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
+    "ServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
     "CreateWebWorkerMLCEngine": "webllm_py.worker.client",
     "WebWorkerMLCEngine": "webllm_py.worker.client",
 }
@@ -88,6 +92,7 @@ __all__ = [
     "CompletionUsage",
     "ContextWindowSizeExceededError",
     "CreateMLCEngine",
+    "CreateServiceWorkerMLCEngine",
     "CreateWebWorkerMLCEngine",
     "DeviceLimitError",
     "DeviceLostError",
@@ -107,6 +112,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelNotFoundError",
     "ModelRecord",
+    "ServiceWorkerMLCEngine",
     "SpecifiedModelNotFoundError",
     "StorageQuotaError",
     "TokenizerError",

@@ -494,3 +494,130 @@ def test_endpoint_routes_ignore_surrounding_slashes(world, route):
         return await LocalEndpoint(tabs.handler).handle("PUT", route)
 
     assert run(go()).status == 405
+
+
+# ---- the page side: worker/service_worker_client.py -------------------------------------------------------------
+
+
+class ServiceWorkerPort:
+    """A page's channel to "the" service worker of an origin: ``stop()`` drops the running instance (its pending
+    work is lost, as when the browser stops it) and the next message starts a fresh one (a new handler and engine,
+    nothing loaded). ``silent``: the worker takes messages and never answers (a hung or unreachable worker)."""
+
+    def __init__(self, world, client="tab"):
+        self.world, self.client = world, client
+        self.instances: list[Clients] = []
+        self.silent = False
+        self._on_message = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def set_listener(self, on_message, on_error=None):
+        self._on_message = on_message
+
+    def post(self, message):
+        if self.silent:
+            return
+        if not self.instances:
+            self.instances.append(Clients(self.world).open(self.client))
+        worker = self.instances[-1]
+        worker.outboxes[self.client] = _Forward(self, worker)
+        task = asyncio.ensure_future(worker.handler.on_client_message(self.client, json_copy(message)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop(self):
+        worker = self.instances[-1]
+        worker.outboxes[self.client] = _Forward(None, worker)  # what the stopped instance posts is lost
+        for task in list(worker.handler._tasks):
+            task.cancel()
+        self.instances.append(Clients(self.world).open(self.client))
+
+    def close(self):
+        pass
+
+
+class _Forward:
+    """An outbox that hands each message to the page (or drops it: a stopped worker)."""
+
+    def __init__(self, port, worker):
+        self.port, self.worker = port, worker
+
+    def put_nowait(self, message):
+        if self.port is not None and self.worker is self.port.instances[-1]:
+            asyncio.get_running_loop().call_soon(self.port._on_message, message)
+
+
+def test_python_proxy_shares_the_model_and_answers_heartbeats(world):
+    from webllm_py.worker.service_worker_client import CreateServiceWorkerMLCEngine
+
+    async def go():
+        port = ServiceWorkerPort(world)
+        engine = await CreateServiceWorkerMLCEngine("fake-model", None, None, 5, port=port)
+        reply = await engine.chat.completions.create(messages=USER)
+        await asyncio.sleep(0.05)  # several keepAlive / heartbeat rounds
+        missed = engine.missed_heartbeats
+        engine.terminate()
+        return reply, missed, port
+
+    reply, missed, port = run(go())
+    assert reply.choices[0].message.content == "Hello there!"
+    assert missed == 0 and len(port.instances) == 1 and port.instances[0].handler.loads == 1
+
+
+def test_python_proxy_a_request_lost_with_a_stopped_worker_raises_and_the_next_reloads(world):
+    from webllm_py.errors import EngineLostError
+    from webllm_py.worker.service_worker_client import CreateServiceWorkerMLCEngine
+
+    world.knobs.script = ALPHABET * 40
+    world.knobs.step_delay = 0.005
+    lost_reports = []
+
+    async def go():
+        port = ServiceWorkerPort(world)
+        config = {"on_engine_lost": lost_reports.append}
+        engine = await CreateServiceWorkerMLCEngine("fake-model", config, None, 5, port=port)
+        held = asyncio.ensure_future(engine.chat.completions.create(messages=USER))
+        await asyncio.sleep(0.02)  # the generation runs in the first instance
+        port.stop()
+        with pytest.raises(EngineLostError, match="stopped the service worker"):
+            await held  # the restarted worker's heartbeat does not list it
+        world.knobs.script = ["ok"]
+        reply = await engine.chat.completions.create(messages=USER)
+        engine.terminate()
+        return reply, port
+
+    reply, port = run(go())
+    assert reply.choices[0].message.content == "ok"
+    assert len(lost_reports) == 1 and isinstance(lost_reports[0], EngineLostError)
+    assert port.instances[-1].handler.loads == 1  # the fresh instance loaded the model the request carried
+
+
+def test_python_proxy_missed_heartbeats_fail_waiting_calls_and_report_once(world):
+    from webllm_py.errors import EngineLostError
+    from webllm_py.worker.service_worker_client import ServiceWorkerMLCEngine
+
+    lost_reports = []
+
+    async def go():
+        port = ServiceWorkerPort(world)
+        port.silent = True  # the worker never answers
+        engine = ServiceWorkerMLCEngine(
+            port, keep_alive_ms=5, max_missed_heartbeats=2, on_engine_lost=lost_reports.append
+        )
+        with pytest.raises(EngineLostError, match="did not answer 2 heartbeats"):
+            await engine.chat.completions.create(messages=USER)
+        await asyncio.sleep(0.05)  # more missed rounds: reported once
+        engine.terminate()
+
+    run(go())
+    assert len(lost_reports) == 1
+
+
+def test_python_proxy_rejects_bad_keep_alive_settings(world):
+    from webllm_py.worker.service_worker_client import ServiceWorkerMLCEngine
+
+    async def go():
+        with pytest.raises(ValueError, match="keep_alive_ms"):
+            ServiceWorkerMLCEngine(ServiceWorkerPort(world), keep_alive_ms=0)
+
+    run(go())

@@ -18,7 +18,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import js
 from pyodide.ffi import create_proxy
 
 from ..worker.local_endpoint import LocalEndpoint
