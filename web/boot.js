@@ -36,13 +36,23 @@ export async function loadConfig(scriptURL) {
   };
 }
 
+// micropip takes http(s) URLs only; a wheel inside a Chrome extension (chrome-extension://) is unpacked directly.
 export async function installWheels(pyodide, wheels) {
   const micropip = pyodide.pyimport("micropip");
   try {
-    for (const wheel of wheels) await micropip.install.callKwargs(wheel, { deps: false });
+    for (const wheel of wheels) {
+      if (/^https?:/.test(wheel)) {
+        await micropip.install.callKwargs(wheel, { deps: false });
+        continue;
+      }
+      const response = await fetch(wheel);
+      if (!response.ok) throw new Error(`cannot fetch the wheel ${wheel}: HTTP ${response.status}`);
+      pyodide.unpackArchive(await response.arrayBuffer(), "wheel");
+    }
   } finally {
     micropip.destroy();
   }
+  pyodide.runPython("import importlib; importlib.invalidate_caches()");
 }
 
 // A CSP without 'wasm-unsafe-eval' (an extension's default) makes WebAssembly compilation throw, and loadPyodide

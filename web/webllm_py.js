@@ -376,21 +376,23 @@ class ServiceWorkerTransport {
  *  engineConfig.maxMissedHeartbeats (default 3) keepAlives without an answer, every pending call rejects with
  *  EngineLostError and engineConfig.onEngineLost(error) is called. WebLLM only counts missed heartbeats. */
 export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
-  constructor(engineConfig = {}, keepAliveMs = 10000, registration = null) {
-    super(new ServiceWorkerTransport(navigator.serviceWorker, registration || {}), engineConfig);
-    navigator.serviceWorker.startMessages();
+  constructor(engineConfig = {}, keepAliveMs = 10000, registration = null, transport = null) {
+    super(transport || new ServiceWorkerTransport(navigator.serviceWorker, registration || {}), engineConfig);
+    if (!transport) navigator.serviceWorker.startMessages();
     this.missedHeartbeat = 0;
     this.maxMissedHeartbeats = engineConfig.maxMissedHeartbeats ?? 3;
     this.onEngineLost = engineConfig.onEngineLost;
-    this.sent = 0; // requests sent so far; each pending one remembers its number
-    this.sentNumber = new Map(); // uuid of a pending request -> its number
+    // (the base constructor may already have sent setAppConfig / setLogLevel through send() below)
+    this.sent = this.sent || 0; // requests sent so far; each pending one remembers its number
+    this.sentNumber = this.sentNumber || new Map(); // uuid of a pending request -> its number
     this.beats = new Map(); // uuid of a keepAlive not answered yet -> requests sent before it
     this.lostSince = 0; // when missed heartbeats made us report the engine lost (0: not lost)
     this.keepAliveTimer = setInterval(() => this.keepAlive(), keepAliveMs);
   }
 
   send(kind, content, uuid = newUUID()) {
-    this.sent += 1;
+    this.sentNumber = this.sentNumber || new Map();
+    this.sent = (this.sent || 0) + 1;
     this.sentNumber.set(uuid, this.sent);
     const promise = super.send(kind, content, uuid);
     const forget = () => this.sentNumber.delete(uuid);
@@ -477,6 +479,75 @@ export async function CreateServiceWorkerMLCEngine(modelId, engineConfig = {}, c
   }
   const registration = await navigator.serviceWorker.ready;
   const engine = new ServiceWorkerMLCEngine(engineConfig, keepAliveMs, registration);
+  await engine.reload(modelId, chatOpts);
+  return engine;
+}
+
+// ---- Chrome extension service worker host (extension/background.js) -------------------------------------------------
+
+/** A chrome.runtime Port to the extension's service worker as a Worker-like object. A port that disconnects (the
+ *  browser stopped the worker, or it crashed) is reconnected by the next request, which starts the worker again. */
+class ExtensionPortTransport {
+  constructor(extensionId, onDisconnect) {
+    this.extensionId = extensionId;
+    this.onDisconnect = onDisconnect;
+    this.listeners = new Set();
+    this.port = null;
+  }
+
+  connect() {
+    const options = { name: "web_llm_service_worker" };
+    const port = this.extensionId ? chrome.runtime.connect(this.extensionId, options) : chrome.runtime.connect(options);
+    port.onMessage.addListener((data) => {
+      for (const listener of this.listeners) listener({ data });
+    });
+    port.onDisconnect.addListener(() => {
+      if (this.port === port) this.port = null;
+      this.onDisconnect(chrome.runtime.lastError?.message || "the port disconnected");
+    });
+    this.port = port;
+  }
+
+  postMessage(message) {
+    if (!this.port) this.connect();
+    this.port.postMessage(message);
+  }
+
+  addEventListener(type, listener) {
+    if (type === "message") this.listeners.add(listener);
+  }
+
+  removeEventListener(type, listener) {
+    if (type === "message") this.listeners.delete(listener);
+  }
+
+  terminate() {
+    if (this.port) this.port.disconnect();
+    this.port = null;
+  }
+}
+
+/** WebLLM's ExtensionServiceWorkerMLCEngine, for an extension's popup and pages: the engine in the extension's
+ *  service worker, over a chrome.runtime Port. Heartbeats as in ServiceWorkerMLCEngine; a port that disconnects
+ *  fails the pending calls with EngineLostError and calls engineConfig.onDisconnect (WebLLM's) and onEngineLost. */
+export class ExtensionServiceWorkerMLCEngine extends ServiceWorkerMLCEngine {
+  constructor(engineConfig = {}, keepAliveMs = 10000) {
+    let engine = null;
+    const transport = new ExtensionPortTransport(engineConfig.extensionId, (reason) => {
+      if (!engine || engine.terminated) return;
+      engine.lose(reason);
+      if (engineConfig.onDisconnect) engineConfig.onDisconnect();
+    });
+    super(engineConfig, keepAliveMs, null, transport);
+    engine = this;
+  }
+}
+
+/** WebLLM's CreateExtensionServiceWorkerMLCEngine: the extension service worker's engine with `modelId` loaded (a
+ *  model already loaded there with the same options is not loaded again). engineConfig adds {extensionId,
+ *  onDisconnect, onEngineLost, maxMissedHeartbeats}. */
+export async function CreateExtensionServiceWorkerMLCEngine(modelId, engineConfig = {}, chatOpts, keepAliveMs = 10000) {
+  const engine = new ExtensionServiceWorkerMLCEngine(engineConfig, keepAliveMs);
   await engine.reload(modelId, chatOpts);
   return engine;
 }
