@@ -14,6 +14,7 @@ import openai.types.chat
 import pytest
 
 from tests.browser.conftest import launch
+from tests.browser.test_proxies import ensure_npm_files, run_example
 
 PAGE = "__sw__.html"
 TIMEOUT_MS = 900_000  # SwiftShader: tens of seconds per model load and prefill, seconds per token
@@ -185,6 +186,14 @@ def test_a_client_that_disappears_mid_stream_does_not_block_the_next_request(tab
     )
     assert "error" not in out, (out, tab.console)
     assert out["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_service_worker_examples_answer(tab, sw_context, server, dist):
+    # the JS page (the engine and the v1 endpoint), then PyScript through the Python proxy (worker_port.py's
+    # JSServiceWorkerPort); both find the model loaded by the tests above
+    assert run_example(sw_context, server, "examples/service-worker.html?max_tokens=2").strip()
+    ensure_npm_files(dist)
+    assert run_example(sw_context, server, "examples/service-worker-pyscript.html?max_tokens=2").strip()
 
 
 def test_after_the_browser_stops_the_worker_the_next_request_reloads_and_succeeds(tab, sw_context):
