@@ -300,15 +300,22 @@ def boot_config(whl: Path, model_entry: dict, **app_options) -> dict:
     }
 
 
-def build_demo(out: Path = DIST) -> Path:
-    """Assemble dist/ (see the module docstring); returns it."""
-    import json
-
+def copy_runtime(out: Path) -> tuple[Path, dict]:
+    """What every host runs, into ``out``: Pyodide, our wheel, the demo model. Returns the wheel and the model's
+    record (its URL relative to ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     copy_pyodide(out / "pyodide")
     whl = wheel(out / "wheels")
     model_path, model_entry = demo_model()
     copy_if_changed(model_path, out / model_entry["model_url"])
+    return whl, model_entry
+
+
+def build_demo(out: Path = DIST) -> Path:
+    """Assemble dist/ (see the module docstring); returns it."""
+    import json
+
+    whl, model_entry = copy_runtime(out)
 
     web = ROOT / "web"
     for src in web.rglob("*"):
@@ -329,11 +336,7 @@ def build_extension(out: Path = DIST / "extension") -> Path:
     unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
-    copy_pyodide(out / "pyodide")
-    whl = wheel(out / "wheels")
-    model_path, model_entry = demo_model()
-    copy_if_changed(model_path, out / model_entry["model_url"])
+    whl, model_entry = copy_runtime(out)
     web = ROOT / "web"
     for src in [*(web / "extension").iterdir(), web / "boot.js", web / "webllm_py.js"]:
         shutil.copyfile(src, out / src.name)

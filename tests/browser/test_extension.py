@@ -65,6 +65,23 @@ def test_the_popup_chats_through_the_extensions_service_worker(playwright_instan
         page.goto(f"chrome-extension://{extension_id}/popup.html")
         page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
         assert "already loaded" in page.evaluate("() => window.progress.at(-1).text")
+        # the browser stops the extension's worker: the port disconnects, and the next request reconnects, which
+        # starts the worker again and reloads the model before answering
+        cdp = ctx.new_cdp_session(page)
+        cdp.send("ServiceWorker.enable")
+        page.evaluate("() => { window.progress.length = 0; }")
+        cdp.send("ServiceWorker.stopAllWorkers")
+        out = page.evaluate(
+            """async () => {
+                const reply = await window.engine.chat.completions.create(
+                    { messages: [{ role: "user", content: "Hi" }], max_tokens: 1 });
+                return { reply, progress: window.progress.map((r) => r.text) };
+            }"""
+        )
+        assert out["reply"]["choices"][0]["finish_reason"] == "length"
+        assert any("Finish loading" in t and "already loaded" not in t for t in out["progress"]), out[
+            "progress"
+        ]
     finally:
         ctx.close()
 

@@ -14,7 +14,7 @@ import openai.types.chat
 import pytest
 
 from tests.browser.conftest import launch
-from tests.browser.test_proxies import ensure_npm_files, run_example
+from tests.browser.test_proxies import ensure_npm_files, evaluate, run_example
 
 PAGE = "__sw__.html"
 TIMEOUT_MS = 900_000  # SwiftShader: tens of seconds per model load and prefill, seconds per token
@@ -68,18 +68,6 @@ def tab(sw_context, server):
     assert page.evaluate("() => window.ready") == "SmolLM2-135M-Instruct-Q4_1", page.console
     yield page
     page.close()
-
-
-def evaluate(page, script: str, arg=None):
-    """Run an async function body in the page once its engine is ready; JS errors come back as {error}."""
-    return page.evaluate(
-        f"""async (arg) => {{
-            await window.ready;
-            const engine = window.engine;
-            try {{ {script} }} catch (e) {{ return {{ error: {{ name: e.name, message: e.message }} }}; }}
-        }}""",
-        arg,
-    )
 
 
 def test_a_page_controlled_by_the_service_worker_chats(tab):

@@ -35,6 +35,7 @@ try {
     },
     onEngineLost: (error) => (status.textContent = error.message),
   });
+  window.engine = engine; // for the tests, and the console
   status.textContent = `Ready: ${engine.modelId}`;
   send.disabled = false;
   send.onclick = () => ask(engine, question.value).catch(fail);
