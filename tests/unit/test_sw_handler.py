@@ -621,3 +621,31 @@ def test_python_proxy_rejects_bad_keep_alive_settings(world):
             ServiceWorkerMLCEngine(ServiceWorkerPort(world), keep_alive_ms=0)
 
     run(go())
+
+
+def test_an_event_stream_closed_while_a_pull_runs_ends_its_generation_after_that_pull(world):
+    from webllm_py.worker.local_endpoint import EventStream
+
+    world.knobs.script = ALPHABET
+    world.knobs.step_delay = 0.01
+
+    async def go():
+        tabs = Clients(world)
+        endpoint = LocalEndpoint(tabs.handler)
+        body = {"model": "fake-model", "messages": USER, "stream": True}
+        response = await endpoint.handle("POST", "v1/chat/completions", json.dumps(body))
+        events = EventStream(response.events)
+        first = await events.next()
+        pulling = asyncio.ensure_future(events.next())
+        await asyncio.sleep(0)  # the pull is running when the page cancels
+        await events.close()
+        second = await pulling
+        after = await events.next()
+        whole = await endpoint.handle("POST", "v1/chat/completions", json.dumps({**body, "stream": False}))
+        return first, second, after, whole, tabs
+
+    first, second, after, whole, tabs = run(go())
+    assert first.startswith("data: {") and second.startswith("data: {") and after is None
+    assert json.loads(whole.body)["choices"][0]["message"]["content"] == "".join(ALPHABET)
+    ended = [s for s in tabs.handler._streams.values() if s.id.endswith("-stream")]
+    assert ended and all(s.finished or s.exhausted for s in ended)

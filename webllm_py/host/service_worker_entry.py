@@ -15,12 +15,11 @@ functions: ``post(clientId, message)`` (``Client.postMessage`` to that tab) and 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pyodide.ffi import create_proxy
 
-from ..worker.local_endpoint import LocalEndpoint
+from ..worker.local_endpoint import EventStream, LocalEndpoint
 from ..worker.service_worker import ServiceWorkerMLCEngineHandler, create_service_worker_handler
 from .worker_port import from_js_json, to_js_json
 
@@ -68,22 +67,6 @@ def connect(port_id: str) -> None:
 
 def disconnect(port_id: str) -> None:
     _handler().disconnect(str(port_id))  # type: ignore[attr-defined]
-
-
-class EventStream:
-    """The SSE text of a streamed answer, pulled by sw.js one event at a time."""
-
-    def __init__(self, events: AsyncIterator[str]):
-        self._events = events
-
-    async def next(self) -> str | None:
-        try:
-            return await anext(self._events)
-        except StopAsyncIteration:
-            return None
-
-    async def close(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
 
 
 async def on_fetch(method: str, route: str, body: str | None) -> Any:

@@ -183,6 +183,36 @@ class LocalEndpoint:
             self.handler.forget_client(client)
 
 
+class EventStream:
+    """A streamed answer's SSE text for a host that pulls it one event at a time (sw.js reads it into a
+    ``ReadableStream``). ``close()`` (the page stopped reading) may come while a ``next()`` is running, and an
+    async generator cannot be closed then: the close waits for that ``next()`` to end, and ends the stream there."""
+
+    def __init__(self, events: AsyncIterator[str]):
+        self._events = events
+        self._running = False
+        self._closed = False
+
+    async def next(self) -> str | None:
+        """The next event's text; None once the stream ended or was closed."""
+        if self._closed:
+            return None
+        self._running = True
+        try:
+            return await anext(self._events)
+        except StopAsyncIteration:
+            return None
+        finally:
+            self._running = False
+            if self._closed:
+                await self._events.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        self._closed = True
+        if not self._running:
+            await self._events.aclose()  # type: ignore[attr-defined]
+
+
 def _json_object(body: str | None) -> dict[str, Any]:
     try:
         value = json.loads(body or "")
