@@ -58,11 +58,18 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
-    from .worker.service_worker_client import CreateServiceWorkerMLCEngine, ServiceWorkerMLCEngine
+    from .worker.service_worker_client import (
+        CreateExtensionServiceWorkerMLCEngine,
+        CreateServiceWorkerMLCEngine,
+        ExtensionServiceWorkerMLCEngine,
+        ServiceWorkerMLCEngine,
+    )
 
 # The worker proxies (worker/client.py, worker/service_worker_client.py) are imported on first use, keeping
 # `import webllm_py` small.
 _LAZY = {
+    "CreateExtensionServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
+    "ExtensionServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
     "CreateServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
     "ServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
     "CreateWebWorkerMLCEngine": "webllm_py.worker.client",
@@ -92,6 +99,7 @@ __all__ = [
     "ChunkChoice",
     "CompletionUsage",
     "ContextWindowSizeExceededError",
+    "CreateExtensionServiceWorkerMLCEngine",
     "CreateMLCEngine",
     "CreateServiceWorkerMLCEngine",
     "CreateWebWorkerMLCEngine",
@@ -99,6 +107,7 @@ __all__ = [
     "DeviceLostError",
     "EngineLostError",
     "EngineNotLoadedError",
+    "ExtensionServiceWorkerMLCEngine",
     "FieldDependencyError",
     "GGUFError",
     "GPUValidationError",

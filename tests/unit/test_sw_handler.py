@@ -512,7 +512,12 @@ class ServiceWorkerPort:
         self._tasks: set[asyncio.Task] = set()
 
     def set_listener(self, on_message, on_error=None):
-        self._on_message = on_message
+        self._on_message, self._on_error = on_message, on_error
+
+    def disconnect(self):
+        """An extension Port's onDisconnect: the worker was stopped, and the page is told at once."""
+        self.stop()
+        self._on_error("the extension's service worker disconnected")
 
     def post(self, message):
         if self.silent:
@@ -649,3 +654,30 @@ def test_an_event_stream_closed_while_a_pull_runs_ends_its_generation_after_that
     assert json.loads(whole.body)["choices"][0]["message"]["content"] == "".join(ALPHABET)
     ended = [s for s in tabs.handler._streams.values() if s.id.endswith("-stream")]
     assert ended and all(s.finished or s.exhausted for s in ended)
+
+
+def test_python_extension_proxy_a_disconnect_fails_pending_calls_and_the_next_request_reloads(world):
+    from webllm_py.errors import EngineLostError
+    from webllm_py.worker.service_worker_client import CreateExtensionServiceWorkerMLCEngine
+
+    world.knobs.script = ALPHABET * 40
+    world.knobs.step_delay = 0.005
+    lost_reports = []
+
+    async def go():
+        port = ServiceWorkerPort(world, client="port-1")
+        config = {"on_engine_lost": lost_reports.append}
+        engine = await CreateExtensionServiceWorkerMLCEngine("fake-model", config, None, 1000, port=port)
+        held = asyncio.ensure_future(engine.chat.completions.create(messages=USER))
+        await asyncio.sleep(0.02)
+        port.disconnect()
+        with pytest.raises(EngineLostError, match="disconnected"):
+            await held  # at once, without waiting for a heartbeat
+        world.knobs.script = ["ok"]
+        reply = await engine.chat.completions.create(messages=USER)
+        engine.terminate()
+        return reply, port
+
+    reply, port = run(go())
+    assert reply.choices[0].message.content == "ok" and len(lost_reports) == 1
+    assert port.instances[-1].handler.loads == 1

@@ -126,6 +126,61 @@ async def service_worker_port() -> JSServiceWorkerPort:
     return JSServiceWorkerPort(container, await container.ready)
 
 
+class JSExtensionPort:
+    """A ``chrome.runtime`` Port named ``web_llm_service_worker`` to an extension's service worker, as a
+    ``worker.client.Port``. When it disconnects (the browser stopped the worker) ``on_error`` is told, and the next
+    ``post`` connects again, which starts the worker again."""
+
+    NAME = "web_llm_service_worker"
+
+    def __init__(self, extension_id: str | None = None):
+        self.extension_id = extension_id
+        self.port: Any = None
+        self._on_message: Callable[[dict[str, Any]], None] | None = None
+        self._on_error: Callable[[str], None] | None = None
+        self._proxies: list[Any] = []
+
+    def _connect(self) -> None:
+        options = to_js_json({"name": self.NAME})
+        runtime = js.chrome.runtime
+        port = runtime.connect(self.extension_id, options) if self.extension_id else runtime.connect(options)
+
+        def message(data: Any) -> None:
+            value = from_js_json(data)
+            if isinstance(value, dict) and self._on_message is not None:
+                self._on_message(value)
+
+        def disconnect(_port: Any) -> None:
+            if self.port is port:
+                self.port = None
+            if self._on_error is not None:
+                self._on_error("the extension's service worker disconnected")
+
+        for fn, event in ((message, port.onMessage), (disconnect, port.onDisconnect)):
+            proxy = create_proxy(fn)
+            self._proxies.append(proxy)
+            event.addListener(proxy)
+        self.port = port
+
+    def post(self, message: dict[str, Any]) -> None:
+        if self.port is None:
+            self._connect()
+        self.port.postMessage(to_js_json(message))
+
+    def set_listener(
+        self, on_message: Callable[[dict[str, Any]], None], on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self._on_message, self._on_error = on_message, on_error
+
+    def close(self) -> None:
+        if self.port is not None:
+            self.port.disconnect()
+        self.port = None
+        for proxy in self._proxies:
+            proxy.destroy()
+        self._proxies.clear()
+
+
 class BrowserWorkerHost:
     """``worker.handler.WorkerHost`` in a browser worker: ``navigator.gpu`` and the browser model cache."""
 

@@ -135,10 +135,21 @@ class ServiceWorkerMLCEngine(WebWorkerMLCEngine):
                 lost,
             )
 
+    def _on_error(self, message: str) -> None:
+        """The port reports the worker gone (an extension Port that disconnected): nothing pending will be
+        answered. The next request reconnects, which starts the worker again."""
+        self._lose(EngineLostError(f"the service worker serving this engine is gone ({message})"))
+
     def terminate(self) -> None:
         """Stop the keep-alive and let go of the service worker (which goes on serving other pages)."""
         self._timer.cancel()
         super().terminate()
+
+
+class ExtensionServiceWorkerMLCEngine(ServiceWorkerMLCEngine):
+    """WebLLM's ``ExtensionServiceWorkerMLCEngine`` for Python extension pages: the engine in a Chrome extension's
+    service worker (``web/extension/background.js``) over a ``chrome.runtime`` Port
+    (``host.worker_port.JSExtensionPort``), which reconnects on the next request after a disconnect."""
 
 
 async def CreateServiceWorkerMLCEngine(
@@ -159,5 +170,25 @@ async def CreateServiceWorkerMLCEngine(
 
         port = await service_worker_port()
     engine = ServiceWorkerMLCEngine(port, keep_alive_ms=keep_alive_ms, **(engine_config or {}))
+    await engine.reload(model_id, **(chat_opts or {}))
+    return engine
+
+
+async def CreateExtensionServiceWorkerMLCEngine(
+    model_id: str,
+    engine_config: dict[str, Any] | None = None,
+    chat_opts: dict[str, Any] | None = None,
+    keep_alive_ms: float = 10_000,
+    *,
+    extension_id: str | None = None,
+    port: Any = None,
+) -> ExtensionServiceWorkerMLCEngine:
+    """WebLLM's ``CreateExtensionServiceWorkerMLCEngine``: the engine of the extension's service worker with
+    ``model_id`` loaded (``extension_id``: another extension's). Arguments as ``CreateServiceWorkerMLCEngine``."""
+    if port is None:
+        from webllm_py.host.worker_port import JSExtensionPort  # imports js: only reached in the browser
+
+        port = JSExtensionPort(extension_id)
+    engine = ExtensionServiceWorkerMLCEngine(port, keep_alive_ms=keep_alive_ms, **(engine_config or {}))
     await engine.reload(model_id, **(chat_opts or {}))
     return engine
