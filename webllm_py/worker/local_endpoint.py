@@ -1,7 +1,8 @@
 """A local OpenAI-compatible endpoint, answered by the engine in the service worker (WebLLM has nothing like it).
 
-The service worker's ``fetch`` listener (``web/webllm_py_sw.js``) hands requests under ``<scope>v1/`` to
-``LocalEndpoint.handle``, so an unmodified OpenAI client in the page talks to the local engine::
+The service worker's ``fetch`` listener (``web/sw.js``, through ``host/service_worker_entry.py``) hands requests
+under ``<scope>v1/`` to ``LocalEndpoint.handle``, so an unmodified OpenAI client in the page talks to the local
+engine::
 
     const r = await fetch("v1/chat/completions", { method: "POST", body: JSON.stringify({ model, messages }) });
     const openai = new OpenAI({ baseURL: new URL("v1", location.href).href, apiKey: "unused",
