@@ -38,7 +38,13 @@ def prompt_ids(tokenizer, n: int) -> list[int]:
 
 
 async def bench_ours(
-    model: str, lengths: list[int], n_decode: int, tier_name: str | None, tuning: dict | None
+    model: str,
+    lengths: list[int],
+    n_decode: int,
+    tier_name: str | None,
+    tuning: dict | None,
+    bandwidth_gbs: float | None = None,
+    tune: bool | None = None,
 ) -> dict:
     from webllm_py.engine import SamplingParams, load_engine
     from webllm_py.host.native import open_device
@@ -55,6 +61,7 @@ async def bench_ours(
         device=device,
         tier=tier,
         tuning=tuning,
+        tune=tune,
         context_window_size=max(lengths) + n_decode + 8,
     )
     load_s = time.perf_counter() - t0
@@ -63,10 +70,9 @@ async def bench_ours(
         "adapter": device.info.summary(),
         "tier": engine.tier.name,
         "tuning": {
-            "gemv_variant": engine.kern.gemv_variant,
-            "gemv_wg": engine.kern.gemv_wg,
-            "gemv_seg": engine.kern.gemv_seg,
+            "gemv_by_role": engine.load_stats.get("gemv"),
             "attention_wg": engine.kern.attention_wg,
+            "attention_splits": engine.kern.attention_splits,
         },
         "load_time_s": round(load_s, 3),
         "dispatches_per_decode_step": engine.dispatches_per_decode_step,
@@ -83,9 +89,10 @@ async def bench_ours(
         pass
     for n in lengths:
         ids = prompt_ids(engine.tokenizer, n)
-        gen = engine.generate(ids, SamplingParams(temperature=0, max_tokens=n_decode, ignore_eos=True))
-        async for _ in gen:
-            pass
+        for _ in range(2):  # the first pass warms this prompt length up; the second is measured
+            gen = engine.generate(ids, SamplingParams(temperature=0, max_tokens=n_decode, ignore_eos=True))
+            async for _ in gen:
+                pass
         s = gen.stats
         out["runs"].append(
             {
@@ -96,8 +103,22 @@ async def bench_ours(
                 "decode_tokens_per_s": round(s.decode_tokens_per_s, 2),
             }
         )
+        if bandwidth_gbs:
+            out["runs"][-1]["roofline"] = roofline(engine, n + n_decode / 2, bandwidth_gbs)
     await engine.unload()
     return out
+
+
+def roofline(engine, mean_context: float, bandwidth_gbs: float) -> dict:
+    """The decode speed memory bandwidth alone would allow: every weight byte (the tied embedding is the LM head)
+    and the KV cache up to the mean context read once per token, nothing else."""
+    kv_per_position = engine.graph.kv_bytes / engine.graph.max_ctx
+    per_token = engine.graph.weight_bytes + kv_per_position * mean_context
+    return {
+        "bandwidth_gbs": bandwidth_gbs,
+        "bytes_read_per_token": int(per_token),
+        "max_decode_tokens_per_s": round(bandwidth_gbs * 1e9 / per_token, 1),
+    }
 
 
 def last_argmax(llama_cpp, llm, np) -> int:
@@ -132,16 +153,17 @@ def bench_llama_cpp(model: str, lengths: list[int], n_decode: int, threads: int,
     }
     for n in lengths:
         ids = prompt_ids(tokenizer, n)
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(ids)
-        tok = last_argmax(llama_cpp, llm, np)
-        ttft = time.perf_counter() - t
-        t1 = time.perf_counter()
-        for _ in range(n_decode - 1):
-            llm.eval([tok])
+        for _ in range(2):  # as for ours: the first pass warms this prompt length up, the second is measured
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(ids)
             tok = last_argmax(llama_cpp, llm, np)
-        dec = time.perf_counter() - t1
+            ttft = time.perf_counter() - t
+            t1 = time.perf_counter()
+            for _ in range(n_decode - 1):
+                llm.eval([tok])
+                tok = last_argmax(llama_cpp, llm, np)
+            dec = time.perf_counter() - t1
         out["runs"].append(
             {
                 "prompt_tokens": n,
@@ -167,16 +189,37 @@ def main() -> None:
     ap.add_argument("--gemv-wg", type=int, default=None, help="invocations per decode GEMV workgroup")
     ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_SEG"])
     ap.add_argument("--gemv-seg", type=int, default=8, help="GEMV_SEG: invocations per row pair")
+    ap.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="the GPU's peak memory bandwidth (GB/s; H100 SXM 3350, H100 PCIe 2000): adds the decode roofline",
+    )
+    ap.add_argument("--attention-splits", type=int, default=None, help="key splits of decode attention")
+    ap.add_argument("--no-tune", action="store_true", help="skip load-time kernel tuning (default shapes)")
     args = ap.parse_args()
     model = args.model
     if model is None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    tuning = None
+    tuning = {}
     if args.gemv_wg:
         tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
-    ours = asyncio.run(bench_ours(model, args.prompt_tokens, args.decode_tokens, args.tier, tuning))
+    if args.attention_splits:
+        tuning["attention_splits"] = args.attention_splits
+    tune = False if args.no_tune or args.gemv_wg else None if not tuning else True
+    ours = asyncio.run(
+        bench_ours(
+            model,
+            args.prompt_tokens,
+            args.decode_tokens,
+            args.tier,
+            tuning or None,
+            args.bandwidth_gbs,
+            tune,
+        )
+    )
     result = {"model": os.path.basename(model), "ours": ours}
     if not args.no_peer:
         from webllm_py.model.gguf import GGUFFile

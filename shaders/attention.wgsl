@@ -50,8 +50,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let t = wid.y;
   let kvh = h / (P.n_heads / P.n_kv_heads);
   let n_keys = S.pos + t + 1u;  // causal: token t sees positions 0 .. pos + t
-  // This workgroup's keys: all of them, or one of nwg.z equal splits.
-  let split_len = (n_keys + nwg.z - 1u) / nwg.z;
+  // This workgroup's keys: all of them, or one of the used_splits equal splits (workgroups past those get none).
+  let n_used = used_splits(n_keys, nwg.z);
+  let split_len = (n_keys + n_used - 1u) / n_used;
   let k_lo = min(wid.z * split_len, n_keys);
   let k_hi = min(k_lo + split_len, n_keys);
   let k_base = kvh * P.max_ctx * HD4;                    // in vec4

@@ -18,6 +18,14 @@ struct State {
   _pad: u32,
 }
 
+// Decode attention split over key ranges (flash decoding): each split gets at least SPLIT_MIN_KEYS keys, so a short
+// context uses few of the splits the dispatch has and the output projection merges only those.
+const SPLIT_MIN_KEYS: u32 = 64u;
+
+fn used_splits(n_keys: u32, max_splits: u32) -> u32 {
+  return clamp((n_keys + SPLIT_MIN_KEYS - 1u) / SPLIT_MIN_KEYS, 1u, max_splits);
+}
+
 #ifdef F16
 alias KV_T = f16;
 #else

@@ -53,17 +53,18 @@ var<workgroup> coef: array<f32, 1024>;                                // (n_head
 // Merge weights of each head's splits: exp(m_s - M) / sum_s exp(m_s - M) l_s. Call from uniform control flow.
 fn attn_coefficients(lid: u32) {
   let ns = P.n_splits;
+  let n_used = used_splits(S.pos + S.n_tokens, ns);  // the splits attention filled (decode: one token)
   let n_heads = P.k_blocks * 32u / P.head_dim;
   for (var h = lid; h < n_heads; h += WG) {
     var m_max = -1e30;
-    for (var s = 0u; s < ns; s++) {
+    for (var s = 0u; s < n_used; s++) {
       m_max = max(m_max, ml[2u * (h * ns + s)]);
     }
     var total = 0.0;
-    for (var s = 0u; s < ns; s++) {
+    for (var s = 0u; s < n_used; s++) {
       total += exp(ml[2u * (h * ns + s)] - m_max) * ml[2u * (h * ns + s) + 1u];
     }
-    for (var s = 0u; s < ns; s++) {
+    for (var s = 0u; s < n_used; s++) {
       coef[h * ns + s] = exp(ml[2u * (h * ns + s)] - m_max) / total;
     }
   }
@@ -75,11 +76,12 @@ fn attn_coefficients(lid: u32) {
 fn load_x(xbase: u32, i: u32) -> vec4<f32> {
 #ifdef ATTN_IN
   let ns = P.n_splits;
+  let n_used = used_splits(S.pos + S.n_tokens, ns);
   let hd = P.head_dim;
   let k0 = 4u * i;
   let h = k0 / hd;
   var v = vec4<f32>(0.0);
-  for (var s = 0u; s < ns; s++) {
+  for (var s = 0u; s < n_used; s++) {
     v += coef[h * ns + s] * x[((h * ns + s) * hd + k0 % hd) / 4u];
   }
   return v;

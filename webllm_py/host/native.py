@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ..errors import DeviceLimitError, WebGPUNotAvailableError
+from ..errors import DeviceLimitError, DeviceLostError, WebGPUNotAvailableError
 from ..gpu.device import (
     AdapterInfo,
     BindGroup,
@@ -59,6 +59,8 @@ class NativeDevice:
         self.info = info
         self.allocated_bytes = 0  # live buffer bytes
         self.peak_allocated_bytes = 0
+        # MAP_READ buffer handle -> index of the last submission that copied into it (see read_buffer).
+        self._written_by: dict[int, int] = {}
 
     # ---- resources --------------------------------------------------------------------------------------------------
 
@@ -124,13 +126,23 @@ class NativeDevice:
             cpass.end()
         for src, src_off, dst, dst_off, size in copies:
             encoder.copy_buffer_to_buffer(src.handle, src_off, dst.handle, dst_off, size)
-        self.queue.submit([encoder.finish()])
+        command_buffer = encoder.finish()
+        # Submitted by index so that a later read waits for this submission only (read_buffer).
+        index = _submit_for_index(
+            self.queue._internal, 1, _ffi.new("WGPUCommandBuffer[1]", [command_buffer._internal])
+        )
+        for copy in copies:
+            if copy[2].usage & BufferUsage.MAP_READ:
+                self._written_by[id(copy[2].handle)] = index
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
-        # map_sync blocks this thread until the GPU finished the submissions that use the buffer; wgpu-native has no
-        # event loop integration, so yield once first to let other tasks run.
+        # wgpu-native has no event loop integration, so yield once first to let other tasks run; then block.
         await asyncio.sleep(0)
         handle = buffer.handle
+        index = self._written_by.pop(id(handle), None)
+        if index is not None:
+            return _map_read_after(self.device._internal, handle._internal, index, offset, size)
+        # wgpu-py's map_sync: its poll thread waits for the newest submission, not the one that wrote the buffer.
         handle.map_sync(wgpu.MapMode.READ, offset, -(-size // 4) * 4)
         try:
             return bytes(handle.read_mapped(offset, size))
@@ -159,6 +171,46 @@ _set_pipeline = _wgpu_api.libf.wgpuComputePassEncoderSetPipeline
 _set_bind_group = _wgpu_api.libf.wgpuComputePassEncoderSetBindGroup
 _dispatch = _wgpu_api.libf.wgpuComputePassEncoderDispatchWorkgroups
 _NULL = _wgpu_api.ffi.NULL
+
+
+_submit_for_index = _wgpu_api.libf.wgpuQueueSubmitForIndex
+_ffi = _wgpu_api.ffi
+_lib = _wgpu_api.lib
+_map_status: dict[int, int] = {}  # buffer handle address -> WGPUMapAsyncStatus, set by _on_mapped
+
+
+@_ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+def _on_mapped(status, _message, userdata1, _userdata2):
+    _map_status[int(_ffi.cast("uintptr_t", userdata1))] = status
+
+
+def _map_read_after(device, buffer, index: int, offset: int, size: int) -> bytes:
+    """Map ``buffer`` for reading once submission ``index`` (which wrote it) is done, copy ``size`` bytes out, unmap.
+
+    The decode loop reads step N's token while step N+1 runs; waiting for the newest submission (as wgpu-py's poll
+    thread does) would idle the GPU while the host encodes step N+2. Polling with the submission index waits for
+    step N alone."""
+    key = int(_ffi.cast("uintptr_t", buffer))
+    _map_status.pop(key, None)
+    aligned = -(-size // 4) * 4
+    info = _ffi.new("WGPUBufferMapCallbackInfo *")
+    info.mode = _lib.WGPUCallbackMode_AllowProcessEvents
+    info.callback = _on_mapped
+    info.userdata1 = _ffi.cast("void *", key)
+    _wgpu_api.libf.wgpuBufferMapAsync(buffer, _lib.WGPUMapMode_Read, offset, aligned, info[0])
+    wanted = _ffi.new("WGPUSubmissionIndex *", index)
+    while key not in _map_status:  # the callback runs inside a poll (here, or on wgpu-py's poll thread)
+        _wgpu_api.libf.wgpuDevicePoll(device, True, wanted)
+        if key not in _map_status:
+            _wgpu_api.libf.wgpuDevicePoll(device, False, _ffi.NULL)
+    status = _map_status.pop(key)
+    if status != _lib.WGPUMapAsyncStatus_Success:
+        raise DeviceLostError(f"could not map a read-back buffer (WGPUMapAsyncStatus {status})")
+    try:
+        src = _wgpu_api.libf.wgpuBufferGetConstMappedRange(buffer, offset, aligned)
+        return bytes(_ffi.buffer(src, size))
+    finally:
+        _wgpu_api.libf.wgpuBufferUnmap(buffer)
 
 
 class _Plan(list):
