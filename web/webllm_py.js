@@ -337,3 +337,217 @@ export async function CreateWebWorkerMLCEngine(worker, modelId, engineConfig = {
   await engine.reload(modelId, chatOpts);
   return engine;
 }
+
+// ---- service worker host (sw.js) ------------------------------------------------------------------------------------
+
+/** navigator.serviceWorker as the Worker-like object WebWorkerMLCEngine talks through. Requests go to the page's
+ *  controller, or to the registration's active worker on a page it does not control yet (first visit, hard reload);
+ *  replies come back as messages on navigator.serviceWorker. */
+class ServiceWorkerTransport {
+  constructor(container, registration) {
+    this.container = container;
+    this.registration = registration;
+  }
+
+  postMessage(message) {
+    const worker = this.container.controller || this.registration.active;
+    if (!worker) {
+      throw new (errorClass("EngineLostError"))(
+        "there is no active service worker: register sw.js (navigator.serviceWorker.register('./sw.js', " +
+          "{ type: 'module' })) and await navigator.serviceWorker.ready before creating the engine",
+      );
+    }
+    worker.postMessage(message);
+  }
+
+  addEventListener(type, listener) {
+    if (type === "message") this.container.addEventListener("message", listener);
+  }
+
+  removeEventListener(type, listener) {
+    if (type === "message") this.container.removeEventListener("message", listener);
+  }
+}
+
+/** WebLLM's ServiceWorkerMLCEngine: the engine runs in the origin's service worker (sw.js) and is shared by its
+ *  tabs. Every keepAliveMs the engine sends keepAlive; the worker answers heartbeat with the requests it holds for
+ *  this tab. A request sent before a keepAlive whose heartbeat does not list it was lost with a worker the browser
+ *  stopped: it rejects with EngineLostError (send it again: the worker restarts and reloads the model). After
+ *  engineConfig.maxMissedHeartbeats (default 3) keepAlives without an answer, every pending call rejects with
+ *  EngineLostError and engineConfig.onEngineLost(error) is called. WebLLM only counts missed heartbeats. */
+export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
+  constructor(engineConfig = {}, keepAliveMs = 10000, registration = null, transport = null) {
+    super(transport || new ServiceWorkerTransport(navigator.serviceWorker, registration || {}), engineConfig);
+    if (!transport) navigator.serviceWorker.startMessages();
+    this.missedHeartbeat = 0;
+    this.maxMissedHeartbeats = engineConfig.maxMissedHeartbeats ?? 3;
+    this.onEngineLost = engineConfig.onEngineLost;
+    // (the base constructor may already have sent setAppConfig / setLogLevel through send() below)
+    this.sent = this.sent || 0; // requests sent so far; each pending one remembers its number
+    this.sentNumber = this.sentNumber || new Map(); // uuid of a pending request -> its number
+    this.beats = new Map(); // uuid of a keepAlive not answered yet -> requests sent before it
+    this.lostSince = 0; // when missed heartbeats made us report the engine lost (0: not lost)
+    this.keepAliveTimer = setInterval(() => this.keepAlive(), keepAliveMs);
+  }
+
+  send(kind, content, uuid = newUUID()) {
+    this.sentNumber = this.sentNumber || new Map();
+    this.sent = (this.sent || 0) + 1;
+    this.sentNumber.set(uuid, this.sent);
+    const promise = super.send(kind, content, uuid);
+    const forget = () => this.sentNumber.delete(uuid);
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  keepAlive() {
+    if (this.terminated) return;
+    if (this.beats.size) {
+      this.missedHeartbeat += 1;
+      if (this.missedHeartbeat >= this.maxMissedHeartbeats) {
+        this.beats.clear();
+        this.lose(`the service worker did not answer ${this.missedHeartbeat} heartbeats`);
+      }
+    }
+    const uuid = newUUID();
+    this.beats.set(uuid, this.sent);
+    try {
+      this.worker.postMessage({ kind: "keepAlive", uuid, content: null });
+    } catch (error) {
+      this.beats.delete(uuid);
+      this.lose(error.message);
+    }
+  }
+
+  lose(reason) {
+    const error = new (errorClass("EngineLostError"))(
+      `the service worker serving this engine is gone (${reason}); the next request starts it again`,
+    );
+    this.failPending(error);
+    if (this.lostSince) return; // reported once until a heartbeat comes back
+    this.lostSince = Date.now();
+    this.reportLost(error);
+  }
+
+  reportLost(error) {
+    if (!this.onEngineLost) return;
+    try {
+      this.onEngineLost(error);
+    } catch (e) {
+      console.error("onEngineLost threw", e);
+    }
+  }
+
+  onmessage(event) {
+    const message = event.data;
+    if (!message || message.kind !== "heartbeat") return super.onmessage(event);
+    const before = this.beats.get(message.uuid);
+    if (before === undefined) return; // another tab's, or an answer that came too late
+    this.beats.delete(message.uuid);
+    this.missedHeartbeat = 0;
+    this.lostSince = 0;
+    const held = new Set((message.content && message.content.pending) || []);
+    const lost = [...this.sentNumber].filter(([uuid, n]) => n <= before && !held.has(uuid) && this.pending.has(uuid));
+    if (!lost.length) return;
+    const error = new (errorClass("EngineLostError"))(
+      "the browser stopped the service worker while it held this request; send it again (the worker restarts " +
+        "and reloads the model from the cache)",
+    );
+    for (const [uuid] of lost) {
+      const waiter = this.pending.get(uuid);
+      this.pending.delete(uuid);
+      waiter.reject(error);
+    }
+    this.reportLost(error);
+  }
+
+  /** Stop the keep-alive; calls still waiting reject. The service worker (shared with other tabs) keeps running. */
+  terminate() {
+    clearInterval(this.keepAliveTimer);
+    super.terminate();
+  }
+}
+
+/** WebLLM's CreateServiceWorkerMLCEngine: the engine of the origin's service worker (registered by the page from
+ *  webllm_py's sw.js), with `modelId` loaded; a model already loaded there with the same options is not loaded
+ *  again. engineConfig adds {onEngineLost, maxMissedHeartbeats} to WebWorkerMLCEngine's. */
+export async function CreateServiceWorkerMLCEngine(modelId, engineConfig = {}, chatOpts, keepAliveMs = 10000) {
+  if (!("serviceWorker" in navigator)) {
+    throw new (errorClass("EngineLostError"))(
+      "this page has no service workers (navigator.serviceWorker is missing): serve it over https or localhost",
+    );
+  }
+  const registration = await navigator.serviceWorker.ready;
+  const engine = new ServiceWorkerMLCEngine(engineConfig, keepAliveMs, registration);
+  await engine.reload(modelId, chatOpts);
+  return engine;
+}
+
+// ---- Chrome extension service worker host (extension/background.js) -------------------------------------------------
+
+/** A chrome.runtime Port to the extension's service worker as a Worker-like object. A port that disconnects (the
+ *  browser stopped the worker, or it crashed) is reconnected by the next request, which starts the worker again. */
+class ExtensionPortTransport {
+  constructor(extensionId, onDisconnect) {
+    this.extensionId = extensionId;
+    this.onDisconnect = onDisconnect;
+    this.listeners = new Set();
+    this.port = null;
+  }
+
+  connect() {
+    const options = { name: "web_llm_service_worker" };
+    const port = this.extensionId ? chrome.runtime.connect(this.extensionId, options) : chrome.runtime.connect(options);
+    port.onMessage.addListener((data) => {
+      for (const listener of this.listeners) listener({ data });
+    });
+    port.onDisconnect.addListener(() => {
+      if (this.port === port) this.port = null;
+      this.onDisconnect(chrome.runtime.lastError?.message || "the port disconnected");
+    });
+    this.port = port;
+  }
+
+  postMessage(message) {
+    if (!this.port) this.connect();
+    this.port.postMessage(message);
+  }
+
+  addEventListener(type, listener) {
+    if (type === "message") this.listeners.add(listener);
+  }
+
+  removeEventListener(type, listener) {
+    if (type === "message") this.listeners.delete(listener);
+  }
+
+  terminate() {
+    if (this.port) this.port.disconnect();
+    this.port = null;
+  }
+}
+
+/** WebLLM's ExtensionServiceWorkerMLCEngine, for an extension's popup and pages: the engine in the extension's
+ *  service worker, over a chrome.runtime Port. Heartbeats as in ServiceWorkerMLCEngine; a port that disconnects
+ *  fails the pending calls with EngineLostError and calls engineConfig.onDisconnect (WebLLM's) and onEngineLost. */
+export class ExtensionServiceWorkerMLCEngine extends ServiceWorkerMLCEngine {
+  constructor(engineConfig = {}, keepAliveMs = 10000) {
+    let engine = null;
+    const transport = new ExtensionPortTransport(engineConfig.extensionId, (reason) => {
+      if (!engine || engine.terminated) return;
+      engine.lose(reason);
+      if (engineConfig.onDisconnect) engineConfig.onDisconnect();
+    });
+    super(engineConfig, keepAliveMs, null, transport);
+    engine = this;
+  }
+}
+
+/** WebLLM's CreateExtensionServiceWorkerMLCEngine: the extension service worker's engine with `modelId` loaded (a
+ *  model already loaded there with the same options is not loaded again). engineConfig adds {extensionId,
+ *  onDisconnect, onEngineLost, maxMissedHeartbeats}. */
+export async function CreateExtensionServiceWorkerMLCEngine(modelId, engineConfig = {}, chatOpts, keepAliveMs = 10000) {
+  const engine = new ExtensionServiceWorkerMLCEngine(engineConfig, keepAliveMs);
+  await engine.reload(modelId, chatOpts);
+  return engine;
+}

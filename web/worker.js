@@ -2,21 +2,15 @@
 //
 //   const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
 //
-// Configuration comes from a JSON file next to this script (default "webllm_py.json", written by
-// `python3 build.py demo`), or another one named by ?config=URL. Relative URLs in it are relative to that file:
-//
-//   { "indexURL": "pyodide/",                 where pyodide.mjs and the runtime are (a real site: a CDN)
-//     "packages": ["micropip"],               packages from the Pyodide lock, loaded while the runtime starts
-//     "wheels": ["wheels/webllm_py-0.1.0-py3-none-any.whl"],   installed with micropip.install(url, deps=False)
-//     "handler": "webllm_py.worker.handler" } Python module with create_handler(post) (webllm_py/host/worker_entry.py)
-//
-// ?indexURL=, ?wheel= (repeatable) and ?handler= override the file. Messages that arrive while Python boots are
+// Configuration: a JSON file next to this script (boot.js says what it holds and which ?query overrides it); the
+// handler module has create_handler(post) (webllm_py/host/worker_entry.py). Messages that arrive while Python boots are
 // kept and delivered in order once the handler is running. If booting fails, every message (kept or later) is
 // answered with {kind: "throw", uuid, content: {name: "WorkerBootError", message}}. While it boots (seconds: the
 // runtime is ~13 MB of wasm and stdlib), the worker reports {kind: "initProgressCallback", uuid: "", content:
 // {progress, timeElapsed, text}}, WebLLM's InitProgressReport, so a page can show it before the model's own.
 
-const here = new URL(import.meta.url);
+import { checkWebAssembly, installWheels, loadConfig } from "./boot.js";
+
 const pending = [];
 let bootError = null;
 const started = performance.now();
@@ -42,40 +36,14 @@ self.onmessage = (event) => {
   else pending.push(event.data);
 };
 
-async function loadConfig() {
-  const params = here.searchParams;
-  const configURL = new URL(params.get("config") || "./webllm_py.json", here);
-  let config = {};
-  const response = await fetch(configURL);
-  if (response.ok) config = await response.json();
-  else if (params.has("config")) throw new Error(`cannot read the worker config ${configURL}: HTTP ${response.status}`);
-  const base = response.ok ? configURL : here;
-  const indexURL = new URL(params.get("indexURL") || config.indexURL || "pyodide/", base).href;
-  const wheels = params.getAll("wheel").length ? params.getAll("wheel") : config.wheels || [];
-  return {
-    // loadPyodide wants the directory with a trailing slash
-    indexURL: indexURL.endsWith("/") ? indexURL : indexURL + "/",
-    packages: config.packages || ["micropip"],
-    wheels: wheels.map((w) => new URL(w, base).href),
-    handler: params.get("handler") || config.handler || "webllm_py.worker.handler",
-    // The site's model list: the engine's app config until a page sends its own (relative model URLs are
-    // relative to this worker script, like the config file next to it).
-    appConfig: config.appConfig ? JSON.stringify(config.appConfig) : null,
-  };
-}
-
 async function boot() {
-  const config = await loadConfig();
-  if (!config.wheels.length) throw new Error("no wheels to install: the worker config lists none");
+  const config = await loadConfig(import.meta.url);
+  await checkWebAssembly();
   bootProgress(0, "Starting the Python runtime (Pyodide)");
   const { loadPyodide } = await import(new URL("pyodide.mjs", config.indexURL).href);
   const pyodide = await loadPyodide({ indexURL: config.indexURL, packages: config.packages });
   bootProgress(0.7, "Installing webllm_py");
-  const micropip = pyodide.pyimport("micropip");
-  for (const wheel of config.wheels) {
-    await micropip.install.callKwargs(wheel, { deps: false });
-  }
-  micropip.destroy();
+  await installWheels(pyodide, config.wheels);
   const entry = pyodide.pyimport("webllm_py.host.worker_entry");
   entry.start.callKwargs(config.handler, { app_config_json: config.appConfig }); // replaces self.onmessage
   entry.destroy();

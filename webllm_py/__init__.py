@@ -37,6 +37,7 @@ from .errors import (
     DeviceLimitError,
     DeviceLostError,
     EngineBusyError,
+    EngineLostError,
     EngineNotLoadedError,
     FieldDependencyError,
     GGUFError,
@@ -60,6 +61,7 @@ from .errors import (
     UnsupportedFieldError,
     UnsupportedModelError,
     UnsupportedTokenizerError,
+    WebAssemblyBlockedError,
     WebGPUNotAvailableError,
     WebLLMError,
     WorkerError,
@@ -67,9 +69,20 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
+    from .worker.service_worker_client import (
+        CreateExtensionServiceWorkerMLCEngine,
+        CreateServiceWorkerMLCEngine,
+        ExtensionServiceWorkerMLCEngine,
+        ServiceWorkerMLCEngine,
+    )
 
-# The Web Worker proxy (worker/client.py) is imported on first use, keeping `import webllm_py` small.
+# The worker proxies (worker/client.py, worker/service_worker_client.py) are imported on first use, keeping
+# `import webllm_py` small.
 _LAZY = {
+    "CreateExtensionServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
+    "ExtensionServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
+    "CreateServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
+    "ServiceWorkerMLCEngine": "webllm_py.worker.service_worker_client",
     "CreateWebWorkerMLCEngine": "webllm_py.worker.client",
     "WebWorkerMLCEngine": "webllm_py.worker.client",
 }
@@ -101,12 +114,16 @@ __all__ = [
     "CompletionChoice",
     "CompletionUsage",
     "ContextWindowSizeExceededError",
+    "CreateExtensionServiceWorkerMLCEngine",
     "CreateMLCEngine",
+    "CreateServiceWorkerMLCEngine",
     "CreateWebWorkerMLCEngine",
     "DeviceLimitError",
     "DeviceLostError",
     "EngineBusyError",
+    "EngineLostError",
     "EngineNotLoadedError",
+    "ExtensionServiceWorkerMLCEngine",
     "FieldDependencyError",
     "GGUFError",
     "GPUValidationError",
@@ -124,6 +141,7 @@ __all__ = [
     "ModelRecord",
     "ReloadModelIdNotUniqueError",
     "ServerSentEventsError",
+    "ServiceWorkerMLCEngine",
     "SpecifiedModelNotFoundError",
     "StorageQuotaError",
     "TokenizerError",
@@ -135,6 +153,7 @@ __all__ = [
     "UnsupportedFieldError",
     "UnsupportedModelError",
     "UnsupportedTokenizerError",
+    "WebAssemblyBlockedError",
     "WebGPUNotAvailableError",
     "WebLLMError",
     "WebWorkerMLCEngine",

@@ -220,3 +220,23 @@ class WorkerError(WebLLMError):
     def __init__(self, name: str, message: str):
         self.name = name
         super().__init__(f"{name}: {message}" if name else message)
+
+
+# ---- service-worker hosts (worker/service_worker.py, worker/service_worker_client.py, web/webllm_py.js) -----------
+
+
+class EngineLostError(WorkerError):
+    """The service worker serving this engine stopped answering, or the browser stopped it while it held this
+    request (its ``heartbeat`` no longer lists it), or an extension's port disconnected. The request will not be
+    answered; the next one starts the worker again, which reloads the model from the cache."""
+
+    name = "EngineLostError"
+
+    def __init__(self, message: str):
+        super().__init__("", message)
+        self.name = "EngineLostError"
+
+
+class WebAssemblyBlockedError(WebLLMError):
+    """The worker cannot compile WebAssembly, so Pyodide cannot start: the context's Content Security Policy lacks
+    ``'wasm-unsafe-eval'`` (in a Chrome extension: ``content_security_policy.extension_pages`` in manifest.json)."""

@@ -650,6 +650,7 @@ def test_every_kind_has_a_method_and_the_kinds_are_webllms():
         "reload", "unload", "chatCompletionNonStreaming", "chatCompletionStreamInit", "completionNonStreaming",
         "completionStreamInit", "completionStreamNextChunk", "interruptGenerate", "resetChat", "getMessage",
         "runtimeStatsText", "getGPUVendor", "getMaxStorageBufferBindingSize", "setLogLevel", "setAppConfig",
+        "keepAlive",
     }  # fmt: skip
     assert messages.REQUEST_KINDS - webllm == {"getAppConfig", "hasModelInCache", "deleteModelInCache"}
     assert messages.REQUEST_KINDS >= webllm

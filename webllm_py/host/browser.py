@@ -69,8 +69,18 @@ SPEC_DEFAULT_LIMITS = {
 _helper_factory = None  # gpu_helper.js, evaluated once per interpreter
 
 
+def preloaded_helper(name: str):
+    """``globalThis.webllmPyHelpers[name]``: a helper the host script imported as a module, or None. A Chrome
+    extension's CSP forbids the ``eval`` behind ``run_js``, so its background script imports gpu_helper.js and
+    cache_helper.js (``build.py extension`` wraps them as modules) and hands them over this way."""
+    helpers = getattr(js.globalThis, "webllmPyHelpers", None)
+    return getattr(helpers, name, None) if helpers else None
+
+
 def _create_helper(device):
     global _helper_factory
+    if _helper_factory is None:
+        _helper_factory = preloaded_helper("gpu")
     if _helper_factory is None:
         source = importlib.resources.files(__package__).joinpath("gpu_helper.js").read_text(encoding="utf-8")
         _helper_factory = run_js(source)

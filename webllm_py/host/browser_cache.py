@@ -36,6 +36,10 @@ _helper = None
 def _js():
     global _helper
     if _helper is None:
+        from .browser import preloaded_helper
+
+        _helper = preloaded_helper("cache")
+    if _helper is None:
         source = (
             importlib.resources.files(__package__).joinpath("cache_helper.js").read_text(encoding="utf-8")
         )

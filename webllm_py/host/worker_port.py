@@ -1,6 +1,8 @@
 """Browser glue for the worker protocol (Pyodide only).
 
 ``JSWorkerPort``: a JS ``Worker`` as the ``Port`` that ``worker/client.py`` talks through, on the page.
+``JSServiceWorkerPort``: the page's service worker (``web/sw.js``) as that ``Port``, for
+``worker/service_worker_client.py``.
 ``BrowserWorkerHost``: what ``worker/handler.py`` asks the host, in the worker: the GPU adapter and the model cache.
 
 Messages cross ``postMessage`` as plain JS objects built by ``JSON.parse(json.dumps(message))``, and come back
@@ -19,7 +21,7 @@ import js
 from pyodide.ffi import JsProxy, create_proxy
 
 from ..config import AppConfig, ModelRecord
-from ..errors import WebGPUNotAvailableError
+from ..errors import EngineLostError, WebGPUNotAvailableError
 
 
 def to_js_json(message: Any) -> Any:
@@ -74,6 +76,109 @@ class JSWorkerPort:
         self.worker.terminate()
         self._message_proxy.destroy()
         self._error_proxy.destroy()
+
+
+class JSServiceWorkerPort:
+    """``navigator.serviceWorker`` as a ``worker.client.Port``: requests go to the page's controller, or to the
+    registration's active worker on a page it does not control yet (first visit, hard reload); replies arrive as
+    ``message`` events on ``navigator.serviceWorker``. ``close`` lets go of the worker without stopping it."""
+
+    def __init__(self, container: Any, registration: Any):
+        self.container = container
+        self.registration = registration
+        self._on_message: Callable[[dict[str, Any]], None] | None = None
+        self._message_proxy = create_proxy(self._message)
+        container.addEventListener("message", self._message_proxy)
+        container.startMessages()  # messages from the worker wait until a page starts them
+
+    def post(self, message: dict[str, Any]) -> None:
+        worker = self.container.controller or self.registration.active
+        if not worker:
+            raise EngineLostError(
+                "there is no active service worker: register sw.js (navigator.serviceWorker.register('./sw.js', "
+                "{type: 'module'})) before creating the engine"
+            )
+        worker.postMessage(to_js_json(message))
+
+    def set_listener(
+        self, on_message: Callable[[dict[str, Any]], None], on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self._on_message = on_message  # a service worker has no error event; heartbeats tell it is gone
+
+    def _message(self, event: Any) -> None:
+        data = from_js_json(event.data)
+        if isinstance(data, dict) and self._on_message is not None:
+            self._on_message(data)
+
+    def close(self) -> None:
+        self.container.removeEventListener("message", self._message_proxy)
+        self._message_proxy.destroy()
+
+
+async def service_worker_port() -> JSServiceWorkerPort:
+    """The page's service worker, once it is active (``navigator.serviceWorker.ready``)."""
+    container = getattr(js.navigator, "serviceWorker", None)
+    if not container:
+        raise EngineLostError(
+            "this page has no service workers (navigator.serviceWorker is missing): serve it over https or "
+            "localhost, from the main thread"
+        )
+    return JSServiceWorkerPort(container, await container.ready)
+
+
+class JSExtensionPort:
+    """A ``chrome.runtime`` Port named ``web_llm_service_worker`` to an extension's service worker, as a
+    ``worker.client.Port``. When it disconnects (the browser stopped the worker) ``on_error`` is told, and the next
+    ``post`` connects again, which starts the worker again."""
+
+    NAME = "web_llm_service_worker"
+
+    def __init__(self, extension_id: str | None = None):
+        self.extension_id = extension_id
+        self.port: Any = None
+        self._on_message: Callable[[dict[str, Any]], None] | None = None
+        self._on_error: Callable[[str], None] | None = None
+        self._proxies: list[Any] = []
+
+    def _connect(self) -> None:
+        options = to_js_json({"name": self.NAME})
+        runtime = js.chrome.runtime
+        port = runtime.connect(self.extension_id, options) if self.extension_id else runtime.connect(options)
+
+        def message(data: Any) -> None:
+            value = from_js_json(data)
+            if isinstance(value, dict) and self._on_message is not None:
+                self._on_message(value)
+
+        def disconnect(_port: Any) -> None:
+            if self.port is port:
+                self.port = None
+            if self._on_error is not None:
+                self._on_error("the extension's service worker disconnected")
+
+        for fn, event in ((message, port.onMessage), (disconnect, port.onDisconnect)):
+            proxy = create_proxy(fn)
+            self._proxies.append(proxy)
+            event.addListener(proxy)
+        self.port = port
+
+    def post(self, message: dict[str, Any]) -> None:
+        if self.port is None:
+            self._connect()
+        self.port.postMessage(to_js_json(message))
+
+    def set_listener(
+        self, on_message: Callable[[dict[str, Any]], None], on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self._on_message, self._on_error = on_message, on_error
+
+    def close(self) -> None:
+        if self.port is not None:
+            self.port.disconnect()
+        self.port = None
+        for proxy in self._proxies:
+            proxy.destroy()
+        self._proxies.clear()
 
 
 class BrowserWorkerHost:

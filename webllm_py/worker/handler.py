@@ -94,6 +94,9 @@ class WorkerHandler:
         self._post = post
         self._host = host
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = (
+            set()
+        )  # uuids of requests taken and not answered yet (listed by heartbeats)
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._start_lock = asyncio.Lock()  # see _start
         self._progress_uuid = ""  # the request whose model load is reporting progress
@@ -106,8 +109,9 @@ class WorkerHandler:
 
     # ---- entry points -----------------------------------------------------------------------------------------
 
-    async def on_message(self, message: dict[str, Any]) -> None:
-        """Take one request from the page; its reply is posted when its task ends."""
+    async def on_message(self, message: dict[str, Any]) -> asyncio.Task[None] | None:
+        """Take one request from the page; its reply is posted when its task ends. Returns that task (a service
+        worker keeps itself alive until it is done), or None when the message was answered at once."""
         try:
             kind, uuid, content = parse_request(message)
         except Exception as e:
@@ -116,23 +120,31 @@ class WorkerHandler:
                 self._post(make_message("throw", uuid, error_to_content(e)))
             else:
                 log.warning("worker: dropped a message without a uuid: %s", e)
-            return
+            return None
+        if kind == "keepAlive":  # answered at once, and as a heartbeat: the worker's event loop is running
+            self._post(make_message("heartbeat", uuid, await self._keepAlive(uuid, content)))
+            return None
+        self._in_flight.add(uuid)
         task = asyncio.get_running_loop().create_task(self.handle_task(uuid, kind, content))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def handle_task(self, uuid: str, kind: str, content: Any) -> None:
         """Run one request and post its one reply: ``return`` with the value, or ``throw`` with the error."""
         try:
             value = await self._methods[kind](uuid, content if content is not None else {})
         except asyncio.CancelledError:
+            self._in_flight.discard(uuid)
             self._post(
                 make_message("throw", uuid, {"name": "CancelledError", "message": "the worker stopped"})
             )
             raise
         except Exception as e:
+            self._in_flight.discard(uuid)
             self._post(make_message("throw", uuid, error_to_content(e)))
         else:
+            self._in_flight.discard(uuid)
             self._post(make_message("return", uuid, value))
 
     async def join(self) -> None:
@@ -214,10 +226,11 @@ class WorkerHandler:
         registered under ``stream_id``. One start at a time: a request that arrives meanwhile must see the stream
         this one opens, or it would queue behind it in the engine with nobody left to end it."""
         async with self._start_lock:
+            # Only a stream on the same model can hold this request up (each model serves its own queue); it is
+            # ended before a reload, so the engine is free for it.
+            await self._end_streams_before_start(uuid, self._model_of(content))
             await self._reload_if_unmatched(uuid, content)
-            # Only a stream on the same model can hold this request up (each model serves its own queue).
             model = self._model_of(content)
-            await self._end_open_streams(model)
             result = await run()
             if stream_id is not None:
                 self._add_stream(_Stream(stream_id, result, text_completion=text_completion, model=model))
@@ -232,6 +245,12 @@ class WorkerHandler:
             return model
         loaded = list(getattr(self.engine, "model_ids", None) or [self.engine.model_id])
         return loaded[0] if len(loaded) == 1 else None
+
+    async def _end_streams_before_start(self, uuid: str, model: str | None) -> None:
+        """Make ``model`` (None: every model) free for request ``uuid`` (called under the start lock). One page per
+        worker here: a stream still open was left by that page. The service-worker handler ends only its client's
+        streams."""
+        await self._end_open_streams(model)
 
     def _text_completion(self) -> Callable[[dict[str, Any]], Any]:
         completion = getattr(self.engine, "completion", None)
@@ -354,6 +373,10 @@ class WorkerHandler:
         }
 
     # ---- the engine's other methods ---------------------------------------------------------------------------
+
+    async def _keepAlive(self, uuid: str, content: Any) -> dict[str, Any]:
+        """The ``heartbeat``'s content: the requests this worker holds (``on_message`` posts it at once)."""
+        return {"pending": sorted(self._in_flight)}
 
     async def _resetChat(self, uuid: str, content: Mapping[str, Any]) -> None:
         await self.engine.resetChat(bool(content.get("keepStats", False)))

@@ -30,11 +30,19 @@ setAppConfig                     an app config dict (``app_config_to_dict``)    
 getAppConfig                     null                                                            app config dict
 hasModelInCache                  ``{modelId}``                                                   bool
 deleteModelInCache               ``{modelId}``                                                   null
+keepAlive                        null                                                            a ``heartbeat``
 ===============================  ==============================================================  ================
 
 Replies (worker -> page): ``return`` (content: the value above), ``throw`` (content: ``{name, message,
 details?}``), ``initProgressCallback`` (content: ``{progress, timeElapsed, text}``; uuid: the request that is
-loading, or ``""`` for the worker's own start-up).
+loading, or ``""`` for the worker's own start-up), ``heartbeat`` (the answer to ``keepAlive``, same uuid; content:
+``{pending: [uuid, ...]}``, the requests from that client the worker holds and has not answered yet).
+
+``keepAlive`` / ``heartbeat`` are the service-worker hosts' liveness check (``worker/service_worker.py``): a client
+sends ``keepAlive`` every few seconds (an event, which also keeps the browser from stopping an idle service
+worker); every request it sent before a ``keepAlive`` has been answered before the ``heartbeat`` arrives, or is in
+``pending``. One that is neither was lost with a worker the browser stopped, and the client fails it with
+``EngineLostError`` instead of waiting forever; so do missed heartbeats. WebLLM only counts the missed ones.
 
 Differences from WebLLM, on purpose:
 
@@ -87,9 +95,10 @@ REQUEST_KINDS = frozenset(
         "getAppConfig",
         "hasModelInCache",
         "deleteModelInCache",
+        "keepAlive",
     }
 )
-RESPONSE_KINDS = frozenset({"return", "throw", "initProgressCallback"})
+RESPONSE_KINDS = frozenset({"return", "throw", "initProgressCallback", "heartbeat"})
 
 # WebLLM's LogLevel names -> Python logging levels (SILENT: above CRITICAL, so nothing is logged).
 LOG_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40, "SILENT": 60}
