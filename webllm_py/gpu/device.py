@@ -66,6 +66,7 @@ class DeviceCaps:
     min_storage_buffer_offset_alignment: int  # bytes
     min_uniform_buffer_offset_alignment: int  # bytes
     max_compute_workgroups_per_dimension: int
+    max_compute_workgroup_size_x: int = 256  # largest @workgroup_size(x)
     # WGSL directives this host's compiler needs for the features above: Tint requires `enable subgroups;`,
     # naga rejects it. Emitted by the preprocessor, never written in a shader.
     wgsl_enables_subgroups: bool = False

@@ -303,6 +303,7 @@ async def open_device(
         max_buffer_size=int(dl.maxBufferSize),
         max_compute_workgroup_storage_size=int(dl.maxComputeWorkgroupStorageSize),
         max_compute_invocations_per_workgroup=int(dl.maxComputeInvocationsPerWorkgroup),
+        max_compute_workgroup_size_x=int(dl.maxComputeWorkgroupSizeX),
         max_storage_buffers_per_shader_stage=int(dl.maxStorageBuffersPerShaderStage),
         min_storage_buffer_offset_alignment=int(dl.minStorageBufferOffsetAlignment),
         min_uniform_buffer_offset_alignment=int(dl.minUniformBufferOffsetAlignment),

@@ -286,6 +286,7 @@ async def open_device(
         max_buffer_size=dl["max-buffer-size"],
         max_compute_workgroup_storage_size=dl["max-compute-workgroup-storage-size"],
         max_compute_invocations_per_workgroup=dl["max-compute-invocations-per-workgroup"],
+        max_compute_workgroup_size_x=dl["max-compute-workgroup-size-x"],
         max_storage_buffers_per_shader_stage=dl["max-storage-buffers-per-shader-stage"],
         min_storage_buffer_offset_alignment=dl["min-storage-buffer-offset-alignment"],
         min_uniform_buffer_offset_alignment=dl["min-uniform-buffer-offset-alignment"],

@@ -344,7 +344,6 @@ class Sampler:
     the ``top_logprobs`` most likely (id, log-probability) pairs, which the engine copies out next to the token id.
     """
 
-    WG = 256
     MAX_BIAS = 300  # (id, bias) pairs of one request's logit_bias (OpenAI's limit)
     MAX_TOP_LOGPROBS = 20
     RECORD_BYTES = 4 * (2 + 2 * MAX_TOP_LOGPROBS)  # (token u32, logprob f32, (id u32, logprob f32) x 20)
@@ -361,7 +360,7 @@ class Sampler:
         self.record = dev.create_buffer(self.RECORD_BYTES, STORAGE, "sample.record")
         dev.write_buffer(self.counts, 0, bytes(vocab * 4))
         self.configure(temperature=0.0, top_p=1.0, seed=0)
-        pipe = kern.pipeline("sample.wgsl", WG=self.WG)
+        pipe = kern.pipeline("sample.wgsl", WG=kern.sample_wg)
         entries = [
             (0, self.params, 0, params.SAMPLE.size),
             _whole(1, state),

@@ -65,6 +65,7 @@ class Kernels:
         attention_wg: int = 256,
         gemv_seg: int = 8,
         attention_splits: int = 16,
+        sample_wg: int = 1024,
     ):
         self.device = device
         self.tier = tier
@@ -77,6 +78,11 @@ class Kernels:
         # Per matrix role ("qkv", "o", "ffn1", "ffn2", "lm_head"), the GEMV shape load-time tuning chose.
         self.gemv_roles: dict[str, GemvConfig] = {}
         self.attention_wg = attention_wg
+        # The sampler is one workgroup reading every logit: as wide as the device allows (up to sample_wg).
+        caps = device.caps
+        self.sample_wg = min(
+            sample_wg, caps.max_compute_invocations_per_workgroup, caps.max_compute_workgroup_size_x
+        )
         # Key splits of decode attention (flash decoding): more workgroups for long contexts.
         self.attention_splits = attention_splits
         self._pipelines: dict[str, Pipeline] = {}
@@ -142,5 +148,5 @@ def default_tuning(device: Device) -> dict[str, object]:
     """Kernel shapes by adapter kind, before (or instead of) load-time tuning: on CPU adapters small workgroups
     waste less on reductions, and tuning is skipped there (each measurement costs seconds)."""
     if is_cpu_adapter(device):
-        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2}
+        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256}
     return {}
