@@ -52,13 +52,13 @@ t0 = time.perf_counter()
 await engine.reload(record.model_id, context_window_size=CTX)
 load_s = time.perf_counter() - t0
 {"load_s": load_s, "download_s": (phases["download"][1] - phases["download"][0]) if "download" in phases else 0.0,
- "stats": engine._engine.load_stats}
+ "stats": engine._slots[engine.model_id].engine.load_stats}
 """
 
 GENERATE = """
 import struct, time
 from webllm_py.engine import SamplingParams
-eng = engine._engine
+eng = engine._slots[engine.model_id].engine
 dev = eng.device
 timing = {"submit": [], "read_host": [], "read_wait": []}
 real_submit = dev.submit
@@ -195,7 +195,7 @@ def main() -> None:
             w, warm_boot_s = new_worker()
             warm = w.run(sub(LOAD), timeout_s=600)
             gen = w.run(sub(GENERATE), timeout_s=600)
-            adapter = w.run("engine._engine.device.info.summary()")
+            adapter = w.run("engine._slots[engine.model_id].engine.device.info.summary()")
             ctx.close()
         result.update(
             {

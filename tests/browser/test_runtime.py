@@ -378,10 +378,11 @@ engine = MLCEngine(app_config=config, resolve_model=browser_cache.resolve_model,
 heap_before = pyodide_js._module.HEAPU8.length
 await engine.reload(record.model_id, context_window_size=1024)
 heap_growth = pyodide_js._module.HEAPU8.length - heap_before
-gen = engine._engine.generate({ids!r}, SamplingParams(temperature=0.0, max_tokens={n_tokens}, ignore_eos=True))
+loaded = engine._slots[record.model_id].engine
+gen = loaded.generate({ids!r}, SamplingParams(temperature=0.0, max_tokens={n_tokens}, ignore_eos=True))
 tokens = [t async for t in gen]
-{{"tokens": tokens, "reports": reports, "tier": engine._engine.tier.name, "heap_growth": heap_growth,
-  "model_bytes": engine._engine.gguf.source.size}}
+{{"tokens": tokens, "reports": reports, "tier": loaded.tier.name, "heap_growth": heap_growth,
+  "model_bytes": loaded.gguf.source.size}}
 """,
         timeout_s=600,
     )

@@ -173,11 +173,12 @@ class BrowserDevice:
         self.js.submitOnce(_u32(flat), _u32(flat_copies))
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
+        # The decode loop's read, once per token: one call. gpu_helper.js rejects it when WebGPU reported errors
+        # meanwhile, and _raise_for raises them; mapAsync rejects when the device is lost or the buffer is bad.
         try:
             data = await self._read(buffer.handle, offset, size)
-        except JsException as exc:  # mapAsync rejects when the device is lost or the buffer is bad
+        except JsException as exc:
             self._raise_for(exc)
-        self.raise_errors()
         return data.to_bytes()
 
     async def read_storage(self, buffer: Buffer, offset: int, size: int) -> bytes:

@@ -135,11 +135,15 @@
       const buffer = buffers[index];
       const mapped = (size + 3) & ~3;
       await buffer.mapAsync(GPUMapMode.READ, offset, mapped);
+      let data;
       try {
-        return new Uint8Array(buffer.getMappedRange(offset, mapped).slice(0, size));
+        data = new Uint8Array(buffer.getMappedRange(offset, mapped).slice(0, size));
       } finally {
         buffer.unmap();
       }
+      // Errors reported meanwhile fail the read, so the per-step read needs no second call to look for them.
+      if (errors.length) throw new Error("WebGPU reported errors (takeErrors)");
+      return data;
     },
 
     // Read any COPY_SRC buffer through a temporary staging buffer.
