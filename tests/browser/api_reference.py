@@ -32,6 +32,11 @@ SEEDED = {
 }
 
 
+# The same sample with temperature and top_p given at load time instead (WebLLM's chatOpts): the model's defaults.
+CHAT_OPTS = {"temperature": SEEDED["temperature"], "top_p": SEEDED["top_p"]}
+SEEDED_BY_CHAT_OPTS = {k: v for k, v in SEEDED.items() if k not in CHAT_OPTS}
+
+
 def _seeded_params():
     from webllm_py.engine import SamplingParams
 
@@ -99,6 +104,7 @@ def stop_request() -> tuple[dict[str, Any], str]:
         "stop": [second],
         "stream": True,
         "stream_options": {"include_usage": True},
+        "logprobs": True,
     }
     return request, first
 
@@ -158,13 +164,17 @@ def check_bias(reply: dict[str, Any], token_bytes: list[int]) -> None:
 
 
 def check_stop_stream(chunks: list[dict[str, Any]], content: str) -> None:
-    """The streamed stop request: chunks valid, text cut before the stop string, a final usage chunk."""
+    """The streamed stop request: chunks valid, text cut before the stop string (and its token's logprobs entry
+    dropped), a final usage chunk."""
     from tests.unit.openai_check import validate
 
     for chunk in chunks:
         validate(chunk)
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == content
+    # the token that formed the stop string has no logprobs entry: only the first token's text is in the reply
+    entries = [e for c in chunks if c["choices"] for e in c["choices"][0]["logprobs"]["content"]]
+    assert [e["bytes"] for e in entries] == [list(content.encode())]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
     assert all(c["usage"] is None for c in chunks[:-1] if "usage" in c)

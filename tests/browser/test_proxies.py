@@ -271,6 +271,21 @@ def test_bad_field_values_throw_typed_errors(proxy_page, change, name, field):
     assert error["name"] == name and error["field"].startswith(field), error
 
 
+def test_chat_opts_at_reload_are_the_models_sampling_defaults(proxy_page):
+    """reload(modelId, chatOpts) with temperature and top_p: a request that leaves them out samples with them (the
+    seeded sample above, without its temperature and top_p)."""
+    out = evaluate(
+        proxy_page,
+        """
+        await engine.reload(engine.modelId, arg.chatOpts);
+        return await engine.chat.completions.create(arg.request);
+        """,
+        {"chatOpts": api_reference.CHAT_OPTS, "request": api_reference.SEEDED_BY_CHAT_OPTS},
+    )
+    assert "error" not in out, out
+    api_reference.check_seeded(out)
+
+
 # ---- the examples ---------------------------------------------------------------------------------------------------
 
 

@@ -126,3 +126,15 @@ except errors.InvalidRequestError as e:
     )
     assert out != "no error"
     assert out["name"] == name and out["cls"] and out["field"].startswith(field), out
+
+
+def test_chat_opts_at_reload_are_the_models_sampling_defaults(py_page):
+    out = run(
+        py_page,
+        """
+await engine.reload(engine.model_id, arg["chatOpts"])
+out = (await engine.chat.completions.create(**arg["request"])).to_dict()
+""",
+        {"chatOpts": api_reference.CHAT_OPTS, "request": api_reference.SEEDED_BY_CHAT_OPTS},
+    )
+    api_reference.check_seeded(out)
