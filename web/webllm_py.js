@@ -208,13 +208,14 @@ export class WebWorkerMLCEngine {
     return this.initProgressCallback;
   }
 
-  /** Load a model (chatOpts: {context_window_size?, chat_template?}); progress goes to initProgressCallback. */
+  /** Load a model, or several (a list of ids); progress goes to initProgressCallback. chatOpts (one object, or
+   *  one per id): {context_window_size?, chat_template?} and the model's sampling defaults {temperature?, top_p?,
+   *  presence_penalty?, frequency_penalty?, repetition_penalty?}, which a request's own values override. */
   async reload(modelId, chatOpts) {
     const ids = Array.isArray(modelId) ? modelId : [modelId];
-    const opts = Array.isArray(chatOpts) ? chatOpts[0] : chatOpts;
-    await this.call("reload", { modelId: ids, chatOpts: opts ?? null });
+    await this.call("reload", { modelId: ids, chatOpts: chatOpts ?? null });
     this.modelId = ids.length === 1 ? ids[0] : ids;
-    this.chatOpts = opts ?? undefined;
+    this.chatOpts = chatOpts ?? undefined;
   }
 
   async unload() {

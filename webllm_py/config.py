@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from .conversation import ChatTemplate
 
 CACHE_BACKENDS = ("cache", "indexeddb", "opfs")
-# Default sampling knobs a record may set; a request's own value wins.
-OVERRIDE_KEYS = frozenset({"temperature", "top_p"})
+# Default sampling knobs a record may set (also what reload()'s chat options set); a request's own value wins.
+OVERRIDE_KEYS = frozenset(
+    {"temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"}
+)
 
 
 @dataclass(frozen=True)

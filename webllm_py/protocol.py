@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import (
@@ -550,3 +550,58 @@ def _optional_positive_int(d: Mapping[str, Any], key: str) -> int | None:
     if value is not None and value <= 0:
         raise InvalidRangeError(key, value, "> 0")
     return value
+
+
+# ---- load-time chat options -----------------------------------------------------------------------------------------
+
+# WebLLM's ChatOptions (``reload(modelId, chatOpts)``) that we apply: how the model is loaded, and its sampling
+# defaults, which a request's own values override (they become the model record's ``overrides``).
+CHAT_OPTION_SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+CHAT_OPTIONS = ("context_window_size", "chat_template", *CHAT_OPTION_SAMPLING)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    context_window_size: int | None = None  # tokens; None => the record's, else the GGUF's
+    chat_template: Any = None  # a template name, template text or ChatTemplate; None => the record's
+    sampling: Mapping[str, float] = field(default_factory=dict)  # {CHAT_OPTION_SAMPLING key: default value}
+
+
+def check_chat_options(opts: Any, where: str = "chatOpts") -> ChatOptions:
+    """Validate one WebLLM ``ChatOptions`` dict (None: none); errors name ``where.key``."""
+    # 1. A dict of known keys: WebLLM ignores unknown ones, so a misspelt option would silently do nothing.
+    if opts is None:
+        return ChatOptions()
+    if not isinstance(opts, Mapping):
+        raise InvalidFieldTypeError(where, opts, "a dict of chat options")
+    for key in opts:
+        if key not in CHAT_OPTIONS:
+            raise UnsupportedFieldError(f"{where}.{key}", opts[key], f"supported: {', '.join(CHAT_OPTIONS)}")
+
+    # 2. context_window_size: an int > 0.
+    size = opts.get("context_window_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise InvalidRangeError(f"{where}.context_window_size", size, "an integer > 0")
+
+    # 3. The sampling defaults: the ranges a request's own values must be in (the same checks, renamed).
+    given = {k: opts[k] for k in CHAT_OPTION_SAMPLING if opts.get(k) is not None}
+    try:
+        config = _check_generation(given, None)
+    except InvalidRangeError as e:
+        raise InvalidRangeError(f"{where}.{e.field}", e.value, e.allowed) from None
+    except InvalidFieldTypeError as e:
+        raise InvalidFieldTypeError(f"{where}.{e.field}", e.value, e.expected) from None
+    return ChatOptions(
+        context_window_size=size,
+        chat_template=opts.get("chat_template"),
+        sampling={k: getattr(config, k) for k in given},
+    )
+
+
+def chat_options_per_model(opts: Any, n_models: int) -> list[ChatOptions]:
+    """WebLLM's ``chatOpts`` for ``n_models`` model ids: one dict for all of them, or a list of one per id."""
+    if isinstance(opts, list | tuple):
+        if len(opts) != n_models:
+            raise InvalidRangeError("chatOpts", opts, f"one ChatOptions per model id ({n_models})")
+        return [check_chat_options(o, f"chatOpts[{i}]") for i, o in enumerate(opts)]
+    return [check_chat_options(opts)] * n_models

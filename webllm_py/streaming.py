@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .api.types import (
@@ -95,6 +95,10 @@ class StreamState:
 
     text: str = ""  # all text let out so far (stop string excluded)
     finish_reason: str | None = None  # "stop" | "length" | "abort", set when the stream ended normally
+    # For each token of the reply (end ids excluded): how many characters were decoded before it. A token whose
+    # start is below len(text) has some of its text let out.
+    token_starts: list[int] = field(default_factory=list)
+    cut_by_stop_string: bool = False  # a stop string ended the reply: the text from its start on is not in it
 
 
 async def text_deltas(
@@ -114,11 +118,15 @@ async def text_deltas(
     state = state if state is not None else StreamState()
     stops = StopStringFilter(stop_strings)
     finish = None
+    decoded = 0  # characters the decoder has given so far
     try:
         async for token_id in generation:
             if token_id in end_ids:
                 continue  # the generation ends after this id
-            text = stops.push(decoder.push(token_id))
+            state.token_starts.append(decoded)
+            piece = decoder.push(token_id)
+            decoded += len(piece)
+            text = stops.push(piece)
             if text:
                 state.text += text
                 yield text
@@ -137,6 +145,7 @@ async def text_deltas(
                 yield tail
     finally:
         await generation.aclose()
+    state.cut_by_stop_string = stops.stopped
     state.finish_reason = finish or generation.finish_reason
 
 
@@ -203,20 +212,31 @@ async def chat_completion_chunks(
     """OpenAI's chunk sequence: text chunks (the first one with ``role``), a final chunk with an empty delta and
     the finish reason, then, with ``include_usage``, a usage chunk with no choices.
 
-    With ``logprob_entry`` (the request asked for logprobs), each chunk carries the entries of the tokens read
-    since the previous chunk (``generation.logprobs``); tokens held back by the decoder or the stop-string filter
-    report with the chunk that lets their text out, or with the final chunk. End-of-turn ids are not part of the
-    reply and have no entry."""
+    With ``logprob_entry`` (the request asked for logprobs), a token's entry (from ``generation.logprobs``) goes
+    with the chunk that lets out the first of its text; tokens whose text the decoder or the stop-string filter
+    still holds wait for a later chunk, or the final one. Tokens none of whose text is in the reply, because a stop
+    string cut it there, have no entry, and neither do end-of-turn ids."""
     state = state if state is not None else StreamState()
-    sent = 0
+    sent = 0  # entries of generation.logprobs handed out (or dropped) so far
+    tokens = 0  # of them, the reply's tokens (end ids excluded): an index into state.token_starts
 
-    def new_logprobs() -> ChoiceLogprobs | None:
-        nonlocal sent
+    def new_logprobs(final: bool = False) -> ChoiceLogprobs | None:
+        nonlocal sent, tokens
         if logprob_entry is None:
             return None
-        records = generation.logprobs[sent:]
-        sent += len(records)
-        return ChoiceLogprobs(content=[logprob_entry(r) for r in records if r[0] not in end_ids])
+        records, entries = generation.logprobs, []
+        while sent < len(records):
+            record = records[sent]
+            if record[0] not in end_ids:
+                starts = state.token_starts
+                shown = tokens < len(starts) and starts[tokens] < len(state.text)
+                if not shown and not final:
+                    break  # its text is held back: its entry goes with the chunk that lets it out
+                tokens += 1
+                if shown or not state.cut_by_stop_string:
+                    entries.append(logprob_entry(record))
+            sent += 1
+        return ChoiceLogprobs(content=entries)
 
     completion_id = completion_id or new_completion_id()
     created = int(time.time()) if created is None else created
@@ -235,7 +255,10 @@ async def chat_completion_chunks(
             yield chunk([ChunkChoice(index=0, delta=delta, logprobs=new_logprobs())])
             role = None
     final = ChunkChoice(
-        index=0, delta=ChoiceDelta(role=role), finish_reason=state.finish_reason, logprobs=new_logprobs()
+        index=0,
+        delta=ChoiceDelta(role=role),
+        finish_reason=state.finish_reason,
+        logprobs=new_logprobs(final=True),
     )
     yield chunk([final])
     if include_usage:

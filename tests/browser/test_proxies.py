@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import api_reference
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "__proxies__.html"
 TIMEOUT_MS = 900_000  # SwiftShader: tens of seconds per prefill, seconds per token
@@ -98,7 +100,8 @@ def evaluate(page, script: str, arg=None):
             const engine = window.engine;
             try {{ {script} }} catch (e) {{
                 return {{ error: {{ name: e.name, message: e.message, field: e.field, isWebLLMError:
-                          e instanceof window.webllm.WebLLMError, isError: e instanceof Error }} }};
+                          e instanceof window.webllm.WebLLMError, isError: e instanceof Error,
+                          cls: e instanceof window.webllm.errorClass(e.name) }} }};
             }}
         }}""",
         arg,
@@ -208,6 +211,79 @@ def test_other_engine_methods(proxy_page):
     assert isinstance(out["vendor"], str) and out["maxBinding"] >= 128 << 20
     assert out["stats"].startswith("prefill: ") and out["cached"] is True
     assert out["models"] == ["SmolLM2-135M-Instruct-Q4_1"] and out["reset"] == ""
+
+
+# ---- the request fields, against the desktop engine (tests/browser/api_reference.py) ---------------------------
+
+
+def test_seeded_sample_equals_the_desktop_engine(proxy_page):
+    """temperature/top_p/seed through the JS proxy: the desktop engine's tokens (f32 tier on lavapipe), with the
+    same log-probabilities; openai-python validates the reply."""
+    out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", api_reference.SEEDED)
+    assert "error" not in out, out
+    api_reference.check_seeded(out)
+
+
+def test_logit_bias_n_and_top_logprobs(proxy_page):
+    request, forced = api_reference.bias_request()
+    out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", request)
+    assert "error" not in out, out
+    token = api_reference.desktop_reference()["greedy"][2][1].encode()
+    api_reference.check_bias(out, list(token))
+    assert forced == api_reference.desktop_reference()["greedy"][2][0]
+
+
+def test_stop_string_in_a_stream_with_usage(proxy_page):
+    request, content = api_reference.stop_request()
+    out = evaluate(
+        proxy_page,
+        """
+        const chunks = [];
+        for await (const chunk of await engine.chat.completions.create(arg)) chunks.push(chunk);
+        return chunks;
+        """,
+        request,
+    )
+    assert "error" not in out, out
+    api_reference.check_stop_stream(out, content)
+
+
+@pytest.mark.parametrize(
+    "change, name, field",
+    [
+        ({"top_logprobs": 21, "logprobs": True}, "InvalidRangeError", "top_logprobs"),
+        ({"logit_bias": {"1": 101}}, "InvalidRangeError", "logit_bias"),
+        ({"n": 2, "stream": True}, "InvalidRangeError", "n"),
+        ({"stop": 7}, "InvalidFieldTypeError", "stop"),
+        ({"seed": 1.5}, "InvalidFieldTypeError", "seed"),
+    ],
+)
+def test_bad_field_values_throw_typed_errors(proxy_page, change, name, field):
+    """Checked before any token is generated: the error class's name, and the field it names."""
+    out = evaluate(
+        proxy_page,
+        "await engine.chat.completions.create(arg); return 'no error';",
+        {**api_reference.SEEDED, "max_tokens": 1, **change},
+    )
+    error = out["error"]
+    assert error["isWebLLMError"] and error["isError"], out
+    assert error["cls"], "not an instance of errorClass(its name)"
+    assert error["name"] == name and error["field"].startswith(field), error
+
+
+def test_chat_opts_at_reload_are_the_models_sampling_defaults(proxy_page):
+    """reload(modelId, chatOpts) with temperature and top_p: a request that leaves them out samples with them (the
+    seeded sample above, without its temperature and top_p)."""
+    out = evaluate(
+        proxy_page,
+        """
+        await engine.reload(engine.modelId, arg.chatOpts);
+        return await engine.chat.completions.create(arg.request);
+        """,
+        {"chatOpts": api_reference.CHAT_OPTS, "request": api_reference.SEEDED_BY_CHAT_OPTS},
+    )
+    assert "error" not in out, out
+    api_reference.check_seeded(out)
 
 
 # ---- the examples ---------------------------------------------------------------------------------------------------

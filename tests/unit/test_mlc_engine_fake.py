@@ -172,6 +172,75 @@ def test_request_values_override_record_defaults(world):
     assert isinstance(params, SamplingParams)
 
 
+def test_chat_opts_set_the_models_sampling_defaults(world):
+    """WebLLM's reload(modelId, chatOpts): the options become the model's defaults, which a request's own values
+    override; the record's defaults the options leave alone stay."""
+
+    async def go():
+        engine = await create(
+            world,
+            chat_opts={
+                "top_p": 0.7,
+                "presence_penalty": 0.5,
+                "frequency_penalty": -0.5,
+                "repetition_penalty": 1.2,
+            },
+        )
+        await engine.chat.completions.create(messages=USER, max_tokens=1)
+        await engine.chat.completions.create(messages=USER, max_tokens=1, top_p=0.9, repetition_penalty=1.0)
+        await engine.reload("fake-model", {"temperature": 0.0})  # a reload starts from the record again
+        await engine.chat.completions.create(messages=USER, max_tokens=1)
+
+    run(go())
+    first, second = (g._params for g in world.loaded[0].generations)
+    knobs = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
+    assert [getattr(first, k) for k in knobs] == [0.3, 0.7, 0.5, -0.5, 1.2]  # temperature: the record's
+    assert [getattr(second, k) for k in knobs] == [0.3, 0.9, 0.5, -0.5, 1.0]
+    third = world.loaded[1].generations[0]._params
+    assert [getattr(third, k) for k in knobs] == [0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_chat_opts_load_options_per_model_and_keywords_win(world):
+    async def go():
+        engine = webllm_py.MLCEngine(app_config=world.config)
+        await engine.reload(
+            ["fake-model", "other-model"],
+            [{"context_window_size": 256, "temperature": 1.5}, {"chat_template": "chatml", "top_p": 0.5}],
+        )
+        await engine.reload("other-model", {"context_window_size": 256}, context_window_size=512)
+
+    run(go())
+    fake, other, again = (e.record for e in world.loaded)
+    assert (fake.context_window_size, dict(fake.overrides)) == (256, {"temperature": 1.5})
+    assert (other.chat_template, dict(other.overrides)) == ("chatml", {"top_p": 0.5})
+    assert again.context_window_size == 512
+
+
+@pytest.mark.parametrize(
+    "chat_opts, error, field",
+    [
+        ({"temperature": 5}, errors.InvalidRangeError, "chatOpts.temperature"),
+        ({"top_p": 0}, errors.InvalidRangeError, "chatOpts.top_p"),
+        ({"repetition_penalty": -1}, errors.InvalidRangeError, "chatOpts.repetition_penalty"),
+        ({"presence_penalty": "high"}, errors.InvalidFieldTypeError, "chatOpts.presence_penalty"),
+        ({"context_window_size": 0}, errors.InvalidRangeError, "chatOpts.context_window_size"),
+        ({"sliding_window_size": 512}, errors.UnsupportedFieldError, "chatOpts.sliding_window_size"),
+        ([{}, {}], errors.InvalidRangeError, "chatOpts"),
+        ("hot", errors.InvalidFieldTypeError, "chatOpts"),
+    ],
+)
+def test_bad_chat_opts_raise_before_anything_is_unloaded(world, chat_opts, error, field):
+    async def go():
+        engine = await create(world)
+        with pytest.raises(error) as info:
+            await engine.reload("other-model", chat_opts)
+        return engine, info.value
+
+    engine, exc = run(go())
+    assert exc.field == field
+    assert engine.model_id == "fake-model" and len(world.loaded) == 1
+
+
 def test_streaming_completion(world):
     openai_chat = pytest.importorskip("openai.types.chat")
 

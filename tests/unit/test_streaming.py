@@ -14,6 +14,7 @@ from webllm_py.streaming import (
     StreamState,
     chat_completion_chunks,
     collect_chat_completion,
+    logprob_entries,
     text_deltas,
 )
 
@@ -258,6 +259,70 @@ async def chunks_of(engine, pieces, stops=(), *, include_usage=False, end=True, 
         )
     ]
     return out, generation
+
+
+async def logprob_chunks(pieces, stops, *, end=True) -> list[list[str]]:
+    """The tokens whose logprobs entries each chunk carries (logprobs=True), chunk by chunk, and the stream's
+    collected reply."""
+    engine = FakeEngine()
+    generation = start(engine, pieces, end=end, logprobs=True)
+    chunks = chat_completion_chunks(
+        generation,
+        engine.tokenizer.stream_decoder(),
+        model="fake",
+        stop_strings=stops,
+        end_ids=engine.tokenizer.eot_ids,
+        logprob_entry=logprob_entries(engine.tokenizer.token_bytes),
+    )
+    out = [c async for c in chunks]
+    return [[e.token for e in c.choices[0].logprobs.content] for c in out], out
+
+
+def _texts(chunks) -> list[str | None]:
+    return [c.choices[0].delta.content for c in chunks]
+
+
+def test_tokens_cut_by_a_stop_string_have_no_logprobs_entry():
+    # " wor" shows its space, so it keeps its entry; "ld!" completes "world", none of its text is in the reply
+    per_chunk, chunks = run(logprob_chunks(["Hello", " wor", "ld!", " more"], ["world"]))
+    assert _texts(chunks) == ["Hello", " ", None] and chunks[-1].choices[0].finish_reason == "stop"
+    assert per_chunk == [["Hello"], [" wor"], []]
+    per_chunk, _ = run(logprob_chunks(["Hi", "!"], ["!"]))
+    assert per_chunk == [["Hi"], []]
+
+
+def test_a_held_tokens_entry_goes_with_the_chunk_that_shows_its_text():
+    per_chunk, chunks = run(logprob_chunks(["a", "wo", "x"], ["world"]))
+    assert _texts(chunks) == ["a", "wox", None] and per_chunk == [["a"], ["wo", "x"], []]
+    # held to the end, then let out by the flush: its entry comes with that text
+    per_chunk, chunks = run(logprob_chunks(["a", "wo"], ["world"], end=False))
+    assert _texts(chunks) == ["a", "wo", None] and per_chunk == [["a"], ["wo"], []]
+
+
+def test_an_entry_is_not_sent_before_its_text_is_known_to_be_in_the_reply():
+    # "Z" is held as the start of "ZW" while the "X" before it is let out; "W" then completes "ZW": "Z" had no
+    # text in the reply, so its entry must not have gone out with the "X" chunk.
+    per_chunk, chunks = run(logprob_chunks(["X", "Z", "W"], ["XY", "ZW"]))
+    assert _texts(chunks) == ["X", None] and per_chunk == [["X"], []]
+
+
+def test_collected_reply_drops_the_same_entries():
+    async def go():
+        engine = FakeEngine()
+        generation = start(engine, ["Hello", " wor", "ld!"], logprobs=True)
+        chunks = chat_completion_chunks(
+            generation,
+            engine.tokenizer.stream_decoder(),
+            model="fake",
+            stop_strings=["world"],
+            end_ids=engine.tokenizer.eot_ids,
+            logprob_entry=logprob_entries(engine.tokenizer.token_bytes),
+        )
+        return await collect_chat_completion(chunks)
+
+    reply = run(go())
+    assert reply.choices[0].message.content == "Hello "
+    assert [e.token for e in reply.choices[0].logprobs.content] == ["Hello", " wor"]
 
 
 def test_chunk_sequence_role_first_final_then_usage():

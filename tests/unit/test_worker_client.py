@@ -120,6 +120,27 @@ def test_reload_unload_and_typed_errors(world):
     assert run(go()).model == "other-model"
 
 
+def test_chat_opts_set_the_models_defaults_in_the_worker(world):
+    async def go():
+        engine, port = await connect(
+            world, chat_opts={"temperature": 0.25, "top_p": 0.5}, context_window_size=512
+        )
+        await engine.chat.completions.create(messages=USER, max_tokens=1)
+        await engine.chat.completions.create(messages=USER, max_tokens=1, temperature=0)
+        with pytest.raises(errors.InvalidRangeError) as info:
+            await engine.reload("fake-model", {"temperature": 3})
+        return port, info.value
+
+    port, exc = run(go())
+    opts = {"temperature": 0.25, "top_p": 0.5, "context_window_size": 512}
+    assert port.sent[0]["content"] == {"modelId": ["fake-model"], "chatOpts": opts}
+    assert port.sent[1]["content"]["chatOpts"] == opts  # with each request, for a worker that restarted
+    default, given = (g._params for g in world.loaded[0].generations)
+    assert (default.temperature, default.top_p, given.temperature, given.top_p) == (0.25, 0.5, 0.0, 0.5)
+    assert world.loaded[0].record.context_window_size == 512
+    assert exc.field == "chatOpts.temperature" and len(world.loaded) == 1
+
+
 # ---- requests -----------------------------------------------------------------------------------------------------
 
 
@@ -498,6 +519,10 @@ out.completions = (await engine.completions.create({ prompt: "Once", max_tokens:
 try { await engine.completions.create({ prompt: "Once", best_of: 2 }); } catch (e) { out.bestOf = [e.name, e.field]; }
 try { await engine.getGPUVendor(); } catch (e) { out.vendor = e.name; }
 try { await engine.reload("nope"); } catch (e) { out.reload = [e.name, engine.modelId]; }
+await engine.reload("fake-model", { temperature: 0.25, presence_penalty: 1 });
+await engine.chat.completions.create({ messages, max_tokens: 1 });
+await engine.chat.completions.create({ messages, max_tokens: 1, presence_penalty: 0 });
+try { await engine.reload("fake-model", { top_p: 0 }); } catch (e) { out.badOpts = [e.name, e.field]; }
 await engine.resetChat();
 out.reset = await engine.getMessage();
 await engine.unload();
@@ -568,6 +593,16 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert out["completions"] == alphabet[:3] and out["bestOf"] == ["UnsupportedFieldError", "best_of"]
     assert out["vendor"] == "WebGPUNotAvailableError"
     assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
+    # chatOpts: the model's defaults, which a request's own value overrides; a bad one throws naming it
+    default, given = (g._params for g in world.loaded[-1].generations[-2:])
+    assert (default.temperature, default.presence_penalty) == (0.25, 1.0)
+    assert (given.temperature, given.presence_penalty) == (0.25, 0.0)
+    assert out["badOpts"] == ["InvalidRangeError", "chatOpts.top_p"]
+    reloads = [m["content"] for m in sent if m["kind"] == "reload"]
+    assert reloads[-2] == {
+        "modelId": ["fake-model"],
+        "chatOpts": {"temperature": 0.25, "presence_penalty": 1},
+    }
     assert out["unloaded"] == ["EngineNotLoadedError", None] and out["terminated"] == ["WorkerError", True]
     assert {m["kind"] for m in sent} <= messages_kinds()
 

@@ -52,6 +52,7 @@ def world(tmp_path, monkeypatch):
         await asyncio.sleep(0)
         progress(0.5, "Loading weights")
         fake = FakeEngine(record.model_id, step_delay=knobs.step_delay)
+        fake.record = record  # what reload() made of the app config's record and the chat options
         fake.say(knobs.script)
         loaded.append(fake)
         return fake
@@ -166,17 +167,39 @@ def test_reload_errors_cross_with_their_names(world):
         return (
             await worker.ask("reload", {"modelId": ["nope"]}),
             await worker.ask("reload", {"modelId": ["fake-model", "other-model"]}),
-            await worker.ask("reload", {"modelId": "fake-model", "chatOpts": {"temperature": 0.1}}),
+            await worker.ask("reload", {"modelId": "fake-model", "chatOpts": {"sliding_window_size": 64}}),
             await worker.ask("reload", {}),
+            await worker.ask("reload", {"modelId": "fake-model", "chatOpts": [{"top_p": 2}]}),
         )
 
-    unknown, two, opts, missing = run(go())
+    unknown, two, opts, missing, bad = run(go())
     assert unknown["kind"] == "throw" and unknown["content"]["name"] == "ModelNotFoundError"
     assert "fake-model, other-model" in unknown["content"]["message"]
     assert two == {"kind": "return", "uuid": two["uuid"], "content": None}  # several models load
     assert opts["content"]["name"] == "UnsupportedFieldError"
-    assert opts["content"]["details"]["field"] == "chatOpts.temperature"
+    assert opts["content"]["details"]["field"] == "chatOpts.sliding_window_size"
     assert missing["content"]["name"] == "InvalidFieldTypeError"
+    assert bad["content"]["name"] == "InvalidRangeError"
+    assert bad["content"]["details"]["field"] == "chatOpts[0].top_p"
+
+
+def test_chat_opts_reach_the_engine_and_come_back_with_a_restarted_worker(world):
+    """reload's chatOpts set the model's sampling defaults; a request carries them (with modelId), so a worker that
+    restarted loads the model with the same defaults before serving it."""
+
+    async def go():
+        worker = Worker(world)
+        opts = {"temperature": 0.25, "repetition_penalty": 1.3}
+        await worker.value("reload", {"modelId": ["fake-model"], "chatOpts": opts})
+        await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}})
+        fresh = Worker(world)  # the page's worker restarted: nothing loaded
+        request = {"request": {"messages": USER, "top_p": 0.5}, "modelId": ["fake-model"], "chatOpts": opts}
+        await fresh.value("chatCompletionNonStreaming", request)
+
+    run(go())
+    first, restarted = (e.generations[0]._params for e in world.loaded)
+    assert (first.temperature, first.top_p, first.repetition_penalty) == (0.25, 1.0, 1.3)
+    assert (restarted.temperature, restarted.top_p, restarted.repetition_penalty) == (0.25, 0.5, 1.3)
 
 
 def test_several_models_through_the_worker(world):

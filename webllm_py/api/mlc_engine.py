@@ -35,6 +35,7 @@ from webllm_py.errors import (
 from webllm_py.protocol import (
     ChatMessage,
     GenerationConfig,
+    chat_options_per_model,
     check_chat_completion_request,
     check_completion_request,
 )
@@ -49,7 +50,7 @@ from webllm_py.streaming import (
 )
 
 from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCompletionsSync
-from .types import ChatCompletion, Completion
+from .types import ChatCompletion, ChatOptionsParam, Completion
 
 if TYPE_CHECKING:
     from webllm_py.conversation import ChatTemplate
@@ -153,25 +154,36 @@ class MLCEngine:
     async def reload(
         self,
         model_id: str | Sequence[str],
+        chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
         """Unload every model, then fetch (or find in the cache) and load ``model_id`` (one id, or a list: all of
-        them, one after another, each with its own KV cache)."""
+        them, one after another, each with its own KV cache).
+
+        ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``chat_template``, and the model's sampling
+        defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``),
+        which a request's own values override. One dict for every model, or a list of one per id. The keyword
+        arguments win over it."""
         ids = [model_id] if isinstance(model_id, str) else list(model_id)
         if not ids or not all(isinstance(i, str) for i in ids):
             raise InvalidFieldTypeError("model_id", model_id, "a model id or a non-empty list of them")
         if len(set(ids)) != len(ids):
             raise ReloadModelIdNotUniqueError(f"reload() got the same model id twice: {ids}", ids)
         records = []
-        for i in ids:
+        for i, opts in zip(ids, chat_options_per_model(chat_opts, len(ids)), strict=True):
             record = self.app_config.get_record(i)  # ModelNotFoundError before anything is unloaded
-            if chat_template is not None:
-                record = dataclasses.replace(record, chat_template=chat_template)
-            if context_window_size is not None:
-                record = dataclasses.replace(record, context_window_size=context_window_size)
-            records.append(record)
+            records.append(
+                dataclasses.replace(
+                    record,
+                    chat_template=_first(chat_template, opts.chat_template, record.chat_template),
+                    context_window_size=_first(
+                        context_window_size, opts.context_window_size, record.context_window_size
+                    ),
+                    overrides={**record.overrides, **opts.sampling},
+                )
+            )
         start = time.perf_counter()
         callback = self._progress_callback
 
@@ -484,13 +496,16 @@ async def CreateMLCEngine(
     *,
     init_progress_callback: InitProgressCallback | None = None,
     app_config: AppConfig | None = None,
+    chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
     chat_template: str | ChatTemplate | None = None,
     context_window_size: int | None = None,
     device: Any = None,
 ) -> MLCEngine:
-    """WebLLM's ``CreateMLCEngine``: a new ``MLCEngine`` with ``model_id`` loaded."""
+    """WebLLM's ``CreateMLCEngine``: a new ``MLCEngine`` with ``model_id`` loaded (``chat_opts``: see reload)."""
     engine = MLCEngine(app_config=app_config, init_progress_callback=init_progress_callback, device=device)
-    await engine.reload(model_id, chat_template=chat_template, context_window_size=context_window_size)
+    await engine.reload(
+        model_id, chat_opts, chat_template=chat_template, context_window_size=context_window_size
+    )
     return engine
 
 
@@ -507,6 +522,7 @@ class MLCEngineSync:
         *,
         init_progress_callback: InitProgressCallback | None = None,
         app_config: AppConfig | None = None,
+        chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
         device: Any = None,
@@ -523,7 +539,9 @@ class MLCEngineSync:
         self.completions = TextCompletionsSync(self.engine, self._call, owner=owner)
         if model_id is not None:
             try:
-                self.reload(model_id, chat_template=chat_template, context_window_size=context_window_size)
+                self.reload(
+                    model_id, chat_opts, chat_template=chat_template, context_window_size=context_window_size
+                )
             except BaseException:
                 self.close()
                 raise
@@ -544,12 +562,15 @@ class MLCEngineSync:
     def reload(
         self,
         model_id: str | Sequence[str],
+        chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
         self._call(
-            self.engine.reload(model_id, chat_template=chat_template, context_window_size=context_window_size)
+            self.engine.reload(
+                model_id, chat_opts, chat_template=chat_template, context_window_size=context_window_size
+            )
         )
 
     def unload(self) -> None:
@@ -590,4 +611,5 @@ class MLCEngineSync:
 
 
 def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
+    """The first value that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)

@@ -404,3 +404,19 @@ class Completion(_Response):
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
     object: Literal["text_completion"] = "text_completion"
+
+
+# ---- load-time options (reload(model_id, chat_opts)) --------------------------------------------------------------
+
+
+class ChatOptionsParam(TypedDict, total=False):
+    """WebLLM's ``ChatOptions``: how ``reload`` loads a model, and the model's sampling defaults, which a request's
+    own values override (checked by ``protocol.check_chat_options``)."""
+
+    context_window_size: int
+    chat_template: str  # a template name or template text; None => the GGUF's own
+    temperature: float
+    top_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float

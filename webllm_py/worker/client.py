@@ -31,6 +31,7 @@ from webllm_py.api.types import (
     ChatCompletionChunk,
     ChatCompletionCreateParams,
     ChatCompletionMessageParam,
+    ChatOptionsParam,
     Completion,
 )
 from webllm_py.config import AppConfig
@@ -219,7 +220,7 @@ class WebWorkerMLCEngine:
         self.model_ids: list[
             str
         ] = []  # all of them, sent with each request (a restarted worker reloads them)
-        self.chat_opts: dict[str, Any] | None = None
+        self.chat_opts: Any = None  # what reload() sent: one ChatOptions dict, a list of them, or None
         self._terminated: BaseException | None = None
         self.chat = _Chat(self)
         self.completions = _TextCompletions(self)
@@ -300,20 +301,26 @@ class WebWorkerMLCEngine:
     async def reload(
         self,
         model_id: str | Sequence[str],
+        chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
         chat_template: str | None = None,
         context_window_size: int | None = None,
     ) -> None:
         """Load ``model_id`` (one id, or a list: several models, requests routed by ``model``) in the worker,
-        after unloading what was there; progress goes to the callback."""
-        chat_opts = {
+        after unloading what was there; progress goes to the callback. ``chat_opts``: WebLLM's ``chatOpts`` (one
+        dict, or one per id), see ``MLCEngine.reload``; the keyword arguments win over it."""
+        given = {
             k: v
             for k, v in (("chat_template", chat_template), ("context_window_size", context_window_size))
             if v is not None
         }
         ids = [model_id] if isinstance(model_id, str) else list(model_id)
-        await self._call("reload", {"modelId": ids, "chatOpts": chat_opts or None})
-        self.model_ids, self.model_id, self.chat_opts = ids, ids[0], chat_opts or None
+        if isinstance(chat_opts, list | tuple):
+            opts: Any = [{**(o or {}), **given} for o in chat_opts]
+        else:
+            opts = {**(chat_opts or {}), **given} or None
+        await self._call("reload", {"modelId": ids, "chatOpts": opts})
+        self.model_ids, self.model_id, self.chat_opts = ids, ids[0], opts
 
     async def unload(self) -> None:
         await self._call("unload")
@@ -420,6 +427,7 @@ async def CreateWebWorkerMLCEngine(
     *,
     init_progress_callback: InitProgressCallback | None = None,
     app_config: AppConfig | dict[str, Any] | None = None,
+    chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
     chat_template: str | None = None,
     context_window_size: int | None = None,
     log_level: str | None = None,
@@ -428,5 +436,7 @@ async def CreateWebWorkerMLCEngine(
     engine = WebWorkerMLCEngine(
         worker, init_progress_callback=init_progress_callback, app_config=app_config, log_level=log_level
     )
-    await engine.reload(model_id, chat_template=chat_template, context_window_size=context_window_size)
+    await engine.reload(
+        model_id, chat_opts, chat_template=chat_template, context_window_size=context_window_size
+    )
     return engine

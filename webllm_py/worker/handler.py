@@ -37,7 +37,7 @@ from webllm_py.errors import (
     UnsupportedFieldError,
     WebGPUNotAvailableError,
 )
-from webllm_py.protocol import check_chat_completion_request
+from webllm_py.protocol import chat_options_per_model, check_chat_completion_request
 from webllm_py.streaming import new_completion_id
 
 from .messages import (
@@ -49,7 +49,6 @@ from .messages import (
     make_message,
     model_id_list,
     parse_request,
-    reload_kwargs,
     single_model_id,
 )
 
@@ -158,15 +157,16 @@ class WorkerHandler:
         model_ids = model_id_list(content.get("modelId"))
         if model_ids is None:
             raise InvalidFieldTypeError("modelId", None, "a model id (or a list of them)")
-        kwargs = reload_kwargs(content.get("chatOpts"))
+        chat_opts = content.get("chatOpts")
+        chat_options_per_model(chat_opts, len(model_ids))  # a bad option fails before it ends anyone's stream
         await self._end_open_streams()
-        await self._load(uuid, model_ids, kwargs)
+        await self._load(uuid, model_ids, chat_opts)
         return None
 
-    async def _load(self, uuid: str, model_ids: list[str], kwargs: dict[str, Any]) -> None:
+    async def _load(self, uuid: str, model_ids: list[str], chat_opts: Any) -> None:
         self._progress_uuid = uuid
         try:
-            await self.engine.reload(model_ids[0] if len(model_ids) == 1 else model_ids, **kwargs)
+            await self.engine.reload(model_ids[0] if len(model_ids) == 1 else model_ids, chat_opts)
         finally:
             self._progress_uuid = ""
 
@@ -188,7 +188,7 @@ class WorkerHandler:
             loaded = [self.engine.model_id] if self.engine.model_id is not None else []
         if wanted is not None and wanted != list(loaded):
             await self._end_open_streams()
-            await self._load(uuid, wanted, reload_kwargs(content.get("chatOpts")))
+            await self._load(uuid, wanted, content.get("chatOpts"))
 
     # ---- completions ------------------------------------------------------------------------------------------
 

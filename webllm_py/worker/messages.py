@@ -11,8 +11,9 @@ Requests (page -> worker), ``content`` per kind:
 ===============================  ==============================================================  ================
 kind                             content                                                         return
 ===============================  ==============================================================  ================
-reload                           ``{modelId: [id], chatOpts?: {context_window_size?,             null
-                                 chat_template?}}``
+reload                           ``{modelId: [id], chatOpts?: ChatOptions or one per id}``       null
+                                 (``protocol.check_chat_options``: context_window_size,
+                                 chat_template, sampling defaults)
 unload                           null                                                            null
 chatCompletionNonStreaming       ``{request, modelId?: [id], chatOpts?}``                        ChatCompletion
 chatCompletionStreamInit         ``{request, selectedModelId?, modelId?, chatOpts?}``            null
@@ -281,29 +282,6 @@ def app_config_from_dict(d: Any) -> AppConfig:
         except TypeError as e:  # a required field missing
             raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, str(e)) from None
     return AppConfig(model_list=records, **options)
-
-
-CHAT_OPTS = ("context_window_size", "chat_template")
-
-
-def reload_kwargs(chat_opts: Any) -> dict[str, Any]:
-    """``MLCEngine.reload`` keyword arguments from WebLLM-style ``chatOpts`` (only what our engine takes)."""
-    if chat_opts is None:
-        return {}
-    if isinstance(chat_opts, list):  # WebLLM sends one ChatOptions per model id
-        if len(chat_opts) > 1:
-            raise UnsupportedFieldError("chatOpts", chat_opts, "one model per engine: pass one ChatOptions")
-        chat_opts = chat_opts[0] if chat_opts else {}
-        if chat_opts is None:
-            return {}
-    if not isinstance(chat_opts, Mapping):
-        raise UnsupportedFieldError("chatOpts", chat_opts, "chat options are a dict")
-    for key in chat_opts:
-        if key not in CHAT_OPTS:
-            raise UnsupportedFieldError(
-                f"chatOpts.{key}", chat_opts[key], f"supported: {', '.join(CHAT_OPTS)}"
-            )
-    return {k: v for k, v in chat_opts.items() if v is not None}
 
 
 def model_id_list(model_id: Any, field: str = "modelId") -> list[str] | None:
