@@ -36,8 +36,9 @@ from typing import Any
 
 from webllm_py.errors import EngineLostError
 
+from ..protocol import ChatOptions, chat_options_per_model
 from .handler import WorkerHandler, WorkerHost, _Stream
-from .messages import error_from_content, make_message, reload_kwargs, single_model_id
+from .messages import error_from_content, make_message, single_model_id
 
 log = logging.getLogger("webllm_py")
 
@@ -80,7 +81,7 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
         self._local_clients: set[str] = set()  # clients inside this worker (request()): alive until they end
         self._seen_streams: OrderedDict[str, str | None] = OrderedDict()  # stream id -> its client
         self._last_pull: dict[str, float] = {}  # stream id -> time.monotonic() of its last pull or its start
-        self._loaded: tuple[str, dict[str, Any]] | None = None  # (model id, reload kwargs) loaded now
+        self._loaded: tuple[str, ChatOptions] | None = None  # (model id, its checked chatOpts) loaded now
         self._load_lock = asyncio.Lock()
         self._load_watchers: set[str] = set()  # reload uuids waiting for the running load (get its progress)
         self._running: tuple[str, str | None] | None = None  # (uuid, client) of the generation being run
@@ -181,19 +182,20 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
 
     # ---- loading: one model for every client ----------------------------------------------------------------------
 
-    def _is_loaded(self, model_id: str, kwargs: dict[str, Any]) -> bool:
-        return self._loaded == (model_id, kwargs) and self.engine.model_id == model_id
+    def _is_loaded(self, model_id: str, chat_opts: Any) -> bool:
+        wanted = (model_id, chat_options_per_model(chat_opts, 1)[0])
+        return self._loaded == wanted and self.engine.model_id == model_id
 
     async def _reload(self, uuid: str, content: Mapping[str, Any]) -> None:
         model_id = single_model_id(content.get("modelId"))
         if model_id is None:
             return await super()._reload(uuid, content)  # raises the typed error
-        kwargs = reload_kwargs(content.get("chatOpts"))
+        chat_opts = content.get("chatOpts")
         self._load_watchers.add(uuid)  # progress of a load running now reaches this client too
         try:
             async with self._load_lock:
                 self._load_watchers.discard(uuid)
-                if self._is_loaded(model_id, kwargs):
+                if self._is_loaded(model_id, chat_opts):
                     report = {
                         "progress": 1.0,
                         "timeElapsed": 0.0,
@@ -205,21 +207,21 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
         finally:
             self._load_watchers.discard(uuid)
 
-    async def _load(self, uuid: str, model_ids: list[str], kwargs: dict[str, Any]) -> None:
+    async def _load(self, uuid: str, model_ids: list[str], chat_opts: Any) -> None:
         self._loaded = None
-        await super()._load(uuid, model_ids, kwargs)
+        await super()._load(uuid, model_ids, chat_opts)
         if len(model_ids) == 1:  # one model serves every client; _is_loaded compares against it
-            self._loaded = (model_ids[0], dict(kwargs))
+            self._loaded = (model_ids[0], chat_options_per_model(chat_opts, 1)[0])
         self.loads += 1
 
     async def _reload_if_unmatched(self, uuid: str, content: Mapping[str, Any]) -> None:
         wanted = single_model_id(content.get("modelId"))
         if wanted is None:
             return
-        kwargs = reload_kwargs(content.get("chatOpts"))
+        chat_opts = content.get("chatOpts")
         async with self._load_lock:
-            if not self._is_loaded(wanted, kwargs):
-                await self._load(uuid, [wanted], kwargs)
+            if not self._is_loaded(wanted, chat_opts):
+                await self._load(uuid, [wanted], chat_opts)
 
     async def _unload(self, uuid: str, content: Any) -> None:
         async with self._load_lock:
