@@ -14,6 +14,8 @@ async def _run(
     engine, prompt_ids: list[int], n: int, forced: list[int] | None
 ) -> tuple[list[int], list[np.ndarray]]:
     g, dev = engine.graph, engine.device
+    # This overwrites the KV cache behind the engine's back: a later generate() must not reuse what it remembers.
+    engine.kv_ids = []
     g.sampler.configure(temperature=0.0, top_p=1.0, seed=0)
     ids = list(prompt_ids)
     for c0 in range(0, len(ids), g.chunk):
