@@ -198,6 +198,13 @@ def main() -> None:
     )
     ap.add_argument("--attention-splits", type=int, default=None, help="key splits of decode attention")
     ap.add_argument("--no-tune", action="store_true", help="skip load-time kernel tuning (default shapes)")
+    ap.add_argument(
+        "--fuse",
+        choices=["on", "off"],
+        default=None,
+        help="decode with the QKV projection inside the attention kernel (on: 4 dispatches per layer) or apart "
+        "(off: 5); default: the engine's choice",
+    )
     args = ap.parse_args()
     model = args.model
     if model is None:
@@ -209,6 +216,8 @@ def main() -> None:
         tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
     if args.attention_splits:
         tuning["attention_splits"] = args.attention_splits
+    if args.fuse:
+        tuning["fuse_attention"] = args.fuse == "on"
     tune = False if args.no_tune or args.gemv_wg else None if not tuning else True
     ours = asyncio.run(
         bench_ours(

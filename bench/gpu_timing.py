@@ -34,6 +34,8 @@ async def main() -> None:
     ap.add_argument("--gemv-wg", type=int, default=None)
     ap.add_argument("--gemv-variant", default="GEMV")
     ap.add_argument("--gemv-seg", type=int, default=8)
+    ap.add_argument("--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart")
+    ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
     args = ap.parse_args()
 
     import wgpu
@@ -52,13 +54,18 @@ async def main() -> None:
     tuning = None
     if args.gemv_wg:
         tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
-    eng = await load_engine("t", model, device=dev, tuning=tuning, context_window_size=args.context + 64)
-    g = eng.graph
-    labels = (
-        ["embed"]
-        + [x for _ in g.layers for x in ("qkv", "attn", "o", "ffn1", "ffn2")]
-        + ["lm_head", "sample"]
+    tune = None
+    if args.sample_wg:
+        tuning = {**(tuning or {}), "sample_wg": args.sample_wg}
+        tune = not args.gemv_wg
+    if args.fuse:
+        tuning = {**(tuning or {}), "fuse_attention": args.fuse == "on"}
+        tune = not args.gemv_wg
+    eng = await load_engine(
+        "t", model, device=dev, tuning=tuning, tune=tune, context_window_size=args.context + 64
     )
+    g = eng.graph
+    labels = g.decode_roles
     steps = g.decode_dispatches
     n = len(steps)
     qs = dev.device.create_query_set(type="timestamp", count=n + 1)
@@ -89,18 +96,42 @@ async def main() -> None:
             per_group[k].append(v)
         totals.append((ts[-1] - ts[0]) / 1e3)
 
-    # Host side: encode + submit of one step with the engine's own submit (no waiting on the GPU).
-    t = time.perf_counter()
-    for _ in range(50):
+    # The step's GPU time with timestamps only at the start and end of the pass (per-dispatch timestamps add their
+    # own cost): from the start of the first dispatch to the end of the last.
+    pass_only = []
+    for _ in range(args.repeats):
+        dev.write_buffer(g.state, 0, pack_state(args.context, 1, 0))
+        enc = dev.device.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        write_timestamp(cpass, qs, 0)
+        for pipe, bg, x, y, z in steps:
+            cpass.set_pipeline(pipe)
+            cpass.set_bind_group(0, bg)
+            cpass.dispatch_workgroups(x, y, z)
+        write_timestamp(cpass, qs, 1)
+        cpass.end()
+        enc.resolve_query_set(qs, 0, 2, out_buf, 0)
+        dev.queue.submit([enc.finish()])
+        ts = struct.unpack("<2Q", bytes(dev.queue.read_buffer(out_buf, 0, 16)))
+        pass_only.append((ts[1] - ts[0]) / 1e3)
+
+    # Host side: encode + submit of one step with the engine's own submit, the GPU idle before each (a full queue
+    # would make submit wait).
+    host = []
+    for _ in range(args.repeats):
+        await dev.read_storage(g.state, 0, 4)
+        t = time.perf_counter()
         dev.submit(steps)
-    host_us = (time.perf_counter() - t) / 50 * 1e6
+        host.append(time.perf_counter() - t)
     await dev.read_storage(g.state, 0, 4)
+    host_us = statistics.median(host) * 1e6
     result = {
         "adapter": dev.info.summary(),
         "tier": eng.tier.name,
         "context": args.context,
         "dispatches": n,
         "gpu_us_per_step": round(statistics.median(totals), 1),
+        "gpu_us_per_step_without_inner_timestamps": round(statistics.median(pass_only), 1),
         "gpu_us_by_group": {k: round(statistics.median(v), 1) for k, v in per_group.items()},
         "gpu_us_per_dispatch_by_group": {
             k: round(statistics.median(v) / labels.count(k), 2) for k, v in per_group.items()

@@ -47,5 +47,10 @@ peer)
   LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 python3 bench/decode.py --model $M --bandwidth-gbs $BW \
     > $OUT/h100_vs_llama_cuda.json
   cat $OUT/h100_vs_llama_cuda.json
+  # The QKV projection inside attention (4 dispatches per layer) against apart (5), alternating, three times each.
+  for i in 1 2 3; do for f in on off; do
+    python3 bench/decode.py --model $M --no-peer --fuse $f > $OUT/fuse_${f}_$i.json
+    python3 -c "import json; print('fuse $f', [r['decode_tokens_per_s'] for r in json.load(open('$OUT/fuse_${f}_$i.json'))['ours']['runs']])"
+  done; done
   ;;
 esac

@@ -49,12 +49,7 @@ async def main() -> None:
         "p", model, device=dev, tuning=tuning, context_window_size=args.context + args.steps * 10
     )
     g = eng.graph
-    n = len(g.layers)
-    labels = (
-        ["embed"]
-        + [lab for _ in range(n) for lab in ("qkv", "attn", "o", "ffn1", "ffn2")]
-        + ["lm_head", "sample"]
-    )
+    labels = g.decode_roles
     full = g.decode_dispatches
     assert len(labels) == len(full)
 
@@ -78,7 +73,7 @@ async def main() -> None:
     }
     out["ms_per_step"]["full"] = round(await time_steps(full), 3)
     out["ms_per_step"]["empty_round_trip"] = round(await time_steps([]), 3)
-    for group in ("qkv", "attn", "o", "ffn1", "ffn2", "lm_head", "sample"):
+    for group in dict.fromkeys(labels[1:]):
         kept = [d for d, lab in zip(full, labels, strict=True) if lab != group]
         out["ms_per_step"][f"without_{group}"] = round(await time_steps(kept), 3)
     t = time.perf_counter()

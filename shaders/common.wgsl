@@ -128,6 +128,16 @@ fn wg_sum4(v: vec4<f32>, lid: u32) -> vec4<f32> {
 #endif
 }
 
+// Rotate the feature pair (a, b) by the angle pos * inv_freq (RoPE). The angle is reduced to [-pi, pi) before
+// sin/cos, which are only accurate there on many GPUs.
+fn rope_rotate(a: f32, b: f32, inv_freq: f32, pos: u32) -> vec2<f32> {
+  let turns = f32(pos) * (inv_freq * 0.15915494309189535);
+  let angle = (fract(turns + 0.5) - 0.5) * 6.283185307179586;
+  let c = cos(angle);
+  let s = sin(angle);
+  return vec2<f32>(a * c - b * s, a * s + b * c);
+}
+
 fn silu(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }

@@ -3,7 +3,7 @@
 // Variants (defines):
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
-//   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below).
+//   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   ATTN_IN   decode only: x is split attention output (attention.wgsl SPLIT): per head, the partial sums of
@@ -96,18 +96,13 @@ fn load_x(xbase: u32, i: u32) -> vec4<f32> {
 #endif
 
 #if EPI == QKV
-// Rotate the feature pair (a, b) at even feature index d of a head by the angle pos * rope_freq[d / 2]
-// (GGML's "normal" RoPE: adjacent pairs). The angle is reduced to [-pi, pi) before sin/cos, which are only
-// accurate there on many GPUs.
+// RoPE of the feature pair (a, b) at even feature index d of a head (GGML's "normal" RoPE: adjacent pairs); features
+// past rope_dims are not rotated.
 fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
   if (d >= P.rope_dims) {
     return vec2<f32>(a, b);
   }
-  let turns = f32(pos) * (rope_freq[d / 2u] * 0.15915494309189535);
-  let angle = (fract(turns + 0.5) - 0.5) * 6.283185307179586;
-  let c = cos(angle);
-  let s = sin(angle);
-  return vec2<f32>(a * c - b * s, a * s + b * c);
+  return rope_rotate(a, b, rope_freq[d / 2u], pos);
 }
 #endif
 
@@ -202,6 +197,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // probe), so a segment never straddles two subgroups. WG / SEG row pairs per workgroup.
 // Without subgroups, the segment sums through workgroup memory (a tree of log2(SEG) barrier steps).
 const PAIRS: u32 = WG / SEG;
+const QPL: u32 = (KQ + SEG - 1u) / SEG;  // quads (4 weights) of a row per invocation
 
 fn seg_sum3(v: vec3<f32>, lid: u32) -> vec3<f32> {
 #ifdef SUBGROUPS
@@ -232,26 +228,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
   let pos = S.pos + t;
   let nb = P.k_blocks;
-  let n_quads = nb * 8u;
   let xbase = t * (P.x_stride / 4u);
 #ifdef ATTN_IN
   attn_coefficients(lid);
 #endif
   var acc = vec3<f32>(0.0);  // row r0, row r0 + 1, sum(x^2)
-  for (var i = lane; i < n_quads; i += SEG) {
-    var xv = load_x(xbase, i);
+  // A fixed trip count (KQ, the row's quads, is compiled in) with clamped indices, so the compiler can unroll the
+  // loop and issue its weight loads together instead of one memory round trip per iteration.
+  let ra = min(r0, P.n_rows - 1u);       // rows past the end compute a valid row; the epilogue drops them
+  let rb = min(r0 + 1u, P.n_rows - 1u);
+  for (var j = 0u; j < QPL; j++) {
+    let i = lane + j * SEG;
+    let ic = min(i, KQ - 1u);
+    var xv = load_x(xbase, ic) * select(0.0, 1.0, i < KQ);
 #ifdef NORM
     acc.z += dot(xv, xv);
-    xv *= norm_w[i];
+    xv *= norm_w[ic];
 #endif
-    let b = i / 8u;
-    let quad = i % 8u;
-    if (r0 < P.n_rows) {
-      acc.x += dot(dequant4(r0 * nb + b, quad), xv);
-    }
-    if (r0 + 1u < P.n_rows) {
-      acc.y += dot(dequant4((r0 + 1u) * nb + b, quad), xv);
-    }
+    let b = ic / 8u;
+    let quad = ic % 8u;
+    acc.x += dot(dequant4(ra * nb + b, quad), xv);
+    acc.y += dot(dequant4(rb * nb + b, quad), xv);
   }
   acc = seg_sum3(acc, lid);
   var scale = 1.0;

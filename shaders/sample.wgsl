@@ -71,18 +71,29 @@ fn weight(i: u32, mx: f32, inv_t: f32) -> f32 {
   return exp((logits[i] - mx) * inv_t);
 }
 
+// Logits are read UNROLL at a time per invocation (ids i, i + WG, ..., each batch's loads issued before any is used):
+// one workgroup reads the whole vocabulary, so the loop is bound by load latency, not bandwidth.
+const UNROLL: u32 = 8u;
+
 // The largest logit among ids ordered after (after_v, after_i) by (logit descending, id ascending), and its id:
 // with after_v = +inf the argmax (ties to the lowest id); called again with the previous answer, the next one.
 // Every invocation gets the result in arg_sh[0] / red_f32[0]. Call from workgroup-uniform control flow.
 fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
   var best = -3.4e38;
   var best_i = n;
-  for (var i = lid; i < n; i += WG) {
-    let v = logits[i];
-    let eligible = v < after_v || (v == after_v && i > after_i);
-    if (eligible && (v > best || best_i == n)) {
-      best = v;
-      best_i = i;
+  for (var base = lid; base < n; base += UNROLL * WG) {
+    var vals: array<f32, UNROLL>;
+    for (var k = 0u; k < UNROLL; k++) {
+      vals[k] = logits[min(base + k * WG, n - 1u)];
+    }
+    for (var k = 0u; k < UNROLL; k++) {
+      let i = base + k * WG;  // ascending within an invocation: a strict > keeps the lowest id of equal logits
+      let v = vals[k];
+      let eligible = i < n && (v < after_v || (v == after_v && i > after_i));
+      if (eligible && (v > best || best_i == n)) {
+        best = v;
+        best_i = i;
+      }
     }
   }
   red_f32[lid] = best;
@@ -110,11 +121,17 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
 fn mass_above(lid: u32, n: u32, mx: f32, inv_t: f32, thr: f32) -> vec2<f32> {
   var m = 0.0;
   var c = 0.0;
-  for (var i = lid; i < n; i += WG) {
-    let w = weight(i, mx, inv_t);
-    if (w >= thr) {
-      m += w;
-      c += 1.0;
+  for (var base = lid; base < n; base += UNROLL * WG) {
+    var vals: array<f32, UNROLL>;
+    for (var k = 0u; k < UNROLL; k++) {
+      vals[k] = logits[min(base + k * WG, n - 1u)];
+    }
+    for (var k = 0u; k < UNROLL; k++) {
+      let w = exp((vals[k] - mx) * inv_t);
+      if (base + k * WG < n && w >= thr) {
+        m += w;
+        c += 1.0;
+      }
     }
   }
   return vec2<f32>(wg_sum(m, lid), wg_sum(c, lid));

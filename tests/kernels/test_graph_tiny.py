@@ -37,18 +37,40 @@ SHAPES = {
 }
 
 
+def _tiny_model(name: str, tmp_path_factory):
+    path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / f"{name}.gguf", seed=len(name), **SHAPES[name])
+    with GGUFFile.open(path) as g:  # the reference reads the file lazily
+        yield name, path, ReferenceLlama(g)
+
+
 @pytest.fixture(scope="module", params=list(SHAPES))
 def tiny(request, tmp_path_factory):
-    path = build_tiny_llama(
-        tmp_path_factory.mktemp("tiny") / f"{request.param}.gguf",
-        seed=len(request.param),
-        **SHAPES[request.param],
-    )
-    with GGUFFile.open(path) as g:
-        yield request.param, path, ReferenceLlama(g)
+    yield from _tiny_model(request.param, tmp_path_factory)
+
+
+# Decode with the QKV projection in its own kernel (models whose fused attention kernel would not fit workgroup
+# memory run this way): two shapes keep it covered.
+@pytest.fixture(scope="module", params=["q4_0-untied-gqa8-hd32", "q4_1-mha-hd128"])
+def tiny_unfused(request, tmp_path_factory):
+    yield from _tiny_model(request.param, tmp_path_factory)
 
 
 def test_tiny_model_prefill_and_decode(tiny, kern):
+    engine = check_against_reference(tiny, kern, fuse_attention=True)
+    assert engine.graph.fuses_attention
+    assert engine.dispatches_per_decode_step == 4 * engine.config.n_layers + 3
+    asyncio.run(engine.unload())
+
+
+def test_tiny_model_decode_unfused(tiny_unfused, kern):
+    engine = check_against_reference(tiny_unfused, kern, fuse_attention=False)
+    assert engine.dispatches_per_decode_step == 5 * engine.config.n_layers + 3
+    asyncio.run(engine.unload())
+
+
+def check_against_reference(tiny, kern, *, fuse_attention: bool):
+    """Prefill a 300-token prompt in two chunks, decode 4 tokens step by step and through the real decode loop, and
+    compare every step's logits with the numpy reference. Returns the engine (still loaded)."""
     name, path, ref = tiny
     engine = asyncio.run(
         load_engine(
@@ -57,7 +79,7 @@ def test_tiny_model_prefill_and_decode(tiny, kern):
             device=kern.device,
             tier=kern.tier,
             context_window_size=320,
-            tuning={"gemv_wg": 32, "attention_splits": 3},
+            tuning={"gemv_wg": 32, "attention_splits": 3, "fuse_attention": fuse_attention},
         )
     )
     assert engine.graph.chunk < 300  # the prompt below takes two prefill chunks
@@ -80,4 +102,4 @@ def test_tiny_model_prefill_and_decode(tiny, kern):
         return [t async for t in gen]
 
     assert asyncio.run(run()) == tokens
-    asyncio.run(engine.unload())
+    return engine

@@ -208,6 +208,7 @@ def matmul(
     defines["GEMM" if gemm else gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
+        defines["KQ"] = w.k // 4
     if w.s is not None:
         defines["W_SCALES"] = 1
     if norm_w is not None:
@@ -265,10 +266,33 @@ def matmul(
     return Launch(pipe, bg, grid, label)
 
 
+@dataclass(frozen=True)
+class FusedQKV:
+    """The QKV projection fused in front of decode attention (attention.wgsl QKV_IN): the stacked [Wq; Wk; Wv] weight,
+    the residual stream it reads, the layer's RMSNorm weight and the RoPE parameters."""
+
+    w: Weight
+    x: Buffer  # (H,) f32 residual stream
+    norm_w: Buffer  # (H,) f32
+    rope_freq: Buffer  # (rope_dims / 2,) f32
+    rope_dims: int
+    eps: float
+
+
+FUSED_TILE = 256  # key positions per tile in the fused kernel (its workgroup memory also holds x)
+
+
+def fused_attention_fits(kern: Kernels, hidden: int, head_dim: int) -> bool:
+    """Whether attention.wgsl QKV_IN's workgroup memory (x, the head's rows, the tile's scores, reductions) fits."""
+    wg = max(kern.attention_wg, head_dim)
+    need = 4 * (hidden + 6 * head_dim + FUSED_TILE + wg + 4 * wg)  # ... + reductions (f32 and vec4)
+    return hidden % 32 == 0 and need <= kern.device.caps.max_compute_workgroup_storage_size
+
+
 def attention(
     kern: Kernels,
     *,
-    q: Buffer,
+    q: Buffer | None,
     kv: Buffer,
     out: Buffer,
     state: Buffer,
@@ -278,17 +302,27 @@ def attention(
     max_ctx: int,
     ml: Buffer | None = None,
     n_splits: int = 1,
+    fused: FusedQKV | None = None,
     label: str = "attention",
 ) -> Launch:
     """Causal GQA attention. With ``ml`` (decode), the keys are cut into ``n_splits`` splits: ``out`` receives
-    (n_heads, n_splits, head_dim) partial sums and ``ml`` their (max, sum) pairs, for matmul(attn_ml=...)."""
+    (n_heads, n_splits, head_dim) partial sums and ``ml`` their (max, sum) pairs, for matmul(attn_ml=...).
+    With ``fused`` (decode only), the kernel computes q, k and v itself from the residual stream and appends k and v
+    to the cache (``q`` unused)."""
     if head_dim % 4 or head_dim > 256 or 256 % head_dim:
         raise UnsupportedModelError(
             f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)"
         )
     wg = max(kern.attention_wg, head_dim)
-    split = {"SPLIT": 1} if ml is not None else {}
-    pipe = kern.pipeline("attention.wgsl", WG=wg, HD=head_dim, TILE=ATTENTION_TILE, **split)
+    defines: dict[str, object] = {"WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE}
+    if ml is not None:
+        defines["SPLIT"] = 1
+    if fused is not None:
+        assert ml is not None, "the fused QKV projection is a decode (split attention) feature"
+        defines.update(QKV_IN=1, W_FMT=fused.w.fmt, XK4=fused.w.k // 4, TILE=FUSED_TILE)
+        if fused.w.s is not None:
+            defines["W_SCALES"] = 1
+    pipe = kern.pipeline("attention.wgsl", **defines)
     entries = [
         _uniform_entry(
             kern,
@@ -299,9 +333,12 @@ def attention(
             max_ctx=max_ctx,
             q_stride=n_heads * head_dim,
             scale=1.0 / math.sqrt(head_dim),
+            k_blocks=fused.w.k_blocks if fused else 0,
+            rope_dims=fused.rope_dims if fused else 0,
+            eps=fused.eps if fused else 0.0,
         ),
         _whole(1, state),
-        _whole(2, q),
+        _whole(2, fused.x if fused else q),
         _whole(3, kv),
         _whole(4, out),
     ]
@@ -309,6 +346,10 @@ def attention(
         entries.append(_whole(5, ml))
     else:
         n_splits = 1
+    if fused is not None:
+        entries += [_whole(6, fused.w.q), _whole(8, fused.norm_w), _whole(9, fused.rope_freq)]
+        if fused.w.s is not None:
+            entries.append(_whole(7, fused.w.s))
     bg = kern.device.create_bind_group(pipe, entries, label)
     return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, n_splits), label)
 

@@ -61,9 +61,9 @@ ATTENTION = _spec(
     "max_ctx:u32",
     "q_stride:u32",
     "scale:f32",
-    "_pad0:u32",
-    "_pad1:u32",
-    "_pad2:u32",
+    "k_blocks:u32",
+    "rope_dims:u32",
+    "eps:f32",
 )
 EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "_pad0:u32", "_pad1:u32")
 SAMPLE = _spec(

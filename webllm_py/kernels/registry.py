@@ -66,6 +66,7 @@ class Kernels:
         gemv_seg: int = 8,
         attention_splits: int = 16,
         sample_wg: int = 1024,
+        fuse_attention: bool = False,
     ):
         self.device = device
         self.tier = tier
@@ -85,6 +86,11 @@ class Kernels:
         )
         # Key splits of decode attention (flash decoding): more workgroups for long contexts.
         self.attention_splits = attention_splits
+        # Decode: the QKV projection computed inside the attention kernel (one dispatch fewer per layer, where its
+        # workgroup memory fits) or in its own kernel. Off by default: on the H100 the fused step takes ~6 % more
+        # GPU time (each attention workgroup's projection is a serial chain of weight loads), though ~17 % less host
+        # encoding time (bench/results/README.md).
+        self.fuse_attention = fuse_attention
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 

@@ -29,6 +29,10 @@ CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV_SEG", 64, 16),
     GemvConfig("GEMV_SEG", 64, 32),
     GemvConfig("GEMV_SEG", 128, 32),
+    # Short segments: many rows per workgroup, for matrices with few input features and many rows (the LM head).
+    GemvConfig("GEMV_SEG", 128, 8),
+    GemvConfig("GEMV_SEG", 256, 8),
+    GemvConfig("GEMV_SEG", 256, 4),
 )
 REPS = 32  # dispatches per timing
 ROUNDS = 3  # timings per candidate; the fastest counts

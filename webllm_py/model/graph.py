@@ -9,8 +9,10 @@ recorded into one compute pass. Per layer, five kernels (matmul.wgsl variants an
     ffn1  RMSNorm(x) @ [Wgate; Wup] (rows interleaved) -> h = silu(gate) * up
     ffn2  x += h @ Wdown
 
-plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them:
-5 * n_layers + 3 dispatches for a decode step (153 for SmolLM2-135M's 30 layers).
+plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them.
+Decode fuses qkv into attn where the kernel's workgroup memory allows (``Kernels.fuse_attention``): each attention
+workgroup projects its own head's rows, so a decode step is 4 * n_layers + 3 dispatches (123 for SmolLM2-135M's 30
+layers; 5 * n_layers + 3 = 153 unfused). Prefill keeps the five kernels (GEMM projections).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ class Layer:
     gate_up: ops.Weight  # (2 I, H): gate row i at 2i, up row i at 2i + 1
     down: ops.Weight  # (H, I)
     kv: Buffer  # (2, n_kv_heads, max_ctx, head_dim) KV_T: the K cache, then the V cache
-    launches: tuple[ops.Launch, ...]  # qkv, attn, o, ffn1, ffn2 for decode; the same with GEMM for prefill
-    prefill_launches: tuple[ops.Launch, ...]
+    launches: tuple[ops.Launch, ...]  # decode: qkv_attn, o, ffn1, ffn2 (fused) or qkv, attn, o, ffn1, ffn2
+    prefill_launches: tuple[ops.Launch, ...]  # qkv, attn, o, ffn1, ffn2 with GEMM projections
 
 
 class LlamaGraph:
@@ -222,6 +224,16 @@ class LlamaGraph:
         # Decode splits the keys over several workgroups (flash decoding) and the output projection merges the
         # splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
         split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
+        fused = None
+        if not gemm and self.fuses_attention:
+            fused = ops.FusedQKV(
+                w=L.qkv,
+                x=self.x,
+                norm_w=L.attn_norm,
+                rope_freq=self.rope_freq,
+                rope_dims=cfg.rope_dims,
+                eps=cfg.norm_eps,
+            )
         attention = ops.attention(
             self.kern,
             q=self.q,
@@ -232,11 +244,20 @@ class LlamaGraph:
             n_kv_heads=cfg.n_kv_heads,
             head_dim=cfg.head_dim,
             max_ctx=self.max_ctx,
-            label=f"blk.{i}.{'gemm' if gemm else 'gemv'}.attn",
+            fused=fused,
+            label=f"blk.{i}.{'gemm' if gemm else 'gemv'}.{'qkv_attn' if fused else 'attn'}",
             **split,
         )
-        qkv, o, ffn1, ffn2 = (self.matmul_launch(role, i, gemm=gemm) for role in ("qkv", "o", "ffn1", "ffn2"))
-        return (qkv, attention, o, ffn1, ffn2)
+        o, ffn1, ffn2 = (self.matmul_launch(role, i, gemm=gemm) for role in ("o", "ffn1", "ffn2"))
+        if fused is not None:
+            return (attention, o, ffn1, ffn2)
+        return (self.matmul_launch("qkv", i, gemm=gemm), attention, o, ffn1, ffn2)
+
+    @property
+    def fuses_attention(self) -> bool:
+        """Whether decode computes the QKV projection inside the attention kernel (see the module docstring)."""
+        cfg = self.cfg
+        return self.kern.fuse_attention and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
 
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
@@ -303,6 +324,13 @@ class LlamaGraph:
             out.append(self.lm_head_launch.dispatch(n_tokens))
             out.append(self.sampler.launch.dispatch(n_tokens))
         return out
+
+    @property
+    def decode_roles(self) -> list[str]:
+        """What each decode dispatch computes, in order ("embed", then per layer "qkv_attn" or "qkv" and "attn",
+        "o", "ffn1", "ffn2", then "lm_head", "sample"): for benchmarks that time or drop kernel groups."""
+        layers = [launch.label.rsplit(".", 1)[-1] for L in self.layers for launch in L.launches]
+        return ["embed", *layers, "lm_head", "sample"]
 
     @property
     def decode_dispatches(self) -> Prepared:
