@@ -34,7 +34,9 @@ async def main() -> None:
     ap.add_argument("--gemv-wg", type=int, default=None)
     ap.add_argument("--gemv-variant", default="GEMV")
     ap.add_argument("--gemv-seg", type=int, default=8)
-    ap.add_argument("--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart")
+    ap.add_argument(
+        "--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart"
+    )
     ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
     args = ap.parse_args()
 
