@@ -38,6 +38,12 @@ async def main() -> None:
         "--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart"
     )
     ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
+    ap.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        help="time a prefill step of this many tokens (<= 256) instead of decode",
+    )
     args = ap.parse_args()
 
     import wgpu
@@ -64,11 +70,15 @@ async def main() -> None:
         tuning = {**(tuning or {}), "fuse_attention": args.fuse == "on"}
         tune = not args.gemv_wg
     eng = await load_engine(
-        "t", model, device=dev, tuning=tuning, tune=tune, context_window_size=args.context + 64
+        "t", model, device=dev, tuning=tuning, tune=tune, context_window_size=max(args.context + 64, 512)
     )
     g = eng.graph
-    labels = g.decode_roles
-    steps = g.decode_dispatches
+    n_tokens = args.prefill or 1
+    assert n_tokens <= g.chunk, f"--prefill at most {g.chunk}"
+    pos = 0 if args.prefill else args.context
+    labels = g.roles(n_tokens)
+    steps = g.forward(n_tokens, sample=True)
+    plan = dev.prepare(steps) if args.prefill else g.decode_dispatches  # what the engine submits
     n = len(steps)
     qs = dev.device.create_query_set(type="timestamp", count=n + 1)
     out_buf = dev.device.create_buffer(
@@ -78,7 +88,7 @@ async def main() -> None:
     per_group: dict[str, list[float]] = defaultdict(list)
     totals = []
     for _ in range(args.repeats):
-        dev.write_buffer(g.state, 0, pack_state(args.context, 1, 0))
+        dev.write_buffer(g.state, 0, pack_state(pos, n_tokens, 0))
         enc = dev.device.create_command_encoder()
         cpass = enc.begin_compute_pass()
         write_timestamp(cpass, qs, 0)
@@ -102,7 +112,7 @@ async def main() -> None:
     # own cost): from the start of the first dispatch to the end of the last.
     pass_only = []
     for _ in range(args.repeats):
-        dev.write_buffer(g.state, 0, pack_state(args.context, 1, 0))
+        dev.write_buffer(g.state, 0, pack_state(pos, n_tokens, 0))
         enc = dev.device.create_command_encoder()
         cpass = enc.begin_compute_pass()
         write_timestamp(cpass, qs, 0)
@@ -123,14 +133,15 @@ async def main() -> None:
     for _ in range(args.repeats):
         await dev.read_storage(g.state, 0, 4)
         t = time.perf_counter()
-        dev.submit(steps)
+        dev.submit(plan)
         host.append(time.perf_counter() - t)
     await dev.read_storage(g.state, 0, 4)
     host_us = statistics.median(host) * 1e6
     result = {
         "adapter": dev.info.summary(),
         "tier": eng.tier.name,
-        "context": args.context,
+        "context": pos,
+        "tokens": n_tokens,
         "dispatches": n,
         "gpu_us_per_step": round(statistics.median(totals), 1),
         "gpu_us_per_step_without_inner_timestamps": round(statistics.median(pass_only), 1),

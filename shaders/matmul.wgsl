@@ -6,7 +6,7 @@
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
-//   ATTN_IN   decode only: x is split attention output (attention.wgsl SPLIT): per head, the partial sums of
+//   ATTN_IN   decode only: x is split attention output (attention.wgsl): per head, the partial sums of
 //             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
 //   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
 //             result is scaled by 1 / sqrt(mean(x^2) + eps) at the end (the norm is linear in W x).

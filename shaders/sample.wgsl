@@ -50,7 +50,7 @@ struct Bias {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> state: State;
-@group(0) @binding(2) var<storage, read_write> logits: array<f32>;  // (vocab,) f32, adjusted in place
+@group(0) @binding(2) var<storage, read_write> logits: array<vec4<f32>>;  // (vocab,) f32 padded to vec4s, adjusted in place
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>;  // tokens[0] <- the sampled id
 @group(0) @binding(4) var<storage, read_write> counts: array<u32>;  // (vocab,) u32 times sampled in this request
 @group(0) @binding(5) var<storage, read> bias: array<Bias>;         // (n_bias,) pairs, up to 300
@@ -68,12 +68,16 @@ fn pcg(v: u32) -> u32 {
 
 // Unnormalized probability of token i: exp((logit - mx) / T), in [0, 1].
 fn weight(i: u32, mx: f32, inv_t: f32) -> f32 {
-  return exp((logits[i] - mx) * inv_t);
+  return exp((logit(i) - mx) * inv_t);
 }
 
-// Logits are read UNROLL at a time per invocation (ids i, i + WG, ..., each batch's loads issued before any is used):
-// one workgroup reads the whole vocabulary, so the loop is bound by load latency, not bandwidth.
-const UNROLL: u32 = 8u;
+fn logit(i: u32) -> f32 {
+  return logits[i / 4u][i % 4u];
+}
+
+// Logits are read as vec4s, UNROLL per invocation at a time (vec4s q, q + WG, ..., each batch's loads issued before any
+// is used): one workgroup reads the whole vocabulary, so the loops are bound by load latency, not bandwidth.
+const UNROLL: u32 = 4u;
 
 // The largest logit among ids ordered after (after_v, after_i) by (logit descending, id ascending), and its id:
 // with after_v = +inf the argmax (ties to the lowest id); called again with the previous answer, the next one.
@@ -81,18 +85,22 @@ const UNROLL: u32 = 8u;
 fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
   var best = -3.4e38;
   var best_i = n;
-  for (var base = lid; base < n; base += UNROLL * WG) {
-    var vals: array<f32, UNROLL>;
+  let nq = (n + 3u) / 4u;
+  for (var base = lid; base < nq; base += UNROLL * WG) {
+    var vals: array<vec4<f32>, UNROLL>;
     for (var k = 0u; k < UNROLL; k++) {
-      vals[k] = logits[min(base + k * WG, n - 1u)];
+      vals[k] = logits[min(base + k * WG, nq - 1u)];
     }
     for (var k = 0u; k < UNROLL; k++) {
-      let i = base + k * WG;  // ascending within an invocation: a strict > keeps the lowest id of equal logits
-      let v = vals[k];
-      let eligible = i < n && (v < after_v || (v == after_v && i > after_i));
-      if (eligible && (v > best || best_i == n)) {
-        best = v;
-        best_i = i;
+      for (var c = 0u; c < 4u; c++) {
+        // ids ascend within an invocation: a strict > keeps the lowest id of equal logits
+        let i = 4u * (base + k * WG) + c;
+        let v = vals[k][c];
+        let eligible = i < n && (v < after_v || (v == after_v && i > after_i));
+        if (eligible && (v > best || best_i == n)) {
+          best = v;
+          best_i = i;
+        }
       }
     }
   }
@@ -121,17 +129,19 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
 fn mass_above(lid: u32, n: u32, mx: f32, inv_t: f32, thr: f32) -> vec2<f32> {
   var m = 0.0;
   var c = 0.0;
-  for (var base = lid; base < n; base += UNROLL * WG) {
-    var vals: array<f32, UNROLL>;
+  let nq = (n + 3u) / 4u;
+  for (var base = lid; base < nq; base += UNROLL * WG) {
+    var vals: array<vec4<f32>, UNROLL>;
     for (var k = 0u; k < UNROLL; k++) {
-      vals[k] = logits[min(base + k * WG, n - 1u)];
+      vals[k] = logits[min(base + k * WG, nq - 1u)];
     }
     for (var k = 0u; k < UNROLL; k++) {
       let w = exp((vals[k] - mx) * inv_t);
-      if (base + k * WG < n && w >= thr) {
-        m += w;
-        c += 1.0;
-      }
+      let i = 4u * (base + k * WG);
+      let kept = vec4<bool>(i < n, i + 1u < n, i + 2u < n, i + 3u < n) & (w >= vec4<f32>(thr));
+      let sel = select(vec4<f32>(0.0), vec4<f32>(1.0), kept);
+      m += dot(w, sel);
+      c += sel.x + sel.y + sel.z + sel.w;
     }
   }
   return vec2<f32>(wg_sum(m, lid), wg_sum(c, lid));
@@ -146,7 +156,7 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
   if (P.n_bias > 0u) {
     for (var j = lid; j < P.n_bias; j += WG) {
       let b = bias[j];
-      logits[b.id] += b.value;
+      logits[b.id / 4u][b.id % 4u] += b.value;
     }
     storageBarrier();
   }
@@ -156,9 +166,9 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     for (var i = lid; i < n; i += WG) {
       let c = counts[i];
       if (c > 0u) {
-        var l = logits[i] - (P.presence + f32(c) * P.frequency);
+        var l = logit(i) - (P.presence + f32(c) * P.frequency);
         l = select(l / P.repetition, l * P.repetition, l < 0.0);
-        logits[i] = l;
+        logits[i / 4u][i % 4u] = l;
       }
     }
     storageBarrier();
@@ -272,7 +282,7 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     }
     if (lid == 0u) {
       record[0] = token;
-      record[1] = bitcast<u32>((logits[token] - mx) * inv_t - log_kept);
+      record[1] = bitcast<u32>((logit(token) - mx) * inv_t - log_kept);
     }
   }
 

@@ -21,11 +21,13 @@ from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
 from webllm_py.kernels.probe import PROBE_WG_SIZES
 from webllm_py.kernels.registry import Kernels, Tier
+from webllm_py.kernels.tuning import CANDIDATES
 from webllm_py.model.quant import GGMLType
 
 TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
-# The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups.
-TUNINGS = [{}, {"gemv_wg": 16}]
+# The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups;
+# decode with the QKV projection inside attention (Kernels.fuse_attention).
+TUNINGS = [{}, {"gemv_wg": 16}, {"fuse_attention": True}]
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
 HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
 
@@ -105,6 +107,29 @@ def kernel_matrix_variants(kern: Kernels) -> None:
         ops.attention(
             kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64
         )
+    for hd in HEAD_DIMS:  # decode: split attention, alone and with the QKV projection fused in
+        ops.attention(
+            kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+            ml=buf, n_splits=4,
+        )  # fmt: skip
+        for t in TYPES:
+            w = ops.alloc_weight(kern, t, 4 * hd, 96, "w")
+            fused = ops.FusedQKV(w=w, x=buf, norm_w=buf, rope_freq=buf, rope_dims=hd, eps=1e-5)
+            ops.attention(
+                kern, q=None, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+                ml=buf, n_splits=4, fused=fused,
+            )  # fmt: skip
+    # Every decode kernel shape load-time tuning may pick on a GPU (browsers with a GPU tune too).
+    for cand in CANDIDATES:
+        if cand.variant == "GEMV_SEG" and not kern.tier.subgroups:
+            continue
+        for t in TYPES:
+            w = ops.alloc_weight(kern, t, 96, 96, "w")
+            ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
+                attn_ml=buf, n_splits=4,
+            )  # fmt: skip
     ops.Sampler(kern, logits=buf, tokens=buf, state=state, vocab=1000)
     if kern.tier.subgroups:  # the start-up subgroup layout probe (engine.load_engine)
         for wg in PROBE_WG_SIZES:
@@ -136,7 +161,7 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
             kernel_matrix_variants(Kernels(tests_dev, tier, **tuning))
             for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
                 sources.setdefault(code, label)  # identical text is compiled once
-            if not tuning:
+            if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines
                 engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
     return {label: code for code, label in sources.items()}, engine_on_gpu
 

@@ -1,4 +1,5 @@
-"""Causal GQA attention against numpy: decode (one token) and prefill chunks at a position offset."""
+"""Causal GQA attention against numpy: prefill chunks at a position offset (tiled flash attention, down to one token)
+and decode (split over the keys, merged by the output projection)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def attention_ref(q, k_cache, v_cache, pos0, n_kv_heads):
         (3, 1, 64, 70, 0),
         (4, 2, 64, 1, 1500),
         (2, 2, 256, 3, 1030),
+        (4, 2, 16, 40, 3),  # several query tiles, a partial last one
+        (3, 1, 64, 100, 600),  # key tiles cut by the causal edge mid-tile
+        (8, 1, 32, 33, 17),
     ],
 )
 def test_attention(kern, heads, kv_heads, hd, m, pos0):

@@ -24,7 +24,7 @@ class GPUSampler:
     def __init__(self, kern, vocab: int):
         self.kern = kern
         self.vocab = vocab
-        self.logits = zeros(kern, vocab * 4)
+        self.logits = zeros(kern, ops.Sampler.logits_bytes(vocab))
         self.tokens = zeros(kern, 16)
         self.state = state_buffer(kern, 10, 3)
         self.s = ops.Sampler(kern, logits=self.logits, tokens=self.tokens, state=self.state, vocab=vocab)

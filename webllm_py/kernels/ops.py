@@ -307,16 +307,21 @@ def attention(
 ) -> Launch:
     """Causal GQA attention. With ``ml`` (decode), the keys are cut into ``n_splits`` splits: ``out`` receives
     (n_heads, n_splits, head_dim) partial sums and ``ml`` their (max, sum) pairs, for matmul(attn_ml=...).
+    Without (prefill), tiled flash attention (flash_attention.wgsl) writes the normalized output.
     With ``fused`` (decode only), the kernel computes q, k and v itself from the residual stream and appends k and v
     to the cache (``q`` unused)."""
     if head_dim % 4 or head_dim > 256 or 256 % head_dim:
         raise UnsupportedModelError(
             f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)"
         )
+    if ml is None:
+        assert fused is None, "the fused QKV projection is a decode (split attention) feature"
+        return _flash_attention(
+            kern, q=q, kv=kv, out=out, state=state, n_heads=n_heads, n_kv_heads=n_kv_heads,
+            head_dim=head_dim, max_ctx=max_ctx, label=label,
+        )  # fmt: skip
     wg = max(kern.attention_wg, head_dim)
     defines: dict[str, object] = {"WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE}
-    if ml is not None:
-        defines["SPLIT"] = 1
     if fused is not None:
         assert ml is not None, "the fused QKV projection is a decode (split attention) feature"
         defines.update(QKV_IN=1, W_FMT=fused.w.fmt, XK4=fused.w.k // 4, TILE=FUSED_TILE)
@@ -341,17 +346,58 @@ def attention(
         _whole(2, fused.x if fused else q),
         _whole(3, kv),
         _whole(4, out),
+        _whole(5, ml),
     ]
-    if ml is not None:
-        entries.append(_whole(5, ml))
-    else:
-        n_splits = 1
     if fused is not None:
         entries += [_whole(6, fused.w.q), _whole(8, fused.norm_w), _whole(9, fused.rope_freq)]
         if fused.w.s is not None:
             entries.append(_whole(7, fused.w.s))
     bg = kern.device.create_bind_group(pipe, entries, label)
     return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, n_splits), label)
+
+
+def flash_tiles(kern: Kernels, head_dim: int) -> tuple[int, int, int]:
+    """(invocations, queries per tile BR, keys per tile BC) of flash_attention.wgsl for this head size: one
+    invocation per (query, 4 features) at most 16 queries, key tiles of at most 8 KiB of f32."""
+    wg = max(kern.attention_wg, head_dim // 4)
+    br = min(16, wg // (head_dim // 4))
+    bc = min(64, 2048 // head_dim)
+    return wg, br, bc
+
+
+def _flash_attention(
+    kern: Kernels,
+    *,
+    q: Buffer,
+    kv: Buffer,
+    out: Buffer,
+    state: Buffer,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    max_ctx: int,
+    label: str,
+) -> Launch:
+    wg, br, bc = flash_tiles(kern, head_dim)
+    pipe = kern.pipeline("flash_attention.wgsl", WG=wg, HD=head_dim, BR=br, BC=bc)
+    entries = [
+        _uniform_entry(
+            kern,
+            params.FLASH_ATTENTION,
+            f"{label}.params",
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_ctx=max_ctx,
+            q_stride=n_heads * head_dim,
+            scale=1.0 / math.sqrt(head_dim),
+        ),
+        _whole(1, state),
+        _whole(2, q),
+        _whole(3, kv),
+        _whole(4, out),
+    ]
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    return Launch(pipe, bg, lambda n_tokens: (n_heads, math.ceil(n_tokens / br), 1), label)
 
 
 def embed(
@@ -389,7 +435,16 @@ class Sampler:
     MAX_TOP_LOGPROBS = 20
     RECORD_BYTES = 4 * (2 + 2 * MAX_TOP_LOGPROBS)  # (token u32, logprob f32, (id u32, logprob f32) x 20)
 
+    @staticmethod
+    def logits_bytes(vocab: int) -> int:
+        """Size of the logits buffer: (vocab,) f32 padded to whole vec4s, which the kernel reads."""
+        return -(-vocab // 4) * 16
+
     def __init__(self, kern: Kernels, *, logits: Buffer, tokens: Buffer, state: Buffer, vocab: int):
+        if logits.size < self.logits_bytes(vocab):
+            raise ValueError(
+                f"logits buffer of {logits.size} bytes; {vocab} logits need {self.logits_bytes(vocab)}"
+            )
         self.kern = kern
         self.vocab = vocab
         dev = kern.device

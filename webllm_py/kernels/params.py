@@ -65,6 +65,17 @@ ATTENTION = _spec(
     "rope_dims:u32",
     "eps:f32",
 )
+FLASH_ATTENTION = _spec(
+    "flash_attention.wgsl",
+    "n_heads:u32",
+    "n_kv_heads:u32",
+    "max_ctx:u32",
+    "q_stride:u32",
+    "scale:f32",
+    "_pad0:u32",
+    "_pad1:u32",
+    "_pad2:u32",
+)
 EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "_pad0:u32", "_pad1:u32")
 SAMPLE = _spec(
     "sample.wgsl",
@@ -83,7 +94,7 @@ SAMPLE = _spec(
 )
 REPACK = _spec("repack.wgsl", "n_rows:u32", "k_blocks:u32", "dst_row0:u32", "dst_row_step:u32")
 
-ALL = (MATMUL, ATTENTION, EMBED, SAMPLE, REPACK)
+ALL = (MATMUL, ATTENTION, FLASH_ATTENTION, EMBED, SAMPLE, REPACK)
 
 
 def pack_state(pos: int, n_tokens: int, step: int = 0) -> bytes:

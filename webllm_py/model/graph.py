@@ -77,8 +77,8 @@ class LlamaGraph:
         )  # (n_heads, splits, 2)
         self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) silu(gate) * up
         self.logits = dev.create_buffer(
-            cfg.vocab_size * 4, STORAGE, "logits"
-        )  # (vocab,) of the step's last token
+            ops.Sampler.logits_bytes(cfg.vocab_size), STORAGE, "logits"
+        )  # (vocab,) f32 of the step's last token, padded to whole vec4s (the sampler reads vec4s)
         self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
         self.rope_freq = dev.create_buffer(cfg.rope_dims // 2 * 4, STORAGE, "rope_freq")  # (rope_dims/2,) f32
@@ -325,12 +325,20 @@ class LlamaGraph:
             out.append(self.sampler.launch.dispatch(n_tokens))
         return out
 
+    def roles(self, n_tokens: int) -> list[str]:
+        """What each dispatch of ``forward(n_tokens, sample=True)`` computes, in order ("embed", then per layer
+        "qkv_attn" or "qkv" and "attn", "o", "ffn1", "ffn2", then "lm_head", "sample"): for benchmarks that time or
+        drop kernel groups."""
+        layers = [
+            launch.label.rsplit(".", 1)[-1]
+            for L in self.layers
+            for launch in (L.prefill_launches if n_tokens > 1 else L.launches)
+        ]
+        return ["embed", *layers, "lm_head", "sample"]
+
     @property
     def decode_roles(self) -> list[str]:
-        """What each decode dispatch computes, in order ("embed", then per layer "qkv_attn" or "qkv" and "attn",
-        "o", "ffn1", "ffn2", then "lm_head", "sample"): for benchmarks that time or drop kernel groups."""
-        layers = [launch.label.rsplit(".", 1)[-1] for L in self.layers for launch in L.launches]
-        return ["embed", *layers, "lm_head", "sample"]
+        return self.roles(1)
 
     @property
     def decode_dispatches(self) -> Prepared:
