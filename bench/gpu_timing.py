@@ -38,6 +38,11 @@ async def main() -> None:
         "--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart"
     )
     ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
+    ap.add_argument("--flash-queries", type=int, default=None, help="queries per prefill attention tile")
+    ap.add_argument("--flash-min-keys", type=int, default=None, help="prefill uses flash attention from here")
+    ap.add_argument(
+        "--prefill-pos", type=int, default=0, help="position of the timed prefill step's first token"
+    )
     ap.add_argument(
         "--prefill",
         type=int,
@@ -66,18 +71,29 @@ async def main() -> None:
     if args.sample_wg:
         tuning = {**(tuning or {}), "sample_wg": args.sample_wg}
         tune = not args.gemv_wg
+    if args.flash_queries:
+        tuning = {**(tuning or {}), "flash_queries": args.flash_queries}
+        tune = not args.gemv_wg
+    if args.flash_min_keys is not None:
+        tuning = {**(tuning or {}), "flash_min_keys": args.flash_min_keys}
+        tune = not args.gemv_wg
     if args.fuse:
         tuning = {**(tuning or {}), "fuse_attention": args.fuse == "on"}
         tune = not args.gemv_wg
     eng = await load_engine(
-        "t", model, device=dev, tuning=tuning, tune=tune, context_window_size=max(args.context + 64, 512)
+        "t",
+        model,
+        device=dev,
+        tuning=tuning,
+        tune=tune,
+        context_window_size=max(args.context, args.prefill_pos + args.prefill) + 64,
     )
     g = eng.graph
     n_tokens = args.prefill or 1
     assert n_tokens <= g.chunk, f"--prefill at most {g.chunk}"
-    pos = 0 if args.prefill else args.context
-    labels = g.roles(n_tokens)
-    steps = g.forward(n_tokens, sample=True)
+    pos = args.prefill_pos if args.prefill else args.context
+    labels = g.roles(n_tokens, pos)
+    steps = g.forward(n_tokens, sample=True, pos=pos)
     plan = dev.prepare(steps) if args.prefill else g.decode_dispatches  # what the engine submits
     n = len(steps)
     qs = dev.device.create_query_set(type="timestamp", count=n + 1)

@@ -1,8 +1,8 @@
-// Causal self-attention with grouped-query heads for decode (one token; prefill: flash_attention.wgsl), split over
-// the keys ("flash decoding").
+// Causal self-attention with grouped-query heads, for decode (one token) and prefill (a chunk of tokens; or
+// flash_attention.wgsl, see Kernels.flash_min_keys).
 //
-// One workgroup per (query head, key split) walks its keys in tiles of TILE positions with an online softmax (running
-// max m and normalizer l), so any context length runs in fixed workgroup memory:
+// One workgroup per (query head, token of the step) walks the keys 0 .. pos + t in tiles of TILE positions with an
+// online softmax (running max m and normalizer l), so any context length runs in fixed workgroup memory:
 //   scores   each invocation scores TILE / WG positions (vec4 loads of K rows), kept in workgroup memory
 //   softmax  one workgroup max and one sum per tile
 //   values   invocations form WG / (HD / 4) groups of HD / 4; group g sums the positions j = g (mod groups), invocation
@@ -10,11 +10,12 @@
 //            partials are added at the end (few positions per invocation: the loop is a chain of memory round trips).
 // Defines: WG (threads, a power of two, a multiple of HD), HD (head_dim, a multiple of 4), TILE (positions per tile).
 //
-// The keys are cut into num_workgroups.z splits, one workgroup each, so a long context keeps many workgroups busy;
-// each writes its unnormalized partial (acc, m, l) and the consumer (the output projection, matmul.wgsl ATTN_IN)
-// merges the splits while it loads its input.
+// SPLIT (decode, "flash decoding"): the keys are cut into num_workgroups.z splits, one workgroup each, so a long
+// context keeps many workgroups busy; each writes its unnormalized partial (acc, m, l) and the consumer (the output
+// projection, matmul.wgsl ATTN_IN) merges the splits while it loads its input. Without SPLIT the workgroup writes the
+// normalized output.
 //
-// QKV_IN: the QKV projection fused in front, so a layer's decode needs no separate QKV dispatch.
+// QKV_IN (decode, with SPLIT): the QKV projection fused in front, so a layer's decode needs no separate QKV dispatch.
 // Each workgroup computes what it needs from the residual stream x itself: RMSNorm(x) into workgroup memory, its
 // head's query rows of [Wq; Wk; Wv] (4 invocations per row), RoPE; the one split holding the step's own position also
 // computes its key/value head's k and v rows and uses them from workgroup memory for that position, and the first
@@ -49,8 +50,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;     // (n_tokens, n_heads, HD) f32, RoPE applied
 @group(0) @binding(3) var<storage, read> kv: array<vec4<KV_T>>;   // (2, n_kv_heads, max_ctx, HD): K then V
 #endif
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n_heads, splits, HD) partial sums
-@group(0) @binding(5) var<storage, read_write> ml: array<f32>;    // (n_heads, splits, 2) max m and sum l
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;   // (n_tokens, n_heads, HD) f32; SPLIT: (n_heads, splits, HD) partial acc
+#ifdef SPLIT
+@group(0) @binding(5) var<storage, read_write> ml: array<f32>;    // SPLIT: (n_heads, splits, 2) max m and sum l
+#endif
 
 const HD4: u32 = HD / 4u;
 const GROUPS: u32 = WG / HD4;
@@ -240,12 +243,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var g = 0u; g < GROUPS; g++) {
       total += red_v4[g * HD4 + lid];
     }
-    let slot = h * nwg.z + wid.z;
+#ifdef SPLIT
+    let slot = h * nwg.z + wid.z;  // decode: one token
     let o = slot * HD + 4u * lid;
     if (lid == 0u) {
       ml[2u * slot] = m;
       ml[2u * slot + 1u] = l;
     }
+#else
+    let o = t * P.q_stride + h * HD + 4u * lid;
+    total /= l;
+#endif
     out[o] = total.x;
     out[o + 1u] = total.y;
     out[o + 2u] = total.z;

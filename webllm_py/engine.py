@@ -175,7 +175,7 @@ class Generation:
                 last = c0 + len(chunk) == len(ids)
                 dev.write_buffer(graph.tokens, 0, struct.pack(f"<{len(chunk)}I", *chunk))
                 dev.write_buffer(graph.state, 0, pack_state(c0, len(chunk), 0))
-                dev.submit(graph.forward(len(chunk), sample=last), copies(0) if last else [])
+                dev.submit(graph.forward(len(chunk), sample=last, pos=c0), copies(0) if last else [])
             engine.kv_ids = list(ids)
             submitted = 1  # the prefill's sample is step 0
 

@@ -23,7 +23,7 @@ async def _run(
         last = c0 + len(chunk) == len(ids)
         dev.write_buffer(g.tokens, 0, struct.pack(f"<{len(chunk)}I", *chunk))
         dev.write_buffer(g.state, 0, pack_state(c0, len(chunk), 0))
-        dev.submit(g.forward(len(chunk), sample=last))
+        dev.submit(g.forward(len(chunk), sample=last, pos=c0))
     tokens, logits = [], []
     for i in range(n):
         lg = np.frombuffer(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels
 
 from .conftest import assert_close, download, state_buffer, upload, zeros
 
@@ -43,8 +44,20 @@ def attention_ref(q, k_cache, v_cache, pos0, n_kv_heads):
         (8, 1, 32, 33, 17),
     ],
 )
-def test_attention(kern, heads, kv_heads, hd, m, pos0):
-    max_ctx = max(256, pos0 + m + 8)  # pos0 > 1024 crosses the kernel's 1024-position tiles
+@pytest.mark.parametrize("flash", [False, True], ids=["rows", "flash"])
+def test_attention(kern, heads, kv_heads, hd, m, pos0, flash):
+    check_attention(kern, heads, kv_heads, hd, m, pos0, flash=flash)
+
+
+@pytest.mark.parametrize("flash_queries", [1, 16])
+@pytest.mark.parametrize("hd", [16, 64, 256])
+def test_flash_attention_tile_sizes(kern, flash_queries, hd):
+    tiles = Kernels(kern.device, kern.tier, attention_wg=kern.attention_wg, flash_queries=flash_queries)
+    check_attention(tiles, 4, 2, hd, 37, 45, flash=True)
+
+
+def check_attention(kern, heads, kv_heads, hd, m, pos0, *, flash: bool):
+    max_ctx = max(256, pos0 + m + 8)
     rng = np.random.default_rng(heads * 100 + m + pos0)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     k_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
@@ -61,6 +74,7 @@ def test_attention(kern, heads, kv_heads, hd, m, pos0):
         n_kv_heads=kv_heads,
         head_dim=hd,
         max_ctx=max_ctx,
+        flash=flash,
     )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * heads * hd).reshape(m, heads, hd)

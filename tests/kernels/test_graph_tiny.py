@@ -79,10 +79,19 @@ def check_against_reference(tiny, kern, *, fuse_attention: bool):
             device=kern.device,
             tier=kern.tier,
             context_window_size=320,
-            tuning={"gemv_wg": 32, "attention_splits": 3, "fuse_attention": fuse_attention},
+            # The second prefill chunk (positions 256..299) sees >= 260 keys: flash attention; the first one not.
+            tuning={
+                "gemv_wg": 32,
+                "attention_splits": 3,
+                "fuse_attention": fuse_attention,
+                "flash_min_keys": 260,
+            },
         )
     )
-    assert engine.graph.chunk < 300  # the prompt below takes two prefill chunks
+    assert (
+        engine.graph.chunk == 256
+    )  # the prompt below takes two prefill chunks, only the second with flash attention
+    assert "flash_attn" in engine.graph.roles(44, 256) and "flash_attn" not in engine.graph.roles(256, 0)
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(3, engine.config.vocab_size, 300)]
     tokens, logits = greedy_steps(engine, prompt, 4)

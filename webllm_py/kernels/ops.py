@@ -303,25 +303,29 @@ def attention(
     ml: Buffer | None = None,
     n_splits: int = 1,
     fused: FusedQKV | None = None,
+    flash: bool = False,
     label: str = "attention",
 ) -> Launch:
     """Causal GQA attention. With ``ml`` (decode), the keys are cut into ``n_splits`` splits: ``out`` receives
     (n_heads, n_splits, head_dim) partial sums and ``ml`` their (max, sum) pairs, for matmul(attn_ml=...).
-    Without (prefill), tiled flash attention (flash_attention.wgsl) writes the normalized output.
+    Without, one workgroup per (head, token) writes the normalized output; with ``flash`` (prefill), tiled flash
+    attention (flash_attention.wgsl) does, each key tile loaded once for ``kern.flash_queries`` queries.
     With ``fused`` (decode only), the kernel computes q, k and v itself from the residual stream and appends k and v
     to the cache (``q`` unused)."""
     if head_dim % 4 or head_dim > 256 or 256 % head_dim:
         raise UnsupportedModelError(
             f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)"
         )
-    if ml is None:
-        assert fused is None, "the fused QKV projection is a decode (split attention) feature"
+    if flash:
+        assert ml is None and fused is None, "flash attention is the prefill kernel"
         return _flash_attention(
             kern, q=q, kv=kv, out=out, state=state, n_heads=n_heads, n_kv_heads=n_kv_heads,
             head_dim=head_dim, max_ctx=max_ctx, label=label,
         )  # fmt: skip
     wg = max(kern.attention_wg, head_dim)
     defines: dict[str, object] = {"WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE}
+    if ml is not None:
+        defines["SPLIT"] = 1
     if fused is not None:
         assert ml is not None, "the fused QKV projection is a decode (split attention) feature"
         defines.update(QKV_IN=1, W_FMT=fused.w.fmt, XK4=fused.w.k // 4, TILE=FUSED_TILE)
@@ -346,8 +350,11 @@ def attention(
         _whole(2, fused.x if fused else q),
         _whole(3, kv),
         _whole(4, out),
-        _whole(5, ml),
     ]
+    if ml is not None:
+        entries.append(_whole(5, ml))
+    else:
+        n_splits = 1
     if fused is not None:
         entries += [_whole(6, fused.w.q), _whole(8, fused.norm_w), _whole(9, fused.rope_freq)]
         if fused.w.s is not None:
@@ -357,10 +364,11 @@ def attention(
 
 
 def flash_tiles(kern: Kernels, head_dim: int) -> tuple[int, int, int]:
-    """(invocations, queries per tile BR, keys per tile BC) of flash_attention.wgsl for this head size: one
-    invocation per (query, 4 features) at most 16 queries, key tiles of at most 8 KiB of f32."""
-    wg = max(kern.attention_wg, head_dim // 4)
-    br = min(16, wg // (head_dim // 4))
+    """(invocations, queries per tile BR, keys per tile BC) of flash_attention.wgsl for this head size: BR =
+    ``kern.flash_queries`` queries, one invocation per (query, 4 features), key tiles of at most 8 KiB of f32."""
+    hd4 = head_dim // 4
+    br = max(1, min(kern.flash_queries, 1024 // head_dim))  # the query tile within 4 KiB, BR x HD/4 <= 256
+    wg = 1 << max(5, (br * hd4 - 1).bit_length())  # a power of two >= BR x HD/4, at least 32
     bc = min(64, 2048 // head_dim)
     return wg, br, bc
 

@@ -67,6 +67,8 @@ class Kernels:
         attention_splits: int = 16,
         sample_wg: int = 1024,
         fuse_attention: bool = False,
+        flash_queries: int = 4,
+        flash_min_keys: int | None = None,
     ):
         self.device = device
         self.tier = tier
@@ -91,6 +93,13 @@ class Kernels:
         # GPU time (each attention workgroup's projection is a serial chain of weight loads), though ~17 % less host
         # encoding time (bench/results/README.md).
         self.fuse_attention = fuse_attention
+        # Prefill attention: queries per flash-attention tile (each key tile is loaded once for them all). Small
+        # tiles keep many workgroups in flight; prefill attention is latency-bound at these model sizes.
+        self.flash_queries = flash_queries
+        # Prefill steps whose last query sees at least this many keys use flash attention, the others a workgroup
+        # per (head, query). None: never. Off by default: on the H100 the per-query kernel measured about twice as
+        # fast at 256 to 4096 keys (its many workgroups hide memory latency; bench/results/README.md).
+        self.flash_min_keys = flash_min_keys
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 

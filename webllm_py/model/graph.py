@@ -46,6 +46,7 @@ class Layer:
     kv: Buffer  # (2, n_kv_heads, max_ctx, head_dim) KV_T: the K cache, then the V cache
     launches: tuple[ops.Launch, ...]  # decode: qkv_attn, o, ffn1, ffn2 (fused) or qkv, attn, o, ffn1, ffn2
     prefill_launches: tuple[ops.Launch, ...]  # qkv, attn, o, ffn1, ffn2 with GEMM projections
+    flash_attention: ops.Launch  # prefill's attn for long contexts (flash_attention.wgsl)
 
 
 class LlamaGraph:
@@ -202,9 +203,23 @@ class LlamaGraph:
 
     def _build_launches(self) -> None:
         k, st = self.kern, self.state
+        cfg = self.cfg
         for i, L in enumerate(self.layers):
             L.launches = self._layer_launches(i, gemm=False)
             L.prefill_launches = self._layer_launches(i, gemm=True)
+            L.flash_attention = ops.attention(
+                k,
+                q=self.q,
+                kv=L.kv,
+                out=self.attn,
+                state=self.state,
+                n_heads=cfg.n_heads,
+                n_kv_heads=cfg.n_kv_heads,
+                head_dim=cfg.head_dim,
+                max_ctx=self.max_ctx,
+                flash=True,
+                label=f"blk.{i}.gemm.flash_attn",
+            )
         self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
         self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
         self.sampler = ops.Sampler(
@@ -308,31 +323,38 @@ class LlamaGraph:
             return ops.matmul(k, w=L.down, x=self.h, out=self.x, epi="ADD", **common)
         raise ValueError(f"unknown matrix role {role!r}")
 
-    def forward(self, n_tokens: int, *, sample: bool) -> list[Dispatch]:
-        """The dispatches of one step over ``n_tokens`` tokens (1 when decoding), in order.
+    def forward(self, n_tokens: int, *, sample: bool, pos: int = 0) -> list[Dispatch]:
+        """The dispatches of one step over ``n_tokens`` tokens (1 when decoding) at positions ``pos`` .., in order.
 
         With ``sample`` the step ends with the LM head on its last token and the sampler, which writes the next
         token id into ``tokens[0]`` and advances ``state``; without it (a prefill chunk that is not the last) the
-        step only fills the KV cache.
+        step only fills the KV cache. A prefill step whose queries see at least ``kern.flash_min_keys`` keys (when set)
+        uses tiled flash attention (each key tile loaded once per tile of queries) instead of a workgroup per query.
         """
-        gemm = n_tokens > 1
         out = [self.embed_launch.dispatch(n_tokens)]
         for layer in self.layers:
-            launches = layer.prefill_launches if gemm else layer.launches
-            out.extend(launch.dispatch(n_tokens) for launch in launches)
+            out.extend(launch.dispatch(n_tokens) for launch in self._step_launches(layer, n_tokens, pos))
         if sample:
             out.append(self.lm_head_launch.dispatch(n_tokens))
             out.append(self.sampler.launch.dispatch(n_tokens))
         return out
 
-    def roles(self, n_tokens: int) -> list[str]:
-        """What each dispatch of ``forward(n_tokens, sample=True)`` computes, in order ("embed", then per layer
-        "qkv_attn" or "qkv" and "attn", "o", "ffn1", "ffn2", then "lm_head", "sample"): for benchmarks that time or
-        drop kernel groups."""
+    def _step_launches(self, layer: Layer, n_tokens: int, pos: int) -> tuple[ops.Launch, ...]:
+        if n_tokens == 1:
+            return layer.launches
+        if self.kern.flash_min_keys is not None and pos + n_tokens >= self.kern.flash_min_keys:
+            qkv, _, *rest = layer.prefill_launches
+            return (qkv, layer.flash_attention, *rest)
+        return layer.prefill_launches
+
+    def roles(self, n_tokens: int, pos: int = 0) -> list[str]:
+        """What each dispatch of ``forward(n_tokens, sample=True, pos=pos)`` computes, in order ("embed", then per
+        layer "qkv_attn" or "qkv" and "attn" / "flash_attn", "o", "ffn1", "ffn2", then "lm_head", "sample"): for
+        benchmarks that time or drop kernel groups."""
         layers = [
             launch.label.rsplit(".", 1)[-1]
             for L in self.layers
-            for launch in (L.prefill_launches if n_tokens > 1 else L.launches)
+            for launch in self._step_launches(L, n_tokens, pos)
         ]
         return ["embed", *layers, "lm_head", "sample"]
 
