@@ -30,7 +30,7 @@ struct Params {
   max_ctx: u32,     // KV cache capacity in positions
   q_stride: u32,    // elements between tokens in q and out (n_heads * HD)
   scale: f32,       // 1 / sqrt(HD)
-  k_blocks: u32,    // QKV_IN: input features / 32
+  _pad0: u32,
   rope_dims: u32,   // QKV_IN: rotated features per head (even, <= HD)
   eps: f32,         // QKV_IN: RMSNorm epsilon
 }

@@ -342,7 +342,6 @@ def attention(
             max_ctx=max_ctx,
             q_stride=n_heads * head_dim,
             scale=1.0 / math.sqrt(head_dim),
-            k_blocks=fused.w.k_blocks if fused else 0,
             rope_dims=fused.rope_dims if fused else 0,
             eps=fused.eps if fused else 0.0,
         ),

@@ -61,7 +61,7 @@ ATTENTION = _spec(
     "max_ctx:u32",
     "q_stride:u32",
     "scale:f32",
-    "k_blocks:u32",
+    "_pad0:u32",
     "rope_dims:u32",
     "eps:f32",
 )

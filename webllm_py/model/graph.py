@@ -9,10 +9,10 @@ recorded into one compute pass. Per layer, five kernels (matmul.wgsl variants an
     ffn1  RMSNorm(x) @ [Wgate; Wup] (rows interleaved) -> h = silu(gate) * up
     ffn2  x += h @ Wdown
 
-plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them.
-Decode fuses qkv into attn where the kernel's workgroup memory allows (``Kernels.fuse_attention``): each attention
-workgroup projects its own head's rows, so a decode step is 4 * n_layers + 3 dispatches (123 for SmolLM2-135M's 30
-layers; 5 * n_layers + 3 = 153 unfused). Prefill keeps the five kernels (GEMM projections).
+plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them:
+5 * n_layers + 3 dispatches for a decode step (153 for SmolLM2-135M's 30 layers). With ``Kernels.fuse_attention``
+(where the kernel's workgroup memory allows) decode computes qkv inside attn, each attention workgroup projecting
+its own head's rows: 4 * n_layers + 3 (123). Prefill always runs the five kernels (GEMM projections).
 """
 
 from __future__ import annotations
