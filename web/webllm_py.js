@@ -22,6 +22,7 @@
 //     pending call rejects with WorkerError instead of waiting forever.
 //   - `reload(modelId)` takes one id or a list (several models loaded, requests routed by `model`).
 
+const RELOAD_HEARTBEAT_FACTOR = 4; // more missed heartbeats tolerated while a model loads (service_worker_client.py too)
 const LOG_LEVELS = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "SILENT"];
 
 /** Base class of every error the engine throws; `name` is the Python class name. */
@@ -374,8 +375,9 @@ class ServiceWorkerTransport {
  *  tabs. Every keepAliveMs the engine sends keepAlive; the worker answers heartbeat with the requests it holds for
  *  this tab. A request sent before a keepAlive whose heartbeat does not list it was lost with a worker the browser
  *  stopped: it rejects with EngineLostError (send it again: the worker restarts and reloads the model). After
- *  engineConfig.maxMissedHeartbeats (default 3) keepAlives without an answer, every pending call rejects with
- *  EngineLostError and engineConfig.onEngineLost(error) is called. WebLLM only counts missed heartbeats. */
+ *  engineConfig.maxMissedHeartbeats (default 3) keepAlives without an answer (four times as many while a reload is
+ *  pending: a model load holds the worker's thread in stretches), every pending call rejects with EngineLostError and
+ *  engineConfig.onEngineLost(error) is called. WebLLM only counts missed heartbeats. */
 export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
   constructor(engineConfig = {}, keepAliveMs = 10000, registration = null, transport = null) {
     super(transport || new ServiceWorkerTransport(navigator.serviceWorker, registration || {}), engineConfig);
@@ -386,6 +388,7 @@ export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
     // (the base constructor may already have sent setAppConfig / setLogLevel through send() below)
     this.sent = this.sent || 0; // requests sent so far; each pending one remembers its number
     this.sentNumber = this.sentNumber || new Map(); // uuid of a pending request -> its number
+    this.reloads = this.reloads || new Set(); // uuids of pending reloads
     this.beats = new Map(); // uuid of a keepAlive not answered yet -> requests sent before it
     this.lostSince = 0; // when missed heartbeats made us report the engine lost (0: not lost)
     this.keepAliveTimer = setInterval(() => this.keepAlive(), keepAliveMs);
@@ -393,10 +396,15 @@ export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
 
   send(kind, content, uuid = newUUID()) {
     this.sentNumber = this.sentNumber || new Map();
+    this.reloads = this.reloads || new Set();
     this.sent = (this.sent || 0) + 1;
     this.sentNumber.set(uuid, this.sent);
+    if (kind === "reload") this.reloads.add(uuid);
     const promise = super.send(kind, content, uuid);
-    const forget = () => this.sentNumber.delete(uuid);
+    const forget = () => {
+      this.sentNumber.delete(uuid);
+      this.reloads.delete(uuid);
+    };
     promise.then(forget, forget);
     return promise;
   }
@@ -405,7 +413,8 @@ export class ServiceWorkerMLCEngine extends WebWorkerMLCEngine {
     if (this.terminated) return;
     if (this.beats.size) {
       this.missedHeartbeat += 1;
-      if (this.missedHeartbeat >= this.maxMissedHeartbeats) {
+      const limit = this.maxMissedHeartbeats * (this.reloads && this.reloads.size ? RELOAD_HEARTBEAT_FACTOR : 1);
+      if (this.missedHeartbeat >= limit) {
         this.beats.clear();
         this.lose(`the service worker did not answer ${this.missedHeartbeat} heartbeats`);
       }

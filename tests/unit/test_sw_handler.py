@@ -641,6 +641,29 @@ def test_python_proxy_missed_heartbeats_fail_waiting_calls_and_report_once(world
     assert len(lost_reports) == 1
 
 
+def test_python_proxy_tolerates_more_missed_heartbeats_while_a_model_loads(world):
+    from webllm_py.errors import EngineLostError
+    from webllm_py.worker.service_worker_client import RELOAD_HEARTBEAT_FACTOR, ServiceWorkerMLCEngine
+
+    async def go():
+        port = ServiceWorkerPort(world)
+        port.silent = True  # the worker never answers (a load that never yields, then a dead worker)
+        engine = ServiceWorkerMLCEngine(port, keep_alive_ms=5, max_missed_heartbeats=2)
+        assert engine.heartbeat_limit == 2
+        reload = asyncio.ensure_future(engine.reload("fake-model"))
+        await asyncio.sleep(0)
+        assert engine.heartbeat_limit == 2 * RELOAD_HEARTBEAT_FACTOR
+        while engine.missed_heartbeats < 2:
+            await asyncio.sleep(0.002)
+        assert not reload.done()  # 2 missed heartbeats do not lose a loading engine
+        with pytest.raises(EngineLostError, match=f"did not answer {2 * RELOAD_HEARTBEAT_FACTOR} heartbeats"):
+            await reload  # but a worker that stays silent is still noticed
+        assert engine.heartbeat_limit == 2
+        engine.terminate()
+
+    run(go())
+
+
 def test_python_proxy_rejects_bad_keep_alive_settings(world):
     from webllm_py.worker.service_worker_client import ServiceWorkerMLCEngine
 

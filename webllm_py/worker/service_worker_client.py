@@ -10,7 +10,8 @@ Every ``keep_alive_ms`` the engine sends ``keepAlive`` (an event that also keeps
 stopped); the worker answers ``heartbeat`` listing the requests it holds for this page (``messages.py``). A request
 sent before a ``keepAlive`` that the heartbeat does not list was lost with a worker the browser stopped: it raises
 ``EngineLostError`` (send it again; the worker restarts and reloads the model from the cache). After
-``max_missed_heartbeats`` unanswered ``keepAlive`` in a row every waiting call raises ``EngineLostError``. Either
+``max_missed_heartbeats`` unanswered ``keepAlive`` in a row (four times as many while a ``reload`` is pending: a model
+load holds the worker's thread in stretches) every waiting call raises ``EngineLostError``. Either
 way ``on_engine_lost(error)`` is called, once until a heartbeat comes back. WebLLM only counts missed heartbeats.
 ``web/webllm_py.js`` is the twin for JS pages.
 """
@@ -29,6 +30,10 @@ from .client import WebWorkerMLCEngine
 from .messages import make_message
 
 log = logging.getLogger("webllm_py")
+
+RELOAD_HEARTBEAT_FACTOR = (
+    4  # more missed heartbeats tolerated while a model loads (web/webllm_py.js: the same)
+)
 
 EngineLostCallback = Callable[[EngineLostError], None]
 
@@ -53,6 +58,7 @@ class ServiceWorkerMLCEngine(WebWorkerMLCEngine):
             )
         self._sent = 0  # requests sent so far
         self._sent_number: dict[str, int] = {}  # uuid of a pending request -> its number
+        self._reloads: set[str] = set()  # uuids of pending reloads
         self._beats: dict[str, int] = {}  # uuid of an unanswered keepAlive -> requests sent before it
         self._lost = False  # reported lost, until a heartbeat comes back
         self.missed_heartbeats = 0
@@ -65,9 +71,24 @@ class ServiceWorkerMLCEngine(WebWorkerMLCEngine):
         uuid = uuid or uuidlib.uuid4().hex
         self._sent += 1
         self._sent_number[uuid] = self._sent
+        if kind == "reload":
+            self._reloads.add(uuid)
         future = super()._send(kind, content, uuid)
-        future.add_done_callback(lambda _: self._sent_number.pop(uuid, None))
+
+        def forget(_: Any) -> None:
+            self._sent_number.pop(uuid, None)
+            self._reloads.discard(uuid)
+
+        future.add_done_callback(forget)
         return future
+
+    @property
+    def heartbeat_limit(self) -> int:
+        """Missed heartbeats in a row that make the engine lost: ``max_missed_heartbeats``, times
+        RELOAD_HEARTBEAT_FACTOR while a reload is pending (loading a model keeps the worker's only thread busy in
+        stretches that do not yield, which on a loaded machine can outlast a few heartbeats)."""
+        factor = RELOAD_HEARTBEAT_FACTOR if self._reloads else 1
+        return self.max_missed_heartbeats * factor
 
     async def _keep_alive_loop(self, interval_s: float) -> None:
         while self._terminated is None:
@@ -80,7 +101,7 @@ class ServiceWorkerMLCEngine(WebWorkerMLCEngine):
             return
         if self._beats:
             self.missed_heartbeats += 1
-            if self.missed_heartbeats >= self.max_missed_heartbeats:
+            if self.missed_heartbeats >= self.heartbeat_limit:
                 self._beats.clear()
                 self._lose(
                     EngineLostError(
