@@ -215,6 +215,7 @@ def main() -> None:
         help="the GPU's peak memory bandwidth (GB/s; H100 SXM 3350, H100 PCIe 2000): adds the decode roofline",
     )
     ap.add_argument("--attention-splits", type=int, default=None, help="key splits of decode attention")
+    ap.add_argument("--split-min-keys", type=int, default=None, help="fewest keys per decode attention split")
     ap.add_argument("--no-tune", action="store_true", help="skip load-time kernel tuning (default shapes)")
     ap.add_argument(
         "--fuse",
@@ -234,6 +235,8 @@ def main() -> None:
         tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
     if args.attention_splits:
         tuning["attention_splits"] = args.attention_splits
+    if args.split_min_keys:
+        tuning["split_min_keys"] = args.split_min_keys
     if args.fuse:
         tuning["fuse_attention"] = args.fuse == "on"
     tune = False if args.no_tune or args.gemv_wg else None if not tuning else True

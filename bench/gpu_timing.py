@@ -40,6 +40,7 @@ async def main() -> None:
     ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
     ap.add_argument("--flash-queries", type=int, default=None, help="queries per prefill attention tile")
     ap.add_argument("--flash-min-keys", type=int, default=None, help="prefill uses flash attention from here")
+    ap.add_argument("--split-min-keys", type=int, default=None, help="fewest keys per decode attention split")
     ap.add_argument(
         "--prefill-pos", type=int, default=0, help="position of the timed prefill step's first token"
     )
@@ -73,6 +74,9 @@ async def main() -> None:
         tune = not args.gemv_wg
     if args.flash_queries:
         tuning = {**(tuning or {}), "flash_queries": args.flash_queries}
+        tune = not args.gemv_wg
+    if args.split_min_keys:
+        tuning = {**(tuning or {}), "split_min_keys": args.split_min_keys}
         tune = not args.gemv_wg
     if args.flash_min_keys is not None:
         tuning = {**(tuning or {}), "flash_min_keys": args.flash_min_keys}

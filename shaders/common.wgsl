@@ -18,13 +18,14 @@ struct State {
   _pad: u32,
 }
 
-// Decode attention split over key ranges (flash decoding): each split gets at least SPLIT_MIN_KEYS keys, so a short
-// context uses few of the splits the dispatch has and the output projection merges only those.
-const SPLIT_MIN_KEYS: u32 = 64u;
-
+// Decode attention split over key ranges (flash decoding): each split gets at least SPLIT_MIN (a define of the
+// attention kernel and of the output projection that merges its splits) keys, so a short context uses few of the
+// splits the dispatch has and the output projection merges only those.
+#ifdef SPLIT_MIN
 fn used_splits(n_keys: u32, max_splits: u32) -> u32 {
-  return clamp((n_keys + SPLIT_MIN_KEYS - 1u) / SPLIT_MIN_KEYS, 1u, max_splits);
+  return clamp((n_keys + SPLIT_MIN - 1u) / SPLIT_MIN, 1u, max_splits);
 }
+#endif
 
 #ifdef F16
 alias KV_T = f16;

@@ -103,8 +103,10 @@ def test_unsupported_head_dim(kern):
 @pytest.mark.parametrize("n_splits", [1, 3, 16])
 @pytest.mark.parametrize("pos0", [0, 5, 200, 1100])
 @pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG"])
-def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv):
+@pytest.mark.parametrize("split_min_keys", [64, 16])
+def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv, split_min_keys, monkeypatch):
     """Decode: flash-decoding splits write partials; the output projection merges them while loading its input."""
+    monkeypatch.setattr(kern, "split_min_keys", split_min_keys)
     from webllm_py.model.quant import GGMLType
 
     from .quantize import dequantize, quantize

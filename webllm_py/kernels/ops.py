@@ -216,6 +216,7 @@ def matmul(
     if attn_ml is not None:
         assert not gemm and head_dim and n_splits, "split attention input is a decode (GEMV) feature"
         defines["ATTN_IN"] = 1
+        defines["SPLIT_MIN"] = f"{kern.split_min_keys}u"
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
         out_stride = {"SILU": w.n_rows // 2, "QKV": n_q}.get(epi, w.n_rows)
@@ -323,7 +324,9 @@ def attention(
             head_dim=head_dim, max_ctx=max_ctx, label=label,
         )  # fmt: skip
     wg = max(kern.attention_wg, head_dim)
-    defines: dict[str, object] = {"WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE}
+    defines: dict[str, object] = {
+        "WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE, "SPLIT_MIN": f"{kern.split_min_keys}u",
+    }  # fmt: skip
     if ml is not None:
         defines["SPLIT"] = 1
     if fused is not None:

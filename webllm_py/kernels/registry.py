@@ -69,6 +69,7 @@ class Kernels:
         fuse_attention: bool = False,
         flash_queries: int = 4,
         flash_min_keys: int | None = None,
+        split_min_keys: int = 128,
     ):
         self.device = device
         self.tier = tier
@@ -88,6 +89,9 @@ class Kernels:
         )
         # Key splits of decode attention (flash decoding): more workgroups for long contexts.
         self.attention_splits = attention_splits
+        # Fewest keys per split: a short context uses fewer splits (fewer for the output projection to merge). 128
+        # measured best of 64 / 128 / 256 on the H100 over 128..1024 keys (bench/results/README.md).
+        self.split_min_keys = split_min_keys
         # Decode: the QKV projection computed inside the attention kernel (one dispatch fewer per layer, where its
         # workgroup memory fits) or in its own kernel. Off by default: on the H100 the fused step takes ~6 % more
         # GPU time (each attention workgroup's projection is a serial chain of weight loads), though ~17 % less host

@@ -48,6 +48,7 @@ def tuning_key(graph: LlamaGraph) -> str:
         cfg.ffn_size,
         cfg.vocab_size,
         graph.kern.attention_splits,
+        graph.kern.split_min_keys,
     ]
     formats = [graph.layers[0].qkv.fmt, graph.layers[0].down.fmt, graph.lm_head.fmt]
     return "|".join(
