@@ -79,6 +79,15 @@ fn logit(i: u32) -> f32 {
 // is used): one workgroup reads the whole vocabulary, so the loops are bound by load latency, not bandwidth.
 const UNROLL: u32 = 4u;
 
+// The vec4s of logits base, base + WG, ..., base + (UNROLL - 1) WG (clamped to the last of the nq vec4s).
+fn logit_batch(base: u32, nq: u32) -> array<vec4<f32>, UNROLL> {
+  var vals: array<vec4<f32>, UNROLL>;
+  for (var k = 0u; k < UNROLL; k++) {
+    vals[k] = logits[min(base + k * WG, nq - 1u)];
+  }
+  return vals;
+}
+
 // The largest logit among ids ordered after (after_v, after_i) by (logit descending, id ascending), and its id:
 // with after_v = +inf the argmax (ties to the lowest id); called again with the previous answer, the next one.
 // Every invocation gets the result in arg_sh[0] / red_f32[0]. Call from workgroup-uniform control flow.
@@ -87,10 +96,7 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
   var best_i = n;
   let nq = (n + 3u) / 4u;
   for (var base = lid; base < nq; base += UNROLL * WG) {
-    var vals: array<vec4<f32>, UNROLL>;
-    for (var k = 0u; k < UNROLL; k++) {
-      vals[k] = logits[min(base + k * WG, nq - 1u)];
-    }
+    let vals = logit_batch(base, nq);
     for (var k = 0u; k < UNROLL; k++) {
       for (var c = 0u; c < 4u; c++) {
         // ids ascend within an invocation: a strict > keeps the lowest id of equal logits
@@ -131,10 +137,7 @@ fn mass_above(lid: u32, n: u32, mx: f32, inv_t: f32, thr: f32) -> vec2<f32> {
   var c = 0.0;
   let nq = (n + 3u) / 4u;
   for (var base = lid; base < nq; base += UNROLL * WG) {
-    var vals: array<vec4<f32>, UNROLL>;
-    for (var k = 0u; k < UNROLL; k++) {
-      vals[k] = logits[min(base + k * WG, nq - 1u)];
-    }
+    let vals = logit_batch(base, nq);
     for (var k = 0u; k < UNROLL; k++) {
       let w = exp((vals[k] - mx) * inv_t);
       let i = 4u * (base + k * WG);

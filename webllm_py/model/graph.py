@@ -203,23 +203,10 @@ class LlamaGraph:
 
     def _build_launches(self) -> None:
         k, st = self.kern, self.state
-        cfg = self.cfg
         for i, L in enumerate(self.layers):
             L.launches = self._layer_launches(i, gemm=False)
             L.prefill_launches = self._layer_launches(i, gemm=True)
-            L.flash_attention = ops.attention(
-                k,
-                q=self.q,
-                kv=L.kv,
-                out=self.attn,
-                state=self.state,
-                n_heads=cfg.n_heads,
-                n_kv_heads=cfg.n_kv_heads,
-                head_dim=cfg.head_dim,
-                max_ctx=self.max_ctx,
-                flash=True,
-                label=f"blk.{i}.gemm.flash_attn",
-            )
+            L.flash_attention = self._attention_launch(i, flash=True, label=f"blk.{i}.gemm.flash_attn")
         self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
         self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
         self.sampler = ops.Sampler(
@@ -249,16 +236,8 @@ class LlamaGraph:
                 rope_dims=cfg.rope_dims,
                 eps=cfg.norm_eps,
             )
-        attention = ops.attention(
-            self.kern,
-            q=self.q,
-            kv=L.kv,
-            out=self.attn,
-            state=self.state,
-            n_heads=cfg.n_heads,
-            n_kv_heads=cfg.n_kv_heads,
-            head_dim=cfg.head_dim,
-            max_ctx=self.max_ctx,
+        attention = self._attention_launch(
+            i,
             fused=fused,
             label=f"blk.{i}.{'gemm' if gemm else 'gemv'}.{'qkv_attn' if fused else 'attn'}",
             **split,
@@ -267,6 +246,23 @@ class LlamaGraph:
         if fused is not None:
             return (attention, o, ffn1, ffn2)
         return (self.matmul_launch("qkv", i, gemm=gemm), attention, o, ffn1, ffn2)
+
+    def _attention_launch(self, i: int, *, label: str, **options: object) -> ops.Launch:
+        """ops.attention over layer i's KV cache, q -> attn, with ``options`` (split, fused, flash)."""
+        cfg = self.cfg
+        return ops.attention(
+            self.kern,
+            q=self.q,
+            kv=self.layers[i].kv,
+            out=self.attn,
+            state=self.state,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            max_ctx=self.max_ctx,
+            label=label,
+            **options,
+        )
 
     @property
     def fuses_attention(self) -> bool:
