@@ -105,9 +105,9 @@ async def main() -> None:
         size=8 * (n + 1), usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
     )
 
-    per_group: dict[str, list[float]] = defaultdict(list)
-    totals = []
-    for _ in range(args.repeats):
+    def timed_step(inner: bool) -> tuple[int, ...]:
+        """Run the step once with a timestamp before the first dispatch and after the last, and with ``inner``
+        after every dispatch too; return the timestamps (ns)."""
         dev.write_buffer(g.state, 0, pack_state(pos, n_tokens, 0))
         enc = dev.device.create_command_encoder()
         cpass = enc.begin_compute_pass()
@@ -116,11 +116,18 @@ async def main() -> None:
             cpass.set_pipeline(pipe)
             cpass.set_bind_group(0, bg)
             cpass.dispatch_workgroups(x, y, z)
-            write_timestamp(cpass, qs, i + 1)
+            if inner or i == n - 1:
+                write_timestamp(cpass, qs, i + 1 if inner else 1)
         cpass.end()
-        enc.resolve_query_set(qs, 0, n + 1, out_buf, 0)
+        count = n + 1 if inner else 2
+        enc.resolve_query_set(qs, 0, count, out_buf, 0)
         dev.queue.submit([enc.finish()])
-        ts = struct.unpack(f"<{n + 1}Q", bytes(dev.queue.read_buffer(out_buf)))
+        return struct.unpack(f"<{count}Q", bytes(dev.queue.read_buffer(out_buf, 0, 8 * count)))
+
+    per_group: dict[str, list[float]] = defaultdict(list)
+    totals = []
+    for _ in range(args.repeats):
+        ts = timed_step(inner=True)
         sums: dict[str, float] = defaultdict(float)
         for i, lab in enumerate(labels):
             sums[lab] += (ts[i + 1] - ts[i]) / 1e3  # ns -> us
@@ -132,19 +139,7 @@ async def main() -> None:
     # own cost): from the start of the first dispatch to the end of the last.
     pass_only = []
     for _ in range(args.repeats):
-        dev.write_buffer(g.state, 0, pack_state(pos, n_tokens, 0))
-        enc = dev.device.create_command_encoder()
-        cpass = enc.begin_compute_pass()
-        write_timestamp(cpass, qs, 0)
-        for pipe, bg, x, y, z in steps:
-            cpass.set_pipeline(pipe)
-            cpass.set_bind_group(0, bg)
-            cpass.dispatch_workgroups(x, y, z)
-        write_timestamp(cpass, qs, 1)
-        cpass.end()
-        enc.resolve_query_set(qs, 0, 2, out_buf, 0)
-        dev.queue.submit([enc.finish()])
-        ts = struct.unpack("<2Q", bytes(dev.queue.read_buffer(out_buf, 0, 16)))
+        ts = timed_step(inner=False)
         pass_only.append((ts[1] - ts[0]) / 1e3)
 
     # Host side: encode + submit of one step with the engine's own submit, the GPU idle before each (a full queue
