@@ -16,6 +16,9 @@
 //               QKV    rows [0, n_q) are queries: RoPE, then out[t, n]; rows [n_q, n_q + n_kv) are keys: RoPE, then
 //                      the K cache at position pos + t; the remaining n_kv rows are values: the V cache.
 //               SILU   rows come in (gate, up) pairs (interleaved at repack): out[t, n / 2] = silu(gate) * up
+//   ARGMAX    decode (GEMV, GEMV_SEG) with STORE, for the LM head: each workgroup also writes the largest of its
+//             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
+//             per workgroup instead of every logit (sample.wgsl).
 
 #include "common.wgsl"
 #include "weights.wgsl"
@@ -89,6 +92,33 @@ fn load_x(xbase: u32, i: u32) -> vec4<f32> {
   return x[xbase + i];
 #endif
 }
+
+#ifdef ARGMAX
+@group(0) @binding(10) var<storage, read_write> best: array<vec2<u32>>;  // (row workgroups,) (f32 bits, row)
+var<workgroup> best_v: array<f32, WG>;
+var<workgroup> best_r: array<u32, WG>;
+
+// Whether result v of row r beats (bv, br): larger, or equal with a lower row; rows >= n_rows are no candidate.
+fn beats(v: f32, r: u32, bv: f32, br: u32) -> bool {
+  return r < P.n_rows && (br >= P.n_rows || v > bv || (v == bv && r < br));
+}
+
+// The best of the first n entries of best_v / best_r (a power of two, <= WG) into best[wg]. Call from uniform
+// control flow after the entries are written.
+fn write_best(lid: u32, wg: u32, n: u32) {
+  workgroupBarrier();
+  for (var s = n / 2u; s > 0u; s >>= 1u) {
+    if (lid < s && beats(best_v[lid + s], best_r[lid + s], best_v[lid], best_r[lid])) {
+      best_v[lid] = best_v[lid + s];
+      best_r[lid] = best_r[lid + s];
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u && best_r[0] < P.n_rows) {
+    best[wg] = vec2<u32>(bitcast<u32>(best_v[0]), best_r[0]);
+  }
+}
+#endif
 
 #if EPI == QKV
 @group(0) @binding(7) var<storage, read_write> kv: array<KV_T>;      // (2, n_kv_heads, max_ctx, head_dim): K then V
@@ -186,6 +216,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lid == 0u) {
     epilogue_pair(row0, 0u, pos, acc.x, acc.y);
     epilogue_pair(row0 + 2u, 0u, pos, acc.z, acc.w);
+#ifdef ARGMAX
+    var bv = acc.x;
+    var br = row0;
+    for (var i = 1u; i < R; i++) {
+      if (beats(acc[i], row0 + i, bv, br)) {
+        bv = acc[i];
+        br = row0 + i;
+      }
+    }
+    if (br < P.n_rows) {
+      best[wid.y * nwg.x + wid.x] = vec2<u32>(bitcast<u32>(bv), br);
+    }
+#endif
   }
 }
 #endif
@@ -258,6 +301,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (lane == 0u) {
     epilogue_pair(r0, 0u, pos, acc.x * scale, acc.y * scale);
   }
+#ifdef ARGMAX
+  if (lane == 0u) {
+    let b = beats(acc.y * scale, r0 + 1u, acc.x * scale, r0);
+    best_v[lid / SEG] = select(acc.x * scale, acc.y * scale, b);
+    best_r[lid / SEG] = select(r0, r0 + 1u, b);
+  }
+  write_best(lid, wid.y * nwg.x + wid.x, PAIRS);
+#endif
 }
 #endif
 

@@ -9,7 +9,9 @@
 //   1. logit bias: logits[id] += bias for each (id, bias) pair of the request (ids unique, checked by the host);
 //   2. penalties, for each token sampled n > 0 times so far in this request (counts, kept here):
 //        l -= presence + n * frequency;  then  l = l < 0 ? l * repetition : l / repetition;
-//   3. greedy: argmax of the adjusted logits, ties to the lowest id (llama.cpp);
+//   3. greedy: argmax of the adjusted logits, ties to the lowest id (llama.cpp); with no bias, penalty or logprobs
+//      (P.n_best > 0) the argmax of the LM head's per-workgroup partials instead (matmul.wgsl ARGMAX): the
+//      same id, found from a few hundred entries rather than every logit by this one workgroup;
 //      else weights w = exp((l - max) / T) in (0, 1]; top-k keeps the ids with w >= the k-th largest weight and
 //      top-p then the smallest top set whose mass reaches top_p of the kept mass (both thresholds found by
 //      bisection on the float bits of w, 30 passes each, no sort); one uniform random number from
@@ -41,6 +43,10 @@ struct Params {
   penalize: u32,      // 1: apply the penalties above from `counts`
   n_top: u32,         // most likely ids written to `record`, 0..20
   logprobs: u32,      // 1: write `record`
+  n_best: u32,        // entries of `partials`; 0: greedy reads the logits
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 struct Bias {
@@ -55,6 +61,7 @@ struct Bias {
 @group(0) @binding(4) var<storage, read_write> counts: array<u32>;  // (vocab,) u32 times sampled in this request
 @group(0) @binding(5) var<storage, read> bias: array<Bias>;         // (n_bias,) pairs, up to 300
 @group(0) @binding(6) var<storage, read_write> record: array<u32>;  // (2 + 2 * 20,) see above
+@group(0) @binding(7) var<storage, read> partials: array<vec2<u32>>;  // (n_best,) LM head's (f32 bits, id)
 
 var<workgroup> arg_sh: array<u32, WG>;
 var<workgroup> chunk_sh: array<f32, WG>;
@@ -110,8 +117,14 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
       }
     }
   }
-  red_f32[lid] = best;
-  arg_sh[lid] = best_i;
+  return wg_argmax(lid, n, best, best_i);
+}
+
+// Workgroup-wide best of each invocation's (value, id) (id == n: none), ties to the lowest id: returns the value and
+// leaves the id in arg_sh[0]. Call from workgroup-uniform control flow.
+fn wg_argmax(lid: u32, n: u32, value: f32, id: u32) -> f32 {
+  red_f32[lid] = value;
+  arg_sh[lid] = id;
   workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
     if (lid < s) {
@@ -129,6 +142,21 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
   let v = red_f32[0];
   workgroupBarrier();
   return v;
+}
+
+// Greedy from the LM head's partials: the best of P.n_best (value, id) entries, id in arg_sh[0].
+fn argmax_partials(lid: u32, n: u32) -> f32 {
+  var bv = -3.4e38;
+  var bi = n;
+  for (var j = lid; j < P.n_best; j += WG) {
+    let e = partials[j];
+    let v = bitcast<f32>(e.x);
+    if (e.y < n && (bi == n || v > bv || (v == bv && e.y < bi))) {
+      bv = v;
+      bi = e.y;
+    }
+  }
+  return wg_argmax(lid, n, bv, bi);
 }
 
 // Kept mass above a weight threshold (and the count of such ids, in .y), summed over the workgroup.
@@ -178,11 +206,16 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
   }
 
   // 3. Argmax: the greedy token, and the maximum every weight is relative to.
-  let mx = argmax_after(lid, n, 3.4e38, 0u);
+  let sampling = P.temperature > 0.0;
+  var mx: f32;
+  if (P.n_best > 0u && !sampling && P.n_bias == 0u && P.penalize == 0u && P.logprobs == 0u) {
+    mx = argmax_partials(lid, n);
+  } else {
+    mx = argmax_after(lid, n, 3.4e38, 0u);
+  }
   var token = arg_sh[0];
   workgroupBarrier();
 
-  let sampling = P.temperature > 0.0;
   let inv_t = select(1.0, 1.0 / P.temperature, sampling);
   var thr = 0.0;  // kept ids: weight >= thr
   var kept = 0.0;  // their mass

@@ -126,6 +126,10 @@ def kernel_matrix_variants(kern: Kernels) -> None:
         for t in TYPES:
             w = ops.alloc_weight(kern, t, 96, 96, "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
+            ops.matmul(  # the LM head
+                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
+                argmax_out=buf,
+            )  # fmt: skip
             ops.matmul(
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
                 attn_ml=buf, n_splits=4,

@@ -200,3 +200,56 @@ def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0, gemv):
     # nothing written outside the step's positions
     others = np.setdiff1d(np.arange(max_ctx), pos)
     assert not cache[:, :, others, :].any()
+
+
+@pytest.mark.parametrize(
+    "variant,wg,seg",
+    [("GEMV", 64, 0), ("GEMV", 16, 0), ("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)],
+)
+def test_lm_head_argmax_partials(kern, variant, wg, seg):
+    """The LM head's greedy partials: per workgroup of rows, its largest logit and row (the lowest row on ties), and
+    the sampler's greedy pick from them is the argmax of all logits."""
+    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    n, k, m = 75, 96, 2  # odd rows: the last pair is half empty
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    w[37] = np.sign(x[m - 1]) * 2  # the largest logit ...
+    w[61] = w[37]  # ... tied in another workgroup (and in the same pair / workgroup for 36)
+    w[36] = w[37]
+    w[3] = w[37] * 0.5
+    w[4] = w[3]  # a tie inside an early workgroup
+    raw = quantize(w, GGMLType.Q8_0)
+    weight = ops.alloc_weight(kern, GGMLType.Q8_0, n, k, "w")
+    ops.Repacker(kern, staging_bytes=4096).upload(weight, GGMLType.Q8_0, raw, n)
+    logits = zeros(kern, ops.Sampler.logits_bytes(n))
+    partials = zeros(kern, ops.Sampler.partials_bytes(n))
+    state = state_buffer(kern, 4, m)
+    launch = ops.matmul(
+        kern,
+        w=weight,
+        x=upload(kern, x),
+        out=logits,
+        state=state,
+        epi="STORE",
+        norm_w=upload(kern, np.ones(k, np.float32)),
+        eps=1e-5,
+        argmax_out=partials,
+        gemm=False,
+    )
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, logits, np.float32, n)
+    rows = kern.gemv.rows_per_workgroup
+    n_wg = -(-n // rows)
+    pairs = download(kern, partials, np.uint32, 2 * n_wg).reshape(n_wg, 2)
+    for j in range(n_wg):
+        block = got[j * rows : (j + 1) * rows]
+        r = j * rows + int(np.argmax(block))  # first of equal values: the lowest row
+        assert pairs[j, 1] == r, f"workgroup {j}: row {pairs[j, 1]}, want {r}"
+        assert pairs[j, 0] == got[r : r + 1].view(np.uint32)[0]
+    assert got[36] == got[37] == got[61] and got[3] == got[4]
+    tokens = zeros(kern, 16)
+    s = ops.Sampler(kern, logits=logits, tokens=tokens, state=state, vocab=n, partials=partials)
+    s.use_partials(n_wg)
+    kern.device.submit([s.launch.dispatch(1)])
+    assert download(kern, tokens, np.uint32, 1)[0] == np.argmax(got) == 36

@@ -237,3 +237,34 @@ def test_state_buffer_is_uniform_and_storage(kern):
     # The state is read as a uniform by every kernel and written as storage by the sampler.
     buf = state_buffer(kern, 0, 1)
     assert buf.usage & BufferUsage.UNIFORM and buf.usage & STORAGE == STORAGE
+
+
+def test_greedy_reads_lm_head_partials_only_when_nothing_adjusts_the_logits(kern):
+    """With partials in use, plain greedy takes the argmax of the (value, id) partials (ties to the lowest id);
+    logit bias, penalties, logprobs and temperature need every logit, so they read the logits. The partials here
+    disagree with the logits on purpose, to show which one each request reads."""
+    vocab = 1000
+    logits = np.zeros(vocab, dtype=np.float32)
+    logits[700] = 5.0  # the logits' argmax
+    pairs = [(1.0, 3), (4.0, 250), (4.0, 120), (-2.0, 999), (4.0, vocab)]  # (value, id); id == vocab: none
+    partials = zeros(kern, 8 * 8)
+    data = b"".join(struct.pack("<fI", v, i) for v, i in pairs)
+    kern.device.write_buffer(partials, 0, data)
+    g = GPUSampler(kern, vocab)
+    g.s = ops.Sampler(kern, logits=g.logits, tokens=g.tokens, state=g.state, vocab=vocab, partials=partials)
+    assert g.run(logits) == 700  # no partials announced yet: the logits
+    g.s.use_partials(len(pairs))
+    assert g.run(logits) == 120  # the best partial, lowest id of the tie; the id-less entry is skipped
+    assert g.run(logits, configure=False) == 120  # use_partials needs no configure
+    assert g.run(logits, logit_bias=((5, 1.0),)) == 700
+    assert g.run(logits, presence_penalty=0.5) == 700
+    assert g.run(logits, logprobs=True, top_logprobs=1) == 700
+    assert g.run(logits, temperature=1e-3, seed=1) == 700
+    g.s.use_partials(3)  # only the first three entries
+    assert g.run(logits) == 120
+    g.s.use_partials(1)
+    assert g.run(logits) == 3
+    g.s.use_partials(0)
+    assert g.run(logits) == 700
+    with pytest.raises(ValueError, match="9 argmax partials; the buffer holds 8"):
+        g.s.use_partials(9)

@@ -196,13 +196,15 @@ def matmul(
     rope_dims: int = 0,
     attn_ml: Buffer | None = None,
     n_splits: int = 0,
+    argmax_out: Buffer | None = None,
     gemv: GemvConfig | None = None,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants.
 
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
-    (max, sum) pairs in ``attn_ml``, merged as they are loaded."""
+    (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
+    each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
     gemv = gemv or kern.gemv
     defines: dict[str, object] = {"WG": GEMM_WG if gemm else gemv.wg, "W_FMT": w.fmt, "EPI": epi}
     defines["GEMM" if gemm else gemv.variant] = 1
@@ -217,6 +219,9 @@ def matmul(
         assert not gemm and head_dim and n_splits, "split attention input is a decode (GEMV) feature"
         defines["ATTN_IN"] = 1
         defines["SPLIT_MIN"] = f"{kern.split_min_keys}u"
+    if argmax_out is not None:
+        assert not gemm and epi == "STORE", "argmax partials are a decode (GEMV) STORE feature"
+        defines["ARGMAX"] = 1
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
         out_stride = {"SILU": w.n_rows // 2, "QKV": n_q}.get(epi, w.n_rows)
@@ -251,6 +256,8 @@ def matmul(
         entries += [_whole(7, kv), _whole(8, rope_freq)]
     if attn_ml is not None:
         entries.append(_whole(9, attn_ml))
+    if argmax_out is not None:
+        entries.append(_whole(10, argmax_out))
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
         row_tiles = math.ceil(w.n_rows / GEMM_TILE)
@@ -450,7 +457,22 @@ class Sampler:
         """Size of the logits buffer: (vocab,) f32 padded to whole vec4s, which the kernel reads."""
         return -(-vocab // 4) * 16
 
-    def __init__(self, kern: Kernels, *, logits: Buffer, tokens: Buffer, state: Buffer, vocab: int):
+    @staticmethod
+    def partials_bytes(vocab: int) -> int:
+        """Size of a buffer for the LM head's argmax partials, whatever its kernel shape (GEMV: 4 rows a workgroup,
+        the fewest)."""
+        return -(-vocab // 4) * 8
+
+    def __init__(
+        self,
+        kern: Kernels,
+        *,
+        logits: Buffer,
+        tokens: Buffer,
+        state: Buffer,
+        vocab: int,
+        partials: Buffer | None = None,
+    ):
         if logits.size < self.logits_bytes(vocab):
             raise ValueError(
                 f"logits buffer of {logits.size} bytes; {vocab} logits need {self.logits_bytes(vocab)}"
@@ -464,6 +486,10 @@ class Sampler:
         self.counts = dev.create_buffer(vocab * 4, STORAGE, "sample.counts")  # (vocab,) u32
         self.bias = dev.create_buffer(self.MAX_BIAS * 8, STORAGE, "sample.bias")  # (300,) (u32 id, f32 bias)
         self.record = dev.create_buffer(self.RECORD_BYTES, STORAGE, "sample.record")
+        # (n_best,) (f32 bits, id) pairs the LM head writes (matmul argmax_out); greedy reads them once
+        # use_partials says how many there are.
+        self.partials = partials or dev.create_buffer(8, STORAGE, "sample.partials")
+        self.n_best = 0
         dev.write_buffer(self.counts, 0, bytes(vocab * 4))
         self.configure(temperature=0.0, top_p=1.0, seed=0)
         pipe = kern.pipeline("sample.wgsl", WG=kern.sample_wg)
@@ -475,6 +501,7 @@ class Sampler:
             _whole(4, self.counts),
             _whole(5, self.bias),
             _whole(6, self.record),
+            _whole(7, self.partials),
         ]
         bg = dev.create_bind_group(pipe, entries, "sample")
         self.launch = Launch(pipe, bg, lambda n_tokens: (1, 1, 1), "sample")
@@ -520,8 +547,18 @@ class Sampler:
             penalize=int(penalize),
             n_top=top_logprobs if logprobs else 0,
             logprobs=int(logprobs),
+            n_best=self.n_best,
         )
         dev.write_buffer(self.params, 0, data)
+
+    def use_partials(self, n_best: int) -> None:
+        """Greedy requests (no bias, penalty or logprobs) take the argmax of the first ``n_best`` entries of
+        ``partials``, which the LM head launch writes every step; 0 goes back to reading the logits."""
+        if not 0 <= n_best <= self.partials.size // 8:
+            raise ValueError(f"{n_best} argmax partials; the buffer holds {self.partials.size // 8}")
+        self.n_best = n_best
+        offset = 4 * [name for name, _ in params.SAMPLE.fields].index("n_best")
+        self.kern.device.write_buffer(self.params, offset, struct.pack("<I", n_best))
 
     @staticmethod
     def parse_record(data: bytes, top_logprobs: int) -> tuple[int, float, list[tuple[int, float]]]:

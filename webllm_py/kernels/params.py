@@ -91,6 +91,10 @@ SAMPLE = _spec(
     "penalize:u32",
     "n_top:u32",
     "logprobs:u32",
+    "n_best:u32",
+    "_pad0:u32",
+    "_pad1:u32",
+    "_pad2:u32",
 )
 REPACK = _spec("repack.wgsl", "n_rows:u32", "k_blocks:u32", "dst_row0:u32", "dst_row_step:u32")
 

@@ -208,18 +208,31 @@ class LlamaGraph:
             L.prefill_launches = self._layer_launches(i, gemm=True)
             L.flash_attention = self._attention_launch(i, flash=True, label=f"blk.{i}.gemm.flash_attn")
         self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
-        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
         self.sampler = ops.Sampler(
-            k, logits=self.logits, tokens=self.tokens, state=st, vocab=self.cfg.vocab_size
+            k,
+            logits=self.logits,
+            tokens=self.tokens,
+            state=st,
+            vocab=self.cfg.vocab_size,
+            partials=self.device.create_buffer(
+                ops.Sampler.partials_bytes(self.cfg.vocab_size), STORAGE, "lm_head.argmax"
+            ),
         )
+        self._build_lm_head()
         self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
 
     def rebuild_decode(self) -> None:
         """Rebuild the decode launches after ``kern.gemv_roles`` changed (load-time tuning)."""
         for i, L in enumerate(self.layers):
             L.launches = self._layer_launches(i, gemm=False)
-        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
+        self._build_lm_head()
         self._decode = self.device.prepare(self.forward(1, sample=True))
+
+    def _build_lm_head(self) -> None:
+        # Its workgroups also leave greedy argmax partials for the sampler, one per workgroup of rows.
+        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
+        shape = self.kern.gemv_roles.get("lm_head") or self.kern.gemv
+        self.sampler.use_partials(-(-self.cfg.vocab_size // shape.rows_per_workgroup))
 
     def _layer_launches(self, i: int, *, gemm: bool) -> tuple[ops.Launch, ...]:
         cfg, L = self.cfg, self.layers[i]
@@ -288,6 +301,7 @@ class LlamaGraph:
                 out=self.logits,
                 epi="STORE",
                 norm_w=self.output_norm,
+                argmax_out=self.sampler.partials,
                 **{**normed, "gemm": False},
             )
         L = self.layers[layer]
