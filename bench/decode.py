@@ -45,6 +45,7 @@ async def bench_ours(
     tuning: dict | None,
     bandwidth_gbs: float | None = None,
     tune: bool | None = None,
+    greedy_partials: bool = True,
 ) -> dict:
     from webllm_py.engine import SamplingParams, load_engine
     from webllm_py.host.native import open_device
@@ -65,6 +66,8 @@ async def bench_ours(
         context_window_size=max(lengths) + n_decode + 8,
     )
     load_s = time.perf_counter() - t0
+    if not greedy_partials:
+        engine.graph.sampler.use_partials(0)
     out = {
         "engine": "webllm_py",
         "adapter": device.info.summary(),
@@ -76,6 +79,7 @@ async def bench_ours(
         },
         "load_time_s": round(load_s, 3),
         "dispatches_per_decode_step": engine.dispatches_per_decode_step,
+        "greedy_partials": engine.graph.sampler.n_best,
         "gpu_weight_bytes": engine.graph.weight_bytes,
         "gpu_kv_cache_bytes": engine.graph.kv_bytes,
         "gpu_peak_allocated_bytes": device.peak_allocated_bytes,
@@ -224,6 +228,12 @@ def main() -> None:
         help="decode with the QKV projection inside the attention kernel (on: 4 dispatches per layer) or apart "
         "(off: 5); default: the engine's choice",
     )
+    ap.add_argument(
+        "--greedy-partials",
+        choices=["on", "off"],
+        default="on",
+        help="off: greedy sampling reads every logit instead of the LM head's per-workgroup argmax partials",
+    )
     args = ap.parse_args()
     model = args.model
     if model is None:
@@ -249,6 +259,7 @@ def main() -> None:
             tuning or None,
             args.bandwidth_gbs,
             tune,
+            args.greedy_partials == "on",
         )
     )
     result = {"model": os.path.basename(model), "ours": ours}

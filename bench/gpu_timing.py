@@ -50,6 +50,12 @@ async def main() -> None:
         default=0,
         help="time a prefill step of this many tokens (<= 256) instead of decode",
     )
+    ap.add_argument(
+        "--greedy-partials",
+        choices=["on", "off"],
+        default="on",
+        help="off: the sampler's greedy argmax reads every logit instead of the LM head's per-workgroup partials",
+    )
     args = ap.parse_args()
 
     import wgpu
@@ -93,6 +99,8 @@ async def main() -> None:
         context_window_size=max(args.context, args.prefill_pos + args.prefill) + 64,
     )
     g = eng.graph
+    if args.greedy_partials == "off":
+        g.sampler.use_partials(0)
     n_tokens = args.prefill or 1
     assert n_tokens <= g.chunk, f"--prefill at most {g.chunk}"
     pos = args.prefill_pos if args.prefill else args.context

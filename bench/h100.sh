@@ -47,10 +47,10 @@ peer)
   LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 python3 bench/decode.py --model $M --bandwidth-gbs $BW \
     > $OUT/h100_vs_llama_cuda.json
   cat $OUT/h100_vs_llama_cuda.json
-  # The QKV projection inside attention (4 dispatches per layer) against apart (5), alternating, three times each.
+  # Greedy from the LM head's argmax partials (on) against the sampler reading every logit (off), alternating.
   for i in 1 2 3; do for f in on off; do
-    python3 bench/decode.py --model $M --no-peer --fuse $f > $OUT/fuse_${f}_$i.json
-    python3 -c "import json; print('fuse $f', [r['decode_tokens_per_s'] for r in json.load(open('$OUT/fuse_${f}_$i.json'))['ours']['runs']])"
+    python3 bench/decode.py --model $M --no-peer --greedy-partials $f > $OUT/partials_${f}_$i.json
+    python3 -c "import json; print('partials $f', [r['decode_tokens_per_s'] for r in json.load(open('$OUT/partials_${f}_$i.json'))['ours']['runs']])"
   done; done
   ;;
 esac
