@@ -60,12 +60,15 @@ import struct, time
 from webllm_py.engine import SamplingParams
 eng = engine._slots[engine.model_id].engine
 dev = eng.device
-timing = {"submit": [], "read_host": [], "read_wait": []}
-real_submit = dev.submit
-def submit(dispatches, copies=()):
-    t = time.perf_counter()
-    real_submit(dispatches, copies)
-    timing["submit"].append(time.perf_counter() - t)
+timing = {"submit": [], "encode": [], "submit_encoded": [], "read_host": [], "read_wait": []}
+real = {name: getattr(dev, name) for name in ("submit", "encode", "submit_encoded")}
+def timed(name):
+    def call(*args):
+        t = time.perf_counter()
+        result = real[name](*args)
+        timing[name].append(time.perf_counter() - t)
+        return result
+    return call
 async def read_buffer(buffer, offset, size):
     t0 = time.perf_counter()
     promise = dev._read(buffer.handle, offset, size)
@@ -78,7 +81,8 @@ async def read_buffer(buffer, offset, size):
     timing["read_host"].append((t1 - t0) + (t3 - t2))
     timing["read_wait"].append(t2 - t1)
     return out
-dev.submit, dev.read_buffer = submit, read_buffer
+dev.submit, dev.encode, dev.submit_encoded = (timed(name) for name in real)
+dev.read_buffer = read_buffer
 words = []
 while len(words) < PROMPT:
     words += eng.tokenizer.encode(SEED, add_bos=False)
@@ -87,11 +91,14 @@ gen = eng.generate(ids, SamplingParams(temperature=0.0, max_tokens=DECODE, ignor
 step_starts = []
 async for _ in gen:
     step_starts.append(time.perf_counter())
-del dev.submit, dev.read_buffer
+del dev.submit, dev.encode, dev.submit_encoded, dev.read_buffer
 s = gen.stats
-# Decode steps: the submits after the prefill's; reads after the first (which waits for the prefill).
+# Decode steps: the first is submitted after the prefill chunks, the others are encoded a step ahead and submitted
+# when the token before arrives (engine.py); reads after the first (which waits for the prefill).
 n_prefill = -(-PROMPT // eng.graph.chunk)
-decode_submits = timing["submit"][n_prefill:]
+decode_submits = timing["submit"][n_prefill:] + [
+    a + b for a, b in zip(timing["encode"], timing["submit_encoded"])
+]
 steps = [b - a for a, b in zip(step_starts, step_starts[1:])]
 def ms(xs):
     return round(1000 * sum(xs) / len(xs), 3) if xs else None

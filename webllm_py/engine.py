@@ -2,8 +2,9 @@
 
 The decode loop keeps the GPU busy: the sampler leaves each token where the next step's embedding reads it, so
 step t + 1 is submitted before the host has read token t, and the host reads token ids one step behind from a small
-ring of 4-byte MAP_READ buffers. A step after the last wanted token may run for nothing; it only writes a KV entry
-past the end, which the next request overwrites.
+ring of 4-byte MAP_READ buffers. Step t + 2 is encoded before the host waits for token t and submitted the moment
+it arrives, so the host's encoding overlaps the GPU's work instead of following it. A step after the last wanted
+token may run for nothing; it only writes a KV entry past the end, which the next request overwrites.
 
 Sampling (temperature, top-p, top-k, penalties, logit bias) runs in the step's last dispatch (sample.wgsl); a
 request only rewrites its Params. With logprobs the step also copies the sampler's small record (the chosen token's
@@ -184,7 +185,10 @@ class Generation:
                 dev.submit(graph.decode_dispatches, copies(1))
                 submitted = 2
             first_token_at = last_at = 0.0
+            encoded = None  # step `submitted`, encoded while the GPU runs the steps before it
             for i in range(self.max_new):
+                if encoded is None and submitted < self.max_new:
+                    encoded = dev.encode(graph.decode_dispatches, copies(submitted))
                 data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
                 token = struct.unpack("<I", data)[0]
                 if params.logprobs:
@@ -202,8 +206,9 @@ class Generation:
                     self.stats.prefill_time_s = now - start
                 self.stats.completion_tokens = i + 1
                 self.stats.decode_time_s = now - first_token_at
-                if submitted < self.max_new and token not in stop_ids and not self._interrupted:
-                    dev.submit(graph.decode_dispatches, copies(submitted))
+                if encoded is not None and token not in stop_ids and not self._interrupted:
+                    dev.submit_encoded(encoded)
+                    encoded = None
                     submitted += 1
                 yield token
                 if token in stop_ids:

@@ -62,14 +62,35 @@ dev.submit(plan)
 dev.submit(plan, [(buf, 0, out, 0, 400)])
 first = list(struct.unpack("<100I", await dev.read_buffer(out, 0, 400)))
 once = list(struct.unpack("<4I", await dev.read_storage(buf, 8, 16)))
+# Encoded now, submitted later (the decode loop's next step); once only; a later encode replaces an unsubmitted one.
+step = dev.encode(plan, [(buf, 0, out, 0, 400)])
+before = list(struct.unpack("<2I", await dev.read_storage(buf, 0, 8)))
+dev.submit_encoded(step)
+after = list(struct.unpack("<2I", await dev.read_buffer(out, 0, 8)))
+errors = []
+try:
+    dev.submit_encoded(step)
+except RuntimeError as exc:
+    errors.append(str(exc))
+dropped, kept = dev.encode(plan), dev.encode(plan)
+try:
+    dev.submit_encoded(dropped)
+except RuntimeError as exc:
+    errors.append(str(exc))
+dev.submit_encoded(kept)
+final = list(struct.unpack("<2I", await dev.read_storage(buf, 0, 8)))
 await dev.idle()
-(first, once, len(plan))
+(first, once, len(plan), before, after, final, errors)
 """
     )
-    first, once, n = out
+    first, once, n, before, after, final, errors = out
     assert first == [(x * 2 + 1) * 2 + 1 for x in range(100)]
     assert once == first[2:6]
     assert n == 1
+    assert before == first[:2]  # encoding ran nothing
+    assert after == [v * 2 + 1 for v in before]
+    assert final == [v * 2 + 1 for v in after]  # the replaced step never ran, the kept one did
+    assert len(errors) == 2 and all("already submitted, or a later encode replaced it" in e for e in errors)
 
 
 def test_a_shader_tint_rejects_raises_a_typed_error(open_worker):

@@ -145,3 +145,32 @@ def test_engine_errors_name_the_field(engine):
     asyncio.run(gen.aclose())
     # Nothing was lost: the engine still generates.
     assert len(run(engine, PROMPT, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))[0]) == 2
+
+
+def test_stop_token_drops_the_step_encoded_ahead(engine):
+    """The decode loop encodes step i + 2 before it waits for token i; a stop token leaves that step unsubmitted:
+    the reply ends at the stop token, the cache's ids are what submitted steps consumed, and the next request
+    reusing them matches a fresh run."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=7, ignore_eos=True)
+    free, _ = run(engine, PROMPT, greedy, reuse_kv=False)
+    stop_at = free[2]
+    stopped, gen = run(
+        engine, PROMPT, SamplingParams(temperature=0.0, max_tokens=7, stop_token_ids=frozenset({stop_at}))
+    )
+    assert stopped == free[: free.index(stop_at) + 1] and gen.finish_reason == "stop"
+    assert engine.kv_ids == PROMPT + stopped
+    follow = PROMPT + stopped + [9, 8]
+    again, gen2 = run(engine, follow, greedy)
+    assert gen2.reused == len(PROMPT) + len(stopped)
+    assert again == run(engine, follow, greedy, reuse_kv=False)[0]
+
+
+def test_an_encoded_step_is_submitted_once(engine):
+    dev, graph = engine.device, engine.graph
+    encoded = dev.encode(graph.decode_dispatches, [(graph.tokens, 0, engine.ring[0], 0, 4)])
+    dev.submit_encoded(encoded)
+    with pytest.raises(RuntimeError, match="already submitted"):
+        dev.submit_encoded(encoded)
+    asyncio.run(dev.read_buffer(engine.ring[0], 0, 4))  # the one submission landed
+    # Nothing was lost: the engine still generates.
+    assert len(run(engine, PROMPT, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))[0]) == 2

@@ -50,6 +50,8 @@ Binding = tuple[int, Buffer, int, int]
 # A dispatch list handed to the host once (Device.prepare) and submitted many times: the decode step. Natively a
 # list; in the browser an index into a JavaScript-side table, so a step costs one call with no conversion.
 Prepared = Any
+# A prepared step encoded into a command buffer but not yet submitted (Device.encode).
+Encoded = Any
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,17 @@ class Device(Protocol):
     def submit(self, dispatches: Sequence[Dispatch] | Prepared, copies: Sequence[Copy] = ()) -> None:
         """Encode all dispatches (a list, or what ``prepare`` returned) in one compute pass, then the copies, and
         submit once."""
+        ...
+
+    def encode(self, plan: Prepared, copies: Sequence[Copy] = ()) -> Encoded:
+        """Encode a prepared dispatch list and its copies as ``submit`` would, without submitting: the decode loop
+        builds the next step while the GPU still runs the current one, and submits it (``submit_encoded``) the
+        moment the token it waited for is read. At most one encoded step at a time: encoding again may drop one
+        that was never submitted."""
+        ...
+
+    def submit_encoded(self, encoded: Encoded) -> None:
+        """Submit what ``encode`` returned (once)."""
         ...
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:

@@ -116,6 +116,10 @@ class BrowserDevice:
         self.js = _create_helper(device)
         # Bound methods, looked up once: attribute access on a JS proxy is a call across the boundary.
         self._submit_plan = self.js.submitPlan
+        self._encode_plan = self.js.encodePlan
+        self._submit_encoded = self.js.submitEncoded
+        self._encoded_seq = 0  # the step gpu_helper.js holds encoded (encodePlan), 0: none
+        self._last_seq = 0
         self._read = self.js.read
         self._take_errors = self.js.takeErrors
         self.allocated_bytes = 0  # live buffer bytes
@@ -171,6 +175,22 @@ class BrowserDevice:
         for d in dispatches:
             flat += d
         self.js.submitOnce(_u32(flat), _u32(flat_copies))
+
+    def encode(self, plan: PreparedPlan, copies: Sequence[Copy] = ()) -> int:
+        # The command buffer stays on the JavaScript side (one slot); Python keeps a sequence number for it.
+        flat_copies: list[int] = []
+        for src, src_off, dst, dst_off, size in copies:
+            flat_copies += (src.handle, src_off, dst.handle, dst_off, size)
+        self._encode_plan(plan.index, *flat_copies)
+        self._last_seq += 1
+        self._encoded_seq = self._last_seq
+        return self._encoded_seq
+
+    def submit_encoded(self, encoded: int) -> None:
+        if encoded != self._encoded_seq:
+            raise RuntimeError("this encoded step was already submitted, or a later encode replaced it")
+        self._encoded_seq = 0
+        self._submit_encoded()
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
         # The decode loop's read, once per token: one call. gpu_helper.js rejects it when WebGPU reported errors

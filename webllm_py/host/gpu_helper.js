@@ -1,7 +1,8 @@
 // The JavaScript half of the browser host (host/browser.py): WebGPU objects live here, in tables, and Python refers
 // to them by index. Python -> JS calls cost microseconds each (pyodide_ecosystem.md section 1.8), so everything
 // that happens per step is one call: a prepared plan of dispatches is encoded, submitted and followed by its copies
-// in `submitPlan`, with no conversion of arguments (they are small ints).
+// in `submitPlan` (or encoded ahead in `encodePlan` and submitted by `submitEncoded`), with no conversion of arguments
+// (they are small ints).
 //
 // Evaluated by pyodide.code.run_js: the file is one expression, a function of the GPUDevice that returns the
 // helper object.
@@ -14,6 +15,7 @@
   const errors = []; // messages of WebGPU errors nobody has seen yet (validation, out of memory, shader compile)
   const scopes = new Set(); // error scopes popped but not yet settled
   let lost = null; // the GPUDeviceLostInfo message once the device is gone
+  let encoded = null; // a decode step encoded ahead (encodePlan) and not yet submitted
   const queue = device.queue;
 
   device.addEventListener("uncapturederror", (event) => errors.push(event.error.message));
@@ -45,7 +47,7 @@
     }
   }
 
-  function submit(plan, copies) {
+  function encode(plan, copies) {
     const encoder = device.createCommandEncoder();
     if (plan.length) {
       const pass = encoder.beginComputePass();
@@ -56,8 +58,13 @@
     for (let i = 0; i < copies.length; i += 5) {
       encoder.copyBufferToBuffer(buffers[copies[i]], copies[i + 1], buffers[copies[i + 2]], copies[i + 3], copies[i + 4]);
     }
-    queue.submit([encoder.finish()]);
+    return encoder.finish();
   }
+
+  function submit(plan, copies) {
+    queue.submit([encode(plan, copies)]);
+  }
+
 
   function scoped(label, fn) {
     // Shader compilation and layout errors are reported asynchronously; keep them with the label that caused them.
@@ -121,6 +128,18 @@
     // Up to two copies as plain int arguments (the decode step has one: the sampled token to a readback buffer).
     submitPlan(planIndex, ...copies) {
       submit(plans[planIndex], copies);
+    },
+
+    // The same, encoded now and submitted later (submitEncoded): the next decode step is built while the GPU still
+    // runs the current one. One at a time: encoding again drops a step never submitted.
+    encodePlan(planIndex, ...copies) {
+      encoded = encode(plans[planIndex], copies);
+    },
+
+    submitEncoded() {
+      if (!encoded) throw new Error("submitEncoded: no encoded step (already submitted, or never encoded)");
+      queue.submit([encoded]);
+      encoded = null;
     },
 
     // A dispatch list used once (a prefill chunk, a weight repack) and copies, both as Python int32 buffers.

@@ -101,6 +101,9 @@ class NativeDevice:
         return _Plan(dispatches)
 
     def submit(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> None:
+        self.submit_encoded(self.encode(dispatches, copies))
+
+    def encode(self, dispatches: Sequence[Dispatch], copies: Sequence[Copy] = ()) -> _Encoded:
         encoder = self.device.create_command_encoder()
         if dispatches:
             cpass = encoder.begin_compute_pass()
@@ -126,14 +129,19 @@ class NativeDevice:
             cpass.end()
         for src, src_off, dst, dst_off, size in copies:
             encoder.copy_buffer_to_buffer(src.handle, src_off, dst.handle, dst_off, size)
-        command_buffer = encoder.finish()
+        readbacks = [copy[2].handle for copy in copies if copy[2].usage & BufferUsage.MAP_READ]
+        return _Encoded(encoder.finish(), readbacks)
+
+    def submit_encoded(self, encoded: _Encoded) -> None:
+        if encoded.command_buffer is None:
+            raise RuntimeError("this encoded step was already submitted")
         # Submitted by index so that a later read waits for this submission only (read_buffer).
         index = _submit_for_index(
-            self.queue._internal, 1, _ffi.new("WGPUCommandBuffer[1]", [command_buffer._internal])
+            self.queue._internal, 1, _ffi.new("WGPUCommandBuffer[1]", [encoded.command_buffer._internal])
         )
-        for copy in copies:
-            if copy[2].usage & BufferUsage.MAP_READ:
-                self._written_by[id(copy[2].handle)] = index
+        encoded.command_buffer = None
+        for handle in encoded.readbacks:
+            self._written_by[id(handle)] = index
 
     async def read_buffer(self, buffer: Buffer, offset: int, size: int) -> bytes:
         # wgpu-native has no event loop integration, so yield once first to let other tasks run; then block.
@@ -214,6 +222,16 @@ def _map_read_after(device, buffer, index: int, offset: int, size: int) -> bytes
         return bytes(_ffi.buffer(src, size))
     finally:
         _wgpu_api.libf.wgpuBufferUnmap(buffer)
+
+
+class _Encoded:
+    """A command buffer NativeDevice.encode finished, and the MAP_READ buffers its copies write."""
+
+    __slots__ = ("command_buffer", "readbacks")
+
+    def __init__(self, command_buffer: wgpu.GPUCommandBuffer, readbacks: list[wgpu.GPUBuffer]):
+        self.command_buffer: wgpu.GPUCommandBuffer | None = command_buffer
+        self.readbacks = readbacks
 
 
 class _Plan(list):
