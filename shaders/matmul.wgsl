@@ -4,7 +4,7 @@
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
-//   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 invocations each computing 4 x 4 outputs.
+//   GEMM      prefill: tiles of 32 rows x 32 tokens, 256 invocations each computing 2 x 2 outputs.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   ATTN_IN   decode only: x is split attention output (attention.wgsl): per head, the partial sums of
 //             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
@@ -313,15 +313,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 
 #ifdef GEMM
-// 32 rows x 32 tokens per workgroup; WG must be 64. Invocation (ty, tx) = (lid / 8, lid % 8) computes rows
-// 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3: per k, one vec4 of
-// weights and one of activations from workgroup memory make a 4 x 4 outer product.
-// As a loader, invocation (kg, g) = (lid / 8, lid % 8) dequantizes a 4 x 4 patch (rows or tokens 4 g .. 4 g + 3,
-// columns 4 kg .. 4 kg + 3 of the block), transposes it in registers and stores four whole vec4s per tile.
+// 32 rows x 32 tokens per workgroup; WG must be 256. Invocation (ty, tx) = (lid / 16, lid % 16) computes rows
+// 2 ty, 2 ty + 1 (so RoPE and SiLU pairs stay in one invocation) of tokens 2 tx, 2 tx + 1: per k, one vec2 of
+// weights and one of activations from workgroup memory make a 2 x 2 outer product. Eight warps a workgroup, not
+// two: a prefill of a few hundred tokens has only about one workgroup per SM, and its memory and barrier latency
+// is hidden only by the warps in it.
+// As a loader, invocation (r, q) = (lid / 8, lid % 8) dequantizes weights 4 q .. 4 q + 3 of row r of the block
+// and loads the same four activations of token r, storing them by column.
 const TILE: u32 = 32u;
-var<workgroup> w_tile: array<vec4<f32>, 256>;   // (32 k, 8): rows 4i .. 4i+3 of column k, dequantized
-var<workgroup> x_tile: array<vec4<f32>, 256>;   // (32 k, 8): tokens 4j .. 4j+3 of column k
-var<workgroup> ssq_tile: array<vec4<f32>, 64>;  // (8 column groups, 8 token groups): partial sum(x^2)
+var<workgroup> w_tile: array<vec2<f32>, 512>;  // (32 k, 16): rows 2i, 2i + 1 of column k, dequantized
+var<workgroup> x_tile: array<vec2<f32>, 512>;  // (32 k, 16): tokens 2j, 2j + 1 of column k
+var<workgroup> ssq_tile: array<f32, 256>;      // (32 tokens, 8 column quads): partial sum(x^2)
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -330,63 +332,57 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let t0 = wid.y * TILE;
   let n_tokens = S.n_tokens;
   let nb = P.k_blocks;
-  let ty = lid / 8u;
-  let tx = lid % 8u;
-  let kg = lid / 8u;
-  let g = lid % 8u;
-  var acc: array<vec4<f32>, 4>;  // acc[i][j]: row 4 ty + i, token 4 tx + j
-  var ssq = vec4<f32>(0.0);      // loader's tokens 4 g .. 4 g + 3, its columns only
+  let ty = lid / 16u;
+  let tx = lid % 16u;
+  let lr = lid / 8u;  // loader: row (and token) of the tile
+  let q = lid % 8u;   // loader: columns 4 q .. 4 q + 3 of the block
+  let r = row0 + lr;
+  let t = t0 + lr;
+  var acc0 = vec2<f32>(0.0);  // row 2 ty: tokens 2 tx, 2 tx + 1
+  var acc1 = vec2<f32>(0.0);  // row 2 ty + 1
+  var ssq = 0.0;              // loader's token, its columns only
   for (var b = 0u; b < nb; b++) {
-    var w: array<vec4<f32>, 4>;
-    var xv: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-      let r = row0 + 4u * g + i;
-      if (r < P.n_rows) {
-        w[i] = dequant4(r * nb + b, kg);
-      }
-      let t = t0 + 4u * g + i;
-      if (t < n_tokens) {
-        var v = x[t * (P.x_stride / 4u) + b * 8u + kg];
-#ifdef NORM
-        ssq[i] += dot(v, v);
-        v *= norm_w[b * 8u + kg];
-#endif
-        xv[i] = v;
-      }
+    var w = vec4<f32>(0.0);
+    if (r < P.n_rows) {
+      w = dequant4(r * nb + b, q);
     }
-    let wt = transpose(mat4x4<f32>(w[0], w[1], w[2], w[3]));  // wt[c]: rows 4 g .. 4 g + 3 at column 4 kg + c
-    let xt = transpose(mat4x4<f32>(xv[0], xv[1], xv[2], xv[3]));
+    var v = vec4<f32>(0.0);
+    if (t < n_tokens) {
+      v = x[t * (P.x_stride / 4u) + b * 8u + q];
+#ifdef NORM
+      ssq += dot(v, v);
+      v *= norm_w[b * 8u + q];
+#endif
+    }
     for (var c = 0u; c < 4u; c++) {
-      w_tile[(4u * kg + c) * 8u + g] = wt[c];
-      x_tile[(4u * kg + c) * 8u + g] = xt[c];
+      let k = 4u * q + c;
+      w_tile[k * 16u + lr / 2u][lr % 2u] = w[c];
+      x_tile[k * 16u + lr / 2u][lr % 2u] = v[c];
     }
     workgroupBarrier();
     for (var k = 0u; k < TILE; k++) {
-      let wk = w_tile[k * 8u + ty];
-      let xk = x_tile[k * 8u + tx];
-      acc[0] += wk.x * xk;
-      acc[1] += wk.y * xk;
-      acc[2] += wk.z * xk;
-      acc[3] += wk.w * xk;
+      let wk = w_tile[k * 16u + ty];
+      let xk = x_tile[k * 16u + tx];
+      acc0 += wk.x * xk;
+      acc1 += wk.y * xk;
     }
     workgroupBarrier();
   }
-  var scale = vec4<f32>(1.0);
+  var scale = vec2<f32>(1.0);
 #ifdef NORM
-  ssq_tile[kg * 8u + g] = ssq;
+  ssq_tile[lid] = ssq;
   workgroupBarrier();
-  var total = vec4<f32>(0.0);
-  for (var q = 0u; q < 8u; q++) {
-    total += ssq_tile[q * 8u + tx];
+  var total = vec2<f32>(0.0);
+  for (var j = 0u; j < 8u; j++) {
+    total += vec2<f32>(ssq_tile[(2u * tx) * 8u + j], ssq_tile[(2u * tx + 1u) * 8u + j]);
   }
   scale = inverseSqrt(total / f32(nb * 32u) + P.eps);
 #endif
-  for (var j = 0u; j < 4u; j++) {
-    let t = t0 + 4u * tx + j;
-    if (t < n_tokens) {
-      let r = row0 + 4u * ty;
-      epilogue_pair(r, t, S.pos + t, acc[0][j] * scale[j], acc[1][j] * scale[j]);
-      epilogue_pair(r + 2u, t, S.pos + t, acc[2][j] * scale[j], acc[3][j] * scale[j]);
+  let rr = row0 + 2u * ty;
+  for (var j = 0u; j < 2u; j++) {
+    let tt = t0 + 2u * tx + j;
+    if (tt < n_tokens) {
+      epilogue_pair(rr, tt, S.pos + tt, acc0[j] * scale[j], acc1[j] * scale[j]);
     }
   }
 }

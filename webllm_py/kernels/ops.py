@@ -19,7 +19,7 @@ from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, GemvConfig
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
-GEMM_WG = 64
+GEMM_WG = 256
 REPACK_WG = 64
 ATTENTION_TILE = 1024  # key positions per attention tile (4 KiB of scores in workgroup memory)
 
