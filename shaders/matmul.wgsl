@@ -4,7 +4,7 @@
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
-//   GEMM      prefill: tiles of 32 rows x 32 tokens, 256 invocations each computing 2 x 2 outputs.
+//   GEMM      prefill: tiles of 32 rows x 32 tokens, 256 invocations in four groups splitting K, 4 x 4 outputs each.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   ATTN_IN   decode only: x is split attention output (attention.wgsl): per head, the partial sums of
 //             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
@@ -313,16 +313,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 
 #ifdef GEMM
-// 32 rows x 32 tokens per workgroup; WG must be 256. Invocation (ty, tx) = (lid / 16, lid % 16) computes rows
-// 2 ty, 2 ty + 1 (so RoPE and SiLU pairs stay in one invocation) of tokens 2 tx, 2 tx + 1: per k, one vec2 of
-// weights and one of activations from workgroup memory make a 2 x 2 outer product. Eight warps a workgroup, not
-// two: a prefill of a few hundred tokens has only about one workgroup per SM, and its memory and barrier latency
-// is hidden only by the warps in it.
-// As a loader, invocation (r, q) = (lid / 8, lid % 8) dequantizes weights 4 q .. 4 q + 3 of row r of the block
-// and loads the same four activations of token r, storing them by column.
+// 32 rows x 32 tokens per workgroup; WG must be 256: four groups of 64 invocations split each 32-column block of K
+// between them (group g takes columns 8 g .. 8 g + 7), and their partial tiles are added at the end. Eight warps a
+// workgroup hide the memory and barrier latency (a prefill of a few hundred tokens has about one workgroup per
+// SM), while each invocation still computes a 4 x 4 outer product per column: invocation (ty, tx) of its group =
+// (lid % 64 / 8, lid % 8) owns rows 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens
+// 4 tx .. 4 tx + 3.
+// As a loader, invocation (lr, q) = (lid / 8, lid % 8) dequantizes weights 4 q .. 4 q + 3 of row lr of the tile
+// and loads the same four activations of token lr, storing them by column.
 const TILE: u32 = 32u;
-var<workgroup> w_tile: array<vec2<f32>, 512>;  // (32 k, 16): rows 2i, 2i + 1 of column k, dequantized
-var<workgroup> x_tile: array<vec2<f32>, 512>;  // (32 k, 16): tokens 2j, 2j + 1 of column k
+var<workgroup> w_tile: array<vec4<f32>, 256>;  // (32 k, 8): rows 4i .. 4i+3 of column k, dequantized
+var<workgroup> x_tile: array<vec4<f32>, 256>;  // (32 k, 8): tokens 4j .. 4j+3 of column k
 var<workgroup> ssq_tile: array<f32, 256>;      // (32 tokens, 8 column quads): partial sum(x^2)
 
 @compute @workgroup_size(WG)
@@ -332,15 +333,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let t0 = wid.y * TILE;
   let n_tokens = S.n_tokens;
   let nb = P.k_blocks;
-  let ty = lid / 16u;
-  let tx = lid % 16u;
+  let grp = lid / 64u;
+  let ty = (lid % 64u) / 8u;
+  let tx = lid % 8u;
   let lr = lid / 8u;  // loader: row (and token) of the tile
   let q = lid % 8u;   // loader: columns 4 q .. 4 q + 3 of the block
   let r = row0 + lr;
   let t = t0 + lr;
-  var acc0 = vec2<f32>(0.0);  // row 2 ty: tokens 2 tx, 2 tx + 1
-  var acc1 = vec2<f32>(0.0);  // row 2 ty + 1
-  var ssq = 0.0;              // loader's token, its columns only
+  // a<i>[j]: row 4 ty + i, token 4 tx + j, this group's columns (four variables, not an array: every index is
+  // then a constant and the accumulators stay in registers)
+  var a0 = vec4<f32>(0.0);
+  var a1 = vec4<f32>(0.0);
+  var a2 = vec4<f32>(0.0);
+  var a3 = vec4<f32>(0.0);
+  var ssq = 0.0;                 // loader's token, its columns only
   for (var b = 0u; b < nb; b++) {
     var w = vec4<f32>(0.0);
     if (r < P.n_rows) {
@@ -356,33 +362,81 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     for (var c = 0u; c < 4u; c++) {
       let k = 4u * q + c;
-      w_tile[k * 16u + lr / 2u][lr % 2u] = w[c];
-      x_tile[k * 16u + lr / 2u][lr % 2u] = v[c];
+      w_tile[k * 8u + lr / 4u][lr % 4u] = w[c];
+      x_tile[k * 8u + lr / 4u][lr % 4u] = v[c];
     }
     workgroupBarrier();
-    for (var k = 0u; k < TILE; k++) {
-      let wk = w_tile[k * 16u + ty];
-      let xk = x_tile[k * 16u + tx];
-      acc0 += wk.x * xk;
-      acc1 += wk.y * xk;
+    for (var kk = 0u; kk < 8u; kk++) {
+      let k = 8u * grp + kk;
+      let wk = w_tile[k * 8u + ty];
+      let xk = x_tile[k * 8u + tx];
+      a0 += wk.x * xk;
+      a1 += wk.y * xk;
+      a2 += wk.z * xk;
+      a3 += wk.w * xk;
     }
     workgroupBarrier();
   }
-  var scale = vec2<f32>(1.0);
+  // Add the groups' partial tiles, in the two tiles' memory: groups 2 and 3 hand theirs to 0 and 1, then 1 to 0.
+  let slot = (lid % 64u) * 4u;
+  if (grp == 2u) {
+    w_tile[slot] = a0;
+    w_tile[slot + 1u] = a1;
+    w_tile[slot + 2u] = a2;
+    w_tile[slot + 3u] = a3;
+  }
+  if (grp == 3u) {
+    x_tile[slot] = a0;
+    x_tile[slot + 1u] = a1;
+    x_tile[slot + 2u] = a2;
+    x_tile[slot + 3u] = a3;
+  }
+  workgroupBarrier();
+  if (grp == 0u) {
+    a0 += w_tile[slot];
+    a1 += w_tile[slot + 1u];
+    a2 += w_tile[slot + 2u];
+    a3 += w_tile[slot + 3u];
+  }
+  if (grp == 1u) {
+    a0 += x_tile[slot];
+    a1 += x_tile[slot + 1u];
+    a2 += x_tile[slot + 2u];
+    a3 += x_tile[slot + 3u];
+  }
+  workgroupBarrier();
+  if (grp == 1u) {
+    w_tile[slot] = a0;
+    w_tile[slot + 1u] = a1;
+    w_tile[slot + 2u] = a2;
+    w_tile[slot + 3u] = a3;
+  }
+  var scale = vec4<f32>(1.0);
 #ifdef NORM
   ssq_tile[lid] = ssq;
+#endif
   workgroupBarrier();
-  var total = vec2<f32>(0.0);
+  if (grp != 0u) {
+    return;
+  }
+  a0 += w_tile[slot];
+  a1 += w_tile[slot + 1u];
+  a2 += w_tile[slot + 2u];
+  a3 += w_tile[slot + 3u];
+#ifdef NORM
+  var total = vec4<f32>(0.0);
   for (var j = 0u; j < 8u; j++) {
-    total += vec2<f32>(ssq_tile[(2u * tx) * 8u + j], ssq_tile[(2u * tx + 1u) * 8u + j]);
+    total += vec4<f32>(ssq_tile[(4u * tx) * 8u + j], ssq_tile[(4u * tx + 1u) * 8u + j],
+                       ssq_tile[(4u * tx + 2u) * 8u + j], ssq_tile[(4u * tx + 3u) * 8u + j]);
   }
   scale = inverseSqrt(total / f32(nb * 32u) + P.eps);
 #endif
-  let rr = row0 + 2u * ty;
-  for (var j = 0u; j < 2u; j++) {
-    let tt = t0 + 2u * tx + j;
+  for (var j = 0u; j < 4u; j++) {
+    let tt = t0 + 4u * tx + j;
     if (tt < n_tokens) {
-      epilogue_pair(rr, tt, S.pos + tt, acc0[j] * scale[j], acc1[j] * scale[j]);
+      let rr = row0 + 4u * ty;
+      epilogue_pair(rr, tt, S.pos + tt, a0[j] * scale[j], a1[j] * scale[j]);
+      epilogue_pair(rr + 2u, tt, S.pos + tt, a2[j] * scale[j], a3[j] * scale[j]);
     }
   }
 }
