@@ -222,18 +222,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     l = l * corr + wg_sum(part, lid);            // its barriers also publish the numerators
     m = m_new;
     acc *= corr;
+#ifdef QKV_IN
     for (var j = grp; j < n_in; j += GROUPS) {
       let vi = v_base / 4u + (p0 + j) * HD4 + d;
-#ifdef QKV_IN
       if (p0 + j == cur) {
         acc += p_sh[j] * v_sh[d];
       } else {
         acc += p_sh[j] * vec4<f32>(kv[vi]);
       }
-#else
-      acc += p_sh[j] * vec4<f32>(kv[vi]);
-#endif
     }
+#else
+    // Four positions per iteration, their loads issued before any is used: each is a memory round trip, and one
+    // at a time they made this loop a chain of them.
+    let vrow = v_base / 4u + p0 * HD4 + d;
+    var j = grp;
+    for (; j + 3u * GROUPS < n_in; j += 4u * GROUPS) {
+      let v0 = vec4<f32>(kv[vrow + j * HD4]);
+      let v1 = vec4<f32>(kv[vrow + (j + GROUPS) * HD4]);
+      let v2 = vec4<f32>(kv[vrow + (j + 2u * GROUPS) * HD4]);
+      let v3 = vec4<f32>(kv[vrow + (j + 3u * GROUPS) * HD4]);
+      acc += p_sh[j] * v0 + p_sh[j + GROUPS] * v1 + p_sh[j + 2u * GROUPS] * v2 + p_sh[j + 3u * GROUPS] * v3;
+    }
+    for (; j < n_in; j += GROUPS) {
+      acc += p_sh[j] * vec4<f32>(kv[vrow + j * HD4]);
+    }
+#endif
     workgroupBarrier();  // every invocation is done with p_sh before the next tile overwrites it
   }
   red_v4[lid] = acc;
