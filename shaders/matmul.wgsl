@@ -83,9 +83,21 @@ fn load_x(xbase: u32, i: u32) -> vec4<f32> {
   let hd = P.head_dim;
   let k0 = 4u * i;
   let h = k0 / hd;
+  // Splits four at a time, their loads issued together (one at a time, each was a memory round trip).
+  let c0 = h * ns;
+  let x0 = (c0 * hd + k0 % hd) / 4u;
+  let step = hd / 4u;  // vec4s between one split's partial and the next
   var v = vec4<f32>(0.0);
-  for (var s = 0u; s < n_used; s++) {
-    v += coef[h * ns + s] * x[((h * ns + s) * hd + k0 % hd) / 4u];
+  var s = 0u;
+  for (; s + 3u < n_used; s += 4u) {
+    let a = x[x0 + s * step];
+    let b = x[x0 + (s + 1u) * step];
+    let c = x[x0 + (s + 2u) * step];
+    let d = x[x0 + (s + 3u) * step];
+    v += coef[c0 + s] * a + coef[c0 + s + 1u] * b + coef[c0 + s + 2u] * c + coef[c0 + s + 3u] * d;
+  }
+  for (; s < n_used; s++) {
+    v += coef[c0 + s] * x[x0 + s * step];
   }
   return v;
 #else
