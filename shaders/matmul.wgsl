@@ -4,7 +4,7 @@
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
-//   GEMM      prefill: tiles of 32 rows x 32 tokens, 256 invocations in four groups splitting K, 4 x 4 outputs each.
+//   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
 //   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
 //   ATTN_IN   decode only: x is split attention output (attention.wgsl): per head, the partial sums of
 //             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
@@ -325,18 +325,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 
 #ifdef GEMM
-// 32 rows x 32 tokens per workgroup; WG must be 256: four groups of 64 invocations split each 32-column block of K
-// between them (group g takes columns 8 g .. 8 g + 7), and their partial tiles are added at the end. Eight warps a
-// workgroup hide the memory and barrier latency (a prefill of a few hundred tokens has about one workgroup per
-// SM), while each invocation still computes a 4 x 4 outer product per column: invocation (ty, tx) of its group =
-// (lid % 64 / 8, lid % 8) owns rows 4 ty .. 4 ty + 3 (so RoPE and SiLU pairs stay in one invocation) of tokens
-// 4 tx .. 4 tx + 3.
-// As a loader, invocation (lr, q) = (lid / 8, lid % 8) dequantizes weights 4 q .. 4 q + 3 of row lr of the tile
-// and loads the same four activations of token lr, storing them by column.
+// 32 rows x 32 tokens per workgroup of WG = 64 or 256 invocations, in GROUPS = WG / 64 groups that split each
+// 32-column block of K between them (group g takes columns g * 32 / GROUPS ..); their partial tiles are added at the
+// end. Invocation (ty, tx) of its group = (lid % 64 / 8, lid % 8) owns rows 4 ty .. 4 ty + 3 (so RoPE and SiLU
+// pairs stay in one invocation) of tokens 4 tx .. 4 tx + 3: per column, a 4 x 4 outer product.
+// 256 on GPUs: eight warps a workgroup hide the memory and barrier latency (a prefill of a few hundred tokens has
+// about one workgroup per SM). 64 on CPU adapters, which run every invocation of a workgroup through each barrier.
+// The loaders are the 256 (row, column quad) slots e = (lr, q) = (e / 8, e % 8) of a block, WG at a time: slot e
+// dequantizes weights 4 q .. 4 q + 3 of row lr of the tile and loads the same four activations of token lr.
 const TILE: u32 = 32u;
+const GROUPS: u32 = WG / 64u;
+const KG: u32 = TILE / GROUPS;  // columns of each block per group
 var<workgroup> w_tile: array<vec4<f32>, 256>;  // (32 k, 8): rows 4i .. 4i+3 of column k, dequantized
 var<workgroup> x_tile: array<vec4<f32>, 256>;  // (32 k, 8): tokens 4j .. 4j+3 of column k
-var<workgroup> ssq_tile: array<f32, 256>;      // (32 tokens, 8 column quads): partial sum(x^2)
+var<workgroup> ssq_tile: array<f32, 256>;      // (32 tokens, 8 column quads): partial sum(x^2) of each slot
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -348,38 +350,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let grp = lid / 64u;
   let ty = (lid % 64u) / 8u;
   let tx = lid % 8u;
-  let lr = lid / 8u;  // loader: row (and token) of the tile
-  let q = lid % 8u;   // loader: columns 4 q .. 4 q + 3 of the block
-  let r = row0 + lr;
-  let t = t0 + lr;
   // a<i>[j]: row 4 ty + i, token 4 tx + j, this group's columns (four variables, not an array: every index is
   // then a constant and the accumulators stay in registers)
   var a0 = vec4<f32>(0.0);
   var a1 = vec4<f32>(0.0);
   var a2 = vec4<f32>(0.0);
   var a3 = vec4<f32>(0.0);
-  var ssq = 0.0;                 // loader's token, its columns only
+  for (var e = lid; e < 256u; e += WG) {
+    ssq_tile[e] = 0.0;
+  }
   for (var b = 0u; b < nb; b++) {
-    var w = vec4<f32>(0.0);
-    if (r < P.n_rows) {
-      w = dequant4(r * nb + b, q);
-    }
-    var v = vec4<f32>(0.0);
-    if (t < n_tokens) {
-      v = x[t * (P.x_stride / 4u) + b * 8u + q];
+    for (var e = lid; e < 256u; e += WG) {
+      let lr = e / 8u;
+      let q = e % 8u;
+      var w = vec4<f32>(0.0);
+      if (row0 + lr < P.n_rows) {
+        w = dequant4((row0 + lr) * nb + b, q);
+      }
+      var v = vec4<f32>(0.0);
+      let t = t0 + lr;
+      if (t < n_tokens) {
+        v = x[t * (P.x_stride / 4u) + b * 8u + q];
 #ifdef NORM
-      ssq += dot(v, v);
-      v *= norm_w[b * 8u + q];
+        ssq_tile[e] += dot(v, v);
+        v *= norm_w[b * 8u + q];
 #endif
-    }
-    for (var c = 0u; c < 4u; c++) {
-      let k = 4u * q + c;
-      w_tile[k * 8u + lr / 4u][lr % 4u] = w[c];
-      x_tile[k * 8u + lr / 4u][lr % 4u] = v[c];
+      }
+      for (var c = 0u; c < 4u; c++) {
+        let k = 4u * q + c;
+        w_tile[k * 8u + lr / 4u][lr % 4u] = w[c];
+        x_tile[k * 8u + lr / 4u][lr % 4u] = v[c];
+      }
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < 8u; kk++) {
-      let k = 8u * grp + kk;
+    for (var kk = 0u; kk < KG; kk++) {
+      let k = KG * grp + kk;
       let wk = w_tile[k * 8u + ty];
       let xk = x_tile[k * 8u + tx];
       a0 += wk.x * xk;
@@ -389,52 +394,53 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
   }
-  // Add the groups' partial tiles, in the two tiles' memory: groups 2 and 3 hand theirs to 0 and 1, then 1 to 0.
+  // Four groups: add their partial tiles in the two tiles' memory (2 and 3 hand theirs to 0 and 1, then 1 to 0).
   let slot = (lid % 64u) * 4u;
-  if (grp == 2u) {
-    w_tile[slot] = a0;
-    w_tile[slot + 1u] = a1;
-    w_tile[slot + 2u] = a2;
-    w_tile[slot + 3u] = a3;
+  if (GROUPS == 4u) {
+    if (grp == 2u) {
+      w_tile[slot] = a0;
+      w_tile[slot + 1u] = a1;
+      w_tile[slot + 2u] = a2;
+      w_tile[slot + 3u] = a3;
+    }
+    if (grp == 3u) {
+      x_tile[slot] = a0;
+      x_tile[slot + 1u] = a1;
+      x_tile[slot + 2u] = a2;
+      x_tile[slot + 3u] = a3;
+    }
+    workgroupBarrier();
+    if (grp == 0u) {
+      a0 += w_tile[slot];
+      a1 += w_tile[slot + 1u];
+      a2 += w_tile[slot + 2u];
+      a3 += w_tile[slot + 3u];
+    }
+    if (grp == 1u) {
+      a0 += x_tile[slot];
+      a1 += x_tile[slot + 1u];
+      a2 += x_tile[slot + 2u];
+      a3 += x_tile[slot + 3u];
+    }
+    workgroupBarrier();
+    if (grp == 1u) {
+      w_tile[slot] = a0;
+      w_tile[slot + 1u] = a1;
+      w_tile[slot + 2u] = a2;
+      w_tile[slot + 3u] = a3;
+    }
   }
-  if (grp == 3u) {
-    x_tile[slot] = a0;
-    x_tile[slot + 1u] = a1;
-    x_tile[slot + 2u] = a2;
-    x_tile[slot + 3u] = a3;
+  workgroupBarrier();  // also: every slot's sum(x^2) is in ssq_tile
+  if (grp != 0u) {
+    return;
   }
-  workgroupBarrier();
-  if (grp == 0u) {
+  if (GROUPS == 4u) {
     a0 += w_tile[slot];
     a1 += w_tile[slot + 1u];
     a2 += w_tile[slot + 2u];
     a3 += w_tile[slot + 3u];
   }
-  if (grp == 1u) {
-    a0 += x_tile[slot];
-    a1 += x_tile[slot + 1u];
-    a2 += x_tile[slot + 2u];
-    a3 += x_tile[slot + 3u];
-  }
-  workgroupBarrier();
-  if (grp == 1u) {
-    w_tile[slot] = a0;
-    w_tile[slot + 1u] = a1;
-    w_tile[slot + 2u] = a2;
-    w_tile[slot + 3u] = a3;
-  }
   var scale = vec4<f32>(1.0);
-#ifdef NORM
-  ssq_tile[lid] = ssq;
-#endif
-  workgroupBarrier();
-  if (grp != 0u) {
-    return;
-  }
-  a0 += w_tile[slot];
-  a1 += w_tile[slot + 1u];
-  a2 += w_tile[slot + 2u];
-  a3 += w_tile[slot + 3u];
 #ifdef NORM
   var total = vec4<f32>(0.0);
   for (var j = 0u; j < 8u; j++) {

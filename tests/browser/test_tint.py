@@ -27,7 +27,7 @@ from webllm_py.model.quant import GGMLType
 TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups;
 # decode with the QKV projection inside attention (Kernels.fuse_attention) and 16-query flash attention tiles.
-TUNINGS = [{}, {"gemv_wg": 16}, {"fuse_attention": True, "flash_queries": 16}]
+TUNINGS = [{}, {"gemv_wg": 16, "gemm_wg": 64}, {"fuse_attention": True, "flash_queries": 16}]
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
 HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
 

@@ -12,6 +12,15 @@ from .conftest import assert_close, download, state_buffer, upload, zeros
 from .quantize import dequantize, quantize
 
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+
+
+@pytest.fixture(params=[256, 64], ids=lambda wg: f"gemm{wg}")
+def gemm_wg(request, kern):
+    """The prefill GEMM's two workgroup shapes: four groups splitting K (GPUs) and one (CPU adapters)."""
+    kern.gemm_wg = request.param
+    return request.param
+
+
 REL = 2e-5  # f32 accumulation of exactly dequantized weights: only summation order differs from float64
 
 
@@ -29,7 +38,7 @@ def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n,k", [(37, 96), (75, 160), (6, 32)])
 @pytest.mark.parametrize("gemm,m", [(False, 1), (False, 3), (True, 1), (True, 5), (True, 33), (True, 70)])
-def test_matmul_store(kern, ggml_type, n, k, gemm, m):
+def test_matmul_store(kern, gemm_wg, ggml_type, n, k, gemm, m):
     check_store(kern, ggml_type, n, k, gemm, m)
 
 
@@ -63,7 +72,7 @@ def check_store(kern, ggml_type, n, k, gemm, m):
 @pytest.mark.parametrize(
     "gemm,m,gemv", [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (True, 7, ""), (True, 40, "")]
 )
-def test_matmul_norm_add(kern, ggml_type, gemm, m, gemv):
+def test_matmul_norm_add(kern, gemm_wg, ggml_type, gemm, m, gemv):
     """RMSNorm folded into the product, residual add in the epilogue: out += W (x * nw / rms(x))."""
     kern.gemv_variant = gemv or kern.gemv_variant
     n, k, eps = 45, 128, 1e-5
@@ -95,7 +104,7 @@ def test_matmul_norm_add(kern, ggml_type, gemm, m, gemv):
 
 
 @pytest.mark.parametrize("gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, "")])
-def test_matmul_silu(kern, gemm, m, gemv):
+def test_matmul_silu(kern, gemm_wg, gemm, m, gemv):
     """Gate and up rows interleaved by the repack (dst rows 2i and 2i+1); out = silu(gate) * up."""
     kern.gemv_variant = gemv or kern.gemv_variant
     n_ff, k = 37, 64
@@ -144,7 +153,7 @@ def rope_ref(v: np.ndarray, pos: np.ndarray, freqs: np.ndarray, head_dim: int) -
         (True, 37, 300, ""),
     ],
 )
-def test_matmul_qkv_rope_kv_append(kern, gemm, m, pos0, gemv):
+def test_matmul_qkv_rope_kv_append(kern, gemm_wg, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
     kern.gemv_variant = gemv or kern.gemv_variant
     n_heads, n_kv_heads, hd, k, max_ctx = 3, 1, 32, 64, 640

@@ -19,7 +19,6 @@ from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, GemvConfig
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
-GEMM_WG = 256
 REPACK_WG = 64
 ATTENTION_TILE = 1024  # key positions per attention tile (4 KiB of scores in workgroup memory)
 
@@ -206,7 +205,7 @@ def matmul(
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
     gemv = gemv or kern.gemv
-    defines: dict[str, object] = {"WG": GEMM_WG if gemm else gemv.wg, "W_FMT": w.fmt, "EPI": epi}
+    defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "W_FMT": w.fmt, "EPI": epi}
     defines["GEMM" if gemm else gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg

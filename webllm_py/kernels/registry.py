@@ -70,6 +70,7 @@ class Kernels:
         flash_queries: int = 4,
         flash_min_keys: int | None = None,
         split_min_keys: int = 128,
+        gemm_wg: int = 256,
     ):
         self.device = device
         self.tier = tier
@@ -104,6 +105,12 @@ class Kernels:
         # per (head, query). None: never. Off by default: on the H100 the per-query kernel measured about twice as
         # fast at 256 to 4096 keys (its many workgroups hide memory latency; bench/results/README.md).
         self.flash_min_keys = flash_min_keys
+        # Prefill GEMM workgroup: 256 invocations in four groups splitting K (GPUs: more warps to hide latency with;
+        # 14.6 -> 5.9 ms for a 128-token step on the H100) or 64 in one (CPU adapters, where each invocation costs
+        # at every barrier: the 256 shape is 4x slower on lavapipe).
+        if gemm_wg not in (64, 256):
+            raise ValueError(f"gemm_wg must be 64 or 256; got {gemm_wg}")
+        self.gemm_wg = gemm_wg
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 
@@ -167,5 +174,5 @@ def default_tuning(device: Device) -> dict[str, object]:
     """Kernel shapes by adapter kind, before (or instead of) load-time tuning: on CPU adapters small workgroups
     waste less on reductions, and tuning is skipped there (each measurement costs seconds)."""
     if is_cpu_adapter(device):
-        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256}
+        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}
     return {}
