@@ -142,3 +142,10 @@ fn rope_rotate(a: f32, b: f32, inv_freq: f32, pos: u32) -> vec2<f32> {
 fn silu(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }
+
+// Greedy's order (llama.cpp's): whether value v of id i beats (bv, bi): larger, or equal with a lower id. Ids >= n
+// are "none": never a candidate, beaten by any candidate. The LM head's argmax partials (matmul.wgsl ARGMAX) and the
+// sampler's reductions (sample.wgsl) both use it, so the partials pick the id the full argmax would.
+fn beats(v: f32, i: u32, bv: f32, bi: u32, n: u32) -> bool {
+  return i < n && (bi >= n || v > bv || (v == bv && i < bi));
+}

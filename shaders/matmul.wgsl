@@ -110,17 +110,12 @@ fn load_x(xbase: u32, i: u32) -> vec4<f32> {
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_r: array<u32, WG>;
 
-// Whether result v of row r beats (bv, br): larger, or equal with a lower row; rows >= n_rows are no candidate.
-fn beats(v: f32, r: u32, bv: f32, br: u32) -> bool {
-  return r < P.n_rows && (br >= P.n_rows || v > bv || (v == bv && r < br));
-}
-
 // The best of the first n entries of best_v / best_r (a power of two, <= WG) into best[wg]. Call from uniform
 // control flow after the entries are written.
 fn write_best(lid: u32, wg: u32, n: u32) {
   workgroupBarrier();
   for (var s = n / 2u; s > 0u; s >>= 1u) {
-    if (lid < s && beats(best_v[lid + s], best_r[lid + s], best_v[lid], best_r[lid])) {
+    if (lid < s && beats(best_v[lid + s], best_r[lid + s], best_v[lid], best_r[lid], P.n_rows)) {
       best_v[lid] = best_v[lid + s];
       best_r[lid] = best_r[lid + s];
     }
@@ -232,7 +227,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var bv = acc.x;
     var br = row0;
     for (var i = 1u; i < R; i++) {
-      if (beats(acc[i], row0 + i, bv, br)) {
+      if (beats(acc[i], row0 + i, bv, br, P.n_rows)) {
         bv = acc[i];
         br = row0 + i;
       }
@@ -315,7 +310,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 #ifdef ARGMAX
   if (lane == 0u) {
-    let b = beats(acc.y * scale, r0 + 1u, acc.x * scale, r0);
+    let b = beats(acc.y * scale, r0 + 1u, acc.x * scale, r0, P.n_rows);
     best_v[lid / SEG] = select(acc.x * scale, acc.y * scale, b);
     best_r[lid / SEG] = select(r0, r0 + 1u, b);
   }

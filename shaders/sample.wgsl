@@ -128,11 +128,9 @@ fn wg_argmax(lid: u32, n: u32, value: f32, id: u32) -> f32 {
   workgroupBarrier();
   for (var s = WG / 2u; s > 0u; s >>= 1u) {
     if (lid < s) {
-      let a = red_f32[lid];
       let b = red_f32[lid + s];
-      let ai = arg_sh[lid];
       let bi = arg_sh[lid + s];
-      if (bi != n && (ai == n || b > a || (b == a && bi < ai))) {
+      if (beats(b, bi, red_f32[lid], arg_sh[lid], n)) {
         red_f32[lid] = b;
         arg_sh[lid] = bi;
       }
@@ -151,7 +149,7 @@ fn argmax_partials(lid: u32, n: u32) -> f32 {
   for (var j = lid; j < P.n_best; j += WG) {
     let e = partials[j];
     let v = bitcast<f32>(e.x);
-    if (e.y < n && (bi == n || v > bv || (v == bv && e.y < bi))) {
+    if (beats(v, e.y, bv, bi, n)) {
       bv = v;
       bi = e.y;
     }

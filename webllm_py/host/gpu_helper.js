@@ -65,7 +65,6 @@
     queue.submit([encode(plan, copies)]);
   }
 
-
   function scoped(label, fn) {
     // Shader compilation and layout errors are reported asynchronously; keep them with the label that caused them.
     device.pushErrorScope("validation");

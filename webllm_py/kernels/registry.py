@@ -106,8 +106,9 @@ class Kernels:
         # fast at 256 to 4096 keys (its many workgroups hide memory latency; bench/results/README.md).
         self.flash_min_keys = flash_min_keys
         # Prefill GEMM workgroup: 256 invocations in four groups splitting K (GPUs: more warps to hide latency with;
-        # 14.6 -> 5.9 ms for a 128-token step on the H100) or 64 in one (CPU adapters, where each invocation costs
-        # at every barrier: the 256 shape is 4x slower on lavapipe).
+        # 14.6 -> 6.0 ms for a 128-token step on the H100) or 64 in one (CPU adapters, which run every invocation
+        # through each barrier; on idle lavapipe the 256 shape took 0.16 s against the former 64-invocation
+        # kernel's 0.135 s for a 64 x 576 x 1536 product).
         if gemm_wg not in (64, 256):
             raise ValueError(f"gemm_wg must be 64 or 256; got {gemm_wg}")
         self.gemm_wg = gemm_wg
