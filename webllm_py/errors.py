@@ -31,6 +31,15 @@ class GGUFError(WebLLMError):
         super().__init__(f"{source}: at byte offset {offset}: expected {expected}{detail}")
 
 
+class GGUFMetadataError(GGUFError):
+    """A GGUF metadata key is missing, has the wrong type, or holds a value outside what a model can have
+    (``block_count`` 0, a NaN ``rope.freq_base``). ``key`` names it; ``expected`` says what is allowed."""
+
+    def __init__(self, source: str, key: str, expected: str, found: str | None = None):
+        self.key = key
+        super().__init__(source, 0, f"metadata key {key!r} to be {expected}", found)
+
+
 class UnsupportedModelError(WebLLMError):
     """The model's architecture or a tensor's quantization type is not one we can run."""
 

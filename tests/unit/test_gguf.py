@@ -100,3 +100,37 @@ def test_misaligned_data_offset():
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(GGUFError, match="nope.gguf"):
         GGUFFile.open(tmp_path / "nope.gguf")
+
+
+def test_typed_metadata_getters_name_the_key_and_the_range():
+    from webllm_py.errors import GGUFMetadataError
+
+    data = build_gguf(
+        [
+            ("n", "u32", 7),
+            ("neg", "i32", -3),
+            ("x", "f32", float("nan")),
+            ("s", "str", "abc"),
+            ("flag", "bool", True),
+            ("arr", "arr:i32", [1, 2, 3]),
+        ],
+        [],
+    )
+    g = GGUFFile.from_bytes("m.gguf", data)
+    assert g.get_int("n", min=1) == 7
+    assert g.get_int("missing", 5) == 5
+    assert g.get_array("arr", int) == [1, 2, 3]
+    assert g.get_str("s") == "abc" and g.get_bool("flag") is True
+    for call, words in [
+        (lambda: g.get_int("neg", min=1), "'neg' to be an integer in [1,"),
+        (lambda: g.get_int("s"), "found string 'abc'"),
+        (lambda: g.get_int("flag"), "found bool"),
+        (lambda: g.get_float("x"), "a finite number"),
+        (lambda: g.get_float("n", max=1.0), "found 7.0"),
+        (lambda: g.get_str("n"), "a string"),
+        (lambda: g.get_array("arr", str), "an array of str"),
+        (lambda: g.get_int("absent"), "'absent' to be present"),
+    ]:
+        with pytest.raises(GGUFMetadataError, match=None) as info:
+            call()
+        assert words in str(info.value), (words, str(info.value))

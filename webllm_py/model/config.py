@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UnsupportedModelError
+from ..errors import GGUFMetadataError, UnsupportedModelError
 from .gguf import GGUFFile
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -37,38 +37,48 @@ class ModelConfig:
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelConfig:
-        arch = gguf.get("general.architecture")
+        arch = gguf.get_str("general.architecture")
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
                 f"{gguf.name}: architecture {arch!r} is not supported yet (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
-
-        def key(name: str) -> object:
-            return gguf.require(f"{arch}.{name}")
-
-        hidden = int(key("embedding_length"))
-        n_heads = int(key("attention.head_count"))
-        n_kv_heads = int(gguf.get(f"{arch}.attention.head_count_kv", n_heads))
-        head_dim = int(gguf.get(f"{arch}.attention.key_length", hidden // n_heads))
+        # Every shape number goes through the typed getters (GGUFMetadataError names the key and the range).
+        big = (
+            1 << 20
+        )  # features, heads, layers: far above any real model, far below what overflows a u32 index
+        hidden = gguf.get_int(f"{arch}.embedding_length", min=1, max=big)
+        n_heads = gguf.get_int(f"{arch}.attention.head_count", min=1, max=4096)
+        n_kv_heads = gguf.get_int(f"{arch}.attention.head_count_kv", n_heads, min=1, max=n_heads)
+        head_dim = gguf.get_int(f"{arch}.attention.key_length", hidden // n_heads, min=2, max=1024)
         embd = gguf.tensor("token_embd.weight")
-        vocab = int(gguf.get(f"{arch}.vocab_size", embd.shape[1]))
-        rope_dims = int(gguf.get(f"{arch}.rope.dimension_count", head_dim))
-        scaling = gguf.get(f"{arch}.rope.scaling.type", "none")
-        if scaling not in ("none", None):
+        if len(embd.shape) != 2:
+            raise UnsupportedModelError(
+                f"{gguf.name}: token_embd.weight must be a matrix; its shape is {list(embd.shape)}"
+            )
+        vocab = gguf.get_int(f"{arch}.vocab_size", embd.shape[1], min=1, max=1 << 24)
+        if vocab != embd.shape[1]:
+            raise GGUFMetadataError(
+                gguf.name, f"{arch}.vocab_size", f"the embedding's row count {embd.shape[1]}", str(vocab)
+            )
+        rope_dims = gguf.get_int(f"{arch}.rope.dimension_count", head_dim, min=2, max=head_dim)
+        scaling = gguf.get_str(f"{arch}.rope.scaling.type", "none")
+        if scaling != "none":
             raise UnsupportedModelError(f"{gguf.name}: RoPE scaling type {scaling!r} is not supported yet")
         cfg = cls(
             architecture=arch,
-            n_layers=int(key("block_count")),
+            n_layers=gguf.get_int(f"{arch}.block_count", min=1, max=4096),
             hidden_size=hidden,
-            ffn_size=int(key("feed_forward_length")),
+            ffn_size=gguf.get_int(f"{arch}.feed_forward_length", min=1, max=big),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
             head_dim=head_dim,
             vocab_size=vocab,
-            context_length=int(key("context_length")),
-            rope_base=float(gguf.get(f"{arch}.rope.freq_base", 10000.0)),
+            context_length=gguf.get_int(f"{arch}.context_length", min=1, max=1 << 24),
+            rope_base=gguf.get_float(f"{arch}.rope.freq_base", 10000.0, min=0.0, min_exclusive=True),
             rope_dims=rope_dims,
-            norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+            norm_eps=gguf.get_float(
+                f"{arch}.attention.layer_norm_rms_epsilon", min=0.0, max=1.0, min_exclusive=True
+            ),
             tied_embeddings="output.weight" not in gguf.tensors,
             has_rope_freq_factors="rope_freqs.weight" in gguf.tensors,
         )

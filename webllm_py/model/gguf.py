@@ -17,13 +17,14 @@ window that grows as needed, so a 5 GB file costs a few MB to open.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GGUFError
+from ..errors import GGUFError, GGUFMetadataError
 from .quant import QUANT_FORMATS, SUPPORTED_TYPE_NAMES, GGMLType, tensor_nbytes
 
 GGUF_MAGIC = b"GGUF"
@@ -85,6 +86,7 @@ AsyncReadAt = Callable[[int, int], Awaitable[bytes]]
 # How much of an asynchronous source is fetched to parse the header (metadata and tensor table) from; it grows
 # when a header is bigger (large vocabularies take several MB).
 HEADER_PREFETCH = 8 << 20
+_MISSING: Any = object()  # typed metadata getters: no default given, the key is required
 
 
 class ByteSource:
@@ -444,3 +446,81 @@ class GGUFFile:
         if key not in self.metadata:
             raise GGUFError(self.name, 0, f"metadata key {key!r}", "it is missing")
         return self.metadata[key]
+
+    # Typed access: every number the model's shape is built from goes through one of these, so a corrupt or
+    # hostile file fails here with the key and the allowed range instead of deep in the graph (ZeroDivisionError,
+    # a NaN frequency table, a buffer of size 0). ``_MISSING`` as default: the key is required.
+
+    def _typed(self, key: str, default: Any) -> tuple[bool, Any]:
+        if key in self.metadata:
+            return True, self.metadata[key]
+        if default is _MISSING:
+            raise GGUFMetadataError(self.name, key, "present", "it is missing")
+        return False, default
+
+    def get_int(self, key: str, default: Any = _MISSING, *, min: int = 0, max: int = 2**31 - 1) -> int:
+        """An integer in [min, max] (bool is not an integer here)."""
+        present, v = self._typed(key, default)
+        if not present:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise GGUFMetadataError(
+                self.name, key, f"an integer in [{min}, {max}]", f"{self.metadata_types.get(key)} {_short(v)}"
+            )
+        if not min <= v <= max:
+            raise GGUFMetadataError(self.name, key, f"an integer in [{min}, {max}]", str(v))
+        return v
+
+    def get_float(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        min: float = -math.inf,
+        max: float = math.inf,
+        min_exclusive: bool = False,
+    ) -> float:
+        """A finite number in [min, max] (or (min, max] with ``min_exclusive``); integers are accepted."""
+        present, v = self._typed(key, default)
+        if not present:
+            return v
+        low = "(" if min_exclusive else "["
+        allowed = f"a finite number in {low}{min:g}, {max:g}]"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise GGUFMetadataError(self.name, key, allowed, f"{self.metadata_types.get(key)} {_short(v)}")
+        v = float(v)
+        if not math.isfinite(v) or v < min or v > max or (min_exclusive and v == min):
+            raise GGUFMetadataError(self.name, key, allowed, repr(v))
+        return v
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        present, v = self._typed(key, default)
+        if present and not isinstance(v, str):
+            raise GGUFMetadataError(self.name, key, "a string", f"{self.metadata_types.get(key)} {_short(v)}")
+        return v
+
+    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
+        present, v = self._typed(key, default)
+        if present and not isinstance(v, bool):
+            raise GGUFMetadataError(self.name, key, "a bool", f"{self.metadata_types.get(key)} {_short(v)}")
+        return v
+
+    def get_array(self, key: str, item: type | tuple[type, ...], default: Any = _MISSING) -> list[Any]:
+        """A flat list whose items are all of type ``item`` (``int``, ``float`` (ints accepted), ``str``)."""
+        present, v = self._typed(key, default)
+        if not present:
+            return v
+        want = item if isinstance(item, tuple) else (item,)
+        if float in want:
+            want = (*want, int)
+        name = "/".join(t.__name__ for t in (item if isinstance(item, tuple) else (item,)))
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, want) for x in v):
+            raise GGUFMetadataError(
+                self.name, key, f"an array of {name}", f"{self.metadata_types.get(key)} {_short(v)}"
+            )
+        return v
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
