@@ -34,6 +34,7 @@ from .api.types import (
 from .config import AppConfig, ModelRecord, prebuilt_app_config
 from .errors import (
     ContextWindowSizeExceededError,
+    CorruptWeightsError,
     DeviceLimitError,
     DeviceLostError,
     EngineBusyError,
@@ -115,6 +116,7 @@ __all__ = [
     "CompletionChoice",
     "CompletionUsage",
     "ContextWindowSizeExceededError",
+    "CorruptWeightsError",
     "CreateExtensionServiceWorkerMLCEngine",
     "CreateMLCEngine",
     "CreateServiceWorkerMLCEngine",

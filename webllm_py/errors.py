@@ -40,6 +40,16 @@ class GGUFMetadataError(GGUFError):
         super().__init__(source, 0, f"metadata key {key!r} to be {expected}", found)
 
 
+class CorruptWeightsError(GGUFError):
+    """A tensor holds values no trained model has: NaN or infinite quantization scales, norm weights or biases.
+    ``tensor`` names it; the model is not loaded (nothing already loaded is touched)."""
+
+    def __init__(self, source: str, tensor: str, problem: str):
+        self.tensor = tensor
+        self.problem = problem
+        super().__init__(source, 0, f"finite values in tensor {tensor!r}", problem)
+
+
 class UnsupportedModelError(WebLLMError):
     """The model's architecture or a tensor's quantization type is not one we can run."""
 
