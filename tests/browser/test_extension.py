@@ -9,11 +9,13 @@ Playwright passes ``--disable-extensions`` by default; it is left out here.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 
@@ -63,7 +65,9 @@ def test_the_popup_chats_through_the_extensions_service_worker(playwright_instan
         # a second popup shares the loaded model: its reload is skipped
         page = ctx.new_page()
         page.goto(f"chrome-extension://{extension_id}/popup.html")
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('Ready')")
+        # a locator, not wait_for_function: Playwright >= 1.65 evaluates a predicate string with eval, which the
+        # extension page's CSP (no 'unsafe-eval') refuses
+        expect(page.locator("#status")).to_have_text(re.compile(r"^Ready"), timeout=120_000)
         assert "already loaded" in page.evaluate("() => window.progress.at(-1).text")
         # the browser stops the extension's worker: the port disconnects, and the next request reconnects, which
         # starts the worker again and reloads the model before answering
