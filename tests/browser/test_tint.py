@@ -91,6 +91,9 @@ class RecordingDevice:
     async def idle(self) -> None:
         pass
 
+    async def read_storage(self, buffer, offset, size) -> bytes:
+        return b"\xff" * size  # e.g. the repack scan's flag: nothing found
+
     def destroy_buffer(self, buffer) -> None:
         pass
 

@@ -60,7 +60,9 @@ def test_float_rows(ggml_type):
     rng = np.random.default_rng(5)
     w = rng.standard_normal((1, 64)).astype(np.float32) * 1000
     raw = quantize(w, ggml_type)
-    want = oracle(raw, ggml_type) if ggml_type == GGMLType.BF16 else w.astype(np.float16).astype(np.float32)[0]
+    want = (
+        oracle(raw, ggml_type) if ggml_type == GGMLType.BF16 else w.astype(np.float16).astype(np.float32)[0]
+    )
     np.testing.assert_array_equal(np.array(dequantize_row(ggml_type, raw), np.float32), want)
     np.testing.assert_array_equal(dequantize(raw, ggml_type, w.shape)[0], want)
     if ggml_type == GGMLType.BF16:  # our encoder rounds as gguf's (nearest even)
