@@ -166,10 +166,15 @@ SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (G
 
 
 @pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
-@pytest.mark.parametrize("gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, "")])
-def test_matmul_silu(kern, gemm_wg, types, gemm, m, gemv):
+@pytest.mark.parametrize(
+    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, 256), (True, 9, 64)]
+)
+def test_matmul_silu(kern, types, gemm, m, gemv):
     """out = silu(gate) * up, gate and up rows interleaved in one weight."""
-    kern.gemv_variant = gemv or kern.gemv_variant
+    if gemm:
+        kern.gemm_wg = gemv
+    else:
+        kern.gemv_variant = gemv
     n_ff = 37
     k = 256 if set(types) & set(K_TYPES) else 64
     rng = np.random.default_rng(11)
@@ -200,12 +205,14 @@ def rope_ref(v: np.ndarray, pos: np.ndarray, freqs: np.ndarray, head_dim: int) -
     return out.reshape(m, -1)
 
 
-QKV_SHAPES = [
+QKV_SHAPES = [  # (gemm, tokens, position of the first, GEMV variant or GEMM workgroup)
     (False, 1, 0, "GEMV"),
     (False, 1, 517, "GEMV"),
     (False, 1, 517, "GEMV_SEG"),
-    (True, 6, 0, ""),
-    (True, 37, 300, ""),
+    (True, 6, 0, 256),
+    (True, 6, 0, 64),
+    (True, 37, 300, 256),
+    (True, 37, 300, 64),
 ]
 # q/k/v of one type, and mixes: a Q4_K_M layer (Q6_K v), the fallback of rows not a multiple of 256 (Q5_0 q/k,
 # Q8_0 v), three types (three segments).
@@ -215,7 +222,7 @@ QKV_TYPES = [(GGMLType.Q8_0,) * 3] + [
     (GGMLType.Q4_1, GGMLType.BF16, GGMLType.Q5_1),
 ]
 QKV_CASES = [(QKV_TYPES[0], *c) for c in QKV_SHAPES]
-QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in (QKV_SHAPES[1], QKV_SHAPES[2], QKV_SHAPES[4])]
+QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
 
 
 @pytest.mark.parametrize(
@@ -223,9 +230,12 @@ QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in (QKV_SHAPES[1], QKV_SHAP
     QKV_CASES,
     ids=lambda v: "+".join(t.name for t in v) if isinstance(v, tuple) else str(v),
 )
-def test_matmul_qkv_rope_kv_append(kern, gemm_wg, types, gemm, m, pos0, gemv):
+def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
-    kern.gemv_variant = gemv or kern.gemv_variant
+    if gemm:
+        kern.gemm_wg = gemv
+    else:
+        kern.gemv_variant = gemv
     n_heads, n_kv_heads, hd, max_ctx = 3, 1, 32, 640
     k = 256 if set(types) & set(K_TYPES) else 64
     nq, nkv = n_heads * hd, n_kv_heads * hd
@@ -328,9 +338,10 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("variant,wg,seg", [("GEMV", 16, 0), ("GEMV_SEG", 32, 4)])
-def test_lm_head_every_format(kern, ggml_type, variant, wg, seg):
-    """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials."""
+def test_lm_head_every_format(kern, ggml_type):
+    """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials (the two
+    decode kernels take turns over the formats; test_lm_head_argmax_partials covers ties in both)."""
+    variant, wg, seg = [("GEMV", 16, 0), ("GEMV_SEG", 32, 4)][TYPES.index(ggml_type) % 2]
     kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
     n, k = sizes(ggml_type, 1)[0]
     n, m, eps = n + 38, 2, 1e-5  # 75 rows: the last workgroup is partly empty
