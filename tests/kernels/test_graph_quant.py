@@ -20,7 +20,7 @@ from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
 from ..e2e.reference import ReferenceLlama
-from ..e2e.stepper import greedy_steps
+from ..e2e.stepper import check_against_reference
 from .conftest import TIERS
 from .tiny_llama import build_tiny_llama
 
@@ -94,18 +94,8 @@ def test_quant_model_prefill_and_decode(models, gpu_device, name, tier):
         assert engine.dispatches_per_decode_step == 4 * n_layers + len(mixed) + 3
         rng = np.random.default_rng(2)
         prompt = [int(t) for t in rng.integers(3, engine.config.vocab_size, 40)]
-        tokens, logits = greedy_steps(engine, prompt, 3)
         rel = 2e-2 if tier.f16 else 2e-4  # f16 tier: K/V rounded to f16; f32: only summation order differs
-        context = list(prompt)
-        for step, (tok, lg) in enumerate(zip(tokens, logits, strict=True)):
-            want = ref.logits(context)
-            err = np.linalg.norm(lg - want) / np.linalg.norm(want)
-            assert err <= rel, f"{name} step {step}: normalized error {err:.2e}"
-            top2 = np.sort(want)[-2:]
-            assert tok == int(np.argmax(want)) or top2[1] - top2[0] < 1e-3 * abs(top2[1]), (
-                f"{name} step {step}"
-            )
-            context.append(tok)
+        check_against_reference(engine, ref, prompt, 3, rel, name)
     finally:
         asyncio.run(engine.unload())
 
