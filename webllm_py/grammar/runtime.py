@@ -1,0 +1,219 @@
+"""Run a ``Program`` byte by byte: a lazily built DFA whose states ("configs") are sets of parser stacks.
+
+A **config** is everything the parser can be in after some input: a set of ``(state, stack)`` pairs, where
+``state`` is a global Program state that can still read a byte and ``stack`` an interned linked list of return
+states (0 = empty), plus whether the input so far is a complete sentence (``accepting``). Configs are interned
+to small ints, and each config's successor on every byte is computed once, on first use, into ``rows[config]``
+(256 ints, -1 = the byte is not allowed). So matching and the token-trie walk are the same table lookups as
+for a plain DFA; for a grammar without recursion every config has one pair with an empty stack.
+
+Calls are expanded eagerly (a config never holds a state whose next move is a call), returns too. A call whose
+return state can only return (``Program.ret_only``) pushes nothing, so right recursion (``list ::= item list?``)
+runs in constant stack depth.
+"""
+
+from __future__ import annotations
+
+from ..errors import GrammarLimitError
+from .program import Program
+
+# The most (state, stack) pairs one closure may expand to before the grammar is called too ambiguous.
+MAX_CLOSURE = 20_000
+
+# Safe-character successor of a config (see ``safe_next``): no safe character is allowed / they disagree.
+SAFE_DEAD = -1
+SAFE_MIXED = -2
+
+# The UTF-8 automaton of "one code point that a JSON string may hold raw" (U+0020 and up, except '"' and '\\'):
+# per state, (first byte, last byte, next state); state 0 = between characters, -1 = a character completed.
+_SAFE_UTF8: tuple[tuple[tuple[int, int, int], ...], ...] = (
+    (
+        (0x20, 0x21, -1),
+        (0x23, 0x5B, -1),
+        (0x5D, 0x7F, -1),
+        (0xC2, 0xDF, 1),
+        (0xE0, 0xE0, 3),
+        (0xE1, 0xEC, 2),
+        (0xED, 0xED, 4),
+        (0xEE, 0xEF, 2),
+        (0xF0, 0xF0, 6),
+        (0xF1, 0xF3, 5),
+        (0xF4, 0xF4, 7),
+    ),  # fmt: skip
+    ((0x80, 0xBF, -1),),  # 1: one continuation byte left
+    ((0x80, 0xBF, 1),),  # 2: two left
+    ((0xA0, 0xBF, 1),),  # 3: after E0 (no overlong forms)
+    ((0x80, 0x9F, 1),),  # 4: after ED (no surrogates)
+    ((0x80, 0xBF, 2),),  # 5: three left
+    ((0x90, 0xBF, 2),),  # 6: after F0
+    ((0x80, 0x8F, 2),),  # 7: after F4 (up to U+10FFFF)
+)
+
+
+class _Rows(dict):
+    """``rows[config] -> list of 256 successor configs``, computed on first access."""
+
+    def __init__(self, configs: Configs):
+        super().__init__()
+        self._configs = configs
+
+    def __missing__(self, config: int) -> list[int]:
+        row = self._configs._compute_row(config)
+        self[config] = row
+        return row
+
+
+class Configs:
+    """The lazily determinized configs of one Program (tokenizer-independent; shared by every matcher of the
+    grammar). ``start`` is the initial config; ``rows``, ``accepting[c]``, ``can_continue[c]``."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self._stack_index: dict[tuple[int, int], int] = {}
+        self._stack_ret: list[int] = [-1]  # node 0 = the empty stack
+        self._stack_parent: list[int] = [-1]
+        self._config_index: dict[tuple[frozenset[tuple[int, int]], bool], int] = {}
+        self.pairs: list[frozenset[tuple[int, int]]] = []
+        self.accepting: list[bool] = []
+        self._closures: dict[tuple[int, int], int] = {}
+        self._safe: dict[int, int] = {}
+        self.rows = _Rows(self)
+        self.start = self._single(program.start, 0)
+
+    @property
+    def can_continue(self) -> list[bool]:
+        return [bool(p) for p in self.pairs]
+
+    def n_configs(self) -> int:
+        return len(self.pairs)
+
+    # ---- building ----
+
+    def _push(self, ret: int, parent: int) -> int:
+        key = (ret, parent)
+        node = self._stack_index.get(key)
+        if node is None:
+            node = self._stack_index[key] = len(self._stack_ret)
+            self._stack_ret.append(ret)
+            self._stack_parent.append(parent)
+        return node
+
+    def _intern(self, pairs: frozenset[tuple[int, int]], accepting: bool) -> int:
+        if not pairs and not accepting:
+            return -1
+        key = (pairs, accepting)
+        c = self._config_index.get(key)
+        if c is None:
+            c = self._config_index[key] = len(self.pairs)
+            self.pairs.append(pairs)
+            self.accepting.append(accepting)
+        return c
+
+    def _closure(self, state: int, stack: int, out: set[tuple[int, int]]) -> bool:
+        """Add to ``out`` every byte-reading pair reachable from ``(state, stack)`` by calls and returns;
+        returns whether the whole input can end here (a final state with an empty stack is reached)."""
+        prog = self.program
+        has_bytes, calls, final, ret_only = prog.has_bytes, prog.calls, prog.final, prog.ret_only
+        accepting = False
+        seen = {(state, stack)}
+        todo = [(state, stack)]
+        while todo:
+            s, st = todo.pop()
+            if has_bytes[s]:
+                out.add((s, st))
+            for callee, ret in calls[s]:
+                nxt = (callee, st if ret_only[ret] else self._push(ret, st))
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+            if final[s]:
+                if st == 0:
+                    accepting = True
+                else:
+                    nxt = (self._stack_ret[st], self._stack_parent[st])
+                    if nxt not in seen:
+                        seen.add(nxt)
+                        todo.append(nxt)
+            if len(seen) > MAX_CLOSURE:
+                raise GrammarLimitError("parser stacks in one step", MAX_CLOSURE)
+        return accepting
+
+    def _single(self, state: int, stack: int) -> int:
+        key = (state, stack)
+        c = self._closures.get(key)
+        if c is None:
+            out: set[tuple[int, int]] = set()
+            accepting = self._closure(state, stack, out)
+            c = self._closures[key] = self._intern(frozenset(out), accepting)
+        return c
+
+    def _compute_row(self, config: int) -> list[int]:
+        prog = self.program
+        pairs = self.pairs[config]
+        if len(pairs) == 1:
+            ((s, st),) = pairs
+            by_class = [self._single(t, st) if t >= 0 else -1 for t in prog.rows[s]]
+        else:
+            by_class = []
+            rows = prog.rows
+            for k in range(len(prog.rows[0]) if prog.rows else 0):
+                targets = {(rows[s][k], st) for s, st in pairs if rows[s][k] >= 0}
+                if not targets:
+                    by_class.append(-1)
+                elif len(targets) == 1:
+                    ((t, st),) = targets
+                    by_class.append(self._single(t, st))
+                else:
+                    out: set[tuple[int, int]] = set()
+                    accepting = False
+                    for t, st in targets:
+                        accepting = self._closure(t, st, out) or accepting
+                    by_class.append(self._intern(frozenset(out), accepting))
+        return [by_class[k] for k in prog.classmap]
+
+    # ---- use ----
+
+    def step(self, config: int, data: bytes) -> int:
+        """The config after ``data``, or -1 if some byte is not allowed."""
+        rows = self.rows
+        for b in data:
+            config = rows[config][b]
+            if config < 0:
+                return -1
+        return config
+
+    def safe_next(self, config: int) -> int:
+        """The one config every "safe" code point (raw JSON string text: U+0020 and up except '"' and '\\')
+        leads to from ``config``; ``SAFE_DEAD`` if none is allowed, ``SAFE_MIXED`` if they differ or only some
+        are allowed. Exact: it runs the product with the UTF-8 automaton of the safe set."""
+        got = self._safe.get(config)
+        if got is not None:
+            return got
+        rows = self.rows
+        results: set[int] = set()
+        dead = False
+        seen = {(config, 0)}
+        todo = [(config, 0)]
+        while todo and not (dead and results):
+            c, u = todo.pop()
+            row = rows[c]
+            for lo, hi, nu in _SAFE_UTF8[u]:
+                for b in range(lo, hi + 1):
+                    t = row[b]
+                    if t < 0:
+                        dead = True
+                    elif nu < 0:
+                        results.add(t)
+                    elif (t, nu) not in seen:
+                        seen.add((t, nu))
+                        todo.append((t, nu))
+                if len(results) > 1:
+                    break
+        if len(results) == 1 and not dead:
+            (got,) = results
+        elif not results and dead and len(seen) == 1:
+            got = SAFE_DEAD
+        else:
+            got = SAFE_MIXED
+        self._safe[config] = got
+        return got
