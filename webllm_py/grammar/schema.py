@@ -36,7 +36,6 @@ from .automaton import DFA, from_node, product
 from .ir import (
     ANY_CHAR,
     EMPTY,
-    NOTHING,
     Chars,
     Embed,
     Lit,
