@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import GrammarLimitError
-from .ir import Alt, Chars, Embed, Lit, Node, Props, Ref, Rep, Seq, utf8_sequences
+from .ir import Alt, Chars, Embed, Lit, Loop, Node, Props, Ref, Rep, Seq, utf8_sequences
 
 # Sizes above which a grammar is refused rather than built (minutes of CPU, hundreds of MB).
 MAX_NFA_STATES = 400_000
@@ -68,11 +68,11 @@ class NFA:
     """Thompson NFA over bytes: ``edges[s] = [(lo, hi, target)]`` byte ranges, ``eps[s]``, ``calls[s] = [(rule,
     target)]``."""
 
-    def __init__(self, limit: int = MAX_NFA_STATES):
+    def __init__(self, limit: int | None = None):
         self.edges: list[list[tuple[int, int, int]]] = []
         self.eps: list[list[int]] = []
         self.calls: list[list[tuple[str, int]]] = []
-        self.limit = limit
+        self.limit = MAX_NFA_STATES if limit is None else limit
 
     def state(self) -> int:
         if len(self.edges) >= self.limit:
@@ -131,9 +131,11 @@ class NFA:
                 s = self.build(node.item, f)
                 self.eps[s].append(end)
             return end
-        if isinstance(node, Ref):
+        if isinstance(node, Ref | Loop):
             end = self.state()
             self.calls[start].append((node.name, end))
+            if isinstance(node, Loop) and node.lo == 0:
+                self.eps[start].append(end)
             return end
         if isinstance(node, Props):
             return self._props(node, start)
@@ -197,8 +199,9 @@ def _class_ranges(classmap: Sequence[int]) -> list[list[tuple[int, int]]]:
 # ---- NFA -> DFA -------------------------------------------------------------------------------------------------
 
 
-def determinize(nfa: NFA, start: int, end: int, limit: int = MAX_DFA_STATES) -> DFA:
+def determinize(nfa: NFA, start: int, end: int) -> DFA:
     """Subset construction, then trim and minimize."""
+    limit = MAX_DFA_STATES
     cuts = {0, 256}
     for edges in nfa.edges:
         for lo, hi, _ in edges:
@@ -312,38 +315,75 @@ def trim(dfa: DFA, dead_rules: frozenset[str] = frozenset()) -> DFA:
 
 
 def minimize(dfa: DFA) -> DFA:
-    """Moore partition refinement, then merge byte classes no state tells apart."""
+    """Hopcroft's partition refinement (call edges count as symbols), then merge byte classes no state tells
+    apart. O(symbols * n log n): a 10,000-state counting chain (``maxLength``) takes well under a second."""
     n = dfa.n_states
-    block = [0] * n
-    keys: dict[tuple, int] = {}
+    n_classes = dfa.n_classes
+    rules = sorted({r for cs in dfa.calls for r, _ in cs})
+    dead = n  # the completion's sink state
+    # inverse[symbol][target] = states that go to target on symbol
+    inverse: list[dict[int, list[int]]] = [{} for _ in range(n_classes + len(rules))]
     for s in range(n):
-        block[s] = keys.setdefault((dfa.final[s], tuple(r for r, _ in dfa.calls[s])), len(keys))
-    n_blocks = len(keys)
-    while True:
-        keys = {}
-        new_block = [0] * n
-        for s in range(n):
-            sig = (
-                block[s],
-                tuple(block[t] if t >= 0 else -1 for t in dfa.trans[s]),
-                tuple((r, block[t]) for r, t in dfa.calls[s]),
-            )
-            new_block[s] = keys.setdefault(sig, len(keys))
-        block = new_block
-        if len(keys) == n_blocks:
-            break
-        n_blocks = len(keys)
-    # Renumber blocks so the start stays 0, in first-seen order.
+        row = dfa.trans[s]
+        for k in range(n_classes):
+            t = row[k]
+            inverse[k].setdefault(dead if t < 0 else t, []).append(s)
+        targets = dict(dfa.calls[s])
+        for j, r in enumerate(rules):
+            inverse[n_classes + j].setdefault(targets.get(r, dead), []).append(s)
+    for inv in inverse:
+        inv.setdefault(dead, []).append(dead)
+    finals = {s for s in range(n) if dfa.final[s]}
+    blocks = [b for b in (finals, set(range(n + 1)) - finals) if b]
+    block_of = [0] * (n + 1)
+    for i, b in enumerate(blocks):
+        for s in b:
+            block_of[s] = i
+    work = list(range(len(blocks)))
+    in_work = set(work)
+    while work:
+        a = work.pop()
+        in_work.discard(a)
+        splitter = list(blocks[a])
+        for inv in inverse:
+            hit: dict[int, list[int]] = {}
+            for t in splitter:
+                for s in inv.get(t, ()):
+                    hit.setdefault(block_of[s], []).append(s)
+            for b, members in hit.items():
+                if len(members) == len(blocks[b]):
+                    continue
+                part = set(members)
+                blocks[b] -= part
+                nb = len(blocks)
+                blocks.append(part)
+                for s in part:
+                    block_of[s] = nb
+                if b in in_work or len(part) <= len(blocks[b]):
+                    work.append(nb)
+                    in_work.add(nb)
+                else:
+                    work.append(b)
+                    in_work.add(b)
+    # Renumber: the start's block first, then in order of first state; the dead block disappears.
     order: dict[int, int] = {}
     for s in range(n):
-        order.setdefault(block[s], len(order))
-    rep = {}
+        if block_of[s] != block_of[dead]:
+            order.setdefault(block_of[s], len(order))
+    rep: dict[int, int] = {}
     for s in range(n):
-        rep.setdefault(order[block[s]], s)
+        if block_of[s] in order:
+            rep.setdefault(order[block_of[s]], s)
+
+    def new(t: int) -> int:
+        return order.get(block_of[t], -1) if t >= 0 else -1
+
     m = len(order)
-    trans = [[order[block[t]] if t >= 0 else -1 for t in dfa.trans[rep[i]]] for i in range(m)]
+    trans = [[new(t) for t in dfa.trans[rep[i]]] for i in range(m)]
     final = [dfa.final[rep[i]] for i in range(m)]
-    calls = [tuple((r, order[block[t]]) for r, t in dfa.calls[rep[i]]) for i in range(m)]
+    calls = [tuple((r, new(t)) for r, t in dfa.calls[rep[i]] if new(t) >= 0) for i in range(m)]
+    if not m:  # everything was dead: the empty language
+        return DFA([0] * 256, [[-1]], [False], [()])
     return _merge_classes(DFA(dfa.classmap, trans, final, calls))
 
 
@@ -367,6 +407,42 @@ def from_node(node: Node) -> DFA:
     start = nfa.state()
     end = nfa.build(node, start)
     return determinize(nfa, start, end)
+
+
+def repeat(x: DFA, lo: int, hi: int | None) -> DFA:
+    """``x{lo,hi}`` built directly (no subset construction) for a call-free, prefix-free ``x`` (no final state
+    reads on; its start is not final): one copy of ``x``'s non-final states per count of completed items."""
+    if x.final[0] or any(
+        x.final[s] and (any(t >= 0 for t in x.trans[s]) or x.calls[s]) for s in range(x.n_states)
+    ):
+        raise ValueError("repeat() needs a prefix-free automaton")
+    inner = [s for s in range(x.n_states) if not x.final[s]]
+    pos = {s: j for j, s in enumerate(inner)}
+    m = len(inner)
+    top = lo if hi is None else hi  # counts 0..top; unbounded: count `lo` loops onto itself
+    if len(inner) * (top + 1) > MAX_DFA_STATES:
+        raise GrammarLimitError("automaton states", MAX_DFA_STATES)
+    trans: list[list[int]] = []
+    final: list[bool] = []
+    for count in range(top + 1):
+        done = count if hi is not None or count < lo else lo
+        for q in inner:
+            if count == hi and q != 0:
+                trans.append([-1] * x.n_classes)  # unreachable: nothing follows the last item
+                final.append(False)
+                continue
+            row = []
+            for t in x.trans[q]:
+                if t < 0 or (count == hi):
+                    row.append(-1)
+                elif x.final[t]:
+                    nxt = min(done + 1, top) if hi is None else done + 1
+                    row.append(nxt * m)  # the next count's copy of the start
+                else:
+                    row.append(count * m + pos[t])
+            trans.append(row)
+            final.append(q == 0 and count >= lo)
+    return minimize(trim(DFA(x.classmap, trans, final, [()] * len(trans))))
 
 
 def product(a: DFA, b: DFA, *, difference: bool = False) -> DFA:

@@ -105,6 +105,16 @@ class Props(Node):
         self.items, self.sep, self.extra = tuple(items), sep, extra
 
 
+class Loop(Node):
+    """``lo..hi`` repetitions of rule ``name``, counted at run time (a stack frame holds the count) instead of
+    ``hi`` copies in the automaton: what ``maxLength: 1000`` compiles to. Made by ``program.link``."""
+
+    __slots__ = ("name", "lo", "hi")
+
+    def __init__(self, name: str, lo: int, hi: int | None):
+        self.name, self.lo, self.hi = name, lo, hi
+
+
 class Embed(Node):
     __slots__ = ("dfa",)
 
@@ -150,7 +160,7 @@ def refs(node: Node) -> set[str]:
     stack = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, Ref):
+        if isinstance(n, Ref | Loop):
             out.add(n.name)
         elif isinstance(n, Seq | Alt):
             stack.extend(n.items)
@@ -276,11 +286,32 @@ def json_escape(cp: int) -> str:
     return chr(cp)
 
 
+def literals(strings: Iterable[bytes]) -> Node:
+    """Any one of the byte strings, as a prefix-sharing tree (enums, escapes: small automata, fast builds)."""
+    items = sorted(set(strings))
+    if not items:
+        return NOTHING
+    if len(items) == 1:
+        return Lit(items[0])
+    branches: list[Node] = []
+    ends_here = items[0] == b""
+    groups: dict[int, list[bytes]] = {}
+    for s in items:
+        if s:
+            groups.setdefault(s[0], []).append(s[1:])
+    for first, rests in groups.items():
+        branches.append(seq(Lit(bytes([first])), literals(rests)))
+    if ends_here:
+        branches.append(EMPTY)
+    return alt(*branches)
+
+
 def json_chars(ranges: Ranges) -> Node:
     """One character of a code-point set, spelled inside a JSON string."""
     raw = intersect(ranges, JSON_RAW)
     escaped = subtract(ranges, JSON_RAW)
+    spelled = [json_escape(cp).encode() for lo, hi in escaped for cp in range(lo, hi + 1)]
     items: list[Node] = [Chars(raw)] if raw else []
-    for lo, hi in escaped:
-        items.extend(Lit(json_escape(cp)) for cp in range(lo, hi + 1))
+    if spelled:
+        items.append(literals(spelled))
     return alt(*items) if items else NOTHING

@@ -15,21 +15,27 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from .automaton import DFA, NFA, determinize, trim
-from .ir import Alt, Node, Props, Ref, Rep, Seq, alt, refs, seq, star
+from .ir import Alt, Loop, Node, Props, Ref, Rep, Seq, alt, refs, seq, star
+
+# A repetition whose count bound is above this is counted at run time (``ir.Loop``) instead of unrolled.
+LOOP_MIN = 24
 
 
 class Program:
     """Linked automaton. Per global state: ``rows[s][class] -> state | -1``, ``final[s]``, ``has_bytes[s]``,
-    ``calls[s] = ((callee_start, return_state), ...)``, ``ret_only[s]`` (final with no way on: a call that
-    returns there needs no stack frame). ``classmap[byte] -> class`` is shared by every state."""
+    ``calls[s] = ((callee_start, return_state, loop), ...)`` (``loop`` -1 for a plain call, else an index into
+    ``loops``: ``(lo, hi)`` repetitions of the callee, ``lo >= 1``, ``hi`` None = unbounded), ``ret_only[s]``
+    (final with no way on: a call that returns there needs no stack frame). ``classmap[byte] -> class`` is
+    shared by every state."""
 
-    __slots__ = ("classmap", "rows", "final", "has_bytes", "calls", "ret_only", "start", "n_rules")
+    __slots__ = ("classmap", "rows", "final", "has_bytes", "calls", "loops", "ret_only", "start", "n_rules")
 
-    def __init__(self, classmap, rows, final, calls, start, n_rules):
+    def __init__(self, classmap, rows, final, calls, loops, start, n_rules):
         self.classmap: list[int] = classmap
         self.rows: list[list[int]] = rows
         self.final: list[bool] = final
-        self.calls: list[tuple[tuple[int, int], ...]] = calls
+        self.calls: list[tuple[tuple[int, int, int], ...]] = calls
+        self.loops: list[tuple[int, int | None]] = loops
         self.has_bytes = [any(t >= 0 for t in row) for row in rows]
         self.ret_only = [final[s] and not self.has_bytes[s] and not calls[s] for s in range(len(rows))]
         self.start = start
@@ -41,6 +47,7 @@ class Program:
 
     @property
     def regular(self) -> bool:
+        """No stack at run time: one rule, no counted loops."""
         return self.n_rules == 1
 
 
@@ -55,46 +62,58 @@ def link(
     graph = {name: refs(body) & rules.keys() for name, body in rules.items()}
     recursive = _cyclic(graph)
     memo: dict[str, Node] = {}
+    loops: dict[str, tuple[int, int | None]] = {}
+    loop_bodies: dict[str, Node] = {}
 
-    def expand(node: Node, stack: tuple[str, ...]) -> Node:
+    def expand(node: Node) -> Node:
+        """Inline non-recursive rules; turn repetitions with large counts into counted loops."""
         if isinstance(node, Ref):
             if node.name in recursive:
                 return node
             got = memo.get(node.name)
             if got is None:
-                got = memo[node.name] = expand(rules[node.name], (*stack, node.name))
+                got = memo[node.name] = expand(rules[node.name])
             return got
         if isinstance(node, Seq):
-            return Seq([expand(i, stack) for i in node.items])
+            return Seq([expand(i) for i in node.items])
         if isinstance(node, Alt):
-            return Alt([expand(i, stack) for i in node.items])
+            return Alt([expand(i) for i in node.items])
         if isinstance(node, Rep):
-            return Rep(expand(node.item, stack), node.lo, node.hi)
+            item = expand(node.item)
+            if (node.lo if node.hi is None else node.hi) > LOOP_MIN:
+                name = f"#loop{len(loops)}"
+                loops[name] = (max(node.lo, 1), node.hi)
+                loop_bodies[name] = item
+                return Loop(name, node.lo, node.hi)
+            return Rep(item, node.lo, node.hi)
         if isinstance(node, Props):
             return Props(
-                [(expand(m, stack), r) for m, r in node.items],
-                expand(node.sep, stack),
-                None if node.extra is None else expand(node.extra, stack),
+                [(expand(m), r) for m, r in node.items],
+                expand(node.sep),
+                None if node.extra is None else expand(node.extra),
             )
         return node
 
-    wanted = [root] + sorted(recursive - {root})
-    dfas: dict[str, DFA] = {}
-    for name in wanted:
+    def build(node: Node) -> DFA:
         nfa = NFA()
         start = nfa.state()
-        end = nfa.build(expand(rules[name], (name,)), start)
-        dfas[name] = determinize(nfa, start, end)
+        end = nfa.build(node, start)
+        return determinize(nfa, start, end)
+
+    dfas: dict[str, DFA] = {}
+    for name in [root] + sorted(recursive - {root}):
+        dfas[name] = build(expand(rules[name]))
+    for name, body in loop_bodies.items():  # filled while expanding
+        dfas[name] = build(body)
     # Rules reachable from the root only.
     reachable = {root}
     todo = [root]
     while todo:
-        for _, callee_calls in ((n, dfas[n].calls) for n in [todo.pop()]):
-            for cs in callee_calls:
-                for r, _ in cs:
-                    if r not in reachable:
-                        reachable.add(r)
-                        todo.append(r)
+        for calls in dfas[todo.pop()].calls:
+            for r, _ in calls:
+                if r not in reachable:
+                    reachable.add(r)
+                    todo.append(r)
     dfas = {n: d for n, d in dfas.items() if n in reachable}
 
     # Productive rules: a fixpoint, each round trimming calls into rules not (yet) known to be productive.
@@ -125,7 +144,8 @@ def link(
         reps[classmap[b]] = b
     rows: list[list[int]] = []
     final: list[bool] = []
-    calls: list[tuple[tuple[int, int], ...]] = []
+    calls: list[tuple[tuple[int, int, int], ...]] = []
+    loop_ids = {n: i for i, n in enumerate(n for n in names if n in loops)}
     for n in names:
         d, base = dfas[n], offset[n]
         local = [d.classmap[b] for b in reps]
@@ -133,8 +153,9 @@ def link(
             row = d.trans[s]
             rows.append([row[k] + base if row[k] >= 0 else -1 for k in local])
             final.append(d.final[s])
-            calls.append(tuple((offset[r], t + base) for r, t in d.calls[s]))
-    return Program(classmap, rows, final, calls, 0, len(names))
+            calls.append(tuple((offset[r], t + base, loop_ids.get(r, -1)) for r, t in d.calls[s]))
+    loop_bounds = [loops[n] for n in loop_ids]
+    return Program(classmap, rows, final, calls, loop_bounds, 0, len(names))
 
 
 def _unleft(name: str, body: Node, error: Callable[[str], Exception]) -> Node:

@@ -4,7 +4,7 @@ A **config** is everything the parser can be in after some input: a set of ``(st
 ``state`` is a global Program state that can still read a byte and ``stack`` an interned linked list of return
 states (0 = empty), plus whether the input so far is a complete sentence (``accepting``). Configs are interned
 to small ints, and each config's successor on every byte is computed once, on first use, into ``rows[config]``
-(256 ints, -1 = the byte is not allowed). So matching and the token-trie walk are the same table lookups as
+(a tuple of 256 ints, -1 = the byte is not allowed). So matching and the token-trie walk are the same table lookups as
 for a plain DFA; for a grammar without recursion every config has one pair with an empty stack.
 
 Calls are expanded eagerly (a config never holds a state whose next move is a call), returns too. A call whose
@@ -13,6 +13,8 @@ runs in constant stack depth.
 """
 
 from __future__ import annotations
+
+import operator
 
 from ..errors import GrammarLimitError
 from .program import Program
@@ -57,7 +59,7 @@ class _Rows(dict):
         super().__init__()
         self._configs = configs
 
-    def __missing__(self, config: int) -> list[int]:
+    def __missing__(self, config: int) -> tuple[int, ...]:
         row = self._configs._compute_row(config)
         self[config] = row
         return row
@@ -69,15 +71,25 @@ class Configs:
 
     def __init__(self, program: Program):
         self.program = program
-        self._stack_index: dict[tuple[int, int], int] = {}
-        self._stack_ret: list[int] = [-1]  # node 0 = the empty stack
+        # Stack nodes: a return state, a loop (-1: a plain call frame) with the number of the repetition
+        # being run (1-based), the node below. Node 0 = the empty stack.
+        self._stack_index: dict[tuple[int, int, int, int], int] = {}
+        self._stack_ret: list[int] = [-1]
+        self._stack_loop: list[int] = [-1]
+        self._stack_count: list[int] = [0]
         self._stack_parent: list[int] = [-1]
+        self._loop_start = [0] * len(program.loops)
+        for calls in program.calls:
+            for callee, _, loop in calls:
+                if loop >= 0:
+                    self._loop_start[loop] = callee
         self._config_index: dict[tuple[frozenset[tuple[int, int]], bool], int] = {}
         self.pairs: list[frozenset[tuple[int, int]]] = []
         self.accepting: list[bool] = []
         self._closures: dict[tuple[int, int], int] = {}
         self._safe: dict[int, int] = {}
         self.rows = _Rows(self)
+        self._expand = operator.itemgetter(*program.classmap)  # per-class list -> 256-tuple
         self.start = self._single(program.start, 0)
 
     @property
@@ -89,12 +101,14 @@ class Configs:
 
     # ---- building ----
 
-    def _push(self, ret: int, parent: int) -> int:
-        key = (ret, parent)
+    def _push(self, ret: int, parent: int, loop: int = -1, count: int = 0) -> int:
+        key = (ret, loop, count, parent)
         node = self._stack_index.get(key)
         if node is None:
             node = self._stack_index[key] = len(self._stack_ret)
             self._stack_ret.append(ret)
+            self._stack_loop.append(loop)
+            self._stack_count.append(count)
             self._stack_parent.append(parent)
         return node
 
@@ -117,23 +131,37 @@ class Configs:
         accepting = False
         seen = {(state, stack)}
         todo = [(state, stack)]
+        loops = prog.loops
         while todo:
             s, st = todo.pop()
             if has_bytes[s]:
                 out.add((s, st))
-            for callee, ret in calls[s]:
-                nxt = (callee, st if ret_only[ret] else self._push(ret, st))
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
+            nexts = []
+            for callee, ret, loop in calls[s]:
+                if loop < 0:
+                    nexts.append((callee, st if ret_only[ret] else self._push(ret, st)))
+                else:
+                    nexts.append((callee, self._push(ret, st, loop, 1)))
             if final[s]:
                 if st == 0:
                     accepting = True
+                elif self._stack_loop[st] < 0:
+                    nexts.append((self._stack_ret[st], self._stack_parent[st]))
                 else:
-                    nxt = (self._stack_ret[st], self._stack_parent[st])
-                    if nxt not in seen:
-                        seen.add(nxt)
-                        todo.append(nxt)
+                    # One repetition of a counted loop ended: run another one and/or leave the loop.
+                    loop, done = self._stack_loop[st], self._stack_count[st]
+                    lo, hi = loops[loop]
+                    ret, parent = self._stack_ret[st], self._stack_parent[st]
+                    if hi is None or done < hi:
+                        # Past lo an unbounded loop's count no longer matters: cap it, so this terminates.
+                        count = min(done + 1, lo) if hi is None else done + 1
+                        nexts.append((self._loop_start[loop], self._push(ret, parent, loop, count)))
+                    if done >= lo:
+                        nexts.append((ret, parent))
+            for nxt in nexts:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
             if len(seen) > MAX_CLOSURE:
                 raise GrammarLimitError("parser stacks in one step", MAX_CLOSURE)
         return accepting
@@ -142,34 +170,51 @@ class Configs:
         key = (state, stack)
         c = self._closures.get(key)
         if c is None:
-            out: set[tuple[int, int]] = set()
-            accepting = self._closure(state, stack, out)
-            c = self._closures[key] = self._intern(frozenset(out), accepting)
+            prog = self.program
+            if prog.final[state] or prog.calls[state]:
+                out: set[tuple[int, int]] = set()
+                accepting = self._closure(state, stack, out)
+                c = self._intern(frozenset(out), accepting)
+            else:  # inside a rule: nothing to expand
+                c = self._intern(frozenset((key,)), False)
+            self._closures[key] = c
         return c
 
-    def _compute_row(self, config: int) -> list[int]:
-        prog = self.program
+    def _pair_row(self, s: int, st: int) -> list[int]:
+        """Per byte class, the config one pair leads to (-1: refused)."""
+        single = self._single
+        memo: dict[int, int] = {-1: -1}
+        out = []
+        for t in self.program.rows[s]:
+            c = memo.get(t)
+            if c is None:
+                c = memo[t] = single(t, st)
+            out.append(c)
+        return out
+
+    def _compute_row(self, config: int) -> tuple[int, ...]:
         pairs = self.pairs[config]
+        if not pairs:  # the input is complete and nothing may follow
+            return (-1,) * 256
         if len(pairs) == 1:
             ((s, st),) = pairs
-            by_class = [self._single(t, st) if t >= 0 else -1 for t in prog.rows[s]]
+            by_class = self._pair_row(s, st)
         else:
+            # Each pair on its own, then the union per class (most classes keep one pair alive).
+            rows = [self._pair_row(s, st) for s, st in pairs]
             by_class = []
-            rows = prog.rows
-            for k in range(len(prog.rows[0]) if prog.rows else 0):
-                targets = {(rows[s][k], st) for s, st in pairs if rows[s][k] >= 0}
-                if not targets:
-                    by_class.append(-1)
-                elif len(targets) == 1:
-                    ((t, st),) = targets
-                    by_class.append(self._single(t, st))
-                else:
-                    out: set[tuple[int, int]] = set()
-                    accepting = False
-                    for t, st in targets:
-                        accepting = self._closure(t, st, out) or accepting
-                    by_class.append(self._intern(frozenset(out), accepting))
-        return [by_class[k] for k in prog.classmap]
+            unions: dict[tuple[int, ...], int] = {}
+            for targets in zip(*rows, strict=True):
+                live = tuple(sorted({c for c in targets if c >= 0}))
+                if len(live) <= 1:
+                    by_class.append(live[0] if live else -1)
+                    continue
+                c = unions.get(live)
+                if c is None:
+                    merged = frozenset().union(*(self.pairs[x] for x in live))
+                    c = unions[live] = self._intern(merged, any(self.accepting[x] for x in live))
+                by_class.append(c)
+        return self._expand(by_class)
 
     # ---- use ----
 

@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import InvalidGrammarError, UnsupportedSchemaError
-from .automaton import DFA, from_node, product
+from .automaton import DFA, from_node, product, repeat
 from .ir import (
     ANY_CHAR,
     EMPTY,
@@ -387,7 +387,7 @@ class _SchemaCompiler:
         if not languages:
             return length
         if lo or hi is not None:
-            languages.append(from_node(length))
+            languages.append(repeat(from_node(JSON_CHAR), lo, hi))
         dfa = languages[0]
         for other in languages[1:]:
             dfa = product(dfa, other)
