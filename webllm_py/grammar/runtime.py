@@ -88,6 +88,7 @@ class Configs:
         self.accepting: list[bool] = []
         self._closures: dict[tuple[int, int], int] = {}
         self._safe: dict[int, int] = {}
+        self._safe_edges: list[list[tuple[list[int], int]]] | None = None
         self.rows = _Rows(self)
         self._expand = operator.itemgetter(*program.classmap)  # per-class list -> 256-tuple
         self.start = self._single(program.start, 0)
@@ -230,30 +231,51 @@ class Configs:
     def safe_next(self, config: int) -> int:
         """The one config every "safe" code point (raw JSON string text: U+0020 and up except '"' and '\\')
         leads to from ``config``; ``SAFE_DEAD`` if none is allowed, ``SAFE_MIXED`` if they differ or only some
-        are allowed. Exact: it runs the product with the UTF-8 automaton of the safe set."""
+        are allowed. Exact: it runs the product with the UTF-8 automaton of the safe set, on (state, stack)
+        pairs directly (per byte class), so the configs inside a multi-byte character are never built."""
         got = self._safe.get(config)
         if got is not None:
             return got
-        rows = self.rows
+        prog = self.program
+        rows, final, calls = prog.rows, prog.final, prog.calls
+        edges = self._safe_edges
+        if edges is None:
+            cm = prog.classmap
+            edges = self._safe_edges = [
+                [(sorted({cm[b] for b in range(lo, hi + 1)}), nu) for lo, hi, nu in state]
+                for state in _SAFE_UTF8
+            ]
         results: set[int] = set()
         dead = False
-        seen = {(config, 0)}
-        todo = [(config, 0)]
-        while todo and not (dead and results):
-            c, u = todo.pop()
-            row = rows[c]
-            for lo, hi, nu in _SAFE_UTF8[u]:
-                for b in range(lo, hi + 1):
-                    t = row[b]
-                    if t < 0:
+        start = (self.pairs[config], 0)
+        seen = {start}
+        todo = [start]
+        while todo and not (dead and results) and len(results) < 2:
+            pairs, u = todo.pop()
+            for classes, nu in edges[u]:
+                for k in classes:
+                    nxt: set[tuple[int, int]] = set()
+                    accepting = False
+                    for s, st in pairs:
+                        t = rows[s][k]
+                        if t < 0:
+                            continue
+                        if not final[t] and not calls[t]:
+                            nxt.add((t, st))
+                        else:
+                            c = self._single(t, st)
+                            if c >= 0:
+                                nxt.update(self.pairs[c])
+                                accepting = accepting or self.accepting[c]
+                    if not nxt and not accepting:
                         dead = True
                     elif nu < 0:
-                        results.add(t)
-                    elif (t, nu) not in seen:
-                        seen.add((t, nu))
-                        todo.append((t, nu))
-                if len(results) > 1:
-                    break
+                        results.add(self._intern(frozenset(nxt), accepting))
+                    else:
+                        key = (frozenset(nxt), nu)
+                        if key not in seen:
+                            seen.add(key)
+                            todo.append(key)
         if len(results) == 1 and not dead:
             (got,) = results
         elif not results and dead and len(seen) == 1:
