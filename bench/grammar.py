@@ -136,7 +136,7 @@ def bench_vocab(path: Path, walks: int, steps: int) -> dict:
         "index_build_s": round(t3 - t2, 3),
         "trie_nodes": len(index.trie),
         "safe_tokens": index.n_safe,
-        "other_trie_nodes": len(index.other_trie),
+        "tail_trie_nodes": sum(len(t) for t in index.tails),
         "bitmask_bytes": index.words * 4,
         "cases": {},
     }

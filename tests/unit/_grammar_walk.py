@@ -12,6 +12,7 @@ PIECES = [
     b'{"', b'": ', b'", "', b'"}', b'"]', b"}, ", b"], ", b", ", b"true", b"false", b"null", b"name", b"age",
     b"ab", b" the", b"\\n", b"\\u00", b'\\"', b"12", b"-1", b".5", b"e+", b"\xc3\xa9", b"\xe2\x82\xac",
     b"\xf0\x9f\x98\x80", b"\xf0\x9f", b"\x98\x80", b"\xe2\x82", b'":"', b"[{", b"}]", b'""', b"a\xc3",
+    b'ab"', b'ab", "', b"x\\n", b'\xc3\xa9"}', b"ab\n", b"the\xe2\x82",
 ]  # fmt: skip
 
 

@@ -288,11 +288,18 @@ def test_token_index_validation():
 
 
 def _safe(t: bytes) -> bool:
-    try:
-        s = t.decode()
-    except UnicodeDecodeError:
-        return False
-    return bool(s) and all(c not in '"\\' and ord(c) >= 0x20 for c in s)
+    """Whole safe characters, possibly cut inside one more (checked by completing it)."""
+    for cut in range(len(t), max(-1, len(t) - 4), -1):
+        try:
+            head = t[:cut].decode()
+        except UnicodeDecodeError:
+            continue
+        if not all(c not in '"\\' and ord(c) >= 0x20 for c in head):
+            return False
+        rest = t[cut:]
+        chars = (chr(cp) for cp in range(0x80, 0x10FFFF, 97) if not 0xD800 <= cp <= 0xDFFF)
+        return not rest or any(c.encode().startswith(rest) for c in chars)
+    return False
 
 
 def test_limits_are_typed_errors(monkeypatch):

@@ -6,10 +6,11 @@ config into the set of allowed tokens, as a big int, cached per config. ``Matche
 
 How a mask is computed for config ``c`` (structured.md §2.3):
 
-1. follow ``Configs.safe_next`` from ``c``: if every safe character leads to one config, and again from
-   there, for as many characters as the longest safe token has (or until the chain loops or every safe
-   character is refused), then every safe token of ``k`` characters is allowed exactly when the chain is ``k``
-   long: the mask is ``safe_upto[k]`` OR a walk over the few other tokens;
+1. follow ``Configs.safe_next`` from ``c``: if every safe character leads to one config ``c_1``, and again from
+   there to ``c_2``..., for as many characters as the longest safe token has (or until the chain loops or every
+   safe character is refused after ``k``), then the safe tokens of at most ``k`` characters are exactly the
+   allowed ones among them (``safe_upto[k]``), and every other token with ``p <= k`` safe leading characters is
+   allowed exactly when its tail is allowed from ``c_p`` (a walk over ``tails[p]``);
 2. otherwise walk the whole trie (prunes at the first refused byte: cheap outside strings);
 3. add the stop tokens when ``c`` accepts.
 """
@@ -54,32 +55,42 @@ class Masker:
         m = index.stop_mask if configs.accepting[config] else 0
         if not configs.pairs[config]:
             return m
-        chars = self._safe_chain(config)
-        if chars is None:
+        chain = self._safe_chain(config)
+        if chain is None:
             return m | index.ids_to_mask(index.trie.walk(rows, config))
-        walked = index.ids_to_mask(index.other_trie.walk(rows, config))
-        return m | walked | index.safe_upto[chars]
+        chars, configs_along = chain
+        ids: list[int] = []
+        for p, trie in enumerate(index.tails[: chars + 1]):
+            if len(trie):
+                ids += trie.walk(rows, configs_along[p])
+        return m | index.ids_to_mask(ids) | index.safe_upto[min(chars, index.max_safe_chars)]
 
-    def _safe_chain(self, config: int) -> int | None:
-        """How many safe characters in a row are all allowed from ``config`` (capped at the longest safe
-        token), or None when some are allowed and some not (then the slice cannot be used)."""
+    def _safe_chain(self, config: int) -> tuple[int, list[int]] | None:
+        """``(k, [c_0, c_1, ...])``: ``k`` safe characters in a row are all allowed from ``config`` (capped at
+        the longest safe token), and ``c_p`` is where ``p`` of them lead, for every ``p`` a tail trie needs.
+        None when some safe characters are allowed and some not (then the slice cannot be used)."""
         configs = self.configs
-        limit = self.index.max_safe_chars
-        seen = {config}
-        k = 0
+        need = len(self.index.tails)
+        limit = max(self.index.max_safe_chars, need - 1)
+        along = [config]
+        position = {config: 0}
         c = config
-        while k < limit:
+        while len(along) - 1 < limit:
             nxt = configs.safe_next(c)
             if nxt == SAFE_MIXED:
                 return None
             if nxt == SAFE_DEAD:
-                return k
-            k += 1
-            if nxt in seen:
-                return limit
-            seen.add(nxt)
+                return len(along) - 1, along
+            if nxt in position:  # a cycle: every longer run is allowed too; extend the list periodically
+                start = position[nxt]
+                period = len(along) - start
+                while len(along) < need:
+                    along.append(along[start + (len(along) - start) % period])
+                return limit, along
+            position[nxt] = len(along)
+            along.append(nxt)
             c = nxt
-        return limit
+        return limit, along
 
 
 class Matcher:

@@ -5,15 +5,18 @@ Built once per tokenizer (lazily, on the first mask) and shared by every grammar
 * **candidates**: the tokens a grammar may ever allow inside constrained text: every token with non-empty
   bytes that is neither special (control/unknown: ``<|im_start|>``...) nor a stop token. Special tokens are
   never allowed; stop tokens only where the grammar accepts (``stop_mask``).
-* **trie** (all candidates) and **other trie** (candidates outside the safe slice), flattened in depth-first
-  order: for node ``i``, ``byte[i]`` is the byte on its edge, ``depth[i]`` its depth (1 = first byte),
-  ``skip[i]`` the index after its subtree, ``token[i]`` the id ending there or -1. Walking a trie with a
-  config's rows visits only prefixes the grammar allows, and skips a whole subtree on the first refused byte.
+* **trie** of all candidates, flattened in depth-first order: for node ``i``, ``byte[i]`` is the byte on its
+  edge, ``depth[i]`` its depth (1 = first byte), ``skip[i]`` the index after its subtree, ``token[i]`` the id
+  ending there or -1. Walking it with a config's rows visits only prefixes the grammar allows, and skips a
+  whole subtree at the first refused byte.
 * **safe slice**: candidates whose bytes are whole UTF-8 characters, all "safe" (what a JSON string holds raw:
-  U+0020 and up except ``"`` and ``\\``). ``safe_upto[k]`` is the big-int bitmask of those with at most ``k``
-  characters. Inside a string most of the vocabulary is such tokens; ``Configs.safe_next`` proves when all of
-  them are allowed at once, so a mask costs a few big-int ORs plus a walk over the other trie
-  (375 of 49,152 tokens in SmolLM2's vocabulary).
+  U+0020 and up except ``"`` and ``\\``), possibly ending inside one more safe character (a token that cuts a
+  character in two). ``safe_upto[k]`` is the big-int bitmask of those that need at most ``k`` characters. Inside a string most of the vocabulary is such tokens; ``Configs.safe_next`` proves when all of
+  them are allowed at once (48,464 of SmolLM2's 49,152 tokens).
+* **tails**: every other candidate is a run of ``p`` safe characters, then a tail that starts with something
+  else (``abc"`` is 3 characters and ``"``; ``\n`` is 0 and itself). ``tails[p]`` is a trie of the tails of
+  the tokens with ``p`` safe leading characters. Where ``p`` safe characters lead to one config ``C_p``, those
+  tokens are allowed exactly when their tail is allowed from ``C_p``: a walk over tails, not whole tokens.
 
 Masks are Python ints (bit ``i`` = token ``i``); ``to_bitmask`` gives the sampler's buffer: ``ceil(n_vocab /
 32)`` little-endian u32 words, bit ``i % 32`` of word ``i // 32`` = token ``i``.
@@ -100,17 +103,52 @@ class Trie:
         return out
 
 
-def _safe_chars(data: bytes) -> int:
-    """The number of characters if ``data`` is whole UTF-8 characters, all safe; else -1."""
-    if all(b in _SAFE_ASCII for b in data):
-        return len(data)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return -1
-    if any(ch in '"\\' or ord(ch) < 0x20 for ch in text):
-        return -1
-    return len(text)
+# Second-byte ranges of a UTF-8 lead byte (no overlong forms, no surrogates, nothing above U+10FFFF).
+_SECOND = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
+
+
+def _char_size(lead: int) -> int:
+    return 2 if 0xC2 <= lead <= 0xDF else 3 if 0xE0 <= lead <= 0xEF else 4 if 0xF0 <= lead <= 0xF4 else 0
+
+
+def _partial_char(rest: bytes) -> bool:
+    """True when ``rest`` is a proper prefix of the UTF-8 encoding of one (safe, non-ASCII) character."""
+    size = _char_size(rest[0])
+    if not size or len(rest) >= size:
+        return False
+    for j, b in enumerate(rest[1:], 1):
+        lo, hi = _SECOND.get(rest[0], (0x80, 0xBF)) if j == 1 else (0x80, 0xBF)
+        if not lo <= b <= hi:
+            return False
+    return True
+
+
+def _safe_prefix(data: bytes) -> tuple[int, int]:
+    """(characters a run of safe text needs for this token, byte length of the part such a run covers): whole
+    safe characters, plus one more when the token then ends inside a safe character (``é`` cut after its first
+    byte). The rest, if any, is the token's tail."""
+    chars = 0
+    i = 0
+    n = len(data)
+    while i < n:
+        b = data[i]
+        if b < 0x80:
+            if b not in _SAFE_ASCII:
+                break
+            i += 1
+        else:
+            size = _char_size(b)
+            if not size:
+                break
+            if i + size > n:
+                return (chars + 1, n) if _partial_char(data[i:]) else (chars, i)
+            try:
+                data[i : i + size].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+            i += size
+        chars += 1
+    return chars, i
 
 
 class TokenIndex:
@@ -163,20 +201,20 @@ class TokenIndex:
     def _build(self) -> None:
         t0 = time.perf_counter()
         candidates: list[tuple[bytes, int]] = []
-        other: list[tuple[bytes, int]] = []
+        tails: dict[int, list[tuple[bytes, int]]] = {}
         by_chars: dict[int, list[int]] = {}
         excluded = self.special_ids | self.stop_ids
         for i, data in enumerate(self.token_bytes):
             if not data or i in excluded:
                 continue
             candidates.append((data, i))
-            k = _safe_chars(data)
-            if k > 0:
-                by_chars.setdefault(k, []).append(i)
+            chars, cut = _safe_prefix(data)
+            if cut == len(data):
+                by_chars.setdefault(chars, []).append(i)
             else:
-                other.append((data, i))
+                tails.setdefault(chars, []).append((data[cut:], i))
         self.trie = Trie(candidates)
-        self.other_trie = Trie(other)
+        self.tails = [Trie(tails.get(p, ())) for p in range(max(tails, default=-1) + 1)]
         self.max_safe_chars = max(by_chars, default=0)
         # safe_upto[k]: safe tokens with at most k characters, as one big int.
         nbytes = (self.n_vocab + 7) // 8
