@@ -3,6 +3,7 @@ matcher's API, EBNF and regex sources, typed errors, the lazy (tool-call) mode."
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -297,8 +298,18 @@ def _safe(t: bytes) -> bool:
         if not all(c not in '"\\' and ord(c) >= 0x20 for c in head):
             return False
         rest = t[cut:]
-        chars = (chr(cp) for cp in range(0x80, 0x10FFFF, 97) if not 0xD800 <= cp <= 0xDFFF)
-        return not rest or any(c.encode().startswith(rest) for c in chars)
+        if not rest:
+            return True
+        # A proper prefix of one character: some completion by continuation bytes decodes (these four cover
+        # every lead byte's allowed second-byte range).
+        for n in range(1, 4):
+            for tail in itertools.product(b"\x80\x90\xa0\xbf", repeat=n):
+                try:
+                    (rest + bytes(tail)).decode()
+                    return True
+                except UnicodeDecodeError:
+                    pass
+        return False
     return False
 
 
