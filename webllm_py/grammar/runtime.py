@@ -67,7 +67,8 @@ class _Rows(dict):
 
 class Configs:
     """The lazily determinized configs of one Program (tokenizer-independent; shared by every matcher of the
-    grammar). ``start`` is the initial config; ``rows``, ``accepting[c]``, ``can_continue[c]``."""
+    grammar). ``start`` is the initial config; ``rows[c]``; ``accepting[c]``; ``pairs[c]`` (empty: nothing may
+    follow)."""
 
     def __init__(self, program: Program):
         self.program = program
@@ -92,10 +93,6 @@ class Configs:
         self.rows = _Rows(self)
         self._expand = operator.itemgetter(*program.classmap)  # per-class list -> 256-tuple
         self.start = self._single(program.start, 0)
-
-    @property
-    def can_continue(self) -> list[bool]:
-        return [bool(p) for p in self.pairs]
 
     def n_configs(self) -> int:
         return len(self.pairs)

@@ -209,6 +209,7 @@ class _SchemaCompiler:
         self._done: dict[str, Node] = {}
         self._active: set[str] = set()
         self._recursive: set[str] = set()
+        self._flattening: frozenset[str] | set[str] = frozenset()  # $refs being merged into an allOf
 
     # ---- helpers ----
 
@@ -698,9 +699,9 @@ class _SchemaCompiler:
         """Resolve a schema's own ``$ref`` and ``allOf`` into one dict (for merging)."""
         rest = {k: v for k, v in schema.items() if k not in ("$ref", "allOf")}
         if "$ref" in schema:
-            if schema["$ref"] in getattr(self, "_flattening", set()):
+            if schema["$ref"] in self._flattening:
                 raise self.error(where, "$ref", "a recursive reference inside allOf is not supported")
-            self._flattening = getattr(self, "_flattening", set()) | {schema["$ref"]}
+            self._flattening = self._flattening | {schema["$ref"]}
             try:
                 target, twhere = self.resolve(schema["$ref"], where)
                 rest = self.merge(rest, target, twhere)
