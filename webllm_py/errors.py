@@ -297,4 +297,6 @@ class GrammarLimitError(InvalidRequestError):
     def __init__(self, what: str, limit: int):
         self.what = what
         self.limit = limit
-        super().__init__(f"the grammar needs more than {limit} {what}; simplify it (smaller repetition bounds)")
+        super().__init__(
+            f"the grammar needs more than {limit} {what}; simplify it (smaller repetition bounds)"
+        )
