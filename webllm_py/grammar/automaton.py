@@ -8,7 +8,7 @@ calls and are run with a stack by ``runtime.Configs``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ..errors import GrammarLimitError
 from .ir import Alt, Chars, Embed, Lit, Loop, Node, Props, Ref, Rep, Seq, utf8_sequences
@@ -217,14 +217,7 @@ def determinize(nfa: NFA, start: int, end: int) -> DFA:
     eps = nfa.eps
 
     def closure(states: set[int]) -> frozenset[int]:
-        stack = list(states)
-        seen = set(states)
-        while stack:
-            for t in eps[stack.pop()]:
-                if t not in seen:
-                    seen.add(t)
-                    stack.append(t)
-        return frozenset(seen)
+        return frozenset(_reach(states, eps))
 
     first = closure({start})
     index: dict[frozenset[int], int] = {first: 0}
@@ -232,6 +225,18 @@ def determinize(nfa: NFA, start: int, end: int) -> DFA:
     trans: list[list[int]] = []
     final: list[bool] = []
     calls: list[tuple[tuple[str, int], ...]] = []
+
+    def state_of(nfa_states: set[int]) -> int:
+        """The DFA state of the closure of ``nfa_states`` (new ones are queued)."""
+        target = closure(nfa_states)
+        j = index.get(target)
+        if j is None:
+            if len(sets) >= limit:
+                raise GrammarLimitError("automaton states", limit)
+            j = index[target] = len(sets)
+            sets.append(target)
+        return j
+
     i = 0
     while i < len(sets):
         cur = sets[i]
@@ -256,29 +261,25 @@ def determinize(nfa: NFA, start: int, end: int) -> DFA:
             key = frozenset(bucket)
             j = memo.get(key)
             if j is None:
-                target = closure(bucket)
-                j = index.get(target)
-                if j is None:
-                    if len(sets) >= limit:
-                        raise GrammarLimitError("automaton states", limit)
-                    j = index[target] = len(sets)
-                    sets.append(target)
-                memo[key] = j
+                j = memo[key] = state_of(bucket)
             row[k] = j
-        state_calls = []
-        for rule in sorted(by_rule):
-            target = closure(by_rule[rule])
-            j = index.get(target)
-            if j is None:
-                if len(sets) >= limit:
-                    raise GrammarLimitError("automaton states", limit)
-                j = index[target] = len(sets)
-                sets.append(target)
-            state_calls.append((rule, j))
+        state_calls = [(rule, state_of(by_rule[rule])) for rule in sorted(by_rule)]
         trans.append(row)
         final.append(end in cur)
         calls.append(tuple(state_calls))
     return minimize(trim(DFA(classmap, trans, final, calls)))
+
+
+def _reach(starts: Iterable[int], succ: Sequence[Iterable[int]]) -> set[int]:
+    """Every node reachable from ``starts`` along ``succ[node]``."""
+    seen = set(starts)
+    stack = list(seen)
+    while stack:
+        for t in succ[stack.pop()]:
+            if t not in seen:
+                seen.add(t)
+                stack.append(t)
+    return seen
 
 
 def trim(dfa: DFA, dead_rules: frozenset[str] = frozenset()) -> DFA:
@@ -286,24 +287,12 @@ def trim(dfa: DFA, dead_rules: frozenset[str] = frozenset()) -> DFA:
     n = dfa.n_states
     calls = [tuple(c for c in cs if c[0] not in dead_rules) for cs in dfa.calls]
     succ = [{t for t in row if t >= 0} | {t for _, t in calls[s]} for s, row in enumerate(dfa.trans)]
-    reach = {0}
-    stack = [0]
-    while stack:
-        for t in succ[stack.pop()]:
-            if t not in reach:
-                reach.add(t)
-                stack.append(t)
+    reach = _reach([0], succ)
     pred: list[list[int]] = [[] for _ in range(n)]
     for s in reach:
         for t in succ[s]:
             pred[t].append(s)
-    live = {s for s in reach if dfa.final[s]}
-    stack = list(live)
-    while stack:
-        for p in pred[stack.pop()]:
-            if p not in live:
-                live.add(p)
-                stack.append(p)
+    live = _reach([s for s in reach if dfa.final[s]], pred)
     if 0 not in live:
         return DFA([0] * 256, [[-1]], [False], [()])
     order = sorted(live)
