@@ -200,13 +200,13 @@ json_values = st.recursive(
 JSON_OBJECT = Grammar.json_object()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(st.dictionaries(st.text(max_size=6), json_values, max_size=5))
 def test_json_object_accepts_every_json_dumps_object(value):
     assert JSON_OBJECT.matches(json.dumps(value, ensure_ascii=False))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(st.integers(-(10**6), 10**6), st.integers(-1000, 1000), st.integers(0, 2000))
 def test_integer_ranges(x, lo, width):
     hi = lo + width
@@ -214,7 +214,7 @@ def test_integer_ranges(x, lo, width):
     assert g.matches(str(x)) == (lo <= x <= hi)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
     st.decimals(-500, 500, places=3, allow_nan=False),
     st.decimals(-100, 100, places=2, allow_nan=False),
