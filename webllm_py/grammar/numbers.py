@@ -1,6 +1,7 @@
 """JSON numbers as IR: the unbounded syntax, integer ranges and decimal ranges.
 
-Integers are written canonically (``0``, ``-12``; no ``-0``, no leading zeros). A bounded ``number`` is written
+Integers are written canonically (``0``, ``-12``; no ``-0``, no leading zeros); ``number`` follows JSON's syntax
+(``-0.5``, ``1E+3``). A bounded ``number`` is written
 without an exponent (``-3``, ``0.25``): ranges over exponent forms would need a much larger automaton and a
 model gains nothing from ``2.5e-1``. Bounds may be any finite decimal, inclusive or exclusive.
 """
@@ -16,9 +17,10 @@ from .ir import EMPTY, NOTHING, Chars, Embed, Lit, Node, Rep, alt, opt, seq, sta
 DIGIT = Chars([(0x30, 0x39)])
 NONZERO = Chars([(0x31, 0x39)])
 NATURAL = alt(Lit("0"), seq(NONZERO, star(DIGIT)))
-INTEGER = seq(opt(Lit("-")), NATURAL)
+INTEGER = alt(Lit("0"), seq(opt(Lit("-")), NONZERO, star(DIGIT)))  # no "-0": an integer has one spelling
 NUMBER = seq(
-    INTEGER,
+    opt(Lit("-")),
+    NATURAL,
     opt(seq(Lit("."), Rep(DIGIT, 1, None))),
     opt(
         seq(
