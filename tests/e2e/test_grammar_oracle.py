@@ -22,15 +22,14 @@ import json
 import random
 from functools import cache
 
+import jsonschema
+import llguidance  # the dev extra: an oracle, never a dependency of the package
 import pytest
 
 from tests.e2e.model_path import smollm2_path
 from webllm_py.grammar import Grammar, Matcher, TokenIndex
 from webllm_py.model.gguf import GGUFFile
 from webllm_py.tokenizer import Tokenizer
-
-llguidance = pytest.importorskip("llguidance")
-jsonschema = pytest.importorskip("jsonschema")
 
 pytestmark = pytest.mark.model
 
