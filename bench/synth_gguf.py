@@ -4,7 +4,7 @@
     python3 bench/synth_gguf.py --shape llama-3.1-8b --mix Q4_K_M --tokenizer SmolLM2.gguf --out /tmp/8b.gguf
 
 Shapes: the hyper-parameters of SmolLM2-135M, Llama-3.2-1B, Llama-3.1-8B (the real 128,256-token vocabulary) and
-Qwen2.5-7B (152,064, QKV biases), plus a tiny one for checking the writer. Mixes: Q4_0, Q8_0 (every matrix that
+Qwen2.5-7B (152,064, QKV biases), plus a tiny one for checking the writer. Mixes: Q4_0, Q4_1, Q8_0 (every matrix that
 type) and Q4_K_M, whose per-tensor types follow llama.cpp's choice for that mix (llama-quant.cpp, read for
 models.md §1.1): Q6_K for the LM head and, in the "more bits" layers, attn_v and ffn_down; Q4_K elsewhere;
 Q5_0 / Q8_0 where a row is not a multiple of 256 weights. So a bench file has the same bytes per token as a hub file.
@@ -37,17 +37,18 @@ SHAPES = {
     "llama-3.1-8b": ("llama", 4096, 32, 32, 8, 128, 14336, 128256, False, 500000.0, 131072),
     "qwen2.5-7b": ("qwen2", 3584, 28, 28, 4, 128, 18944, 152064, False, 1000000.0, 32768),
 }
-GGML_ID = {"F32": 0, "Q4_0": 2, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}
+GGML_ID = {"F32": 0, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}
 # weights per block, bytes per block
 BLOCK = {
     "F32": (1, 4),
     "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
     "Q5_0": (32, 22),
     "Q8_0": (32, 34),
     "Q4_K": (256, 144),
     "Q6_K": (256, 210),
 }
-FILE_TYPE = {"Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15}
+FILE_TYPE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q4_K_M": 15}
 ALIGN = 32
 
 
@@ -83,6 +84,10 @@ def blocks(rng: np.random.Generator, t: str, n: int, spread: float) -> bytes:
     if t in ("Q4_0", "Q5_0", "Q8_0"):  # d at bytes 0-1; values d * (q - offset), q uniform
         q_std = {"Q4_0": 4.61, "Q5_0": 9.23, "Q8_0": 73.9}[t]
         raw[:, 0:2] = f16(spread / q_std * jitter)
+    elif t == "Q4_1":  # d, m at bytes 0-3; value d * q + m: m = -7.5 d centres it
+        d = spread / 4.61 * jitter
+        raw[:, 0:2] = f16(d)
+        raw[:, 2:4] = f16(-7.5 * d)
     elif t == "Q4_K":  # d, dmin at 0-3; value d * sc * q - dmin * m with 6-bit sc, m: dmin = 7.5 d centres it
         d = spread / (4.61 * 31.5 * 1.85) * jitter  # 1.85: measured std of sc * q - 7.5 m over sc * q
         raw[:, 0:2] = f16(d)
