@@ -4,6 +4,8 @@
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
+//   GEMV_MR   decode for bandwidth: RT rows per invocation, TK invocations along K per row group (see below);
+//             KB = K / 32; MR_SHUFFLE: segments sum by subgroup shuffles.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
 //   W_FMT     the weight format (weights.wgsl: a GGUF type name), with W_DOT / W_DQ / FMT_<name> (ops.weight_defines).
 //   W_SEGS    a weight fused from matrices of different formats, one segment each (ops.Weight): RANGE = rows
@@ -21,7 +23,7 @@
 //               QKV    rows [0, n_q) are queries: RoPE, then out[t, n]; rows [n_q, n_q + n_kv) are keys: RoPE, then
 //                      the K cache at position pos + t; the remaining n_kv rows are values: the V cache.
 //               SILU   rows come in (gate, up) pairs (interleaved at repack): out[t, n / 2] = silu(gate) * up
-//   ARGMAX    decode (GEMV, GEMV_SEG) with STORE, for the LM head: each workgroup also writes the largest of its
+//   ARGMAX    decode (GEMV, GEMV_SEG, GEMV_MR) with STORE, for the LM head: each workgroup also writes the largest of its
 //             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
 //             per workgroup instead of every logit (sample.wgsl).
 
@@ -101,6 +103,29 @@ fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f
   }
 #endif
   return W_DOT(0u, r * nb + b, xb, xsum);
+#endif
+}
+
+// Octet o (weights 8o .. 8o+7) of block b of row r of W, dotted with x0, x1 (sum xs): weights.wgsl oct_f.
+fn w_oct(r: u32, b: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let nb = P.k_blocks;
+#if W_SEGS == PARITY
+  if ((r & 1u) == 1u) {
+    return W_OCT1(P.seg1_base, (r / 2u) * nb + b, o, x0, x1, xs);
+  }
+  return W_OCT(0u, (r / 2u) * nb + b, o, x0, x1, xs);
+#else
+#ifdef W_FMT2
+  if (r >= P.seg2_row) {
+    return W_OCT2(P.seg2_base, (r - P.seg2_row) * nb + b, o, x0, x1, xs);
+  }
+#endif
+#ifdef W_FMT1
+  if (r >= P.seg1_row) {
+    return W_OCT1(P.seg1_base, (r - P.seg1_row) * nb + b, o, x0, x1, xs);
+  }
+#endif
+  return W_OCT(0u, r * nb + b, o, x0, x1, xs);
 #endif
 }
 
@@ -366,6 +391,112 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     best_r[lid / SEG] = select(r0, r0 + 1u, b);
   }
   write_best(lid, wid.y * nwg.x + wid.x, PAIRS);
+#endif
+}
+#endif
+
+#ifdef GEMV_MR
+// Decode for bandwidth: RT rows per invocation and TK invocations along K per row group (a "segment" of consecutive
+// invocations), so a workgroup covers ROWS = RT * WG / TK rows. A row is cut in octets (8 weights: one nibble word;
+// weights.wgsl oct_f), and lane l of a segment takes octets l, l + TK, ...: four lanes read a block's words side by
+// side, so a subgroup's weight and activation loads are both contiguous. The trip count is fixed at compile time
+// (KB, the blocks of a row, is compiled in) with a clamped index, so the loads of several steps and of all RT rows
+// can be in flight together. Each octet of x is loaded (and normed, or merged from the attention splits) once for
+// the RT rows. The segment adds its partials with subgroup shuffles (MR_SHUFFLE: TK is at most the smallest subgroup
+// size, which the start-up probe measured) or through workgroup memory (a tree of log2(TK) barrier steps).
+const SEGS: u32 = WG / TK;
+const ROWS: u32 = SEGS * RT;
+const NO: u32 = KB * 4u;               // octets in a row
+const OPL: u32 = (NO + TK - 1u) / TK;  // octets per lane
+const NV: u32 = RT + 1u;               // values a segment sums: RT row partials, then sum(x^2)
+
+#ifndef MR_SHUFFLE
+var<workgroup> red_mr: array<f32, NV * WG>;  // (NV, WG): each invocation's partials
+#endif
+
+// Sum each of the NV values over the segment; lane 0 of the segment gets the sums. Call from uniform control flow.
+fn mr_reduce(v: ptr<function, array<f32, NV>>, lid: u32) {
+#ifdef MR_SHUFFLE
+  for (var r = 0u; r < NV; r++) {
+    var s = (*v)[r];
+    for (var m = 1u; m < TK; m <<= 1u) {
+      s += subgroupShuffleXor(s, m);
+    }
+    (*v)[r] = s;
+  }
+#else
+  for (var r = 0u; r < NV; r++) {
+    red_mr[r * WG + lid] = (*v)[r];
+  }
+  workgroupBarrier();
+  for (var m = TK / 2u; m > 0u; m >>= 1u) {
+    if (lid % TK < m) {
+      for (var r = 0u; r < NV; r++) {
+        red_mr[r * WG + lid] += red_mr[r * WG + lid + m];
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var r = 0u; r < NV; r++) {
+    (*v)[r] = red_mr[r * WG + lid];
+  }
+#endif
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let wg = wid.y * nwg.x + wid.x;
+  let row0 = wg * ROWS + (lid / TK) * RT;
+  let lane = lid % TK;
+  let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
+  let pos = S.pos + t;
+  let xbase = t * (P.x_stride / 4u);
+#ifdef ATTN_IN
+  attn_coefficients(lid);
+#endif
+  var acc: array<f32, NV>;  // RT row partials, then sum(x^2)
+  for (var j = 0u; j < OPL; j++) {
+    let o = lane + j * TK;
+    let oc = min(o, NO - 1u);  // lanes past the row's end compute on a valid octet with x = 0
+    let live = select(0.0, 1.0, o < NO);
+    var x0 = load_x(xbase, 2u * oc) * live;
+    var x1 = load_x(xbase, 2u * oc + 1u) * live;
+#ifdef NORM
+    acc[RT] += dot(x0, x0) + dot(x1, x1);
+    x0 *= norm_w[2u * oc];
+    x1 *= norm_w[2u * oc + 1u];
+#endif
+    let xs = dot(x0 + x1, vec4<f32>(1.0));
+    for (var r = 0u; r < RT; r++) {
+      acc[r] += w_oct(min(row0 + r, P.n_rows - 1u), oc / 4u, oc % 4u, x0, x1, xs);  // rows past the end: dropped
+    }
+  }
+  mr_reduce(&acc, lid);
+  var scale = 1.0;
+#ifdef NORM
+  scale = inverseSqrt(acc[RT] / f32(KB * 32u) + P.eps);
+#endif
+  if (lane == 0u) {
+    for (var r = 0u; r < RT; r += 2u) {
+      epilogue_pair(row0 + r, 0u, pos, acc[r] * scale, acc[r + 1u] * scale);
+    }
+  }
+#ifdef ARGMAX
+  if (lane == 0u) {
+    var bv = acc[0] * scale;
+    var br = row0;
+    for (var r = 1u; r < RT; r++) {
+      if (beats(acc[r] * scale, row0 + r, bv, br, P.n_rows)) {
+        bv = acc[r] * scale;
+        br = row0 + r;
+      }
+    }
+    best_v[lid / TK] = bv;
+    best_r[lid / TK] = br;
+  }
+  write_best(lid, wg, SEGS);
 #endif
 }
 #endif

@@ -29,7 +29,10 @@
 // in the low (j even) or high (j odd) 16 bits of word j / 2.
 //
 // Functions per format F (compiled in with define FMT_F): dot_f(base, blk, &xb, xsum) = block blk . 32 activations
-// xb whose sum is xsum; dq_f(base, blk, i) = weights 4i .. 4i+3 of block blk; `base` is where the matrix (or its
+// xb whose sum is xsum; dq_f(base, blk, i) = weights 4i .. 4i+3 of block blk; oct_f(base, blk, o, x0, x1, xs) =
+// weights 8o .. 8o+7 (octet o in 0..4: one nibble word, so four invocations read a block's words side by side) of
+// block blk . activations x0 = x[8o .. 8o+3], x1 = x[8o+4 .. 8o+7] whose sum is xs, scale and min included;
+// `base` is where the matrix (or its
 // segment, matmul.wgsl) starts in w_q, in vec4 words. block_dot / dequant4 are those of W_FMT at base 0, through
 // the function names W_DOT / W_DQ (ops.weight_defines builds all of these defines).
 //
@@ -73,11 +76,16 @@ fn bit4f(h: u32, i: u32) -> vec4<f32> {
              vec4<f32>(-134217728.0, -67108864.0, -33554432.0, -16777216.0));
 }
 
-// 2-bit fields 4i .. 4i+3 (i in 0..8) of a block's two plane words, as the 16s and 32s of a 6-bit quant, as floats.
-fn crumb4f(p: vec2<u32>, i: u32) -> vec4<f32> {
-  let m = (vec4<u32>(p[i / 4u] >> (8u * (i & 3u))) & vec4<u32>(0x3u, 0xCu, 0x30u, 0xC0u)) | vec4<u32>(F_MAGIC);
+// The four 2-bit fields of the low 8 bits of c, as the 16s and 32s of a 6-bit quant (0, 16, 32 or 48), as floats.
+fn crumbs_f(c: u32) -> vec4<f32> {
+  let m = (vec4<u32>(c) & vec4<u32>(0x3u, 0xCu, 0x30u, 0xC0u)) | vec4<u32>(F_MAGIC);
   return fma(bitcast<vec4<f32>>(m), vec4<f32>(16.0, 4.0, 1.0, 0.25),
              vec4<f32>(-134217728.0, -33554432.0, -8388608.0, -2097152.0));
+}
+
+// 2-bit fields 4i .. 4i+3 (i in 0..8) of a block's two plane words, as the 16s and 32s of a 6-bit quant, as floats.
+fn crumb4f(p: vec2<u32>, i: u32) -> vec4<f32> {
+  return crumbs_f(p[i / 4u] >> (8u * (i & 3u)));
 }
 
 // The four signed bytes of w (low byte first), as floats: flipped to offset binary (b + 128), then as above.
@@ -145,6 +153,14 @@ fn dq_q4_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
   return (nib4f(w_q[g + j], i) - 8.0) * d;
 }
+
+fn oct_q4_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let q = w_q[g + j][o];
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return d * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1) - 8.0 * xs);
+}
 #endif
 
 #ifdef FMT_Q4_1
@@ -160,6 +176,14 @@ fn dq_q4_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let j = blk % 4u;
   let dm = unpack2x16float(w_q[g + 4u][j]);
   return nib4f(w_q[g + j], i) * dm.x + dm.y;
+}
+
+fn oct_q4_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 4u) * 5u;
+  let j = blk % 4u;
+  let q = w_q[g + j][o];
+  let dm = unpack2x16float(w_q[g + 4u][j]);
+  return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
 }
 #endif
 
@@ -177,6 +201,16 @@ fn dq_q5_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
   return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 8u + j / 4u][j % 4u], i) - 16.0) * d;
 }
+
+fn oct_q5_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 11u;
+  let j = blk % 8u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 8u + j / 4u][j % 4u];
+  let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return d * (v - 16.0 * xs);
+}
 #endif
 
 #ifdef FMT_Q5_1
@@ -192,6 +226,16 @@ fn dq_q5_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let j = blk % 4u;
   let dm = unpack2x16float(w_q[g + 5u][j]);
   return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 4u][j], i)) * dm.x + dm.y;
+}
+
+fn oct_q5_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 4u) * 6u;
+  let j = blk % 4u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 4u][j];
+  let dm = unpack2x16float(w_q[g + 5u][j]);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return dm.x * v + dm.y * xs;
 }
 #endif
 
@@ -215,6 +259,15 @@ fn dq_q8_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
   return bytes_i8(w_q[g + 2u * j + i / 4u][i % 4u]) * d;
 }
+
+fn oct_q8_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 17u;
+  let j = blk % 8u;
+  let q = w_q[g + 2u * j + o / 2u];
+  let c = 2u * (o & 1u);
+  let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
+  return d * (dot(bytes_i8(q[c]), x0) + dot(bytes_i8(q[c + 1u]), x1));
+}
 #endif
 
 #ifdef FMT_Q4_K
@@ -231,6 +284,14 @@ fn dq_q4_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
   return nib4f(w_q[g + j], i) * dm.x + dm.y;
 }
+
+fn oct_q4_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let q = w_q[g + j][o];
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
+}
 #endif
 
 #ifdef FMT_Q5_K
@@ -246,6 +307,16 @@ fn dq_q5_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let j = blk % 32u;
   let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
   return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 32u + j / 4u][j % 4u], i)) * dm.x + dm.y;
+}
+
+fn oct_q5_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 32u) * 45u;
+  let j = blk % 32u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 32u + j / 4u][j % 4u];
+  let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return dm.x * v + dm.y * xs;
 }
 #endif
 
@@ -284,6 +355,17 @@ fn dq_q6_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let s = q6_scales(g, j);
   return (nib4f(w_q[g + j], i) + crumb4f(q6_planes(g, j), i) - 32.0) * select(s.x, s.y, i >= 4u);
 }
+
+fn oct_q6_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 64u) * 105u;
+  let j = blk % 64u;
+  let q = w_q[g + j][o];
+  // crumbs of elements 8o .. 8o+7: 16 bits of the block's plane word o / 2 (fields 0-15, then 16-31)
+  let c = w_q[g + 64u + j / 2u][2u * (j & 1u) + o / 2u] >> (16u * (o & 1u));
+  let s = q6_scales(g, j);
+  let v = dot(nibbles_lo(q) + crumbs_f(c), x0) + dot(nibbles_hi(q) + crumbs_f(c >> 8u), x1);
+  return select(s.x, s.y, o >= 2u) * (v - 32.0 * xs);
+}
 #endif
 
 #ifdef FMT_F16
@@ -302,6 +384,11 @@ fn dq_f16(base: u32, blk: u32, i: u32) -> vec4<f32> {
     return halves(q.z, q.w);
   }
   return halves(q.x, q.y);
+}
+
+fn oct_f16(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let q = w_q[base + 4u * blk + o];
+  return dot(halves(q.x, q.y), x0) + dot(halves(q.z, q.w), x1);
 }
 #endif
 
@@ -322,6 +409,11 @@ fn dq_bf16(base: u32, blk: u32, i: u32) -> vec4<f32> {
   }
   return bf16s(q.x, q.y);
 }
+
+fn oct_bf16(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let q = w_q[base + 4u * blk + o];
+  return dot(bf16s(q.x, q.y), x0) + dot(bf16s(q.z, q.w), x1);
+}
 #endif
 
 #ifdef FMT_F32
@@ -335,6 +427,11 @@ fn dot_f32(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f3
 
 fn dq_f32(base: u32, blk: u32, i: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(w_q[base + 8u * blk + i]);
+}
+
+fn oct_f32(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  return dot(bitcast<vec4<f32>>(w_q[base + 8u * blk + 2u * o]), x0)
+       + dot(bitcast<vec4<f32>>(w_q[base + 8u * blk + 2u * o + 1u]), x1);
 }
 #endif
 

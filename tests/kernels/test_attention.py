@@ -102,7 +102,7 @@ def test_unsupported_head_dim(kern):
 
 @pytest.mark.parametrize("n_splits", [1, 3, 16])
 @pytest.mark.parametrize("pos0", [0, 5, 200, 1100])
-@pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG"])
+@pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG", "GEMV_MR"])
 @pytest.mark.parametrize("split_min_keys", [64, 16])
 def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv, split_min_keys, monkeypatch):
     """Decode: flash-decoding splits write partials; the output projection merges them while loading its input."""
@@ -114,6 +114,8 @@ def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv,
     heads, kv_heads, hd, n_out = 6, 2, 64, 40
     max_ctx = pos0 + 8
     kern.gemv_variant = gemv
+    if gemv == "GEMV_MR":  # segments of 16 lanes, 4 rows each (sums through workgroup memory on lavapipe)
+        kern.gemv_wg, kern.gemv_seg, kern.gemv_rt = 64, 16, 4
     rng = np.random.default_rng(pos0 * 7 + n_splits)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     k_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)

@@ -77,10 +77,26 @@ def test_matmul_store(kern, ggml_type, n, k, shape):
     check_store(kern, ggml_type, n, k, kind == "GEMM", m)
 
 
+# GEMV_MR: (wg, lanes along K, rows per invocation): segments shorter than lavapipe's subgroup (8) sum by shuffles,
+# longer ones through workgroup memory; with K = 96 or 256 some lanes run past the row's last octet.
+MR_SHAPES = [("GEMV_MR", 32, 8, 2), ("GEMV_MR", 64, 16, 4), ("GEMV_MR", 16, 4, 8), ("GEMV_MR", 128, 32, 2)]
+
+
+def use_gemv(kern, variant, wg, seg=0, rt=0):
+    """Make (variant, wg, seg, rt) the default decode shape of ``kern``."""
+    kern.gemv_variant, kern.gemv_wg = variant, wg
+    kern.gemv_seg = seg or kern.gemv_seg
+    kern.gemv_rt = rt or kern.gemv_rt
+
+
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
-def test_gemv_variants(kern, ggml_type, variant, wg, seg):
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg
+@pytest.mark.parametrize(
+    "variant,wg,seg,rt",
+    [("GEMV_SEG", 64, 8, 0), ("GEMV_SEG", 32, 4, 0), ("GEMV_SEG", 16, 8, 0), *MR_SHAPES],
+    ids=str,
+)
+def test_gemv_variants(kern, ggml_type, variant, wg, seg, rt):
+    use_gemv(kern, variant, wg, seg, rt)
     for n, k in sizes(ggml_type, 2):
         check_store(kern, ggml_type, n, k, False, 2)
 
@@ -105,10 +121,13 @@ def check_store(kern, ggml_type, n, k, gemm, m):
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F32], ids=lambda t: t.name)
 @pytest.mark.parametrize(
-    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (True, 7, ""), (True, 40, "")]
+    "gemm,m,gemv",
+    [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (False, 2, "GEMV_MR"), (True, 7, ""), (True, 40, "")],
 )
 def test_matmul_norm_add(kern, gemm_wg, ggml_type, gemm, m, gemv):
     """RMSNorm folded into the product, residual add in the epilogue: out += W (x * nw / rms(x))."""
+    if gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[1])
     kern.gemv_variant = gemv or kern.gemv_variant
     n, k, eps = 45, 128, 1e-5
     rng = np.random.default_rng(7 + m)
@@ -160,12 +179,15 @@ SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (G
 
 @pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
 @pytest.mark.parametrize(
-    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, 256), (True, 9, 64)]
+    "gemm,m,gemv",
+    [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (False, 1, "GEMV_MR"), (True, 9, 256), (True, 9, 64)],
 )
 def test_matmul_silu(kern, types, gemm, m, gemv):
     """out = silu(gate) * up, gate and up rows interleaved in one weight."""
     if gemm:
         kern.gemm_wg = gemv
+    elif gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[0])
     else:
         kern.gemv_variant = gemv
     n_ff = 37
@@ -202,6 +224,7 @@ QKV_SHAPES = [  # (gemm, tokens, position of the first, GEMV variant or GEMM wor
     (False, 1, 0, "GEMV"),
     (False, 1, 517, "GEMV"),
     (False, 1, 517, "GEMV_SEG"),
+    (False, 1, 517, "GEMV_MR"),
     (True, 6, 0, 256),
     (True, 6, 0, 64),
     (True, 37, 300, 256),
@@ -215,7 +238,7 @@ QKV_TYPES = [(GGMLType.Q8_0,) * 3] + [
     (GGMLType.Q4_1, GGMLType.BF16, GGMLType.Q5_1),
 ]
 QKV_CASES = [(QKV_TYPES[0], *c) for c in QKV_SHAPES]
-QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
+QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:4] + QKV_SHAPES[6:]]
 
 
 @pytest.mark.parametrize(
@@ -227,6 +250,8 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
     if gemm:
         kern.gemm_wg = gemv
+    elif gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[2])
     else:
         kern.gemv_variant = gemv
     n_heads, n_kv_heads, hd, max_ctx = 3, 1, 32, 640
@@ -278,13 +303,21 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
 
 
 @pytest.mark.parametrize(
-    "variant,wg,seg",
-    [("GEMV", 64, 0), ("GEMV", 16, 0), ("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)],
+    "variant,wg,seg,rt",
+    [
+        ("GEMV", 64, 0, 0),
+        ("GEMV", 16, 0, 0),
+        ("GEMV_SEG", 64, 8, 0),
+        ("GEMV_SEG", 32, 4, 0),
+        ("GEMV_SEG", 16, 8, 0),
+        ("GEMV_MR", 64, 16, 2),
+        ("GEMV_MR", 32, 4, 4),
+    ],
 )
-def test_lm_head_argmax_partials(kern, variant, wg, seg):
+def test_lm_head_argmax_partials(kern, variant, wg, seg, rt):
     """The LM head's greedy partials: per workgroup of rows, its largest logit and row (the lowest row on ties), and
     the sampler's greedy pick from them is the argmax of all logits."""
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    use_gemv(kern, variant, wg, seg, rt)
     n, k, m = 75, 96, 2  # odd rows: the last pair is half empty
     rng = np.random.default_rng(11)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -334,8 +367,8 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg):
 def test_lm_head_every_format(kern, ggml_type):
     """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials (the two
     decode kernels take turns over the formats; test_lm_head_argmax_partials covers ties in both)."""
-    variant, wg, seg = [("GEMV", 16, 0), ("GEMV_SEG", 32, 4)][TYPES.index(ggml_type) % 2]
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    shape = [("GEMV", 16), ("GEMV_SEG", 32, 4), MR_SHAPES[1], MR_SHAPES[0]][TYPES.index(ggml_type) % 4]
+    use_gemv(kern, *shape)
     n, k = sizes(ggml_type, 1)[0]
     n, m, eps = n + 38, 2, 1e-5  # 75 rows: the last workgroup is partly empty
     rng = np.random.default_rng(int(ggml_type))

@@ -164,6 +164,7 @@ def weight_defines(w: Weight) -> dict[str, object]:
         tag = str(i) if i else ""
         defines.update({f"W_FMT{tag}": seg.fmt, f"W_DOT{tag}": f"dot_{seg.fmt.lower()}"})
         defines[f"W_DQ{tag}"] = f"dq_{seg.fmt.lower()}"
+        defines[f"W_OCT{tag}"] = f"oct_{seg.fmt.lower()}"
     if len(w.segments) > 1:
         defines["W_SEGS"] = w.rows.upper()
     return defines
@@ -356,6 +357,14 @@ def matmul(
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
         defines["KQ"] = w.k // 4
+    if not gemm and gemv.variant == "GEMV_MR":
+        if gemv.rt % 2 or gemv.rows_per_workgroup < 4 or gemv.wg % gemv.seg:
+            raise ValueError(
+                f"GEMV_MR shape {gemv.label()}: rt even, seg divides wg, at least 4 rows a workgroup"
+            )
+        defines.update(TK=gemv.seg, RT=gemv.rt, KB=w.k_blocks)
+        if kern.tier.subgroups and gemv.seg <= kern.subgroup_min:
+            defines["MR_SHUFFLE"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
     if attn_ml is not None:

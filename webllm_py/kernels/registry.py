@@ -35,19 +35,24 @@ def weight_nbytes(fmt: str, n_blocks: int) -> int:
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG)."""
+    """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG / GEMV_MR)."""
 
-    variant: (
-        str  # "GEMV": K split over wg invocations, four rows each; "GEMV_SEG": seg invocations per row pair
-    )
+    # "GEMV": K split over wg invocations, four rows each; "GEMV_SEG": seg invocations per row pair; "GEMV_MR": rt
+    # rows per invocation, seg invocations along K per row group
+    variant: str
     wg: int  # invocations per workgroup
-    seg: int = 0  # GEMV_SEG: invocations per row pair (at most the smallest subgroup size)
+    seg: int = 0  # GEMV_SEG: invocations per row pair (at most the smallest subgroup size); GEMV_MR: along K
+    rt: int = 0  # GEMV_MR: rows per invocation (even)
 
     @property
     def rows_per_workgroup(self) -> int:
+        if self.variant == "GEMV_MR":
+            return self.rt * self.wg // self.seg
         return 2 * self.wg // self.seg if self.variant == "GEMV_SEG" else 4
 
     def label(self) -> str:
+        if self.variant == "GEMV_MR":
+            return f"{self.variant}/{self.wg}/{self.seg}/{self.rt}"
         return f"{self.variant}/{self.wg}" + (f"/{self.seg}" if self.variant == "GEMV_SEG" else "")
 
 
@@ -83,6 +88,7 @@ class Kernels:
         gemv_wg: int = 64,
         attention_wg: int = 256,
         gemv_seg: int = 8,
+        gemv_rt: int = 4,
         attention_splits: int = 16,
         sample_wg: int = 1024,
         fuse_attention: bool = False,
@@ -99,6 +105,10 @@ class Kernels:
         self.gemv_wg = gemv_wg
         # "GEMV_SEG": invocations per row pair; at most the smallest subgroup size the probe measured.
         self.gemv_seg = gemv_seg
+        self.gemv_rt = gemv_rt  # "GEMV_MR": rows per invocation (gemv_seg invocations along K per row group)
+        # The smallest subgroup size the start-up probe measured (0: not probed). GEMV_MR segments of at most this
+        # many invocations sum with subgroup shuffles, longer ones through workgroup memory.
+        self.subgroup_min = 0
         # Per matrix role ("qkv", "o", "ffn1", "ffn2", "lm_head"), the GEMV shape load-time tuning chose.
         self.gemv_roles: dict[str, GemvConfig] = {}
         self.attention_wg = attention_wg
@@ -137,7 +147,12 @@ class Kernels:
     @property
     def gemv(self) -> GemvConfig:
         """The default decode GEMV shape (roles without a tuned one use it)."""
-        return GemvConfig(self.gemv_variant, self.gemv_wg, self.gemv_seg)
+        return GemvConfig(
+            self.gemv_variant,
+            self.gemv_wg,
+            self.gemv_seg,
+            self.gemv_rt if self.gemv_variant == "GEMV_MR" else 0,
+        )
 
     def defines(self, **defines: object) -> dict[str, object]:
         d = dict(defines)
@@ -194,5 +209,13 @@ def default_tuning(device: Device) -> dict[str, object]:
     """Kernel shapes by adapter kind, before (or instead of) load-time tuning: on CPU adapters small workgroups
     waste less on reductions, and tuning is skipped there (each measurement costs seconds)."""
     if is_cpu_adapter(device):
-        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}
-    return {}
+        return {
+            "gemv_variant": "GEMV",
+            "gemv_wg": 16,
+            "attention_wg": 64,
+            "attention_splits": 2,
+            "sample_wg": 256,
+            "gemm_wg": 64,
+        }
+    # GPUs: rows per invocation, a subgroup along K (tuning.CANDIDATES[0]); tuning measures the others.
+    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 4}

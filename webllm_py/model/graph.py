@@ -284,6 +284,11 @@ class LlamaGraph:
         cfg = self.cfg
         return self.kern.fuse_attention and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
 
+    def role_weight(self, role: str, layer: int) -> ops.Weight:
+        """The weight of matrix role "qkv", "o", "ffn1" or "ffn2" of ``layer``."""
+        L = self.layers[layer]
+        return {"qkv": L.qkv, "o": L.o, "ffn1": L.gate_up, "ffn2": L.down}[role]
+
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
     ) -> ops.Launch:
