@@ -7,6 +7,7 @@
 //   GEMV_MR   decode for bandwidth: RT rows per invocation, TK invocations along K per row group (see below);
 //             KB = K / 32; MR_SHUFFLE: segments sum by subgroup shuffles.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
+//   GEMM_RT   prefill, register-tiled: WG rows x 64 tokens, 8 x 8 outputs per invocation, register prefetch (below).
 //   W_FMT     the weight format (weights.wgsl: a GGUF type name), with W_DOT / W_DQ / FMT_<name> (ops.weight_defines).
 //   W_SEGS    a weight fused from matrices of different formats, one segment each (ops.Weight): RANGE = rows
 //             [seg1_row, seg2_row) are in W_FMT1 at seg1_base, rows [seg2_row, N) in W_FMT2 at seg2_base (q/k/v);
@@ -667,6 +668,116 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let rr = row0 + 4u * ty;
       epilogue_pair(rr, tt, S.pos + tt, a0[j] * scale[j], a1[j] * scale[j]);
       epilogue_pair(rr + 2u, tt, S.pos + tt, a2[j] * scale[j], a3[j] * scale[j]);
+    }
+  }
+}
+#endif
+
+#ifdef GEMM_RT
+// Prefill, register-tiled: a tile of BM = WG rows x BN = 64 tokens per workgroup; invocation (ty, tx) = (lid / 8,
+// lid % 8) owns 8 rows (4 ty .. 4 ty + 3 and BM/2 + 4 ty ..) x 8 tokens (4 tx .. and 32 + 4 tx ..): per column of K a
+// 8 x 8 outer product from two vec4 reads of each tile (rows and tokens of a thread in two halves, so the reads of
+// neighbouring invocations are neighbouring words: no bank conflicts). K goes in steps of one 32-column block:
+// invocation t dequantizes block b of row t of the tile and loads token t's 32 activations (normed on the way; its
+// own sum(x^2), no reduction needed), the next step's while the current step's products run (register prefetch: one
+// tile in workgroup memory, 16 KiB at BM = 64, within WebGPU's default limit). f32 products and sums.
+const BM: u32 = WG;
+const BN: u32 = 64u;
+var<workgroup> wt: array<vec4<f32>, 8u * BM>;  // (32 k, BM / 4): rows 4i .. 4i+3 of column k, dequantized
+var<workgroup> xt: array<vec4<f32>, 512>;      // (32 k, 16): tokens 4j .. 4j+3 of column k
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let row0 = wid.x * BM;
+  let t0 = wid.y * BN;
+  let n_tokens = S.n_tokens;
+  let nb = P.k_blocks;
+  let ty = lid / 8u;
+  let tx = lid % 8u;
+  let r = row0 + lid;             // the row this invocation dequantizes
+  let rc = min(r, P.n_rows - 1u);  // rows past the end load a valid row, stored as zeros
+  let rlive = select(0.0, 1.0, r < P.n_rows);
+  let t = t0 + lid;               // the token this invocation loads (lid < BN)
+  let tlive = select(0.0, 1.0, lid < BN && t < n_tokens);
+  let xrow = min(t, n_tokens - 1u) * (P.x_stride / 4u);
+  var ssq = 0.0;  // sum(x^2) of token t
+  // a<i>_<c>: row i of this invocation's 8 (0-3: 4 ty + i, 4-7: BM/2 + 4 ty + i - 4), tokens of half c
+  var a0_0 = vec4<f32>(0.0); var a0_1 = vec4<f32>(0.0); var a1_0 = vec4<f32>(0.0); var a1_1 = vec4<f32>(0.0);
+  var a2_0 = vec4<f32>(0.0); var a2_1 = vec4<f32>(0.0); var a3_0 = vec4<f32>(0.0); var a3_1 = vec4<f32>(0.0);
+  var a4_0 = vec4<f32>(0.0); var a4_1 = vec4<f32>(0.0); var a5_0 = vec4<f32>(0.0); var a5_1 = vec4<f32>(0.0);
+  var a6_0 = vec4<f32>(0.0); var a6_1 = vec4<f32>(0.0); var a7_0 = vec4<f32>(0.0); var a7_1 = vec4<f32>(0.0);
+  // The first step's tile, into registers.
+  var wn: array<vec4<f32>, 8>;
+  var xn: array<vec4<f32>, 8>;
+  for (var i = 0u; i < 8u; i++) {
+    wn[i] = w_dequant4(rc, 0u, i) * rlive;
+    xn[i] = x[xrow + i] * tlive;
+  }
+  for (var b = 0u; b < nb; b++) {
+    // Registers -> the tile: column k = 4i + c of this invocation's row / token.
+    for (var i = 0u; i < 8u; i++) {
+      var v = xn[i];
+#ifdef NORM
+      ssq += dot(v, v);
+      v *= norm_w[b * 8u + i];
+#endif
+      for (var c = 0u; c < 4u; c++) {
+        wt[(4u * i + c) * (BM / 4u) + lid / 4u][lid % 4u] = wn[i][c];
+        if (lid < BN) {
+          xt[(4u * i + c) * 16u + lid / 4u][lid % 4u] = v[c];
+        }
+      }
+    }
+    workgroupBarrier();
+    // The next step's tile, loading while this one's products run (no branch, so the loads and the products can be
+    // scheduled together: the last step loads its own block again).
+    let bn = min(b + 1u, nb - 1u);
+    for (var i = 0u; i < 8u; i++) {
+      wn[i] = w_dequant4(rc, bn, i) * rlive;
+      xn[i] = x[xrow + bn * 8u + i] * tlive;
+    }
+    for (var k = 0u; k < 32u; k++) {
+      let w0 = wt[k * (BM / 4u) + ty];
+      let w1 = wt[k * (BM / 4u) + BM / 8u + ty];
+      let x0 = xt[k * 16u + tx];
+      let x1 = xt[k * 16u + 8u + tx];
+      a0_0 += w0.x * x0; a0_1 += w0.x * x1; a1_0 += w0.y * x0; a1_1 += w0.y * x1;
+      a2_0 += w0.z * x0; a2_1 += w0.z * x1; a3_0 += w0.w * x0; a3_1 += w0.w * x1;
+      a4_0 += w1.x * x0; a4_1 += w1.x * x1; a5_0 += w1.y * x0; a5_1 += w1.y * x1;
+      a6_0 += w1.z * x0; a6_1 += w1.z * x1; a7_0 += w1.w * x0; a7_1 += w1.w * x1;
+    }
+    workgroupBarrier();
+  }
+  // Each token's 1 / rms through the (now free) tile memory.
+  var inv0 = vec4<f32>(1.0);
+  var inv1 = vec4<f32>(1.0);
+#ifdef NORM
+  if (lid < BN) {
+    xt[lid / 4u][lid % 4u] = inverseSqrt(ssq / f32(nb * 32u) + P.eps);
+  }
+  workgroupBarrier();
+  inv0 = xt[tx];
+  inv1 = xt[8u + tx];
+#endif
+  let ra = row0 + 4u * ty;
+  let rb = row0 + BM / 2u + 4u * ty;
+  for (var j = 0u; j < 4u; j++) {
+    let tt0 = t0 + 4u * tx + j;
+    if (tt0 < n_tokens) {
+      let s = inv0[j];
+      epilogue_pair(ra, tt0, S.pos + tt0, a0_0[j] * s, a1_0[j] * s);
+      epilogue_pair(ra + 2u, tt0, S.pos + tt0, a2_0[j] * s, a3_0[j] * s);
+      epilogue_pair(rb, tt0, S.pos + tt0, a4_0[j] * s, a5_0[j] * s);
+      epilogue_pair(rb + 2u, tt0, S.pos + tt0, a6_0[j] * s, a7_0[j] * s);
+    }
+    let tt1 = t0 + 32u + 4u * tx + j;
+    if (tt1 < n_tokens) {
+      let s = inv1[j];
+      epilogue_pair(ra, tt1, S.pos + tt1, a0_1[j] * s, a1_1[j] * s);
+      epilogue_pair(ra + 2u, tt1, S.pos + tt1, a2_1[j] * s, a3_1[j] * s);
+      epilogue_pair(rb, tt1, S.pos + tt1, a4_1[j] * s, a5_1[j] * s);
+      epilogue_pair(rb + 2u, tt1, S.pos + tt1, a6_1[j] * s, a7_1[j] * s);
     }
   }
 }

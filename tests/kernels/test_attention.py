@@ -100,10 +100,17 @@ def test_unsupported_head_dim(kern):
         )
 
 
-@pytest.mark.parametrize("n_splits", [1, 3, 16])
-@pytest.mark.parametrize("pos0", [0, 5, 200, 1100])
-@pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG", "GEMV_MR"])
-@pytest.mark.parametrize("split_min_keys", [64, 16])
+SPLIT_CASES = [
+    (n_splits, pos0, gemv, split_min_keys)
+    for n_splits in (1, 3, 16)
+    for pos0 in (0, 5, 200, 1100)
+    for gemv in ("GEMV", "GEMV_SEG")
+    for split_min_keys in (64, 16)
+]
+SPLIT_CASES += [(n, p, "GEMV_MR", 16) for n in (3, 16) for p in (5, 1100)]
+
+
+@pytest.mark.parametrize("n_splits,pos0,gemv,split_min_keys", SPLIT_CASES)
 def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv, split_min_keys, monkeypatch):
     """Decode: flash-decoding splits write partials; the output projection merges them while loading its input."""
     monkeypatch.setattr(kern, "split_min_keys", split_min_keys)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels, Tier
 from webllm_py.model.quant import GGMLType
 
 from .conftest import assert_close, download, state_buffer, upload, zeros
@@ -40,10 +41,10 @@ STORE_CASES = [(t, n, k, s) for t in LEGACY for n, k in sizes(t) for s in SHAPES
 STORE_CASES += [(t, n, k, s) for t in NEW for n, k in sizes(t, 2) for s in NEW_SHAPES]
 
 
-@pytest.fixture(params=[256, 64], ids=lambda wg: f"gemm{wg}")
+@pytest.fixture(params=[("GEMM", 256), ("GEMM", 64), ("GEMM_RT", 64)], ids=lambda v: f"{v[0]}{v[1]}")
 def gemm_wg(request, kern):
-    """The prefill GEMM's two workgroup shapes: four groups splitting K (GPUs) and one (CPU adapters)."""
-    kern.gemm_wg = request.param
+    """The prefill GEMM's workgroup shapes: four groups splitting K (GPUs), one (CPU adapters), register-tiled."""
+    kern.gemm_variant, kern.gemm_wg = request.param
     return request.param
 
 
@@ -73,8 +74,8 @@ def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
 def test_matmul_store(kern, ggml_type, n, k, shape):
     kind, wg, m = shape
     if wg:
-        kern.gemm_wg = wg
-    check_store(kern, ggml_type, n, k, kind == "GEMM", m)
+        kern.gemm_variant, kern.gemm_wg = kind, wg
+    check_store(kern, ggml_type, n, k, kind.startswith("GEMM"), m)
 
 
 # GEMV_MR: (wg, lanes along K, rows per invocation): segments shorter than lavapipe's subgroup (8) sum by shuffles,
@@ -90,15 +91,41 @@ def use_gemv(kern, variant, wg, seg=0, rt=0):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize(
-    "variant,wg,seg,rt",
-    [("GEMV_SEG", 64, 8, 0), ("GEMV_SEG", 32, 4, 0), ("GEMV_SEG", 16, 8, 0), *MR_SHAPES],
-    ids=str,
-)
-def test_gemv_variants(kern, ggml_type, variant, wg, seg, rt):
-    use_gemv(kern, variant, wg, seg, rt)
+@pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
+def test_gemv_variants(kern, ggml_type, variant, wg, seg):
+    use_gemv(kern, variant, wg, seg)
     for n, k in sizes(ggml_type, 2):
         check_store(kern, ggml_type, n, k, False, 2)
+
+
+@pytest.fixture(
+    params=[Tier(f16=False, subgroups=False), Tier(f16=False, subgroups=True)], ids=lambda t: t.name
+)
+def kern_f32(request, gpu_device, subgroup_min):
+    """The f32 tiers only, for kernels whose code does not depend on f16 (it changes only the KV cache type)."""
+    k = Kernels(gpu_device, request.param)
+    k.subgroup_min = subgroup_min if request.param.subgroups else 0
+    return k
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("pair", [0, 1])
+def test_gemv_mr_formats(kern_f32, ggml_type, pair):
+    """GEMV_MR over every format, two of its shapes per format (rotating), shuffle and workgroup-memory sums."""
+    for j in (2 * pair, 2 * pair + 1):
+        use_gemv(kern_f32, *MR_SHAPES[(TYPES.index(ggml_type) + j) % len(MR_SHAPES)])
+        for n, k in sizes(ggml_type, 2):
+            check_store(kern_f32, ggml_type, n, k, False, 2)
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_gemm_rt_formats(gpu_device, ggml_type):
+    """The register-tiled prefill GEMM over every format (f32 tier: it uses no subgroup operations and f16 only
+    changes the KV cache): 64 rows with a partial token tile, or 128 rows with two token tiles."""
+    wg, m = [(64, 5), (128, 70)][TYPES.index(ggml_type) % 2]
+    kern = Kernels(gpu_device, Tier(f16=False, subgroups=False), gemm_variant="GEMM_RT", gemm_wg=wg)
+    n, k = sizes(ggml_type, 1)[0]
+    check_store(kern, ggml_type, n, k, True, m)
 
 
 def check_store(kern, ggml_type, n, k, gemm, m):
@@ -180,11 +207,14 @@ SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (G
 @pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
 @pytest.mark.parametrize(
     "gemm,m,gemv",
-    [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (False, 1, "GEMV_MR"), (True, 9, 256), (True, 9, 64)],
+    [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (False, 1, "GEMV_MR"), (True, 9, 256), (True, 9, 64)]
+    + [(True, 9, "GEMM_RT")],
 )
 def test_matmul_silu(kern, types, gemm, m, gemv):
     """out = silu(gate) * up, gate and up rows interleaved in one weight."""
-    if gemm:
+    if gemv == "GEMM_RT":
+        kern.gemm_variant, kern.gemm_wg = "GEMM_RT", 64
+    elif gemm:
         kern.gemm_wg = gemv
     elif gemv == "GEMV_MR":
         use_gemv(kern, *MR_SHAPES[0])
@@ -229,6 +259,7 @@ QKV_SHAPES = [  # (gemm, tokens, position of the first, GEMV variant or GEMM wor
     (True, 6, 0, 64),
     (True, 37, 300, 256),
     (True, 37, 300, 64),
+    (True, 37, 300, "GEMM_RT"),
 ]
 # q/k/v of one type, and mixes: a Q4_K_M layer (Q6_K v), the fallback of rows not a multiple of 256 (Q5_0 q/k,
 # Q8_0 v), three types (three segments).
@@ -248,7 +279,9 @@ QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:4] + QKV_SH
 )
 def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
-    if gemm:
+    if gemv == "GEMM_RT":
+        kern.gemm_variant, kern.gemm_wg = "GEMM_RT", 128
+    elif gemm:
         kern.gemm_wg = gemv
     elif gemv == "GEMV_MR":
         use_gemv(kern, *MR_SHAPES[2])

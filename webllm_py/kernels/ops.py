@@ -19,6 +19,7 @@ from .registry import SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, w
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
+GEMM_RT_TOKENS = 64  # tokens per GEMM_RT workgroup (its rows: kern.gemm_wg)
 REPACK_WG = 64
 ATTENTION_TILE = 1024  # key positions per attention tile (4 KiB of scores in workgroup memory)
 
@@ -353,7 +354,7 @@ def matmul(
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
     gemv = gemv or kern.gemv
     defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
-    defines["GEMM" if gemm else gemv.variant] = 1
+    defines[kern.gemm_variant if gemm else gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
         defines["KQ"] = w.k // 4
@@ -411,10 +412,13 @@ def matmul(
         entries.append(_whole(10, argmax_out))
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
-        row_tiles = math.ceil(w.n_rows / GEMM_TILE)
+        rows, tokens = GEMM_TILE, GEMM_TILE
+        if kern.gemm_variant == "GEMM_RT":
+            rows, tokens = kern.gemm_wg, GEMM_RT_TOKENS
+        row_tiles = math.ceil(w.n_rows / rows)
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
-            return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
+            return (row_tiles, math.ceil(n_tokens / tokens), 1)
 
     else:
         fixed = fold_grid(math.ceil(w.n_rows / gemv.rows_per_workgroup))

@@ -96,6 +96,7 @@ class Kernels:
         flash_min_keys: int | None = None,
         split_min_keys: int = 128,
         gemm_wg: int = 256,
+        gemm_variant: str = "GEMM",
     ):
         self.device = device
         self.tier = tier
@@ -138,8 +139,13 @@ class Kernels:
         # 14.6 -> 6.0 ms for a 128-token step on the H100) or 64 in one (CPU adapters, which run every invocation
         # through each barrier; on idle lavapipe the 256 shape took 0.16 s against the former 64-invocation
         # kernel's 0.135 s for a 64 x 576 x 1536 product).
-        if gemm_wg not in (64, 256):
-            raise ValueError(f"gemm_wg must be 64 or 256; got {gemm_wg}")
+        # "GEMM_RT": register-tiled, gemm_wg (64 or 128) rows x 64 tokens a workgroup, 8 x 8 outputs an invocation.
+        allowed = {"GEMM": (64, 256), "GEMM_RT": (64, 128)}
+        if gemm_wg not in allowed.get(gemm_variant, ()):
+            raise ValueError(
+                f"gemm_variant {gemm_variant!r} with gemm_wg {gemm_wg}: expected one of {allowed}"
+            )
+        self.gemm_variant = gemm_variant
         self.gemm_wg = gemm_wg
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
