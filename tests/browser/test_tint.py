@@ -27,7 +27,13 @@ from webllm_py.model.quant import GGMLType
 TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups;
 # decode with the QKV projection inside attention (Kernels.fuse_attention) and 16-query flash attention tiles.
-TUNINGS = [{}, {"gemv_wg": 16, "gemm_wg": 64}, {"fuse_attention": True, "flash_queries": 16}]
+# The GPU default (GEMV_MR decode, registry.default_tuning) and the register-tiled prefill GEMM too.
+TUNINGS = [
+    {},
+    {"gemv_wg": 16, "gemm_wg": 64},
+    {"fuse_attention": True, "flash_queries": 16},
+    {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 4, "gemm_variant": "GEMM_RT", "gemm_wg": 64},
+]
 TYPES = list(GGMLType)  # every weight format (weights.wgsl)
 EPILOGUE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
 # Products fused from matrices of different types (segmented weights): q/k/v of a Q4_K_M layer, of the fallback for
@@ -144,6 +150,8 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
     for cand in CANDIDATES:
         if cand.variant == "GEMV_SEG" and not kern.tier.subgroups:
             continue
+        if cand.variant == "GEMV_MR" and not kern.tier.subgroups and cand.seg < 32:
+            continue  # without subgroups every segment length is the same workgroup-memory code (one kept)
         for t in types if cand in (CANDIDATES[0], CANDIDATES[-1]) else EPILOGUE_TYPES:
             w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
@@ -159,6 +167,8 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
     shapes = [(True, None), (False, None)] if all_formats else []
     if kern.tier.subgroups and all_formats:
         shapes.append((False, GemvConfig("GEMV_SEG", 64, 16)))
+    if all_formats:
+        shapes.append((False, GemvConfig("GEMV_MR", 128, 32, 4)))
     for gemm, gemv in shapes:
         for types in MIXED_QKV:
             w, _ = ops.alloc_fused(kern, [(t, 32) for t in types], in_features(*types), "qkv")
@@ -199,11 +209,14 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
     for tier in TIERS:
         for tuning in TUNINGS:
             engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
-            engine_variants(Kernels(engine_dev, tier, **tuning), model)
-            kernel_matrix_variants(Kernels(tests_dev, tier, **tuning), all_formats=tuning == TUNINGS[0])
+            engine_kern, tests_kern = Kernels(engine_dev, tier, **tuning), Kernels(tests_dev, tier, **tuning)
+            if tier.subgroups:  # as the engine's probe sets it: GEMV_MR segments up to 32 lanes sum by shuffles
+                engine_kern.subgroup_min = tests_kern.subgroup_min = 32
+            engine_variants(engine_kern, model)
+            kernel_matrix_variants(tests_kern, all_formats=tuning == TUNINGS[0])
             for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
                 sources.setdefault(code, label)  # identical text is compiled once
-            if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines
+            if tuning is not TUNINGS[1]:  # the GPU shapes (not the CPU adapters'): also made into pipelines
                 engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
     return {label: code for code, label in sources.items()}, engine_on_gpu
 
