@@ -34,6 +34,7 @@ setup)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     "$CARRY"/.whl/*.whl $(ls "$ROOT"/.whl/*.whl 2>/dev/null)
   mkdir -p /root/lcpy "$LCP" && tar -xzf "$CARRY/.lcp/llama_cpp_py.tgz" -C /root/lcpy
+  [ -n "${NOBUILD:-}" ] && { nvidia-smi --query-gpu=name,driver_version --format=csv; exit 0; }
   tar -xzf "$CARRY/.lcp/llama_src.tgz" -C "$LCP"
   setsid nohup bash -c "cmake -S $LCP/llama.cpp -B $LCP/build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
@@ -56,10 +57,13 @@ kernels)
 floor)
   taskset -c "$CORES" timeout 60 python3 bench/dispatch_floor.py | compact >> "$OUT/floor.jsonl"
   ;;
-timing)
+timing)  # NAME... ; BASELINE=NAME also times that model's decode with the previous default kernel (GEMV/64)
   for m in "$@"; do
-    for args in "--context 512" "--context 512 --gemv GEMV/64" "--prefill 256 --prefill-pos 256" \
-                "--prefill 256 --prefill-pos 256 --gemm GEMM_RT/64" "--prefill 256 --prefill-pos 256 --gemm GEMM_RT/128"; do
+    configs=("--context 512")
+    [ "${BASELINE:-}" = "$m" ] && configs+=("--context 512 --gemv GEMV/64")
+    configs+=("--prefill 256 --prefill-pos 256" "--prefill 256 --prefill-pos 256 --gemm GEMM_RT/64")
+    configs+=("--prefill 256 --prefill-pos 256 --gemm GEMM_RT/128")
+    for args in "${configs[@]}"; do
       taskset -c "$CORES" timeout 200 python3 bench/gpu_timing.py --model "$(file "$m")" --bandwidth-gbs "$BW" $args \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['args']='$args'; print(json.dumps(d))" \
         >> "$OUT/timing.jsonl"
@@ -83,9 +87,18 @@ peer)
   tail -3 $LCP/build.log
   lib=$(dirname "$(find $LCP/build -name 'libllama.so' | head -1)")
   for m in "$@"; do
+    # the prefill GEMM that timed fastest for this model in the timing step (GEMM/256 when none was timed)
+    gemm=$(python3 -c "
+import json, sys
+best = {}
+for line in open('$OUT/timing.jsonl'):
+    d = json.loads(line)
+    if d['model'] == '$m' and d['tokens'] > 1:
+        best[d['gemm']] = d['gpu_us_per_step_without_inner_timestamps']
+print(min(best, key=best.get) if best else 'GEMM/256')" 2>/dev/null || echo GEMM/256)
     for i in $(seq "$reps"); do
       LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 taskset -c "$CORES" timeout 300 python3 bench/decode.py \
-        --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" \
+        --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" --gemm "$gemm" \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
         >> "$OUT/peer.jsonl"
       tail -1 "$OUT/peer.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \

@@ -55,6 +55,34 @@ FORMATS = {
 }
 
 
+# The memory ceiling through this stack: every invocation streams vec4<u32> words (16-byte loads) of one big buffer,
+# UNROLL independent loads in flight per loop step, and xors them together (so nothing is optimized away).
+STREAM = """
+@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let n = arrayLength(&src);
+  let stride = nwg.x * 256u;
+  var acc = vec4<u32>(0u);
+  var i = gid.x;
+  for (; i + (UNROLL - 1u) * stride < n; i += UNROLL * stride) {
+    LOADS
+  }
+  for (; i < n; i += stride) {
+    acc ^= src[i];
+  }
+  dst[gid.x] = acc.x ^ acc.y ^ acc.z ^ acc.w;
+}
+"""
+
+
+def stream_source(unroll: int) -> str:
+    loads = " ".join(f"let v{j} = src[i + {j}u * stride];" for j in range(unroll))
+    loads += " acc ^= " + " ^ ".join(f"v{j}" for j in range(unroll)) + ";"
+    return STREAM.replace("UNROLL", f"{unroll}u").replace("LOADS", loads)
+
+
 def role_dims(shape: str, role: str) -> tuple[int, int, str, bool]:
     """(rows, K, epilogue, RMSNorm folded in) of a role's product."""
     h, nq, nkv, ff, vocab = SHAPES[shape]
@@ -81,6 +109,9 @@ async def main() -> None:
     ap.add_argument("--gemm", action="store_true", help="also time the prefill GEMM variants")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="few shapes and candidates (a smoke test)")
+    ap.add_argument(
+        "--stream-mb", type=float, default=1024.0, help="size of the streaming-read ceiling's buffer"
+    )
     args = ap.parse_args()
 
     import wgpu
@@ -147,6 +178,18 @@ async def main() -> None:
         "gemm": [],
     }
     out["cooperative_matrix_feature"] = any("cooperative" in f for f in out["features"])
+    # The streaming ceiling: GB/s of a pure 16-byte-load read of --stream-mb.
+    src = buffer(int(args.stream_mb * 1e6) // 16 * 16, "stream")
+    dst = buffer(4 * 256 * 132 * 64, "stream.dst", fill=False)
+    out["stream_read_gb_per_s"] = {}
+    for unroll in (1, 4, 8):
+        pipe = dev.create_pipeline(stream_source(unroll), f"stream{unroll}")
+        bg = dev.create_bind_group(pipe, [(0, src, 0, src.size), (1, dst, 0, dst.size)], "stream")
+        for groups in (132 * 4, 132 * 16, 132 * 64):
+            sec = gpu_seconds([(pipe, bg, groups, 1, 1)] * 4)
+            out["stream_read_gb_per_s"][f"unroll{unroll}_wg{groups}"] = round(src.size / sec / 1e9, 1)
+    dev.destroy_buffer(src)
+    print(json.dumps(out["stream_read_gb_per_s"]), file=sys.stderr)
     candidates = CANDIDATES[:3] + CANDIDATES[-3:] if args.quick else CANDIDATES
     shapes = args.shapes[:1] if args.quick else args.shapes
     for shape in shapes:

@@ -405,6 +405,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // can be in flight together. Each octet of x is loaded (and normed, or merged from the attention splits) once for
 // the RT rows. The segment adds its partials with subgroup shuffles (MR_SHUFFLE: TK is at most the smallest subgroup
 // size, which the start-up probe measured) or through workgroup memory (a tree of log2(TK) barrier steps).
+// MR_RUNTIME: the same with the trip count read at run time (the compiler does not unroll the row: fewer registers,
+// one step's loads in flight). MR_BLOCK: lanes take whole blocks (a 16-byte nibble word per row and step, the block's
+// 32 activations in registers), trip count at run time.
 const SEGS: u32 = WG / TK;
 const ROWS: u32 = SEGS * RT;
 const NO: u32 = KB * 4u;               // octets in a row
@@ -458,10 +461,35 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   attn_coefficients(lid);
 #endif
   var acc: array<f32, NV>;  // RT row partials, then sum(x^2)
+#ifdef MR_BLOCK
+  // Lanes take whole blocks (one 16-byte nibble word per row and step), a loop bound read at run time.
+  for (var b = lane; b < P.k_blocks; b += TK) {
+    var xb: array<vec4<f32>, 8>;
+    var xsum = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+      var v = load_x(xbase, b * 8u + i);
+#ifdef NORM
+      acc[RT] += dot(v, v);
+      v *= norm_w[b * 8u + i];
+#endif
+      xb[i] = v;
+      xsum += v.x + v.y + v.z + v.w;
+    }
+    for (var r = 0u; r < RT; r++) {
+      acc[r] += w_dot(min(row0 + r, P.n_rows - 1u), b, &xb, xsum);  // rows past the end: dropped below
+    }
+  }
+#else
+#ifdef MR_RUNTIME
+  // A loop bound read at run time: the compiler keeps one step's loads in flight and no more.
+  for (var oc = lane; oc < P.k_blocks * 4u; oc += TK) {
+    let live = 1.0;
+#else
   for (var j = 0u; j < OPL; j++) {
     let o = lane + j * TK;
     let oc = min(o, NO - 1u);  // lanes past the row's end compute on a valid octet with x = 0
     let live = select(0.0, 1.0, o < NO);
+#endif
     var x0 = load_x(xbase, 2u * oc) * live;
     var x1 = load_x(xbase, 2u * oc + 1u) * live;
 #ifdef NORM
@@ -474,10 +502,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       acc[r] += w_oct(min(row0 + r, P.n_rows - 1u), oc / 4u, oc % 4u, x0, x1, xs);  // rows past the end: dropped
     }
   }
+#endif
   mr_reduce(&acc, lid);
   var scale = 1.0;
 #ifdef NORM
-  scale = inverseSqrt(acc[RT] / f32(KB * 32u) + P.eps);
+  scale = inverseSqrt(acc[RT] / f32(P.k_blocks * 32u) + P.eps);
 #endif
   if (lane == 0u) {
     for (var r = 0u; r < RT; r += 2u) {
@@ -680,11 +709,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // neighbouring invocations are neighbouring words: no bank conflicts). K goes in steps of one 32-column block:
 // invocation t dequantizes block b of row t of the tile and loads token t's 32 activations (normed on the way; its
 // own sum(x^2), no reduction needed), the next step's while the current step's products run (register prefetch: one
-// tile in workgroup memory, 16 KiB at BM = 64, within WebGPU's default limit). f32 products and sums.
+// tile in workgroup memory, 16 KiB at BM = 64, within WebGPU's default limit). f32 products and sums. Every private
+// value has a name (no private arrays: an array indexed in a loop the compiler does not unroll lives in memory).
 const BM: u32 = WG;
 const BN: u32 = 64u;
 var<workgroup> wt: array<vec4<f32>, 8u * BM>;  // (32 k, BM / 4): rows 4i .. 4i+3 of column k, dequantized
 var<workgroup> xt: array<vec4<f32>, 512>;      // (32 k, 16): tokens 4j .. 4j+3 of column k
+
+// Columns 4i .. 4i+3 of row (or token) slot `lane`: the four components of v, into tile memory.
+fn put_w(i: u32, lane: u32, v: vec4<f32>) {
+  let c = (4u * i) * (BM / 4u) + lane / 4u;
+  wt[c][lane % 4u] = v.x;
+  wt[c + BM / 4u][lane % 4u] = v.y;
+  wt[c + BM / 2u][lane % 4u] = v.z;
+  wt[c + 3u * BM / 4u][lane % 4u] = v.w;
+}
+
+fn put_x(i: u32, lane: u32, v: vec4<f32>) {
+  let c = (4u * i) * 16u + lane / 4u;
+  xt[c][lane % 4u] = v.x;
+  xt[c + 16u][lane % 4u] = v.y;
+  xt[c + 32u][lane % 4u] = v.z;
+  xt[c + 48u][lane % 4u] = v.w;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
@@ -695,57 +742,57 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nb = P.k_blocks;
   let ty = lid / 8u;
   let tx = lid % 8u;
-  let r = row0 + lid;             // the row this invocation dequantizes
-  let rc = min(r, P.n_rows - 1u);  // rows past the end load a valid row, stored as zeros
-  let rlive = select(0.0, 1.0, r < P.n_rows);
-  let t = t0 + lid;               // the token this invocation loads (lid < BN)
-  let tlive = select(0.0, 1.0, lid < BN && t < n_tokens);
-  let xrow = min(t, n_tokens - 1u) * (P.x_stride / 4u);
-  var ssq = 0.0;  // sum(x^2) of token t
+  let rc = min(row0 + lid, P.n_rows - 1u);  // the row this invocation dequantizes (past the end: a valid one, zeroed)
+  let rlive = select(0.0, 1.0, row0 + lid < P.n_rows);
+  let loads_x = lid < BN;
+  let tlive = select(0.0, 1.0, loads_x && t0 + lid < n_tokens);
+  let xrow = min(t0 + lid, n_tokens - 1u) * (P.x_stride / 4u);  // the token this invocation loads
+  var ssq = 0.0;  // sum(x^2) of that token
   // a<i>_<c>: row i of this invocation's 8 (0-3: 4 ty + i, 4-7: BM/2 + 4 ty + i - 4), tokens of half c
   var a0_0 = vec4<f32>(0.0); var a0_1 = vec4<f32>(0.0); var a1_0 = vec4<f32>(0.0); var a1_1 = vec4<f32>(0.0);
   var a2_0 = vec4<f32>(0.0); var a2_1 = vec4<f32>(0.0); var a3_0 = vec4<f32>(0.0); var a3_1 = vec4<f32>(0.0);
   var a4_0 = vec4<f32>(0.0); var a4_1 = vec4<f32>(0.0); var a5_0 = vec4<f32>(0.0); var a5_1 = vec4<f32>(0.0);
   var a6_0 = vec4<f32>(0.0); var a6_1 = vec4<f32>(0.0); var a7_0 = vec4<f32>(0.0); var a7_1 = vec4<f32>(0.0);
-  // The first step's tile, into registers.
-  var wn: array<vec4<f32>, 8>;
-  var xn: array<vec4<f32>, 8>;
-  for (var i = 0u; i < 8u; i++) {
-    wn[i] = w_dequant4(rc, 0u, i) * rlive;
-    xn[i] = x[xrow + i] * tlive;
-  }
+  // The next step's block of this invocation's row (w<i>: weights 4i .. 4i+3) and token (x<i>), in registers.
+  var w0 = w_dequant4(rc, 0u, 0u); var w1 = w_dequant4(rc, 0u, 1u);
+  var w2 = w_dequant4(rc, 0u, 2u); var w3 = w_dequant4(rc, 0u, 3u);
+  var w4 = w_dequant4(rc, 0u, 4u); var w5 = w_dequant4(rc, 0u, 5u);
+  var w6 = w_dequant4(rc, 0u, 6u); var w7 = w_dequant4(rc, 0u, 7u);
+  var x0 = x[xrow]; var x1 = x[xrow + 1u]; var x2 = x[xrow + 2u]; var x3 = x[xrow + 3u];
+  var x4 = x[xrow + 4u]; var x5 = x[xrow + 5u]; var x6 = x[xrow + 6u]; var x7 = x[xrow + 7u];
   for (var b = 0u; b < nb; b++) {
-    // Registers -> the tile: column k = 4i + c of this invocation's row / token.
-    for (var i = 0u; i < 8u; i++) {
-      var v = xn[i];
+    // Registers -> the tile.
+    put_w(0u, lid, w0 * rlive); put_w(1u, lid, w1 * rlive); put_w(2u, lid, w2 * rlive); put_w(3u, lid, w3 * rlive);
+    put_w(4u, lid, w4 * rlive); put_w(5u, lid, w5 * rlive); put_w(6u, lid, w6 * rlive); put_w(7u, lid, w7 * rlive);
+    if (loads_x) {
 #ifdef NORM
-      ssq += dot(v, v);
-      v *= norm_w[b * 8u + i];
+      ssq += dot(x0, x0) + dot(x1, x1) + dot(x2, x2) + dot(x3, x3) + dot(x4, x4) + dot(x5, x5) + dot(x6, x6)
+           + dot(x7, x7);
+      let nw = b * 8u;
+      x0 *= norm_w[nw]; x1 *= norm_w[nw + 1u]; x2 *= norm_w[nw + 2u]; x3 *= norm_w[nw + 3u];
+      x4 *= norm_w[nw + 4u]; x5 *= norm_w[nw + 5u]; x6 *= norm_w[nw + 6u]; x7 *= norm_w[nw + 7u];
 #endif
-      for (var c = 0u; c < 4u; c++) {
-        wt[(4u * i + c) * (BM / 4u) + lid / 4u][lid % 4u] = wn[i][c];
-        if (lid < BN) {
-          xt[(4u * i + c) * 16u + lid / 4u][lid % 4u] = v[c];
-        }
-      }
+      put_x(0u, lid, x0 * tlive); put_x(1u, lid, x1 * tlive); put_x(2u, lid, x2 * tlive); put_x(3u, lid, x3 * tlive);
+      put_x(4u, lid, x4 * tlive); put_x(5u, lid, x5 * tlive); put_x(6u, lid, x6 * tlive); put_x(7u, lid, x7 * tlive);
     }
     workgroupBarrier();
-    // The next step's tile, loading while this one's products run (no branch, so the loads and the products can be
+    // The next step's block, loading while this one's products run (no branch, so the loads and the products can be
     // scheduled together: the last step loads its own block again).
     let bn = min(b + 1u, nb - 1u);
-    for (var i = 0u; i < 8u; i++) {
-      wn[i] = w_dequant4(rc, bn, i) * rlive;
-      xn[i] = x[xrow + bn * 8u + i] * tlive;
-    }
+    w0 = w_dequant4(rc, bn, 0u); w1 = w_dequant4(rc, bn, 1u); w2 = w_dequant4(rc, bn, 2u); w3 = w_dequant4(rc, bn, 3u);
+    w4 = w_dequant4(rc, bn, 4u); w5 = w_dequant4(rc, bn, 5u); w6 = w_dequant4(rc, bn, 6u); w7 = w_dequant4(rc, bn, 7u);
+    let xn = xrow + bn * 8u;
+    x0 = x[xn]; x1 = x[xn + 1u]; x2 = x[xn + 2u]; x3 = x[xn + 3u];
+    x4 = x[xn + 4u]; x5 = x[xn + 5u]; x6 = x[xn + 6u]; x7 = x[xn + 7u];
     for (var k = 0u; k < 32u; k++) {
-      let w0 = wt[k * (BM / 4u) + ty];
-      let w1 = wt[k * (BM / 4u) + BM / 8u + ty];
-      let x0 = xt[k * 16u + tx];
-      let x1 = xt[k * 16u + 8u + tx];
-      a0_0 += w0.x * x0; a0_1 += w0.x * x1; a1_0 += w0.y * x0; a1_1 += w0.y * x1;
-      a2_0 += w0.z * x0; a2_1 += w0.z * x1; a3_0 += w0.w * x0; a3_1 += w0.w * x1;
-      a4_0 += w1.x * x0; a4_1 += w1.x * x1; a5_0 += w1.y * x0; a5_1 += w1.y * x1;
-      a6_0 += w1.z * x0; a6_1 += w1.z * x1; a7_0 += w1.w * x0; a7_1 += w1.w * x1;
+      let wa = wt[k * (BM / 4u) + ty];
+      let wb = wt[k * (BM / 4u) + BM / 8u + ty];
+      let xa = xt[k * 16u + tx];
+      let xb = xt[k * 16u + 8u + tx];
+      a0_0 += wa.x * xa; a0_1 += wa.x * xb; a1_0 += wa.y * xa; a1_1 += wa.y * xb;
+      a2_0 += wa.z * xa; a2_1 += wa.z * xb; a3_0 += wa.w * xa; a3_1 += wa.w * xb;
+      a4_0 += wb.x * xa; a4_1 += wb.x * xb; a5_0 += wb.y * xa; a5_1 += wb.y * xb;
+      a6_0 += wb.z * xa; a6_1 += wb.z * xb; a7_0 += wb.w * xa; a7_1 += wb.w * xb;
     }
     workgroupBarrier();
   }
@@ -753,7 +800,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var inv0 = vec4<f32>(1.0);
   var inv1 = vec4<f32>(1.0);
 #ifdef NORM
-  if (lid < BN) {
+  if (loads_x) {
     xt[lid / 4u][lid % 4u] = inverseSqrt(ssq / f32(nb * 32u) + P.eps);
   }
   workgroupBarrier();
@@ -762,23 +809,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 #endif
   let ra = row0 + 4u * ty;
   let rb = row0 + BM / 2u + 4u * ty;
-  for (var j = 0u; j < 4u; j++) {
-    let tt0 = t0 + 4u * tx + j;
-    if (tt0 < n_tokens) {
-      let s = inv0[j];
-      epilogue_pair(ra, tt0, S.pos + tt0, a0_0[j] * s, a1_0[j] * s);
-      epilogue_pair(ra + 2u, tt0, S.pos + tt0, a2_0[j] * s, a3_0[j] * s);
-      epilogue_pair(rb, tt0, S.pos + tt0, a4_0[j] * s, a5_0[j] * s);
-      epilogue_pair(rb + 2u, tt0, S.pos + tt0, a6_0[j] * s, a7_0[j] * s);
-    }
-    let tt1 = t0 + 32u + 4u * tx + j;
-    if (tt1 < n_tokens) {
-      let s = inv1[j];
-      epilogue_pair(ra, tt1, S.pos + tt1, a0_1[j] * s, a1_1[j] * s);
-      epilogue_pair(ra + 2u, tt1, S.pos + tt1, a2_1[j] * s, a3_1[j] * s);
-      epilogue_pair(rb, tt1, S.pos + tt1, a4_1[j] * s, a5_1[j] * s);
-      epilogue_pair(rb + 2u, tt1, S.pos + tt1, a6_1[j] * s, a7_1[j] * s);
-    }
+  let ta = t0 + 4u * tx;
+  let tb = t0 + 32u + 4u * tx;
+  rt_out(ra, rb, ta, inv0.x, a0_0.x, a1_0.x, a2_0.x, a3_0.x, a4_0.x, a5_0.x, a6_0.x, a7_0.x);
+  rt_out(ra, rb, ta + 1u, inv0.y, a0_0.y, a1_0.y, a2_0.y, a3_0.y, a4_0.y, a5_0.y, a6_0.y, a7_0.y);
+  rt_out(ra, rb, ta + 2u, inv0.z, a0_0.z, a1_0.z, a2_0.z, a3_0.z, a4_0.z, a5_0.z, a6_0.z, a7_0.z);
+  rt_out(ra, rb, ta + 3u, inv0.w, a0_0.w, a1_0.w, a2_0.w, a3_0.w, a4_0.w, a5_0.w, a6_0.w, a7_0.w);
+  rt_out(ra, rb, tb, inv1.x, a0_1.x, a1_1.x, a2_1.x, a3_1.x, a4_1.x, a5_1.x, a6_1.x, a7_1.x);
+  rt_out(ra, rb, tb + 1u, inv1.y, a0_1.y, a1_1.y, a2_1.y, a3_1.y, a4_1.y, a5_1.y, a6_1.y, a7_1.y);
+  rt_out(ra, rb, tb + 2u, inv1.z, a0_1.z, a1_1.z, a2_1.z, a3_1.z, a4_1.z, a5_1.z, a6_1.z, a7_1.z);
+  rt_out(ra, rb, tb + 3u, inv1.w, a0_1.w, a1_1.w, a2_1.w, a3_1.w, a4_1.w, a5_1.w, a6_1.w, a7_1.w);
+}
+
+// One token's 8 results (rows ra .. ra + 3, rb .. rb + 3), scaled by s, through the epilogue.
+fn rt_out(ra: u32, rb: u32, t: u32, s: f32, a0: f32, a1: f32, a2: f32, a3: f32, a4: f32, a5: f32, a6: f32, a7: f32) {
+  if (t < S.n_tokens) {
+    epilogue_pair(ra, t, S.pos + t, a0 * s, a1 * s);
+    epilogue_pair(ra + 2u, t, S.pos + t, a2 * s, a3 * s);
+    epilogue_pair(rb, t, S.pos + t, a4 * s, a5 * s);
+    epilogue_pair(rb + 2u, t, S.pos + t, a6 * s, a7 * s);
   }
 }
 #endif

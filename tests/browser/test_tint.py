@@ -32,7 +32,14 @@ TUNINGS = [
     {},
     {"gemv_wg": 16, "gemm_wg": 64},
     {"fuse_attention": True, "flash_queries": 16},
-    {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 4, "gemm_variant": "GEMM_RT", "gemm_wg": 64},
+    {
+        "gemv_variant": "GEMV_MR",
+        "gemv_wg": 128,
+        "gemv_seg": 32,
+        "gemv_rt": 4,
+        "gemm_variant": "GEMM_RT",
+        "gemm_wg": 64,
+    },
 ]
 TYPES = list(GGMLType)  # every weight format (weights.wgsl)
 EPILOGUE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
@@ -210,7 +217,9 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
         for tuning in TUNINGS:
             engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
             engine_kern, tests_kern = Kernels(engine_dev, tier, **tuning), Kernels(tests_dev, tier, **tuning)
-            if tier.subgroups:  # as the engine's probe sets it: GEMV_MR segments up to 32 lanes sum by shuffles
+            if (
+                tier.subgroups
+            ):  # as the engine's probe sets it: GEMV_MR segments up to 32 lanes sum by shuffles
                 engine_kern.subgroup_min = tests_kern.subgroup_min = 32
             engine_variants(engine_kern, model)
             kernel_matrix_variants(tests_kern, all_formats=tuning == TUNINGS[0])

@@ -80,7 +80,9 @@ def test_matmul_store(kern, ggml_type, n, k, shape):
 
 # GEMV_MR: (wg, lanes along K, rows per invocation): segments shorter than lavapipe's subgroup (8) sum by shuffles,
 # longer ones through workgroup memory; with K = 96 or 256 some lanes run past the row's last octet.
-MR_SHAPES = [("GEMV_MR", 32, 8, 2), ("GEMV_MR", 64, 16, 4), ("GEMV_MR", 16, 4, 8), ("GEMV_MR", 128, 32, 2)]
+# Also its run-time-trip-count (MRR) and whole-block-lane (MRB) forms.
+MR_SHAPES = [("GEMV_MR", 32, 8, 2), ("GEMV_MRB", 64, 16, 4), ("GEMV_MRR", 16, 4, 8), ("GEMV_MR", 128, 32, 2)]
+MR_SHAPES += [("GEMV_MRB", 16, 4, 2), ("GEMV_MRR", 64, 16, 4)]
 
 
 def use_gemv(kern, variant, wg, seg=0, rt=0):
@@ -344,7 +346,8 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
         ("GEMV_SEG", 32, 4, 0),
         ("GEMV_SEG", 16, 8, 0),
         ("GEMV_MR", 64, 16, 2),
-        ("GEMV_MR", 32, 4, 4),
+        ("GEMV_MRB", 32, 4, 4),
+        ("GEMV_MRR", 32, 8, 2),
     ],
 )
 def test_lm_head_argmax_partials(kern, variant, wg, seg, rt):
@@ -400,7 +403,9 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg, rt):
 def test_lm_head_every_format(kern, ggml_type):
     """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials (the two
     decode kernels take turns over the formats; test_lm_head_argmax_partials covers ties in both)."""
-    shape = [("GEMV", 16), ("GEMV_SEG", 32, 4), MR_SHAPES[1], MR_SHAPES[0]][TYPES.index(ggml_type) % 4]
+    shape = [("GEMV", 16), ("GEMV_SEG", 32, 4), MR_SHAPES[1], MR_SHAPES[0], MR_SHAPES[2]][
+        TYPES.index(ggml_type) % 5
+    ]
     use_gemv(kern, *shape)
     n, k = sizes(ggml_type, 1)[0]
     n, m, eps = n + 38, 2, 1e-5  # 75 rows: the last workgroup is partly empty

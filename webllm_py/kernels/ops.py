@@ -15,7 +15,7 @@ from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelErro
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
-from .registry import SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
+from .registry import MR_VARIANTS, SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
@@ -354,11 +354,16 @@ def matmul(
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
     gemv = gemv or kern.gemv
     defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
-    defines[kern.gemm_variant if gemm else gemv.variant] = 1
+    if gemm:
+        defines[kern.gemm_variant] = 1
+    elif gemv.variant in MR_VARIANTS:
+        defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
+    else:
+        defines[gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
         defines["KQ"] = w.k // 4
-    if not gemm and gemv.variant == "GEMV_MR":
+    if not gemm and gemv.variant in MR_VARIANTS:
         if gemv.rt % 2 or gemv.rows_per_workgroup < 4 or gemv.wg % gemv.seg:
             raise ValueError(
                 f"GEMV_MR shape {gemv.label()}: rt even, seg divides wg, at least 4 rows a workgroup"

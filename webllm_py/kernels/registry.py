@@ -33,6 +33,11 @@ def weight_nbytes(fmt: str, n_blocks: int) -> int:
     return -(-n_blocks // g) * u * 16
 
 
+# GEMV_MR and its forms (matmul.wgsl): octet lanes with a compile-time trip count, octet lanes with a run-time one
+# (MR_RUNTIME), whole-block lanes (MR_BLOCK).
+MR_VARIANTS = {"GEMV_MR": {}, "GEMV_MRR": {"MR_RUNTIME": 1}, "GEMV_MRB": {"MR_BLOCK": 1}}
+
+
 @dataclass(frozen=True)
 class GemvConfig:
     """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG / GEMV_MR)."""
@@ -46,12 +51,12 @@ class GemvConfig:
 
     @property
     def rows_per_workgroup(self) -> int:
-        if self.variant == "GEMV_MR":
+        if self.variant in MR_VARIANTS:
             return self.rt * self.wg // self.seg
         return 2 * self.wg // self.seg if self.variant == "GEMV_SEG" else 4
 
     def label(self) -> str:
-        if self.variant == "GEMV_MR":
+        if self.variant in MR_VARIANTS:
             return f"{self.variant}/{self.wg}/{self.seg}/{self.rt}"
         return f"{self.variant}/{self.wg}" + (f"/{self.seg}" if self.variant == "GEMV_SEG" else "")
 
@@ -157,7 +162,7 @@ class Kernels:
             self.gemv_variant,
             self.gemv_wg,
             self.gemv_seg,
-            self.gemv_rt if self.gemv_variant == "GEMV_MR" else 0,
+            self.gemv_rt if self.gemv_variant in MR_VARIANTS else 0,
         )
 
     def defines(self, **defines: object) -> dict[str, object]:
@@ -224,4 +229,4 @@ def default_tuning(device: Device) -> dict[str, object]:
             "gemm_wg": 64,
         }
     # GPUs: rows per invocation, a subgroup along K (tuning.CANDIDATES[0]); tuning measures the others.
-    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 4}
+    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 2}

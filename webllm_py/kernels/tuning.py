@@ -17,29 +17,30 @@ import time
 from typing import TYPE_CHECKING
 
 from .params import pack_state
-from .registry import GemvConfig
+from .registry import MR_VARIANTS, GemvConfig
 
 if TYPE_CHECKING:
     from ..model.graph import LlamaGraph
 
 ROLES = ("qkv", "o", "ffn1", "ffn2", "lm_head")
-# In order of preference: on a tie (within TIE) the earlier shape wins. GEMV_MR first (rows per invocation x lanes
-# along K), then the older shapes as fallbacks.
+# In order of preference: on a tie (within TIE) the earlier shape wins. The GEMV_MR forms first (rows per invocation x
+# lanes along K), then the older shapes, which an H200 still picked for some matrices (bench/results/README.md).
 CANDIDATES: tuple[GemvConfig, ...] = (
-    GemvConfig("GEMV_MR", 128, 32, 4),  # 16 rows a workgroup
-    GemvConfig("GEMV_MR", 256, 32, 4),  # 32
-    GemvConfig("GEMV_MR", 128, 32, 2),  # 8
-    GemvConfig("GEMV_MR", 64, 32, 4),  # 8
-    GemvConfig("GEMV_MR", 256, 32, 8),  # 64: fewest activation loads per weight byte
-    GemvConfig("GEMV_MR", 256, 64, 4),  # 16, two subgroups along K (for long rows)
+    GemvConfig("GEMV_MR", 128, 32, 2),  # 8 rows a workgroup
     GemvConfig("GEMV_MR", 128, 16, 4),  # 32
-    GemvConfig("GEMV_MR", 128, 16, 2),  # 16
+    GemvConfig("GEMV_MR", 128, 32, 4),  # 16
     GemvConfig("GEMV_MR", 64, 16, 2),  # 8: short rows, many workgroups
     GemvConfig("GEMV_MR", 128, 8, 2),  # 32
-    GemvConfig("GEMV_MR", 64, 8, 2),  # 16
+    GemvConfig("GEMV_MRR", 128, 32, 2),  # run-time trip count: fewer registers
+    GemvConfig("GEMV_MRR", 128, 16, 4),
+    GemvConfig("GEMV_MRR", 64, 8, 2),
+    GemvConfig("GEMV_MRB", 128, 32, 4),  # whole-block lanes: 16-byte weight loads
+    GemvConfig("GEMV_MRB", 64, 16, 4),
+    GemvConfig("GEMV_MRB", 128, 8, 4),  # 64
+    GemvConfig("GEMV_MRB", 64, 32, 2),  # 4
     GemvConfig("GEMV", 64),
+    GemvConfig("GEMV", 128),
     GemvConfig("GEMV_SEG", 128, 8),
-    GemvConfig("GEMV_SEG", 256, 4),
 )
 TIE = 0.03  # relative: shapes this close to the fastest are equally good
 ROUNDS = 5  # timed batches per candidate; the fastest counts
@@ -81,7 +82,7 @@ def usable(graph: LlamaGraph, role: str, cand: GemvConfig) -> bool:
         return False
     if cand.variant == "GEMV_SEG":
         return kern.tier.subgroups and cand.seg <= kern.subgroup_min
-    if cand.variant == "GEMV_MR":
+    if cand.variant in MR_VARIANTS:
         w = graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)
         return cand.seg <= 4 * w.k_blocks and cand.rows_per_workgroup <= max(4, w.n_rows)
     return True
