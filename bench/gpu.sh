@@ -22,7 +22,8 @@ OUT=${OUT:-/tmp/bench_out}
 CORES=${CORES:-0,1}
 MODELS=/root/models
 LCP=/root/lcp
-mkdir -p "$OUT" "$MODELS"
+KEEP=/root/keep  # what later calls on the same machine read ($OUT is emptied before each call)
+mkdir -p "$OUT" "$MODELS" "$KEEP"
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json PYTHONUNBUFFERED=1
 export PYTHONPATH=/tmp/site:/root/lcpy:$ROOT XDG_RUNTIME_DIR=/tmp
 file() { echo "$MODELS/${1%%:*}-${1##*:}.gguf"; }
@@ -67,7 +68,7 @@ timing)  # NAME... ; BASELINE=NAME also times that model's decode with the previ
       taskset -c "$CORES" timeout 200 python3 bench/gpu_timing.py --model "$(file "$m")" --bandwidth-gbs "$BW" $args \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['args']='$args'; print(json.dumps(d))" \
         >> "$OUT/timing.jsonl"
-      tail -1 "$OUT/timing.jsonl" | cut -c1-400
+      tail -1 "$OUT/timing.jsonl" | tee -a "$KEEP/timing.jsonl" | cut -c1-300
     done
   done
   ;;
@@ -91,7 +92,7 @@ peer)
     gemm=$(python3 -c "
 import json, sys
 best = {}
-for line in open('$OUT/timing.jsonl'):
+for line in open('$KEEP/timing.jsonl'):
     d = json.loads(line)
     if d['model'] == '$m' and d['tokens'] > 1:
         best[d['gemm']] = d['gpu_us_per_step_without_inner_timestamps']
