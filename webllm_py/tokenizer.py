@@ -399,6 +399,12 @@ class Tokenizer:
             )
         return self._tokens[token_id]
 
+    @property
+    def control_texts(self) -> tuple[str, ...]:
+        """Texts of the CONTROL and UNKNOWN tokens: the ones only ``parse_special=True`` turns into their ids, which
+        message content must never produce (USER_DEFINED tokens match in any text, as in llama.cpp)."""
+        return tuple(t for t, i in self._special_all if self._types[i] != TOKEN_USER_DEFINED)
+
     def is_special(self, token_id: int) -> bool:
         """True for CONTROL and UNKNOWN tokens: the ones ``decode(skip_special=True)`` leaves out."""
         return self._types[token_id] in (TOKEN_CONTROL, TOKEN_UNKNOWN)
@@ -415,12 +421,12 @@ class Tokenizer:
             add_bos = self.add_bos
         return self._encode_fragments(self._split_special(text, parse_special) if text else [], add_bos)
 
-    def encode_parts(self, parts: Sequence[tuple[str, bool]]) -> list[int]:
-        """A chat prompt's ids from ``ChatTemplate.render_parts``: special tokens are found in template text only
+    def encode_parts(self, parts: Sequence[tuple[str, bool]], *, add_bos: bool | None = None) -> list[int]:
+        """A chat prompt's ids from a template's ``render_parts``: special tokens are found in template text only
         (``is_template``), never in message content, so content cannot forge a turn boundary. Text on both sides of
         a part boundary is tokenized as one piece, so for content without special-token text the ids equal
-        ``encode("".join(texts))`` (llama.cpp's). A BOS is added when the vocabulary wants one and the template
-        did not write it."""
+        ``encode("".join(texts))`` (llama.cpp's). A BOS is added when ``add_bos`` (default: the vocabulary's
+        choice) and the template did not write it."""
         fragments: list[str | int] = []
         for text, is_template in parts:
             for frag in self._split_special(text, is_template):
@@ -430,7 +436,9 @@ class Tokenizer:
                     fragments[-1] += frag
                 else:
                     fragments.append(frag)
-        add_bos = self.add_bos and not (fragments and fragments[0] == self._bos_id)
+        if add_bos is None:
+            add_bos = self.add_bos
+        add_bos = add_bos and not (fragments and fragments[0] == self._bos_id)
         return self._encode_fragments(fragments, add_bos)
 
     def _encode_fragments(self, fragments: Sequence[str | int], add_bos: bool) -> list[int]:
