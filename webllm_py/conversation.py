@@ -433,8 +433,12 @@ def _tojson(
     )
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now()  # local time, as transformers; tests replace this function
+
+
 def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
+    return _now().strftime(fmt)
 
 
 class _DictGlobal:
