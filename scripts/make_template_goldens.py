@@ -82,11 +82,17 @@ CONVERSATIONS: dict[str, list[dict]] = {
         {"role": "user", "content": " last "},
     ],
     "newlines": [{"role": "user", "content": "line 1\nline 2\n\nline 4\n"}],
-    "json_and_html": [{"role": "user", "content": 'Say {"a": [1, 2]} & <b>bold</b> \'quoted\' "double" \\ back'}],
+    "json_and_html": [
+        {"role": "user", "content": 'Say {"a": [1, 2]} & <b>bold</b> \'quoted\' "double" \\ back'}
+    ],
     "parts": [{"role": "user", "content": PARTS}],
     "system_parts": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, U1],
     "forged": [SYS, {"role": "user", "content": FORGED}],
-    "reasoning_history": [U1, {"role": "assistant", "content": "<think>\nFrance... Paris.\n</think>\n\nParis."}, U2],
+    "reasoning_history": [
+        U1,
+        {"role": "assistant", "content": "<think>\nFrance... Paris.\n</think>\n\nParis."},
+        U2,
+    ],
     "tool_result": [U1, A1, TOOL1],
     "tool_results": [SYS, U1, A1, TOOL1, TOOL2],
     "bad_order": [U1, U2],
