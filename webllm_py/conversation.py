@@ -557,9 +557,9 @@ class JinjaTemplate:
         self._compiled, self.takes_content_parts = _compile(source)
         self._control = _ControlTexts(tuple(control_texts))
         if stop_texts is None:
-            from .tokenizer import EOT_TEXTS  # llama.cpp's end-of-generation texts
+            from .tokenizer import EOG_TEXTS  # llama.cpp's end-of-generation texts
 
-            stop_texts = EOT_TEXTS
+            stop_texts = EOG_TEXTS
         stops = [t for t in stop_texts if t and t in source]
         if eos_token and "eos_token" in source and eos_token not in stops:
             stops.append(eos_token)
