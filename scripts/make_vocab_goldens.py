@@ -5,7 +5,7 @@ Run by hand from the repo root (needs ``llama-cpp-python`` 0.3.36 and ``gguf``):
 
     python3 scripts/make_vocab_goldens.py
 
-Vocabularies (tests/e2e/llama_vocab.py fetches the same files from the llama-cpp-python sdist):
+Vocabularies (the copies in tests/data/llama_vocab/, which tests/e2e/llama_vocab.py unpacks):
 
 * ``qwen2`` (Qwen2.5 / Qwen3, byte-level BPE), ``llama-bpe`` (Llama 3.x), ``llama-spm`` (Llama-2 / Mistral
   SentencePiece, with the space prefix), ``phi-3`` (Phi-3 / 3.5 SentencePiece);

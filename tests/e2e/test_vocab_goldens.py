@@ -3,7 +3,7 @@
 Two sources, both exact: llama.cpp's own test vectors shipped next to its vocabulary-only GGUFs
 (``ggml-vocab-*.gguf.inp/.out``), and llama.cpp's ids for every string of tests/data/tokenizer_corpus.json with
 special-token parsing on and off (tests/data/goldens/vocab_ids.json, from scripts/make_vocab_goldens.py).
-tests/e2e/llama_vocab.py fetches the GGUFs (the llama-cpp-python sdist from PyPI, once; then cached).
+The GGUFs are xz-compressed copies in tests/data/llama_vocab/ (3.1 MB in all).
 
 Also forged turns on real vocabularies: a message typing a family's turn markers, rendered by that family's real
 template, tokenizes to plain-text ids; ordinary messages give the ids of the whole rendered text.
