@@ -227,30 +227,27 @@ def copy_npm_files(out: Path) -> None:
                     dst.write_bytes(tar.extractfile(member).read())
 
 
-def micropip_wheel() -> Path:
-    """micropip's wheel from PyPI (it needs Python >= 3.13, so ask pip for Pyodide's Python, not ours)."""
+def pypi_wheel(project: str, version: str, *pip_args: str) -> Path:
+    """A pure-Python wheel from PyPI, fetched once with ``pip download`` into .cache/wheels/."""
     folder = CACHE / "wheels"
-    name = f"micropip-{MICROPIP_VERSION}-py3-none-any.whl"
+    name = f"{project}-{version}-py3-none-any.whl"
     if not (folder / name).exists():
         folder.mkdir(parents=True, exist_ok=True)
         run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--python-version", "3.14", "-d", str(folder), f"micropip=={MICROPIP_VERSION}"]
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *pip_args,
+             "-d", str(folder), f"{project}=={version}"]
         )  # fmt: skip
     return folder / name
+
+
+def micropip_wheel() -> Path:
+    """micropip's wheel (it needs Python >= 3.13, so ask pip for Pyodide's Python, not ours)."""
+    return pypi_wheel("micropip", MICROPIP_VERSION, "--python-version", "3.14")
 
 
 def jinja2_wheel() -> Path:
-    """jinja2's pure-Python wheel from PyPI (renders the models' chat templates in the browser)."""
-    folder = CACHE / "wheels"
-    name = f"jinja2-{JINJA2_VERSION}-py3-none-any.whl"
-    if not (folder / name).exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "-d", str(folder), f"jinja2=={JINJA2_VERSION}"]
-        )  # fmt: skip
-    return folder / name
+    """jinja2's wheel (renders the models' chat templates in the browser)."""
+    return pypi_wheel("jinja2", JINJA2_VERSION)
 
 
 def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], metadata: str) -> Path:
