@@ -10,7 +10,9 @@ Vocabularies (the copies in tests/data/llama_vocab/, which tests/e2e/llama_vocab
 * ``qwen2`` (Qwen2.5 / Qwen3, byte-level BPE), ``llama-bpe`` (Llama 3.x), ``llama-spm`` (Llama-2 / Mistral
   SentencePiece, with the space prefix), ``phi-3`` (Phi-3 / 3.5 SentencePiece);
 * ``spm-no-prefix``: llama-spm with ``tokenizer.ggml.add_space_prefix = false``, the way Gemma 2 / 3 GGUFs are
-  written (no Gemma vocabulary ships with llama.cpp's tests).
+  written (no Gemma vocabulary ships with llama.cpp's tests);
+* ``tekken``: llama-bpe with ``tokenizer.ggml.pre = tekken`` (Mistral Nemo / Small 3.x / Ministral's pre-tokenizer;
+  no Tekken vocabulary ships with them either), so llama.cpp's tekken path runs on a real BPE vocabulary.
 
 Each corpus string is tokenized as llama.cpp's ``llama_tokenize(add_special=True, parse_special=...)`` does, with
 special-token parsing on and off, plus strings made of each vocabulary's own control tokens.
@@ -72,6 +74,13 @@ def main() -> int:
         writer.add_bool("tokenizer.ggml.add_space_prefix", False)
         finish(writer)
         files["spm-no-prefix"] = no_prefix
+        tekken = Path(tmp) / "tekken.gguf"
+        finish(
+            vocab_only_writer(
+                files["llama-bpe"], tekken, keep_tokenizer=True, overrides={"tokenizer.ggml.pre": "tekken"}
+            )
+        )
+        files["tekken"] = tekken
         for name, path in files.items():
             llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
             extra = control_strings(path)
@@ -84,10 +93,11 @@ def main() -> int:
                         "plain": llm.tokenize(data, add_bos=True, special=False),
                     }
                 )
-            source = "llama-spm" if name == "spm-no-prefix" else name
+            source = {"spm-no-prefix": "llama-spm", "tekken": "llama-bpe"}.get(name, name)
             out["vocabs"][name] = {
                 "file": f"ggml-vocab-{source}.gguf",
                 "add_space_prefix": None if name != "spm-no-prefix" else False,
+                "pre": "tekken" if name == "tekken" else None,
                 "extra_texts": extra,
                 "cases": cases,
             }

@@ -205,6 +205,19 @@ _QWEN2 = (
     r"|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
 )
 
+# tekken (Mistral Nemo, Small 3.x, Ministral). llama.cpp has no hand-written loop for it: it runs the regex with
+# std::regex over a "collapsed" copy of the text, one byte per character: ASCII as it is, other whitespace -> \v,
+# letters -> \xD2, numbers -> \xD1, anything else -> \xD0 (its punctuation, mark and symbol bytes act alike here).
+# So upper and lower case differ in ASCII only, and combining marks are not letters. The pattern is that regex
+# over collapsed text (_CollapsedSplitter), with std::regex's \s (C isspace) and the classes written out.
+_TEKKEN = (
+    r"[^\r\n\xD2A-Za-z\xD10-9]?(?:(?=[\xD2A-Za-z])[^a-z])*(?:(?=[\xD2A-Za-z])[^A-Z])+"
+    r"|[^\r\n\xD2A-Za-z\xD10-9]?(?:(?=[\xD2A-Za-z])[^a-z])+(?:(?=[\xD2A-Za-z])[^A-Z])*"
+    r"|[\xD10-9]| ?[^\t\n\v\f\r \xD2A-Za-z\xD10-9]+[\r\n/]*|[\t\n\v\f\r ]*[\r\n]+"
+    r"|[\t\n\v\f\r ]+(?![^\t\n\v\f\r ])|[\t\n\v\f\r ]+"
+)
+_COLLAPSED = frozenset({"tekken"})
+
 # tokenizer.ggml.pre -> (pattern, ignore_merges). Names are llama.cpp's; each group shares one regex there.
 # ignore_merges: a pre-token that is itself a vocabulary entry is emitted whole (llama.cpp does it for llama3).
 _PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
@@ -225,6 +238,7 @@ _PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
     "phi-2": (_GPT2, False),
     "mpt": (_GPT2, False),
     "olmo": (_GPT2, False),
+    "tekken": (_TEKKEN, True),
 }
 
 SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
@@ -236,11 +250,60 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.format(**_unicode_classes()))
 
 
+class _CollapsedSplitter:
+    """llama.cpp's general regex path (unicode.cpp ``unicode_regex_split``): the regex runs over the collapsed text
+    and its match spans cut the original; text between matches is a piece of its own."""
+
+    def __init__(self, pattern: str):
+        self._regex = re.compile(pattern)
+        classes = _unicode_classes()
+        self._white = re.compile(f"[{classes['W']}]")
+        self._letter = re.compile(f"[{classes['L']}]")
+        self._number = re.compile(f"[{classes['N']}]")
+        self._byte: dict[str, str] = {}
+
+    def _collapse_char(self, c: str) -> str:
+        b = self._byte.get(c)
+        if b is None:
+            if self._white.match(c):
+                b = "\v"
+            elif self._letter.match(c):
+                b = "\xd2"
+            elif self._number.match(c):
+                b = "\xd1"
+            else:
+                b = "\xd0"
+            self._byte[c] = b
+        return b
+
+    def findall(self, text: str) -> list[str]:
+        collapsed = (
+            text if text.isascii() else "".join(c if c < "\x80" else self._collapse_char(c) for c in text)
+        )
+        words: list[str] = []
+        at = 0
+        for m in self._regex.finditer(collapsed):
+            if m.start() > at:
+                words.append(text[at : m.start()])
+            if m.end() > m.start():
+                words.append(text[m.start() : m.end()])
+            at = m.end()
+        if at < len(text):
+            words.append(text[at:])
+        return words
+
+
+@cache
+def _splitter(pre: str) -> re.Pattern[str] | _CollapsedSplitter:
+    pattern = _PRE_TOKENIZERS[pre][0]
+    return _CollapsedSplitter(pattern) if pre in _COLLAPSED else _compile(pattern)
+
+
 def pre_tokenize(text: str, pre: str) -> list[str]:
     """Split ``text`` (no special tokens in it) the way llama.cpp's pre-tokenizer ``pre`` does."""
     if pre not in _PRE_TOKENIZERS:
         raise UnsupportedTokenizerError(_unknown_pre_message(pre))
-    return _compile(_PRE_TOKENIZERS[pre][0]).findall(text)
+    return _splitter(pre).findall(text)
 
 
 def _unknown_pre_message(pre: object) -> str:
@@ -382,8 +445,8 @@ class Tokenizer:
             if merges is None:
                 raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
             self.pre: str | None = pre
-            pattern, self._ignore_merges = _PRE_TOKENIZERS[pre]
-            self._splitter = _compile(pattern)
+            self._ignore_merges = _PRE_TOKENIZERS[pre][1]
+            self._splitter = _splitter(pre)
             self._ranks: dict[tuple[str, str], int] = {}
             for rank, merge in enumerate(merges):
                 # llama.cpp splits at the first space after the first character (a merge never starts with one).

@@ -33,6 +33,8 @@ def tokenizer(name: str) -> Tokenizer:
         meta = dict(f.metadata)
     if info["add_space_prefix"] is not None:
         meta["tokenizer.ggml.add_space_prefix"] = info["add_space_prefix"]
+    if info["pre"] is not None:
+        meta["tokenizer.ggml.pre"] = info["pre"]
     return Tokenizer.from_gguf(meta)
 
 

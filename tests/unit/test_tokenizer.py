@@ -394,3 +394,20 @@ def test_phi3_drops_whitespace_after_special_tokens() -> None:
     # across the parts of a chat prompt too, so the ids equal the whole text's
     parts = [("<|im_start|>", True), (" \n", False), (" hello", False), ("<|im_end|>\n", True)]
     assert phi.encode_parts(parts) == phi.encode("".join(t for t, _ in parts))
+
+
+def test_tekken_splits_case_runs_in_ascii_only_as_llama_cpp() -> None:
+    # llama.cpp runs tekken's regex over collapsed text: a non-ASCII letter counts as upper and lower case at once.
+    assert pre_tokenize("HTTPServer CamelCase ÉCOLE naïve 123", "tekken") == [
+        "HTTPServer",
+        " Camel",
+        "Case",
+        " É",
+        "COLE",
+        " naïve",
+        " ",
+        "1",
+        "2",
+        "3",
+    ]
+    assert pre_tokenize("a/b\r\n/c  x\u0301", "tekken") == ["a", "/b", "\r\n", "/c", " ", " x", "\u0301"]
