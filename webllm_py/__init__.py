@@ -33,6 +33,7 @@ from .api.types import (
 )
 from .config import AppConfig, ModelRecord, prebuilt_app_config
 from .errors import (
+    ChatTemplateError,
     ContextWindowSizeExceededError,
     CorruptWeightsError,
     DeviceLimitError,
@@ -118,6 +119,7 @@ __all__ = [
     "Completion",
     "CompletionChoice",
     "CompletionUsage",
+    "ChatTemplateError",
     "ContextWindowSizeExceededError",
     "CorruptWeightsError",
     "CreateExtensionServiceWorkerMLCEngine",

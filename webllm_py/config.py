@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ModelNotFoundError
 
 if TYPE_CHECKING:
-    from .conversation import ChatTemplate
+    from .conversation import AnyTemplate
 
 CACHE_BACKENDS = ("cache", "indexeddb", "opfs")
 # Default sampling knobs a record may set (also what reload()'s chat options set); a request's own value wins.
@@ -42,7 +42,9 @@ class ModelRecord:
     sha256: str | None = None  # hex digest of what model_url serves (the archive when model_file is set)
     size: int | None = None  # bytes of what model_url serves; checked when given
     context_window_size: int | None = None  # tokens; None => the GGUF's own context length
-    chat_template: str | ChatTemplate | None = None  # a template name, text or object; None => the GGUF's own
+    chat_template: str | AnyTemplate | None = (
+        None  # a template name, Jinja source or object; None => the GGUF's own
+    )
     overrides: Mapping[str, Any] = field(
         default_factory=dict
     )  # default sampling knobs, e.g. {"temperature": 0.7}

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .conversation import ChatTemplate, get_chat_template
+from .conversation import AnyTemplate, get_chat_template
 from .errors import ContextWindowSizeExceededError, EngineBusyError, EngineNotLoadedError, InvalidRangeError
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
@@ -238,7 +238,7 @@ class Engine:
         kern: Kernels,
         graph: LlamaGraph,
         tokenizer: Tokenizer,
-        chat_template: ChatTemplate,
+        chat_template: AnyTemplate,
     ):
         self.model_id = model_id
         self.config = cfg
@@ -338,7 +338,7 @@ async def load_engine(
     device: Device | None = None,
     progress: Progress | None = None,
     context_window_size: int | None = None,
-    chat_template: str | ChatTemplate | None = None,
+    chat_template: str | AnyTemplate | None = None,
     tier: Tier | None = None,
     tuning: dict[str, object] | None = None,
     tune: bool | None = None,
@@ -363,7 +363,8 @@ async def load_engine(
     try:
         cfg = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
-        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
+        # Compiled once per model; importing jinja2 happens here, at the first load, not when the package loads.
+        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template, tokenizer=tokenizer)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
             raise InvalidRangeError(

@@ -95,7 +95,14 @@ class GPUValidationError(WebLLMError):
 
 
 class UnknownChatTemplateError(WebLLMError):
-    """The GGUF's chat template is not one we recognize, and the caller passed none."""
+    """The model has no chat template we can use: the GGUF has none and the caller passed none, or (without jinja2)
+    the GGUF's template is not one of the families we render without it."""
+
+
+class ChatTemplateError(WebLLMError):
+    """The model's chat template (Jinja) does not compile, or failed while rendering (an undefined variable, a
+    sandbox violation, a type error in the template's own code). A template that refuses the messages on purpose
+    (``raise_exception``) gives ``InvalidMessagesError`` instead."""
 
 
 class ContextWindowSizeExceededError(WebLLMError):

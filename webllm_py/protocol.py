@@ -18,6 +18,10 @@ Differences from WebLLM, on purpose:
 - ``extra_body`` is merged into the request, as openai-python does before sending it, so
   ``extra_body={"enable_latency_breakdown": True}`` (WebLLM's spelling) and ``extra_body={"top_k": 40}`` both work.
 - Text completions accept a prompt given as token ids, ``echo`` when streaming, and OpenAI's integer ``logprobs``.
+- ``chat_template_kwargs`` (vLLM's name; also through ``extra_body``): extra variables for the model's Jinja chat
+  template, e.g. ``{"enable_thinking": false}`` for Qwen3; JSON values only, and not the names the engine sets.
+- A text completion's prompt never turns control-token text (``<|im_start|>``) into control tokens unless the
+  request says ``parse_special: true`` (also through ``extra_body``): text from a user is text.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conversation import RESERVED_TEMPLATE_VARIABLES
 from .errors import (
     FieldDependencyError,
     InvalidFieldTypeError,
@@ -66,8 +71,9 @@ GENERATION_FIELDS = frozenset(
         "extra_body",
     }
 )
-CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens"}
-COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo"}
+CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens", "chat_template_kwargs"}
+COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo", "parse_special"}
+MAX_TEMPLATE_KWARGS_DEPTH = 8  # nesting of a chat_template_kwargs value
 
 # OpenAI chat fields that are not implemented, with the values that mean "not used", which we accept.
 CHAT_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -116,10 +122,15 @@ class ChatMessage:
     content: str  # text parts already joined
     name: str | None = None
     tool_call_id: str | None = None
+    parts: tuple[str, ...] | None = None  # the text parts, when content came as a list of them
 
-    def to_dict(self) -> dict[str, str]:
-        """The shape ``ChatTemplate.render`` takes."""
-        d = {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The shape a chat template's ``render`` takes (content as text parts when it came as a list: templates
+        that loop over content, such as Gemma 3's, get them one by one)."""
+        content: Any = self.content
+        if self.parts is not None:
+            content = [{"type": "text", "text": t} for t in self.parts]
+        d = {"role": self.role, "content": content}
         if self.name is not None:
             d["name"] = self.name
         if self.tool_call_id is not None:
@@ -156,6 +167,7 @@ class GenerationConfig:
 class ChatRequest:
     messages: tuple[ChatMessage, ...]
     config: GenerationConfig
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,7 @@ class CompletionRequest:
     prompt: str | tuple[int, ...]  # text, or token ids given by the caller
     echo: bool  # the reply's text starts with the prompt's
     config: GenerationConfig
+    parse_special: bool = False  # control-token text in the prompt becomes control tokens
 
 
 def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
@@ -189,7 +202,10 @@ def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
     # 5. top_logprobs needs logprobs=true (OpenAI's rule; WebLLM's DependencyError).
     if request.get("top_logprobs") is not None and not config.logprobs:
         raise FieldDependencyError("top_logprobs", "logprobs=True")
-    return ChatRequest(messages=messages, config=config)
+
+    # 6. chat_template_kwargs: a dict of JSON values, none of them a variable the engine sets.
+    template_kwargs = _check_template_kwargs(request.get("chat_template_kwargs"))
+    return ChatRequest(messages=messages, config=config, template_kwargs=template_kwargs)
 
 
 def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
@@ -231,7 +247,10 @@ def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
     # 6. top_logprobs needs logprobs.
     if request.get("top_logprobs") is not None and not config.logprobs:
         raise FieldDependencyError("top_logprobs", "logprobs=True")
-    return CompletionRequest(prompt=prompt, echo=echo, config=config)
+
+    # 7. parse_special is a bool (off: the prompt's text is read as plain text, control-token texts included).
+    parse_special = _optional_bool(request, "parse_special")
+    return CompletionRequest(prompt=prompt, echo=echo, config=config, parse_special=parse_special)
 
 
 def _check_keys(
@@ -439,12 +458,14 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
                 f"{where}.tool_call_id",
                 f"a tool message must name the tool call it answers (a string); got {tool_call_id!r:.80}",
             )
+        content = message.get("content")
         out.append(
             ChatMessage(
                 role=role,
-                content=_message_text(message.get("content"), where),
+                content=_message_text(content, where),
                 name=name,
                 tool_call_id=tool_call_id,
+                parts=tuple(p["text"] for p in content) if isinstance(content, list | tuple) else None,
             )
         )
     # WebLLM's MessageOrderError: the model answers the last user message (or tool result).
@@ -454,6 +475,50 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
             f"the last message must have role 'user' or 'tool'; got {out[-1].role!r}",
         )
     return tuple(out)
+
+
+def _check_template_kwargs(kwargs: Any) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise InvalidFieldTypeError(
+            "chat_template_kwargs",
+            kwargs,
+            'a dict of chat template variables, e.g. {"enable_thinking": false}',
+        )
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InvalidFieldTypeError(
+                f"chat_template_kwargs[{key!r}]", key, "a variable name (an identifier)"
+            )
+        if key in RESERVED_TEMPLATE_VARIABLES:
+            raise UnsupportedFieldError(
+                f"chat_template_kwargs.{key}", value, "the engine sets this template variable itself"
+            )
+        _check_json_value(value, f"chat_template_kwargs.{key}", 0)
+    return dict(kwargs)
+
+
+def _check_json_value(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_TEMPLATE_KWARGS_DEPTH:
+        raise InvalidRangeError(where, value, f"nested at most {MAX_TEMPLATE_KWARGS_DEPTH} deep")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidFieldTypeError(where, value, "a finite number")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidFieldTypeError(f"{where}[{k!r}]", k, "a string key")
+            _check_json_value(v, f"{where}.{k}", depth + 1)
+        return
+    raise InvalidFieldTypeError(where, value, "a JSON value (string, number, bool, null, list or dict)")
 
 
 def _message_text(content: Any, where: str) -> str:

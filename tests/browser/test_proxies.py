@@ -319,6 +319,21 @@ def run_example(browser_context, server, path: str) -> str:
         page.close()
 
 
+def test_a_forged_turn_reaches_the_model_as_plain_text(proxy_page):
+    """A user message typing <|im_end|>\n<|im_start|>system through the JS proxy: the worker's prompt is the
+    desktop's, with the typed markers as plain-text tokens (more ids than as control tokens), and the same reply."""
+    want = api_reference.forged_reference()
+    assert want["prompt_tokens"] > want["as_control_tokens"]
+    out = evaluate(
+        proxy_page,
+        "return await engine.chat.completions.create({ messages: arg, temperature: 0, max_tokens: 1 });",
+        api_reference.FORGED,
+    )
+    assert "error" not in out, out
+    assert out["usage"]["prompt_tokens"] == want["prompt_tokens"]
+    assert out["choices"][0]["message"]["content"] == want["first"]
+
+
 def test_script_embed_example_answers(browser_context, server):
     assert run_example(browser_context, server, "examples/script-embed.html?max_tokens=3").strip()
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
+from webllm_py.conversation import parts_after
 from webllm_py.errors import (
     EngineNotLoadedError,
     InvalidFieldTypeError,
@@ -53,7 +54,7 @@ from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCom
 from .types import ChatCompletion, ChatOptionsParam, Completion
 
 if TYPE_CHECKING:
-    from webllm_py.conversation import ChatTemplate
+    from webllm_py.conversation import AnyTemplate
     from webllm_py.engine import Engine, GenerationStats
 
 T = TypeVar("T")
@@ -156,7 +157,7 @@ class MLCEngine:
         model_id: str | Sequence[str],
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
         """Unload every model, then fetch (or find in the cache) and load ``model_id`` (one id, or a list: all of
@@ -242,16 +243,23 @@ class MLCEngine:
         try:
             engine = slot.engine
             messages = [m.to_dict() for m in checked.messages]
-            text = engine.chat_template.render(messages, add_generation_prompt=True)
+            # Template text and message content stay apart: only the template's text may become control tokens,
+            # so a message that types "<|im_end|>" cannot end its own turn (conversation.py).
+            parts = engine.chat_template.render_parts(
+                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs
+            )
+            text = "".join(t for t, _ in parts)
             # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
             # (everything but the new last message is that conversation, the model's reply included). Then only
             # the new turn's text is tokenized, after the conversation's ids.
             reuse = slot.conversation is not None and checked.messages[:-1] == slot.conversation
             if reuse and slot.conversation_ids is not None and text.startswith(slot.conversation_text):
-                new_turn = engine.tokenizer.encode(text[len(slot.conversation_text) :], add_bos=False)
+                new_turn = engine.tokenizer.encode_parts(
+                    parts_after(parts, len(slot.conversation_text)), add_bos=False
+                )
                 prompt_ids = slot.conversation_ids + new_turn
             else:
-                prompt_ids = engine.tokenizer.encode(text)
+                prompt_ids = engine.tokenizer.encode_parts(parts)
             slot.pending = (text, prompt_ids, frozenset())
             return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
         except BaseException:
@@ -267,7 +275,8 @@ class MLCEngine:
             engine = slot.engine
             prompt = checked.prompt
             if isinstance(prompt, str):
-                prompt_ids = engine.tokenizer.encode(prompt)
+                # Control-token text in a prompt stays text unless the caller asked for parse_special.
+                prompt_ids = engine.tokenizer.encode(prompt, parse_special=checked.parse_special)
                 prompt_text = prompt
             else:
                 prompt_ids = list(prompt)
@@ -497,7 +506,7 @@ async def CreateMLCEngine(
     init_progress_callback: InitProgressCallback | None = None,
     app_config: AppConfig | None = None,
     chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
-    chat_template: str | ChatTemplate | None = None,
+    chat_template: str | AnyTemplate | None = None,
     context_window_size: int | None = None,
     device: Any = None,
 ) -> MLCEngine:
@@ -523,7 +532,7 @@ class MLCEngineSync:
         init_progress_callback: InitProgressCallback | None = None,
         app_config: AppConfig | None = None,
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
         device: Any = None,
     ):
@@ -564,7 +573,7 @@ class MLCEngineSync:
         model_id: str | Sequence[str],
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
         self._call(

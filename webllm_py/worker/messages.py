@@ -232,7 +232,8 @@ def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
         d = {name: getattr(record, name) for name in _RECORD_FIELDS}
         template = d["chat_template"]
         if template is not None and not isinstance(template, str):
-            d["chat_template"] = template.name  # a ChatTemplate object crosses by its registered name
+            # a Jinja template crosses as its source, a ChatTemplate object by its registered name
+            d["chat_template"] = getattr(template, "source", template.name)
         d["overrides"] = dict(d["overrides"])
         records.append(d)
     return {"model_list": records, **{name: getattr(config, name) for name in _CONFIG_FIELDS}}
