@@ -35,6 +35,7 @@ from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import LlamaGraph, default_chunk
+from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -287,9 +288,7 @@ class Engine:
         n_ctx = self.context_window_size
         if not prompt_ids:
             raise InvalidRangeError("prompt", prompt_ids, "at least one token")
-        for i, t in enumerate(prompt_ids):
-            if not 0 <= t < self.config.vocab_size:
-                raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {self.config.vocab_size})")
+        check_token_ids(prompt_ids, self.config.vocab_size, "prompt")
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(

@@ -585,6 +585,16 @@ def _optional_positive_int(d: Mapping[str, Any], key: str) -> int | None:
     return value
 
 
+def check_token_ids(ids: Any, vocab: int, field: str) -> None:
+    """Every id in ``ids`` in [0, vocab): the model's own bound, checked once the model is known (the engine, the
+    text-completion path before it decodes a prompt given as ids). ``field`` names the list: ``prompt[3]``."""
+    for i, t in enumerate(ids):
+        if not 0 <= t < vocab:
+            raise InvalidRangeError(
+                f"{field}[{i}]", t, f"a token id in [0, {vocab}) (the model's vocabulary)"
+            )
+
+
 def check_text(value: Any, field: str, what: str = "a string") -> str:
     """``value`` if it is a string UTF-8 can encode; a lone UTF-16 surrogate (which JSON's ``\\ud800`` escapes and
     JavaScript strings can hold) is refused here, naming the field, instead of failing in the tokenizer."""

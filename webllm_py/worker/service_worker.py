@@ -95,9 +95,7 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
         try:
             kind, uuid, content = parse_request(message)
         except Exception as e:
-            # answered straight to its client: without a usable uuid, the reply could not be routed by it
-            uuid = getattr(e, "uuid", None) or ""
-            self._deliver(client_id, make_message("throw", uuid, error_to_content(e)))
+            self.reject(client_id, e, getattr(e, "uuid", None) or "")
             return None
         self._client_of[uuid] = client_id
         if kind != "keepAlive":
@@ -106,6 +104,11 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
         if task is None:
             self._client_of.pop(uuid, None)
         return task
+
+    def reject(self, client_id: str, error: BaseException, uuid: str = "") -> None:
+        """Answer a message from ``client_id`` that is not a request (``error`` says why) straight to that client:
+        without a usable uuid (``""``) the reply could not be routed by it."""
+        self._deliver(client_id, make_message("throw", uuid, error_to_content(error)))
 
     def client_gone(self, client_id: str) -> None:
         """``client_id`` went away (an extension port disconnected, a page said goodbye): end its streams and its
