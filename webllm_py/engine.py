@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .conversation import ChatTemplate, get_chat_template
-from .errors import ContextWindowSizeExceededError, EngineBusyError, EngineNotLoadedError, InvalidRangeError
+from .errors import (
+    ContextWindowSizeExceededError,
+    EngineBusyError,
+    EngineNotLoadedError,
+    GGUFMetadataError,
+    InvalidRangeError,
+)
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
@@ -362,7 +368,13 @@ async def load_engine(
     try:
         cfg = ModelConfig.from_gguf(gguf)
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
-        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
+        if tokenizer.vocab_size != cfg.vocab_size:
+            # the sampler picks among the LM head's rows: an id the tokenizer lacks would end the reply with an error
+            raise GGUFMetadataError(
+                gguf.name, "tokenizer.ggml.tokens", f"{cfg.vocab_size} tokens (the embedding's rows)",
+                f"{tokenizer.vocab_size} tokens",
+            )  # fmt: skip
+        template = get_chat_template(gguf.get_str("tokenizer.chat_template", None), chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
             raise InvalidRangeError(
