@@ -336,6 +336,24 @@ class Engine:
         self.gguf.close()
 
 
+def read_model(
+    gguf: GGUFFile, chat_template: str | ChatTemplate | None = None
+) -> tuple[ModelConfig, Tokenizer, ChatTemplate]:
+    """Everything a model is made of that needs no GPU, read and checked from its GGUF header: the architecture,
+    the tokenizer (which must have one token per row of the embedding) and the chat template. Every problem is a
+    typed error naming the key (tests/fuzz runs corrupt files through this)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    tokenizer = Tokenizer.from_gguf(gguf.metadata)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        # the sampler picks among the LM head's rows: an id the tokenizer lacks would end the reply with an error
+        raise GGUFMetadataError(
+            gguf.name, "tokenizer.ggml.tokens", f"{cfg.vocab_size} tokens (the embedding's rows)",
+            f"{tokenizer.vocab_size} tokens",
+        )  # fmt: skip
+    template = get_chat_template(gguf.get_str("tokenizer.chat_template", None), chat_template)
+    return cfg, tokenizer, template
+
+
 async def load_engine(
     record: ModelRecord | str,
     gguf_path: str | os.PathLike[str] | ByteSource,
@@ -366,15 +384,7 @@ async def load_engine(
     else:
         gguf = GGUFFile.open(gguf_path)
     try:
-        cfg = ModelConfig.from_gguf(gguf)
-        tokenizer = Tokenizer.from_gguf(gguf.metadata)
-        if tokenizer.vocab_size != cfg.vocab_size:
-            # the sampler picks among the LM head's rows: an id the tokenizer lacks would end the reply with an error
-            raise GGUFMetadataError(
-                gguf.name, "tokenizer.ggml.tokens", f"{cfg.vocab_size} tokens (the embedding's rows)",
-                f"{tokenizer.vocab_size} tokens",
-            )  # fmt: skip
-        template = get_chat_template(gguf.get_str("tokenizer.chat_template", None), chat_template)
+        cfg, tokenizer, template = read_model(gguf, chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
             raise InvalidRangeError(

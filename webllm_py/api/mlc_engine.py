@@ -178,8 +178,8 @@ class MLCEngine:
         chat_template: str | ChatTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
-        """Unload every model, then fetch (or find in the cache) and load ``model_id`` (one id, or a list: all of
-        them, one after another, each with its own KV cache).
+        """Fetch (or find in the cache) ``model_id`` (one id, or a list of them), then unload every model and load
+        those, one after another, each with its own KV cache.
 
         ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``chat_template``, and the model's sampling
         defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``),
@@ -212,13 +212,15 @@ class MLCEngine:
                     InitProgressReport(progress=fraction, timeElapsed=time.perf_counter() - start, text=text)
                 )
 
-        # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing.
+        # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing. Every file
+        # is found (or downloaded) before anything is unloaded: a model that is missing or fails to download loses
+        # nothing already loaded.
         async with self._loading:
+            paths = [await self._resolve_model(record, self.app_config, report) for record in records]
             await self._unload_all()
             from webllm_py.engine import load_engine  # the GPU stack is imported on first load only
 
-            for record in records:
-                gguf_path = await self._resolve_model(record, self.app_config, report)
+            for record, gguf_path in zip(records, paths, strict=True):
                 engine = await load_engine(record, gguf_path, device=self._device, progress=report)
                 self._slots[record.model_id] = _Slot(engine, record)
         report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
