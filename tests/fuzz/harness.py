@@ -79,7 +79,9 @@ def deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def run_sync(t: Tally, case: str, fn: Callable[[], Any], check: Callable[[Any], None], timeout_s: float) -> None:
+def run_sync(
+    t: Tally, case: str, fn: Callable[[], Any], check: Callable[[Any], None], timeout_s: float
+) -> None:
     """One synchronous case: ``fn()``'s value must pass ``check`` (which raises AssertionError if not)."""
     try:
         with deadline(timeout_s):

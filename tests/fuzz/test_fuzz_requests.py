@@ -75,7 +75,9 @@ def chat_request(rng: random.Random) -> dict:
         elif where < 0.9:  # content parts
             request["messages"] = [{"role": "user", "content": [{"type": "text", "text": hostile(rng)}]}]
         else:  # many or deep messages
-            request["messages"] = nested(rng.choice([2, 50, 2000])) if rng.random() < 0.5 else [hostile(rng)] * 3
+            request["messages"] = (
+                nested(rng.choice([2, 50, 2000])) if rng.random() < 0.5 else [hostile(rng)] * 3
+            )
     return request
 
 
@@ -83,7 +85,9 @@ def text_request(rng: random.Random) -> dict:
     request: dict = {"prompt": "Once", "max_tokens": 3}
     for _ in range(rng.randint(1, 3)):
         field = rng.choice(TEXT_FIELDS)
-        request[field] = value_for(rng, field) if rng.random() < 0.8 else [rng.choice([0, 1, 999, 1000, 2**31])]
+        request[field] = (
+            value_for(rng, field) if rng.random() < 0.8 else [rng.choice([0, 1, 999, 1000, 2**31])]
+        )
     return request
 
 
@@ -107,9 +111,17 @@ def test_hostile_request_fields(world):
             chat = rng.random() < 0.7
             request = chat_request(rng) if chat else text_request(rng)
             make = engine.chatCompletion if chat else engine.completion
-            await run_async(t, f"case {i}: {sorted(request)}", lambda: make(request), answered, 2.0)
+            await run_async(
+                t,
+                f"case {i}: {sorted(request)}",
+                lambda make=make, request=request: make(request),
+                answered,
+                2.0,
+            )
         # nothing was lost: the model answers a plain request, streamed and not
-        reply = await asyncio.wait_for(engine.chatCompletion({"messages": [{"role": "user", "content": "x"}]}), 2)
+        reply = await asyncio.wait_for(
+            engine.chatCompletion({"messages": [{"role": "user", "content": "x"}]}), 2
+        )
         stream = await engine.completion({"prompt": "Once", "stream": True})
         text = "".join([c.choices[0].text async for c in stream if c.choices])
         await engine.unload()

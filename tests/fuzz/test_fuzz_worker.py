@@ -38,8 +38,12 @@ PLAUSIBLE = {
     "hasModelInCache": {"modelId": "fake-model"},
     "deleteModelInCache": {"modelId": "nope"},
 }
-KINDS = sorted(REQUEST_KINDS - {"unload"})  # a valid unload loses the model on purpose; its envelope is fuzzed too
-ERROR_NAMES = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, errors.WebLLMError)}
+KINDS = sorted(
+    REQUEST_KINDS - {"unload"}
+)  # a valid unload loses the model on purpose; its envelope is fuzzed too
+ERROR_NAMES = {
+    n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, errors.WebLLMError)
+}
 
 
 def damage(rng: random.Random, value):
@@ -96,7 +100,11 @@ def judge(t, case: str, replies: list[dict], uuid: str | None) -> None:
         t.add("wrong", case, f"answered {len(mine)} times")
     elif mine[0]["kind"] == "throw":
         name = mine[0]["content"].get("name")
-        t.add("typed" if name in ERROR_NAMES else "wrong", case, f"threw {name}: {mine[0]['content'].get('message')}")
+        t.add(
+            "typed" if name in ERROR_NAMES else "wrong",
+            case,
+            f"threw {name}: {mine[0]['content'].get('message')}",
+        )
     elif uuid is None:
         t.add("wrong", case, "a message without a usable uuid was not refused")
     else:
@@ -139,7 +147,9 @@ def test_hostile_envelopes_dedicated_worker(world):  # noqa: F811
                 break
         await worker.value("setAppConfig", json.loads(json.dumps({"model_list": [
             {"model_id": "fake-model", "model_url": world.config.model_list[0].model_url}]})))  # fmt: skip
-        return await worker.value("chatCompletionNonStreaming", {"request": {"messages": USER}, "modelId": ["fake-model"]})
+        return await worker.value(
+            "chatCompletionNonStreaming", {"request": {"messages": USER}, "modelId": ["fake-model"]}
+        )
 
     reply = asyncio.run(go())
     assert reply["choices"][0]["message"]["content"] == "Hello there!"  # nothing was lost
@@ -167,7 +177,9 @@ def test_hostile_envelopes_service_worker(world):  # noqa: F811
             judge(t, f"case {i}: {_show(message)}", replies if settled else [], uuid)
             if not settled:
                 break
-        config = {"model_list": [{"model_id": "fake-model", "model_url": world.config.model_list[0].model_url}]}
+        config = {
+            "model_list": [{"model_id": "fake-model", "model_url": world.config.model_list[0].model_url}]
+        }
         done = await tabs.send("tab", "setAppConfig", config)
         await tabs.reply("tab", done)
         ask = await tabs.send("tab", "chatCompletionNonStreaming", {"request": {"messages": USER}})
