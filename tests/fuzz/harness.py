@@ -104,16 +104,15 @@ async def run_async(
     t: Tally, case: str, make: Callable[[], Awaitable[Any]], check: Callable[[Any], Any], timeout_s: float
 ) -> None:
     """One asynchronous case: ``await make()`` then ``await check(value)`` (if it is a coroutine), both within
-    ``timeout_s``."""
+    ``timeout_s``. A check may return "typed": the answer is a typed error in its host's shape (an HTTP 4xx)."""
 
-    async def whole() -> None:
+    async def whole() -> Any:
         value = await make()
         result = check(value)
-        if asyncio.iscoroutine(result):
-            await result
+        return (await result) if asyncio.iscoroutine(result) else result
 
     try:
-        await asyncio.wait_for(whole(), timeout_s)
+        outcome = await asyncio.wait_for(whole(), timeout_s)
     except TimeoutError:
         t.add("hang", case)
         return
@@ -123,7 +122,7 @@ async def run_async(
     except Exception as e:  # noqa: BLE001
         t.add(classify(e), case, f"{type(e).__name__}: {str(e)[:200]}")
         return
-    t.add("answer", case)
+    t.add("typed" if outcome == "typed" else "answer", case)
 
 
 # ---- hostile values ---------------------------------------------------------------------------------------------

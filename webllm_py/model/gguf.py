@@ -40,7 +40,7 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Refuse absurd counts early (a corrupt header would otherwise make us allocate for days).
 MAX_STRING_BYTES = 64 << 20
-MAX_ARRAY_ITEMS = 1 << 24  # one array: 64 times the largest vocabulary in use
+MAX_ARRAY_ITEMS = 1 << 21  # one array: 8 times the largest vocabulary in use (262,144 tokens)
 MAX_METADATA_ITEMS = 1 << 22  # all arrays together: a few times what the largest vocabulary needs
 MAX_ARRAY_DEPTH = 4  # arrays of arrays; no model uses more than 2
 MAX_DIMS = 4
