@@ -54,7 +54,9 @@ def parse(data: bytes) -> Parsed:
         kind = g.metadata_types[key]
         if kind == "array":
             first = value[0] if value else 0
-            kind = "arr:" + ("str" if isinstance(first, str) else "f32" if isinstance(first, float) else "i32")
+            kind = "arr:" + (
+                "str" if isinstance(first, str) else "f32" if isinstance(first, float) else "i32"
+            )
         else:
             kind = KIND[kind]
         metadata.append((key, kind, value))
@@ -127,7 +129,9 @@ def with_entry(parsed: Parsed, entry: bytes) -> bytes:
     return header + bytes(-len(header) % 32) + data[-(-header_end // 32) * 32 :]
 
 
-def mutate(rng: random.Random, base: bytes, parsed: Parsed, fields: list[int], header_end: int) -> tuple[str, bytes]:
+def mutate(
+    rng: random.Random, base: bytes, parsed: Parsed, fields: list[int], header_end: int
+) -> tuple[str, bytes]:
     """One corrupt (or, by chance, still valid) file and a short name of what was done to it."""
     r = rng.random()
     if r < 0.15:
@@ -135,7 +139,9 @@ def mutate(rng: random.Random, base: bytes, parsed: Parsed, fields: list[int], h
         return f"truncated at {cut}", base[:cut]
     if r < 0.3:
         data = bytearray(base)
-        spots = [rng.randrange(header_end if rng.random() < 0.85 else len(base)) for _ in range(rng.randint(1, 4))]
+        spots = [
+            rng.randrange(header_end if rng.random() < 0.85 else len(base)) for _ in range(rng.randint(1, 4))
+        ]
         for spot in spots:
             data[spot] ^= 1 << rng.randrange(8)
         return f"bits flipped at {spots}", bytes(data)

@@ -35,14 +35,18 @@ def as_json(value) -> str | None:
 def body_for(rng: random.Random, route: str) -> str | bytes | None:
     r = rng.random()
     request = chat_request(rng) if "chat" in route else text_request(rng)
-    text = as_json(request) or as_json({"messages": [{"role": "user", "content": "x"}], "stream": hostile(rng, True)})
+    text = as_json(request) or as_json(
+        {"messages": [{"role": "user", "content": "x"}], "stream": hostile(rng, True)}
+    )
     if r < 0.55:
         return text
     if r < 0.65:
         return text[: rng.randrange(len(text))]  # truncated
     if r < 0.72:
         cut = rng.randrange(len(text))
-        return text[:cut] + rng.choice(["NaN", "Infinity", "\\ud800", "]", "{", "1" * 5000, "\x00"]) + text[cut:]
+        return (
+            text[:cut] + rng.choice(["NaN", "Infinity", "\\ud800", "]", "{", "1" * 5000, "\x00"]) + text[cut:]
+        )
     if r < 0.8:
         return rng.choice(["[", "{"]) * rng.choice([65, 600, 100_000]) + "1"
     if r < 0.86:
@@ -89,7 +93,9 @@ def test_hostile_endpoint_bodies(world):  # noqa: F811
                 t, f"case {i}: {method} {route} {shown}",
                 lambda m=method, r=route, b=body: endpoint.handle(m, r, b), checker(method, route), 3.0,
             )  # fmt: skip
-        return await endpoint.handle("POST", "v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}]}))
+        return await endpoint.handle(
+            "POST", "v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}]})
+        )
 
     last = asyncio.run(go())
     assert last.status == 200 and json.loads(last.body)["choices"][0]["message"]["content"] == "Hello there!"

@@ -111,7 +111,7 @@ def test_corrupt_models_on_the_gpu_next_to_a_loaded_one(files, gpu_device):
                     ):  # fmt: skip
                         gen = corrupt.generate([1, 2, 3], params)
                         ids = [i async for i in gen]
-                        assert ids and all(0 <= i < vocab for i in ids), (name, ids)
+                        assert ids and all(0 <= i < vocab for i in ids), ids
                         assert all(math.isfinite(lp) for _, lp, _ in gen.logprobs), gen.logprobs
                 finally:
                     await corrupt.unload()
