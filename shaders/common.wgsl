@@ -147,7 +147,7 @@ fn silu(x: f32) -> f32 {
 // produce them): NaN ranks below every number (never chosen while any number is there), +inf is the largest finite
 // float and -inf the lowest one, so every reduction, weight and log-probability stays finite and every id chosen is
 // a real one. Decided from the bits: WGSL lets a compiler assume NaN and infinities away in float comparisons.
-const MAX_F32: f32 = 3.40282347e38;
+const MAX_F32: f32 = 3.4028234663852886e38;  // exactly the largest f32 (Tint refuses a literal above it)
 
 fn finite_logit(v: f32) -> f32 {
   let bits = bitcast<u32>(v);
