@@ -6,24 +6,22 @@ same greedy reply (nothing lost on the shared device)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import struct
 
 import pytest
 
-import webllm_py
-from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.model.quant import GGMLType
 
+from ..kernels.test_api_tiny import with_engine
 from ..kernels.tiny_llama import build_tiny_llama
 from ..unit.gguf_builder import build_gguf
 from .gguf_mutations import layout, mutate, parse
 from .harness import run_async, tally
 
-SHAPE = dict(hidden=32, ffn=64, n_layers=2, n_heads=2, n_kv_heads=1, ctx=64)
+SHAPE = dict(hidden=32, ffn=64, n_layers=2, n_heads=2, n_kv_heads=1, ctx=256)
 USER = [{"role": "user", "content": "Tell me"}]
 
 
@@ -91,13 +89,7 @@ def test_corrupt_models_on_the_gpu_next_to_a_loaded_one(files, gpu_device):
     good, cases = files
     t = tally("GGUF files (GPU load)")
 
-    async def resolve(record, app_config, progress):
-        return good
-
-    async def go():
-        config = AppConfig(model_list=[ModelRecord("good", good, context_window_size=64)])
-        engine = webllm_py.MLCEngine(app_config=config, device=gpu_device, resolve_model=resolve)
-        await engine.reload("good")
+    async def body(engine):
         ask = dict(messages=USER, temperature=0, max_tokens=6, ignore_eos=True)
         first = (await engine.chat.completions.create(**ask)).choices[0].message.content
         again = []
@@ -124,10 +116,9 @@ def test_corrupt_models_on_the_gpu_next_to_a_loaded_one(files, gpu_device):
 
             await run_async(t, name, load, sample_in_range, 60.0)
             again.append((await engine.chat.completions.create(**ask)).choices[0].message.content)
-        await engine.unload()
         return first, again
 
-    first, again = asyncio.run(go())
+    first, again = with_engine(good, gpu_device, body)
     assert again == [first] * len(cases)  # nothing lost: the loaded model answers the same after every case
     assert t.typed >= 9 and t.answers >= 2, t
     t.assert_clean()
