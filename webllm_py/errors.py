@@ -219,7 +219,7 @@ class ReloadModelIdNotUniqueError(_NamedFieldError):
 
 class InvalidJSONError(InvalidRequestError):
     """A request body or a worker message is not JSON a request can be made of: it does not parse, nests deeper
-    than ``limits.MAX_JSON_DEPTH``, holds NaN or Infinity, or holds text that is not valid Unicode (a lone UTF-16
+    than ``protocol.MAX_JSON_DEPTH``, holds NaN or Infinity, or holds text that is not valid Unicode (a lone UTF-16
     surrogate). ``field`` names where (``body``, ``content.request.messages[0].content``)."""
 
     def __init__(self, field: str, reason: str):

@@ -22,9 +22,11 @@ from tests.unit.test_sw_handler import Clients
 from tests.unit.test_worker_client import connect, drive_js_proxy, needs_node
 from tests.unit.test_worker_handler import ALPHABET, USER, loaded_worker, world  # noqa: F401
 from webllm_py import errors, protocol
+from webllm_py.api.mlc_engine import MLCEngine
 from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.model.gguf import ByteSource, GGUFFile, GGUFMetadata
 from webllm_py.tokenizer import Tokenizer
+from webllm_py.worker.handler import WorkerHandler
 from webllm_py.worker.local_endpoint import LocalEndpoint
 
 
@@ -225,6 +227,28 @@ def test_every_worker_message_is_answered_with_a_typed_error(world):  # noqa: F8
     assert names["unknown content key"] == ("UnsupportedFieldError", "content.modelld")
     assert all(name in vars(errors) for name, _ in names.values()), names
     assert reply["choices"][0]["message"]["content"] == "Hello there!"  # nothing lost
+
+
+def test_a_reply_the_host_cannot_send_becomes_a_throw(world):  # noqa: F811
+    """A host that cannot post a reply (to_js_json refuses NaN, a value that is not JSON) still answers."""
+    posted: list[dict] = []
+
+    def post(message: dict) -> None:
+        json.dumps(message, allow_nan=False)  # what the browser hosts do
+        posted.append(message)
+
+    async def go():
+        handler = WorkerHandler(MLCEngine(app_config=world.config), post)
+
+        async def not_json(uuid, content):
+            return {"logprob": math.nan}
+
+        handler._methods["getMessage"] = not_json
+        await handler.on_message({"kind": "getMessage", "uuid": "u1", "content": None})
+        await handler.join()
+
+    run(go())
+    assert [(m["kind"], m["uuid"], m["content"]["name"]) for m in posted] == [("throw", "u1", "WorkerError")]
 
 
 def test_a_message_without_a_uuid_reaches_its_tab_in_the_service_worker(world):  # noqa: F811

@@ -161,8 +161,6 @@ class WorkerHandler:
             self._post(make_message(kind, uuid, content))
         except Exception as e:
             log.exception("worker: could not post the %s reply to %s", kind, uuid)
-            if kind == "throw" and isinstance(content, dict) and content.get("name") == "WorkerError":
-                return  # the fallback itself failed: the host cannot post at all
             failure = {"name": "WorkerError", "message": f"the worker could not send its {kind} reply: {e}"}
             try:
                 self._post(make_message("throw", uuid, failure))
