@@ -1,7 +1,8 @@
 """Corrupt tiny models loaded on the GPU (lavapipe) next to a good one that stays loaded on the same device: each
 load must fail with a typed error (CorruptWeightsError for NaN / Inf norms and RoPE factors, GGUFMetadataError for
 shapes, GGUFError for truncation) or load a model whose every sampled id is in the vocabulary (NaN in a weight
-matrix or a quantization scale: the sampler's rule keeps the ids real); after each, the good model still gives the
+matrix or a quantization scale, when no scan refuses it; finite weights whose activations overflow: the sampler's
+rule keeps the ids real); after each, the good model still gives the
 same greedy reply (nothing lost on the shared device)."""
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def put_f32(offset, value):
     return edit
 
 
+def huge(data):
+    """Every value 1e38: finite (no scan refuses it), but the activations overflow to inf and then NaN."""
+    return struct.pack(f"<{len(data) // 4}f", *[1e38] * (len(data) // 4))
+
+
 def nan_scale(data):
     data[0:2] = struct.pack("<H", 0x7E00)  # the first Q8_0 block's f16 scale: NaN
     return bytes(data)
@@ -72,6 +78,7 @@ def files(tmp_path_factory):
             for n, s, g, d in q8.tensors]),
         "NaN in an F32 weight matrix": build_gguf(f32.metadata, tensor_with(f32, "blk.0.ffn_down.weight", put_f32(0, math.nan))),
         "NaN quantization scale": build_gguf(q8.metadata, tensor_with(q8, "blk.1.attn_q.weight", nan_scale)),
+        "finite weights that overflow": build_gguf(f32.metadata, tensor_with(f32, "blk.0.ffn_down.weight", huge)),
     }  # fmt: skip
     rng = random.Random(21)
     for _ in range(6):
@@ -120,5 +127,5 @@ def test_corrupt_models_on_the_gpu_next_to_a_loaded_one(files, gpu_device):
 
     first, again = with_engine(good, gpu_device, body)
     assert again == [first] * len(cases)  # nothing lost: the loaded model answers the same after every case
-    assert t.typed >= 9 and t.answers >= 2, t
+    assert t.typed >= 9 and t.answers >= 1, t  # the overflow case loads: its logits are NaN
     t.assert_clean()
