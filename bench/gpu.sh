@@ -63,7 +63,7 @@ timing)  # NAME... ; BASELINE=NAME also times that model's decode with the previ
     configs=("--context 512")
     [ "${BASELINE:-}" = "$m" ] && configs+=("--context 512 --gemv GEMV/64")
     configs+=("--prefill 256 --prefill-pos 256" "--prefill 256 --prefill-pos 256 --gemm GEMM_RT/64")
-    configs+=("--prefill 256 --prefill-pos 256 --gemm GEMM_RT/128")
+    [ -n "${RT128:-}" ] && configs+=("--prefill 256 --prefill-pos 256 --gemm GEMM_RT/128")
     for args in "${configs[@]}"; do
       taskset -c "$CORES" timeout 200 python3 bench/gpu_timing.py --model "$(file "$m")" --bandwidth-gbs "$BW" $args \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['args']='$args'; print(json.dumps(d))" \
