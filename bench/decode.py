@@ -220,6 +220,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
+    ap.add_argument("--only-peer", action="store_true", help="llama.cpp alone (ours skipped)")
     ap.add_argument(
         "--bandwidth-gbs",
         type=float,
@@ -239,18 +240,21 @@ def main() -> None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    ours = asyncio.run(
-        bench_ours(
-            model,
-            args.prompt_tokens,
-            args.decode_tokens,
-            args.tier,
-            args,
-            args.bandwidth_gbs,
-            args.greedy_partials == "on",
+    result: dict = {"model": os.path.basename(model)}
+    ours = None
+    if not args.only_peer:
+        ours = asyncio.run(
+            bench_ours(
+                model,
+                args.prompt_tokens,
+                args.decode_tokens,
+                args.tier,
+                args,
+                args.bandwidth_gbs,
+                args.greedy_partials == "on",
+            )
         )
-    )
-    result = {"model": os.path.basename(model), "ours": ours}
+        result["ours"] = ours
     if not args.no_peer:
         from webllm_py.model.gguf import GGUFFile
         from webllm_py.tokenizer import Tokenizer
@@ -260,6 +264,7 @@ def main() -> None:
         peer = bench_llama_cpp(model, args.prompt_tokens, args.decode_tokens, args.threads, tok)
         if peer is not None:
             result["llama_cpp"] = peer
+        if peer is not None and ours is not None:
             result["ratio_ours_over_llama_cpp"] = [
                 {
                     "prompt_tokens": a["prompt_tokens"],
@@ -268,7 +273,7 @@ def main() -> None:
                 }
                 for a, b in zip(ours["runs"], peer["runs"], strict=True)
             ]
-        else:
+        elif peer is None:
             result["llama_cpp"] = "not installed (pip install llama-cpp-python to compare)"
     print(json.dumps(result, indent=1))
 

@@ -10,6 +10,7 @@
 #   bench/gpu.sh timing NAME...    bench/gpu_timing.py: GPU us and bytes/s per kernel group, decode and prefill
 #   bench/gpu.sh tune NAME...      load-time tuning twice from scratch (two processes): the shapes it picks
 #   bench/gpu.sh peer REPS NAME... waits for the llama.cpp build; ours and llama.cpp, REPS processes per model
+#   bench/gpu.sh ours REPS NAME... / llama REPS NAME...: the two sides of peer apart (ours while llama.cpp builds)
 # Needs next to the repository (or in it): .gl (Vulkan loader debs), .whl (wgpu wheels), .lcp (llama_src.tgz,
 # llama_cpp_py.tgz), .bench/smol_tok.gguf (the tokenizer the models get). Environment: BW = peak memory bandwidth in
 # GB/s (default 4800: H200), OUT = where JSON goes (one JSON object a line per file), CORES = cores for our process.
@@ -27,6 +28,17 @@ mkdir -p "$OUT" "$MODELS" "$KEEP"
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json PYTHONUNBUFFERED=1
 export PYTHONPATH=/tmp/site:/root/lcpy:$ROOT XDG_RUNTIME_DIR=/tmp
 file() { echo "$MODELS/${1%%:*}-${1##*:}.gguf"; }
+# The prefill GEMM that timed fastest for model $1 in the timing step (GEMM/256 when none was timed).
+fastest_gemm() {
+  python3 -c "
+import json
+best = {}
+for line in open('$KEEP/timing.jsonl'):
+    d = json.loads(line)
+    if d['model'] == '$1' and d['tokens'] > 1:
+        best[d['gemm']] = d['gpu_us_per_step_without_inner_timestamps']
+print(min(best, key=best.get) if best else 'GEMM/256')" 2>/dev/null || echo GEMM/256
+}
 compact() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'; }
 step=$1; shift
 case "$step" in
@@ -88,15 +100,7 @@ peer)
   tail -3 $LCP/build.log
   lib=$(dirname "$(find $LCP/build -name 'libllama.so' | head -1)")
   for m in "$@"; do
-    # the prefill GEMM that timed fastest for this model in the timing step (GEMM/256 when none was timed)
-    gemm=$(python3 -c "
-import json, sys
-best = {}
-for line in open('$KEEP/timing.jsonl'):
-    d = json.loads(line)
-    if d['model'] == '$m' and d['tokens'] > 1:
-        best[d['gemm']] = d['gpu_us_per_step_without_inner_timestamps']
-print(min(best, key=best.get) if best else 'GEMM/256')" 2>/dev/null || echo GEMM/256)
+    gemm=$(fastest_gemm "$m")
     for i in $(seq "$reps"); do
       LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 taskset -c "$CORES" timeout 300 python3 bench/decode.py \
         --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" --gemm "$gemm" \
@@ -105,6 +109,37 @@ print(min(best, key=best.get) if best else 'GEMM/256')" 2>/dev/null || echo GEMM
       tail -1 "$OUT/peer.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \
         print(d['model'], [(r['decode_tokens_per_s'], r['prefill_tokens_per_s']) for r in d['ours']['runs']], \
         d.get('ratio_ours_over_llama_cpp'))"
+    done
+  done
+  ;;
+ours)  # REPS NAME...: our engine alone, REPS processes per model, each tuning afresh (no cache: its picks are the
+       # stability evidence), with the model's fastest prefill GEMM from the timing step
+  reps=$1; shift
+  for m in "$@"; do
+    gemm=$(fastest_gemm "$m")
+    for i in $(seq "$reps"); do
+      HOME=/tmp/home_${i}_$RANDOM taskset -c "$CORES" timeout 300 python3 bench/decode.py --model "$(file "$m")" \
+        --no-peer --prompt-tokens 512 --decode-tokens 128 --bandwidth-gbs "$BW" --gemm "$gemm" \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
+        >> "$OUT/ours.jsonl"
+      tail -1 "$OUT/ours.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \
+        print(d['model'], [(r['decode_tokens_per_s'], r['prefill_tokens_per_s']) for r in d['ours']['runs']], \
+        d['ours']['tuning']['gemv_by_role'], d['ours']['tuning']['gemm'])"
+    done
+  done
+  ;;
+llama)  # REPS NAME...: llama.cpp CUDA alone (waits for its build), REPS processes per model
+  reps=$1; shift
+  for _ in $(seq 120); do [ -f $LCP/done ] && break; sleep 5; done
+  tail -2 $LCP/build.log
+  lib=$(dirname "$(find $LCP/build -name 'libllama.so' | head -1)")
+  for m in "$@"; do
+    for i in $(seq "$reps"); do
+      LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 taskset -c "$CORES" timeout 120 python3 bench/decode.py \
+        --model "$(file "$m")" --only-peer --prompt-tokens 512 --decode-tokens 128 --threads 2 \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
+        >> "$OUT/llama.jsonl"
+      tail -1 "$OUT/llama.jsonl" | cut -c1-300
     done
   done
   ;;
