@@ -144,11 +144,12 @@ def engine_variants(kern: Kernels, gguf_path: str) -> None:
     """Load the real model's graph on the recording device: the pipelines the engine creates for it."""
     from webllm_py.model.config import ModelConfig
     from webllm_py.model.gguf import GGUFFile
-    from webllm_py.model.graph import LlamaGraph
+    from webllm_py.model.graph import Graph
+    from webllm_py.model.loader import load_weights
 
     with GGUFFile.open(gguf_path) as gguf:
-        graph = LlamaGraph(ModelConfig.from_gguf(gguf), kern, max_ctx=256, chunk=32)
-        asyncio.run(graph.load(gguf))
+        cfg = ModelConfig.from_gguf(gguf)
+        Graph(cfg, kern, asyncio.run(load_weights(gguf, cfg, kern, max_ctx=256)), max_ctx=256, chunk=32)
 
 
 def all_variants() -> tuple[dict[str, str], set[str]]:
