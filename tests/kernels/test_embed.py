@@ -17,7 +17,9 @@ from .quantize import dequantize, quantize
     [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.F16, GGMLType.F32],
     ids=lambda t: t.name,
 )
-def test_embed(kern, ggml_type):
+@pytest.mark.parametrize("scale", [1.0, 9.797958971132712], ids=["unscaled", "sqrt96"])
+def test_embed(kern, ggml_type, scale):
+    """Rows of the table, times the embedding scale (Gemma: sqrt(hidden))."""
     vocab, h, m = 301, 96, 7
     rng = np.random.default_rng(3)
     table = rng.standard_normal((vocab, h)).astype(np.float32)
@@ -26,7 +28,10 @@ def test_embed(kern, ggml_type):
     ops.Repacker(kern).upload(w, ggml_type, raw, vocab)
     ids = np.array([0, 300, 5, 5, 17, 299, 128], dtype=np.uint32)
     out = zeros(kern, m * h * 4)
-    launch = ops.embed(kern, w=w, tokens=upload(kern, ids), out=out, state=state_buffer(kern, 0, m))
+    launch = ops.embed(
+        kern, w=w, tokens=upload(kern, ids), out=out, state=state_buffer(kern, 0, m), scale=scale
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * h).reshape(m, h)
-    assert_close(got, dequantize(raw, ggml_type, (vocab, h))[ids], 0.0, "embedding rows")
+    want = dequantize(raw, ggml_type, (vocab, h))[ids] * np.float32(scale)  # one f32 rounding, as the kernel
+    assert_close(got, want, 0.0, "embedding rows")

@@ -71,12 +71,15 @@ def build_tiny_model(
     attn_softcap: float | None = None,
     final_softcap: float | None = None,
     norm_scale: float = 0.1,
+    extra_metadata: dict | None = None,
+    extra_tensors: dict[str, np.ndarray] | None = None,
     seed: int = 0,
 ) -> Path:
     """A tiny random GGUF of architecture ``arch`` with llama.cpp's tensor names and metadata keys for the features
     asked for (gguf-py constants.py; the converters in conversion/*.py write them this way). Weights are stored as
     the converter stores them: NEOX architectures' q/k rows in Hugging Face order (the engine permutes them at load),
-    Gemma's norms already holding 1 + w. ``None`` leaves a key out (the architecture's default applies)."""
+    Gemma's norms already holding 1 + w. ``None`` leaves a key out (the architecture's default applies).
+    ``extra_metadata`` / ``extra_tensors`` (F32) are added as given (keys of value None are removed)."""
     rng = np.random.default_rng(seed)
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     meta = gpt2_metadata(merges, pre="gpt2")
@@ -113,7 +116,9 @@ def build_tiny_model(
     }
     if rope_linear is not None:
         optional.update({f"{a}.rope.scaling.type": "linear", f"{a}.rope.scaling.factor": rope_linear})
-    meta.update({k: v for k, v in optional.items() if v is not None})
+    meta.update(optional)
+    meta.update(extra_metadata or {})
+    meta = {k: v for k, v in meta.items() if v is not None}
     tensors = []
 
     def add(name: str, array: np.ndarray, ggml_type: GGMLType) -> None:
@@ -171,6 +176,8 @@ def build_tiny_model(
     if longrope_original_ctx is not None:
         add("rope_factors_short.weight", 1 + rng.uniform(0, 0.5, rope_dims // 2), GGMLType.F32)
         add("rope_factors_long.weight", 1 + rng.uniform(0, 8, rope_dims // 2), GGMLType.F32)
+    for name, array in (extra_tensors or {}).items():
+        add(name, array, GGMLType.F32)
     metadata = [(k, _kind(v), v) for k, v in meta.items()]
     path.write_bytes(build_gguf(metadata, tensors))
     return path
