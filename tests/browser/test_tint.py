@@ -29,7 +29,7 @@ TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # decode with the QKV projection inside attention (Kernels.fuse_attention) and 16-query flash attention tiles.
 TUNINGS = [{}, {"gemv_wg": 16, "gemm_wg": 64}, {"fuse_attention": True, "flash_queries": 16}]
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
-HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
+HEAD_DIMS = [32, 64, 96, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64, Phi-3.5 96, Gemma 256
 
 
 class RecordingDevice:
@@ -95,18 +95,32 @@ def kernel_matrix_variants(kern: Kernels) -> None:
         ops.embed(kern, w=w, tokens=buf, out=buf, state=state)
         for gemm in (False, True):
             for norm in (None, buf):
-                for epi in ("STORE", "ADD", "SILU"):
+                for epi in ("STORE", "ADD", "SILU", "GELU"):
                     ops.matmul(
                         kern, w=w, x=buf, out=buf, state=state, epi=epi, gemm=gemm, norm_w=norm, eps=1e-5
                     )
-                ops.matmul(
-                    kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, norm_w=norm, eps=1e-5,
-                    kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
-                )  # fmt: skip
+                for bias, qk_out in ((None, False), (buf, False), (None, True), (buf, True)):
+                    ops.matmul(
+                        kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, norm_w=norm, eps=1e-5,
+                        kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16, bias=bias,
+                        qk_out=qk_out,
+                    )  # fmt: skip
     for hd in HEAD_DIMS:
-        ops.attention(
-            kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64
-        )
+        for softcap in (0.0, 50.0):  # Gemma 2's soft-capped scores
+            for flash in (False, True):
+                ops.attention(
+                    kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+                    softcap=softcap, flash=flash, window=8,
+                )  # fmt: skip
+            ops.attention(
+                kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+                ml=buf, n_splits=4, softcap=softcap,
+            )  # fmt: skip
+        ops.qk_norm(
+            kern, src=buf, q=buf, kv=buf, state=state, q_norm_w=buf, k_norm_w=buf, rope_freq=buf, n_heads=2,
+            n_kv_heads=1, head_dim=hd, max_ctx=64, rope_dims=hd, eps=1e-6,
+        )  # fmt: skip
+    ops.norm_add(kern, y=buf, x=buf, norm_w=buf, n=96, eps=1e-6)
     for hd in HEAD_DIMS:  # decode: split attention, alone and with the QKV projection fused in
         ops.attention(
             kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
@@ -126,9 +140,14 @@ def kernel_matrix_variants(kern: Kernels) -> None:
         for t in TYPES:
             w = ops.alloc_weight(kern, t, 96, 96, "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
-            ops.matmul(  # the LM head
-                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
-                argmax_out=buf,
+            for softcap in (0.0, 30.0):  # the LM head, with Gemma 2's final soft-cap
+                ops.matmul(
+                    kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
+                    argmax_out=buf, softcap=softcap,
+                )  # fmt: skip
+            ops.matmul(  # the QKV projection of Qwen2 (bias) and of q/k-norm models
+                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand, bias=buf,
+                qk_out=True, kv=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
             )  # fmt: skip
             ops.matmul(
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
@@ -141,7 +160,7 @@ def kernel_matrix_variants(kern: Kernels) -> None:
 
 
 def engine_variants(kern: Kernels, gguf_path: str) -> None:
-    """Load the real model's graph on the recording device: the pipelines the engine creates for it."""
+    """Load a model's graph on the recording device: the pipelines the engine creates for it."""
     from webllm_py.model.config import ModelConfig
     from webllm_py.model.gguf import GGUFFile
     from webllm_py.model.graph import Graph
@@ -152,19 +171,40 @@ def engine_variants(kern: Kernels, gguf_path: str) -> None:
         Graph(cfg, kern, asyncio.run(load_weights(gguf, cfg, kern, max_ctx=256)), max_ctx=256, chunk=32)
 
 
+def tiny_architecture_models() -> list[str]:
+    """The tiny GGUF of every architecture tests/kernels/test_arch_tiny.py runs (their features' variants)."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.kernels.test_arch_tiny import MODELS
+    from tests.kernels.tiny_llama import build_tiny_model
+
+    folder = Path(tempfile.mkdtemp(prefix="tint-arch-"))
+    return [str(build_tiny_model(folder / f"{name}.gguf", **shape)) for name, shape in MODELS.items()]
+
+
 def all_variants() -> tuple[dict[str, str], set[str]]:
     """label -> WGSL of every distinct variant, and the labels of the engine's own variants on a GPU."""
     from tests.e2e.model_path import smollm2_path
 
     sources: dict[str, str] = {}
     engine_on_gpu: set[str] = set()
-    model = str(smollm2_path())
+    models = [str(smollm2_path()), *tiny_architecture_models()]
     for tier in TIERS:
         for tuning in TUNINGS:
             engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
-            engine_variants(Kernels(engine_dev, tier, **tuning), model)
+            engine_variants(Kernels(engine_dev, tier, **tuning), models[0])
+            # The tiny architectures' variants differ in features and shapes: compiled, and made into pipelines
+            # (about half a second each on SwiftShader) for the default GPU shapes only.
+            arch_dev = RecordingDevice(tier)
+            for model in models[1:]:
+                engine_variants(Kernels(arch_dev if tuning else engine_dev, tier, **tuning), model)
             kernel_matrix_variants(Kernels(tests_dev, tier, **tuning))
-            for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
+            for label, code in [
+                *engine_dev.sources.items(),
+                *arch_dev.sources.items(),
+                *tests_dev.sources.items(),
+            ]:
                 sources.setdefault(code, label)  # identical text is compiled once
             if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines
                 engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
@@ -224,7 +264,17 @@ def test_variants_cover_the_engine_and_both_f32_tiers(variants):
     assert engine <= labels and len(engine) >= 20
     assert any(label.endswith("@f32-subgroups") for label in labels)
     assert any(label.endswith("@f32") for label in labels)
-    for shader in ("matmul", "attention", "embed", "sample", "repack", "probe"):
+    for shader in (
+        "matmul",
+        "attention",
+        "flash_attention",
+        "embed",
+        "qk_norm",
+        "norm_add",
+        "sample",
+        "repack",
+        "probe",
+    ):
         assert any(label.startswith(shader + ":") for label in labels), shader
     subgroup_sources = [code for label, code in sources.items() if label.endswith("@f32-subgroups")]
     assert all(

@@ -121,10 +121,6 @@ class ModelConfig:
     def query_scale(self) -> float:
         return self.attn_scale or 1.0 / math.sqrt(self.head_dim)
 
-    @property
-    def has_rope_freq_factors(self) -> bool:
-        return self.rope_factors == "rope_freqs.weight"
-
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> ModelConfig:
         arch = gguf.get_str("general.architecture")
