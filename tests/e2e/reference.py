@@ -165,6 +165,3 @@ class ReferenceModel:
         if self.final_softcap:
             logits = self.final_softcap * np.tanh(logits / self.final_softcap)
         return logits
-
-
-ReferenceLlama = ReferenceModel  # the name the Llama-only tests used

@@ -20,10 +20,9 @@ from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
 from ..e2e.reference import ReferenceModel
-from .test_graph_tiny import check_against_reference
+from .test_graph_tiny import CONTEXT_WINDOW, check_against_reference
 from .tiny_llama import build_tiny_model
 
-N_CTX = 320  # the context window check_against_reference loads with
 MODELS = {
     "qwen2-bias-partial-rope": dict(
         arch="qwen2", hidden=128, n_heads=2, n_kv_heads=1, rope_dims=32, qkv_bias=True, rope_base=1e6
@@ -57,7 +56,7 @@ def tiny_arch(request, tmp_path_factory):
     name = request.param
     path = build_tiny_model(tmp_path_factory.mktemp("arch") / f"{name}.gguf", seed=len(name), **MODELS[name])
     with GGUFFile.open(path) as g:  # the reference reads the file lazily
-        yield name, path, ReferenceModel(g, n_ctx=N_CTX)
+        yield name, path, ReferenceModel(g, n_ctx=CONTEXT_WINDOW)
 
 
 @pytest.fixture(params=TIERS, ids=lambda t: t.name)
