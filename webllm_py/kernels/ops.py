@@ -277,6 +277,12 @@ def matmul(
         entries.append(_whole(9, attn_ml))
     if argmax_out is not None:
         entries.append(_whole(10, argmax_out))
+    storage = len(entries) - 2  # bindings 0 and 1 are uniforms
+    if storage > kern.device.caps.max_storage_buffers_per_shader_stage:
+        raise DeviceLimitError(
+            f"{label}: this product needs {storage} storage buffers but this GPU allows "
+            f"{kern.device.caps.max_storage_buffers_per_shader_stage} per shader stage (maxStorageBuffersPerShaderStage)"
+        )
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
         row_tiles = math.ceil(w.n_rows / GEMM_TILE)
