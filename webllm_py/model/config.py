@@ -103,9 +103,8 @@ class ModelConfig:
     ffn_fused: bool = False  # blk.N.ffn_up.weight holds gate rows then up rows (Phi-3); no ffn_gate
     activation: str = "silu"  # "silu" | "gelu_tanh"
     embed_scale: float = 1.0  # the token embedding is multiplied by this (Gemma: sqrt(hidden_size))
-    attn_scale: float = (
-        0.0  # scores = (q . k) * attn_scale (0: 1/sqrt(head_dim)); includes LongRoPE's factor^2
-    )
+    # scores = (q . k) * attn_scale (0: 1 / sqrt(head_dim)), LongRoPE's attention factor squared included
+    attn_scale: float = 0.0
     attn_softcap: float = 0.0  # 0: none; else scores = c * tanh(scores / c) (Gemma 2)
     final_softcap: float = 0.0  # 0: none; else logits = c * tanh(logits / c) (Gemma 2)
 
@@ -170,9 +169,8 @@ class ModelConfig:
             min_exclusive=True,
         )
         scaling_key = f"{arch}.rope.scaling.type"
-        scaling = gguf.get_str(
-            scaling_key, "linear"
-        )  # llama.cpp's default: linear with the factor below (1 if none)
+        # llama.cpp's default type: linear, with the factor below (none: 1)
+        scaling = gguf.get_str(scaling_key, "linear")
         if scaling not in ROPE_SCALING_TYPES:
             hint = " (YaRN: no supported model needs it at its default context)" if scaling == "yarn" else ""
             raise UnsupportedModelError(
@@ -190,14 +188,13 @@ class ModelConfig:
         if "rope_freqs.weight" in tensors:
             rope_factors = "rope_freqs.weight"
         elif "rope_factors_long.weight" in tensors or "rope_factors_short.weight" in tensors:
-            (
-                gguf.tensor("rope_factors_long.weight"),
-                gguf.tensor("rope_factors_short.weight"),
-            )  # both are needed
             rope_factors, rope_factors_long = "rope_factors_short.weight", "rope_factors_long.weight"
+            for name in (rope_factors, rope_factors_long):
+                gguf.tensor(name)  # both are needed: GGUFError naming the missing one
         elif scaling == "longrope":
             raise UnsupportedModelError(
-                f"{gguf.name}: {scaling_key} = 'longrope' needs rope_factors_long.weight and rope_factors_short.weight"
+                f"{gguf.name}: {scaling_key} = 'longrope' needs the tensors rope_factors_long.weight and "
+                "rope_factors_short.weight"
             )
         original_context = gguf.get_int(
             f"{arch}.rope.scaling.original_context_length", context, min=1, max=1 << 24
