@@ -259,3 +259,44 @@ class EngineLostError(WorkerError):
 class WebAssemblyBlockedError(WebLLMError):
     """The worker cannot compile WebAssembly, so Pyodide cannot start: the context's Content Security Policy lacks
     ``'wasm-unsafe-eval'`` (in a Chrome extension: ``content_security_policy.extension_pages`` in manifest.json)."""
+
+
+# ---- structured output (webllm_py/grammar/) -------------------------------------------------------------------------
+
+
+class UnsupportedSchemaError(InvalidRequestError):
+    """A JSON Schema uses a keyword the grammar engine does not enforce (``uniqueItems``, ``not``, a ``format``
+    we do not know), or a value it cannot satisfy. ``field`` is the JSON pointer of the schema object that holds
+    it (``#/properties/tags``), ``keyword`` the keyword; nothing is ignored silently."""
+
+    def __init__(self, field: str, keyword: str, reason: str):
+        self.field = field
+        self.keyword = keyword
+        self.reason = reason
+        super().__init__(f"JSON schema {field}: `{keyword}` {reason}")
+
+
+class InvalidGrammarError(InvalidRequestError):
+    """An EBNF grammar or a regular expression does not parse, or cannot be run (undefined rule, left
+    recursion, a regex feature such as a lookahead). ``kind`` is ``"ebnf"`` or ``"regex"``; ``line`` and
+    ``column`` (1-based, None when not tied to a place) point at the problem."""
+
+    def __init__(self, kind: str, reason: str, line: int | None = None, column: int | None = None):
+        self.kind = kind
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = f" at line {line}, column {column}" if line is not None else ""
+        super().__init__(f"{kind} grammar{where}: {reason}")
+
+
+class GrammarLimitError(InvalidRequestError):
+    """A grammar or schema would need more than ``limit`` of ``what`` (automaton states, parser stacks): it is
+    refused rather than built for minutes. Smaller bounds (``maxLength``, ``maxItems``, ``{m,n}``) help."""
+
+    def __init__(self, what: str, limit: int):
+        self.what = what
+        self.limit = limit
+        super().__init__(
+            f"the grammar needs more than {limit} {what}; simplify it (smaller repetition bounds)"
+        )

@@ -71,6 +71,7 @@ def build_tiny_model(
     attn_softcap: float | None = None,
     final_softcap: float | None = None,
     norm_scale: float = 0.1,
+    tensor_types: dict[str, GGMLType] | None = None,
     extra_metadata: dict | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
     seed: int = 0,
@@ -79,7 +80,9 @@ def build_tiny_model(
     asked for (gguf-py constants.py; the converters in conversion/*.py write them this way). Weights are stored as
     the converter stores them: NEOX architectures' q/k rows in Hugging Face order (the engine permutes them at load),
     Gemma's norms already holding 1 + w. ``None`` leaves a key out (the architecture's default applies).
-    ``extra_metadata`` / ``extra_tensors`` (F32) are added as given (keys of value None are removed)."""
+    ``extra_metadata`` / ``extra_tensors`` (F32) are added as given (keys of value None are removed).
+    ``tensor_types`` overrides the type of single tensors by name (a Q4_K_M-like mix: Q6_K ``blk.1.attn_v.weight``
+    beside Q4_K q/k)."""
     rng = np.random.default_rng(seed)
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     meta = gpt2_metadata(merges, pre="gpt2")
@@ -122,6 +125,7 @@ def build_tiny_model(
     tensors = []
 
     def add(name: str, array: np.ndarray, ggml_type: GGMLType) -> None:
+        ggml_type = (tensor_types or {}).get(name, ggml_type)
         array = np.asarray(array, np.float32)
         shape = tuple(reversed(array.shape))  # GGUF lists the contiguous dimension first
         data = quantize(array.reshape(-1, array.shape[-1]), ggml_type)

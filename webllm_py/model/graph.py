@@ -140,7 +140,7 @@ class Graph:
         cfg, L = self.cfg, self.layers[i]
         tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
         fused = None
-        if not gemm and self.fuses_attention:
+        if not gemm and self.fuses_attention and len(L.w.qkv.segments) == 1:  # one weight format (ops.Weight)
             fused = ops.FusedQKV(
                 w=L.w.qkv,
                 x=self.x,

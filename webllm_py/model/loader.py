@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..errors import UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage
 from ..kernels import ops
-from ..kernels.registry import WEIGHT_FORMAT, Kernels
+from ..kernels.registry import Kernels
 from .config import ModelConfig
 from .gguf import GGUFFile, TensorInfo
 from .quant import GGMLType, dequantize_row
@@ -152,7 +152,7 @@ class _Loader:
         else:
             lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
             await step(gguf.tensor("output.weight").nbytes, "output")
-        repacker.destroy()
+        await repacker.close(gguf.name)  # CorruptWeightsError for NaN/Inf scales: one readback per load
         if progress is not None:
             progress(1.0, "weights on the GPU")
         return ModelWeights(embd, layers, output_norm, lm_head, self.weight_bytes)
@@ -225,7 +225,9 @@ class _Loader:
         interleave: bool = False,
         permute_rows: int = 0,
     ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight.
+        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) GPU weight.
+        Matrices of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of the weight
+        (ops.alloc_fused), still one product.
 
         A part is a tensor name, or (name, first row, rows) for part of a fused tensor. With ``interleave`` row r of
         part j goes to r * len(names) + j; else the parts are stacked. NEOX models: the first ``permute_rows``
@@ -234,22 +236,18 @@ class _Loader:
         parts = [(p, 0, gguf.tensor(p).n_rows) if isinstance(p, str) else p for p in names]
         infos = [gguf.tensor(n) for n, _, _ in parts]
         k = infos[0].shape[0]
-        formats = {WEIGHT_FORMAT.get(i.ggml_type.name) for i in infos}
-        if len(formats) != 1 or any(i.shape[0] != k for i in infos):
+        if any(i.shape[0] != k for i in infos):
             desc = ", ".join(f"{i.name} {i.ggml_type.name} {list(i.shape)}" for i in infos)
-            raise UnsupportedModelError(
-                f"{gguf.name}: cannot fuse {desc}: they need the same type family and input size"
-            )
+            raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same input size")
         if self.head_order is None:
             permute_rows = 0
-        n_rows = sum(n for _, _, n in parts)
-        weight = ops.alloc_weight(self.kern, infos[0].ggml_type, n_rows, k, label)
+        weight, places = ops.alloc_fused(
+            self.kern, [(i.ggml_type, n) for i, (_, _, n) in zip(infos, parts, strict=True)], k, label,
+            interleave=interleave,
+        )  # fmt: skip
         row0 = 0
-        for j, ((_, src_row0, part_rows), info) in enumerate(zip(parts, infos, strict=True)):
-            if interleave:  # rows of part j go to j, j + len(parts), ...
-                dst_row0, step = j, len(parts)
-            else:
-                dst_row0, step = row0, 1
+        for (_, src_row0, part_rows), info, place in zip(parts, infos, places, strict=True):
+            dst_row0, step = place.dst_row0, place.dst_row_step
             rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
             if row0 < permute_rows:  # chunks of whole heads (parts start at head boundaries)
                 rows_per_chunk = max(1, rows_per_chunk // self.cfg.head_dim) * self.cfg.head_dim
@@ -260,7 +258,14 @@ class _Loader:
                 if row0 + r0 < permute_rows:
                     raw = self._neox_permuted(raw, row0 + r0, rows, info.row_bytes, permute_rows)
                 repacker.upload(
-                    weight, info.ggml_type, raw, rows, dst_row0=dst_row0 + r0 * step, dst_row_step=step
+                    weight,
+                    info.ggml_type,
+                    raw,
+                    rows,
+                    dst_row0=dst_row0 + r0 * step,
+                    dst_row_step=step,
+                    segment=place.segment,
+                    tensor=info.name,
                 )
             row0 += part_rows
         self.weight_bytes += weight.nbytes
