@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import GGUFMetadataError, UnsupportedModelError
+from ..errors import GGUFError, GGUFMetadataError, UnsupportedModelError
 from .gguf import GGUFFile
 
 
@@ -323,28 +323,36 @@ class ModelConfig:
             "v": (p + "attn_v.bias", (self.kv_size,)),
         }
 
-    def check_tensors(self, gguf: GGUFFile) -> None:
-        """Every tensor the features need exists, and the file holds none that no feature uses (a tensor we ignored
-        would make the output silently wrong). Runs before anything is allocated."""
-        want = {
+    def tensor_shapes(self, gguf: GGUFFile) -> dict[str, tuple[int, ...]]:
+        """Every tensor the graph reads, with its GGUF shape (contiguous dimension first: a matrix is (in, out)); the
+        optional q/k/v biases where ``gguf`` has them."""
+        shapes = {
             "token_embd.weight": (self.hidden_size, self.vocab_size),
             "output_norm.weight": (self.hidden_size,),
         }
         if not self.tied_embeddings:
-            want["output.weight"] = (self.hidden_size, self.vocab_size)
-        want.update({n: (self.rope_dims // 2,) for n in (self.rope_factors, self.rope_factors_long) if n})
+            shapes["output.weight"] = (self.hidden_size, self.vocab_size)
+        shapes.update({n: (self.rope_dims // 2,) for n in (self.rope_factors, self.rope_factors_long) if n})
         for i in range(self.n_layers):
-            want.update(self.layer_tensors(i).values())
+            shapes.update(self.layer_tensors(i).values())
             if self.qkv_bias:
-                want.update((n, s) for n, s in self.bias_tensors(i).values() if n in gguf.tensors)
-        for name, shape in want.items():
-            found = gguf.tensor(name).shape  # GGUFError naming it when missing
-            if tuple(d for d in found if d != 1 or len(shape) == len(found)) != shape:
-                raise UnsupportedModelError(
-                    f"{gguf.name}: tensor {name!r} has shape {list(found)}; the model's metadata needs {list(shape)}"
-                )
-        used = set(want)
-        unused = sorted(set(gguf.tensors) - used)
+                shapes.update((n, s) for n, s in self.bias_tensors(i).values() if n in gguf.tensors)
+        return shapes
+
+    def check_tensors(self, gguf: GGUFFile) -> None:
+        """Every tensor the graph reads is there with the shape the metadata implies (a tensor of the wrong shape
+        would otherwise load and compute garbage, or fail in the GPU's validation without its name), and the file
+        holds none that no feature uses (a tensor we ignored would make the output silently wrong). Runs before
+        anything is allocated."""
+        shapes = self.tensor_shapes(gguf)
+        for name, shape in shapes.items():
+            info = gguf.tensor(name)  # GGUFError naming it if it is missing
+            if info.shape != shape:
+                raise GGUFError(
+                    gguf.name, info.offset, f"tensor {name!r} of shape {list(shape)} (from the metadata)",
+                    str(list(info.shape)),
+                )  # fmt: skip
+        unused = sorted(set(gguf.tensors) - set(shapes))
         if unused:
             more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
             raise UnsupportedModelError(

@@ -167,6 +167,7 @@ class _Loader:
             factors = cfg.rope_factors_long
         if factors is not None:
             divisors = await self._floats(self.gguf.tensor(factors))
+            self.gguf.check_finite(factors, struct.pack(f"<{len(divisors)}f", *divisors), positive=True)
             freqs = [f / divisors[i] for i, f in enumerate(freqs)]
         return self._upload_floats(freqs, f"rope_freq.{base:g}.{scale:g}")
 
@@ -178,7 +179,9 @@ class _Loader:
         return dequantize_row(info.ggml_type, await self.gguf.tensor_bytes_async(info.name))
 
     def _upload_floats(self, values: list[float], label: str) -> Buffer:
+        """An f32 vector on the GPU; norms, biases and frequencies are small: checked finite on the host first."""
         data = struct.pack(f"<{len(values)}f", *values)
+        self.gguf.check_finite(label, data)
         buf = self.device.create_buffer(len(data), STORAGE, label)
         self.device.write_buffer(buf, 0, data)
         self.weight_bytes += len(data)
@@ -196,7 +199,12 @@ class _Loader:
         cfg, gguf = self.cfg, self.gguf
         values: list[float] = []
         for name, (n,) in self.cfg.bias_tensors(i).values():
-            values += await self._floats(gguf.tensor(name)) if name in gguf.tensors else [0.0] * n
+            if name not in gguf.tensors:
+                values += [0.0] * n
+                continue
+            part = await self._floats(gguf.tensor(name))
+            gguf.check_finite(name, struct.pack(f"<{len(part)}f", *part))  # CorruptWeightsError naming it
+            values += part
         if self.head_order is not None:
             hd = cfg.head_dim
             values = [
