@@ -19,7 +19,7 @@ from webllm_py.kernels.registry import Tier
 from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
-from ..e2e.reference import ReferenceLlama
+from ..e2e.reference import ReferenceModel
 from ..e2e.stepper import check_against_reference
 from .conftest import TIERS
 from .tiny_llama import build_tiny_llama
@@ -65,7 +65,7 @@ def models(tmp_path_factory):
             )
             g = GGUFFile.open(path)
             opened.append(g)
-            cache[name] = (path, ReferenceLlama(g))
+            cache[name] = (path, ReferenceModel(g))
         return cache[name]
 
     yield get
