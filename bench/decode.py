@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-from bench.knobs import add_kernel_args, kernel_tuning  # noqa: E402
+from bench.knobs import add_kernel_args, device_options, kernel_tuning  # noqa: E402
 
 SEED_TEXT = (
     "The history of computing is a story of people, ideas and machines. Early mechanical calculators gave way to "
@@ -52,7 +52,7 @@ async def bench_ours(
     from webllm_py.host.native import open_device
     from webllm_py.kernels.registry import Tier
 
-    device = await open_device()
+    device = await open_device(**device_options(knobs))
     tuning, tune = kernel_tuning(knobs, device)
     tier = None
     if tier_name:

@@ -5,7 +5,8 @@
 # back on one machine (each call of the device tool may run several):
 #   bench/gpu.sh setup             Vulkan loader, wheels into /tmp/site; llama.cpp's CUDA build starts in the background
 #   bench/gpu.sh models NAME...    synthetic GGUFs into /root/models (NAME = shape:mix, e.g. llama-3.1-8b:Q4_K_M)
-#   bench/gpu.sh kernels           bench/kernels.py: each decode GEMV / prefill GEMM alone at real shapes
+#   bench/gpu.sh kernels [ARGS]    bench/kernels.py: each decode GEMV / prefill GEMM alone at real shapes
+#   bench/gpu.sh probe             bench/gemv_probe.py: stand-alone GEMV probes, with and without naga's checks
 #   bench/gpu.sh floor             bench/dispatch_floor.py: the cost of an empty dependent dispatch
 #   bench/gpu.sh timing NAME...    bench/gpu_timing.py: GPU us and bytes/s per kernel group, decode and prefill
 #   bench/gpu.sh tune NAME...      load-time tuning twice from scratch (two processes): the shapes it picks
@@ -13,7 +14,8 @@
 #   bench/gpu.sh ours REPS NAME... / llama REPS NAME...: the two sides of peer apart (ours while llama.cpp builds)
 # Needs next to the repository (or in it): .gl (Vulkan loader debs), .whl (wgpu wheels), .lcp (llama_src.tgz,
 # llama_cpp_py.tgz), .bench/smol_tok.gguf (the tokenizer the models get). Environment: BW = peak memory bandwidth in
-# GB/s (default 4800: H200), OUT = where JSON goes (one JSON object a line per file), CORES = cores for our process.
+# GB/s (default 4800: H200), OUT = where JSON goes (one JSON object a line per file), CORES = cores for our process,
+# OURS_ARGS = extra bench/decode.py flags for our engine (e.g. --checks off).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -64,8 +66,11 @@ models)
   cat "$OUT"/synth_*.tmp >> "$OUT/models.jsonl" 2>/dev/null; rm -f "$OUT"/synth_*.tmp
   ls -la "$MODELS"
   ;;
-kernels)
-  taskset -c "$CORES" timeout 400 python3 bench/kernels.py --gemm --bandwidth-gbs "$BW" "$@" > "$OUT/kernels.json"
+kernels)  # [ARGS...] for bench/kernels.py; TAG names the output ($OUT/kernels$TAG.json)
+  taskset -c "$CORES" timeout 400 python3 bench/kernels.py --bandwidth-gbs "$BW" "$@" > "$OUT/kernels${TAG:-}.json"
+  ;;
+probe)  # bench/gemv_probe.py: what limits a GEMV (stand-alone probe kernels, with and without naga's checks)
+  taskset -c "$CORES" timeout 400 python3 bench/gemv_probe.py --bandwidth-gbs "$BW" "$@" > "$OUT/probe.json"
   ;;
 floor)
   taskset -c "$CORES" timeout 60 python3 bench/dispatch_floor.py | compact >> "$OUT/floor.jsonl"
@@ -104,6 +109,7 @@ peer)
     for i in $(seq "$reps"); do
       LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 taskset -c "$CORES" timeout 300 python3 bench/decode.py \
         --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" --gemm "$gemm" \
+        ${OURS_ARGS:-} \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
         >> "$OUT/peer.jsonl"
       tail -1 "$OUT/peer.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \
@@ -119,9 +125,9 @@ ours)  # REPS NAME...: our engine alone, REPS processes per model, each tuning a
     gemm=$(fastest_gemm "$m")
     for i in $(seq "$reps"); do
       HOME=/tmp/home_${i}_$RANDOM taskset -c "$CORES" timeout 300 python3 bench/decode.py --model "$(file "$m")" \
-        --no-peer --prompt-tokens 512 --decode-tokens 128 --bandwidth-gbs "$BW" --gemm "$gemm" \
-        | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
-        >> "$OUT/ours.jsonl"
+        --no-peer --prompt-tokens 512 --decode-tokens 128 --bandwidth-gbs "$BW" --gemm "$gemm" ${OURS_ARGS:-} \
+        | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; \
+          d['args']='${OURS_ARGS:-}'; print(json.dumps(d))" >> "$OUT/ours.jsonl"
       tail -1 "$OUT/ours.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \
         print(d['model'], [(r['decode_tokens_per_s'], r['prefill_tokens_per_s']) for r in d['ours']['runs']], \
         d['ours']['tuning']['gemv_by_role'], d['ours']['tuning']['gemm'])"

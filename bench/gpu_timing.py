@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-from bench.knobs import add_kernel_args, kernel_tuning  # noqa: E402
+from bench.knobs import add_kernel_args, device_options, kernel_tuning  # noqa: E402
 
 
 async def main() -> None:
@@ -66,7 +66,9 @@ async def main() -> None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    dev = await open_device(extra_features=("timestamp-query", "timestamp-query-inside-passes"))
+    dev = await open_device(
+        extra_features=("timestamp-query", "timestamp-query-inside-passes"), **device_options(args)
+    )
     tuning, tune = kernel_tuning(args, dev)
     eng = await load_engine(
         "t",
@@ -196,7 +198,7 @@ def bytes_by_group(eng, labels: list[str], n_keys: int) -> dict[str, int]:
         if role in labels:
             out[role] = labels.count(role) * 2 * cfg.n_kv_heads * n_keys * cfg.head_dim * kv_item
     if "qkv_attn" in labels:
-        out["qkv_attn"] += sum(L.qkv.nbytes for L in g.layers)
+        out["qkv_attn"] += sum(L.w.qkv.nbytes for L in g.layers)
     return out
 
 

@@ -108,6 +108,7 @@ async def main() -> None:
     )
     ap.add_argument("--gemm", action="store_true", help="also time the prefill GEMM variants")
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--checks", choices=["on", "off"], default="on", help="off: trusted shader modules")
     ap.add_argument("--quick", action="store_true", help="few shapes and candidates (a smoke test)")
     ap.add_argument(
         "--stream-mb", type=float, default=1024.0, help="size of the streaming-read ceiling's buffer"
@@ -124,7 +125,7 @@ async def main() -> None:
     from webllm_py.kernels.tuning import CANDIDATES, pick
     from webllm_py.model.quant import GGMLType
 
-    dev = await open_device(extra_features=("timestamp-query",))
+    dev = await open_device(extra_features=("timestamp-query",), trusted_shaders=args.checks == "off")
     tier = Tier.for_device(dev)
     kern = Kernels(dev, tier)
     probe = await probe_subgroups(kern) if tier.subgroups else None
@@ -174,6 +175,7 @@ async def main() -> None:
             for k in ("max-compute-workgroup-storage-size", "max-storage-buffer-binding-size")
         },
         "bandwidth_gbs": args.bandwidth_gbs,
+        "shader_checks": args.checks,
         "gemv": [],
         "gemm": [],
     }

@@ -32,6 +32,17 @@ def add_kernel_args(ap: argparse.ArgumentParser) -> None:
     )
     for flag, (_, kind, text) in FLAGS.items():
         ap.add_argument(flag, type=kind, default=None, help=text)
+    ap.add_argument(
+        "--checks",
+        choices=["on", "off"],
+        default=None,
+        help="naga's run-time checks in shader modules: on (wgpu's default), off (trusted modules)",
+    )
+
+
+def device_options(args: argparse.Namespace) -> dict:
+    """open_device keywords from the parsed flags (--checks)."""
+    return {} if args.checks is None else {"trusted_shaders": args.checks == "off"}
 
 
 def kernel_tuning(args: argparse.Namespace, device) -> tuple[dict | None, bool | None]:

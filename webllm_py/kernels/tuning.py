@@ -20,7 +20,7 @@ from .params import pack_state
 from .registry import MR_VARIANTS, GemvConfig
 
 if TYPE_CHECKING:
-    from ..model.graph import LlamaGraph
+    from ..model.graph import Graph
 
 ROLES = ("qkv", "o", "ffn1", "ffn2", "lm_head")
 # In order of preference: on a tie (within TIE) the earlier shape wins. The GEMV_MR forms first (rows per invocation x
@@ -49,7 +49,7 @@ MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
 CACHE_VERSION = 2  # part of the cache key: shapes measured by an older tuner are measured again
 
 
-def tuning_key(graph: LlamaGraph) -> str:
+def tuning_key(graph: Graph) -> str:
     """What the result depends on: the adapter and driver, the kernel tier, the model's matrix shapes."""
     dev, cfg = graph.device, graph.cfg
     shapes = [
@@ -62,7 +62,7 @@ def tuning_key(graph: LlamaGraph) -> str:
         graph.kern.attention_splits,
         graph.kern.split_min_keys,
     ]
-    formats = [graph.layers[0].qkv.fmt, graph.layers[0].down.fmt, graph.lm_head.fmt]
+    formats = [graph.layers[0].w.qkv.fmt, graph.layers[0].w.down.fmt, graph.lm_head.fmt]
     return "|".join(
         [
             f"v{CACHE_VERSION}",
@@ -75,7 +75,7 @@ def tuning_key(graph: LlamaGraph) -> str:
     )
 
 
-def usable(graph: LlamaGraph, role: str, cand: GemvConfig) -> bool:
+def usable(graph: Graph, role: str, cand: GemvConfig) -> bool:
     """Whether ``cand`` can run ``role`` here and is worth timing (no lanes or rows beyond the matrix)."""
     kern = graph.kern
     if cand.wg > graph.device.caps.max_compute_invocations_per_workgroup:
@@ -95,7 +95,7 @@ def pick(timings: dict[GemvConfig, float], order: tuple[GemvConfig, ...] = CANDI
 
 
 async def measure(
-    graph: LlamaGraph, candidates: tuple[GemvConfig, ...] = CANDIDATES
+    graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES
 ) -> tuple[dict[str, GemvConfig], dict[str, dict[str, float]]]:
     """Time every usable candidate for every role; return the pick per role and every timing (us per launch)."""
     dev = graph.device
@@ -134,7 +134,7 @@ async def measure(
 
 
 async def tune_gemv(
-    graph: LlamaGraph, cache_path: str | None = None
+    graph: Graph, cache_path: str | None = None
 ) -> tuple[dict[str, GemvConfig], bool, dict[str, dict[str, float]]]:
     """The per-role GEMV shapes for ``graph``: from ``cache_path`` (JSON) when it has them, else measured (and
     saved there). Returns (shapes, whether they came from the cache, the timings measured: empty from the cache)."""
