@@ -24,6 +24,7 @@ import json
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ const U: u32 = Uu;
 const SEGS: u32 = WG / TK;
 const ROWS: u32 = SEGS * RT;
 const GPR: u32 = KB / 8u * 9u;  // vec4 words per row
+RED
 
 fn nib_lo(w: u32) -> vec4<f32> {
   let m = (vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) | vec4<u32>(0x4B000000u);
@@ -99,11 +101,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   for (var r = 0u; r < RT; r++) {
     var s = acc[r];
-    for (var m = 1u; m < TK; m <<= 1u) {
+    for (var m = 1u; m < min(TK, 32u); m <<= 1u) {
       s += subgroupShuffleXor(s, m);
     }
     acc[r] = s;
   }
+  WIDE
   if (lane == 0u) {
     for (var r = 0u; r < RT; r++) {
       if (row0 + r < N) {
@@ -112,6 +115,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
 }
+"""
+# TK > 32: the warps of a segment add their sums through workgroup memory.
+WIDE = """
+  for (var r = 0u; r < RT; r++) {
+    if (lid % 32u == 0u) {
+      red[(lid / 32u) * RT + r] = acc[r];
+    }
+  }
+  workgroupBarrier();
+  if (lane == 0u) {
+    for (var r = 0u; r < RT; r++) {
+      var s = 0.0;
+      for (var w = 0u; w < TK / 32u; w++) {
+        s += red[(lid / 32u + w) * RT + r];
+      }
+      acc[r] = s;
+    }
+  }
 """
 
 MATH = {
@@ -174,8 +195,40 @@ MATH = {
 }
 
 
+# (WG, TK, RT, U) per probe: TK invocations along K per row (more than 32: warps add through workgroup memory)
+F32_SHAPES = [
+    (256, 32, 4, 1),
+    (256, 32, 4, 2),
+    (256, 32, 2, 1),
+    (256, 16, 4, 1),
+    (128, 32, 4, 1),
+    (512, 32, 4, 1),
+]
+F32_SHAPES += [
+    (256, 64, 4, 1),
+    (256, 128, 4, 1),
+    (256, 256, 4, 1),
+    (256, 64, 2, 2),
+    (256, 128, 2, 2),
+    (256, 256, 2, 1),
+]
+DP4A_SHAPES = [
+    (256, 32, 2, 1),
+    (256, 16, 2, 1),
+    (256, 32, 4, 1),
+    (256, 64, 2, 1),
+    (256, 128, 2, 1),
+    (256, 256, 2, 1),
+]
+DP4A_SHAPES += [(256, 64, 4, 1), (256, 256, 4, 1), (256, 128, 1, 2)]
+NONE_SHAPES = [(256, 32, 2, 2), (256, 128, 2, 2), (256, 256, 2, 1)]
+
+
 def gemv_source(math: str, kb: int, n: int, wg: int, tk: int, rt: int, u: int) -> str:
-    src = GEMV.replace("MATH", MATH[math]).replace("ENABLE", "enable f16;" if math == "f16" else "")
+    src = GEMV.replace("MATH", MATH[math]).replace("ENABLE", "")
+    wide = tk > 32
+    src = src.replace("WIDE", WIDE if wide else "")
+    src = src.replace("RED", f"var<workgroup> red: array<f32, {wg // 32 * rt}>;" if wide else "")
     for name, v in (("KB", kb), ("N", n), ("WG", wg), ("TK", tk), ("RT", rt), ("U", u)):
         src = src.replace(f"{name}u;", f"{v}u;")
     return src
@@ -226,6 +279,13 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
 
     src = buffer((4 << 20) if args.quick else (1 << 30), "stream")
     dst = buffer(4 * 256 * 132 * 64, "dst", fill=False)
+    if args.warmup_s > 0:  # the GPU idles at a low clock: stream until it is up
+        code = STREAM.replace("UNROLL", "1u").replace("LOADS", "acc ^= src[i];")
+        pipe = dev.create_pipeline(code, "warmup")
+        bg = dev.create_bind_group(pipe, [(0, src, 0, src.size), (1, dst, 0, dst.size)], "warmup")
+        t_end = time.perf_counter() + args.warmup_s
+        while time.perf_counter() < t_end:
+            gpu_seconds([(pipe, bg, 132 * 16, 1, 1)] * 8)
     for unroll in (1, 4) if args.quick else (1, 4, 8):
         loads = " ".join(f"let v{j} = src[i + {j}u * stride];" for j in range(unroll))
         loads += " acc ^= " + " ^ ".join(f"v{j}" for j in range(unroll)) + ";"
@@ -241,29 +301,27 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
     x = buffer(4 * 14336 * 2, "x")
     xd = buffer(4 * 2 * 14336 // 32, "xd")
     res = buffer(4 * 128256, "out", fill=False)
-    shapes = [("ffn1", 28672, 4096), ("qkv", 6144, 4096), ("ffn2", 4096, 14336), ("lm_head", 128256, 4096)]
+    shapes = [("ffn1", 28672, 4096), ("qkv", 6144, 4096), ("o", 4096, 4096), ("ffn2", 4096, 14336)]
+    shapes += [("lm_head", 128256, 4096)]
     if args.quick:
         shapes = [("ffn1", 512, 4096)]
     shapes_c = []
     for role, n, k in shapes:
         nbytes = n * k // 32 * 18
         copies = 1 if args.quick else max(1, min(8, int(200e6 / nbytes) + 1))
-        shapes_c.append((role, n, k, nbytes, [buffer(nbytes, f"{role}.w{i}") for i in range(copies)]))
-    configs = []
-    for math in ("none", "f32", "dp4a"):
-        for tk in (32, 16, 8):
-            for rt in (1, 2, 4):
-                for u in (1, 2, 4):
-                    if (math == "f32" or u <= 2) and (rt * u <= 8):
-                        configs.append((math, 256, tk, rt, u))
-        configs.append((math, 128, 16, 2, 2))
-        configs.append((math, 64, 8, 2, 2))
+        if args.one_buffer:  # the copies side by side in one buffer, bound at offsets
+            big = buffer(nbytes * copies, f"{role}.w")
+            shapes_c.append((role, n, k, nbytes, [(big, i * nbytes) for i in range(copies)]))
+        else:
+            shapes_c.append(
+                (role, n, k, nbytes, [(buffer(nbytes, f"{role}.w{i}"), 0) for i in range(copies)])
+            )
+    configs = [("f32", *c) for c in F32_SHAPES] + [("dp4a", *c) for c in DP4A_SHAPES]
+    configs += [("none", *c) for c in NONE_SHAPES]
     if args.quick:
-        configs = [c for c in configs if c[2:] in ((32, 1, 1), (16, 2, 2), (8, 4, 2), (16, 2, 4))]
+        configs = [c for c in configs if c[2] in (32, 64)][:6]
     for role, n, k, nbytes, ws in shapes_c:
         for math, wg, tk, rt, u in configs:
-            if role in ("ffn2", "lm_head") and not (math == "f32" or (tk, rt) == (16, 2)):
-                continue
             rows = wg // tk * rt
             try:
                 pipe = dev.create_pipeline(gemv_source(math, k // 32, n, wg, tk, rt, u), f"gemv_{math}")
@@ -273,11 +331,11 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
             bgs = [
                 dev.create_bind_group(
                     pipe,
-                    [(0, w, 0, w.size), (1, x, 0, x.size), (3, res, 0, res.size)]
+                    [(0, w, off, nbytes), (1, x, 0, x.size), (3, res, 0, res.size)]
                     + ([(2, xd, 0, xd.size)] if math == "dp4a" else []),
                     "g",
                 )
-                for w in ws
+                for w, off in ws
             ]
             groups = -(-n // rows)
             gx, gy = min(groups, 65535), -(-groups // 65535)
@@ -304,7 +362,7 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
                 if key not in best or r["gb_per_s"] > best[key]["gb_per_s"]:
                     best[key] = r
         print(tag, role, json.dumps(best), file=sys.stderr)
-        for w in ws:
+        for w in {id(w): w for w, _ in ws}.values():
             dev.destroy_buffer(w)
 
 
@@ -314,12 +372,15 @@ async def main() -> None:
     ap.add_argument("--dispatches", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="a few probes on small sizes (a smoke test)")
+    ap.add_argument("--one-buffer", action="store_true", help="weight copies in one buffer at offsets")
+    ap.add_argument("--modes", default="checked,trusted", help="checked, trusted or both (comma-separated)")
+    ap.add_argument("--warmup-s", type=float, default=2.0, help="seconds of streaming first (GPU clocks up)")
     args = ap.parse_args()
 
     out: dict = {"bandwidth_gbs": args.bandwidth_gbs, "stream": {}, "gemv": []}
     rng = np.random.default_rng(0)
-    for trusted in (False, True):
-        await run_mode(args, trusted, out, rng)
+    for mode in args.modes.split(","):
+        await run_mode(args, mode == "trusted", out, rng)
     print(json.dumps(out))
 
 

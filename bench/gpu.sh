@@ -30,7 +30,7 @@ mkdir -p "$OUT" "$MODELS" "$KEEP"
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json PYTHONUNBUFFERED=1
 export PYTHONPATH=/tmp/site:/root/lcpy:$ROOT XDG_RUNTIME_DIR=/tmp
 file() { echo "$MODELS/${1%%:*}-${1##*:}.gguf"; }
-# The prefill GEMM that timed fastest for model $1 in the timing step (GEMM/256 when none was timed).
+# The prefill GEMM that timed fastest for model $1 in the timing step (empty, the engine's default, when none was).
 fastest_gemm() {
   python3 -c "
 import json
@@ -39,7 +39,7 @@ for line in open('$KEEP/timing.jsonl'):
     d = json.loads(line)
     if d['model'] == '$1' and d['tokens'] > 1:
         best[d['gemm']] = d['gpu_us_per_step_without_inner_timestamps']
-print(min(best, key=best.get) if best else 'GEMM/256')" 2>/dev/null || echo GEMM/256
+print(min(best, key=best.get) if best else '')" 2>/dev/null
 }
 compact() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'; }
 step=$1; shift
@@ -108,7 +108,7 @@ peer)
     gemm=$(fastest_gemm "$m")
     for i in $(seq "$reps"); do
       LLAMA_CPP_LIB_PATH=$lib BENCH_LLAMA_GPU_LAYERS=99 taskset -c "$CORES" timeout 300 python3 bench/decode.py \
-        --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" --gemm "$gemm" \
+        --model "$(file "$m")" --prompt-tokens 512 --decode-tokens 128 --threads 2 --bandwidth-gbs "$BW" ${gemm:+--gemm $gemm} \
         ${OURS_ARGS:-} \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; print(json.dumps(d))" \
         >> "$OUT/peer.jsonl"
@@ -125,7 +125,7 @@ ours)  # REPS NAME...: our engine alone, REPS processes per model, each tuning a
     gemm=$(fastest_gemm "$m")
     for i in $(seq "$reps"); do
       HOME=/tmp/home_${i}_$RANDOM taskset -c "$CORES" timeout 300 python3 bench/decode.py --model "$(file "$m")" \
-        --no-peer --prompt-tokens 512 --decode-tokens 128 --bandwidth-gbs "$BW" --gemm "$gemm" ${OURS_ARGS:-} \
+        --no-peer --prompt-tokens 512 --decode-tokens 128 --bandwidth-gbs "$BW" ${gemm:+--gemm $gemm} ${OURS_ARGS:-} \
         | python3 -c "import json,sys; d=json.load(sys.stdin); d['model']='$m'; d['process']=$i; \
           d['args']='${OURS_ARGS:-}'; print(json.dumps(d))" >> "$OUT/ours.jsonl"
       tail -1 "$OUT/ours.jsonl" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); \

@@ -108,7 +108,12 @@ async def main() -> None:
     )
     ap.add_argument("--gemm", action="store_true", help="also time the prefill GEMM variants")
     ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--checks", choices=["on", "off"], default="on", help="off: trusted shader modules")
+    ap.add_argument(
+        "--checks",
+        choices=["on", "off"],
+        default=None,
+        help="naga's run-time checks (default: the host's choice)",
+    )
     ap.add_argument("--quick", action="store_true", help="few shapes and candidates (a smoke test)")
     ap.add_argument(
         "--stream-mb", type=float, default=1024.0, help="size of the streaming-read ceiling's buffer"
@@ -121,13 +126,16 @@ async def main() -> None:
     from webllm_py.kernels import ops
     from webllm_py.kernels.params import pack_state
     from webllm_py.kernels.probe import probe_subgroups
-    from webllm_py.kernels.registry import Kernels, Tier
-    from webllm_py.kernels.tuning import CANDIDATES, pick
+    from webllm_py.kernels.registry import Q8_FORMATS, Kernels, Tier
+    from webllm_py.kernels.tuning import CANDIDATES, Q8_CANDIDATES, pick
     from webllm_py.model.quant import GGMLType
 
-    dev = await open_device(extra_features=("timestamp-query",), trusted_shaders=args.checks == "off")
+    dev = await open_device(
+        extra_features=("timestamp-query",),
+        trusted_shaders=None if args.checks is None else args.checks == "off",
+    )
     tier = Tier.for_device(dev)
-    kern = Kernels(dev, tier)
+    kern = Kernels(dev, tier, q8_decode=True)
     probe = await probe_subgroups(kern) if tier.subgroups else None
     if probe is not None and probe.ok:
         kern.subgroup_min = probe.min_size
@@ -175,7 +183,7 @@ async def main() -> None:
             for k in ("max-compute-workgroup-storage-size", "max-storage-buffer-binding-size")
         },
         "bandwidth_gbs": args.bandwidth_gbs,
-        "shader_checks": args.checks,
+        "shader_checks": "off" if dev.caps.unchecked_shaders else "on",
         "gemv": [],
         "gemm": [],
     }
@@ -221,10 +229,11 @@ async def main() -> None:
                                  rope_dims=head_dim)  # fmt: skip
                 dev.write_buffer(state, 0, pack_state(100, 1, 0))
                 times = {}
-                for cand in candidates:
+                order = (Q8_CANDIDATES if fmt in Q8_FORMATS else ()) + candidates
+                for cand in order:
                     if cand.variant == "GEMV_SEG" and not (tier.subgroups and cand.seg <= kern.subgroup_min):
                         continue
-                    if cand.variant == "GEMV_MR" and (
+                    if cand.variant.startswith("GEMV_MR") and (
                         cand.seg > 4 * (k // 32) or cand.rows_per_workgroup > n
                     ):
                         continue
@@ -236,7 +245,7 @@ async def main() -> None:
                     times[cand] = gpu_seconds(
                         (launches * (args.dispatches // len(launches) + 1))[: args.dispatches]
                     )
-                chosen = pick(times, candidates)
+                chosen = pick(times, order)
                 gbs = {c.label(): round(w0.nbytes / s / 1e9, 1) for c, s in times.items()}
                 row = {
                     "shape": shape,

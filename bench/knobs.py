@@ -33,6 +33,12 @@ def add_kernel_args(ap: argparse.ArgumentParser) -> None:
     for flag, (_, kind, text) in FLAGS.items():
         ap.add_argument(flag, type=kind, default=None, help=text)
     ap.add_argument(
+        "--q8-decode",
+        choices=["on", "off"],
+        default=None,
+        help="decode products with int8 activations (GEMV_MRQ) where the format allows: on, off (default)",
+    )
+    ap.add_argument(
         "--checks",
         choices=["on", "off"],
         default=None,
@@ -63,6 +69,8 @@ def kernel_tuning(args: argparse.Namespace, device) -> tuple[dict | None, bool |
         given.update(gemm_variant=variant, gemm_wg=int(wg))
     if args.fuse:
         given["fuse_attention"] = args.fuse == "on"
+    if args.q8_decode:
+        given["q8_decode"] = args.q8_decode == "on"
     for flag, (key, _, _) in FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:

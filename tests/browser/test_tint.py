@@ -22,7 +22,7 @@ from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
 from webllm_py.kernels.probe import PROBE_WG_SIZES
 from webllm_py.kernels.registry import SUPER_BLOCK_FORMATS, GemvConfig, Kernels, Tier
-from webllm_py.kernels.tuning import CANDIDATES
+from webllm_py.kernels.tuning import CANDIDATES, Q8_CANDIDATES
 from webllm_py.model.quant import GGMLType
 
 TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
@@ -192,6 +192,24 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
                 attn_ml=buf, n_splits=4,
             )  # fmt: skip
+    # The int8-activation decode forms (Kernels.q8_decode) over the formats they read: the LM head, the QKV
+    # projection, the output projection merging the attention splits, gate/up.
+    for cand in (Q8_CANDIDATES[0], Q8_CANDIDATES[-1]):
+        for t in (GGMLType.Q4_0, GGMLType.Q4_K):
+            w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
+                argmax_out=buf,
+            )  # fmt: skip
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand, kv=buf,
+                rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+            )  # fmt: skip
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
+                attn_ml=buf, n_splits=4,
+            )  # fmt: skip
+            ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="SILU", gemm=False, norm_w=buf, gemv=cand)
     # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).
     shapes = [(True, None), (False, None)] if all_formats else []
     if kern.tier.subgroups and all_formats:

@@ -322,7 +322,7 @@ async def open_device(
     use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
     extra_features: tuple[str, ...] = (),
-    trusted_shaders: bool = False,
+    trusted_shaders: bool | None = None,
 ) -> NativeDevice:
     """Open the best WebGPU adapter on this machine.
 
@@ -330,7 +330,8 @@ async def open_device(
     f32 or no-subgroup tiers on an adapter that has them), True requires it. ``spec_default_limits`` asks for
     WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
     ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools). ``trusted_shaders`` makes
-    shader modules without naga's run-time bounds checks and loop counters (see _trusted_module).
+    shader modules without naga's run-time bounds checks and loop counters (see _trusted_module); None: on GPUs,
+    off on CPU rasterizers (lavapipe), where the kernel tests run with the checks.
     """
     adapter = _best_adapter(power_preference)
     if adapter is None:
@@ -338,6 +339,9 @@ async def open_device(
             "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "
             "mesa-vulkan-drivers` for the lavapipe CPU driver)"
         )
+    info = _adapter_info(adapter)
+    if trusted_shaders is None:
+        trusted_shaders = str(info.extra.get("adapter_type", "")).lower() not in ("cpu", "")
     features = set(adapter.features)
     has_f16 = "shader-f16" in features
     has_subgroups = "subgroup" in features or "subgroups" in features
@@ -376,8 +380,9 @@ async def open_device(
         max_compute_workgroups_per_dimension=dl["max-compute-workgroups-per-dimension"],
         # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
         wgsl_enables_subgroups=False,
+        unchecked_shaders=trusted_shaders,
     )
-    return NativeDevice(adapter, device, caps, _adapter_info(adapter), trusted_shaders)
+    return NativeDevice(adapter, device, caps, info, trusted_shaders)
 
 
 __all__ = ["NativeDevice", "open_device", "BufferUsage"]

@@ -9,13 +9,21 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
-from .registry import MR_VARIANTS, SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
+from .registry import (
+    MR_VARIANTS,
+    Q8_FORMATS,
+    SUPER_BLOCK_FORMATS,
+    WEIGHT_FORMAT,
+    GemvConfig,
+    Kernels,
+    weight_nbytes,
+)
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
@@ -321,6 +329,18 @@ def _uniform_entry(
     return (0, kern.uniform(data, label), 0, len(data))
 
 
+def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
+    """Whether GEMV_MRQ (int8 activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), and the
+    workgroup's int8 copy of x (36 bytes a block, with sums) plus one f32 an invocation within workgroup memory."""
+    need = 36 * w.k_blocks + 4 * gemv.wg + 4 * (gemv.rt + 1) * gemv.wg
+    return (
+        len(w.segments) == 1
+        and w.segments[0].fmt in Q8_FORMATS
+        and w.segments[0].base == 0
+        and need <= kern.device.caps.max_compute_workgroup_storage_size
+    )
+
+
 def matmul(
     kern: Kernels,
     *,
@@ -358,6 +378,8 @@ def matmul(
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
     (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
+    if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
+        gemv = replace(gemv, variant="GEMV_MR")
     defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
     if gemm:
         defines[kern.gemm_variant] = 1

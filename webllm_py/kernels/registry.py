@@ -35,7 +35,14 @@ def weight_nbytes(fmt: str, n_blocks: int) -> int:
 
 # GEMV_MR and its forms (matmul.wgsl): octet lanes with a compile-time trip count, octet lanes with a run-time one
 # (MR_RUNTIME), whole-block lanes (MR_BLOCK).
-MR_VARIANTS = {"GEMV_MR": {}, "GEMV_MRR": {"MR_RUNTIME": 1}, "GEMV_MRB": {"MR_BLOCK": 1}}
+MR_VARIANTS = {
+    "GEMV_MR": {},
+    "GEMV_MRR": {"MR_RUNTIME": 1},
+    "GEMV_MRB": {"MR_BLOCK": 1},
+    "GEMV_MRQ": {"MR_Q8": 1},
+}
+# GEMV_MRQ (activations in int8, matmul.wgsl MR_Q8) covers these weight formats; others run GEMV_MR of its shape.
+Q8_FORMATS = ("Q4_0", "Q4_K")
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Kernels:
         split_min_keys: int = 128,
         gemm_wg: int = 256,
         gemm_variant: str = "GEMM",
+        q8_decode: bool = False,
     ):
         self.device = device
         self.tier = tier
@@ -152,6 +160,10 @@ class Kernels:
             )
         self.gemm_variant = gemm_variant
         self.gemm_wg = gemm_wg
+        # Decode products may round activations to int8 (GEMV_MRQ, for the formats in Q8_FORMATS): about twice the
+        # bytes per second, results within the int8 rounding of x (as llama.cpp's GPU and CPU decode). Off by default:
+        # greedy replies then equal the f32 reference's exactly; load-time tuning times GEMV_MRQ only when on.
+        self.q8_decode = q8_decode
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 
@@ -228,5 +240,8 @@ def default_tuning(device: Device) -> dict[str, object]:
             "sample_wg": 256,
             "gemm_wg": 64,
         }
-    # GPUs: rows per invocation, a subgroup along K (tuning.CANDIDATES[0]); tuning measures the others.
-    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 2}
+    # GPUs: rows per invocation, a subgroup along K (tuning.CANDIDATES[0]); tuning measures the others. The
+    # register-tiled prefill GEMM where shaders run without run-time checks: on the H200 it ran at 20-25 TFLOP/s
+    # unchecked against 2.5 with naga's checks, where GEMM/256 runs at 11-15 either way (bench/results/README.md).
+    gemm = {"gemm_variant": "GEMM_RT", "gemm_wg": 64} if device.caps.unchecked_shaders else {}
+    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 2, **gemm}

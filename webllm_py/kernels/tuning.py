@@ -16,6 +16,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from .ops import q8_fits
 from .params import pack_state
 from .registry import MR_VARIANTS, GemvConfig
 
@@ -27,6 +28,9 @@ ROLES = ("qkv", "o", "ffn1", "ffn2", "lm_head")
 # lanes along K), then the older shapes, which an H200 still picked for some matrices (bench/results/README.md).
 CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV_MR", 128, 32, 2),  # 8 rows a workgroup
+    GemvConfig("GEMV_MR", 256, 32, 4),  # 32: 8 warps, 4 rows each (the stand-alone probe's fastest f32 form)
+    GemvConfig("GEMV_MRB", 256, 32, 4),
+    GemvConfig("GEMV_MRR", 256, 32, 2),
     GemvConfig("GEMV_MR", 128, 16, 4),  # 32
     GemvConfig("GEMV_MR", 128, 32, 4),  # 16
     GemvConfig("GEMV_MR", 64, 16, 2),  # 8: short rows, many workgroups
@@ -42,11 +46,18 @@ CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV", 128),
     GemvConfig("GEMV_SEG", 128, 8),
 )
+# With Kernels.q8_decode: int8-activation shapes first (bench/gemv_probe.py's fastest dp4a forms on the H200).
+Q8_CANDIDATES: tuple[GemvConfig, ...] = (
+    GemvConfig("GEMV_MRQ", 256, 32, 2),
+    GemvConfig("GEMV_MRQ", 256, 16, 2),
+    GemvConfig("GEMV_MRQ", 256, 32, 4),
+    GemvConfig("GEMV_MRQ", 128, 32, 2),
+)
 TIE = 0.03  # relative: shapes this close to the fastest are equally good
 ROUNDS = 5  # timed batches per candidate; the fastest counts
 TARGET_S = 2e-3  # a timed batch lasts about this long
 MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
-CACHE_VERSION = 2  # part of the cache key: shapes measured by an older tuner are measured again
+CACHE_VERSION = 3  # part of the cache key: shapes measured by an older tuner are measured again
 
 
 def tuning_key(graph: Graph) -> str:
@@ -68,7 +79,7 @@ def tuning_key(graph: Graph) -> str:
             f"v{CACHE_VERSION}",
             dev.info.summary(),
             dev.info.description,
-            graph.kern.tier.name,
+            graph.kern.tier.name + ("+q8" if graph.kern.q8_decode else ""),
             *map(str, shapes),
             *formats,
         ]
@@ -84,6 +95,8 @@ def usable(graph: Graph, role: str, cand: GemvConfig) -> bool:
         return kern.tier.subgroups and cand.seg <= kern.subgroup_min
     if cand.variant in MR_VARIANTS:
         w = graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)
+        if cand.variant == "GEMV_MRQ" and not (kern.q8_decode and q8_fits(kern, w, cand)):
+            return False
         return cand.seg <= 4 * w.k_blocks and cand.rows_per_workgroup <= max(4, w.n_rows)
     return True
 
@@ -149,7 +162,7 @@ async def tune_gemv(
     entry = cache.get(key)
     if entry and set(entry) == set(ROLES):
         return {role: GemvConfig(*entry[role]) for role in ROLES}, True, {}
-    chosen, report = await measure(graph)
+    chosen, report = await measure(graph, (Q8_CANDIDATES if graph.kern.q8_decode else ()) + CANDIDATES)
     if cache_path:
         cache[key] = {role: [c.variant, c.wg, c.seg, c.rt] for role, c in chosen.items()}
         os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
