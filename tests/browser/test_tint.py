@@ -40,6 +40,7 @@ TUNINGS = [
         "gemv_rt": 4,
         "gemm_variant": "GEMM_RT",
         "gemm_wg": 64,
+        "gemm_rt_min_dim": 0,  # GEMM_RT for the small test products too
     },
 ]
 TYPES = list(GGMLType)  # every weight format (weights.wgsl)

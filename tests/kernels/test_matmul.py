@@ -45,6 +45,7 @@ STORE_CASES += [(t, n, k, s) for t in NEW for n, k in sizes(t, 2) for s in NEW_S
 def gemm_wg(request, kern):
     """The prefill GEMM's workgroup shapes: four groups splitting K (GPUs), one (CPU adapters), register-tiled."""
     kern.gemm_variant, kern.gemm_wg = request.param
+    kern.gemm_rt_min_dim = 0  # GEMM_RT for the tests' small products too
     return request.param
 
 
@@ -125,7 +126,9 @@ def test_gemm_rt_formats(gpu_device, ggml_type):
     """The register-tiled prefill GEMM over every format (f32 tier: it uses no subgroup operations and f16 only
     changes the KV cache): 64 rows with a partial token tile, or 128 rows with two token tiles."""
     wg, m = [(64, 5), (128, 70)][TYPES.index(ggml_type) % 2]
-    kern = Kernels(gpu_device, Tier(f16=False, subgroups=False), gemm_variant="GEMM_RT", gemm_wg=wg)
+    kern = Kernels(
+        gpu_device, Tier(f16=False, subgroups=False), gemm_variant="GEMM_RT", gemm_wg=wg, gemm_rt_min_dim=0
+    )
     n, k = sizes(ggml_type, 1)[0]
     check_store(kern, ggml_type, n, k, True, m)
 
@@ -217,7 +220,7 @@ def test_matmul_silu(kern, types, gemm, m, gemv, act):
     """out = act(gate) * up, gate and up rows interleaved in one weight; act = SiLU (SwiGLU) or GELU's tanh
     approximation (GeGLU)."""
     if gemv == "GEMM_RT":
-        kern.gemm_variant, kern.gemm_wg = "GEMM_RT", 64
+        kern.gemm_variant, kern.gemm_wg, kern.gemm_rt_min_dim = "GEMM_RT", 64, 0
     elif gemm:
         kern.gemm_wg = gemv
     elif gemv == "GEMV_MR":
@@ -292,7 +295,7 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv, bias, qk_ou
     (Qwen2) it is added before RoPE; with qk_out (q/k-norm models) q and k rows go to scratch unrotated, (m, n_q +
     n_kv), and only v to the cache."""
     if gemv == "GEMM_RT":
-        kern.gemm_variant, kern.gemm_wg = "GEMM_RT", 128
+        kern.gemm_variant, kern.gemm_wg, kern.gemm_rt_min_dim = "GEMM_RT", 128, 0
     elif gemm:
         kern.gemm_wg = gemv
     elif gemv == "GEMV_MR":

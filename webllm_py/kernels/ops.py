@@ -380,9 +380,12 @@ def matmul(
     gemv = gemv or kern.gemv
     if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
         gemv = replace(gemv, variant="GEMV_MR")
-    defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
+    gemm_variant, gemm_wg = kern.gemm_variant, kern.gemm_wg
+    if gemm and gemm_variant == "GEMM_RT" and min(w.n_rows, w.k) < kern.gemm_rt_min_dim:
+        gemm_variant, gemm_wg = "GEMM", 256
+    defines: dict[str, object] = {"WG": gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
     if gemm:
-        defines[kern.gemm_variant] = 1
+        defines[gemm_variant] = 1
     elif gemv.variant in MR_VARIANTS:
         defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
     else:
@@ -466,8 +469,8 @@ def matmul(
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
         rows, tokens = GEMM_TILE, GEMM_TILE
-        if kern.gemm_variant == "GEMM_RT":
-            rows, tokens = kern.gemm_wg, GEMM_RT_TOKENS
+        if gemm_variant == "GEMM_RT":
+            rows, tokens = gemm_wg, GEMM_RT_TOKENS
         row_tiles = math.ceil(w.n_rows / rows)
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
