@@ -201,6 +201,17 @@ class ReloadModelIdNotUniqueError(_NamedFieldError):
     field = "model_id"
 
 
+class InvalidAppConfigError(WebLLMError, ValueError):
+    """An app config or model record is malformed (a duplicate model id, an unknown cache backend, a field of the
+    wrong type); ``field`` names it (``appConfig.model_list[2].size``)."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"`{field}` must be {allowed}; got {_show(value)}")
+
+
 class ServerSentEventsError(WebLLMError):
     """An SSE body (``api/sse.py``) is malformed, or the server reported an error in the stream."""
 
@@ -210,6 +221,18 @@ class ServerSentEventsError(WebLLMError):
 
 class ModelIntegrityError(ModelDownloadError):
     """A downloaded file's sha256 or size differs from what the model record promises."""
+
+
+class IntegrityError(ModelIntegrityError):
+    """WebLLM's ``IntegrityError``: a downloaded file's digest differs from the SRI string its model record's
+    ``integrity`` gives for it (``sha256-``/``sha384-``/``sha512-`` + base64). ``url`` names the file, ``expected``
+    and ``actual`` are SRI strings of the same algorithm. Nothing of the file is kept."""
+
+    def __init__(self, url: str, expected: str, actual: str):
+        self.url = url
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"Integrity check of {url} failed: expected {expected}, got {actual}")
 
 
 class StorageQuotaError(ModelDownloadError):
@@ -222,6 +245,11 @@ class StorageQuotaError(ModelDownloadError):
 
 class UnsupportedEndpointError(WebLLMError):
     """The engine behind a worker does not implement this API (e.g. text ``completions.create``)."""
+
+
+class ReloadAbortedError(WebLLMError):
+    """A ``reload()`` was aborted by ``unload()`` or by a newer ``reload()`` before its model was loaded. Crosses
+    the worker boundary only: the proxies resolve the aborted ``reload()`` with a warning, as WebLLM does."""
 
 
 class UnknownMessageKindError(WebLLMError):

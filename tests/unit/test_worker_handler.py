@@ -618,6 +618,7 @@ def test_app_config_round_trip(world):
         before = await worker.value("getAppConfig")
         assert await worker.value("setAppConfig", webllm_style) is None
         after = await worker.value("getAppConfig")
+        # WebLLM's model_lib is accepted (ignored); a record without a file to load is refused, named
         bad = await worker.ask("setAppConfig", {"model_list": [{"model_id": "x", "model_lib": "x.wasm"}]})
         return worker, before, after, bad
 
@@ -627,8 +628,8 @@ def test_app_config_round_trip(world):
     assert after["model_list"][0]["overrides"] == {"temperature": 0.5}
     assert after["model_list"][1]["model_file"] == "pkg/m.gguf" and after["cache_dir"] is None
     assert worker.engine.app_config.get_record("zipped").size == 3
-    assert bad["content"]["name"] == "UnsupportedFieldError"
-    assert bad["content"]["details"]["field"] == "appConfig.model_list[0].model_lib"
+    assert bad["content"]["name"] == "InvalidAppConfigError"
+    assert bad["content"]["details"]["field"] == "appConfig.model_list[0].model_url"
     assert messages.app_config_from_dict(after) == worker.engine.app_config
 
 
@@ -765,7 +766,7 @@ def test_create_handler_takes_the_sites_app_config():
     assert config.get_record("m").model_url == "models/m.gguf" and config.cache_backend == "opfs"
 
 
-def test_app_config_backend_spellings():
+def test_app_config_backend_spellings(caplog):
     record = {"model_id": "m", "model_url": "m.gguf"}
     assert messages.app_config_from_dict({"model_list": [record]}).cache_backend == "cache"
     assert messages.app_config_from_dict(
@@ -779,8 +780,10 @@ def test_app_config_backend_spellings():
     )
     with pytest.raises(ValueError, match="cache_backend"):
         messages.app_config_from_dict({"model_list": [record], "cache_backend": "floppy"})
-    with pytest.raises(errors.UnsupportedFieldError, match="appConfig.model_lists"):
-        messages.app_config_from_dict({"model_list": [record], "model_lists": []})
+    # WebLLM ignores keys it does not know (a page's own use_web_worker): logged, not refused
+    with caplog.at_level(logging.WARNING, logger="webllm_py"):
+        config = messages.app_config_from_dict({"model_list": [record], "use_web_worker": True})
+    assert config.get_record("m").model_url == "m.gguf" and "appConfig.use_web_worker" in caplog.text
 
 
 def test_js_null_stand_ins_mean_not_given(world):

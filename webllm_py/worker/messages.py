@@ -60,14 +60,13 @@ Differences from WebLLM, on purpose:
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import json
 import traceback
 from collections.abc import Mapping
 from typing import Any
 
 from webllm_py import errors
-from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.config import app_config_from_dict, app_config_to_dict  # noqa: F401 (the protocol's app config form)
 from webllm_py.errors import (
     InvalidFieldTypeError,
     UnknownMessageKindError,
@@ -219,69 +218,7 @@ def error_from_content(content: Any) -> BaseException:
 
 
 # ---- app config and chat options --------------------------------------------------------------------------------
-
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRecord))
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(AppConfig) if f.name != "model_list")
-_CONFIG_ALIASES = {"cacheBackend": "cache_backend"}  # WebLLM's spelling
-
-
-def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
-    """JSON form of an ``AppConfig``: ``{model_list: [{model_id, model_url, ...}], cache_dir}``."""
-    records = []
-    for record in config.model_list:
-        d = {name: getattr(record, name) for name in _RECORD_FIELDS}
-        template = d["chat_template"]
-        if template is not None and not isinstance(template, str):
-            d["chat_template"] = template.name  # a ChatTemplate object crosses by its registered name
-        d["overrides"] = dict(d["overrides"])
-        records.append(d)
-    return {"model_list": records, **{name: getattr(config, name) for name in _CONFIG_FIELDS}}
-
-
-def app_config_from_dict(d: Any) -> AppConfig:
-    """``AppConfig`` from its JSON form. WebLLM's ``model`` is accepted for ``model_url``; unknown keys are an
-    error naming them (a WebLLM ``model_lib`` means nothing here, and a typo must not pass silently)."""
-    if isinstance(d, AppConfig):
-        return d
-    if not isinstance(d, Mapping) or not isinstance(d.get("model_list"), list):
-        raise UnsupportedFieldError(
-            "appConfig", d, "an app config is {model_list: [{model_id, model_url}, ...]}"
-        )
-    options: dict[str, Any] = {}
-    for key, value in d.items():
-        if key == "model_list":
-            continue
-        if key == "useIndexedDBCache":  # WebLLM before cacheBackend existed
-            if value and "cache_backend" in _CONFIG_FIELDS:
-                options.setdefault("cache_backend", "indexeddb")
-            continue
-        name = _CONFIG_ALIASES.get(key, key)
-        if name not in _CONFIG_FIELDS:
-            allowed = ", ".join(("model_list", *_CONFIG_FIELDS))
-            raise UnsupportedFieldError(f"appConfig.{key}", value, f"app config keys are {allowed}")
-        if value is not None:
-            options[name] = value
-    records = []
-    for i, raw in enumerate(d["model_list"]):
-        if not isinstance(raw, Mapping):
-            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, "a model record is a dict")
-        fields = dict(raw)
-        if "model" in fields and "model_url" not in fields:
-            fields["model_url"] = fields.pop("model")
-        for key in fields:
-            if key not in _RECORD_FIELDS:
-                raise UnsupportedFieldError(
-                    f"appConfig.model_list[{i}].{key}",
-                    fields[key],
-                    f"record fields are {', '.join(_RECORD_FIELDS)}",
-                )
-        if fields.get("overrides") is None:
-            fields.pop("overrides", None)
-        try:
-            records.append(ModelRecord(**fields))
-        except TypeError as e:  # a required field missing
-            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, str(e)) from None
-    return AppConfig(model_list=records, **options)
+# The app config's JSON form is config.py's (app_config_from_dict / app_config_to_dict, WebLLM's keys included).
 
 
 def model_id_list(model_id: Any, field: str = "modelId") -> list[str] | None:
