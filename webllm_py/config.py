@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidAppConfigError, ModelNotFoundError
+from .errors import InvalidAppConfigError, ModelNotFoundError, UnsupportedModelError
 from .integrity import is_valid_sri
 
 if TYPE_CHECKING:
@@ -264,6 +264,35 @@ class ModelRecord:
                 value = list(value)
             d[f.name] = value
         return d
+
+
+def check_loadable(record: ModelRecord) -> None:
+    """Raise ``UnsupportedModelError`` for a record this engine cannot load, before anything is downloaded: an
+    embedding or vision model, a split GGUF (downloaded and verified by the resolvers, but the loader reads one
+    file), or a WebLLM record that names an MLC weights folder instead of a GGUF file."""
+    what = f"model record {record.model_id!r}"
+    if record.model_type != 0:
+        kind = MODEL_TYPES[record.model_type]
+        raise UnsupportedModelError(
+            f"{what} is a {kind} model (model_type {record.model_type}); webllm_py loads LLMs (model_type 0) only: "
+            "embeddings and vision models are not implemented yet"
+        )
+    if record.sharded:
+        raise UnsupportedModelError(
+            f"{what} is a GGUF split into {len(record.file_urls)} files; the loader reads one file: merge them with "
+            "llama.cpp's `llama-gguf-split --merge first-shard.gguf merged.gguf` and point model_url at the result"
+        )
+    url = record.model_url
+    if (
+        record.model_file is None
+        and url.startswith(("http://", "https://"))
+        and not file_name(url).endswith(".gguf")
+    ):
+        raise UnsupportedModelError(
+            f"{what} names {url}, which is not a .gguf file (an MLC weights folder with a model_lib .wasm, as "
+            "WebLLM's records do?); webllm_py loads GGUF files: set model_url to the .gguf file's URL, e.g. "
+            "https://huggingface.co/<user>/<repo>/resolve/main/<file>.gguf"
+        )
 
 
 # The JSON types of the record fields from_dict checks (a record from a page must fail here, named, not later).

@@ -24,6 +24,7 @@ interruptGenerate                null, or ``{streamId}`` to end that stream only
 resetChat                        ``{keepStats?: bool, modelId?}``                                null
 getMessage                       ``{modelId?}``                                                  str
 runtimeStatsText                 ``{modelId?}``                                                  str
+forwardTokensAndSample           ``{inputIds: [int], isPrefill: bool, modelId?}``                int (token id)
 getGPUVendor                     null                                                            str
 getMaxStorageBufferBindingSize   null                                                            int (bytes)
 setLogLevel                      ``"TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR" | "SILENT"``    null
@@ -55,6 +56,9 @@ Differences from WebLLM, on purpose:
   (``UnknownMessageKindError``): nothing the page awaits can hang on a missing reply.
 - Errors cross as ``{name, message, details}`` and are raised again as the same class (WebLLM sends a string).
 - ``getAppConfig`` (ours) lets a page list the models the worker knows, e.g. for a model picker.
+- A ``reload`` whose load a later ``reload`` or ``unload`` aborted is answered with ``throw``
+  ``ReloadAbortedError``; the proxies resolve that ``reload()`` with a warning (WebLLM's behaviour) and do not take
+  its model as loaded.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ REQUEST_KINDS = frozenset(
         "resetChat",
         "getMessage",
         "runtimeStatsText",
+        "forwardTokensAndSample",
         "getGPUVendor",
         "getMaxStorageBufferBindingSize",
         "setLogLevel",
