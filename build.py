@@ -20,7 +20,10 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
-    dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS proxy,
+    dist/prebuilt_models.json  the prebuilt model list webllm_py.js exports as prebuiltAppConfig, with the site's
+                           own records (the demo model in dist/models/) in place of the hub ones of the same id
+    dist/helpers/          the host's JS helpers (webllm_py/host/*.js) as modules, so no page or worker evaluates code
+    dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS module,
                            pages), and the npm files that web/manifest.json lists for them (e.g. @pyscript/core)
 
 ``extension`` packs web/extension/ (an MV3 extension: the engine in its service worker, a popup chat) into
@@ -296,8 +299,35 @@ def boot_config(whl: Path, model_entry: dict, **app_options) -> dict:
         "packages": ["micropip"],
         "wheels": [f"wheels/{whl.name}"],
         "handler": "webllm_py.worker.handler",
+        "helpers": "helpers/",
         "appConfig": {"model_list": [model_entry], **app_options},
     }
+
+
+def write_site_files(out: Path, model_entry: dict) -> None:
+    """What webllm_py.js reads next to itself: the host's JS helpers as modules (helpers/*.mjs: pages, workers and
+    extensions then evaluate no code) and prebuilt_models.json, the prebuilt list with the site's records in place
+    of those of the same id (their URLs are relative to ``out``, as the module's are)."""
+    import json
+
+    sys.path.insert(0, str(ROOT))
+    from webllm_py.config import ModelRecord, prebuilt_app_config
+
+    helpers = out / "helpers"
+    helpers.mkdir(parents=True, exist_ok=True)
+    for name in ("gpu_helper", "cache_helper"):
+        source = (ROOT / "webllm_py" / "host" / f"{name}.js").read_text()
+        (helpers / f"{name}.mjs").write_text(
+            f"// built by build.py from webllm_py/host/{name}.js\nexport default " + source
+        )
+    site = prebuilt_app_config.with_records([ModelRecord.from_dict(model_entry)])
+    table = {
+        "about": "webllm_py/prebuilt_models.json with this site's own records (written by build.py)",
+        "model_list": [record.to_dict() for record in site.model_list],
+    }
+    target = out / "prebuilt_models.json"
+    target.unlink(missing_ok=True)  # a copy of web/'s symlink
+    target.write_text(json.dumps(table, indent=1) + "\n")
 
 
 def copy_runtime(out: Path) -> tuple[Path, dict]:
@@ -324,6 +354,7 @@ def build_demo(out: Path = DIST) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     copy_npm_files(out)
+    write_site_files(out, model_entry)
     (out / "webllm_py.json").write_text(json.dumps(boot_config(whl, model_entry), indent=2) + "\n")
     print(f"built {out}")
     return out
@@ -332,21 +363,18 @@ def build_demo(out: Path = DIST) -> Path:
 def build_extension(out: Path = DIST / "extension") -> Path:
     """Pack the example Chrome extension (web/extension/) with everything it runs, since MV3 forbids remote code:
     Pyodide, the wheel, the demo model, boot.js and webllm_py.js, and the host's JS helpers wrapped as modules
-    (the extension's CSP forbids the eval that run_js needs). Load ``out`` with chrome://extensions, "Load
+    (the extension's CSP forbids the eval that run_js needs: write_site_files). Load ``out`` with chrome://extensions, "Load
     unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
     import json
 
     whl, model_entry = copy_runtime(out)
     web = ROOT / "web"
-    for src in [*(web / "extension").iterdir(), web / "boot.js", web / "webllm_py.js"]:
+    for src in [
+        *(web / "extension").iterdir(),
+        *(web / n for n in ("boot.js", "webllm_py.js", "webllm_py_sw.js")),
+    ]:
         shutil.copyfile(src, out / src.name)
-    helpers = out / "helpers"
-    helpers.mkdir(exist_ok=True)
-    for name in ("gpu_helper", "cache_helper"):
-        source = (ROOT / "webllm_py" / "host" / f"{name}.js").read_text()
-        (helpers / f"{name}.mjs").write_text(
-            "// built by build.py extension from webllm_py/host/\nexport default " + source
-        )
+    write_site_files(out, model_entry)
     config = boot_config(whl, model_entry, cache_backend="indexeddb")
     (out / "webllm_py.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"built {out}")

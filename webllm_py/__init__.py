@@ -69,6 +69,7 @@ from .errors import (
     WebAssemblyBlockedError,
     WebGPUNotAvailableError,
     WebLLMError,
+    WorkerBootError,
     WorkerError,
 )
 
@@ -167,6 +168,7 @@ __all__ = [
     "WebGPUNotAvailableError",
     "WebLLMError",
     "WebWorkerMLCEngine",
+    "WorkerBootError",
     "WorkerError",
     "__version__",
     "aparse_sse",

@@ -284,6 +284,15 @@ class EngineLostError(WorkerError):
         self.name = "EngineLostError"
 
 
+class WorkerBootError(WorkerError):
+    """The worker could not start Python (Pyodide or a wheel failed to load, its config file is missing); every
+    request to it is answered with this error and its reason."""
+
+    def __init__(self, message: str):
+        super().__init__("", message)
+        self.name = "WorkerBootError"
+
+
 class WebAssemblyBlockedError(WebLLMError):
     """The worker cannot compile WebAssembly, so Pyodide cannot start: the context's Content Security Policy lacks
     ``'wasm-unsafe-eval'`` (in a Chrome extension: ``content_security_policy.extension_pages`` in manifest.json)."""

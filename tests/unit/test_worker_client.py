@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from unittest.mock import ANY
 
 import pytest
@@ -535,6 +536,33 @@ process.exit(0);
 """
 
 
+async def drive_node(driver: Path, handler_for: Any) -> tuple[dict, list[dict]]:
+    """Run a Node driver that imports web/webllm_py.js: what it posts ("MSG {json}" lines) goes to the handler
+    ``handler_for(post)`` makes, whose replies go back on stdin; returns its "RESULT {json}" and what it posted."""
+    node = await asyncio.create_subprocess_exec(
+        "node", str(driver), str(ROOT / "web" / "webllm_py.js"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def post(message: dict) -> None:
+        node.stdin.write((json.dumps(message) + "\n").encode())
+
+    handler = handler_for(post)
+    sent: list[dict] = []
+    try:
+        while line := (await node.stdout.readline()).decode():
+            if line.startswith("MSG "):
+                sent.append(json.loads(line[4:]))
+                await handler.on_message(sent[-1])
+            elif line.startswith("RESULT "):
+                return json.loads(line[7:]), sent
+        raise AssertionError("node ended without a result: " + (await node.stderr.read()).decode())
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
 def test_js_proxy_against_the_python_handler(world, tmp_path):
     world.knobs.script = ALPHABET
@@ -542,33 +570,12 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     driver.write_text(NODE_DRIVER)
 
     async def go():
-        node = await asyncio.create_subprocess_exec(
-            "node", str(driver), str(ROOT / "web" / "webllm_py.js"),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-
-        def post(message: dict) -> None:
-            node.stdin.write((json.dumps(message) + "\n").encode())
-
-        handler = WorkerHandler(MLCEngine(app_config=world.config), post)
-        sent: list[dict] = []
-        try:
-            while line := (await node.stdout.readline()).decode():
-                if line.startswith("MSG "):
-                    sent.append(json.loads(line[4:]))
-                    await handler.on_message(sent[-1])
-                elif line.startswith("RESULT "):
-                    return json.loads(line[7:]), sent
-            raise AssertionError("node ended without a result: " + (await node.stderr.read()).decode())
-        finally:
-            if node.returncode is None:
-                node.kill()
-            await node.wait()
+        return await drive_node(driver, lambda post: WorkerHandler(MLCEngine(app_config=world.config), post))
 
     out, sent = run(go())
     alphabet = "".join(ALPHABET)
     assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
-    assert out["modelId"] == "fake-model"
+    assert out["modelId"] == ["fake-model"]  # a list, as WebLLM's engine.modelId
     assert out["whole"] == {"object": "chat.completion", "text": alphabet, "finish": "stop"}
     assert out["scored"] == [2, 1]
     assert out["stream"]["text"] == alphabet and out["stream"]["finishes"] == ["stop"]
@@ -592,7 +599,7 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert out["models"] == ["fake-model", "other-model"]
     assert out["completions"] == alphabet[:3] and out["bestOf"] == ["UnsupportedFieldError", "best_of"]
     assert out["vendor"] == "WebGPUNotAvailableError"
-    assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
+    assert out["reload"] == ["ModelNotFoundError", ["fake-model"]] and out["reset"] == ""
     # chatOpts: the model's defaults, which a request's own value overrides; a bad one throws naming it
     default, given = (g._params for g in world.loaded[-1].generations[-2:])
     assert (default.temperature, default.presence_penalty) == (0.25, 1.0)
