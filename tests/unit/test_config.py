@@ -110,7 +110,9 @@ def test_the_default_is_first_and_every_family_has_q4_k_m():
 
 def test_hub_records_resolve_to_hub_files_named_by_their_quant():
     table = json.loads(TABLE.read_text())
-    assert [r["model_id"] for r in table["model_list"]] == [r.model_id for r in prebuilt_app_config.model_list]
+    assert [r["model_id"] for r in table["model_list"]] == [
+        r.model_id for r in prebuilt_app_config.model_list
+    ]
     for record in prebuilt_app_config.model_list[1:]:
         match = re.fullmatch(
             r"https://huggingface\.co/([\w.-]+/[\w.-]+)/resolve/main/([\w.-]+\.gguf)", record.model_url

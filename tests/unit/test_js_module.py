@@ -13,8 +13,8 @@ import shutil
 
 import pytest
 
-from tests.unit.test_worker_client import drive_node
 from tests.unit import test_worker_handler as handler_tests
+from tests.unit.test_worker_client import drive_node
 from tests.unit.test_worker_handler import ALPHABET, run
 from webllm_py import errors
 from webllm_py.api.mlc_engine import MLCEngine
@@ -190,7 +190,9 @@ def test_webllm_names_in_node(world, tmp_path):
     )  # the fake model says its script's first token each time
     assert out["aborted"] == {"resolved": True, "modelId": None, "warned": True}
     # both setters returned undefined (JSON drops it): synchronous, nothing to await
-    assert set(out["setters"]) == {"badLevel"} and out["setters"]["badLevel"]["name"] == "UnsupportedFieldError"
+    assert (
+        set(out["setters"]) == {"badLevel"} and out["setters"]["badLevel"]["name"] == "UnsupportedFieldError"
+    )
     assert out["refusedConfig"]["name"] == "InvalidAppConfigError"
     assert out["refusedConfig"]["field"] == "appConfig.model_list[0].model_url"
     assert (
