@@ -304,7 +304,7 @@ def boot_config(whl: Path, model_entry: dict, **app_options) -> dict:
     }
 
 
-def write_site_files(out: Path, model_entry: dict) -> None:
+def write_site_files(out: Path, model_entries: list[dict]) -> None:
     """What webllm_py.js reads next to itself: the host's JS helpers as modules (helpers/*.mjs: pages, workers and
     extensions then evaluate no code) and prebuilt_models.json, the prebuilt list with the site's records in place
     of those of the same id (their URLs are relative to ``out``, as the module's are)."""
@@ -320,7 +320,7 @@ def write_site_files(out: Path, model_entry: dict) -> None:
         (helpers / f"{name}.mjs").write_text(
             f"// built by build.py from webllm_py/host/{name}.js\nexport default " + source
         )
-    site = prebuilt_app_config.with_records([ModelRecord.from_dict(model_entry)])
+    site = prebuilt_app_config.with_records([ModelRecord.from_dict(entry) for entry in model_entries])
     table = {
         "about": "webllm_py/prebuilt_models.json with this site's own records (written by build.py)",
         "model_list": [record.to_dict() for record in site.model_list],
@@ -354,7 +354,7 @@ def build_demo(out: Path = DIST) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     copy_npm_files(out)
-    write_site_files(out, model_entry)
+    write_site_files(out, [model_entry])
     (out / "webllm_py.json").write_text(json.dumps(boot_config(whl, model_entry), indent=2) + "\n")
     print(f"built {out}")
     return out
@@ -363,8 +363,8 @@ def build_demo(out: Path = DIST) -> Path:
 def build_extension(out: Path = DIST / "extension") -> Path:
     """Pack the example Chrome extension (web/extension/) with everything it runs, since MV3 forbids remote code:
     Pyodide, the wheel, the demo model, boot.js and webllm_py.js, and the host's JS helpers wrapped as modules
-    (the extension's CSP forbids the eval that run_js needs: write_site_files). Load ``out`` with chrome://extensions, "Load
-    unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
+    (the extension's CSP forbids the eval that run_js needs: write_site_files). Load ``out`` with
+    chrome://extensions, "Load unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
     import json
 
     whl, model_entry = copy_runtime(out)
@@ -374,7 +374,7 @@ def build_extension(out: Path = DIST / "extension") -> Path:
         *(web / n for n in ("boot.js", "webllm_py.js", "webllm_py_sw.js")),
     ]:
         shutil.copyfile(src, out / src.name)
-    write_site_files(out, model_entry)
+    write_site_files(out, [model_entry])
     config = boot_config(whl, model_entry, cache_backend="indexeddb")
     (out / "webllm_py.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"built {out}")

@@ -33,10 +33,19 @@ export async function loadConfig(scriptURL) {
     wheels: wheels.map((w) => new URL(w, base).href),
     handler: params.get("handler") || config.handler || "webllm_py.worker.handler",
     helpersURL: config.helpers ? new URL(config.helpers, base).href : null,
-    // The site's model list: the engine's app config until a page sends its own (relative model URLs are
-    // relative to the host script, like the config file next to it).
-    appConfig: config.appConfig ? JSON.stringify(config.appConfig) : null,
+    // The site's model list, over the prebuilt one until a page sends its own; its relative model URLs are
+    // relative to this file (made absolute here: a page's own worker script may sit elsewhere).
+    appConfig: config.appConfig ? JSON.stringify(absoluteRecords(config.appConfig, base)) : null,
   };
+}
+
+function absoluteRecords(appConfig, base) {
+  const modelList = (appConfig.model_list || []).map((record) => {
+    const copy = { ...record };
+    for (const key of ["model_url", "model"]) if (typeof copy[key] === "string") copy[key] = new URL(copy[key], base).href;
+    return copy;
+  });
+  return { ...appConfig, model_list: modelList };
 }
 
 // micropip takes http(s) URLs only; a wheel inside a Chrome extension (chrome-extension://) is unpacked directly.

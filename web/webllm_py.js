@@ -221,16 +221,24 @@ function findRecord(modelId, appConfig) {
 const SHARD = /^(.*)-(\d{5})-of-(\d{5})\.gguf$/;
 
 /** What a record is stored under in the browser cache (host/browser_cache.py's cache_keys): each file's absolute
- *  URL (every shard of a split GGUF), or URL#member for a GGUF inside a zip archive. */
+ *  URL (every shard of a split GGUF), or URL#member for a GGUF inside a zip archive; a file its `integrity` gives
+ *  an SRI for is stored under URL?integrity=<SRI> (checked entries only). */
 function cacheKeys(record) {
   const url = absolute(record.model_url ?? record.model, pageURL());
-  if (record.model_file) return [`${url}#${record.model_file}`];
+  let files = [url];
   const name = url.split("?")[0].split("/").pop();
-  const match = SHARD.exec(name);
-  if (!match) return [url];
-  const base = url.slice(0, url.length - name.length);
-  const count = Number(match[3]);
-  return Array.from({ length: count }, (_, i) => `${base}${match[1]}-${String(i + 1).padStart(5, "0")}-of-${match[3]}.gguf`);
+  const match = record.model_file ? null : SHARD.exec(name);
+  if (match) {
+    const base = url.slice(0, url.length - name.length);
+    const count = Number(match[3]);
+    files = Array.from({ length: count }, (_, i) => `${base}${match[1]}-${String(i + 1).padStart(5, "0")}-of-${match[3]}.gguf`);
+  }
+  const model = record.integrity?.model;
+  return files.map((file) => {
+    const sri = typeof model === "string" ? model : model?.[file.split("?")[0].split("/").pop()];
+    const key = sri ? `${file}${file.includes("?") ? "&" : "?"}integrity=${encodeURIComponent(sri)}` : file;
+    return record.model_file ? `${key}#${record.model_file}` : key;
+  });
 }
 
 let warnedCrossOrigin = false;

@@ -14,6 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .api.builder import Messages
+from .api.cache import (
+    deleteChatConfigInCache,
+    deleteModelAllInfoInCache,
+    deleteModelInCache,
+    deleteModelWasmInCache,
+    hasModelInCache,
+)
 from .api.chat import ChatCompletionStream, ChatCompletionStreamSync
 from .api.mlc_engine import CreateMLCEngine, InitProgressReport, MLCEngine, MLCEngineSync
 from .api.sse import aparse_sse, parse_sse, sse_event, to_sse
@@ -31,7 +38,15 @@ from .api.types import (
     CompletionUsage,
     TopLogprob,
 )
-from .config import AppConfig, ModelRecord, prebuilt_app_config
+from .config import (
+    AppConfig,
+    ModelIntegrity,
+    ModelRecord,
+    functionCallingModelIds,
+    modelLibURLPrefix,
+    modelVersion,
+    prebuilt_app_config,
+)
 from .errors import (
     ContextWindowSizeExceededError,
     CorruptWeightsError,
@@ -72,6 +87,7 @@ from .errors import (
     WorkerBootError,
     WorkerError,
 )
+from .integrity import is_valid_sri, verify_integrity
 
 if TYPE_CHECKING:
     from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
@@ -146,6 +162,7 @@ __all__ = [
     "MLCEngineSync",
     "Messages",
     "ModelDownloadError",
+    "ModelIntegrity",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "ModelRecord",
@@ -172,8 +189,18 @@ __all__ = [
     "WorkerError",
     "__version__",
     "aparse_sse",
+    "deleteChatConfigInCache",
+    "deleteModelAllInfoInCache",
+    "deleteModelInCache",
+    "deleteModelWasmInCache",
+    "functionCallingModelIds",
+    "hasModelInCache",
+    "is_valid_sri",
+    "modelLibURLPrefix",
+    "modelVersion",
     "parse_sse",
     "prebuilt_app_config",
     "sse_event",
     "to_sse",
+    "verify_integrity",
 ]

@@ -65,7 +65,7 @@ def open_page(ctx, server):
 @pytest.fixture(scope="module")
 def tab(sw_context, server):
     page = open_page(sw_context, server)
-    assert page.evaluate("() => window.ready") == "SmolLM2-135M-Instruct-Q4_1", page.console
+    assert page.evaluate("() => window.ready") == ["SmolLM2-135M-Instruct-Q4_1"], page.console
     yield page
     page.close()
 

@@ -363,3 +363,28 @@ def test_delete_cached_model(server, app_config):
     assert cached_model_files(record, app_config) is not None
     delete_cached_model(record, app_config)
     assert cached_model_files(record, app_config) is None and files_under(app_config.cache_dir) == []
+
+
+def test_webllm_cache_functions_without_an_engine(server, app_config):
+    import asyncio
+
+    import webllm_py
+    from webllm_py.errors import ModelNotFoundError
+
+    server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
+    config = AppConfig(model_list=[ModelRecord("m", server.url("/m.gguf"))], cache_dir=app_config.cache_dir)
+
+    async def go():
+        before = await webllm_py.hasModelInCache("m", config)
+        resolve_model_path(config.get_record("m"), config)
+        after = await webllm_py.hasModelInCache("m", config)
+        await webllm_py.deleteModelWasmInCache("m", config)  # nothing to remove for a GGUF
+        await webllm_py.deleteChatConfigInCache("m", config)
+        still = await webllm_py.hasModelInCache("m", config)
+        await webllm_py.deleteModelAllInfoInCache("m", config)
+        gone = await webllm_py.hasModelInCache("m", config)
+        with pytest.raises(ModelNotFoundError):
+            await webllm_py.deleteModelInCache("nope", config)
+        return before, after, still, gone
+
+    assert asyncio.run(go()) == (False, True, True, False)

@@ -25,6 +25,7 @@ import importlib.resources
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 import js
 from pyodide.code import run_js
@@ -95,10 +96,27 @@ def cache_key(record: ModelRecord) -> str:
 
 def cache_keys(record: ModelRecord) -> list[str]:
     """What each file of the record is stored under (webllm_py.js's cacheKeys computes the same): its absolute URL,
-    one per shard of a split GGUF, or ``URL#member`` for a GGUF inside a zip archive."""
+    one per shard of a split GGUF, or ``URL#member`` for a GGUF inside a zip archive. A file the record's
+    ``integrity`` names an SRI for is stored under a key of its own that carries it (``URL?integrity=<SRI>``: the
+    Cache API ignores fragments), so it is never taken from an entry that was not checked against that SRI."""
     if record.model_file:
-        return [f"{model_url(record)}#{record.model_file}"]
-    return [absolute_url(url) for url in record.file_urls]
+        urls = [model_url(record)]
+        keys = [f"{urls[0]}#{record.model_file}"]
+    else:
+        urls = [absolute_url(url) for url in record.file_urls]
+        keys = list(urls)
+    if record.integrity is None:
+        return keys
+    out = []
+    for url, key in zip(urls, keys, strict=True):
+        sri = record.integrity.sri_for(file_name(url))
+        if sri:
+            base, _, member = key.partition("#")
+            key = f"{base}{'&' if '?' in base else '?'}integrity={quote(sri, safe='')}" + (
+                f"#{member}" if member else ""
+            )
+        out.append(key)
+    return out
 
 
 async def has_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> bool:
@@ -140,7 +158,9 @@ async def download_model(record: ModelRecord, app_config: AppConfig | None, prog
     leaves nothing of that file stored and raises ModelDownloadError, StorageQuotaError or ModelIntegrityError
     (IntegrityError for an SRI mismatch); a cancelled download (an aborted reload) aborts its fetch."""
     keys = cache_keys(record)
-    urls = [model_url(record)] if record.model_file else [absolute_url(u) for u in record.file_urls]
+    urls = (
+        [model_url(record)] if record.model_file else [absolute_url(u) for u in record.file_urls]
+    )  # what is fetched
     total = 0
     for i, (url, key) in enumerate(zip(urls, keys, strict=True)):
         if len(keys) > 1 and await _js().has(backend_of(app_config), key):
