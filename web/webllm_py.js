@@ -421,11 +421,7 @@ export class WebWorkerMLCEngine {
     this.terminated = null;
     this.chat = { completions: { create: (request) => this.chatCompletion(request) } };
     this.completions = { create: (request) => this.completion(request) };
-    this.embeddings = {
-      create: async () => {
-        throw new UnsupportedEndpointError("embeddings (`embeddings.create`) are not implemented by webllm_py yet");
-      },
-    };
+    this.embeddings = { create: (request) => this.embedding(request) };
     this.onmessage = this.onmessage.bind(this);
     this.onerror = this.onerror.bind(this);
     worker.addEventListener("message", this.onmessage);
@@ -571,6 +567,11 @@ export class WebWorkerMLCEngine {
   /** WebLLM's engine.completion: text completion, a Completion or (stream: true) an async iterable of them. */
   async completion(request) {
     return this.generate(request, "completionStreamInit", "completionNonStreaming");
+  }
+
+  /** WebLLM's engine.embedding (embeddings.create): not implemented by webllm_py yet. */
+  async embedding() {
+    throw new UnsupportedEndpointError("embeddings (`embeddings.create`) are not implemented by webllm_py yet");
   }
 
   async generate(request, streamKind, wholeKind) {
@@ -1020,7 +1021,8 @@ export class WebWorkerMLCEngineHandler {
     const entry = pyodide.pyimport("webllm_py.host.worker_entry");
     const deliver = entry.connect.callKwargs(config.handler, { app_config_json: config.appConfig });
     entry.destroy();
-    this.progress(1, `Python runtime ready (${((performance.now() - this.started) / 1000).toFixed(1)} s)`);
+    // Below 1: pages take progress 1 for "the model is loaded" (WebLLM's last report), which comes after this.
+    this.progress(0.9, `Python runtime ready (${((performance.now() - this.started) / 1000).toFixed(1)} s)`);
     return deliver;
   }
 

@@ -28,7 +28,7 @@ import pytest
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.browser.webllm_examples.site import SITE, build_extensions, build_site, extension_id
 
-TIMEOUT_S = 600  # for all examples together
+TIMEOUT_S = 600  # for all examples of a run together
 IN_FLIGHT = 2  # examples run at once
 
 # Records every console call (arguments as JSON; Errors as {name, message, field, url}), uncaught errors and rejections.
@@ -76,7 +76,8 @@ class Example:
     done: str  # JS condition ("w" is window.__webllm): the example has finished
     check: Callable[[dict[str, Any]], None] = lambda state: None  # asserts on what it printed
     errors: list[str] = field(default_factory=list)  # the names of the errors it throws (uncaught)
-    # What a user does, in order: (JS condition to wait for, action on the Playwright page).
+    # What a user does, in order: (JS condition to wait for, action on the Playwright page; an action that returns
+    # False is tried again).
     steps: list[tuple[str, Callable[[Any], None]]] = field(default_factory=list)
 
 
@@ -372,12 +373,8 @@ EXAMPLES: dict[str, Example] = {
         ["UnsupportedModelError"],
     ),
 }
-TEXTS = (
-    "#status",
-    "#chat-stats",
-    "#chatui-info-label",
-    "#chatui-chat",
-)  # read from each page when it is done
+# read from each page when it is done
+TEXTS = ("#status", "#chat-stats", "#chatui-info-label", "#chatui-chat", "#timestamp", "#model-name")
 
 
 class Run:
@@ -404,8 +401,10 @@ class Run:
             self.state["seconds"] = time.monotonic() - self.started
             self.page.close()
             return True
+        # An action that returns False could not be done yet (the page is not listening yet): tried again later.
         if self.steps and self.page.evaluate(f"() => Boolean({self.steps[0][0]})"):
-            self.steps.pop(0)[1](self.page)
+            if self.steps[0][1](self.page) is not False:
+                self.steps.pop(0)
         return False
 
 
@@ -468,30 +467,40 @@ def test_webllm_example(name, results):
 # ---- the two Chrome extension examples: unpacked into a profile of their own ----------------------------------------
 
 
-def type_and_submit(page) -> None:
-    page.type("#query-input", "Hi")  # keyup enables the button, as a user's typing does
+def type_and_submit(page) -> bool:
+    """Type a question and send it, once the popup listens: its keyup handler (added when its engine is ready)
+    enables the button, as a user's typing does."""
+    page.fill("#query-input", "")
+    page.type("#query-input", "Hi")
+    if page.is_disabled("#submit-button"):
+        return False
     page.click("#submit-button")
+    return True
+
+
+def check_answered(state: dict) -> None:
+    assert state["text"]["#timestamp"], state["text"]  # updateAnswer ran: the reply streamed into the popup
+
+
+def check_popup_engine(state: dict) -> None:
+    check_answered(state)
+    assert state["text"]["#model-name"] == "Now chatting with tiny-llama-chat"
+    assert len(args(state, "response")) == 1 and args(state, "message") == [["Hi"]]
 
 
 EXTENSION_EXAMPLES: dict[str, Example] = {
-    # the popup's own engine (CreateMLCEngine): a worker of the extension page
+    # the popup's own engine (CreateMLCEngine): a worker of the extension page. enableInputs() removes the progress
+    # bar once a report says 1.
     "chrome-extension": Example(
         "popup.html",
         logged("response"),
-        lambda state: None,
-        steps=[
-            (
-                "!document.getElementById('submit-button').disabled || document.getElementById('loadingContainer') === null",
-                type_and_submit,
-            )
-        ],
-    ),
-    # the engine in the extension's service worker (ExtensionServiceWorkerMLCEngineHandler), the popup a client
-    "chrome-extension-webgpu-service-worker": Example(
-        "popup.html",
-        f"{text_of('#timestamp')} !== ''",
-        lambda state: None,
+        check_popup_engine,
         steps=[("document.getElementById('loadingContainer') === null", type_and_submit)],
+    ),
+    # the engine in the extension's service worker (ExtensionServiceWorkerMLCEngineHandler), the popup a client;
+    # its listeners are added once its engine is created (type_and_submit tries until the button answers)
+    "chrome-extension-webgpu-service-worker": Example(
+        "popup.html", f"{text_of('#timestamp')} !== ''", check_answered, steps=[("true", type_and_submit)]
     ),
 }
 
