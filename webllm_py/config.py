@@ -165,9 +165,15 @@ class ModelRecord:
                     self.model_url,
                     "the first shard of a split GGUF (-00001-of-0000N.gguf)",
                 )
-        if isinstance(self.integrity, ModelIntegrity) and isinstance(self.integrity.model, str) and self.sharded:
+        if (
+            isinstance(self.integrity, ModelIntegrity)
+            and isinstance(self.integrity.model, str)
+            and self.sharded
+        ):
             raise InvalidAppConfigError(
-                f"{where}.integrity.model", self.integrity.model, "{file name: SRI} naming each shard of a split GGUF"
+                f"{where}.integrity.model",
+                self.integrity.model,
+                "{file name: SRI} naming each shard of a split GGUF",
             )
         if isinstance(self.integrity, ModelIntegrity) and isinstance(self.integrity.model, Mapping):
             missing = [file_name(u) for u in self.file_urls if file_name(u) not in self.integrity.model]
