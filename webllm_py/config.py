@@ -30,7 +30,7 @@ from .errors import InvalidAppConfigError, ModelNotFoundError, UnsupportedModelE
 from .integrity import is_valid_sri
 
 if TYPE_CHECKING:
-    from .conversation import ChatTemplate
+    from .conversation import AnyTemplate
 
 log = logging.getLogger("webllm_py")
 
@@ -118,7 +118,9 @@ class ModelRecord:
     sha256: str | None = None  # hex digest of what model_url serves (the archive when model_file is set)
     size: int | None = None  # bytes of what model_url serves; checked when given
     context_window_size: int | None = None  # tokens of KV cache; None => the GGUF's own context length
-    chat_template: str | ChatTemplate | None = None  # a template name, text or object; None => the GGUF's own
+    chat_template: str | AnyTemplate | None = (
+        None  # a template name, Jinja source or object; None => the GGUF's own
+    )
     overrides: Mapping[str, Any] = field(
         default_factory=dict
     )  # default sampling knobs, e.g. {"temperature": 0.7}
@@ -139,11 +141,24 @@ class ModelRecord:
     model_lib: str | None = None  # an MLC .wasm; GGUF needs none (ignored)
 
     def __post_init__(self) -> None:
-        where = f"ModelRecord({self.model_id!r})"
+        where = f"ModelRecord({self.model_id!r})" if isinstance(self.model_id, str) else "ModelRecord"
+        for name, kinds, allowed in _RECORD_TYPES:
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise InvalidAppConfigError(f"{where}.{name}", value, allowed)
+        for name, low in (("size", 0), ("context_window_size", 1), ("approx_size", 0), ("context_length", 1)):
+            value = getattr(self, name)
+            if value is not None and not low <= value < 2**53:
+                raise InvalidAppConfigError(f"{where}.{name}", value, f"an integer in [{low}, 2^53) or None")
+        if not isinstance(self.overrides, Mapping):
+            raise InvalidAppConfigError(f"{where}.overrides", self.overrides, "a dict of sampling defaults")
         unknown = sorted(set(self.overrides) - OVERRIDE_KEYS)
         if unknown:
             # A misspelt key would otherwise be ignored without a word.
             raise InvalidAppConfigError(f"{where}.overrides", unknown, f"keys among {sorted(OVERRIDE_KEYS)}")
+        from .protocol import check_chat_options  # the sampling knobs' ranges, as a request's own values
+
+        check_chat_options(dict(self.overrides), f"{where}.overrides")
         if self.model_type not in MODEL_TYPES:
             raise InvalidAppConfigError(
                 f"{where}.model_type", self.model_type, "0 (LLM), 1 (embedding) or 2 (VLM)"
@@ -247,13 +262,8 @@ class ModelRecord:
         known = {f.name for f in fields(cls)}
         for key in sorted(set(raw) - known):
             log.warning("%s.%s is not a model record field webllm_py knows; ignored", where, key)
-        args = {k: v for k, v in raw.items() if k in known and v is not None}
-        for name, kinds in _RECORD_TYPES.items():
-            if name in args and (
-                not isinstance(args[name], kinds) or isinstance(args[name], bool) and bool not in kinds
-            ):
-                raise InvalidAppConfigError(f"{where}.{name}", args[name], _TYPE_NAMES[name])
-        return cls(**args)
+        record = cls(**{k: v for k, v in raw.items() if k in known and v is not None})  # checks every field
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``from_dict`` reads it back); WebLLM's ``model`` is written too, for pages that read it."""
@@ -263,7 +273,8 @@ class ModelRecord:
             if f.name in ("model_id", "model_url") or value is None or value == f.default:
                 continue
             if f.name == "chat_template" and not isinstance(value, str):
-                value = value.name  # a ChatTemplate object crosses by its registered name
+                # a Jinja template crosses as its source, a ChatTemplate object by its registered name
+                value = getattr(value, "source", value.name)
             elif f.name == "integrity":
                 value = value.to_dict()
             elif f.name == "overrides":
@@ -305,35 +316,24 @@ def check_loadable(record: ModelRecord) -> None:
         )
 
 
-# The JSON types of the record fields from_dict checks (a record from a page must fail here, named, not later).
-_RECORD_TYPES: dict[str, tuple[type, ...]] = {
-    "model_file": (str,),
-    "sha256": (str,),
-    "size": (int,),
-    "context_window_size": (int,),
-    "chat_template": (str,),
-    "approx_size": (int,),
-    "context_length": (int,),
-    "model_type": (int,),
-    "low_resource_required": (bool,),
-    "vram_required_MB": (int, float),
-    "buffer_size_required_bytes": (int,),
-    "model_lib": (str,),
-}
-_TYPE_NAMES = {
-    "model_file": "an archive member path",
-    "sha256": "a hex digest",
-    "size": "a size in bytes",
-    "context_window_size": "a number of tokens",
-    "chat_template": "a template name or text",
-    "approx_size": "a size in bytes",
-    "context_length": "a number of tokens",
-    "model_type": "0 (LLM), 1 (embedding) or 2 (VLM)",
-    "low_resource_required": "true or false",
-    "vram_required_MB": "a number of MB",
-    "buffer_size_required_bytes": "a size in bytes",
-    "model_lib": "a URL",
-}
+# What each ModelRecord field may hold (checked at construction: a record from JSON or a typo fails here, named).
+_RECORD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("model_id", str, "a model id string"),
+    ("model_url", str, "a URL or a local path"),
+    ("model_file", (str, type(None)), "an archive member path or None"),
+    ("sha256", (str, type(None)), "a hex digest or None"),
+    ("size", (int, type(None)), "a size in bytes or None"),  # ranges: below
+    ("context_window_size", (int, type(None)), "a number of tokens or None"),
+    ("integrity", (ModelIntegrity, Mapping, type(None)), "an object {model, onFailure} or None"),
+    ("approx_size", (int, type(None)), "a size in bytes or None"),
+    ("context_length", (int, type(None)), "a number of tokens or None"),
+    ("model_type", int, "0 (LLM), 1 (embedding) or 2 (VLM)"),
+    ("low_resource_required", (bool, type(None)), "true, false or None"),
+    ("vram_required_MB", (int, float, type(None)), "a number of MB or None"),
+    ("buffer_size_required_bytes", (int, type(None)), "a size in bytes or None"),
+    ("required_features", (list, tuple), "a list of feature names"),
+    ("model_lib", (str, type(None)), "a URL or None"),
+)
 
 
 def _integrity_from_dict(d: Any, where: str) -> ModelIntegrity:
@@ -367,11 +367,18 @@ class AppConfig:
     cache_backend: str = "cache"
 
     def __post_init__(self) -> None:
-        if self.cache_backend not in CACHE_BACKENDS:
+        if not isinstance(self.cache_backend, str) or self.cache_backend not in CACHE_BACKENDS:
             raise InvalidAppConfigError(
                 "AppConfig.cache_backend", self.cache_backend, f"one of {', '.join(CACHE_BACKENDS)}"
             )
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise InvalidAppConfigError("AppConfig.cache_dir", self.cache_dir, "a directory path or None")
+        if isinstance(self.model_list, str | bytes | Mapping) or not isinstance(self.model_list, Sequence):
+            raise InvalidAppConfigError("AppConfig.model_list", self.model_list, "a list of ModelRecord")
         object.__setattr__(self, "model_list", tuple(self.model_list))
+        for i, record in enumerate(self.model_list):
+            if not isinstance(record, ModelRecord):
+                raise InvalidAppConfigError(f"AppConfig.model_list[{i}]", record, "a ModelRecord")
         ids = [r.model_id for r in self.model_list]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:

@@ -563,16 +563,27 @@ async def drive_node(driver: Path, handler_for: Any) -> tuple[dict, list[dict]]:
         await node.wait()
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
-def test_js_proxy_against_the_python_handler(world, tmp_path):
-    world.knobs.script = ALPHABET
+def drive_js_proxy(
+    world, tmp_path, driver_source: str, handler_class=WorkerHandler
+) -> tuple[dict, list[dict]]:
+    """Run a Node driver (web/webllm_py.js over a stdio Worker) against a Python handler: returns the driver's
+    RESULT object and every message it sent."""
     driver = tmp_path / "driver.mjs"
-    driver.write_text(NODE_DRIVER)
+    driver.write_text(driver_source)
 
     async def go():
-        return await drive_node(driver, lambda post: WorkerHandler(MLCEngine(app_config=world.config), post))
+        return await drive_node(driver, lambda post: handler_class(MLCEngine(app_config=world.config), post))
 
-    out, sent = run(go())
+    return run(go())
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
+
+
+@needs_node
+def test_js_proxy_against_the_python_handler(world, tmp_path):
+    world.knobs.script = ALPHABET
+    out, sent = drive_js_proxy(world, tmp_path, NODE_DRIVER)
     alphabet = "".join(ALPHABET)
     assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
     assert out["modelId"] == ["fake-model"]  # a list, as WebLLM's engine.modelId
