@@ -22,8 +22,10 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
-    dist/prebuilt_models.json  the prebuilt model list webllm_py.js exports as prebuiltAppConfig, with the site's
-                           own records (the demo model in dist/models/) in place of the hub ones of the same id
+    dist/prebuilt_models.mjs  the prebuilt model list webllm_py.js exports as prebuiltAppConfig, with the site's
+                           own records (the demo model in dist/models/) in place of the hub ones of the same id: the
+                           table webllm_py/prebuilt_models.json as a JS module (a service worker the browser restarts
+                           cannot import a JSON module: it would start without its listeners)
     dist/helpers/          the host's JS helpers (webllm_py/host/*.js) as modules, so no page or worker evaluates code
     dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS module,
                            pages), and the npm files that web/manifest.json lists for them (e.g. @pyscript/core)
@@ -393,8 +395,9 @@ def boot_config(wheels: list[Path], model_entry: dict, **app_options) -> dict:
 
 def write_site_files(out: Path, model_entries: list[dict]) -> None:
     """What webllm_py.js reads next to itself: the host's JS helpers as modules (helpers/*.mjs: pages, workers and
-    extensions then evaluate no code) and prebuilt_models.json, the prebuilt list with the site's records in place
-    of those of the same id (their URLs are relative to ``out``, as the module's are)."""
+    extensions then evaluate no code) and prebuilt_models.mjs, the prebuilt list with the site's records in place
+    of those of the same id (their URLs are relative to ``out``, as the module's are). Both are modules rather than
+    JSON because Chrome does not keep a service worker's JSON imports: restarted, it fails before its listeners."""
     import json
 
     sys.path.insert(0, str(ROOT))
@@ -408,13 +411,12 @@ def write_site_files(out: Path, model_entries: list[dict]) -> None:
             f"// built by build.py from webllm_py/host/{name}.js\nexport default " + source
         )
     site = prebuilt_app_config.with_records([ModelRecord.from_dict(entry) for entry in model_entries])
-    table = {
-        "about": "webllm_py/prebuilt_models.json with this site's own records (written by build.py)",
-        "model_list": [record.to_dict() for record in site.model_list],
-    }
-    target = out / "prebuilt_models.json"
-    target.unlink(missing_ok=True)  # a copy of web/'s symlink
-    target.write_text(json.dumps(table, indent=1) + "\n")
+    table = {"model_list": [record.to_dict() for record in site.model_list]}
+    (out / "prebuilt_models.mjs").write_text(
+        "// built by build.py: webllm_py/prebuilt_models.json with this site's own records\nexport default "
+        + json.dumps(table, indent=1)
+        + ";\n"
+    )
 
 
 def copy_runtime(out: Path) -> tuple[list[Path], dict]:

@@ -36,7 +36,7 @@
 //   - Model records name GGUF files (model_url, or WebLLM's `model`); a record's `integrity` covers every
 //     downloaded file, shards included. logitProcessorRegistry throws UnsupportedFieldError (not implemented).
 
-import prebuiltTable from "./prebuilt_models.json" with { type: "json" };
+import prebuiltTable from "./prebuilt_models.mjs"; // build.py writes it (a JSON import breaks restarted service workers)
 import { bootPython, loadConfig } from "./boot.js";
 
 const RELOAD_HEARTBEAT_FACTOR = 4; // more missed heartbeats tolerated while a model loads (service_worker_client.py too)
@@ -192,7 +192,7 @@ function absolute(url, base) {
 }
 
 /** webllm_py's model list (webllm_py/prebuilt_models.json, with the site's own records in place of those it
- *  serves itself: build.py writes prebuilt_models.json next to this module). Each record has WebLLM's `model` as
+ *  serves itself: build.py writes it next to this module, as prebuilt_models.mjs). Each record has WebLLM's `model` as
  *  well as our `model_url`, absolute, so a page may pass the object, or records of it, to any engine. */
 export const prebuiltAppConfig = {
   model_list: prebuiltTable.model_list.map((record) => {

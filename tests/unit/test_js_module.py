@@ -173,7 +173,7 @@ def test_webllm_names_in_node(world, tmp_path):
             driver, lambda post: WorkerHandler(MLCEngine(app_config=config, resolve_model=resolve), post)
         )
     )
-    assert out["worker"]["url"].endswith("/web/worker.js") and out["worker"]["type"] == "module"
+    assert out["worker"]["url"].endswith("/site/worker.js") and out["worker"]["type"] == "module"
     assert out["worker"]["engineURL"] == out["worker"]["url"]
     assert out["modelId"] == ["fake-model"] and out["progress"][-1] == 1 and out["reply"] == 2
     assert [m for m in sent if m["kind"] == "setLogLevel"][0]["content"] == "INFO"

@@ -536,11 +536,25 @@ process.exit(0);
 """
 
 
+def js_module(folder: Path) -> Path:
+    """web/webllm_py.js deployed in ``folder`` as build.py deploys it (next to boot.js and the prebuilt_models.mjs
+    and helpers/ that ``build.write_site_files`` writes); returns its path."""
+    sys.path.insert(0, str(ROOT))
+    import build
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("webllm_py.js", "boot.js"):
+        shutil.copyfile(ROOT / "web" / name, folder / name)
+    build.write_site_files(folder, [])
+    return folder / "webllm_py.js"
+
+
 async def drive_node(driver: Path, handler_for: Any) -> tuple[dict, list[dict]]:
-    """Run a Node driver that imports web/webllm_py.js: what it posts ("MSG {json}" lines) goes to the handler
-    ``handler_for(post)`` makes, whose replies go back on stdin; returns its "RESULT {json}" and what it posted."""
+    """Run a Node driver that imports web/webllm_py.js (deployed next to it): what it posts ("MSG {json}" lines) goes
+    to the handler ``handler_for(post)`` makes, whose replies go back on stdin; returns its "RESULT {json}" and what
+    it posted."""
     node = await asyncio.create_subprocess_exec(
-        "node", str(driver), str(ROOT / "web" / "webllm_py.js"),
+        "node", str(driver), str(js_module(driver.parent / "site")),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 

@@ -1,6 +1,6 @@
 """The site the WebLLM example pages run on: a folder of the test dist (``webllm-examples/``) deployed the way a user
 deploys our module next to their pages: webllm_py.js, webllm_py_sw.js, worker.js and boot.js, its own boot config
-(webllm_py.json: Pyodide and the wheels from the dist above) and model list, the helpers and prebuilt_models.json
+(webllm_py.json: Pyodide and the wheels from the dist above) and model list, the helpers and prebuilt_models.mjs
 (build.py's ``write_site_files``), and the example pages of tests/browser/webllm_examples/ under it.
 
 The models: the examples' model ids are changed to these (WebLLM's MLC models cannot load here). SwiftShader runs a
