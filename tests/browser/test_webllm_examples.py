@@ -28,7 +28,7 @@ import pytest
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.browser.webllm_examples.site import SITE, build_extensions, build_site, extension_id
 
-TIMEOUT_S = 600  # for all examples of a run together
+TIMEOUT_S = 1500  # for all examples of a run together: a hang guard (about 4 minutes on an idle machine)
 IN_FLIGHT = 2  # examples run at once
 
 # Records every console call (arguments as JSON; Errors as {name, message, field, url}), uncaught errors and rejections.
