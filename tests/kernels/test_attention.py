@@ -131,7 +131,9 @@ SPLIT_CASES = [
     for split_min_keys in (64, 16)
 ]
 SPLIT_CASES += [(n, p, "GEMV_MR", 16) for n in (3, 16) for p in (5, 1100)]
-SPLIT_CASES += [(16, 1100, "GEMV_MRQ", 16)]  # int8 activations (Q4_0 weights): the merge happens before rounding
+SPLIT_CASES += [
+    (16, 1100, "GEMV_MRQ", 16)
+]  # int8 activations (Q4_0 weights): the merge happens before rounding
 
 
 @pytest.mark.parametrize("n_splits,pos0,gemv,split_min_keys", SPLIT_CASES)
@@ -164,7 +166,10 @@ def check_split_attention(kern, n_splits, pos0, gemv, hd, **features):
     heads, kv_heads, n_out = 6, 2, 40
     max_ctx = pos0 + 8
     kern.gemv_variant = gemv
-    if gemv in ("GEMV_MR", "GEMV_MRQ"):  # segments of 16 lanes, 4 rows each (workgroup-memory sums on lavapipe)
+    if gemv in (
+        "GEMV_MR",
+        "GEMV_MRQ",
+    ):  # segments of 16 lanes, 4 rows each (workgroup-memory sums on lavapipe)
         kern.gemv_wg, kern.gemv_seg, kern.gemv_rt = 64, 16, 4
     wtype, rel = (GGMLType.Q4_0, 2e-2) if gemv == "GEMV_MRQ" else (GGMLType.Q8_0, 1e-5)
     rng = np.random.default_rng(pos0 * 7 + n_splits)
