@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
+from bench.knobs import add_kernel_args, device_options, kernel_tuning  # noqa: E402
+
 SEED_TEXT = (
     "The history of computing is a story of people, ideas and machines. Early mechanical calculators gave way to "
     "electronic computers, which filled whole rooms. Transistors made them smaller, and integrated circuits put "
@@ -42,16 +44,16 @@ async def bench_ours(
     lengths: list[int],
     n_decode: int,
     tier_name: str | None,
-    tuning: dict | None,
+    knobs: argparse.Namespace,
     bandwidth_gbs: float | None = None,
-    tune: bool | None = None,
     greedy_partials: bool = True,
 ) -> dict:
     from webllm_py.engine import SamplingParams, load_engine
     from webllm_py.host.native import open_device
     from webllm_py.kernels.registry import Tier
 
-    device = await open_device()
+    device = await open_device(**device_options(knobs))
+    tuning, tune = kernel_tuning(knobs, device)
     tier = None
     if tier_name:
         tier = Tier(f16=tier_name.startswith("f16"), subgroups=tier_name.endswith("subgroups"))
@@ -74,6 +76,8 @@ async def bench_ours(
         "tier": engine.tier.name,
         "tuning": {
             "gemv_by_role": engine.load_stats.get("gemv"),
+            "gemv_tuning": engine.load_stats.get("gemv_tuning"),
+            "gemm": f"{engine.kern.gemm_variant}/{engine.kern.gemm_wg}",
             "attention_wg": engine.kern.attention_wg,
             "attention_splits": engine.kern.attention_splits,
         },
@@ -216,25 +220,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--tier", default=None, help="f32, f32-subgroups, f16 or f16-subgroups (default: best)")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp")
-    ap.add_argument("--gemv-wg", type=int, default=None, help="invocations per decode GEMV workgroup")
-    ap.add_argument("--gemv-variant", default="GEMV", choices=["GEMV", "GEMV_SEG"])
-    ap.add_argument("--gemv-seg", type=int, default=8, help="GEMV_SEG: invocations per row pair")
+    ap.add_argument("--only-peer", action="store_true", help="llama.cpp alone (ours skipped)")
     ap.add_argument(
         "--bandwidth-gbs",
         type=float,
         default=None,
-        help="the GPU's peak memory bandwidth (GB/s; H100 SXM 3350, H100 PCIe 2000): adds the decode roofline",
+        help="the GPU's peak memory bandwidth (GB/s; H200 4800, H100 SXM 3350): adds the decode roofline",
     )
-    ap.add_argument("--attention-splits", type=int, default=None, help="key splits of decode attention")
-    ap.add_argument("--split-min-keys", type=int, default=None, help="fewest keys per decode attention split")
-    ap.add_argument("--no-tune", action="store_true", help="skip load-time kernel tuning (default shapes)")
-    ap.add_argument(
-        "--fuse",
-        choices=["on", "off"],
-        default=None,
-        help="decode with the QKV projection inside the attention kernel (on: 4 dispatches per layer) or apart "
-        "(off: 5); default: the engine's choice",
-    )
+    add_kernel_args(ap)
     ap.add_argument(
         "--greedy-partials",
         choices=["on", "off"],
@@ -247,29 +240,21 @@ def main() -> None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    tuning = {}
-    if args.gemv_wg:
-        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
-    if args.attention_splits:
-        tuning["attention_splits"] = args.attention_splits
-    if args.split_min_keys:
-        tuning["split_min_keys"] = args.split_min_keys
-    if args.fuse:
-        tuning["fuse_attention"] = args.fuse == "on"
-    tune = False if args.no_tune or args.gemv_wg else None if not tuning else True
-    ours = asyncio.run(
-        bench_ours(
-            model,
-            args.prompt_tokens,
-            args.decode_tokens,
-            args.tier,
-            tuning or None,
-            args.bandwidth_gbs,
-            tune,
-            args.greedy_partials == "on",
+    result: dict = {"model": os.path.basename(model)}
+    ours = None
+    if not args.only_peer:
+        ours = asyncio.run(
+            bench_ours(
+                model,
+                args.prompt_tokens,
+                args.decode_tokens,
+                args.tier,
+                args,
+                args.bandwidth_gbs,
+                args.greedy_partials == "on",
+            )
         )
-    )
-    result = {"model": os.path.basename(model), "ours": ours}
+        result["ours"] = ours
     if not args.no_peer:
         from webllm_py.model.gguf import GGUFFile
         from webllm_py.tokenizer import Tokenizer
@@ -279,6 +264,7 @@ def main() -> None:
         peer = bench_llama_cpp(model, args.prompt_tokens, args.decode_tokens, args.threads, tok)
         if peer is not None:
             result["llama_cpp"] = peer
+        if peer is not None and ours is not None:
             result["ratio_ours_over_llama_cpp"] = [
                 {
                     "prompt_tokens": a["prompt_tokens"],
@@ -287,7 +273,7 @@ def main() -> None:
                 }
                 for a, b in zip(ours["runs"], peer["runs"], strict=True)
             ]
-        else:
+        elif peer is None:
             result["llama_cpp"] = "not installed (pip install llama-cpp-python to compare)"
     print(json.dumps(result, indent=1))
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU time of each kernel in a decode step, from timestamps written between dispatches (wgpu-native only).
 
-    python3 bench/gpu_timing.py [--model PATH] [--context 128] [--gemv-wg N]
+    python3 bench/gpu_timing.py [--model PATH] [--context 128] [--bandwidth-gbs 4800] [--gemv GEMV_MR/128/32/4]
 
 Prints JSON: GPU microseconds per kernel group for one decode step (median over --repeats steps), the GPU time of the
 whole step, and the host time to encode and submit a step. Needs the adapter features "timestamp-query" and
@@ -25,22 +25,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
+from bench.knobs import add_kernel_args, device_options, kernel_tuning  # noqa: E402
+
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--gemv-wg", type=int, default=None)
-    ap.add_argument("--gemv-variant", default="GEMV")
-    ap.add_argument("--gemv-seg", type=int, default=8)
     ap.add_argument(
-        "--fuse", choices=["on", "off"], default=None, help="QKV projection inside attention or apart"
+        "--bandwidth-gbs", type=float, default=None, help="peak memory bandwidth: adds the roofline"
     )
-    ap.add_argument("--sample-wg", type=int, default=None, help="invocations of the sampler's workgroup")
-    ap.add_argument("--flash-queries", type=int, default=None, help="queries per prefill attention tile")
-    ap.add_argument("--flash-min-keys", type=int, default=None, help="prefill uses flash attention from here")
-    ap.add_argument("--split-min-keys", type=int, default=None, help="fewest keys per decode attention split")
+    add_kernel_args(ap)
     ap.add_argument(
         "--prefill-pos", type=int, default=0, help="position of the timed prefill step's first token"
     )
@@ -70,26 +66,10 @@ async def main() -> None:
         from tests.e2e.model_path import smollm2_path
 
         model = str(smollm2_path())
-    dev = await open_device(extra_features=("timestamp-query", "timestamp-query-inside-passes"))
-    tuning = None
-    if args.gemv_wg:
-        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
-    tune = None
-    if args.sample_wg:
-        tuning = {**(tuning or {}), "sample_wg": args.sample_wg}
-        tune = not args.gemv_wg
-    if args.flash_queries:
-        tuning = {**(tuning or {}), "flash_queries": args.flash_queries}
-        tune = not args.gemv_wg
-    if args.split_min_keys:
-        tuning = {**(tuning or {}), "split_min_keys": args.split_min_keys}
-        tune = not args.gemv_wg
-    if args.flash_min_keys is not None:
-        tuning = {**(tuning or {}), "flash_min_keys": args.flash_min_keys}
-        tune = not args.gemv_wg
-    if args.fuse:
-        tuning = {**(tuning or {}), "fuse_attention": args.fuse == "on"}
-        tune = not args.gemv_wg
+    dev = await open_device(
+        extra_features=("timestamp-query", "timestamp-query-inside-passes"), **device_options(args)
+    )
+    tuning, tune = kernel_tuning(args, dev)
     eng = await load_engine(
         "t",
         model,
@@ -160,6 +140,11 @@ async def main() -> None:
         host.append(time.perf_counter() - t)
     await dev.read_storage(g.state, 0, 4)
     host_us = statistics.median(host) * 1e6
+    # Timestamps between dispatches cost GPU time themselves: their share per dispatch, taken out of each group
+    # below (an estimate: the step with them minus the step without, spread evenly).
+    stamp_us = max(0.0, (statistics.median(totals) - statistics.median(pass_only)) / n)
+    gpu_us = {k: max(0.01, statistics.median(v) - stamp_us * labels.count(k)) for k, v in per_group.items()}
+    moved = bytes_by_group(eng, labels, pos + n_tokens)
     result = {
         "adapter": dev.info.summary(),
         "tier": eng.tier.name,
@@ -172,9 +157,49 @@ async def main() -> None:
         "gpu_us_per_dispatch_by_group": {
             k: round(statistics.median(v) / labels.count(k), 2) for k, v in per_group.items()
         },
+        "timestamp_us_per_dispatch": round(stamp_us, 2),
+        # the groups' times less the timestamps' share: what the bytes/s figures below are computed from
+        "gpu_us_by_group_less_timestamps": {k: round(v, 1) for k, v in gpu_us.items()},
         "host_us_encode_submit_per_step": round(host_us, 1),
+        "kernel_shapes": eng.load_stats.get("gemv"),
+        "gemm": f"{eng.kern.gemm_variant}/{eng.kern.gemm_wg}",
+        # Bytes each group must read from memory at least (weights; attention: the keys and values it sees), per
+        # step, and what that is per second of its GPU time.
+        "bytes_by_group": moved,
+        "gb_per_s_by_group": {
+            k: round(moved[k] / (gpu_us[k] * 1e-6) / 1e9, 1) for k in moved if gpu_us.get(k)
+        },
     }
+    if args.prefill:  # products of the step: 2 rows K tokens each
+        flops = {r: 2 * n_tokens * sum(g.role_weight(r, i).n_rows * g.role_weight(r, i).k for i in range(len(g.layers)))
+                 for r in ("qkv", "o", "ffn1", "ffn2") if r in labels}  # fmt: skip
+        result["tflops_by_group"] = {k: round(f / (gpu_us[k] * 1e-6) / 1e12, 2) for k, f in flops.items()}
+    if args.bandwidth_gbs:
+        result["bandwidth_gbs"] = args.bandwidth_gbs
+        result["roofline_us_by_group"] = {
+            k: round(b / (args.bandwidth_gbs * 1e3), 1) for k, b in moved.items()
+        }
+        result["fraction_of_bandwidth_by_group"] = {
+            k: round(v / args.bandwidth_gbs, 3) for k, v in result["gb_per_s_by_group"].items()
+        }
     print(json.dumps(result, indent=1))
+
+
+def bytes_by_group(eng, labels: list[str], n_keys: int) -> dict[str, int]:
+    """Least bytes each kernel group reads per step: its weights (each layer's), attention's keys and values."""
+    g, cfg = eng.graph, eng.config
+    kv_item = 2 if eng.tier.f16 else 4
+    out: dict[str, int] = {}
+    for role in ("qkv", "o", "ffn1", "ffn2"):
+        if role in labels:
+            out[role] = sum(g.role_weight(role, i).nbytes for i in range(len(g.layers)))
+    out["lm_head"] = g.lm_head.nbytes
+    for role in ("attn", "qkv_attn", "flash_attn"):
+        if role in labels:
+            out[role] = labels.count(role) * 2 * cfg.n_kv_heads * n_keys * cfg.head_dim * kv_item
+    if "qkv_attn" in labels:
+        out["qkv_attn"] += sum(L.w.qkv.nbytes for L in g.layers)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a decode step's time goes: times 64 decode steps with kernel groups left out of the dispatch list.
 
-    python3 bench/profile_step.py [--model PATH] [--context 128] [--gemv-wg N]
+    python3 bench/profile_step.py [--model PATH] [--context 128] [--gemv GEMV_MR/128/32/4]
 
 Prints JSON: ms per step for the full step and for the step without each kernel group (qkv, attn, o, ffn1, ffn2,
 lm_head, sample), plus an empty submit + 4-byte readback round trip. Left-out kernels make the numbers wrong but
@@ -22,15 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
+from bench.knobs import add_kernel_args, kernel_tuning  # noqa: E402
+
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--gemv-wg", type=int, default=None)
-    ap.add_argument("--gemv-variant", default="GEMV")
-    ap.add_argument("--gemv-seg", type=int, default=8)
+    add_kernel_args(ap)
     args = ap.parse_args()
     from webllm_py.engine import load_engine
     from webllm_py.host.native import open_device
@@ -42,11 +42,9 @@ async def main() -> None:
 
         model = str(smollm2_path())
     dev = await open_device()
-    tuning = None
-    if args.gemv_wg:
-        tuning = {"gemv_wg": args.gemv_wg, "gemv_variant": args.gemv_variant, "gemv_seg": args.gemv_seg}
+    tuning, tune = kernel_tuning(args, dev)
     eng = await load_engine(
-        "p", model, device=dev, tuning=tuning, context_window_size=args.context + args.steps * 10
+        "p", model, device=dev, tuning=tuning, tune=tune, context_window_size=args.context + args.steps * 10
     )
     g = eng.graph
     labels = g.decode_roles

@@ -4,7 +4,10 @@
 //   GEMV      decode: one token (the last of the step; its result goes to row 0 of out), R = 4 rows per
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
+//   GEMV_MR   decode for bandwidth: RT rows per invocation, TK invocations along K per row group (see below);
+//             KB = K / 32; MR_SHUFFLE: segments sum by subgroup shuffles.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
+//   GEMM_RT   prefill, register-tiled: WG rows x 64 tokens, 8 x 8 outputs per invocation, register prefetch (below).
 //   W_FMT     the weight format (weights.wgsl: a GGUF type name), with W_DOT / W_DQ / FMT_<name> (ops.weight_defines).
 //   W_SEGS    a weight fused from matrices of different formats, one segment each (ops.Weight): RANGE = rows
 //             [seg1_row, seg2_row) are in W_FMT1 at seg1_base, rows [seg2_row, N) in W_FMT2 at seg2_base (q/k/v);
@@ -27,7 +30,7 @@
 //   BIAS      bias[n] is added to each result first (q/k/v biases: before RoPE). Not with ARGMAX.
 //   SOFTCAP   each result y becomes P.softcap * tanh(y / P.softcap) (Gemma 2's final logit soft-capping; the
 //             ARGMAX partials see the capped values, so they stay the stored logits' argmax).
-//   ARGMAX    decode (GEMV, GEMV_SEG) with STORE, for the LM head: each workgroup also writes the largest of its
+//   ARGMAX    decode (GEMV, GEMV_SEG, GEMV_MR) with STORE, for the LM head: each workgroup also writes the largest of its
 //             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
 //             per workgroup instead of every logit (sample.wgsl).
 
@@ -119,6 +122,29 @@ fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f
   }
 #endif
   return W_DOT(0u, r * nb + b, xb, xsum);
+#endif
+}
+
+// Octet o (weights 8o .. 8o+7) of block b of row r of W, dotted with x0, x1 (sum xs): weights.wgsl oct_f.
+fn w_oct(r: u32, b: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let nb = P.k_blocks;
+#if W_SEGS == PARITY
+  if ((r & 1u) == 1u) {
+    return W_OCT1(P.seg1_base, (r / 2u) * nb + b, o, x0, x1, xs);
+  }
+  return W_OCT(0u, (r / 2u) * nb + b, o, x0, x1, xs);
+#else
+#ifdef W_FMT2
+  if (r >= P.seg2_row) {
+    return W_OCT2(P.seg2_base, (r - P.seg2_row) * nb + b, o, x0, x1, xs);
+  }
+#endif
+#ifdef W_FMT1
+  if (r >= P.seg1_row) {
+    return W_OCT1(P.seg1_base, (r - P.seg1_row) * nb + b, o, x0, x1, xs);
+  }
+#endif
+  return W_OCT(0u, r * nb + b, o, x0, x1, xs);
 #endif
 }
 
@@ -412,6 +438,248 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 #endif
 
+#ifdef GEMV_MR
+// Decode for bandwidth: RT rows per invocation and TK invocations along K per row group (a "segment" of consecutive
+// invocations), so a workgroup covers ROWS = RT * WG / TK rows. A row is cut in octets (8 weights: one nibble word;
+// weights.wgsl oct_f), and lane l of a segment takes octets l, l + TK, ...: four lanes read a block's words side by
+// side, so a subgroup's weight and activation loads are both contiguous. The trip count is fixed at compile time
+// (KB, the blocks of a row, is compiled in) with a clamped index, so the loads of several steps and of all RT rows
+// can be in flight together. Each octet of x is loaded (and normed, or merged from the attention splits) once for
+// the RT rows. The segment adds its partials with subgroup shuffles (MR_SHUFFLE: TK is at most the smallest subgroup
+// size, which the start-up probe measured) or through workgroup memory (a tree of log2(TK) barrier steps).
+// MR_RUNTIME: the same with the trip count read at run time (the compiler does not unroll the row: fewer registers,
+// one step's loads in flight). MR_BLOCK: lanes take whole blocks (a 16-byte nibble word per row and step, the block's
+// 32 activations in registers), trip count at run time.
+// MR_Q8 (Q4_0 and Q4_K weights): activations in int8, llama.cpp's trick for decode. The workgroup first loads x once
+// (normed, or merged from the attention splits) and quantizes each 32-block to int8 with one f32 scale into workgroup
+// memory (K bytes + 8 bytes a block), then lanes take whole blocks as in MR_BLOCK with integer dot products:
+// dot4I8Packed of a nibble word's even and odd nibbles (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) with the block's
+// int8 words, laid out to match. Four weights an instruction instead of three instructions a weight: on the H200 a
+// Q4_0 product streamed at 3.6-4.1 TB/s this way against 1.6-1.9 TB/s with f32 dequantization (bench/gemv_probe.py).
+// The results carry the int8 rounding of x (relative error ~1/127 of a block's largest activation per term).
+const SEGS: u32 = WG / TK;
+const ROWS: u32 = SEGS * RT;
+const NO: u32 = KB * 4u;               // octets in a row
+const OPL: u32 = (NO + TK - 1u) / TK;  // octets per lane
+const NV: u32 = RT + 1u;               // values a segment sums: RT row partials, then sum(x^2)
+
+#ifndef MR_SHUFFLE
+var<workgroup> red_mr: array<f32, NV * WG>;  // (NV, WG): each invocation's partials
+#endif
+#ifdef MR_Q8
+// Block b of x in int8: words 8b + 2j (bytes x[8j], x[8j+2], x[8j+4], x[8j+6]) and 8b + 2j + 1 (the odd ones),
+// j in 0..4, as vec4 words 2b, 2b + 1; its scale (x ~ scale * q) in xq_d[b].
+var<workgroup> xq: array<vec4<u32>, 2u * KB>;
+var<workgroup> xq_d: array<f32, KB>;
+var<workgroup> xq_ssq: array<f32, WG>;  // per invocation: its blocks' sum(x^2) (NORM)
+
+// Four floats rounded to int8 (already scaled into [-127, 127]), packed low byte first.
+fn pack_i8(v: vec4<f32>) -> u32 {
+  let q = vec4<i32>(round(v));
+  return (u32(q.x) & 0xFFu) | ((u32(q.y) & 0xFFu) << 8u) | ((u32(q.z) & 0xFFu) << 16u) | (u32(q.w) << 24u);
+}
+
+// The workgroup's x (as load_x gives it; times norm_w with NORM) to int8 blocks; returns sum(x^2) over all of x.
+fn quantize_x(xbase: u32, lid: u32) -> f32 {
+  var ssq = 0.0;
+  for (var b = lid; b < KB; b += WG) {
+    var v: array<vec4<f32>, 8>;
+    var amax = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+      var t = load_x(xbase, b * 8u + i);
+#ifdef NORM
+      ssq += dot(t, t);
+      t *= norm_w[b * 8u + i];
+#endif
+      v[i] = t;
+      let a = abs(t);
+      amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+    }
+    let d = amax / 127.0;
+    let inv = select(0.0, 127.0 / amax, amax > 0.0);
+    xq_d[b] = d;
+    var w: array<u32, 8>;
+    for (var j = 0u; j < 4u; j++) {
+      let lo = v[2u * j] * inv;       // x[8j .. 8j+3]
+      let hi = v[2u * j + 1u] * inv;  // x[8j+4 .. 8j+7]
+      w[2u * j] = pack_i8(vec4<f32>(lo.x, lo.z, hi.x, hi.z));
+      w[2u * j + 1u] = pack_i8(vec4<f32>(lo.y, lo.w, hi.y, hi.w));
+    }
+    xq[2u * b] = vec4<u32>(w[0], w[1], w[2], w[3]);
+    xq[2u * b + 1u] = vec4<u32>(w[4], w[5], w[6], w[7]);
+  }
+  xq_ssq[lid] = ssq;
+  workgroupBarrier();
+  for (var m = WG / 2u; m > 0u; m >>= 1u) {
+    if (lid < m) {
+      xq_ssq[lid] += xq_ssq[lid + m];
+    }
+    workgroupBarrier();
+  }
+  return xq_ssq[0];
+}
+
+// Sum over a block of nibble q times int8 x (the nibble vec4 q, the block's int8 words xa, xc).
+fn nib_dot_i8(q: vec4<u32>, xa: vec4<u32>, xc: vec4<u32>) -> i32 {
+  let m = 0x0F0F0F0Fu;
+  var s = dot4I8Packed(q.x & m, xa.x) + dot4I8Packed((q.x >> 4u) & m, xa.y);
+  s += dot4I8Packed(q.y & m, xa.z) + dot4I8Packed((q.y >> 4u) & m, xa.w);
+  s += dot4I8Packed(q.z & m, xc.x) + dot4I8Packed((q.z >> 4u) & m, xc.y);
+  s += dot4I8Packed(q.w & m, xc.z) + dot4I8Packed((q.w >> 4u) & m, xc.w);
+  return s;
+}
+
+// Block b of row r . block b of x in int8 (scale dx, sum of its int8 values xsum), as weights.wgsl's dot_f.
+fn q8_dot(r: u32, b: u32, xa: vec4<u32>, xc: vec4<u32>, xsum: i32, dx: f32) -> f32 {
+  let blk = r * P.k_blocks + b;
+#ifdef FMT_Q4_0
+  let g = (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return d * dx * f32(nib_dot_i8(w_q[g + j], xa, xc) - 8 * xsum);  // d (q - 8) x
+#endif
+#ifdef FMT_Q4_K
+  let g = (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return dx * (dm.x * f32(nib_dot_i8(w_q[g + j], xa, xc)) + dm.y * f32(xsum));  // (d sc q - dmin m) x
+#endif
+}
+#endif
+
+// Sum each of the NV values over the segment; lane 0 of the segment gets the sums. Call from uniform control flow.
+fn mr_reduce(v: ptr<function, array<f32, NV>>, lid: u32) {
+#ifdef MR_SHUFFLE
+  for (var r = 0u; r < NV; r++) {
+    var s = (*v)[r];
+    for (var m = 1u; m < TK; m <<= 1u) {
+      s += subgroupShuffleXor(s, m);
+    }
+    (*v)[r] = s;
+  }
+#else
+  for (var r = 0u; r < NV; r++) {
+    red_mr[r * WG + lid] = (*v)[r];
+  }
+  workgroupBarrier();
+  for (var m = TK / 2u; m > 0u; m >>= 1u) {
+    if (lid % TK < m) {
+      for (var r = 0u; r < NV; r++) {
+        red_mr[r * WG + lid] += red_mr[r * WG + lid + m];
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var r = 0u; r < NV; r++) {
+    (*v)[r] = red_mr[r * WG + lid];
+  }
+#endif
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let wg = wid.y * nwg.x + wid.x;
+  let row0 = wg * ROWS + (lid / TK) * RT;
+  let lane = lid % TK;
+  let t = S.n_tokens - 1u;  // as in GEMV: the step's last token, result to row 0 of out
+  let pos = S.pos + t;
+  let xbase = t * (P.x_stride / 4u);
+#ifdef ATTN_IN
+  attn_coefficients(lid);
+#endif
+  var acc: array<f32, NV>;  // RT row partials, then sum(x^2)
+#ifdef MR_Q8
+  let ssq_all = quantize_x(xbase, lid);
+  for (var b = lane; b < P.k_blocks; b += TK) {
+    let xa = xq[2u * b];
+    let xc = xq[2u * b + 1u];
+    let ones = 0x01010101u;
+    let xsum = dot4I8Packed(xa.x, ones) + dot4I8Packed(xa.y, ones) + dot4I8Packed(xa.z, ones)
+             + dot4I8Packed(xa.w, ones) + dot4I8Packed(xc.x, ones) + dot4I8Packed(xc.y, ones)
+             + dot4I8Packed(xc.z, ones) + dot4I8Packed(xc.w, ones);
+    let dx = xq_d[b];
+    for (var r = 0u; r < RT; r++) {
+      acc[r] += q8_dot(min(row0 + r, P.n_rows - 1u), b, xa, xc, xsum, dx);  // rows past the end: dropped below
+    }
+  }
+#else
+#ifdef MR_BLOCK
+  // Lanes take whole blocks (one 16-byte nibble word per row and step), a loop bound read at run time.
+  for (var b = lane; b < P.k_blocks; b += TK) {
+    var xb: array<vec4<f32>, 8>;
+    var xsum = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+      var v = load_x(xbase, b * 8u + i);
+#ifdef NORM
+      acc[RT] += dot(v, v);
+      v *= norm_w[b * 8u + i];
+#endif
+      xb[i] = v;
+      xsum += v.x + v.y + v.z + v.w;
+    }
+    for (var r = 0u; r < RT; r++) {
+      acc[r] += w_dot(min(row0 + r, P.n_rows - 1u), b, &xb, xsum);  // rows past the end: dropped below
+    }
+  }
+#else
+#ifdef MR_RUNTIME
+  // A loop bound read at run time: the compiler keeps one step's loads in flight and no more.
+  for (var oc = lane; oc < P.k_blocks * 4u; oc += TK) {
+    let live = 1.0;
+#else
+  for (var j = 0u; j < OPL; j++) {
+    let o = lane + j * TK;
+    let oc = min(o, NO - 1u);  // lanes past the row's end compute on a valid octet with x = 0
+    let live = select(0.0, 1.0, o < NO);
+#endif
+    var x0 = load_x(xbase, 2u * oc) * live;
+    var x1 = load_x(xbase, 2u * oc + 1u) * live;
+#ifdef NORM
+    acc[RT] += dot(x0, x0) + dot(x1, x1);
+    x0 *= norm_w[2u * oc];
+    x1 *= norm_w[2u * oc + 1u];
+#endif
+    let xs = dot(x0 + x1, vec4<f32>(1.0));
+    for (var r = 0u; r < RT; r++) {
+      acc[r] += w_oct(min(row0 + r, P.n_rows - 1u), oc / 4u, oc % 4u, x0, x1, xs);  // rows past the end: dropped
+    }
+  }
+#endif
+#endif
+  mr_reduce(&acc, lid);
+  var scale = 1.0;
+#ifdef NORM
+#ifdef MR_Q8
+  scale = inverseSqrt(ssq_all / f32(P.k_blocks * 32u) + P.eps);
+#else
+  scale = inverseSqrt(acc[RT] / f32(P.k_blocks * 32u) + P.eps);
+#endif
+#endif
+  if (lane == 0u) {
+    for (var r = 0u; r < RT; r += 2u) {
+      epilogue_pair(row0 + r, 0u, pos, acc[r] * scale, acc[r + 1u] * scale);
+    }
+  }
+#ifdef ARGMAX
+  if (lane == 0u) {
+    var bv = finish(acc[0] * scale);
+    var br = row0;
+    for (var r = 1u; r < RT; r++) {
+      if (beats(finish(acc[r] * scale), row0 + r, bv, br, P.n_rows)) {
+        bv = finish(acc[r] * scale);
+        br = row0 + r;
+      }
+    }
+    best_v[lid / TK] = bv;
+    best_r[lid / TK] = br;
+  }
+  write_best(lid, wg, SEGS);
+#endif
+}
+#endif
+
 #ifdef GEMM
 // 32 rows x 32 tokens per workgroup of WG = 64 or 256 invocations, in GROUPS = WG / 64 groups that split each
 // 32-column block of K between them (group g takes columns g * 32 / GROUPS ..); their partial tiles are added at the
@@ -579,6 +847,136 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       epilogue_pair(rr, tt, S.pos + tt, a0[j] * scale[j], a1[j] * scale[j]);
       epilogue_pair(rr + 2u, tt, S.pos + tt, a2[j] * scale[j], a3[j] * scale[j]);
     }
+  }
+}
+#endif
+
+#ifdef GEMM_RT
+// Prefill, register-tiled: a tile of BM = WG rows x BN = 64 tokens per workgroup; invocation (ty, tx) = (lid / 8,
+// lid % 8) owns 8 rows (4 ty .. 4 ty + 3 and BM/2 + 4 ty ..) x 8 tokens (4 tx .. and 32 + 4 tx ..): per column of K a
+// 8 x 8 outer product from two vec4 reads of each tile (rows and tokens of a thread in two halves, so the reads of
+// neighbouring invocations are neighbouring words: no bank conflicts). K goes in steps of one 32-column block:
+// invocation t dequantizes block b of row t of the tile and loads token t's 32 activations (normed on the way; its
+// own sum(x^2), no reduction needed), the next step's while the current step's products run (register prefetch: one
+// tile in workgroup memory, 16 KiB at BM = 64, within WebGPU's default limit). f32 products and sums. Every private
+// value has a name (no private arrays: an array indexed in a loop the compiler does not unroll lives in memory).
+const BM: u32 = WG;
+const BN: u32 = 64u;
+var<workgroup> wt: array<vec4<f32>, 8u * BM>;  // (32 k, BM / 4): rows 4i .. 4i+3 of column k, dequantized
+var<workgroup> xt: array<vec4<f32>, 512>;      // (32 k, 16): tokens 4j .. 4j+3 of column k
+
+// Columns 4i .. 4i+3 of row (or token) slot `lane`: the four components of v, into tile memory.
+fn put_w(i: u32, lane: u32, v: vec4<f32>) {
+  let c = (4u * i) * (BM / 4u) + lane / 4u;
+  wt[c][lane % 4u] = v.x;
+  wt[c + BM / 4u][lane % 4u] = v.y;
+  wt[c + BM / 2u][lane % 4u] = v.z;
+  wt[c + 3u * BM / 4u][lane % 4u] = v.w;
+}
+
+fn put_x(i: u32, lane: u32, v: vec4<f32>) {
+  let c = (4u * i) * 16u + lane / 4u;
+  xt[c][lane % 4u] = v.x;
+  xt[c + 16u][lane % 4u] = v.y;
+  xt[c + 32u][lane % 4u] = v.z;
+  xt[c + 48u][lane % 4u] = v.w;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let row0 = wid.x * BM;
+  let t0 = wid.y * BN;
+  let n_tokens = S.n_tokens;
+  let nb = P.k_blocks;
+  let ty = lid / 8u;
+  let tx = lid % 8u;
+  let rc = min(row0 + lid, P.n_rows - 1u);  // the row this invocation dequantizes (past the end: a valid one, zeroed)
+  let rlive = select(0.0, 1.0, row0 + lid < P.n_rows);
+  let loads_x = lid < BN;
+  let tlive = select(0.0, 1.0, loads_x && t0 + lid < n_tokens);
+  let xrow = min(t0 + lid, n_tokens - 1u) * (P.x_stride / 4u);  // the token this invocation loads
+  var ssq = 0.0;  // sum(x^2) of that token
+  // a<i>_<c>: row i of this invocation's 8 (0-3: 4 ty + i, 4-7: BM/2 + 4 ty + i - 4), tokens of half c
+  var a0_0 = vec4<f32>(0.0); var a0_1 = vec4<f32>(0.0); var a1_0 = vec4<f32>(0.0); var a1_1 = vec4<f32>(0.0);
+  var a2_0 = vec4<f32>(0.0); var a2_1 = vec4<f32>(0.0); var a3_0 = vec4<f32>(0.0); var a3_1 = vec4<f32>(0.0);
+  var a4_0 = vec4<f32>(0.0); var a4_1 = vec4<f32>(0.0); var a5_0 = vec4<f32>(0.0); var a5_1 = vec4<f32>(0.0);
+  var a6_0 = vec4<f32>(0.0); var a6_1 = vec4<f32>(0.0); var a7_0 = vec4<f32>(0.0); var a7_1 = vec4<f32>(0.0);
+  // The next step's block of this invocation's row (w<i>: weights 4i .. 4i+3) and token (x<i>), in registers.
+  var w0 = w_dequant4(rc, 0u, 0u); var w1 = w_dequant4(rc, 0u, 1u);
+  var w2 = w_dequant4(rc, 0u, 2u); var w3 = w_dequant4(rc, 0u, 3u);
+  var w4 = w_dequant4(rc, 0u, 4u); var w5 = w_dequant4(rc, 0u, 5u);
+  var w6 = w_dequant4(rc, 0u, 6u); var w7 = w_dequant4(rc, 0u, 7u);
+  var x0 = x[xrow]; var x1 = x[xrow + 1u]; var x2 = x[xrow + 2u]; var x3 = x[xrow + 3u];
+  var x4 = x[xrow + 4u]; var x5 = x[xrow + 5u]; var x6 = x[xrow + 6u]; var x7 = x[xrow + 7u];
+  for (var b = 0u; b < nb; b++) {
+    // Registers -> the tile.
+    put_w(0u, lid, w0 * rlive); put_w(1u, lid, w1 * rlive); put_w(2u, lid, w2 * rlive); put_w(3u, lid, w3 * rlive);
+    put_w(4u, lid, w4 * rlive); put_w(5u, lid, w5 * rlive); put_w(6u, lid, w6 * rlive); put_w(7u, lid, w7 * rlive);
+    if (loads_x) {
+#ifdef NORM
+      ssq += dot(x0, x0) + dot(x1, x1) + dot(x2, x2) + dot(x3, x3) + dot(x4, x4) + dot(x5, x5) + dot(x6, x6)
+           + dot(x7, x7);
+      let nw = b * 8u;
+      x0 *= norm_w[nw]; x1 *= norm_w[nw + 1u]; x2 *= norm_w[nw + 2u]; x3 *= norm_w[nw + 3u];
+      x4 *= norm_w[nw + 4u]; x5 *= norm_w[nw + 5u]; x6 *= norm_w[nw + 6u]; x7 *= norm_w[nw + 7u];
+#endif
+      put_x(0u, lid, x0 * tlive); put_x(1u, lid, x1 * tlive); put_x(2u, lid, x2 * tlive); put_x(3u, lid, x3 * tlive);
+      put_x(4u, lid, x4 * tlive); put_x(5u, lid, x5 * tlive); put_x(6u, lid, x6 * tlive); put_x(7u, lid, x7 * tlive);
+    }
+    workgroupBarrier();
+    // The next step's block, loading while this one's products run (no branch, so the loads and the products can be
+    // scheduled together: the last step loads its own block again).
+    let bn = min(b + 1u, nb - 1u);
+    w0 = w_dequant4(rc, bn, 0u); w1 = w_dequant4(rc, bn, 1u); w2 = w_dequant4(rc, bn, 2u); w3 = w_dequant4(rc, bn, 3u);
+    w4 = w_dequant4(rc, bn, 4u); w5 = w_dequant4(rc, bn, 5u); w6 = w_dequant4(rc, bn, 6u); w7 = w_dequant4(rc, bn, 7u);
+    let xn = xrow + bn * 8u;
+    x0 = x[xn]; x1 = x[xn + 1u]; x2 = x[xn + 2u]; x3 = x[xn + 3u];
+    x4 = x[xn + 4u]; x5 = x[xn + 5u]; x6 = x[xn + 6u]; x7 = x[xn + 7u];
+    for (var k = 0u; k < 32u; k++) {
+      let wa = wt[k * (BM / 4u) + ty];
+      let wb = wt[k * (BM / 4u) + BM / 8u + ty];
+      let xa = xt[k * 16u + tx];
+      let xb = xt[k * 16u + 8u + tx];
+      a0_0 += wa.x * xa; a0_1 += wa.x * xb; a1_0 += wa.y * xa; a1_1 += wa.y * xb;
+      a2_0 += wa.z * xa; a2_1 += wa.z * xb; a3_0 += wa.w * xa; a3_1 += wa.w * xb;
+      a4_0 += wb.x * xa; a4_1 += wb.x * xb; a5_0 += wb.y * xa; a5_1 += wb.y * xb;
+      a6_0 += wb.z * xa; a6_1 += wb.z * xb; a7_0 += wb.w * xa; a7_1 += wb.w * xb;
+    }
+    workgroupBarrier();
+  }
+  // Each token's 1 / rms through the (now free) tile memory.
+  var inv0 = vec4<f32>(1.0);
+  var inv1 = vec4<f32>(1.0);
+#ifdef NORM
+  if (loads_x) {
+    xt[lid / 4u][lid % 4u] = inverseSqrt(ssq / f32(nb * 32u) + P.eps);
+  }
+  workgroupBarrier();
+  inv0 = xt[tx];
+  inv1 = xt[8u + tx];
+#endif
+  let ra = row0 + 4u * ty;
+  let rb = row0 + BM / 2u + 4u * ty;
+  let ta = t0 + 4u * tx;
+  let tb = t0 + 32u + 4u * tx;
+  rt_out(ra, rb, ta, inv0.x, a0_0.x, a1_0.x, a2_0.x, a3_0.x, a4_0.x, a5_0.x, a6_0.x, a7_0.x);
+  rt_out(ra, rb, ta + 1u, inv0.y, a0_0.y, a1_0.y, a2_0.y, a3_0.y, a4_0.y, a5_0.y, a6_0.y, a7_0.y);
+  rt_out(ra, rb, ta + 2u, inv0.z, a0_0.z, a1_0.z, a2_0.z, a3_0.z, a4_0.z, a5_0.z, a6_0.z, a7_0.z);
+  rt_out(ra, rb, ta + 3u, inv0.w, a0_0.w, a1_0.w, a2_0.w, a3_0.w, a4_0.w, a5_0.w, a6_0.w, a7_0.w);
+  rt_out(ra, rb, tb, inv1.x, a0_1.x, a1_1.x, a2_1.x, a3_1.x, a4_1.x, a5_1.x, a6_1.x, a7_1.x);
+  rt_out(ra, rb, tb + 1u, inv1.y, a0_1.y, a1_1.y, a2_1.y, a3_1.y, a4_1.y, a5_1.y, a6_1.y, a7_1.y);
+  rt_out(ra, rb, tb + 2u, inv1.z, a0_1.z, a1_1.z, a2_1.z, a3_1.z, a4_1.z, a5_1.z, a6_1.z, a7_1.z);
+  rt_out(ra, rb, tb + 3u, inv1.w, a0_1.w, a1_1.w, a2_1.w, a3_1.w, a4_1.w, a5_1.w, a6_1.w, a7_1.w);
+}
+
+// One token's 8 results (rows ra .. ra + 3, rb .. rb + 3), scaled by s, through the epilogue.
+fn rt_out(ra: u32, rb: u32, t: u32, s: f32, a0: f32, a1: f32, a2: f32, a3: f32, a4: f32, a5: f32, a6: f32, a7: f32) {
+  if (t < S.n_tokens) {
+    epilogue_pair(ra, t, S.pos + t, a0 * s, a1 * s);
+    epilogue_pair(ra + 2u, t, S.pos + t, a2 * s, a3 * s);
+    epilogue_pair(rb, t, S.pos + t, a4 * s, a5 * s);
+    epilogue_pair(rb + 2u, t, S.pos + t, a6 * s, a7 * s);
   }
 }
 #endif

@@ -29,37 +29,71 @@
 // in the low (j even) or high (j odd) 16 bits of word j / 2.
 //
 // Functions per format F (compiled in with define FMT_F): dot_f(base, blk, &xb, xsum) = block blk . 32 activations
-// xb whose sum is xsum; dq_f(base, blk, i) = weights 4i .. 4i+3 of block blk; `base` is where the matrix (or its
+// xb whose sum is xsum; dq_f(base, blk, i) = weights 4i .. 4i+3 of block blk; oct_f(base, blk, o, x0, x1, xs) =
+// weights 8o .. 8o+7 (octet o in 0..4: one nibble word, so four invocations read a block's words side by side) of
+// block blk . activations x0 = x[8o .. 8o+3], x1 = x[8o+4 .. 8o+7] whose sum is xs, scale and min included;
+// `base` is where the matrix (or its
 // segment, matmul.wgsl) starts in w_q, in vec4 words. block_dot / dequant4 are those of W_FMT at base 0, through
 // the function names W_DOT / W_DQ (ops.weight_defines builds all of these defines).
 //
 // Expects the includer to declare `w_q`.
 
+// Small unsigned integers become floats without an integer-to-float conversion instruction (an eighth of the FMA
+// rate on NVIDIA GPUs, which would cap a decode GEMV below half of the memory bandwidth): an integer below 2^23
+// or-ed into the mantissa of 2^23 is the float 2^23 + integer, exactly. A field masked in place at bit s, not shifted
+// down, reads 2^23 + q 2^s, and one fma(v, 2^-s, -2^(23-s)) leaves q: the product is exact, so the result is q
+// exactly whether or not the compiler fuses it. Every value below equals the plain conversion bit for bit.
+const F_MAGIC: u32 = 0x4B000000u;  // the bits of 2^23
+
+fn u2f(v: u32) -> f32 {
+  return bitcast<f32>(v | F_MAGIC) - 8388608.0;
+}
+
+fn u2f4(v: vec4<u32>) -> vec4<f32> {
+  return bitcast<vec4<f32>>(v | vec4<u32>(F_MAGIC)) - vec4<f32>(8388608.0);
+}
+
+// The four 4-bit fields of the low 16 bits of w (low field first), as floats.
 fn nibbles_lo(w: u32) -> vec4<f32> {
-  return vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u));
+  let m = (vec4<u32>(w) & vec4<u32>(0xFu, 0xF0u, 0xF00u, 0xF000u)) | vec4<u32>(F_MAGIC);
+  return fma(bitcast<vec4<f32>>(m), vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625),
+             vec4<f32>(-8388608.0, -524288.0, -32768.0, -2048.0));
 }
 
 fn nibbles_hi(w: u32) -> vec4<f32> {
-  return vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u));
+  return nibbles_lo(w >> 16u);
 }
 
-// Nibbles 4i .. 4i+3 (i in 0..8) of a block's nibble vec4.
-fn nib4(q: vec4<u32>, i: u32) -> vec4<u32> {
-  return (vec4<u32>(q[i / 2u]) >> (vec4<u32>(0u, 4u, 8u, 12u) + 16u * (i & 1u))) & vec4<u32>(15u);
+// Nibbles 4i .. 4i+3 (i in 0..8) of a block's nibble vec4, as floats.
+fn nib4f(q: vec4<u32>, i: u32) -> vec4<f32> {
+  return nibbles_lo(q[i / 2u] >> (16u * (i & 1u)));
 }
 
-// Bits 4i .. 4i+3 of a high-bit word, as the 16s of a 5-bit quant.
-fn bit4(h: u32, i: u32) -> vec4<u32> {
-  return ((vec4<u32>(h >> (4u * i)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+// Bits 4i .. 4i+3 of a high-bit word, as the 16s of a 5-bit quant (0 or 16 each), as floats.
+fn bit4f(h: u32, i: u32) -> vec4<f32> {
+  let m = (vec4<u32>(h >> (4u * i)) & vec4<u32>(1u, 2u, 4u, 8u)) | vec4<u32>(F_MAGIC);
+  return fma(bitcast<vec4<f32>>(m), vec4<f32>(16.0, 8.0, 4.0, 2.0),
+             vec4<f32>(-134217728.0, -67108864.0, -33554432.0, -16777216.0));
 }
 
-// 2-bit fields 4i .. 4i+3 (i in 0..8) of a block's two plane words, as the 16s and 32s of a 6-bit quant.
-fn crumb4(p: vec2<u32>, i: u32) -> vec4<u32> {
-  return ((vec4<u32>(p[i / 4u] >> (8u * (i & 3u))) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u)) << vec4<u32>(4u);
+// The four 2-bit fields of the low 8 bits of c, as the 16s and 32s of a 6-bit quant (0, 16, 32 or 48), as floats.
+fn crumbs_f(c: u32) -> vec4<f32> {
+  let m = (vec4<u32>(c) & vec4<u32>(0x3u, 0xCu, 0x30u, 0xC0u)) | vec4<u32>(F_MAGIC);
+  return fma(bitcast<vec4<f32>>(m), vec4<f32>(16.0, 4.0, 1.0, 0.25),
+             vec4<f32>(-134217728.0, -33554432.0, -8388608.0, -2097152.0));
 }
 
+// 2-bit fields 4i .. 4i+3 (i in 0..8) of a block's two plane words, as the 16s and 32s of a 6-bit quant, as floats.
+fn crumb4f(p: vec2<u32>, i: u32) -> vec4<f32> {
+  return crumbs_f(p[i / 4u] >> (8u * (i & 3u)));
+}
+
+// The four signed bytes of w (low byte first), as floats: flipped to offset binary (b + 128), then as above.
 fn bytes_i8(w: u32) -> vec4<f32> {
-  return vec4<f32>(vec4<i32>(bitcast<i32>(w << 24u), bitcast<i32>(w << 16u), bitcast<i32>(w << 8u), bitcast<i32>(w)) >> vec4<u32>(24u));
+  let u = w ^ 0x80808080u;
+  let m = (vec4<u32>(u, u, u >> 16u, u >> 16u) & vec4<u32>(0xFFu, 0xFF00u, 0xFFu, 0xFF00u)) | vec4<u32>(F_MAGIC);
+  return fma(bitcast<vec4<f32>>(m), vec4<f32>(1.0, 0.00390625, 1.0, 0.00390625),
+             vec4<f32>(-8388736.0, -32896.0, -8388736.0, -32896.0));
 }
 
 fn halves(w0: u32, w1: u32) -> vec4<f32> {
@@ -93,7 +127,7 @@ fn dot_nibbles(q: vec4<u32>, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
 fn dot_q5(q: vec4<u32>, h: u32, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
   var acc = 0.0;
   for (var i = 0u; i < 8u; i++) {
-    acc += dot(vec4<f32>(nib4(q, i) | bit4(h, i)), (*xb)[i]);
+    acc += dot(nib4f(q, i) + bit4f(h, i), (*xb)[i]);
   }
   return acc;
 }
@@ -102,7 +136,7 @@ fn dot_q5(q: vec4<u32>, h: u32, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
 // scale d * sc and its min term -dmin * m.
 fn k_scale_min(sm: u32, dd: u32) -> vec2<f32> {
   let s = unpack2x16float(dd);
-  return vec2<f32>(s.x * f32(sm & 0xFFu), -s.y * f32(sm >> 8u));
+  return vec2<f32>(s.x * u2f(sm & 0xFFu), -s.y * u2f(sm >> 8u));
 }
 
 #ifdef FMT_Q4_0
@@ -117,7 +151,15 @@ fn dq_q4_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 8u) * 9u;
   let j = blk % 8u;
   let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
-  return (vec4<f32>(nib4(w_q[g + j], i)) - 8.0) * d;
+  return (nib4f(w_q[g + j], i) - 8.0) * d;
+}
+
+fn oct_q4_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let q = w_q[g + j][o];
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return d * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1) - 8.0 * xs);
 }
 #endif
 
@@ -133,7 +175,15 @@ fn dq_q4_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 4u) * 5u;
   let j = blk % 4u;
   let dm = unpack2x16float(w_q[g + 4u][j]);
-  return vec4<f32>(nib4(w_q[g + j], i)) * dm.x + dm.y;
+  return nib4f(w_q[g + j], i) * dm.x + dm.y;
+}
+
+fn oct_q4_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 4u) * 5u;
+  let j = blk % 4u;
+  let q = w_q[g + j][o];
+  let dm = unpack2x16float(w_q[g + 4u][j]);
+  return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
 }
 #endif
 
@@ -149,7 +199,17 @@ fn dq_q5_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 8u) * 11u;
   let j = blk % 8u;
   let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
-  return (vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 8u + j / 4u][j % 4u], i)) - 16.0) * d;
+  return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 8u + j / 4u][j % 4u], i) - 16.0) * d;
+}
+
+fn oct_q5_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 11u;
+  let j = blk % 8u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 8u + j / 4u][j % 4u];
+  let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return d * (v - 16.0 * xs);
 }
 #endif
 
@@ -165,7 +225,17 @@ fn dq_q5_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 4u) * 6u;
   let j = blk % 4u;
   let dm = unpack2x16float(w_q[g + 5u][j]);
-  return vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 4u][j], i)) * dm.x + dm.y;
+  return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 4u][j], i)) * dm.x + dm.y;
+}
+
+fn oct_q5_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 4u) * 6u;
+  let j = blk % 4u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 4u][j];
+  let dm = unpack2x16float(w_q[g + 5u][j]);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return dm.x * v + dm.y * xs;
 }
 #endif
 
@@ -189,6 +259,15 @@ fn dq_q8_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
   return bytes_i8(w_q[g + 2u * j + i / 4u][i % 4u]) * d;
 }
+
+fn oct_q8_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 8u) * 17u;
+  let j = blk % 8u;
+  let q = w_q[g + 2u * j + o / 2u];
+  let c = 2u * (o & 1u);
+  let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
+  return d * (dot(bytes_i8(q[c]), x0) + dot(bytes_i8(q[c + 1u]), x1));
+}
 #endif
 
 #ifdef FMT_Q4_K
@@ -203,7 +282,15 @@ fn dq_q4_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 32u) * 37u;
   let j = blk % 32u;
   let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
-  return vec4<f32>(nib4(w_q[g + j], i)) * dm.x + dm.y;
+  return nib4f(w_q[g + j], i) * dm.x + dm.y;
+}
+
+fn oct_q4_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let q = w_q[g + j][o];
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
 }
 #endif
 
@@ -219,7 +306,17 @@ fn dq_q5_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 32u) * 45u;
   let j = blk % 32u;
   let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
-  return vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 32u + j / 4u][j % 4u], i)) * dm.x + dm.y;
+  return (nib4f(w_q[g + j], i) + bit4f(w_q[g + 32u + j / 4u][j % 4u], i)) * dm.x + dm.y;
+}
+
+fn oct_q5_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 32u) * 45u;
+  let j = blk % 32u;
+  let q = w_q[g + j][o];
+  let h = w_q[g + 32u + j / 4u][j % 4u];
+  let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
+  let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
+  return dm.x * v + dm.y * xs;
 }
 #endif
 
@@ -233,7 +330,7 @@ fn q6_planes(g: u32, j: u32) -> vec2<u32> {
 fn q6_scales(g: u32, j: u32) -> vec2<f32> {
   let d = half_at(w_q[g + 104u][j / 16u], (j / 8u) & 1u);
   let s = field16(w_q[g + 96u + j / 8u], j);
-  return d * vec2<f32>(f32(bitcast<i32>(s << 24u) >> 24u), f32(bitcast<i32>(s << 16u) >> 24u));
+  return d * (vec2<f32>(u2f((s & 0xFFu) ^ 0x80u), u2f((s >> 8u) ^ 0x80u)) - 128.0);
 }
 
 fn dot_q6_k(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
@@ -244,8 +341,8 @@ fn dot_q6_k(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f
   var lo = 0.0;  // weights 0-15 (first scale), q - 32 folded in below
   var hi = 0.0;
   for (var i = 0u; i < 4u; i++) {
-    lo += dot(vec4<f32>(nib4(q, i) | crumb4(p, i)), (*xb)[i]);
-    hi += dot(vec4<f32>(nib4(q, i + 4u) | crumb4(p, i + 4u)), (*xb)[i + 4u]);
+    lo += dot(nib4f(q, i) + crumb4f(p, i), (*xb)[i]);
+    hi += dot(nib4f(q, i + 4u) + crumb4f(p, i + 4u), (*xb)[i + 4u]);
   }
   let x_lo = dot((*xb)[0] + (*xb)[1] + (*xb)[2] + (*xb)[3], vec4<f32>(1.0));
   let s = q6_scales(g, j);
@@ -256,7 +353,18 @@ fn dq_q6_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
   let g = base + (blk / 64u) * 105u;
   let j = blk % 64u;
   let s = q6_scales(g, j);
-  return (vec4<f32>(nib4(w_q[g + j], i) | crumb4(q6_planes(g, j), i)) - 32.0) * select(s.x, s.y, i >= 4u);
+  return (nib4f(w_q[g + j], i) + crumb4f(q6_planes(g, j), i) - 32.0) * select(s.x, s.y, i >= 4u);
+}
+
+fn oct_q6_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let g = base + (blk / 64u) * 105u;
+  let j = blk % 64u;
+  let q = w_q[g + j][o];
+  // crumbs of elements 8o .. 8o+7: 16 bits of the block's plane word o / 2 (fields 0-15, then 16-31)
+  let c = w_q[g + 64u + j / 2u][2u * (j & 1u) + o / 2u] >> (16u * (o & 1u));
+  let s = q6_scales(g, j);
+  let v = dot(nibbles_lo(q) + crumbs_f(c), x0) + dot(nibbles_hi(q) + crumbs_f(c >> 8u), x1);
+  return select(s.x, s.y, o >= 2u) * (v - 32.0 * xs);
 }
 #endif
 
@@ -277,6 +385,11 @@ fn dq_f16(base: u32, blk: u32, i: u32) -> vec4<f32> {
   }
   return halves(q.x, q.y);
 }
+
+fn oct_f16(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let q = w_q[base + 4u * blk + o];
+  return dot(halves(q.x, q.y), x0) + dot(halves(q.z, q.w), x1);
+}
 #endif
 
 #ifdef FMT_BF16
@@ -296,6 +409,11 @@ fn dq_bf16(base: u32, blk: u32, i: u32) -> vec4<f32> {
   }
   return bf16s(q.x, q.y);
 }
+
+fn oct_bf16(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  let q = w_q[base + 4u * blk + o];
+  return dot(bf16s(q.x, q.y), x0) + dot(bf16s(q.z, q.w), x1);
+}
 #endif
 
 #ifdef FMT_F32
@@ -309,6 +427,11 @@ fn dot_f32(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f3
 
 fn dq_f32(base: u32, blk: u32, i: u32) -> vec4<f32> {
   return bitcast<vec4<f32>>(w_q[base + 8u * blk + i]);
+}
+
+fn oct_f32(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
+  return dot(bitcast<vec4<f32>>(w_q[base + 8u * blk + 2u * o]), x0)
+       + dot(bitcast<vec4<f32>>(w_q[base + 8u * blk + 2u * o + 1u]), x1);
 }
 #endif
 

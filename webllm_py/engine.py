@@ -408,6 +408,7 @@ async def load_engine(
                 )
             else:  # a GEMV_SEG segment must fit in the smallest subgroup
                 kern.gemv_seg = min(kern.gemv_seg, probe.min_size)
+                kern.subgroup_min = probe.min_size
         # GGUF -> features (cfg) -> GPU weights -> launches: each stage reads only what the one before made.
         check_kv_limit(cfg, kern, n_ctx)
         weights = await load_weights(gguf, cfg, kern, max_ctx=n_ctx, progress=progress)
@@ -415,7 +416,7 @@ async def load_engine(
         if tune if tune is not None else (tuning is None and not is_cpu_adapter(device)):
             if tuning_cache is None and sys.platform != "emscripten":
                 tuning_cache = os.path.join(os.path.expanduser("~"), ".cache", "webllm_py", "tuning.json")
-            kern.gemv_roles, from_cache = await tune_gemv(graph, tuning_cache)
+            kern.gemv_roles, from_cache, tuning_us = await tune_gemv(graph, tuning_cache)
             graph.rebuild_decode()
             if progress is not None:
                 shapes = ", ".join(f"{r} {c.label()}" for r, c in kern.gemv_roles.items())
@@ -435,4 +436,6 @@ async def load_engine(
         "adapter": device.info.summary(),
         "gemv": {role: c.label() for role, c in kern.gemv_roles.items()} or kern.gemv.label(),
     }
+    if kern.gemv_roles:
+        engine.load_stats["gemv_tuning"] = {"from_cache": from_cache, "us_per_launch": tuning_us}
     return engine

@@ -22,13 +22,27 @@ from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
 from webllm_py.kernels.probe import PROBE_WG_SIZES
 from webllm_py.kernels.registry import SUPER_BLOCK_FORMATS, GemvConfig, Kernels, Tier
-from webllm_py.kernels.tuning import CANDIDATES
+from webllm_py.kernels.tuning import CANDIDATES, Q8_CANDIDATES
 from webllm_py.model.quant import GGMLType
 
 TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups;
 # decode with the QKV projection inside attention (Kernels.fuse_attention) and 16-query flash attention tiles.
-TUNINGS = [{}, {"gemv_wg": 16, "gemm_wg": 64}, {"fuse_attention": True, "flash_queries": 16}]
+# The GPU default (GEMV_MR decode, registry.default_tuning) and the register-tiled prefill GEMM too.
+TUNINGS = [
+    {},
+    {"gemv_wg": 16, "gemm_wg": 64},
+    {"fuse_attention": True, "flash_queries": 16},
+    {
+        "gemv_variant": "GEMV_MR",
+        "gemv_wg": 128,
+        "gemv_seg": 32,
+        "gemv_rt": 4,
+        "gemm_variant": "GEMM_RT",
+        "gemm_wg": 64,
+        "gemm_rt_min_dim": 0,  # GEMM_RT for the small test products too
+    },
+]
 TYPES = list(GGMLType)  # every weight format (weights.wgsl)
 EPILOGUE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
 # Products fused from matrices of different types (segmented weights): q/k/v of a Q4_K_M layer, of the fallback for
@@ -161,6 +175,8 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
     for cand in CANDIDATES:
         if cand.variant == "GEMV_SEG" and not kern.tier.subgroups:
             continue
+        if cand.variant == "GEMV_MR" and not kern.tier.subgroups and cand.seg < 32:
+            continue  # without subgroups every segment length is the same workgroup-memory code (one kept)
         for t in types if cand in (CANDIDATES[0], CANDIDATES[-1]) else EPILOGUE_TYPES:
             w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
@@ -177,10 +193,30 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
                 attn_ml=buf, n_splits=4,
             )  # fmt: skip
+    # The int8-activation decode forms (Kernels.q8_decode) over the formats they read: the LM head, the QKV
+    # projection, the output projection merging the attention splits, gate/up.
+    for cand in (Q8_CANDIDATES[0], Q8_CANDIDATES[-1]):
+        for t in (GGMLType.Q4_0, GGMLType.Q4_K):
+            w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
+                argmax_out=buf,
+            )  # fmt: skip
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand, kv=buf,
+                rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+            )  # fmt: skip
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
+                attn_ml=buf, n_splits=4,
+            )  # fmt: skip
+            ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="SILU", gemm=False, norm_w=buf, gemv=cand)
     # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).
     shapes = [(True, None), (False, None)] if all_formats else []
     if kern.tier.subgroups and all_formats:
         shapes.append((False, GemvConfig("GEMV_SEG", 64, 16)))
+    if all_formats:
+        shapes.append((False, GemvConfig("GEMV_MR", 128, 32, 4)))
     for gemm, gemv in shapes:
         for types in MIXED_QKV:
             w, _ = ops.alloc_fused(kern, [(t, 32) for t in types], in_features(*types), "qkv")
@@ -241,17 +277,24 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
                 RecordingDevice(tier),
                 RecordingDevice(tier),
             )
-            engine_variants(Kernels(engine_dev, tier, **tuning), str(smollm2_path()))
+            kerns = [Kernels(d, tier, **tuning) for d in (engine_dev, tests_dev)]
+            # As the engine's probe sets it: GEMV_MR segments up to 32 lanes sum by shuffles.
+            if tier.subgroups:
+                for k in kerns:
+                    k.subgroup_min = 32
+            engine_variants(kerns[0], str(smollm2_path()))
             for model in archs:
-                engine_variants(Kernels(arch_dev, tier, **tuning), model)
-            kernel_matrix_variants(Kernels(tests_dev, tier, **tuning), all_formats=tuning == TUNINGS[0])
+                arch_kern = Kernels(arch_dev, tier, **tuning)
+                arch_kern.subgroup_min = kerns[0].subgroup_min
+                engine_variants(arch_kern, model)
+            kernel_matrix_variants(kerns[1], all_formats=tuning == TUNINGS[0])
             for label, code in [
                 *engine_dev.sources.items(),
                 *arch_dev.sources.items(),
                 *tests_dev.sources.items(),
             ]:
                 sources.setdefault(code, label)  # identical text is compiled once
-            if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines
+            if tuning is not TUNINGS[1]:  # the GPU shapes (not the CPU adapters'): also made into pipelines
                 engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
                 # The tiny architectures' variants of their own features (new binding layouts and workgroup sizes);
                 # their other variants differ from the real model's in shapes only and are compiled, not made into

@@ -16,9 +16,24 @@ TIERS = [
 ]
 
 
+@pytest.fixture(scope="session")
+def subgroup_min(gpu_device) -> int:
+    """The device's smallest subgroup size, as the engine's start-up probe measures it (lavapipe: 8)."""
+    from webllm_py.kernels.probe import probe_subgroups
+
+    probe = asyncio.run(probe_subgroups(Kernels(gpu_device, TIERS[1])))
+    assert probe.ok, probe.detail
+    return probe.min_size
+
+
 @pytest.fixture(params=TIERS, ids=lambda t: t.name)
-def kern(request, gpu_device):
-    return Kernels(gpu_device, request.param)
+def kern(request, gpu_device, subgroup_min):
+    k = Kernels(gpu_device, request.param)
+    if request.param.subgroups:
+        k.subgroup_min = (
+            subgroup_min  # GEMV_MR segments this short sum by subgroup shuffles, as in the engine
+        )
+    return k
 
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC

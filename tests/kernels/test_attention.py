@@ -123,10 +123,20 @@ def test_unsupported_head_dim(kern):
         )
 
 
-@pytest.mark.parametrize("n_splits", [1, 3, 16])
-@pytest.mark.parametrize("pos0", [0, 5, 200, 1100])
-@pytest.mark.parametrize("gemv", ["GEMV", "GEMV_SEG"])
-@pytest.mark.parametrize("split_min_keys", [64, 16])
+SPLIT_CASES = [
+    (n_splits, pos0, gemv, split_min_keys)
+    for n_splits in (1, 3, 16)
+    for pos0 in (0, 5, 200, 1100)
+    for gemv in ("GEMV", "GEMV_SEG")
+    for split_min_keys in (64, 16)
+]
+SPLIT_CASES += [(n, p, "GEMV_MR", 16) for n in (3, 16) for p in (5, 1100)]
+SPLIT_CASES += [
+    (16, 1100, "GEMV_MRQ", 16)
+]  # int8 activations (Q4_0 weights): the merge happens before rounding
+
+
+@pytest.mark.parametrize("n_splits,pos0,gemv,split_min_keys", SPLIT_CASES)
 def test_split_attention_merged_by_output_projection(kern, n_splits, pos0, gemv, split_min_keys, monkeypatch):
     """Decode: flash-decoding splits write partials; the output projection merges them while loading its input."""
     monkeypatch.setattr(kern, "split_min_keys", split_min_keys)
@@ -156,6 +166,12 @@ def check_split_attention(kern, n_splits, pos0, gemv, hd, **features):
     heads, kv_heads, n_out = 6, 2, 40
     max_ctx = pos0 + 8
     kern.gemv_variant = gemv
+    if gemv in (
+        "GEMV_MR",
+        "GEMV_MRQ",
+    ):  # segments of 16 lanes, 4 rows each (workgroup-memory sums on lavapipe)
+        kern.gemv_wg, kern.gemv_seg, kern.gemv_rt = 64, 16, 4
+    wtype, rel = (GGMLType.Q4_0, 2e-2) if gemv == "GEMV_MRQ" else (GGMLType.Q8_0, 1e-5)
     rng = np.random.default_rng(pos0 * 7 + n_splits)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     k_cache = rng.standard_normal((kv_heads, max_ctx, hd)).astype(kv_dtype)
@@ -179,9 +195,9 @@ def check_split_attention(kern, n_splits, pos0, gemv, hd, **features):
         **features,
     )
     w = rng.standard_normal((n_out, heads * hd)).astype(np.float32)
-    raw = quantize(w, GGMLType.Q8_0)
-    weight = ops.alloc_weight(kern, GGMLType.Q8_0, n_out, heads * hd, "wo")
-    ops.Repacker(kern).upload(weight, GGMLType.Q8_0, raw, n_out)
+    raw = quantize(w, wtype)
+    weight = ops.alloc_weight(kern, wtype, n_out, heads * hd, "wo")
+    ops.Repacker(kern).upload(weight, wtype, raw, n_out)
     out = zeros(kern, n_out * 4)
     proj = ops.matmul(
         kern,
@@ -197,7 +213,7 @@ def check_split_attention(kern, n_splits, pos0, gemv, hd, **features):
     )
     kern.device.submit([att.dispatch(1), proj.dispatch(1)])
     got = download(kern, out, np.float32, n_out)
-    want = dequantize(raw, GGMLType.Q8_0, w.shape).astype(np.float64) @ attention_ref(
+    want = dequantize(raw, wtype, w.shape).astype(np.float64) @ attention_ref(
         q, k_cache, v_cache, pos0, kv_heads, **features
     ).reshape(-1)
-    assert_close(got, want, 1e-5, f"split attention x{n_splits} at {pos0}")
+    assert_close(got, want, rel, f"split attention x{n_splits} at {pos0}")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels, Tier
 from webllm_py.model.quant import GGMLType
 
 from .conftest import assert_close, download, state_buffer, upload, zeros
@@ -40,10 +41,11 @@ STORE_CASES = [(t, n, k, s) for t in LEGACY for n, k in sizes(t) for s in SHAPES
 STORE_CASES += [(t, n, k, s) for t in NEW for n, k in sizes(t, 2) for s in NEW_SHAPES]
 
 
-@pytest.fixture(params=[256, 64], ids=lambda wg: f"gemm{wg}")
+@pytest.fixture(params=[("GEMM", 256), ("GEMM", 64), ("GEMM_RT", 64)], ids=lambda v: f"{v[0]}{v[1]}")
 def gemm_wg(request, kern):
-    """The prefill GEMM's two workgroup shapes: four groups splitting K (GPUs) and one (CPU adapters)."""
-    kern.gemm_wg = request.param
+    """The prefill GEMM's workgroup shapes: four groups splitting K (GPUs), one (CPU adapters), register-tiled."""
+    kern.gemm_variant, kern.gemm_wg = request.param
+    kern.gemm_rt_min_dim = 0  # GEMM_RT for the tests' small products too
     return request.param
 
 
@@ -73,16 +75,62 @@ def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
 def test_matmul_store(kern, ggml_type, n, k, shape):
     kind, wg, m = shape
     if wg:
-        kern.gemm_wg = wg
-    check_store(kern, ggml_type, n, k, kind == "GEMM", m)
+        kern.gemm_variant, kern.gemm_wg = kind, wg
+    check_store(kern, ggml_type, n, k, kind.startswith("GEMM"), m)
+
+
+# GEMV_MR: (wg, lanes along K, rows per invocation): segments shorter than lavapipe's subgroup (8) sum by shuffles,
+# longer ones through workgroup memory; with K = 96 or 256 some lanes run past the row's last octet.
+# Also its run-time-trip-count (MRR) and whole-block-lane (MRB) forms.
+MR_SHAPES = [("GEMV_MR", 32, 8, 2), ("GEMV_MRB", 64, 16, 4), ("GEMV_MRR", 16, 4, 8), ("GEMV_MR", 128, 32, 2)]
+MR_SHAPES += [("GEMV_MRB", 16, 4, 2), ("GEMV_MRR", 64, 16, 4)]
+
+
+def use_gemv(kern, variant, wg, seg=0, rt=0):
+    """Make (variant, wg, seg, rt) the default decode shape of ``kern``."""
+    kern.gemv_variant, kern.gemv_wg = variant, wg
+    kern.gemv_seg = seg or kern.gemv_seg
+    kern.gemv_rt = rt or kern.gemv_rt
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
 def test_gemv_variants(kern, ggml_type, variant, wg, seg):
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg
+    use_gemv(kern, variant, wg, seg)
     for n, k in sizes(ggml_type, 2):
         check_store(kern, ggml_type, n, k, False, 2)
+
+
+@pytest.fixture(
+    params=[Tier(f16=False, subgroups=False), Tier(f16=False, subgroups=True)], ids=lambda t: t.name
+)
+def kern_f32(request, gpu_device, subgroup_min):
+    """The f32 tiers only, for kernels whose code does not depend on f16 (it changes only the KV cache type)."""
+    k = Kernels(gpu_device, request.param)
+    k.subgroup_min = subgroup_min if request.param.subgroups else 0
+    return k
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("pair", [0, 1])
+def test_gemv_mr_formats(kern_f32, ggml_type, pair):
+    """GEMV_MR over every format, two of its shapes per format (rotating), shuffle and workgroup-memory sums."""
+    for j in (2 * pair, 2 * pair + 1):
+        use_gemv(kern_f32, *MR_SHAPES[(TYPES.index(ggml_type) + j) % len(MR_SHAPES)])
+        for n, k in sizes(ggml_type, 2):
+            check_store(kern_f32, ggml_type, n, k, False, 2)
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_gemm_rt_formats(gpu_device, ggml_type):
+    """The register-tiled prefill GEMM over every format (f32 tier: it uses no subgroup operations and f16 only
+    changes the KV cache): 64 rows with a partial token tile, or 128 rows with two token tiles."""
+    wg, m = [(64, 5), (128, 70)][TYPES.index(ggml_type) % 2]
+    kern = Kernels(
+        gpu_device, Tier(f16=False, subgroups=False), gemm_variant="GEMM_RT", gemm_wg=wg, gemm_rt_min_dim=0
+    )
+    n, k = sizes(ggml_type, 1)[0]
+    check_store(kern, ggml_type, n, k, True, m)
 
 
 def check_store(kern, ggml_type, n, k, gemm, m):
@@ -105,10 +153,13 @@ def check_store(kern, ggml_type, n, k, gemm, m):
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F32], ids=lambda t: t.name)
 @pytest.mark.parametrize(
-    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (True, 7, ""), (True, 40, "")]
+    "gemm,m,gemv",
+    [(False, 1, "GEMV"), (False, 2, "GEMV_SEG"), (False, 2, "GEMV_MR"), (True, 7, ""), (True, 40, "")],
 )
 def test_matmul_norm_add(kern, gemm_wg, ggml_type, gemm, m, gemv):
     """RMSNorm folded into the product, residual add in the epilogue: out += W (x * nw / rms(x))."""
+    if gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[1])
     kern.gemv_variant = gemv or kern.gemv_variant
     n, k, eps = 45, 128, 1e-5
     rng = np.random.default_rng(7 + m)
@@ -161,13 +212,19 @@ SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (G
 @pytest.mark.parametrize("act", ["SILU", "GELU"])
 @pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
 @pytest.mark.parametrize(
-    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, 256), (True, 9, 64)]
+    "gemm,m,gemv",
+    [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (False, 1, "GEMV_MR"), (True, 9, 256), (True, 9, 64)]
+    + [(True, 9, "GEMM_RT")],
 )
 def test_matmul_silu(kern, types, gemm, m, gemv, act):
     """out = act(gate) * up, gate and up rows interleaved in one weight; act = SiLU (SwiGLU) or GELU's tanh
     approximation (GeGLU)."""
-    if gemm:
+    if gemv == "GEMM_RT":
+        kern.gemm_variant, kern.gemm_wg, kern.gemm_rt_min_dim = "GEMM_RT", 64, 0
+    elif gemm:
         kern.gemm_wg = gemv
+    elif gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[0])
     else:
         kern.gemv_variant = gemv
     n_ff = 37
@@ -207,10 +264,12 @@ QKV_SHAPES = [  # (gemm, tokens, position of the first, GEMV variant or GEMM wor
     (False, 1, 0, "GEMV"),
     (False, 1, 517, "GEMV"),
     (False, 1, 517, "GEMV_SEG"),
+    (False, 1, 517, "GEMV_MR"),
     (True, 6, 0, 256),
     (True, 6, 0, 64),
     (True, 37, 300, 256),
     (True, 37, 300, 64),
+    (True, 37, 300, "GEMM_RT"),
 ]
 # q/k/v of one type, and mixes: a Q4_K_M layer (Q6_K v), the fallback of rows not a multiple of 256 (Q5_0 q/k,
 # Q8_0 v), three types (three segments).
@@ -222,8 +281,8 @@ QKV_TYPES = [(GGMLType.Q8_0,) * 3] + [
 # (bias, qk_out): Qwen2's biases before RoPE; q/k-norm models' raw q | k rows to scratch (only v to the cache).
 QKV_CASES = [(QKV_TYPES[0], *c, False, False) for c in QKV_SHAPES]
 QKV_CASES += [(QKV_TYPES[0], *c, True, qk_out) for c in QKV_SHAPES for qk_out in (False, True)]
-QKV_CASES += [(ts, *c, False, False) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
-QKV_CASES += [(QKV_TYPES[1], *QKV_SHAPES[5], True, True)]
+QKV_CASES += [(ts, *c, False, False) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:4] + QKV_SHAPES[6:]]
+QKV_CASES += [(QKV_TYPES[1], *QKV_SHAPES[6], True, True)]
 
 
 @pytest.mark.parametrize(
@@ -235,8 +294,12 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv, bias, qk_ou
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t. With a bias
     (Qwen2) it is added before RoPE; with qk_out (q/k-norm models) q and k rows go to scratch unrotated, (m, n_q +
     n_kv), and only v to the cache."""
-    if gemm:
+    if gemv == "GEMM_RT":
+        kern.gemm_variant, kern.gemm_wg, kern.gemm_rt_min_dim = "GEMM_RT", 128, 0
+    elif gemm:
         kern.gemm_wg = gemv
+    elif gemv == "GEMV_MR":
+        use_gemv(kern, *MR_SHAPES[2])
     else:
         kern.gemv_variant = gemv
     n_heads, n_kv_heads, hd, max_ctx = 3, 1, 32, 640
@@ -296,15 +359,24 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv, bias, qk_ou
 
 
 @pytest.mark.parametrize(
-    "variant,wg,seg",
-    [("GEMV", 64, 0), ("GEMV", 16, 0), ("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)],
+    "variant,wg,seg,rt",
+    [
+        ("GEMV", 64, 0, 0),
+        ("GEMV", 16, 0, 0),
+        ("GEMV_SEG", 64, 8, 0),
+        ("GEMV_SEG", 32, 4, 0),
+        ("GEMV_SEG", 16, 8, 0),
+        ("GEMV_MR", 64, 16, 2),
+        ("GEMV_MRB", 32, 4, 4),
+        ("GEMV_MRR", 32, 8, 2),
+    ],
 )
 @pytest.mark.parametrize("softcap", [0.0, 100.0], ids=["raw", "softcap"])  # logits up to ~150 here
-def test_lm_head_argmax_partials(kern, variant, wg, seg, softcap):
+def test_lm_head_argmax_partials(kern, variant, wg, seg, rt, softcap):
     """The LM head's greedy partials: per workgroup of rows, its largest logit and row (the lowest row on ties), and
     the sampler's greedy pick from them is the argmax of all logits. With final soft-capping (Gemma 2) the logits
     and the partials are the capped values."""
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    use_gemv(kern, variant, wg, seg, rt)
     n, k, m = 75, 96, 2  # odd rows: the last pair is half empty
     rng = np.random.default_rng(11)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -362,8 +434,10 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg, softcap):
 def test_lm_head_every_format(kern, ggml_type):
     """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials (the two
     decode kernels take turns over the formats; test_lm_head_argmax_partials covers ties in both)."""
-    variant, wg, seg = [("GEMV", 16, 0), ("GEMV_SEG", 32, 4)][TYPES.index(ggml_type) % 2]
-    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    shape = [("GEMV", 16), ("GEMV_SEG", 32, 4), MR_SHAPES[1], MR_SHAPES[0], MR_SHAPES[2]][
+        TYPES.index(ggml_type) % 5
+    ]
+    use_gemv(kern, *shape)
     n, k = sizes(ggml_type, 1)[0]
     n, m, eps = n + 38, 2, 1e-5  # 75 rows: the last workgroup is partly empty
     rng = np.random.default_rng(int(ggml_type))
@@ -395,3 +469,44 @@ def test_lm_head_every_format(kern, ggml_type):
     for j in range(n_wg):
         r = j * rows + int(np.argmax(got[j * rows : (j + 1) * rows]))
         assert pairs[j, 1] == r and pairs[j, 0] == got[r : r + 1].view(np.uint32)[0], f"workgroup {j}"
+
+
+def q8_reference(x: np.ndarray) -> np.ndarray:
+    """x as GEMV_MRQ reads it: each 32-block rounded to int8 with scale max|x| / 127 (round half to even)."""
+    blocks = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(blocks).max(axis=1, keepdims=True)
+    d = amax / np.float32(127)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return (np.round(blocks * inv) * d).reshape(x.shape)
+
+
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("normed", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize(
+    "shape", [("GEMV_MRQ", 64, 16, 2), ("GEMV_MRQ", 32, 8, 4)], ids=lambda s: "/".join(map(str, s))
+)
+def test_gemv_q8_activations(kern_f32, ggml_type, shape, normed):
+    """GEMV_MRQ: Q4_0 / Q4_K rows against int8 activations (each 32-block of x, normed first with NORM, rounded with its
+    own scale): equal to the float64 product of the dequantized weights with x rounded that way, and within the int8
+    rounding of the exact product. A format it does not read (Q8_0) runs GEMV_MR of the same shape, exactly."""
+    use_gemv(kern_f32, *shape)
+    n, k, m, eps = 75, 512 if ggml_type in K_TYPES else 320, 2, 1e-5
+    rng = np.random.default_rng(5 + normed)
+    weight, ref = make_weight(kern_f32, rng, ggml_type, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    nw = (rng.standard_normal(k) if normed else np.ones(k)).astype(np.float32)
+    out = zeros(kern_f32, m * n * 4)
+    extra = {"norm_w": upload(kern_f32, nw), "eps": eps} if normed else {}
+    launch = ops.matmul(kern_f32, w=weight, x=upload(kern_f32, x), out=out, state=state_buffer(kern_f32, 0, m),
+                        epi="STORE", gemm=False, **extra)  # fmt: skip
+    kern_f32.device.submit([launch.dispatch(m)])
+    got = download(kern_f32, out, np.float32, n)
+    xl = x[m - 1].astype(np.float64)
+    scale = 1 / np.sqrt((xl**2).mean() + eps) if normed else 1.0
+    xq = q8_reference((x[m - 1] * nw).astype(np.float32)).astype(np.float64)
+    assert_close(got, scale * (xq @ ref.T.astype(np.float64)), 1e-5, f"{ggml_type.name} x int8 activations")
+    assert_close(
+        got, scale * ((xl * nw) @ ref.T.astype(np.float64)), 2e-2, f"{ggml_type.name} x f32 activations"
+    )
+    assert not np.allclose(got, scale * ((xl * nw) @ ref.T.astype(np.float64)), rtol=1e-6)  # int8 x was used
+    check_store(kern_f32, GGMLType.Q8_0, 45, 96, False, 2)

@@ -34,9 +34,13 @@ def _greedy(engine, prompt) -> list[int]:
 )
 def test_tuning_is_cached_and_keeps_the_answer(tiny_path, tmp_path, gpu_device, tier, monkeypatch):
     # Few candidates keep the measurement short on lavapipe; GEMV_SEG ones drop out where subgroups are off.
-    monkeypatch.setattr(tuning, "REPS", 2)
+    monkeypatch.setattr(tuning, "MAX_REPS", 2)
     monkeypatch.setattr(tuning, "ROUNDS", 1)
-    monkeypatch.setattr(tuning, "CANDIDATES", (GemvConfig("GEMV", 16), GemvConfig("GEMV_SEG", 32, 8)))
+    monkeypatch.setattr(
+        tuning,
+        "CANDIDATES",
+        (GemvConfig("GEMV", 16), GemvConfig("GEMV_SEG", 32, 8), GemvConfig("GEMV_MR", 32, 8, 2)),
+    )
     prompt = [int(t) for t in np.random.default_rng(3).integers(3, 200, 40)]
     plain = asyncio.run(load_engine("tiny", str(tiny_path), device=gpu_device, tier=tier, tune=False))
     want = _greedy(plain, prompt)
@@ -57,7 +61,8 @@ def test_tuning_is_cached_and_keeps_the_answer(tiny_path, tmp_path, gpu_device, 
     )
     assert set(tuned.kern.gemv_roles) == set(tuning.ROLES)
     if not tier.subgroups:
-        assert all(c.variant == "GEMV" for c in tuned.kern.gemv_roles.values())
+        assert all(c.variant != "GEMV_SEG" for c in tuned.kern.gemv_roles.values())
+    assert set(tuned.load_stats["gemv_tuning"]["us_per_launch"]) == set(tuning.ROLES)
     assert any("measured" in m for m in msgs)
     assert _greedy(tuned, prompt) == want
     chosen = dict(tuned.kern.gemv_roles)
@@ -95,13 +100,23 @@ def test_every_role_with_a_different_shape(tiny_path, gpu_device):
     engine = asyncio.run(load_engine("tiny", str(tiny_path), device=gpu_device, tier=tier, tune=False))
     want = _greedy(engine, prompt)
     shapes = [
-        GemvConfig("GEMV", 16),
+        GemvConfig("GEMV_MR", 32, 8, 2),
         GemvConfig("GEMV_SEG", 32, 8),
-        GemvConfig("GEMV", 64),
+        GemvConfig("GEMV_MR", 64, 16, 4),
         GemvConfig("GEMV_SEG", 64, 4),
-        GemvConfig("GEMV", 32),
+        GemvConfig("GEMV_MR", 128, 32, 4),
     ]
     engine.kern.gemv_roles = dict(zip(tuning.ROLES, shapes, strict=True))
     engine.graph.rebuild_decode()
     assert _greedy(engine, prompt) == want
     asyncio.run(engine.unload())
+
+
+def test_pick_prefers_the_first_of_near_ties():
+    """Shapes within TIE of the fastest are equal: the earliest in the preference order wins, so run-to-run noise
+    does not flip the choice; a clearly faster shape still wins."""
+    a, b, c = GemvConfig("GEMV_MR", 128, 32, 4), GemvConfig("GEMV_MR", 256, 32, 4), GemvConfig("GEMV", 64)
+    order = (a, b, c)
+    assert tuning.pick({a: 1.02, b: 1.0, c: 1.5}, order) == a
+    assert tuning.pick({a: 1.2, b: 1.0, c: 1.01}, order) == b
+    assert tuning.pick({b: 1.0, c: 0.5}, order) == c

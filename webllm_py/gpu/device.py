@@ -74,6 +74,9 @@ class DeviceCaps:
     wgsl_enables_subgroups: bool = False
     subgroup_min_size: int = 0
     subgroup_max_size: int = 0
+    # Shader modules are compiled without the WGSL compiler's run-time checks (index clamps, loop counters): desktop
+    # GPUs through wgpu-native (host/native.py). A browser's Tint always adds its own.
+    unchecked_shaders: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,17 @@ SPEC_DEFAULT_LIMITS = {
 class NativeDevice:
     host = "native"
 
-    def __init__(self, adapter: wgpu.GPUAdapter, device: wgpu.GPUDevice, caps: DeviceCaps, info: AdapterInfo):
+    def __init__(
+        self,
+        adapter: wgpu.GPUAdapter,
+        device: wgpu.GPUDevice,
+        caps: DeviceCaps,
+        info: AdapterInfo,
+        trusted_shaders: bool = False,
+    ):
         self.adapter = adapter
+        # Shader modules made without naga's run-time checks (open_device's ``trusted_shaders``).
+        self.trusted_shaders = trusted_shaders
         self.device = device
         self.queue = device.queue
         self.caps = caps
@@ -80,7 +89,10 @@ class NativeDevice:
         self.queue.write_buffer(buffer.handle, offset, data)
 
     def create_pipeline(self, code: str, label: str) -> Pipeline:
-        module = self.device.create_shader_module(code=code, label=label)
+        if self.trusted_shaders:
+            module = _trusted_module(self.device, code, label)
+        else:
+            module = self.device.create_shader_module(code=code, label=label)
         return self.device.create_compute_pipeline(
             layout="auto", compute={"module": module, "entry_point": "main"}, label=label
         )
@@ -187,6 +199,32 @@ _NULL = _wgpu_api.ffi.NULL
 _submit_for_index = _wgpu_api.libf.wgpuQueueSubmitForIndex
 _ffi = _wgpu_api.ffi
 _lib = _wgpu_api.lib
+
+
+def _trusted_module(device: wgpu.GPUDevice, code: str, label: str) -> wgpu.GPUShaderModule:
+    """A WGSL module made by wgpu-native's wgpuDeviceCreateShaderModuleTrusted with no run-time checks: naga then
+    neither clamps indices nor counts every loop's iterations (its guard against infinite loops). Our kernels index
+    within their bindings by construction (the kernel tests check every variant on lavapipe with the checks on) and
+    every loop has a bound; the driver's robust buffer access, a device feature, still applies."""
+    src = _ffi.new("WGPUShaderSourceWGSL *")
+    code_c = _ffi.new("char[]", code.encode())
+    src.chain.next = _ffi.NULL
+    src.chain.sType = _lib.WGPUSType_ShaderSourceWGSL
+    src.code.data = code_c
+    src.code.length = len(code.encode())
+    label_c = _ffi.new("char[]", label.encode())
+    desc = _ffi.new("WGPUShaderModuleDescriptor *")
+    desc.nextInChain = _ffi.cast("WGPUChainedStruct *", src)
+    desc.label.data = label_c
+    desc.label.length = len(label.encode())
+    handle = _wgpu_api.libf.wgpuDeviceCreateShaderModuleTrusted(
+        device._internal, desc, _lib.WGPUShaderRuntimeChecks_None
+    )
+    if handle == _ffi.NULL:
+        raise RuntimeError(f"shader module {label!r} could not be created")
+    return _wgpu_api.GPUShaderModule(label, handle, device)
+
+
 _map_status: dict[int, int] = {}  # buffer handle address -> WGPUMapAsyncStatus, set by _on_mapped
 
 
@@ -284,13 +322,16 @@ async def open_device(
     use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
     extra_features: tuple[str, ...] = (),
+    trusted_shaders: bool | None = None,
 ) -> NativeDevice:
     """Open the best WebGPU adapter on this machine.
 
     ``use_f16`` / ``use_subgroups``: None takes the feature when the adapter has it, False refuses it (to test the
     f32 or no-subgroup tiers on an adapter that has them), True requires it. ``spec_default_limits`` asks for
     WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
-    ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools).
+    ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools). ``trusted_shaders`` makes
+    shader modules without naga's run-time bounds checks and loop counters (see _trusted_module); None: on GPUs,
+    off on CPU rasterizers (lavapipe), where the kernel tests run with the checks.
     """
     adapter = _best_adapter(power_preference)
     if adapter is None:
@@ -298,6 +339,9 @@ async def open_device(
             "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "
             "mesa-vulkan-drivers` for the lavapipe CPU driver)"
         )
+    info = _adapter_info(adapter)
+    if trusted_shaders is None:
+        trusted_shaders = str(info.extra.get("adapter_type", "")).lower() not in ("cpu", "")
     features = set(adapter.features)
     has_f16 = "shader-f16" in features
     has_subgroups = "subgroup" in features or "subgroups" in features
@@ -336,8 +380,9 @@ async def open_device(
         max_compute_workgroups_per_dimension=dl["max-compute-workgroups-per-dimension"],
         # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
         wgsl_enables_subgroups=False,
+        unchecked_shaders=trusted_shaders,
     )
-    return NativeDevice(adapter, device, caps, _adapter_info(adapter))
+    return NativeDevice(adapter, device, caps, info, trusted_shaders)
 
 
 __all__ = ["NativeDevice", "open_device", "BufferUsage"]

@@ -9,16 +9,25 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
-from .registry import SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
+from .registry import (
+    MR_VARIANTS,
+    Q8_FORMATS,
+    SUPER_BLOCK_FORMATS,
+    WEIGHT_FORMAT,
+    GemvConfig,
+    Kernels,
+    weight_nbytes,
+)
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
+GEMM_RT_TOKENS = 64  # tokens per GEMM_RT workgroup (its rows: kern.gemm_wg)
 REPACK_WG = 64
 ATTENTION_TILE = 1024  # key positions per attention tile (4 KiB of scores in workgroup memory)
 
@@ -164,6 +173,7 @@ def weight_defines(w: Weight) -> dict[str, object]:
         tag = str(i) if i else ""
         defines.update({f"W_FMT{tag}": seg.fmt, f"W_DOT{tag}": f"dot_{seg.fmt.lower()}"})
         defines[f"W_DQ{tag}"] = f"dq_{seg.fmt.lower()}"
+        defines[f"W_OCT{tag}"] = f"oct_{seg.fmt.lower()}"
     if len(w.segments) > 1:
         defines["W_SEGS"] = w.rows.upper()
     return defines
@@ -319,6 +329,18 @@ def _uniform_entry(
     return (0, kern.uniform(data, label), 0, len(data))
 
 
+def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
+    """Whether GEMV_MRQ (int8 activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), and the
+    workgroup's int8 copy of x (36 bytes a block, with sums) plus one f32 an invocation within workgroup memory."""
+    need = 36 * w.k_blocks + 4 * gemv.wg + 4 * (gemv.rt + 1) * gemv.wg
+    return (
+        len(w.segments) == 1
+        and w.segments[0].fmt in Q8_FORMATS
+        and w.segments[0].base == 0
+        and need <= kern.device.caps.max_compute_workgroup_storage_size
+    )
+
+
 def matmul(
     kern: Kernels,
     *,
@@ -356,11 +378,29 @@ def matmul(
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
     (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
-    defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
-    defines["GEMM" if gemm else gemv.variant] = 1
+    if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
+        gemv = replace(gemv, variant="GEMV_MR")
+    gemm_variant, gemm_wg = kern.gemm_variant, kern.gemm_wg
+    if gemm and gemm_variant == "GEMM_RT" and min(w.n_rows, w.k) < kern.gemm_rt_min_dim:
+        gemm_variant, gemm_wg = "GEMM", 256
+    defines: dict[str, object] = {"WG": gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
+    if gemm:
+        defines[gemm_variant] = 1
+    elif gemv.variant in MR_VARIANTS:
+        defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
+    else:
+        defines[gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
         defines["KQ"] = w.k // 4
+    if not gemm and gemv.variant in MR_VARIANTS:
+        if gemv.rt % 2 or gemv.rows_per_workgroup < 4 or gemv.wg % gemv.seg:
+            raise ValueError(
+                f"GEMV_MR shape {gemv.label()}: rt even, seg divides wg, at least 4 rows a workgroup"
+            )
+        defines.update(TK=gemv.seg, RT=gemv.rt, KB=w.k_blocks)
+        if kern.tier.subgroups and gemv.seg <= kern.subgroup_min:
+            defines["MR_SHUFFLE"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
     if bias is not None:
@@ -428,10 +468,13 @@ def matmul(
         )
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
-        row_tiles = math.ceil(w.n_rows / GEMM_TILE)
+        rows, tokens = GEMM_TILE, GEMM_TILE
+        if gemm_variant == "GEMM_RT":
+            rows, tokens = gemm_wg, GEMM_RT_TOKENS
+        row_tiles = math.ceil(w.n_rows / rows)
 
         def grid(n_tokens: int) -> tuple[int, int, int]:
-            return (row_tiles, math.ceil(n_tokens / GEMM_TILE), 1)
+            return (row_tiles, math.ceil(n_tokens / tokens), 1)
 
     else:
         fixed = fold_grid(math.ceil(w.n_rows / gemv.rows_per_workgroup))

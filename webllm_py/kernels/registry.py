@@ -33,21 +33,38 @@ def weight_nbytes(fmt: str, n_blocks: int) -> int:
     return -(-n_blocks // g) * u * 16
 
 
+# GEMV_MR and its forms (matmul.wgsl): octet lanes with a compile-time trip count, octet lanes with a run-time one
+# (MR_RUNTIME), whole-block lanes (MR_BLOCK).
+MR_VARIANTS = {
+    "GEMV_MR": {},
+    "GEMV_MRR": {"MR_RUNTIME": 1},
+    "GEMV_MRB": {"MR_BLOCK": 1},
+    "GEMV_MRQ": {"MR_Q8": 1},
+}
+# GEMV_MRQ (activations in int8, matmul.wgsl MR_Q8) covers these weight formats; others run GEMV_MR of its shape.
+Q8_FORMATS = ("Q4_0", "Q4_K")
+
+
 @dataclass(frozen=True)
 class GemvConfig:
-    """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG)."""
+    """Shape of the decode matrix-vector kernel (matmul.wgsl GEMV / GEMV_SEG / GEMV_MR)."""
 
-    variant: (
-        str  # "GEMV": K split over wg invocations, four rows each; "GEMV_SEG": seg invocations per row pair
-    )
+    # "GEMV": K split over wg invocations, four rows each; "GEMV_SEG": seg invocations per row pair; "GEMV_MR": rt
+    # rows per invocation, seg invocations along K per row group
+    variant: str
     wg: int  # invocations per workgroup
-    seg: int = 0  # GEMV_SEG: invocations per row pair (at most the smallest subgroup size)
+    seg: int = 0  # GEMV_SEG: invocations per row pair (at most the smallest subgroup size); GEMV_MR: along K
+    rt: int = 0  # GEMV_MR: rows per invocation (even)
 
     @property
     def rows_per_workgroup(self) -> int:
+        if self.variant in MR_VARIANTS:
+            return self.rt * self.wg // self.seg
         return 2 * self.wg // self.seg if self.variant == "GEMV_SEG" else 4
 
     def label(self) -> str:
+        if self.variant in MR_VARIANTS:
+            return f"{self.variant}/{self.wg}/{self.seg}/{self.rt}"
         return f"{self.variant}/{self.wg}" + (f"/{self.seg}" if self.variant == "GEMV_SEG" else "")
 
 
@@ -83,6 +100,7 @@ class Kernels:
         gemv_wg: int = 64,
         attention_wg: int = 256,
         gemv_seg: int = 8,
+        gemv_rt: int = 4,
         attention_splits: int = 16,
         sample_wg: int = 1024,
         fuse_attention: bool = False,
@@ -90,6 +108,9 @@ class Kernels:
         flash_min_keys: int | None = None,
         split_min_keys: int = 128,
         gemm_wg: int = 256,
+        gemm_variant: str = "GEMM",
+        q8_decode: bool = False,
+        gemm_rt_min_dim: int = 2048,
     ):
         self.device = device
         self.tier = tier
@@ -99,6 +120,10 @@ class Kernels:
         self.gemv_wg = gemv_wg
         # "GEMV_SEG": invocations per row pair; at most the smallest subgroup size the probe measured.
         self.gemv_seg = gemv_seg
+        self.gemv_rt = gemv_rt  # "GEMV_MR": rows per invocation (gemv_seg invocations along K per row group)
+        # The smallest subgroup size the start-up probe measured (0: not probed). GEMV_MR segments of at most this
+        # many invocations sum with subgroup shuffles, longer ones through workgroup memory.
+        self.subgroup_min = 0
         # Per matrix role ("qkv", "o", "ffn1", "ffn2", "lm_head"), the GEMV shape load-time tuning chose.
         self.gemv_roles: dict[str, GemvConfig] = {}
         self.attention_wg = attention_wg
@@ -128,16 +153,34 @@ class Kernels:
         # 14.6 -> 6.0 ms for a 128-token step on the H100) or 64 in one (CPU adapters, which run every invocation
         # through each barrier; on idle lavapipe the 256 shape took 0.16 s against the former 64-invocation
         # kernel's 0.135 s for a 64 x 576 x 1536 product).
-        if gemm_wg not in (64, 256):
-            raise ValueError(f"gemm_wg must be 64 or 256; got {gemm_wg}")
+        # "GEMM_RT": register-tiled, gemm_wg (64 or 128) rows x 64 tokens a workgroup, 8 x 8 outputs an invocation.
+        allowed = {"GEMM": (64, 256), "GEMM_RT": (64, 128)}
+        if gemm_wg not in allowed.get(gemm_variant, ()):
+            raise ValueError(
+                f"gemm_variant {gemm_variant!r} with gemm_wg {gemm_wg}: expected one of {allowed}"
+            )
+        self.gemm_variant = gemm_variant
         self.gemm_wg = gemm_wg
+        # GEMM_RT runs products of at least this many rows and input features; smaller ones GEMM/256. On the H200
+        # SmolLM2-135M (576 features) prefilled 512 tokens at 27,455 tok/s with GEMM/256 against 18,600-18,850 with
+        # GEMM_RT/64, while the 1B and 8B shapes (every product at least 2048 x 2048) gained (8B: 1,022 -> 1,545).
+        self.gemm_rt_min_dim = gemm_rt_min_dim
+        # Decode products may round activations to int8 (GEMV_MRQ, for the formats in Q8_FORMATS): about twice the
+        # bytes per second, results within the int8 rounding of x (as llama.cpp's GPU and CPU decode). Off by default:
+        # greedy replies then equal the f32 reference's exactly; load-time tuning times GEMV_MRQ only when on.
+        self.q8_decode = q8_decode
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
 
     @property
     def gemv(self) -> GemvConfig:
         """The default decode GEMV shape (roles without a tuned one use it)."""
-        return GemvConfig(self.gemv_variant, self.gemv_wg, self.gemv_seg)
+        return GemvConfig(
+            self.gemv_variant,
+            self.gemv_wg,
+            self.gemv_seg,
+            self.gemv_rt if self.gemv_variant in MR_VARIANTS else 0,
+        )
 
     def defines(self, **defines: object) -> dict[str, object]:
         d = dict(defines)
@@ -194,5 +237,16 @@ def default_tuning(device: Device) -> dict[str, object]:
     """Kernel shapes by adapter kind, before (or instead of) load-time tuning: on CPU adapters small workgroups
     waste less on reductions, and tuning is skipped there (each measurement costs seconds)."""
     if is_cpu_adapter(device):
-        return {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}
-    return {}
+        return {
+            "gemv_variant": "GEMV",
+            "gemv_wg": 16,
+            "attention_wg": 64,
+            "attention_splits": 2,
+            "sample_wg": 256,
+            "gemm_wg": 64,
+        }
+    # GPUs: rows per invocation, a subgroup along K (tuning.CANDIDATES[0]); tuning measures the others. The
+    # register-tiled prefill GEMM where shaders run without run-time checks: on the H200 it ran at 20-25 TFLOP/s
+    # unchecked against 2.5 with naga's checks, where GEMM/256 runs at 11-15 either way (bench/results/README.md).
+    gemm = {"gemm_variant": "GEMM_RT", "gemm_wg": 64} if device.caps.unchecked_shaders else {}
+    return {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 2, **gemm}

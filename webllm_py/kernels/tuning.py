@@ -1,10 +1,12 @@
 """Load-time tuning: pick the decode matrix-vector kernel shape for each matrix of the model by measuring.
 
-Which shape is fastest depends on the adapter (subgroup size, cores, cache) and on the matrix (rows, K, format):
-on an H100 the LM head is fastest with short subgroup segments per row pair, the 576-wide projections with a small
-split-K workgroup. A few candidates are timed on the model's own buffers (layer 0 and the LM head), each dispatched
-REPS times back to back; the winners are kept per role and, on the desktop, remembered per adapter and model
-shape so a second load skips the measurement.
+Which shape is fastest depends on the adapter (subgroup size, cores, cache) and on the matrix (rows, K, format).
+The candidates are timed on the model's own buffers the way a decode step uses them: one role's launch for every
+layer in turn (each layer's weights are new to the cache, as in a step), the batch repeated until it lasts about a
+couple of milliseconds, the fastest of ROUNDS batches counting. Shapes within TIE of the fastest count as equal and the first of
+them in CANDIDATES wins, so noise between runs does not flip the choice between shapes that are equally good. The
+winners are kept per role and, on the desktop, remembered per adapter and model shape so a second load skips the
+measurement.
 """
 
 from __future__ import annotations
@@ -14,28 +16,48 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from .ops import q8_fits
 from .params import pack_state
-from .registry import GemvConfig
+from .registry import MR_VARIANTS, GemvConfig
 
 if TYPE_CHECKING:
     from ..model.graph import Graph
 
 ROLES = ("qkv", "o", "ffn1", "ffn2", "lm_head")
+# In order of preference: on a tie (within TIE) the earlier shape wins. The GEMV_MR forms first (rows per invocation x
+# lanes along K), then the older shapes, which an H200 still picked for some matrices (bench/results/README.md).
 CANDIDATES: tuple[GemvConfig, ...] = (
-    GemvConfig("GEMV", 32),
+    GemvConfig("GEMV_MR", 128, 32, 2),  # 8 rows a workgroup
+    GemvConfig("GEMV_MR", 256, 32, 4),  # 32: 8 warps, 4 rows each (the stand-alone probe's fastest f32 form)
+    GemvConfig("GEMV_MRB", 256, 32, 4),
+    GemvConfig("GEMV_MRR", 256, 32, 2),
+    GemvConfig("GEMV_MR", 128, 16, 4),  # 32
+    GemvConfig("GEMV_MR", 128, 32, 4),  # 16
+    GemvConfig("GEMV_MR", 64, 16, 2),  # 8: short rows, many workgroups
+    GemvConfig("GEMV_MR", 128, 8, 2),  # 32
+    GemvConfig("GEMV_MRR", 128, 32, 2),  # run-time trip count: fewer registers
+    GemvConfig("GEMV_MRR", 128, 16, 4),
+    GemvConfig("GEMV_MRR", 64, 8, 2),
+    GemvConfig("GEMV_MRB", 128, 32, 4),  # whole-block lanes: 16-byte weight loads
+    GemvConfig("GEMV_MRB", 64, 16, 4),
+    GemvConfig("GEMV_MRB", 128, 8, 4),  # 64
+    GemvConfig("GEMV_MRB", 64, 32, 2),  # 4
     GemvConfig("GEMV", 64),
     GemvConfig("GEMV", 128),
-    GemvConfig("GEMV_SEG", 32, 16),
-    GemvConfig("GEMV_SEG", 64, 16),
-    GemvConfig("GEMV_SEG", 64, 32),
-    GemvConfig("GEMV_SEG", 128, 32),
-    # Short segments: many rows per workgroup, for matrices with few input features and many rows (the LM head).
     GemvConfig("GEMV_SEG", 128, 8),
-    GemvConfig("GEMV_SEG", 256, 8),
-    GemvConfig("GEMV_SEG", 256, 4),
 )
-REPS = 32  # dispatches per timing
-ROUNDS = 3  # timings per candidate; the fastest counts
+# With Kernels.q8_decode: int8-activation shapes first (bench/gemv_probe.py's fastest dp4a forms on the H200).
+Q8_CANDIDATES: tuple[GemvConfig, ...] = (
+    GemvConfig("GEMV_MRQ", 256, 32, 2),
+    GemvConfig("GEMV_MRQ", 256, 16, 2),
+    GemvConfig("GEMV_MRQ", 256, 32, 4),
+    GemvConfig("GEMV_MRQ", 128, 32, 2),
+)
+TIE = 0.03  # relative: shapes this close to the fastest are equally good
+ROUNDS = 5  # timed batches per candidate; the fastest counts
+TARGET_S = 2e-3  # a timed batch lasts about this long
+MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
+CACHE_VERSION = 3  # part of the cache key: shapes measured by an older tuner are measured again
 
 
 def tuning_key(graph: Graph) -> str:
@@ -47,51 +69,88 @@ def tuning_key(graph: Graph) -> str:
         cfg.kv_size,
         cfg.ffn_size,
         cfg.vocab_size,
+        cfg.n_layers,
         graph.kern.attention_splits,
         graph.kern.split_min_keys,
     ]
     formats = [graph.layers[0].w.qkv.fmt, graph.layers[0].w.down.fmt, graph.lm_head.fmt]
     return "|".join(
-        [dev.info.summary(), dev.info.description, graph.kern.tier.name, *map(str, shapes), *formats]
+        [
+            f"v{CACHE_VERSION}",
+            dev.info.summary(),
+            dev.info.description,
+            graph.kern.tier.name + ("+q8" if graph.kern.q8_decode else ""),
+            *map(str, shapes),
+            *formats,
+        ]
     )
 
 
-async def measure(graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES) -> dict[str, GemvConfig]:
-    """Time every usable candidate for every role; return the fastest per role."""
-    dev, kern = graph.device, graph.kern
+def usable(graph: Graph, role: str, cand: GemvConfig) -> bool:
+    """Whether ``cand`` can run ``role`` here and is worth timing (no lanes or rows beyond the matrix)."""
+    kern = graph.kern
+    if cand.wg > graph.device.caps.max_compute_invocations_per_workgroup:
+        return False
+    if cand.variant == "GEMV_SEG":
+        return kern.tier.subgroups and cand.seg <= kern.subgroup_min
+    if cand.variant in MR_VARIANTS:
+        w = graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)
+        if cand.variant == "GEMV_MRQ" and not (kern.q8_decode and q8_fits(kern, w, cand)):
+            return False
+        return cand.seg <= 4 * w.k_blocks and cand.rows_per_workgroup <= max(4, w.n_rows)
+    return True
+
+
+def pick(timings: dict[GemvConfig, float], order: tuple[GemvConfig, ...] = CANDIDATES) -> GemvConfig:
+    """The first shape in ``order`` whose time is within TIE of the fastest."""
+    fastest = min(timings.values())
+    return next(c for c in order if c in timings and timings[c] <= fastest * (1 + TIE))
+
+
+async def measure(
+    graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES
+) -> tuple[dict[str, GemvConfig], dict[str, dict[str, float]]]:
+    """Time every usable candidate for every role; return the pick per role and every timing (us per launch)."""
+    dev = graph.device
     # Decode-shaped state: one token at position 0 (the tuning writes garbage into KV slot 0; prefill rewrites it).
     dev.write_buffer(graph.state, 0, pack_state(0, 1, 0))
-    max_wg = dev.caps.max_compute_invocations_per_workgroup
-    usable = [
-        c
-        for c in candidates
-        if c.wg <= max_wg and (c.variant != "GEMV_SEG" or (kern.tier.subgroups and c.seg <= kern.gemv_seg))
-    ]
 
-    async def seconds(dispatch) -> float:
-        dev.submit([dispatch])  # compile and warm up
+    async def seconds(dispatches) -> float:
+        """Seconds per dispatch of ``dispatches`` (one per layer), in batches of about TARGET_S."""
+        dev.submit(dispatches)  # compile and warm up
         await dev.read_storage(graph.state, 0, 4)
+        t = time.perf_counter()
+        dev.submit(dispatches)
+        await dev.read_storage(graph.state, 0, 4)
+        reps = max(1, min(MAX_REPS, int(TARGET_S / max(time.perf_counter() - t, 1e-6))))
+        batch = dev.prepare(list(dispatches) * reps)
         best = float("inf")
         for _ in range(ROUNDS):
             t = time.perf_counter()
-            dev.submit([dispatch] * REPS)
+            dev.submit(batch)
             await dev.read_storage(graph.state, 0, 4)
             best = min(best, time.perf_counter() - t)
-        return best
+        return best / (reps * len(dispatches))
 
     chosen: dict[str, GemvConfig] = {}
+    report: dict[str, dict[str, float]] = {}
     for role in ROLES:
-        layer = None if role == "lm_head" else 0
+        layers = [None] if role == "lm_head" else range(len(graph.layers))
         timings = {}
-        for cand in usable:
-            timings[cand] = await seconds(graph.matmul_launch(role, layer, gemm=False, gemv=cand).dispatch(1))
-        chosen[role] = min(timings, key=timings.__getitem__)
-    return chosen
+        for cand in candidates:
+            if usable(graph, role, cand):
+                launches = [graph.matmul_launch(role, i, gemm=False, gemv=cand).dispatch(1) for i in layers]
+                timings[cand] = await seconds(launches)
+        chosen[role] = pick(timings, candidates)
+        report[role] = {c.label(): round(s * 1e6, 2) for c, s in timings.items()}
+    return chosen, report
 
 
-async def tune_gemv(graph: Graph, cache_path: str | None = None) -> tuple[dict[str, GemvConfig], bool]:
+async def tune_gemv(
+    graph: Graph, cache_path: str | None = None
+) -> tuple[dict[str, GemvConfig], bool, dict[str, dict[str, float]]]:
     """The per-role GEMV shapes for ``graph``: from ``cache_path`` (JSON) when it has them, else measured (and
-    saved there). Returns (shapes, whether they came from the cache)."""
+    saved there). Returns (shapes, whether they came from the cache, the timings measured: empty from the cache)."""
     key = tuning_key(graph)
     cache: dict[str, dict[str, list]] = {}
     if cache_path and os.path.exists(cache_path):
@@ -102,13 +161,13 @@ async def tune_gemv(graph: Graph, cache_path: str | None = None) -> tuple[dict[s
             cache = {}  # a damaged cache is measured again and rewritten
     entry = cache.get(key)
     if entry and set(entry) == set(ROLES):
-        return {role: GemvConfig(*entry[role]) for role in ROLES}, True
-    chosen = await measure(graph)
+        return {role: GemvConfig(*entry[role]) for role in ROLES}, True, {}
+    chosen, report = await measure(graph, (Q8_CANDIDATES if graph.kern.q8_decode else ()) + CANDIDATES)
     if cache_path:
-        cache[key] = {role: [c.variant, c.wg, c.seg] for role, c in chosen.items()}
+        cache[key] = {role: [c.variant, c.wg, c.seg, c.rt] for role, c in chosen.items()}
         os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
         tmp = f"{cache_path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(cache, f, indent=1)
         os.replace(tmp, cache_path)
-    return chosen, False
+    return chosen, False, report

@@ -225,6 +225,11 @@ class Graph:
             and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
         )
 
+    def role_weight(self, role: str, layer: int) -> ops.Weight:
+        """The weight of matrix role "qkv", "o", "ffn1" or "ffn2" of ``layer``."""
+        w = self.layers[layer].w
+        return {"qkv": w.qkv, "o": w.o, "ffn1": w.gate_up, "ffn2": w.down}[role]
+
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
     ) -> ops.Launch:
