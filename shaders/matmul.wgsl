@@ -30,6 +30,8 @@
 //   ARGMAX    decode (GEMV, GEMV_SEG) with STORE, for the LM head: each workgroup also writes the largest of its
 //             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
 //             per workgroup instead of every logit (sample.wgsl).
+//   A matrix split by rows (ops.RowSplit: a big vocabulary's LM head) runs one launch per part: W is the part, its
+//   rows land at P.row0 + r in out (STORE) and in the argmax partials, which start at best[P.best0].
 
 #include "common.wgsl"
 #include "weights.wgsl"
@@ -51,6 +53,10 @@ struct Params {
   seg2_row: u32,    // W_SEGS == RANGE: first row of segment 2 (N when absent)
   seg1_base: u32,   // W_SEGS: where segment 1 starts in w_q, in vec4<u32> words
   seg2_base: u32,   // W_SEGS == RANGE: where segment 2 starts in w_q, in vec4<u32> words
+  row0: u32,        // STORE / ARGMAX: the first row of a row part of a split matrix (ops.RowSplit), else 0
+  best0: u32,       // ARGMAX: the part's first entry of best (the workgroups of the parts before it), else 0
+  _pad0: u32,
+  _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -191,7 +197,7 @@ fn write_best(lid: u32, wg: u32, n: u32) {
     workgroupBarrier();
   }
   if (lid == 0u && best_r[0] < P.n_rows) {
-    best[wg] = vec2<u32>(bitcast<u32>(best_v[0]), best_r[0]);
+    best[P.best0 + wg] = vec2<u32>(bitcast<u32>(best_v[0]), P.row0 + best_r[0]);
   }
 }
 #endif
@@ -227,8 +233,8 @@ fn epilogue_pair(r: u32, t: u32, pos: u32, a_in: f32, b_in: f32) {
   a = finish(a);
   b = finish(b);
 #if EPI == STORE
-  if (r < P.n_rows) { out[t * P.out_stride + r] = a; }
-  if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] = b; }
+  if (r < P.n_rows) { out[t * P.out_stride + P.row0 + r] = a; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + P.row0 + r + 1u] = b; }
 #endif
 #if EPI == ADD
   if (r < P.n_rows) { out[t * P.out_stride + r] += a; }
@@ -324,7 +330,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
     if (br < P.n_rows) {
-      best[wid.y * nwg.x + wid.x] = vec2<u32>(bitcast<u32>(bv), br);
+      best[P.best0 + wid.y * nwg.x + wid.x] = vec2<u32>(bitcast<u32>(bv), P.row0 + br);
     }
 #endif
   }

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelError
-from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
+from ..gpu.device import Buffer, BufferUsage, DeviceCaps, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
 from .registry import SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
@@ -84,6 +84,81 @@ class Placement:
     dst_row_step: int
 
 
+# Rows of each part of a RowSplit are a multiple of this (the last part excepted): every decode kernel shape's rows per
+# workgroup (4 .. 128) divides it, so a part's argmax partials are whole workgroups and follow the previous part's.
+PART_ROWS = 256
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """A matrix (n_rows, k) of one format kept as consecutive row ranges in several Weights, for a tensor whose
+    repacked bytes exceed one storage binding (models.md section 6: the embedding and LM head of big vocabularies,
+    such as Llama 3's 128,256 x 4,096 Q6_K output on a 128 MiB binding). Part i holds rows [first_rows[i],
+    first_rows[i] + parts[i].n_rows), in a buffer of its own; the gather and the LM head run one launch per part
+    (embed.wgsl, matmul.wgsl row0 / best0). A matrix that fits is one part: the same launches as an unsplit Weight."""
+
+    parts: tuple[Weight, ...]
+    first_rows: tuple[int, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(w.n_rows for w in self.parts)
+
+    @property
+    def k(self) -> int:
+        return self.parts[0].k
+
+    @property
+    def fmt(self) -> str:
+        return self.parts[0].fmt
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.parts)
+
+    def row_parts(self) -> list[tuple[int, Weight]]:
+        """(first row, part) pairs, in row order."""
+        return list(zip(self.first_rows, self.parts, strict=True))
+
+
+def binding_limit(caps: DeviceCaps) -> int:
+    """The most bytes one weight buffer may hold: it is bound whole (maxStorageBufferBindingSize) and is one buffer
+    (maxBufferSize)."""
+    return min(caps.max_storage_buffer_binding_size, caps.max_buffer_size)
+
+
+def split_rows(fmt: str, n_rows: int, k: int, limit: int, label: str) -> tuple[int, ...]:
+    """Rows of each part of an (n_rows, k) matrix in format ``fmt`` whose parts must each fit ``limit`` bytes: the
+    whole matrix when it fits, else the fewest parts that fit, balanced, each a multiple of PART_ROWS rows but the
+    last (a multiple of 256 rows is also a whole number of groups of every format, so part sizes add up exactly)."""
+    kb = k // 32
+    if weight_nbytes(fmt, n_rows * kb) <= limit:
+        return (n_rows,)
+    unit = weight_nbytes(fmt, PART_ROWS * kb)  # bytes of PART_ROWS rows
+    if unit > limit:
+        raise DeviceLimitError(
+            f"weight {label!r} cannot be split to fit this GPU's {limit}-byte storage bindings: {PART_ROWS} rows "
+            f"of {k} {fmt} weights already take {unit} bytes (maxStorageBufferBindingSize / maxBufferSize)"
+        )
+    units = -(-n_rows // PART_ROWS)
+    per_part = -(-units // -(-units // (limit // unit)))  # balanced: the fewest parts, then as even as they go
+    rows = per_part * PART_ROWS
+    return tuple(min(rows, n_rows - r0) for r0 in range(0, n_rows, rows))
+
+
+def alloc_rows(kern: Kernels, ggml_type: GGMLType, n_rows: int, k: int, label: str) -> RowSplit:
+    """A weight for a matrix that may be split by rows (split_rows) to fit the device's bindings: the embedding and
+    the LM head. Fill part i with Repacker.upload of source rows first_rows[i] ...; the parts' labels are
+    ``label.i`` when there are several."""
+    rows = split_rows(WEIGHT_FORMAT[ggml_type.name], n_rows, k, binding_limit(kern.device.caps), label)
+    parts, firsts, r0 = [], [], 0
+    for i, n in enumerate(rows):
+        parts.append(alloc_weight(kern, ggml_type, n, k, f"{label}.{i}" if len(rows) > 1 else label))
+        firsts.append(r0)
+        r0 += n
+    return RowSplit(tuple(parts), tuple(firsts))
+
+
 def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
     """Spread a 1-D grid over x and y when it exceeds the per-dimension limit."""
     if n_workgroups <= limit:
@@ -146,11 +221,11 @@ def alloc_fused(
         segments.append(Segment(fmt, n, first, base))
         base += weight_nbytes(fmt, n * kb) // 16
     size = base * 16
-    limit = kern.device.caps.max_storage_buffer_binding_size
+    limit = binding_limit(kern.device.caps)
     if size > limit:
         raise DeviceLimitError(
             f"weight {label!r} needs a {size}-byte storage binding but this GPU allows {limit} "
-            "(maxStorageBufferBindingSize)"
+            "(maxStorageBufferBindingSize / maxBufferSize); only the embedding and the LM head are split"
         )
     q = kern.device.create_buffer(size, STORAGE, f"{label}.q")
     return Weight(tuple(segments), n_rows, k, q, rows), places
@@ -213,12 +288,13 @@ class Repacker:
     ) -> None:
         """Repack ``n_rows`` source rows held in ``raw`` into rows dst_row0 + i * dst_row_step of ``segment``."""
         row_bytes = len(raw) // n_rows
+        view = memoryview(raw)  # slices of a view are not copies
         self.upload_rows(
             w,
             ggml_type,
             n_rows,
             row_bytes,
-            lambda r0, rows: raw[r0 * row_bytes : (r0 + rows) * row_bytes],
+            lambda r0, rows: view[r0 * row_bytes : (r0 + rows) * row_bytes],
             dst_row0=dst_row0,
             dst_row_step=dst_row_step,
             segment=segment,
@@ -257,7 +333,8 @@ class Repacker:
         for r0 in range(0, n_rows, step):
             rows = min(step, n_rows - r0)
             chunk = read_rows(r0, rows)
-            chunk += bytes(-len(chunk) % 4)
+            if len(chunk) % 4:  # a copy only for the odd tail (F16 / Q-rows of odd byte lengths)
+                chunk = bytes(chunk) + bytes(-len(chunk) % 4)
             self.kern.device.write_buffer(self.staging, 0, chunk)
             entries = [
                 _uniform_entry(
@@ -346,6 +423,8 @@ def matmul(
     softcap: float = 0.0,
     qk_out: bool = False,
     gemv: GemvConfig | None = None,
+    row0: int = 0,
+    best0: int = 0,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x) + bias); see matmul.wgsl for the variants.
@@ -353,6 +432,9 @@ def matmul(
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs.
+    ``row0`` / ``best0`` (STORE, decode): ``w`` is a part of a RowSplit whose row 0 is row ``row0`` of the whole
+    matrix; its results go to out[row0 + r] and its argmax pairs (rows counted in the whole matrix) from
+    argmax_out[best0] on.
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
     (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
@@ -378,6 +460,7 @@ def matmul(
     if argmax_out is not None:
         assert not gemm and epi == "STORE", "argmax partials are a decode (GEMV) STORE feature"
         defines["ARGMAX"] = 1
+    assert epi == "STORE" or not row0, "a row part's offset is a STORE feature (the LM head)"
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
         out_stride = {"SILU": w.n_rows // 2, "GELU": w.n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(
@@ -400,6 +483,8 @@ def matmul(
             rope_dims=rope_dims,
             n_splits=n_splits,
             softcap=softcap,
+            row0=row0,
+            best0=best0,
             **_segment_params(w),
         ),
         _whole(1, state),
@@ -612,17 +697,20 @@ def embed(
     out: Buffer,
     state: Buffer,
     scale: float = 1.0,
+    row0: int = 0,
     label: str = "embed",
 ) -> Launch:
-    """out[t] = row tokens[t] of the embedding ``w``, times ``scale``."""
+    """out[t] = row tokens[t] of the embedding ``w``, times ``scale``. ``w`` may be one part of a RowSplit, holding
+    rows [row0, row0 + w.n_rows): then only the tokens of those ids are written (one launch per part)."""
     wg = 64
     _single_format(w, "the embedding gather")
     defines: dict[str, object] = {"WG": wg, **weight_defines(w)}
     pipe = kern.pipeline("embed.wgsl", **defines)
     entries = [
         _uniform_entry(
-            kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k, scale=scale
-        ),
+            kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k, scale=scale,
+            row0=row0, n_rows=w.n_rows,
+        ),  # fmt: skip
         _whole(1, state),
         _whole(2, tokens),
         _whole(3, w.q),
@@ -714,8 +802,17 @@ class Sampler:
     @staticmethod
     def partials_bytes(vocab: int) -> int:
         """Size of a buffer for the LM head's argmax partials, whatever its kernel shape (GEMV: 4 rows a workgroup,
-        the fewest)."""
+        the fewest; a RowSplit's parts but the last are whole workgroups of every shape, so they need no more)."""
         return -(-vocab // 4) * 8
+
+    @classmethod
+    def buffer_bytes(cls, vocab: int) -> int:
+        """GPU memory a Sampler holds for ``vocab`` tokens (its partials buffer of partials_bytes included)."""
+        return params.SAMPLE.size + vocab * 4 + cls.MAX_BIAS * 8 + cls.RECORD_BYTES + cls.partials_bytes(vocab)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.size for b in (self.params, self.counts, self.bias, self.record, self.partials))
 
     def __init__(
         self,

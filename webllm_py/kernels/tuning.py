@@ -68,23 +68,27 @@ async def measure(graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES)
         if c.wg <= max_wg and (c.variant != "GEMV_SEG" or (kern.tier.subgroups and c.seg <= kern.gemv_seg))
     ]
 
-    async def seconds(dispatch) -> float:
-        dev.submit([dispatch])  # compile and warm up
+    async def seconds(dispatches: list) -> float:
+        dev.submit(dispatches)  # compile and warm up
         await dev.read_storage(graph.state, 0, 4)
         best = float("inf")
         for _ in range(ROUNDS):
             t = time.perf_counter()
-            dev.submit([dispatch] * REPS)
+            dev.submit(dispatches * REPS)
             await dev.read_storage(graph.state, 0, 4)
             best = min(best, time.perf_counter() - t)
         return best
 
+    def launches(role: str, cand: GemvConfig) -> list:
+        if role == "lm_head":  # every row part of a split LM head
+            return [launch.dispatch(1) for launch in graph.lm_head_parts(cand)[0]]
+        return [graph.matmul_launch(role, 0, gemm=False, gemv=cand).dispatch(1)]
+
     chosen: dict[str, GemvConfig] = {}
     for role in ROLES:
-        layer = None if role == "lm_head" else 0
         timings = {}
         for cand in usable:
-            timings[cand] = await seconds(graph.matmul_launch(role, layer, gemm=False, gemv=cand).dispatch(1))
+            timings[cand] = await seconds(launches(role, cand))
         chosen[role] = min(timings, key=timings.__getitem__)
     return chosen
 

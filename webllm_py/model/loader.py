@@ -60,10 +60,10 @@ class LayerWeights:
 
 @dataclass
 class ModelWeights:
-    embd: ops.Weight  # (vocab, H)
+    embd: ops.RowSplit  # (vocab, H), in row parts when one binding cannot hold it
     layers: list[LayerWeights]
     output_norm: Buffer  # (H,) f32
-    lm_head: ops.Weight  # (vocab, H): the embedding itself when tied
+    lm_head: ops.RowSplit  # (vocab, H): the embedding itself when tied
     nbytes: int  # GPU memory held by all of the above
 
 
@@ -111,7 +111,7 @@ class _Loader:
             if key not in rope_tables:
                 rope_tables[key] = await self._rope_frequencies(*key, max_ctx=max_ctx)
 
-        embd = await self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
+        embd = await self._split_matrix(repacker, "token_embd.weight", "token_embd")
         await step(gguf.tensor("token_embd.weight").nbytes, "token_embd")
         layers = []
         n_qk = cfg.q_size + cfg.kv_size
@@ -150,7 +150,7 @@ class _Loader:
         if cfg.tied_embeddings:
             lm_head = embd
         else:
-            lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
+            lm_head = await self._split_matrix(repacker, "output.weight", "output")
             await step(gguf.tensor("output.weight").nbytes, "output")
         await repacker.close(gguf.name)  # CorruptWeightsError for NaN/Inf scales: one readback per load
         if progress is not None:
@@ -255,29 +255,54 @@ class _Loader:
         )  # fmt: skip
         row0 = 0
         for (_, src_row0, part_rows), info, place in zip(parts, infos, places, strict=True):
-            dst_row0, step = place.dst_row0, place.dst_row_step
-            rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
-            if row0 < permute_rows:  # chunks of whole heads (parts start at head boundaries)
-                rows_per_chunk = max(1, rows_per_chunk // self.cfg.head_dim) * self.cfg.head_dim
-            for r0 in range(0, part_rows, rows_per_chunk):
-                rows = min(rows_per_chunk, part_rows - r0)
-                start = (src_row0 + r0) * info.row_bytes
-                raw = await gguf.tensor_bytes_async(info.name, start, rows * info.row_bytes)
-                if row0 + r0 < permute_rows:
-                    raw = self._neox_permuted(raw, row0 + r0, rows, info.row_bytes, permute_rows)
-                repacker.upload(
-                    weight,
-                    info.ggml_type,
-                    raw,
-                    rows,
-                    dst_row0=dst_row0 + r0 * step,
-                    dst_row_step=step,
-                    segment=place.segment,
-                    tensor=info.name,
-                )
+            await self._upload(repacker, weight, info, src_row0, part_rows, place, row0, permute_rows)
             row0 += part_rows
         self.weight_bytes += weight.nbytes
         return weight
+
+    async def _split_matrix(self, repacker: ops.Repacker, name: str, label: str) -> ops.RowSplit:
+        """The embedding or the LM head: one matrix, in row parts when one binding cannot hold it (ops.alloc_rows)."""
+        info = self.gguf.tensor(name)
+        split = ops.alloc_rows(self.kern, info.ggml_type, info.n_rows, info.shape[0], label)
+        for first, part in split.row_parts():
+            await self._upload(repacker, part, info, first, part.n_rows, ops.Placement(0, 0, 1), 0, 0)
+        self.weight_bytes += split.nbytes
+        return split
+
+    async def _upload(
+        self,
+        repacker: ops.Repacker,
+        weight: ops.Weight,
+        info: TensorInfo,
+        src_row0: int,
+        part_rows: int,
+        place: ops.Placement,
+        row0: int,
+        permute_rows: int,
+    ) -> None:
+        """Repack source rows [src_row0, src_row0 + part_rows) of ``info`` to ``place`` in ``weight``, a staging
+        chunk at a time; ``row0``: where these rows start in the stacked matrix (NEOX: rows below ``permute_rows``
+        are permuted per head)."""
+        dst_row0, step = place.dst_row0, place.dst_row_step
+        rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
+        if row0 < permute_rows:  # chunks of whole heads (parts start at head boundaries)
+            rows_per_chunk = max(1, rows_per_chunk // self.cfg.head_dim) * self.cfg.head_dim
+        for r0 in range(0, part_rows, rows_per_chunk):
+            rows = min(rows_per_chunk, part_rows - r0)
+            start = (src_row0 + r0) * info.row_bytes
+            raw = await self.gguf.tensor_bytes_async(info.name, start, rows * info.row_bytes)
+            if row0 + r0 < permute_rows:
+                raw = self._neox_permuted(raw, row0 + r0, rows, info.row_bytes, permute_rows)
+            repacker.upload(
+                weight,
+                info.ggml_type,
+                raw,
+                rows,
+                dst_row0=dst_row0 + r0 * step,
+                dst_row_step=step,
+                segment=place.segment,
+                tensor=info.name,
+            )
 
     def _neox_permuted(self, raw: bytes, row0: int, rows: int, row_bytes: int, permute_rows: int) -> bytes:
         """Rows row0 .. row0 + rows of the stacked matrix with those below ``permute_rows`` in NEOX order."""
