@@ -16,6 +16,7 @@ prefills only the rest (multi-round chat, several choices of one prompt).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
@@ -33,7 +34,7 @@ from .errors import (
     GGUFMetadataError,
     InvalidRangeError,
 )
-from .gpu.device import BufferUsage, Device
+from .gpu.device import BufferUsage, Device, DeviceCaps
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
 from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
@@ -42,6 +43,7 @@ from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import Graph, check_kv_limit, default_chunk
 from .model.loader import load_weights
+from .model.memory import MemoryPlan, check_fits, plan_memory
 from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
@@ -358,9 +360,52 @@ def read_model(
     return cfg, tokenizer, template
 
 
+def context_window(cfg: ModelConfig, requested: int | None) -> int:
+    """The KV cache's positions: the requested context_window_size, else the model's context length up to
+    DEFAULT_CONTEXT_WINDOW; InvalidRangeError beyond the model's."""
+    n_ctx = requested or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
+    if not 1 <= n_ctx <= cfg.context_length:
+        raise InvalidRangeError(
+            "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
+        )
+    return n_ctx
+
+
+def plan_model(
+    gguf: GGUFFile, caps: DeviceCaps, *, model_id: str, context_window_size: int | None, f16: bool | None = None
+) -> MemoryPlan:
+    """The GPU memory ``gguf`` needs (its header suffices) at the context window load_engine would give it, on an
+    adapter with ``caps``; ``f16``: the tier's KV cache type (default: the adapter's shader-f16)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    n_ctx = context_window(cfg, context_window_size)
+    return plan_memory(
+        gguf, cfg, context=n_ctx, f16=caps.has_f16 if f16 is None else f16, caps=caps, model=model_id
+    )
+
+
+async def preflight(
+    records: list[ModelRecord],
+    headers: list[GGUFFile | None],
+    caps: DeviceCaps,
+    *,
+    adapter: str = "",
+    reclaimable: int = 0,
+) -> list[MemoryPlan]:
+    """Check that the models of ``records`` (their GGUF headers; None: not known yet, skipped) fit an adapter with
+    ``caps`` together (model/memory.py); ModelTooLargeError when not. MLCEngine.reload calls this before downloading
+    and before unloading anything."""
+    plans = [
+        plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
+        for r, h in zip(records, headers, strict=True)
+        if h is not None
+    ]
+    check_fits(plans, caps, adapter=adapter, reclaimable=reclaimable)
+    return plans
+
+
 async def load_engine(
     record: ModelRecord | str,
-    gguf_path: str | os.PathLike[str] | ByteSource,
+    gguf_path: str | os.PathLike[str] | ByteSource | GGUFFile,
     *,
     device: Device | None = None,
     progress: Progress | None = None,
@@ -371,8 +416,9 @@ async def load_engine(
     tune: bool | None = None,
     tuning_cache: str | None = None,
 ) -> Engine:
-    """Open ``gguf_path`` (a local file, or a ByteSource such as the browser cache's) and put the model on
-    ``device`` (the host's default WebGPU device when None).
+    """Open ``gguf_path`` (a local file, a ByteSource such as the browser cache's, or a GGUFFile already open) and
+    put the model on ``device`` (when None: a device of the host's adapter, requested with the buffer limits the
+    model needs, model/memory.py). A model that does not fit fails with ModelTooLargeError before any upload.
 
     ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get. ``tune``:
     measure the decode kernel shape of each matrix at load (default: on GPUs, not on CPU adapters, not when
@@ -383,22 +429,30 @@ async def load_engine(
     if not isinstance(record, str):
         context_window_size = context_window_size or record.context_window_size
         chat_template = chat_template if chat_template is not None else record.chat_template
-    if isinstance(gguf_path, ByteSource):
+    if isinstance(gguf_path, GGUFFile):
+        gguf = gguf_path
+    elif isinstance(gguf_path, ByteSource):
         gguf = await GGUFFile.open_async(gguf_path)
     else:
         gguf = GGUFFile.open(gguf_path)
     try:
         cfg, tokenizer, template = read_model(gguf, chat_template)
-        n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
-        if not 1 <= n_ctx <= cfg.context_length:
-            raise InvalidRangeError(
-                "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
-            )
+        n_ctx = context_window(cfg, context_window_size)
         owns_device = device is None
         if device is None:
-            from .host import open_device
+            from .host import adapter_caps, open_device
 
-            device = await open_device()
+            caps = await adapter_caps()
+        else:  # memory the caller's device had when it opened, less what we allocated on it since
+            caps = device.caps
+            if caps.memory_bytes is not None:
+                used = getattr(device, "allocated_bytes", 0)
+                caps = dataclasses.replace(caps, memory_bytes=max(0, caps.memory_bytes - used))
+        f16 = tier.f16 and caps.has_f16 if tier is not None else caps.has_f16
+        plan = plan_memory(gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id)
+        check_fits([plan], caps, adapter=device.info.summary() if device is not None else "")
+        if device is None:
+            device = await open_device(limits=plan.device_limits(caps))
         kern = Kernels(device, tier or Tier.for_device(device), **(tuning or default_tuning(device)))
         if kern.tier.subgroups:
             probe = await probe_subgroups(kern)
@@ -428,8 +482,14 @@ async def load_engine(
     engine.owns_device = owns_device
     engine.load_stats = {
         "load_time_s": time.perf_counter() - t0,
-        "weight_bytes": graph.weight_bytes,
+        "weight_bytes": graph.weight_bytes,  # GPU memory, as allocated
         "kv_cache_bytes": graph.kv_bytes,
+        "activation_bytes": graph.activation_bytes,
+        # the device's live and peak buffer bytes (a shared device's: every model on it); peak: during the load
+        "device_bytes": getattr(device, "allocated_bytes", None),
+        "device_peak_bytes": getattr(device, "peak_allocated_bytes", None),
+        "context_window_size": n_ctx,
+        **plan.as_stats(),
         "tier": kern.tier.name,
         "pipelines": kern.n_pipelines,
         "adapter": device.info.summary(),

@@ -74,6 +74,10 @@ class DeviceCaps:
     wgsl_enables_subgroups: bool = False
     subgroup_min_size: int = 0
     subgroup_max_size: int = 0
+    # GPU memory the host says is free for us, in bytes, and where the number comes from; None where it cannot tell
+    # (WebGPU has no memory query: model/memory.py says what is checked then).
+    memory_bytes: int | None = None
+    memory_source: str = ""
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,8 @@ def _single_format(w: Weight, what: str) -> None:
         raise ValueError(f"{what} reads weights of one format; {w.fmt} has {len(w.segments)} segments")
 
 
+STAGING_BYTES = 16 << 20  # the Repacker's staging buffer: the most of a tensor in host memory at once
+
 # Problems repack.wgsl reports (bad = tensor id * 4 + code).
 REPACK_PROBLEMS = {
     1: "a quantization scale (d) is NaN or infinite",
@@ -262,10 +264,11 @@ class Repacker:
     also scans scales and float weights for NaN/Inf into a small flag buffer: ``close`` reads it back once, at the
     end of the load, and names the first bad tensor."""
 
-    def __init__(self, kern: Kernels, staging_bytes: int = 16 << 20):
+    def __init__(self, kern: Kernels, staging_bytes: int = STAGING_BYTES):
         self.kern = kern
-        self.staging_bytes = staging_bytes
-        self.staging = kern.device.create_buffer(staging_bytes, STORAGE, "repack.staging")
+        # one binding at most (a device with small limits gets a smaller staging buffer, more dispatches)
+        self.staging_bytes = min(staging_bytes, binding_limit(kern.device.caps))
+        self.staging = kern.device.create_buffer(self.staging_bytes, STORAGE, "repack.staging")
         # (1,) u32: the smallest tensor id * 4 + problem found (repack.wgsl); 0xFFFFFFFF: none
         self.bad = kern.device.create_buffer(16, STORAGE, "repack.bad")
         kern.device.write_buffer(self.bad, 0, b"\xff" * 16)
