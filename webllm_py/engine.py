@@ -22,7 +22,7 @@ import random
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -372,7 +372,12 @@ def context_window(cfg: ModelConfig, requested: int | None) -> int:
 
 
 def plan_model(
-    gguf: GGUFFile, caps: DeviceCaps, *, model_id: str, context_window_size: int | None, f16: bool | None = None
+    gguf: GGUFFile,
+    caps: DeviceCaps,
+    *,
+    model_id: str,
+    context_window_size: int | None,
+    f16: bool | None = None,
 ) -> MemoryPlan:
     """The GPU memory ``gguf`` needs (its header suffices) at the context window load_engine would give it, on an
     adapter with ``caps``; ``f16``: the tier's KV cache type (default: the adapter's shader-f16)."""
@@ -385,22 +390,58 @@ def plan_model(
 
 async def preflight(
     records: list[ModelRecord],
-    headers: list[GGUFFile | None],
-    caps: DeviceCaps,
+    read_header: Callable[[ModelRecord], Awaitable[GGUFFile | None]],
     *,
-    adapter: str = "",
+    device: Device | None = None,
     reclaimable: int = 0,
-) -> list[MemoryPlan]:
-    """Check that the models of ``records`` (their GGUF headers; None: not known yet, skipped) fit an adapter with
-    ``caps`` together (model/memory.py); ModelTooLargeError when not. MLCEngine.reload calls this before downloading
-    and before unloading anything."""
-    plans = [
-        plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
-        for r, h in zip(records, headers, strict=True)
-        if h is not None
-    ]
-    check_fits(plans, caps, adapter=adapter, reclaimable=reclaimable)
-    return plans
+) -> bool:
+    """Check, from their GGUF headers, that the models of ``records`` fit the GPU together (model/memory.py):
+    ModelTooLargeError (or the header's GGUFError) when not. ``read_header`` gives a record's header (None: not
+    known yet, such as a GGUF inside an archive before its download); ``device``: the device they will load on (None:
+    each opens its own on the host's adapter); ``reclaimable``: GPU bytes that models about to be unloaded free.
+    MLCEngine.reload calls this before downloading and before unloading anything. Returns whether every header was
+    known (else check again once the files are there)."""
+    headers: list[GGUFFile | None] = []
+    try:
+        for record in records:
+            headers.append(await read_header(record))
+        known = [(r, h) for r, h in zip(records, headers, strict=True) if h is not None]
+        if known:
+            caps = await _fit_caps(device)
+            plans = [
+                plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
+                for r, h in known
+            ]
+            adapter = device.info.summary() if device is not None else ""
+            check_fits(plans, caps, adapter=adapter, reclaimable=reclaimable)
+    finally:
+        for h in headers:
+            if h is not None:
+                h.close()
+    return all(h is not None for h in headers)
+
+
+async def open_gguf(source: str | os.PathLike[str] | ByteSource | GGUFFile) -> GGUFFile:
+    """A GGUF from what a model resolver returns: a local path, a ByteSource (browser storage), or an open file."""
+    if isinstance(source, GGUFFile):
+        return source
+    if isinstance(source, ByteSource):
+        return await GGUFFile.open_async(source)
+    return GGUFFile.open(source)
+
+
+async def _fit_caps(device: Device | None) -> DeviceCaps:
+    """What a model must fit: a fresh look at the host's adapter, or the caller's device with the memory it had
+    when it opened less what we allocated on it since."""
+    if device is None:
+        from .host import adapter_caps
+
+        return await adapter_caps()
+    caps = device.caps
+    if caps.memory_bytes is not None:
+        used = getattr(device, "allocated_bytes", 0)
+        caps = dataclasses.replace(caps, memory_bytes=max(0, caps.memory_bytes - used))
+    return caps
 
 
 async def load_engine(
@@ -429,29 +470,18 @@ async def load_engine(
     if not isinstance(record, str):
         context_window_size = context_window_size or record.context_window_size
         chat_template = chat_template if chat_template is not None else record.chat_template
-    if isinstance(gguf_path, GGUFFile):
-        gguf = gguf_path
-    elif isinstance(gguf_path, ByteSource):
-        gguf = await GGUFFile.open_async(gguf_path)
-    else:
-        gguf = GGUFFile.open(gguf_path)
+    gguf = await open_gguf(gguf_path)
     try:
         cfg, tokenizer, template = read_model(gguf, chat_template)
         n_ctx = context_window(cfg, context_window_size)
         owns_device = device is None
-        if device is None:
-            from .host import adapter_caps, open_device
-
-            caps = await adapter_caps()
-        else:  # memory the caller's device had when it opened, less what we allocated on it since
-            caps = device.caps
-            if caps.memory_bytes is not None:
-                used = getattr(device, "allocated_bytes", 0)
-                caps = dataclasses.replace(caps, memory_bytes=max(0, caps.memory_bytes - used))
+        caps = await _fit_caps(device)
         f16 = tier.f16 and caps.has_f16 if tier is not None else caps.has_f16
         plan = plan_memory(gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id)
         check_fits([plan], caps, adapter=device.info.summary() if device is not None else "")
         if device is None:
+            from .host import open_device
+
             device = await open_device(limits=plan.device_limits(caps))
         kern = Kernels(device, tier or Tier.for_device(device), **(tuning or default_tuning(device)))
         if kern.tier.subgroups:

@@ -24,7 +24,9 @@ from webllm_py.model.quant import GGMLType
 from ..e2e import stepper
 from .tiny_llama import build_tiny_model
 
-CAP = 96 << 10  # bytes per storage binding: a part of 256 rows of 256 features fits, the 1,300-row matrices do not
+CAP = (
+    96 << 10
+)  # bytes per storage binding: a part of 256 rows of 256 features fits, the 1,300-row matrices do not
 VOCAB = 1300
 SHAPE = dict(hidden=256, ffn=256, n_heads=4, n_kv_heads=2, n_layers=2, ctx=64, vocab_size=VOCAB)
 CPU = {"gemv_wg": 16, "attention_wg": 64, "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}
@@ -52,7 +54,9 @@ CASES = {
     ),
 }
 # Ids from every part of the embedding (parts of 256 rows; the last holds rows 1280..1299).
-PROMPT = [3, 300, 700, 1000, 1299, 5, 1290, 260, 512, 768, 1024, 1280, 255, 256, 511] + list(range(17, 1300, 53))
+PROMPT = [3, 300, 700, 1000, 1299, 5, 1290, 260, 512, 768, 1024, 1280, 255, 256, 511] + list(
+    range(17, 1300, 53)
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +105,9 @@ def test_split_matches_unsplit(case, tmp_path, gpu_device, small_device):
     for step, (a, b) in enumerate(zip(split[2], whole[2], strict=True)):
         assert np.any(a != 0)
         assert np.array_equal(a, b), f"{case} step {step}: max diff {np.abs(a - b).max():.3g}"
-    parts = {"token_embd.weight": len(embd_rows)} | ({} if shape["tied"] else {"output.weight": len(head_rows)})
+    parts = {"token_embd.weight": len(embd_rows)} | (
+        {} if shape["tied"] else {"output.weight": len(head_rows)}
+    )
     assert split[0].load_stats["split_parts"] == parts
 
     # The memory plan, from the header alone, foresaw the split and the bytes.

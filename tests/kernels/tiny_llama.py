@@ -90,7 +90,9 @@ def build_tiny_model(
     meta = gpt2_metadata(merges, pre="gpt2")
     if vocab_size is not None:
         extra = vocab_size - len(meta["tokenizer.ggml.tokens"])
-        meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + [f"<|reserved_{i}|>" for i in range(extra)]
+        meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + [
+            f"<|reserved_{i}|>" for i in range(extra)
+        ]
         meta["tokenizer.ggml.token_type"] = meta["tokenizer.ggml.token_type"] + [3] * extra  # CONTROL
     vocab = len(meta["tokenizer.ggml.tokens"])
     head_dim = head_dim or hidden // n_heads

@@ -216,3 +216,8 @@ class FakeEngine:
 
 def make_params(**kw) -> SamplingParams:
     return SamplingParams(**kw)
+
+
+async def no_preflight(records, read_header, **_kwargs) -> bool:
+    """engine.preflight for fake models (their files are no real GGUF): nothing to check."""
+    return True

@@ -342,7 +342,9 @@ def memory_budget(info: dict) -> tuple[int | None, str]:
             with open("/proc/meminfo", encoding="ascii") as f:
                 for line in f:
                     if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024, "host RAM available (/proc/meminfo), a CPU adapter's memory"
+                        return int(
+                            line.split()[1]
+                        ) * 1024, "host RAM available (/proc/meminfo), a CPU adapter's memory"
         vendor = int(info.get("vendor_id", 0) or 0)
         if vendor == 0x10DE and shutil.which("nvidia-smi"):
             out = subprocess.run(

@@ -141,7 +141,9 @@ def split_rows(fmt: str, n_rows: int, k: int, limit: int, label: str) -> tuple[i
             f"of {k} {fmt} weights already take {unit} bytes (maxStorageBufferBindingSize / maxBufferSize)"
         )
     units = -(-n_rows // PART_ROWS)
-    per_part = -(-units // -(-units // (limit // unit)))  # balanced: the fewest parts, then as even as they go
+    per_part = -(
+        -units // -(-units // (limit // unit))
+    )  # balanced: the fewest parts, then as even as they go
     rows = per_part * PART_ROWS
     return tuple(min(rows, n_rows - r0) for r0 in range(0, n_rows, rows))
 
@@ -711,8 +713,14 @@ def embed(
     pipe = kern.pipeline("embed.wgsl", **defines)
     entries = [
         _uniform_entry(
-            kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k, scale=scale,
-            row0=row0, n_rows=w.n_rows,
+            kern,
+            params.EMBED,
+            f"{label}.params",
+            k_blocks=w.k_blocks,
+            out_stride=w.k,
+            scale=scale,
+            row0=row0,
+            n_rows=w.n_rows,
         ),  # fmt: skip
         _whole(1, state),
         _whole(2, tokens),
@@ -811,7 +819,9 @@ class Sampler:
     @classmethod
     def buffer_bytes(cls, vocab: int) -> int:
         """GPU memory a Sampler holds for ``vocab`` tokens (its partials buffer of partials_bytes included)."""
-        return params.SAMPLE.size + vocab * 4 + cls.MAX_BIAS * 8 + cls.RECORD_BYTES + cls.partials_bytes(vocab)
+        return (
+            params.SAMPLE.size + vocab * 4 + cls.MAX_BIAS * 8 + cls.RECORD_BYTES + cls.partials_bytes(vocab)
+        )
 
     @property
     def nbytes(self) -> int:

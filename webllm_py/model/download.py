@@ -13,13 +13,19 @@ A record resolves to one local GGUF path:
    cache the same way (``.part``, GGUF magic check, rename) and the archive is deleted afterwards.
 
 Blocking by design; the engine calls it through ``asyncio.to_thread``. The browser host fetches differently.
+
+Before a download, ``read_header`` reads a remote GGUF's header (metadata and tensor table) with HTTP range requests,
+usually one of HEADER_PREFETCH bytes, so the GPU memory the model needs is known before any weight is fetched
+(model/memory.py): a local or cached file is opened where it is instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,7 +35,7 @@ from collections.abc import Callable
 from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.errors import GGUFError, ModelDownloadError, ModelIntegrityError
 
-from .gguf import GGUF_MAGIC
+from .gguf import GGUF_MAGIC, HEADER_PREFETCH, ByteSource, GGUFFile
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "webllm_py")
 CHUNK_BYTES = 1 << 20  # read size; also how often progress is reported
@@ -51,10 +57,8 @@ def resolve_model_path(
         _check_gguf_magic(local, source)
         return local
 
-    cache_dir = os.path.expanduser((app_config.cache_dir if app_config else None) or DEFAULT_CACHE_DIR)
-    key = hashlib.sha256(f"{source}\n{record.model_file}\n{record.sha256}".encode()).hexdigest()[:12]
-    folder = os.path.join(cache_dir, _safe_name(record.model_id), key)
-    gguf_path = os.path.join(folder, _safe_name(record.cache_name))
+    gguf_path = cache_path(record, app_config)
+    folder = os.path.dirname(gguf_path)
     if os.path.exists(gguf_path):
         report(1.0, f"Found {record.model_id} in cache: {gguf_path}")
         return gguf_path
@@ -91,6 +95,93 @@ def resolve_model_path(
         os.remove(archive)  # the GGUF is all we read again; keeping both would double the disk use
     report(1.0, f"Cached {record.model_id} at {gguf_path}")
     return gguf_path
+
+
+def cache_path(record: ModelRecord, app_config: AppConfig | None = None) -> str:
+    """Where the record's GGUF is (or will be) in the cache."""
+    cache_dir = os.path.expanduser((app_config.cache_dir if app_config else None) or DEFAULT_CACHE_DIR)
+    key = hashlib.sha256(f"{record.model_url}\n{record.model_file}\n{record.sha256}".encode()).hexdigest()[
+        :12
+    ]
+    return os.path.join(cache_dir, _safe_name(record.model_id), key, _safe_name(record.cache_name))
+
+
+async def read_header(record: ModelRecord, app_config: AppConfig | None = None) -> GGUFFile | None:
+    """The record's GGUF with its header parsed and no tensor data read: the local file or the cached one when there
+    is one, else the remote file through HTTP range requests (usually one, of HEADER_PREFETCH bytes). None when the
+    header cannot be had before the download: a GGUF inside a zip archive (compressed) that is not cached yet."""
+    local = _local_path(record.model_url)
+    if local is not None and record.model_file is None:
+        _check_gguf_magic(local, record.model_url)
+        return GGUFFile.open(local)
+    cached = cache_path(record, app_config)
+    if os.path.exists(cached):
+        return GGUFFile.open(cached)
+    if record.model_file is not None:
+        return None
+    return await GGUFFile.open_async(await remote_source(record.model_url, record.size))
+
+
+async def remote_source(url: str, size: int | None = None) -> ByteSource:
+    """A ByteSource over ``url`` whose reads are HTTP range requests (made in a thread); the first one fetches
+    HEADER_PREFETCH bytes and learns the file's size (Content-Range; ``size`` where the server says none)."""
+    prefix, total = await asyncio.to_thread(range_get, url, 0, HEADER_PREFETCH)
+    total = total if total is not None else size
+    if total is None:
+        raise ModelDownloadError(f"{url}: the server says neither Content-Range nor Content-Length")
+    if prefix[: len(GGUF_MAGIC)] != GGUF_MAGIC:
+        raise GGUFError(url, 0, f"magic {GGUF_MAGIC!r}", repr(prefix[: len(GGUF_MAGIC)]))
+
+    async def read_at(offset: int, n: int) -> bytes:
+        if offset + n <= len(prefix):
+            return prefix[offset : offset + n]
+        return (await asyncio.to_thread(range_get, url, offset, n))[0]
+
+    return ByteSource(url, total, read_at_async=read_at)
+
+
+def range_get(url: str, offset: int, n: int) -> tuple[bytes, int | None]:
+    """Bytes [offset, offset + n) of ``url`` (fewer at its end) and the file's size when the server says it. A server
+    that ignores Range sends the whole file: only the first bytes are read, then the connection is dropped."""
+    request = urllib.request.Request(
+        url, headers={"User-Agent": USER_AGENT, "Range": f"bytes={offset}-{offset + n - 1}"}
+    )
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # past the end
+            return b"", None
+        raise ModelDownloadError(f"Reading the header of {url} failed: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelDownloadError(f"Reading the header of {url} failed: {getattr(e, 'reason', e)}") from e
+    with response:
+        total = None
+        if response.status == 206:
+            match = re.fullmatch(
+                r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("Content-Range", "").strip()
+            )
+            if match is None or int(match[1]) != offset:
+                raise ModelDownloadError(
+                    f"{url} answered a range request with Content-Range {response.headers.get('Content-Range')!r}"
+                )
+            total = int(match[3])
+        else:  # 200: the whole file from byte 0
+            length = response.headers.get("Content-Length")
+            total = int(length) if length is not None else None
+            _skip(response, offset)
+        try:
+            data = response.read(n)
+        except (http.client.IncompleteRead, OSError) as e:
+            raise ModelDownloadError(f"Reading the header of {url} failed: {e!r}") from e
+    return data, total
+
+
+def _skip(response, n: int) -> None:
+    while n > 0:
+        piece = response.read(min(n, CHUNK_BYTES))
+        if not piece:
+            return
+        n -= len(piece)
 
 
 def download_file(

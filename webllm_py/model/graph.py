@@ -68,7 +68,9 @@ class Graph:
             return dev.create_buffer(sizes[name], STORAGE, name) if sizes[name] else None
 
         # Activations, (tokens, features) row-major f32; shapes in activation_bytes.
-        self.x, self.q, self.attn, self.attn_ml, self.h = (scratch(n) for n in ("x", "q", "attn", "attn_ml", "h"))
+        self.x, self.q, self.attn, self.attn_ml, self.h = (
+            scratch(n) for n in ("x", "q", "attn", "attn_ml", "h")
+        )
         self.qk = scratch("qk")  # qk_norm models only
         self.y = scratch("y")  # post_norms models only
         self.logits, self.tokens = scratch("logits"), scratch("tokens")
@@ -99,7 +101,13 @@ class Graph:
         embd = self.weights.embd.row_parts()
         self.embed_launches = tuple(
             ops.embed(
-                k, w=part, tokens=self.tokens, out=self.x, state=st, scale=self.cfg.embed_scale, row0=first,
+                k,
+                w=part,
+                tokens=self.tokens,
+                out=self.x,
+                state=st,
+                scale=self.cfg.embed_scale,
+                row0=first,
                 label="embed" if len(embd) == 1 else f"embed.{i}",
             )  # fmt: skip
             for i, (first, part) in enumerate(embd)
@@ -141,9 +149,20 @@ class Graph:
         for i, (first, part) in enumerate(parts):
             launches.append(
                 ops.matmul(
-                    k, w=part, x=self.x, out=self.logits, state=self.state, epi="STORE", gemm=False, gemv=gemv,
-                    norm_w=self.weights.output_norm, eps=cfg.norm_eps, argmax_out=self.sampler.partials,
-                    softcap=cfg.final_softcap, row0=first, best0=best0,
+                    k,
+                    w=part,
+                    x=self.x,
+                    out=self.logits,
+                    state=self.state,
+                    epi="STORE",
+                    gemm=False,
+                    gemv=gemv,
+                    norm_w=self.weights.output_norm,
+                    eps=cfg.norm_eps,
+                    argmax_out=self.sampler.partials,
+                    softcap=cfg.final_softcap,
+                    row0=first,
+                    best0=best0,
                     label="lm_head" if len(parts) == 1 else f"lm_head.{i}",
                 )  # fmt: skip
             )

@@ -88,7 +88,9 @@ class MemoryPlan:
         return {"max_storage_buffer_binding_size": binding, "max_buffer_size": buffer}
 
     def summary(self) -> str:
-        split = "".join(f", {name} in {len(rows)} parts" for name, rows in self.parts.items() if len(rows) > 1)
+        split = "".join(
+            f", {name} in {len(rows)} parts" for name, rows in self.parts.items() if len(rows) > 1
+        )
         return (
             f"{gib(self.resident_bytes)} (weights {gib(self.weight_bytes)} as repacked, KV cache "
             f"{gib(self.kv_bytes)} at context_window_size {self.context}, activations {gib(self.activation_bytes)}"
