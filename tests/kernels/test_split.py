@@ -121,3 +121,76 @@ def test_split_matches_unsplit(case, tmp_path, gpu_device, small_device):
     assert plan.activation_bytes - split[0].graph.activation_bytes == 4 * (16 - 2) * 2 * 4
     for engine, *_ in results.values():
         asyncio.run(engine.unload())
+
+
+# Every product split: a qwen2 model (NEOX q/k permutation, q/k/v biases) of hidden 512 on a 224 KiB binding, with
+# K-quant mixes inside fused products (a Q6_K v beside Q4_K q/k; a Q6_K up beside a Q4_K gate), a Q8_0 o and a Q6_K
+# down. Expected parts, from the repacked sizes (Q4_K 4.625 bits a weight, Q6_K 6.5625, Q8_0 8.5):
+#   qkv (1024 x 512): 2 of 512 rows (layer 1's second part: 256 Q4_K k rows + 256 Q6_K v rows, two segments);
+#   o (512 x 512 Q8_0, 272 KiB): 2 of 256; down (512 x 1024): 2 of 256 (layer 1 Q6_K: 210 KiB each);
+#   gate_up (2048 x 512): layer 0 (gate Q4_K | up Q6_K) 4 of 512, layer 1 (Q4_K) 768, 768, 512;
+#   tied Q8_0 embedding / LM head (1300 x 512): 6 of 256 (the last 20).
+CAP_ALL = 224 << 10
+SHAPE_ALL = dict(hidden=512, ffn=1024, n_heads=4, n_kv_heads=2, n_layers=2, ctx=32, vocab_size=VOCAB)
+TYPES_ALL = {
+    "blk.1.attn_v.weight": GGMLType.Q6_K,
+    "blk.0.ffn_up.weight": GGMLType.Q6_K,
+    "blk.0.attn_output.weight": GGMLType.Q8_0,
+    "blk.1.attn_output.weight": GGMLType.Q8_0,
+    "blk.1.ffn_down.weight": GGMLType.Q6_K,
+}
+PARTS_ALL = {
+    "qkv": [(0, 512), (0, 512)],
+    "o": [(0, 256), (0, 256)],
+    "gate_up": [(0, 512, 1024, 1536), (0, 768, 1536)],
+    "down": [(0, 256), (0, 256)],
+}
+
+
+def test_every_product_splits(tmp_path, gpu_device):
+    path = build_tiny_model(
+        tmp_path / "qwen2-all.gguf", arch="qwen2", qkv_bias=True, seed=11, weight_type=GGMLType.Q4_K,
+        embed_type=GGMLType.Q8_0, tied=True, tensor_types=TYPES_ALL, **SHAPE_ALL,
+    )  # fmt: skip
+    small = asyncio.run(open_device(limits={"max_storage_buffer_binding_size": CAP_ALL}))
+    prompt = PROMPT[:20]
+    tier, tuning = Tier(f16=True, subgroups=True), {**CPU, "gemv_variant": "GEMV"}
+    try:
+        results = {}
+        for name, device in (("whole", gpu_device), ("split", small)):
+            engine = asyncio.run(
+                load_engine(
+                    "qwen2-all", str(path), device=device, tier=tier, context_window_size=32, tuning=tuning
+                )
+            )
+            results[name] = (engine, *stepper.greedy_steps(engine, prompt, 4))
+        (whole, w_tokens, w_logits), (split, s_tokens, s_logits) = results["whole"], results["split"]
+        w = split.graph.weights
+        for role, rows in PARTS_ALL.items():
+            assert [getattr(L, role).first_rows for L in w.layers] == rows, role
+        assert w.embd.first_rows == SIX and w.lm_head is w.embd
+        assert all(
+            p.nbytes <= CAP_ALL for L in w.layers for m in (L.qkv, L.o, L.gate_up, L.down) for p in m.parts
+        )
+        # mixed formats inside a part: v's segment in layer 1's second qkv part, gate | up in every layer-0 part
+        assert [s.fmt for s in w.layers[1].qkv.parts[1].segments] == ["Q4_K", "Q6_K"]
+        assert all([s.fmt for s in p.segments] == ["Q4_K", "Q6_K"] for p in w.layers[0].gate_up.parts)
+        assert all(len(L.w.gate_up.parts) == 1 for L in whole.graph.layers)
+        extra = sum(len(m.parts) - 1 for L in w.layers for m in (L.qkv, L.o, L.gate_up, L.down)) + 2 * 5
+        assert split.dispatches_per_decode_step == whole.dispatches_per_decode_step + extra
+
+        assert s_tokens == w_tokens
+        for step, (a, b) in enumerate(zip(s_logits, w_logits, strict=True)):
+            assert np.any(a != 0)
+            assert np.array_equal(a, b), f"step {step}: max diff {np.abs(a - b).max():.3g}"
+
+        with GGUFFile.open(path) as g:
+            plan = plan_model(g, small.caps, model_id="qwen2-all", context_window_size=32, f16=True)
+        assert plan.parts["blk.0.gate_up"] == (512, 512, 512, 512)
+        assert plan.parts["blk.1.gate_up"] == (768, 768, 512)
+        assert plan.parts["token_embd.weight"] == (256,) * 5 + (20,)
+        assert split.graph.weight_bytes <= plan.weight_bytes <= split.graph.weight_bytes + 4096
+        for engine, *_ in results.values():
+            asyncio.run(engine.unload())
+    finally:
+        small.destroy()

@@ -85,17 +85,19 @@ class Placement:
 
 
 # Rows of each part of a RowSplit are a multiple of this (the last part excepted): every decode kernel shape's rows per
-# workgroup (4 .. 128) divides it, so a part's argmax partials are whole workgroups and follow the previous part's.
+# workgroup (4 .. 128) divides it, so a part's argmax partials are whole workgroups and follow the previous part's; it
+# is even (gate/up pairs stay together) and a whole number of groups of every format.
 PART_ROWS = 256
 
 
 @dataclass(frozen=True)
 class RowSplit:
-    """A matrix (n_rows, k) of one format kept as consecutive row ranges in several Weights, for a tensor whose
-    repacked bytes exceed one storage binding (models.md section 6: the embedding and LM head of big vocabularies,
-    such as Llama 3's 128,256 x 4,096 Q6_K output on a 128 MiB binding). Part i holds rows [first_rows[i],
-    first_rows[i] + parts[i].n_rows), in a buffer of its own; the gather and the LM head run one launch per part
-    (embed.wgsl, matmul.wgsl row0 / best0). A matrix that fits is one part: the same launches as an unsplit Weight."""
+    """A matrix product (n_rows, k) kept as consecutive row ranges in several Weights, for a product whose repacked
+    bytes exceed one storage binding (models.md section 6: the embedding and LM head of big vocabularies, such as
+    Llama 3's 128,256 x 4,096 Q6_K output on a 128 MiB binding; any matrix on a device with small bindings). Part i
+    holds rows [first_rows[i], first_rows[i] + parts[i].n_rows), in a buffer of its own, with the segments its rows
+    need (a part of a mixed q/k/v or gate/up product is itself mixed); every product runs one launch per part
+    (matmul.wgsl and embed.wgsl ``row0``). A product that fits is one part: the same launches as an unsplit Weight."""
 
     parts: tuple[Weight, ...]
     first_rows: tuple[int, ...]
@@ -121,44 +123,125 @@ class RowSplit:
         return list(zip(self.first_rows, self.parts, strict=True))
 
 
+@dataclass(frozen=True)
+class Piece:
+    """Source rows [src_row0, src_row0 + n_rows) of source matrix ``source`` of alloc_split, held by part ``part``
+    at ``place`` (the arguments of Repacker.upload)."""
+
+    source: int
+    src_row0: int
+    n_rows: int
+    part: int
+    place: Placement
+
+
 def binding_limit(caps: DeviceCaps) -> int:
     """The most bytes one weight buffer may hold: it is bound whole (maxStorageBufferBindingSize) and is one buffer
     (maxBufferSize)."""
     return min(caps.max_storage_buffer_binding_size, caps.max_buffer_size)
 
 
-def split_rows(fmt: str, n_rows: int, k: int, limit: int, label: str) -> tuple[int, ...]:
-    """Rows of each part of an (n_rows, k) matrix in format ``fmt`` whose parts must each fit ``limit`` bytes: the
-    whole matrix when it fits, else the fewest parts that fit, balanced, each a multiple of PART_ROWS rows but the
-    last (a multiple of 256 rows is also a whole number of groups of every format, so part sizes add up exactly)."""
-    kb = k // 32
-    if weight_nbytes(fmt, n_rows * kb) <= limit:
+def source_rows(rows: Sequence[int], a: int, b: int, interleave: bool) -> list[tuple[int, int, int]]:
+    """(source, first source row, rows) of product rows [a, b) of sources of ``rows`` rows, stacked or interleaved
+    (then a and b are multiples of the source count, or b is the end)."""
+    if interleave:
+        m = len(rows)
+        return [(j, a // m, (b - a) // m) for j in range(m)]
+    out, s = [], 0
+    for j, n in enumerate(rows):
+        lo, hi = max(a, s), min(b, s + n)
+        if lo < hi:
+            out.append((j, lo - s, hi - lo))
+        s += n
+    return out
+
+
+def product_nbytes(fmts: Sequence[str], rows: Sequence[int], k: int, *, interleave: bool = False) -> int:
+    """Bytes of a product of sources (format, rows) as alloc_fused lays it out: consecutive sources of one format
+    share a segment."""
+    segs: list[list] = []
+    for fmt, n in zip(fmts, rows, strict=True):
+        if segs and segs[-1][0] == fmt:
+            segs[-1][1] += n
+        else:
+            segs.append([fmt, n])
+    return sum(weight_nbytes(fmt, n * (k // 32)) for fmt, n in segs)
+
+
+def split_rows(
+    fmts: Sequence[str],
+    rows: Sequence[int],
+    k: int,
+    limit: int,
+    label: str,
+    *,
+    interleave: bool = False,
+    unit: int = PART_ROWS,
+) -> tuple[int, ...]:
+    """Rows of each part of a product of sources (format, rows), stacked or interleaved, whose parts must each fit
+    ``limit`` bytes: the whole product when it fits, else the fewest parts that fit, as even as they go, each a
+    multiple of ``unit`` rows (PART_ROWS, or a multiple of it that holds whole heads) but the last."""
+
+    def nbytes(a: int, b: int) -> int:
+        got = source_rows(rows, a, b, interleave)
+        return product_nbytes([fmts[j] for j, _, _ in got], [n for _, _, n in got], k)
+
+    n_rows = sum(rows)
+    if nbytes(0, n_rows) <= limit:
         return (n_rows,)
-    unit = weight_nbytes(fmt, PART_ROWS * kb)  # bytes of PART_ROWS rows
-    if unit > limit:
+    units = -(-n_rows // unit)
+
+    def fits(per: int) -> bool:  # parts of ``per`` units each
+        return all(nbytes(a, min(a + per * unit, n_rows)) <= limit for a in range(0, n_rows, per * unit))
+
+    if not fits(1):
+        worst = max(range(0, n_rows, unit), key=lambda a: nbytes(a, min(a + unit, n_rows)))
         raise DeviceLimitError(
-            f"weight {label!r} cannot be split to fit this GPU's {limit}-byte storage bindings: {PART_ROWS} rows "
-            f"of {k} {fmt} weights already take {unit} bytes (maxStorageBufferBindingSize / maxBufferSize)"
+            f"weight {label!r} cannot be split to fit this GPU's {limit}-byte storage bindings: {unit} rows of "
+            f"{k} {'+'.join(dict.fromkeys(fmts))} weights already take {nbytes(worst, min(worst + unit, n_rows))} "
+            "bytes (maxStorageBufferBindingSize / maxBufferSize)"
         )
-    units = -(-n_rows // PART_ROWS)
-    per_part = -(
-        -units // -(-units // (limit // unit))
-    )  # balanced: the fewest parts, then as even as they go
-    rows = per_part * PART_ROWS
-    return tuple(min(rows, n_rows - r0) for r0 in range(0, n_rows, rows))
+    most = (
+        1  # the most units a part may hold: the largest per that fits (parts fit less when they hold fewer)
+    )
+    while most < units and fits(most + 1):
+        most += 1
+    per = -(-units // -(-units // most))  # the fewest parts, then as even as they go
+    if not fits(per):
+        per = most
+    step = per * unit
+    return tuple(min(step, n_rows - r0) for r0 in range(0, n_rows, step))
 
 
-def alloc_rows(kern: Kernels, ggml_type: GGMLType, n_rows: int, k: int, label: str) -> RowSplit:
-    """A weight for a matrix that may be split by rows (split_rows) to fit the device's bindings: the embedding and
-    the LM head. Fill part i with Repacker.upload of source rows first_rows[i] ...; the parts' labels are
-    ``label.i`` when there are several."""
-    rows = split_rows(WEIGHT_FORMAT[ggml_type.name], n_rows, k, binding_limit(kern.device.caps), label)
-    parts, firsts, r0 = [], [], 0
-    for i, n in enumerate(rows):
-        parts.append(alloc_weight(kern, ggml_type, n, k, f"{label}.{i}" if len(rows) > 1 else label))
-        firsts.append(r0)
-        r0 += n
-    return RowSplit(tuple(parts), tuple(firsts))
+def alloc_split(
+    kern: Kernels,
+    sources: Sequence[tuple[GGMLType, int]],
+    k: int,
+    label: str,
+    *,
+    interleave: bool = False,
+    unit: int = PART_ROWS,
+) -> tuple[RowSplit, list[Piece]]:
+    """One product fused from matrices (GGUF type, rows), stacked or interleaved (alloc_fused), split by rows
+    (split_rows) into as many Weights as the device's bindings need: one when it fits. Returns it and where each
+    source's rows go (fill each Piece with Repacker.upload); the parts' labels are ``label.i`` when there are
+    several."""
+    fmts = [WEIGHT_FORMAT[t.name] for t, _ in sources]
+    rows = [n for _, n in sources]
+    limit = binding_limit(kern.device.caps)
+    part_rows = split_rows(fmts, rows, k, limit, label, interleave=interleave, unit=unit)
+    weights, firsts, pieces, a = [], [], [], 0
+    for p, n in enumerate(part_rows):
+        got = source_rows(rows, a, a + n, interleave)
+        w, places = alloc_fused(
+            kern, [(sources[j][0], m) for j, _, m in got], k, f"{label}.{p}" if len(part_rows) > 1 else label,
+            interleave=interleave,
+        )  # fmt: skip
+        pieces += [Piece(j, r0, m, p, place) for (j, r0, m), place in zip(got, places, strict=True)]
+        weights.append(w)
+        firsts.append(a)
+        a += n
+    return RowSplit(tuple(weights), tuple(firsts)), pieces
 
 
 def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
@@ -437,9 +520,9 @@ def matmul(
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs.
-    ``row0`` / ``best0`` (STORE, decode): ``w`` is a part of a RowSplit whose row 0 is row ``row0`` of the whole
-    matrix; its results go to out[row0 + r] and its argmax pairs (rows counted in the whole matrix) from
-    argmax_out[best0] on.
+    ``row0``: ``w`` is a part of a RowSplit whose row 0 is row ``row0`` of the whole product (every epilogue places
+    and treats its rows as the whole product's: q/k/v by row, gate/up pairs at row / 2, biases by row; matmul_parts);
+    ``best0`` (ARGMAX): its argmax pairs (rows counted in the whole matrix) go from argmax_out[best0] on.
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
     (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
@@ -465,12 +548,9 @@ def matmul(
     if argmax_out is not None:
         assert not gemm and epi == "STORE", "argmax partials are a decode (GEMV) STORE feature"
         defines["ARGMAX"] = 1
-    assert epi == "STORE" or not row0, "a row part's offset is a STORE feature (the LM head)"
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
-        out_stride = {"SILU": w.n_rows // 2, "GELU": w.n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(
-            epi, w.n_rows
-        )
+        out_stride = default_out_stride(epi, w.n_rows, n_q, n_kv, qk_out)
     entries = [
         _uniform_entry(
             kern,
@@ -530,6 +610,25 @@ def matmul(
             return fixed
 
     return Launch(pipe, bg, grid, label)
+
+
+def default_out_stride(epi: str, n_rows: int, n_q: int = 0, n_kv: int = 0, qk_out: bool = False) -> int:
+    """Elements between tokens of a product's output when they are contiguous: a product of ``n_rows`` rows."""
+    return {"SILU": n_rows // 2, "GELU": n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(epi, n_rows)
+
+
+def matmul_parts(kern: Kernels, *, w: RowSplit, epi: str, **options: object) -> tuple[Launch, ...]:
+    """``matmul`` of every row part of ``w`` (one launch each, results at the part's rows: ``row0``), with the
+    output layout of the whole product; ``options`` as matmul's."""
+    if options.get("out_stride") is None:
+        options["out_stride"] = default_out_stride(
+            epi,
+            w.n_rows,
+            int(options.get("n_q", 0)),
+            int(options.get("n_kv", 0)),
+            bool(options.get("qk_out")),
+        )
+    return tuple(matmul(kern, w=part, epi=epi, row0=first, **options) for first, part in w.row_parts())
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ async def measure(graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES)
     def launches(role: str, cand: GemvConfig) -> list:
         if role == "lm_head":  # every row part of a split LM head
             return [launch.dispatch(1) for launch in graph.lm_head_parts(cand)[0]]
-        return [graph.matmul_launch(role, 0, gemm=False, gemv=cand).dispatch(1)]
+        return [launch.dispatch(1) for launch in graph.matmul_launch(role, 0, gemm=False, gemv=cand)]
 
     chosen: dict[str, GemvConfig] = {}
     for role in ROLES:

@@ -84,7 +84,7 @@ class Graph:
         self._build_launches()
 
     @property
-    def lm_head(self) -> ops.Weight:
+    def lm_head(self) -> ops.RowSplit:
         return self.weights.lm_head
 
     # ---- launches -----------------------------------------------------------------------------------------------------
@@ -174,9 +174,10 @@ class Graph:
         cfg, L = self.cfg, self.layers[i]
         tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
         fused = None
-        if not gemm and self.fuses_attention and len(L.w.qkv.segments) == 1:  # one weight format (ops.Weight)
-            fused = ops.FusedQKV(
-                w=L.w.qkv,
+        qkv = L.w.qkv.parts[0]
+        if not gemm and self.fuses_attention and len(L.w.qkv.parts) == 1 and len(qkv.segments) == 1:
+            fused = ops.FusedQKV(  # one weight of one format (ops.Weight)
+                w=qkv,
                 x=self.x,
                 norm_w=L.w.attn_norm,
                 rope_freq=L.w.rope_freq,
@@ -191,13 +192,13 @@ class Graph:
         )
         out: list[ops.Launch] = []
         if fused is None:
-            out.append(self.matmul_launch("qkv", i, gemm=gemm))
+            out += self.matmul_launch("qkv", i, gemm=gemm)
             if cfg.qk_norm:
                 out.append(self._qk_norm_launch(i, f"{tag}.qk_norm"))
-        out += [attention, self.matmul_launch("o", i, gemm=gemm)]
+        out += [attention, *self.matmul_launch("o", i, gemm=gemm)]
         if cfg.post_norms:
             out.append(self._norm_add_launch(L.w.post_attn_norm, f"{tag}.attn_post_norm"))
-        out += [self.matmul_launch("ffn1", i, gemm=gemm), self.matmul_launch("ffn2", i, gemm=gemm)]
+        out += [*self.matmul_launch("ffn1", i, gemm=gemm), *self.matmul_launch("ffn2", i, gemm=gemm)]
         if cfg.post_norms:
             out.append(self._norm_add_launch(L.w.post_ffn_norm, f"{tag}.ffn_post_norm"))
         return tuple(out)
@@ -261,9 +262,10 @@ class Graph:
 
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
-    ) -> ops.Launch:
-        """The launch of one of the model's matrix products: role "qkv", "o", "ffn1", "ffn2" of ``layer`` (the LM
-        head: lm_head_parts). ``gemv`` overrides the decode kernel shape (tuning measures candidates through this)."""
+    ) -> tuple[ops.Launch, ...]:
+        """The launches of one of the model's matrix products, one per row part (ops.RowSplit; one unless a binding
+        cannot hold it): role "qkv", "o", "ffn1", "ffn2" of ``layer`` (the LM head: lm_head_parts). ``gemv``
+        overrides the decode kernel shape (tuning measures candidates through this)."""
         cfg, k = self.cfg, self.kern
         gemv = gemv or (None if gemm else k.gemv_roles.get(role))
         tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}"
@@ -273,7 +275,7 @@ class Graph:
         # With post norms the output projections store their result in y for norm_add; else they add it to x.
         residual = dict(out=self.y, epi="STORE") if cfg.post_norms else dict(out=self.x, epi="ADD")
         if role == "qkv":
-            return ops.matmul(
+            return ops.matmul_parts(
                 k,
                 w=L.w.qkv,
                 x=self.x,
@@ -293,12 +295,16 @@ class Graph:
             )
         if role == "o":
             merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": k.attention_splits}
-            return ops.matmul(k, w=L.w.o, x=self.attn, head_dim=cfg.head_dim, **residual, **merge, **common)
+            return ops.matmul_parts(
+                k, w=L.w.o, x=self.attn, head_dim=cfg.head_dim, **residual, **merge, **common
+            )
         if role == "ffn1":
             act = {"silu": "SILU", "gelu_tanh": "GELU"}[cfg.activation]
-            return ops.matmul(k, w=L.w.gate_up, x=self.x, out=self.h, epi=act, norm_w=L.w.ffn_norm, **normed)
+            return ops.matmul_parts(
+                k, w=L.w.gate_up, x=self.x, out=self.h, epi=act, norm_w=L.w.ffn_norm, **normed
+            )
         if role == "ffn2":
-            return ops.matmul(k, w=L.w.down, x=self.h, **residual, **common)
+            return ops.matmul_parts(k, w=L.w.down, x=self.h, **residual, **common)
         raise ValueError(f"unknown matrix role {role!r}")
 
     def forward(self, n_tokens: int, *, sample: bool, pos: int = 0) -> list[Dispatch]:

@@ -20,6 +20,7 @@ Source rows are read a staging buffer's worth at a time, so a weight never sits 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,17 +44,16 @@ class LayerWeights:
     """One transformer block's tensors on the GPU."""
 
     attn_norm: Buffer  # (H,) f32
-    qkv: (
-        ops.Weight
-    )  # (n_q + 2 n_kv, H): q rows, then k rows, then v rows (NEOX models: q/k rows permuted per head)
+    # (n_q + 2 n_kv, H): q rows, then k rows, then v rows (NEOX models: q/k rows permuted per head)
+    qkv: ops.RowSplit
     qkv_bias: Buffer | None  # (n_q + 2 n_kv,) f32, permuted like the rows
     q_norm: Buffer | None  # (head_dim,) f32 per-head RMSNorm weight of q, permuted like a head's rows
     k_norm: Buffer | None  # (head_dim,) f32
-    o: ops.Weight  # (H, n_q)
+    o: ops.RowSplit  # (H, n_q)
     post_attn_norm: Buffer | None  # (H,) f32: RMSNorm of the attention output before the residual add
     ffn_norm: Buffer  # (H,) f32
-    gate_up: ops.Weight  # (2 I, H): gate row i at 2i, up row i at 2i + 1
-    down: ops.Weight  # (H, I)
+    gate_up: ops.RowSplit  # (2 I, H): gate row i at 2i, up row i at 2i + 1
+    down: ops.RowSplit  # (H, I)
     post_ffn_norm: Buffer | None  # (H,) f32
     rope_freq: Buffer  # (rope_dims / 2,) f32 inverse frequencies (shared by the layers with the same RoPE)
 
@@ -111,7 +111,7 @@ class _Loader:
             if key not in rope_tables:
                 rope_tables[key] = await self._rope_frequencies(*key, max_ctx=max_ctx)
 
-        embd = await self._split_matrix(repacker, "token_embd.weight", "token_embd")
+        embd = await self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
         await step(gguf.tensor("token_embd.weight").nbytes, "token_embd")
         layers = []
         n_qk = cfg.q_size + cfg.kv_size
@@ -129,7 +129,14 @@ class _Loader:
             layers.append(
                 LayerWeights(
                     attn_norm=await self._vector(t["attn_norm"]),
-                    qkv=await self._matrix(gguf, repacker, qkv_parts, p + "qkv", permute_rows=n_qk),
+                    qkv=await self._matrix(
+                        gguf,
+                        repacker,
+                        qkv_parts,
+                        p + "qkv",
+                        permute_rows=n_qk,
+                        unit=math.lcm(ops.PART_ROWS, cfg.head_dim),
+                    ),
                     qkv_bias=await self._qkv_bias(i) if cfg.qkv_bias else None,
                     q_norm=await self._vector(t["q_norm"], per_head=True) if cfg.qk_norm else None,
                     k_norm=await self._vector(t["k_norm"], per_head=True) if cfg.qk_norm else None,
@@ -150,7 +157,7 @@ class _Loader:
         if cfg.tied_embeddings:
             lm_head = embd
         else:
-            lm_head = await self._split_matrix(repacker, "output.weight", "output")
+            lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
             await step(gguf.tensor("output.weight").nbytes, "output")
         await repacker.close(gguf.name)  # CorruptWeightsError for NaN/Inf scales: one readback per load
         if progress is not None:
@@ -232,10 +239,12 @@ class _Loader:
         *,
         interleave: bool = False,
         permute_rows: int = 0,
-    ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) GPU weight.
-        Matrices of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of the weight
-        (ops.alloc_fused), still one product.
+        unit: int = ops.PART_ROWS,
+    ) -> ops.RowSplit:
+        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) product. Matrices
+        of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of a weight
+        (ops.alloc_fused), still one product; a product one storage binding cannot hold is split by rows into
+        several weights (ops.alloc_split; ``unit``: their rows are a multiple of it but the last).
 
         A part is a tensor name, or (name, first row, rows) for part of a fused tensor. With ``interleave`` row r of
         part j goes to r * len(names) + j; else the parts are stacked. NEOX models: the first ``permute_rows``
@@ -249,23 +258,25 @@ class _Loader:
             raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same input size")
         if self.head_order is None:
             permute_rows = 0
-        weight, places = ops.alloc_fused(
+        split, pieces = ops.alloc_split(
             self.kern, [(i.ggml_type, n) for i, (_, _, n) in zip(infos, parts, strict=True)], k, label,
-            interleave=interleave,
+            interleave=interleave, unit=unit,
         )  # fmt: skip
-        row0 = 0
-        for (_, src_row0, part_rows), info, place in zip(parts, infos, places, strict=True):
-            await self._upload(repacker, weight, info, src_row0, part_rows, place, row0, permute_rows)
-            row0 += part_rows
-        self.weight_bytes += weight.nbytes
-        return weight
-
-    async def _split_matrix(self, repacker: ops.Repacker, name: str, label: str) -> ops.RowSplit:
-        """The embedding or the LM head: one matrix, in row parts when one binding cannot hold it (ops.alloc_rows)."""
-        info = self.gguf.tensor(name)
-        split = ops.alloc_rows(self.kern, info.ggml_type, info.n_rows, info.shape[0], label)
-        for first, part in split.row_parts():
-            await self._upload(repacker, part, info, first, part.n_rows, ops.Placement(0, 0, 1), 0, 0)
+        stacked = [
+            sum(n for _, _, n in parts[:j]) for j in range(len(parts))
+        ]  # first stacked row of each part
+        for piece in pieces:
+            _, src_row0, _ = parts[piece.source]
+            await self._upload(
+                repacker,
+                split.parts[piece.part],
+                infos[piece.source],
+                src_row0 + piece.src_row0,
+                piece.n_rows,
+                piece.place,
+                stacked[piece.source] + piece.src_row0,
+                permute_rows,
+            )
         self.weight_bytes += split.nbytes
         return split
 

@@ -15,17 +15,17 @@ What a model needs (MemoryPlan):
   peak = max(weights + staging, weights + kv_cache + activations).
 
 What an adapter can hold, by what it says (WebGPU has no memory query):
-  1. one binding: every weight buffer (a fused q/k/v or gate/up product is one) and a layer's KV cache must fit
-     min(maxStorageBufferBindingSize, maxBufferSize); the embedding and the LM head do not have to, they are split
-     by rows (ops.RowSplit). Checked on every host.
+  1. one binding: a layer's KV cache and every activation buffer must fit min(maxStorageBufferBindingSize,
+     maxBufferSize); a matrix product (embedding, LM head, a layer's fused q/k/v, o, gate/up, down) that does not
+     is split by rows into parts that do (ops.RowSplit), and only a product whose smallest part (256 rows, or whole
+     heads) exceeds it cannot load. Checked on every host.
   2. in total: the peak must fit ``DeviceCaps.memory_bytes``, the memory the host says is free for us: on the
      desktop NVIDIA's free memory (nvidia-smi), AMD's free VRAM (amdgpu sysfs), or host RAM for a CPU adapter
      (lavapipe's buffers live there); in the browser the adapter's device-local memory heaps where Chromium exposes
      them (WebGPU developer features) and SwiftShader's 2 GiB heap. Where the host cannot tell (most browsers), only
      rule 1 is checked and an allocation past the GPU's memory fails at load with the browser's out-of-memory error.
   The device is then requested with the binding and buffer sizes the model needs (``device_limits``), not the
-  adapter's maxima: the whole embedding and LM head when the adapter allows it (no split), at least the spec
-  defaults.
+  adapter's maxima: the largest whole product when the adapter allows it (no split), at least the spec defaults.
 
 Example (bench/synth_gguf.py --shape llama-3.1-8b --mix Q4_K_M, f16 tier, context 4096): weights 4.69 GiB, KV cache
 512 MiB, activations 47 MiB: 5.24 GiB; on an adapter with 4 GiB free it fails before the download with
@@ -35,12 +35,13 @@ exceed it, so no context window would fit.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from ..errors import ModelTooLargeError
+from ..errors import DeviceLimitError, ModelTooLargeError
 from ..gpu.device import DeviceCaps
 from ..kernels import ops
-from ..kernels.registry import WEIGHT_FORMAT, weight_nbytes
+from ..kernels.registry import WEIGHT_FORMAT
 from .config import ModelConfig
 from .gguf import GGUFFile
 from .graph import activation_bytes, default_chunk, kv_cache_bytes
@@ -48,7 +49,7 @@ from .graph import activation_bytes, default_chunk, kv_cache_bytes
 # WebGPU's default limits: a device never gets less than these, whatever it asks for.
 SPEC_BINDING_BYTES = 128 << 20
 SPEC_BUFFER_BYTES = 256 << 20
-SPLITTABLE = ("token_embd.weight", "output.weight")  # ops.RowSplit (loader._split_matrix)
+SPLITTABLE = ("token_embd.weight", "output.weight")  # their own products (loader._Loader.load)
 DEFAULT_ATTENTION_SPLITS = 16  # Kernels' default (GPUs); CPU adapters use fewer, which needs less
 
 
@@ -63,9 +64,11 @@ class MemoryPlan:
     activation_bytes: int
     staging_bytes: int
     kv_bytes_per_position: int  # all layers
-    # Buffers that must each be one binding: name -> bytes (a layer's products, its KV cache, activations).
+    # Buffers that must each be one binding: name -> bytes (a layer's KV cache, activations).
     bindings: dict[str, int] = field(default_factory=dict)
-    # The embedding and LM head: name -> bytes whole; parts: name -> rows of each part on this adapter.
+    # Matrix products (the embedding, the LM head, each layer's qkv, o, gate_up, down): name -> bytes whole; they are
+    # split by rows where one binding cannot hold them. parts: name -> rows of each part, for those split on this
+    # adapter.
     splittable: dict[str, int] = field(default_factory=dict)
     parts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -121,10 +124,30 @@ def layer_products(cfg: ModelConfig, i: int) -> dict[str, list[str]]:
     return {p + "qkv": qkv, p + "o": [t["o"]], p + "gate_up": gate_up, p + "down": [t["down"]]}
 
 
-def matrix_bytes(gguf: GGUFFile, name: str) -> int:
-    """A matrix tensor's bytes as repacked (registry.WEIGHT_GROUPS)."""
-    info = gguf.tensor(name)
-    return weight_nbytes(WEIGHT_FORMAT[info.ggml_type.name], info.n_rows * (info.shape[0] // 32))
+def products(gguf: GGUFFile, cfg: ModelConfig) -> dict[str, tuple[list[tuple[str, int]], int, bool, int]]:
+    """Every matrix product the loader makes (loader._Loader.load): name -> (sources (format, rows), input features,
+    interleaved, the row unit of its parts)."""
+    out: dict[str, tuple[list[tuple[str, int]], int, bool, int]] = {}
+
+    def source(name: str, rows: int | None = None) -> tuple[str, int]:
+        info = gguf.tensor(name)
+        return WEIGHT_FORMAT[info.ggml_type.name], info.n_rows if rows is None else rows
+
+    for name in SPLITTABLE:
+        if name in gguf.tensors:
+            out[name] = ([source(name)], gguf.tensor(name).shape[0], False, ops.PART_ROWS)
+    for i in range(cfg.n_layers):
+        for product, tensors in layer_products(cfg, i).items():
+            k = gguf.tensor(tensors[0]).shape[0]
+            if product.endswith("gate_up"):
+                srcs = (
+                    [source(tensors[0], cfg.ffn_size)] * 2 if cfg.ffn_fused else [source(t) for t in tensors]
+                )
+                out[product] = (srcs, k, True, ops.PART_ROWS)
+            else:
+                unit = math.lcm(ops.PART_ROWS, cfg.head_dim) if product.endswith("qkv") else ops.PART_ROWS
+                out[product] = ([source(t) for t in tensors], k, False, unit)
+    return out
 
 
 def plan_memory(
@@ -138,23 +161,29 @@ def plan_memory(
     attention_splits: int = DEFAULT_ATTENTION_SPLITS,
 ) -> MemoryPlan:
     """The memory plan of ``gguf`` (its header suffices: no tensor data is read) at ``context`` positions, on an
-    adapter with ``caps`` (the split of the embedding and LM head depends on its bindings)."""
+    adapter with ``caps`` (how products split depends on its bindings). ModelTooLargeError for a product that cannot
+    be split small enough."""
     limit = ops.binding_limit(caps)
     bindings: dict[str, int] = {}
     splittable: dict[str, int] = {}
     parts: dict[str, tuple[int, ...]] = {}
     weights = 0
-    for name in SPLITTABLE:
-        if name in gguf.tensors:
-            info = gguf.tensor(name)
-            fmt = WEIGHT_FORMAT[info.ggml_type.name]
-            splittable[name] = matrix_bytes(gguf, name)
-            parts[name] = ops.split_rows(fmt, info.n_rows, info.shape[0], limit, name)
-            weights += splittable[name]
-    for i in range(cfg.n_layers):
-        for product, tensors in layer_products(cfg, i).items():
-            bindings[product] = sum(matrix_bytes(gguf, t) for t in tensors)
-            weights += bindings[product]
+    for name, (srcs, k, interleave, unit) in products(gguf, cfg).items():
+        fmts, rows = [f for f, _ in srcs], [n for _, n in srcs]
+        splittable[name] = ops.product_nbytes(fmts, rows, k)
+        try:
+            part_rows = ops.split_rows(fmts, rows, k, limit, name, interleave=interleave, unit=unit)
+        except DeviceLimitError as exc:
+            raise ModelTooLargeError(
+                f"{model or gguf.name}: {exc}", needed_bytes=splittable[name], available_bytes=limit
+            ) from None
+        first = 0
+        for n in part_rows:
+            got = ops.source_rows(rows, first, first + n, interleave)
+            weights += ops.product_nbytes([fmts[j] for j, _, _ in got], [m for _, _, m in got], k)
+            first += n
+        if len(part_rows) > 1:
+            parts[name] = part_rows
     # Vectors (norms, biases, RoPE factors) go up as f32; RoPE tables: one per distinct (base, scale).
     weights += sum(4 * t.n_elements for t in gguf.tensors.values() if len(t.shape) == 1)
     weights += len({(lc.rope_base, lc.rope_scale) for lc in cfg.layers}) * cfg.rope_dims // 2 * 4
