@@ -34,7 +34,7 @@ from .errors import (
     GGUFMetadataError,
     InvalidRangeError,
 )
-from .gpu.device import BufferUsage, Device, DeviceCaps
+from .gpu.device import BufferLedger, BufferUsage, Device, DeviceCaps
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
 from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
@@ -273,6 +273,8 @@ class Engine:
         self._active: Generation | None = None
         self._unloaded = False
         self.owns_device = False  # set by load_engine when it opened the device itself
+        # (first, end) marks of the buffers its load made on a shared device (BufferLedger), freed by unload
+        self.buffer_range: tuple[int, int] | None = None
         self.load_stats: dict[str, Any] = {}
 
     @property
@@ -336,6 +338,8 @@ class Engine:
             self.device.destroy_buffer(buf)
         if self.owns_device:
             self.device.destroy()
+        elif self.buffer_range is not None:  # a shared device: free every buffer this model's load made
+            release_buffers(self.device, *self.buffer_range)
         self.gguf.close()
 
 
@@ -394,13 +398,14 @@ async def preflight(
     *,
     device: Device | None = None,
     reclaimable: int = 0,
-) -> bool:
+) -> tuple[bool, bool]:
     """Check, from their GGUF headers, that the models of ``records`` fit the GPU together (model/memory.py):
     ModelTooLargeError (or the header's GGUFError) when not. ``read_header`` gives a record's header (None: not
     known yet, such as a GGUF inside an archive before its download); ``device``: the device they will load on (None:
     each opens its own on the host's adapter); ``reclaimable``: GPU bytes that models about to be unloaded free.
     MLCEngine.reload calls this before downloading and before unloading anything. Returns whether every header was
-    known (else check again once the files are there)."""
+    known (else check again once the files are there) and whether the models also fit beside those about to be
+    unloaded (the host knows its free memory and it holds all of them: then they may load first)."""
     headers: list[GGUFFile | None] = []
     try:
         for record in records:
@@ -414,11 +419,22 @@ async def preflight(
             ]
             adapter = device.info.summary() if device is not None else ""
             check_fits(plans, caps, adapter=adapter, reclaimable=reclaimable)
+            beside = caps.memory_bytes is not None and sum(p.peak_bytes for p in plans) <= caps.memory_bytes
+        else:
+            beside = False
     finally:
         for h in headers:
             if h is not None:
                 h.close()
-    return all(h is not None for h in headers)
+    return all(h is not None for h in headers), beside
+
+
+def release_buffers(device: Device, start: int, end: int | None = None) -> int:
+    """Destroy the live buffers ``device`` (a BufferLedger) made between two marks; returns the bytes freed."""
+    bufs = device.buffers_since(start, end)  # type: ignore[attr-defined]
+    for buf in bufs:
+        device.destroy_buffer(buf)
+    return sum(b.size for b in bufs)
 
 
 async def open_gguf(source: str | os.PathLike[str] | ByteSource | GGUFFile) -> GGUFFile:
@@ -471,10 +487,11 @@ async def load_engine(
         context_window_size = context_window_size or record.context_window_size
         chat_template = chat_template if chat_template is not None else record.chat_template
     gguf = await open_gguf(gguf_path)
+    mark = device.buffer_mark() if isinstance(device, BufferLedger) else None
+    owns_device = device is None
     try:
         cfg, tokenizer, template = read_model(gguf, chat_template)
         n_ctx = context_window(cfg, context_window_size)
-        owns_device = device is None
         caps = await _fit_caps(device)
         f16 = tier.f16 and caps.has_f16 if tier is not None else caps.has_f16
         plan = plan_memory(gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id)
@@ -507,9 +524,16 @@ async def load_engine(
         await device.idle()  # every shader compiled and every upload done: errors surface here, not mid-reply
     except BaseException:
         gguf.close()
+        # Nothing of a failed load stays on the GPU: its own device goes, or on a shared one the buffers it made
+        # (the models already loaded there keep theirs and keep working).
+        if owns_device and device is not None:
+            device.destroy()
+        elif mark is not None:
+            release_buffers(device, mark)
         raise
     engine = Engine(model_id, cfg, gguf, device, kern, graph, tokenizer, template)
     engine.owns_device = owns_device
+    engine.buffer_range = (mark, device.buffer_mark()) if mark is not None else None
     engine.load_stats = {
         "load_time_s": time.perf_counter() - t0,
         "weight_bytes": graph.weight_bytes,  # GPU memory, as allocated

@@ -245,23 +245,62 @@ class MLCEngine:
             async def header(record: ModelRecord) -> Any:
                 return await self._read_header(record, self.app_config)
 
-            known = await engine_module.preflight(records, header, **fit)
+            known, beside = await engine_module.preflight(records, header, **fit)
             paths = [await self._resolve_model(record, self.app_config, report) for record in records]
             if not known:  # some header came only with its download: check again, still before unloading
                 by_id = {r.model_id: p for r, p in zip(records, paths, strict=True)}
-                await engine_module.preflight(
+                _, beside = await engine_module.preflight(
                     records, lambda r: engine_module.open_gguf(by_id[r.model_id]), **fit
                 )
-            await self._unload_all()
-            for record, gguf_path in zip(records, paths, strict=True):
-                engine = await engine_module.load_engine(
-                    record, gguf_path, device=self._device, progress=report
-                )
-                self._slots[record.model_id] = _Slot(engine, record)
+            # A load can still fail midway (a corrupt tensor, the GPU running out): it frees what it allocated and
+            # the models loaded before keep working. Where the new models fit beside them they load first; else the
+            # old ones are unloaded first and, should the load fail, loaded again from their files.
+            if beside and self._slots:
+                slots = await self._load_slots(records, paths, report)
+                await self._unload_all()
+            else:
+                previous = [slot.record for slot in self._slots.values()]
+                await self._unload_all()
+                try:
+                    slots = await self._load_slots(records, paths, report)
+                except BaseException:
+                    await self._restore(previous)
+                    raise
+            self._slots.update((slot.record.model_id, slot) for slot in slots)
         memory = _gpu_summary([slot.engine for slot in self._slots.values()])
         report(
             1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s{memory})"
         )
+
+    async def _load_slots(
+        self, records: list[ModelRecord], paths: list[Any], report: Progress
+    ) -> list[_Slot]:
+        """Load ``records`` from ``paths``; if one fails, unload those loaded so far (nothing stays on the GPU)."""
+        from webllm_py import engine as engine_module
+
+        slots: list[_Slot] = []
+        try:
+            for record, gguf_path in zip(records, paths, strict=True):
+                engine = await engine_module.load_engine(
+                    record, gguf_path, device=self._device, progress=report
+                )
+                slots.append(_Slot(engine, record))
+        except BaseException:
+            for slot in slots:
+                await slot.engine.unload()
+            raise
+        return slots
+
+    async def _restore(self, records: list[ModelRecord]) -> None:
+        """Load again the models a failed reload had unloaded (from their files, cached by now); a model that cannot
+        come back stays unloaded, and the reload's own error is the one raised."""
+        for record in records:
+            try:
+                path = await self._resolve_model(record, self.app_config, lambda *_: None)
+                (slot,) = await self._load_slots([record], [path], lambda *_: None)
+            except Exception:
+                continue
+            self._slots[record.model_id] = slot
 
     async def unload(self) -> None:
         """End every generation, then free the models' GPU memory. No-op when nothing is loaded."""

@@ -30,6 +30,7 @@ from ..gpu.device import (
     BindGroup,
     Binding,
     Buffer,
+    BufferLedger,
     Copy,
     DeviceCaps,
     Dispatch,
@@ -118,7 +119,7 @@ class PreparedPlan:
         return self.n_dispatches
 
 
-class BrowserDevice:
+class BrowserDevice(BufferLedger):
     host = "browser"
 
     def __init__(self, adapter, device, caps: DeviceCaps, info: AdapterInfo):
@@ -135,8 +136,7 @@ class BrowserDevice:
         self._last_seq = 0
         self._read = self.js.read
         self._take_errors = self.js.takeErrors
-        self.allocated_bytes = 0  # live buffer bytes
-        self.peak_allocated_bytes = 0
+        BufferLedger.__init__(self)  # live buffers, their bytes and the peak
 
     # ---- resources --------------------------------------------------------------------------------------------------
 
@@ -147,8 +147,7 @@ class BrowserDevice:
             )
         size = max(4, -(-size // 4) * 4)  # WebGPU wants multiples of 4
         buf = Buffer(self.js.createBuffer(size, usage, label), size, label, usage)
-        self.allocated_bytes += size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        self._track(buf)
         return buf
 
     def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -245,8 +244,8 @@ class BrowserDevice:
             raise GPUValidationError(f"WebGPU reported an error: {shown}{more}")
 
     def destroy_buffer(self, buffer: Buffer) -> None:
-        self.js.destroyBuffer(buffer.handle)
-        self.allocated_bytes -= buffer.size
+        if self._untrack(buffer):  # once: a buffer a failed load and its owner's unload both free
+            self.js.destroyBuffer(buffer.handle)
 
     def destroy(self) -> None:
         self.js.destroy()

@@ -14,6 +14,7 @@ from ..gpu.device import (
     BindGroup,
     Binding,
     Buffer,
+    BufferLedger,
     BufferUsage,
     Copy,
     DeviceCaps,
@@ -61,7 +62,7 @@ SPEC_DEFAULT_LIMITS = {
 }
 
 
-class NativeDevice:
+class NativeDevice(BufferLedger):
     host = "native"
 
     def __init__(self, adapter: wgpu.GPUAdapter, device: wgpu.GPUDevice, caps: DeviceCaps, info: AdapterInfo):
@@ -70,8 +71,7 @@ class NativeDevice:
         self.queue = device.queue
         self.caps = caps
         self.info = info
-        self.allocated_bytes = 0  # live buffer bytes
-        self.peak_allocated_bytes = 0
+        BufferLedger.__init__(self)  # live buffers, their bytes and the peak
         # MAP_READ buffer handle -> index of the last submission that copied into it (see read_buffer).
         self._written_by: dict[int, int] = {}
 
@@ -85,8 +85,7 @@ class NativeDevice:
         # WebGPU wants buffer sizes in multiples of 4.
         size = max(4, -(-size // 4) * 4)
         buf = Buffer(self.device.create_buffer(size=size, usage=usage, label=label), size, label, usage)
-        self.allocated_bytes += size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        self._track(buf)
         return buf
 
     def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -180,8 +179,8 @@ class NativeDevice:
         await asyncio.sleep(0)
 
     def destroy_buffer(self, buffer: Buffer) -> None:
-        buffer.handle.destroy()
-        self.allocated_bytes -= buffer.size
+        if self._untrack(buffer):  # once: a buffer a failed load and its owner's unload both free
+            buffer.handle.destroy()
 
     def destroy(self) -> None:
         self.device.destroy()
