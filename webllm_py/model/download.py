@@ -14,8 +14,8 @@ A record resolves to one local GGUF path:
 
 Blocking by design; the engine calls it through ``asyncio.to_thread``. The browser host fetches differently.
 
-Before a download, ``read_header`` reads a remote GGUF's header (metadata and tensor table) with HTTP range requests,
-usually one of HEADER_PREFETCH bytes, so the GPU memory the model needs is known before any weight is fetched
+Before a download, ``read_header`` reads a remote GGUF's header (metadata and tensor table) with HTTP range requests
+of HEADER_STEP bytes, so the GPU memory the model needs is known before any weight is fetched
 (model/memory.py): a local or cached file is opened where it is instead.
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.errors import GGUFError, ModelDownloadError, ModelIntegrityError
 
-from .gguf import GGUF_MAGIC, HEADER_PREFETCH, ByteSource, GGUFFile
+from .gguf import GGUF_MAGIC, ByteSource, GGUFFile
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "webllm_py")
 CHUNK_BYTES = 1 << 20  # read size; also how often progress is reported
@@ -108,7 +108,7 @@ def cache_path(record: ModelRecord, app_config: AppConfig | None = None) -> str:
 
 async def read_header(record: ModelRecord, app_config: AppConfig | None = None) -> GGUFFile | None:
     """The record's GGUF with its header parsed and no tensor data read: the local file or the cached one when there
-    is one, else the remote file through HTTP range requests (usually one, of HEADER_PREFETCH bytes). None when the
+    is one, else the remote file through HTTP range requests (read_remote_header). None when the
     header cannot be had before the download: a GGUF inside a zip archive (compressed) that is not cached yet."""
     local = _local_path(record.model_url)
     if local is not None and record.model_file is None:
@@ -119,25 +119,39 @@ async def read_header(record: ModelRecord, app_config: AppConfig | None = None) 
         return GGUFFile.open(cached)
     if record.model_file is not None:
         return None
-    return await GGUFFile.open_async(await remote_source(record.model_url, record.size))
+    return await read_remote_header(record.model_url, record.size)
 
 
-async def remote_source(url: str, size: int | None = None) -> ByteSource:
-    """A ByteSource over ``url`` whose reads are HTTP range requests (made in a thread); the first one fetches
-    HEADER_PREFETCH bytes and learns the file's size (Content-Range; ``size`` where the server says none)."""
-    prefix, total = await asyncio.to_thread(range_get, url, 0, HEADER_PREFETCH)
-    total = total if total is not None else size
-    if total is None:
-        raise ModelDownloadError(f"{url}: the server says neither Content-Range nor Content-Length")
-    if prefix[: len(GGUF_MAGIC)] != GGUF_MAGIC:
-        raise GGUFError(url, 0, f"magic {GGUF_MAGIC!r}", repr(prefix[: len(GGUF_MAGIC)]))
+HEADER_STEP = 256 << 10  # bytes of each range request for a remote header: the most read past its end
 
-    async def read_at(offset: int, n: int) -> bytes:
-        if offset + n <= len(prefix):
-            return prefix[offset : offset + n]
-        return (await asyncio.to_thread(range_get, url, offset, n))[0]
 
-    return ByteSource(url, total, read_at_async=read_at)
+async def read_remote_header(url: str, size: int | None = None) -> GGUFFile:
+    """The header of the GGUF at ``url`` (metadata and tensor table, parsed; no tensor data readable), read with
+    HTTP range requests of HEADER_STEP bytes, each appended to the last, until it parses: at most HEADER_STEP bytes
+    past the header's end come over the wire (the parse is retried per step: a large vocabulary's header is a few
+    MB). ``size``: the file's size where the server says none (Content-Range)."""
+    got = bytearray()
+    total = size
+    short = [False]  # the last parse wanted bytes past those fetched
+
+    def read_at(offset: int, n: int) -> bytes:
+        short[0] = short[0] or offset + n > len(got)
+        return bytes(got[offset : offset + n])
+
+    while True:
+        data, known = await asyncio.to_thread(range_get, url, len(got), HEADER_STEP)
+        total = known if known is not None else total
+        if total is None:
+            raise ModelDownloadError(f"{url}: the server says neither Content-Range nor Content-Length")
+        got += data
+        if len(got) >= len(GGUF_MAGIC) and got[: len(GGUF_MAGIC)] != GGUF_MAGIC:
+            raise GGUFError(url, 0, f"magic {GGUF_MAGIC!r}", repr(bytes(got[: len(GGUF_MAGIC)])))
+        short[0] = False
+        try:
+            return GGUFFile(ByteSource(url, total, read_at))
+        except GGUFError:
+            if not short[0] or not data or len(got) >= total:
+                raise
 
 
 def range_get(url: str, offset: int, n: int) -> tuple[bytes, int | None]:
