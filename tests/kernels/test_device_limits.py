@@ -30,13 +30,9 @@ def test_device_gets_the_limits_the_model_needs(tmp_path):
     caps = asyncio.run(adapter_caps())
     with GGUFFile.open(path) as g:
         want = plan_model(g, caps, model_id="m", context_window_size=64).device_limits(caps)
-    assert want == {
-        "max_storage_buffer_binding_size": 128 << 20,
-        "max_buffer_size": 256 << 20,
-    }  # WebGPU's defaults
-    assert (
-        caps.max_storage_buffer_binding_size > want["max_storage_buffer_binding_size"]
-    )  # less than the adapter's
+    # WebGPU's defaults suffice for this model; the adapter offers more (lavapipe: a 2 GiB maxBufferSize)
+    assert want == {"max_storage_buffer_binding_size": 128 << 20, "max_buffer_size": 256 << 20}
+    assert caps.max_buffer_size > want["max_buffer_size"]
     engine = asyncio.run(load_engine("m", str(path), context_window_size=64, tuning={"attention_splits": 2}))
     try:
         got = engine.device.caps
