@@ -27,6 +27,7 @@ from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.errors import ModelDownloadError, ModelTooLargeError
 from webllm_py.gpu.device import AdapterInfo, DeviceCaps
 from webllm_py.model import download
+from webllm_py.model.gguf import HEADER_STEP
 
 SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth_gguf.py"
 GIB = 1 << 30
@@ -54,7 +55,7 @@ def server():
         s.model_metadata("llama-3.1-8b", "Q4_K_M", tokenizer), s.tensor_table("llama-3.1-8b", "Q4_K_M")
     )
     size = len(header) + data_bytes
-    log = SimpleNamespace(sent=0, past_header=0, whole=0, ranges=[])
+    log = SimpleNamespace(sent=0, past_header=0, whole=0, ranges=[], ignore_range=False)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -62,7 +63,7 @@ def server():
 
         def do_GET(self):
             match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
-            if match is None:  # the download itself
+            if match is None or log.ignore_range:  # the download itself, or a server without ranges
                 log.whole += 1
                 self.send_response(200)
                 self.send_header("Content-Length", str(size))
@@ -128,8 +129,8 @@ def test_too_large_fails_before_the_download(server, tmp_path):
     assert "the weights alone" in msg  # no context window would fit: the weights exceed 4 GiB by themselves
     # Only the header and at most one step past it came over the wire; no download began.
     assert log.whole == 0
-    assert server.header <= log.sent <= server.header + download.HEADER_STEP
-    assert log.past_header <= download.HEADER_STEP
+    assert server.header <= log.sent <= server.header + HEADER_STEP
+    assert log.past_header <= HEADER_STEP
     assert not os.path.exists(tmp_path / "cache") or not any((tmp_path / "cache").rglob("*.gguf*"))
 
 
@@ -154,3 +155,14 @@ def test_context_window_hint(server, tmp_path):
         asyncio.run(mlc.reload(record.model_id))
     fits = int(re.search(r"at most (\d+)", str(info.value))[1])
     assert 8192 < fits < 131072
+
+
+def test_server_without_ranges(server, tmp_path):
+    """A server that answers a range request with the whole file: no header first (the check waits for the file),
+    and not a byte of its body is read."""
+    server.log.ignore_range = True
+    try:
+        record = ModelRecord("Llama-3.1-8B-Q4_K_M", server.url)
+        assert asyncio.run(download.read_header(record, AppConfig(cache_dir=str(tmp_path)))) is None
+    finally:
+        server.log.ignore_range = False

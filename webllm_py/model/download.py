@@ -35,7 +35,7 @@ from collections.abc import Callable
 from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.errors import GGUFError, ModelDownloadError, ModelIntegrityError
 
-from .gguf import GGUF_MAGIC, ByteSource, GGUFFile
+from .gguf import GGUF_MAGIC, GGUFFile, read_header_in_steps
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "webllm_py")
 CHUNK_BYTES = 1 << 20  # read size; also how often progress is reported
@@ -119,44 +119,31 @@ async def read_header(record: ModelRecord, app_config: AppConfig | None = None) 
         return GGUFFile.open(cached)
     if record.model_file is not None:
         return None
-    return await read_remote_header(record.model_url, record.size)
-
-
-HEADER_STEP = 256 << 10  # bytes of each range request for a remote header: the most read past its end
+    try:
+        return await read_remote_header(record.model_url, record.size)
+    except NoRangeRequests:
+        return None  # checked once the file is downloaded, still before anything is unloaded
 
 
 async def read_remote_header(url: str, size: int | None = None) -> GGUFFile:
-    """The header of the GGUF at ``url`` (metadata and tensor table, parsed; no tensor data readable), read with
-    HTTP range requests of HEADER_STEP bytes, each appended to the last, until it parses: at most HEADER_STEP bytes
-    past the header's end come over the wire (the parse is retried per step: a large vocabulary's header is a few
-    MB). ``size``: the file's size where the server says none (Content-Range)."""
-    got = bytearray()
-    total = size
-    short = [False]  # the last parse wanted bytes past those fetched
+    """The header of the GGUF at ``url`` (parsed; no tensor data readable), read with HTTP range requests
+    (gguf.read_header_in_steps: at most HEADER_STEP bytes past the header's end come over the wire). ``size``: the
+    file's size where the server says none (Content-Range)."""
 
-    def read_at(offset: int, n: int) -> bytes:
-        short[0] = short[0] or offset + n > len(got)
-        return bytes(got[offset : offset + n])
+    async def fetch(offset: int, n: int) -> tuple[bytes, int | None]:
+        data, total = await asyncio.to_thread(range_get, url, offset, n)
+        return data, total if total is not None else size
 
-    while True:
-        data, known = await asyncio.to_thread(range_get, url, len(got), HEADER_STEP)
-        total = known if known is not None else total
-        if total is None:
-            raise ModelDownloadError(f"{url}: the server says neither Content-Range nor Content-Length")
-        got += data
-        if len(got) >= len(GGUF_MAGIC) and got[: len(GGUF_MAGIC)] != GGUF_MAGIC:
-            raise GGUFError(url, 0, f"magic {GGUF_MAGIC!r}", repr(bytes(got[: len(GGUF_MAGIC)])))
-        short[0] = False
-        try:
-            return GGUFFile(ByteSource(url, total, read_at))
-        except GGUFError:
-            if not short[0] or not data or len(got) >= total:
-                raise
+    return await read_header_in_steps(url, fetch)
+
+
+class NoRangeRequests(ModelDownloadError):
+    """The server answers a range request with the whole file: its header cannot be had before the download."""
 
 
 def range_get(url: str, offset: int, n: int) -> tuple[bytes, int | None]:
-    """Bytes [offset, offset + n) of ``url`` (fewer at its end) and the file's size when the server says it. A server
-    that ignores Range sends the whole file: only the first bytes are read, then the connection is dropped."""
+    """Bytes [offset, offset + n) of ``url`` (fewer at its end) and the file's size when the server says it.
+    NoRangeRequests when the server ignores Range (the connection is dropped before its body is read)."""
     request = urllib.request.Request(
         url, headers={"User-Agent": USER_AGENT, "Range": f"bytes={offset}-{offset + n - 1}"}
     )
@@ -169,33 +156,17 @@ def range_get(url: str, offset: int, n: int) -> tuple[bytes, int | None]:
     except (urllib.error.URLError, OSError) as e:
         raise ModelDownloadError(f"Reading the header of {url} failed: {getattr(e, 'reason', e)}") from e
     with response:
-        total = None
-        if response.status == 206:
-            match = re.fullmatch(
-                r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("Content-Range", "").strip()
-            )
-            if match is None or int(match[1]) != offset:
-                raise ModelDownloadError(
-                    f"{url} answered a range request with Content-Range {response.headers.get('Content-Range')!r}"
-                )
-            total = int(match[3])
-        else:  # 200: the whole file from byte 0
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-            _skip(response, offset)
+        if response.status != 206:
+            raise NoRangeRequests(f"{url} answered a range request with HTTP {response.status}")
+        span = response.headers.get("Content-Range", "").strip()
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", span)
+        if match is None or int(match[1]) != offset:
+            raise ModelDownloadError(f"{url} answered a range request with Content-Range {span!r}")
         try:
             data = response.read(n)
         except (http.client.IncompleteRead, OSError) as e:
             raise ModelDownloadError(f"Reading the header of {url} failed: {e!r}") from e
-    return data, total
-
-
-def _skip(response, n: int) -> None:
-    while n > 0:
-        piece = response.read(min(n, CHUNK_BYTES))
-        if not piece:
-            return
-        n -= len(piece)
+    return data, None if match[3] == "*" else int(match[3])
 
 
 def download_file(

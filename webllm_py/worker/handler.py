@@ -477,7 +477,7 @@ def create_handler(
         from webllm_py.api.mlc_engine import MLCEngine
         from webllm_py.host import browser_cache  # imports js: only reached in the browser
 
-        engine = MLCEngine(resolve_model=browser_cache.resolve_model)
+        engine = MLCEngine(resolve_model=browser_cache.resolve_model, read_header=browser_cache.read_header)
     if app_config is not None:
         engine.setAppConfig(app_config_from_dict(app_config))
     return WorkerHandler(engine, post, host=host)
