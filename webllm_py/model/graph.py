@@ -15,9 +15,11 @@ group once; a step is then a list of dispatches recorded into one compute pass. 
     ffn_post   x += RMSNorm(y)
 
 plus the token embedding (scaled) before the layers, the LM head (final RMSNorm folded in, logits soft-capped) and
-the sampler after them. An embedding or LM head too large for one storage binding is split by rows (ops.RowSplit):
-its gather and its GEMV are one dispatch per part (the parts' logits and argmax partials land side by side), so a
-split in P parts costs 2 (P - 1) more dispatches a step (P - 1 each, untied). Unsplit: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
+the sampler after them. A matrix product too large for one storage binding (a big vocabulary's embedding and LM
+head; any matrix on a device with small bindings) is split by rows (ops.RowSplit): it is one dispatch per part, each
+writing its rows where the whole product's would go (the LM head's logits and argmax partials side by side), so a
+product in P parts costs P - 1 more dispatches a step (a tied embedding's parts serve the gather and the LM head).
+Unsplit: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
 one more per layer with q/k norms and two more with post norms. With ``Kernels.fuse_attention`` (where the kernel's
 workgroup memory allows, and the layer has neither biases nor q/k norms) decode computes qkv inside attn, each
 attention workgroup projecting its own head's rows: 4 * n_layers + 3 (123). Prefill always runs qkv separately

@@ -27,10 +27,12 @@ What an adapter can hold, by what it says (WebGPU has no memory query):
   The device is then requested with the binding and buffer sizes the model needs (``device_limits``), not the
   adapter's maxima: the largest whole product when the adapter allows it (no split), at least the spec defaults.
 
-Example (bench/synth_gguf.py --shape llama-3.1-8b --mix Q4_K_M, f16 tier, context 4096): weights 4.69 GiB, KV cache
-512 MiB, activations 47 MiB: 5.24 GiB; on an adapter with 4 GiB free it fails before the download with
-ModelTooLargeError naming 5.24 GiB and 4.00 GiB, and that the weights alone (4.73 GiB with the staging buffer)
-exceed it, so no context window would fit.
+Example (bench/synth_gguf.py --shape llama-3.1-8b --mix Q4_K_M, f16 tier, context 4096): weights 4.67 GiB, KV cache
+512 MiB, activations 27 MiB: 5.20 GiB (5.70 GiB at 8192). On a 128 MiB binding the embedding goes in 3 parts and the
+LM head in 4; with 2 GiB bindings nothing splits and the device is asked for 411 MiB bindings (the LM head whole). On
+an adapter with 4 GiB free it fails before the download with ModelTooLargeError naming 5.20 GiB and 4.00 GiB, and
+that the weights alone (4.69 GiB with the staging buffer) exceed it, so no context window would fit
+(tests/unit/test_preflight_http.py).
 """
 
 from __future__ import annotations
