@@ -354,6 +354,11 @@ class Repacker:
         # one binding at most (a device with small limits gets a smaller staging buffer, more dispatches)
         self.staging_bytes = min(staging_bytes, binding_limit(kern.device.caps))
         self.staging = kern.device.create_buffer(self.staging_bytes, STORAGE, "repack.staging")
+        # Each chunk's Params, rewritten before each chunk's dispatch like the staging buffer (the queue orders the
+        # writes and the dispatches), so a load keeps no uniform buffer per chunk alive after it.
+        self.params = kern.device.create_buffer(
+            params.REPACK.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "repack.params"
+        )
         # (1,) u32: the smallest tensor id * 4 + problem found (repack.wgsl); 0xFFFFFFFF: none
         self.bad = kern.device.create_buffer(16, STORAGE, "repack.bad")
         kern.device.write_buffer(self.bad, 0, b"\xff" * 16)
@@ -424,18 +429,17 @@ class Repacker:
             if len(chunk) % 4:  # a copy only for the odd tail (F16 / Q-rows of odd byte lengths)
                 chunk = bytes(chunk) + bytes(-len(chunk) % 4)
             self.kern.device.write_buffer(self.staging, 0, chunk)
+            data = params.REPACK.pack(
+                n_rows=rows,
+                k_blocks=kb,
+                dst_row0=dst_row0 + r0 * dst_row_step,
+                dst_row_step=dst_row_step,
+                dst_base=seg.base,
+                tensor_id=tensor_id,
+            )
+            self.kern.device.write_buffer(self.params, 0, data)
             entries = [
-                _uniform_entry(
-                    self.kern,
-                    params.REPACK,
-                    "repack.params",
-                    n_rows=rows,
-                    k_blocks=kb,
-                    dst_row0=dst_row0 + r0 * dst_row_step,
-                    dst_row_step=dst_row_step,
-                    dst_base=seg.base,
-                    tensor_id=tensor_id,
-                ),
+                (0, self.params, 0, len(data)),
                 (1, self.staging, 0, len(chunk)),
                 _whole(2, w.q),
                 _whole(3, self.bad),
@@ -460,8 +464,8 @@ class Repacker:
             self.destroy()
 
     def destroy(self) -> None:
-        self.kern.device.destroy_buffer(self.staging)
-        self.kern.device.destroy_buffer(self.bad)
+        for buf in (self.staging, self.params, self.bad):
+            self.kern.device.destroy_buffer(buf)
 
 
 def _whole(binding: int, buf: Buffer) -> tuple[int, Buffer, int, int]:
