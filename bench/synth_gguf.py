@@ -147,22 +147,13 @@ def proj(k: int) -> float:
     return float(1.0 / np.sqrt(k))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", required=True, choices=sorted(SHAPES))
-    ap.add_argument("--mix", required=True, choices=sorted(FILE_TYPE))
-    ap.add_argument("--tokenizer", required=True, help="a GGUF whose tokenizer.* metadata is copied")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=1234)
-    a = ap.parse_args()
-    t0 = time.time()
-    arch, H, L, NH, NKV, HD, FF, V, tied, base, ctx = SHAPES[a.shape]
-    rng = np.random.default_rng(a.seed)
-
-    meta: dict[str, object] = {
+def model_metadata(shape: str, mix: str, tokenizer: dict[str, object]) -> dict[str, object]:
+    """The GGUF metadata of ``shape`` in ``mix`` with ``tokenizer`` (tokenizer.* keys, padded to the vocabulary)."""
+    arch, H, L, NH, NKV, HD, FF, V, tied, base, ctx = SHAPES[shape]
+    return {
         "general.architecture": arch,
-        "general.name": f"synthetic {a.shape} {a.mix}",
-        "general.file_type": FILE_TYPE[a.mix],
+        "general.name": f"synthetic {shape} {mix}",
+        "general.file_type": FILE_TYPE[mix],
         "general.quantization_version": 2,
         f"{arch}.block_count": L,
         f"{arch}.context_length": ctx,
@@ -176,39 +167,45 @@ def main() -> None:
         f"{arch}.rope.dimension_count": HD,
         f"{arch}.attention.layer_norm_rms_epsilon": 1e-5,
         f"{arch}.vocab_size": V,
-        **tokenizer_metadata(a.tokenizer, V),
+        **tokenizer,
     }
-    # (name, ggml shape [ne0 = input features, ne1 = rows], type, spread of the values)
+
+
+def tensor_table(shape: str, mix: str) -> list[tuple[str, tuple[int, ...], str, float]]:
+    """(name, ggml shape [ne0 = input features, ne1 = rows], type, spread of the values) of every tensor."""
+    arch, H, L, NH, NKV, HD, FF, V, tied, base, ctx = SHAPES[shape]
     tensors: list[tuple[str, tuple[int, ...], str, float]] = [
-        ("token_embd.weight", (H, V), tensor_type(a.mix, "output" if tied else "embd", 0, L, H), 0.05),
+        ("token_embd.weight", (H, V), tensor_type(mix, "output" if tied else "embd", 0, L, H), 0.05),
         ("output_norm.weight", (H,), "F32", 0.0),
     ]
     if not tied:
-        tensors.append(("output.weight", (H, V), tensor_type(a.mix, "output", 0, L, H), proj(H)))
+        tensors.append(("output.weight", (H, V), tensor_type(mix, "output", 0, L, H), proj(H)))
     for i in range(L):
         p = f"blk.{i}."
         tensors.append((p + "attn_norm.weight", (H,), "F32", 0.0))
         for role, k, n in (("attn_q", H, NH * HD), ("attn_k", H, NKV * HD), ("attn_v", H, NKV * HD)):
-            tensors.append((p + role + ".weight", (k, n), tensor_type(a.mix, role, i, L, k), proj(k)))
+            tensors.append((p + role + ".weight", (k, n), tensor_type(mix, role, i, L, k), proj(k)))
             if arch == "qwen2":
                 tensors.append((p + role + ".bias", (n,), "F32", 0.0))
         tensors += [
-            (
-                p + "attn_output.weight",
-                (NH * HD, H),
-                tensor_type(a.mix, "attn_output", i, L, NH * HD),
-                proj(NH * HD),
-            ),
+            (p + "attn_output.weight", (NH * HD, H), tensor_type(mix, "attn_output", i, L, NH * HD), proj(NH * HD)),
             (p + "ffn_norm.weight", (H,), "F32", 0.0),
-            (p + "ffn_gate.weight", (H, FF), tensor_type(a.mix, "ffn_gate", i, L, H), proj(H)),
-            (p + "ffn_up.weight", (H, FF), tensor_type(a.mix, "ffn_up", i, L, H), proj(H)),
-            (p + "ffn_down.weight", (FF, H), tensor_type(a.mix, "ffn_down", i, L, FF), proj(FF)),
-        ]
+            (p + "ffn_gate.weight", (H, FF), tensor_type(mix, "ffn_gate", i, L, H), proj(H)),
+            (p + "ffn_up.weight", (H, FF), tensor_type(mix, "ffn_up", i, L, H), proj(H)),
+            (p + "ffn_down.weight", (FF, H), tensor_type(mix, "ffn_down", i, L, FF), proj(FF)),
+        ]  # fmt: skip
+    return tensors
 
-    def nbytes(shape: tuple[int, ...], t: str) -> int:
-        per, size = BLOCK[t]
-        return int(np.prod(shape)) // per * size
 
+def tensor_nbytes(shape: tuple[int, ...], t: str) -> int:
+    per, size = BLOCK[t]
+    return int(np.prod(shape)) // per * size
+
+
+def header_bytes(
+    meta: dict[str, object], tensors: list[tuple[str, tuple[int, ...], str, float]]
+) -> tuple[bytes, int]:
+    """The file's header (metadata, tensor table, padding) and the bytes of tensor data after it."""
     header = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta)))
     for key, value in meta.items():
         header += metadata_entry(key, value)
@@ -217,8 +214,25 @@ def main() -> None:
         b = name.encode()
         header += struct.pack("<Q", len(b)) + b + struct.pack("<I", len(shape))
         header += struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQ", GGML_ID[t], offset)
-        offset += -(-nbytes(shape, t) // ALIGN) * ALIGN
+        offset += -(-tensor_nbytes(shape, t) // ALIGN) * ALIGN
     header += bytes(-len(header) % ALIGN)
+    return bytes(header), offset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", required=True, choices=sorted(SHAPES))
+    ap.add_argument("--mix", required=True, choices=sorted(FILE_TYPE))
+    ap.add_argument("--tokenizer", required=True, help="a GGUF whose tokenizer.* metadata is copied")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=1234)
+    a = ap.parse_args()
+    t0 = time.time()
+    arch, H, L, NH, NKV, HD, FF, V, tied, base, ctx = SHAPES[a.shape]
+    rng = np.random.default_rng(a.seed)
+    meta = model_metadata(a.shape, a.mix, tokenizer_metadata(a.tokenizer, V))
+    tensors = tensor_table(a.shape, a.mix)
+    header, _ = header_bytes(meta, tensors)
     by_type: dict[str, int] = {}
     with open(a.out, "wb") as f:
         f.write(header)

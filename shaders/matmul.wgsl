@@ -33,6 +33,9 @@
 //   ARGMAX    decode (GEMV, GEMV_SEG, GEMV_MR) with STORE, for the LM head: each workgroup also writes the largest of its
 //             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
 //             per workgroup instead of every logit (sample.wgsl).
+//   A product split by rows (ops.RowSplit: one binding cannot hold it) runs one launch per part: W is the part (its
+//   own segments), P.n_rows its rows, and its row r is row P.row0 + r of the whole product for every epilogue (where
+//   it goes, q/k/v, gate/up pairs, the bias) and in the argmax partials, which start at best[P.best0].
 
 #include "common.wgsl"
 #include "weights.wgsl"
@@ -54,6 +57,10 @@ struct Params {
   seg2_row: u32,    // W_SEGS == RANGE: first row of segment 2 (N when absent)
   seg1_base: u32,   // W_SEGS: where segment 1 starts in w_q, in vec4<u32> words
   seg2_base: u32,   // W_SEGS == RANGE: where segment 2 starts in w_q, in vec4<u32> words
+  row0: u32,        // the first row of a row part of a split product (ops.RowSplit; even), else 0
+  best0: u32,       // ARGMAX: the part's first entry of best (the workgroups of the parts before it), else 0
+  _pad0: u32,
+  _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -217,7 +224,7 @@ fn write_best(lid: u32, wg: u32, n: u32) {
     workgroupBarrier();
   }
   if (lid == 0u && best_r[0] < P.n_rows) {
-    best[wg] = vec2<u32>(bitcast<u32>(best_v[0]), best_r[0]);
+    best[P.best0 + wg] = vec2<u32>(bitcast<u32>(best_v[0]), P.row0 + best_r[0]);
   }
 }
 #endif
@@ -242,29 +249,31 @@ fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
 #endif
 #endif
 
-// Results for rows r and r + 1 (r even), stored at token row t of out; pos is the token's sequence position.
+// Results for rows r and r + 1 (r even) of W, stored at token row t of out; pos is the token's sequence position. Row
+// r of W is row g = P.row0 + r of the whole product (a row part's launch, ops.RowSplit).
 fn epilogue_pair(r: u32, t: u32, pos: u32, a_in: f32, b_in: f32) {
   var a = a_in;
   var b = b_in;
+  let g = P.row0 + r;
 #ifdef BIAS
-  a += bias[min(r, P.n_rows - 1u)];
-  b += bias[min(r + 1u, P.n_rows - 1u)];
+  a += bias[P.row0 + min(r, P.n_rows - 1u)];
+  b += bias[P.row0 + min(r + 1u, P.n_rows - 1u)];
 #endif
   a = finish(a);
   b = finish(b);
 #if EPI == STORE
-  if (r < P.n_rows) { out[t * P.out_stride + r] = a; }
-  if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] = b; }
+  if (r < P.n_rows) { out[t * P.out_stride + g] = a; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + g + 1u] = b; }
 #endif
 #if EPI == ADD
-  if (r < P.n_rows) { out[t * P.out_stride + r] += a; }
-  if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] += b; }
+  if (r < P.n_rows) { out[t * P.out_stride + g] += a; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + g + 1u] += b; }
 #endif
 #if EPI == SILU
-  if (r + 1u < P.n_rows) { out[t * P.out_stride + r / 2u] = silu(a) * b; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + g / 2u] = silu(a) * b; }
 #endif
 #if EPI == GELU
-  if (r + 1u < P.n_rows) { out[t * P.out_stride + r / 2u] = gelu_tanh(a) * b; }
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + g / 2u] = gelu_tanh(a) * b; }
 #endif
 #if EPI == QKV
   if (r + 1u >= P.n_rows) {
@@ -272,24 +281,24 @@ fn epilogue_pair(r: u32, t: u32, pos: u32, a_in: f32, b_in: f32) {
   }
   let hd = P.head_dim;
 #ifdef QK_OUT
-  if (r < P.n_q + P.n_kv) {
-    out[t * P.out_stride + r] = a;
-    out[t * P.out_stride + r + 1u] = b;
+  if (g < P.n_q + P.n_kv) {
+    out[t * P.out_stride + g] = a;
+    out[t * P.out_stride + g + 1u] = b;
   } else {
 #else
-  if (r < P.n_q) {
-    let v = rope(a, b, r % hd, pos);
-    out[t * P.out_stride + r] = v.x;
-    out[t * P.out_stride + r + 1u] = v.y;
-  } else if (r < P.n_q + P.n_kv) {
-    let kr = r - P.n_q;
+  if (g < P.n_q) {
+    let v = rope(a, b, g % hd, pos);
+    out[t * P.out_stride + g] = v.x;
+    out[t * P.out_stride + g + 1u] = v.y;
+  } else if (g < P.n_q + P.n_kv) {
+    let kr = g - P.n_q;
     let v = rope(a, b, kr % hd, pos);
     let i = ((kr / hd) * P.max_ctx + pos) * hd + kr % hd;
     kv[i] = KV_T(v.x);
     kv[i + 1u] = KV_T(v.y);
   } else {
 #endif
-    let vr = r - P.n_q - P.n_kv;
+    let vr = g - P.n_q - P.n_kv;
     let i = P.n_kv * P.max_ctx + ((vr / hd) * P.max_ctx + pos) * hd + vr % hd;
     kv[i] = KV_T(a);
     kv[i + 1u] = KV_T(b);
@@ -350,7 +359,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       }
     }
     if (br < P.n_rows) {
-      best[wid.y * nwg.x + wid.x] = vec2<u32>(bitcast<u32>(bv), br);
+      best[P.best0 + wid.y * nwg.x + wid.x] = vec2<u32>(bitcast<u32>(bv), P.row0 + br);
     }
 #endif
   }

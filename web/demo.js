@@ -19,6 +19,7 @@ const HELP = {
     "The GPU dropped the engine, most likely for lack of memory. Close other GPU-heavy tabs, or pick a smaller " +
     "model or a smaller context window, then load again.",
   DeviceLimitError: "Your GPU lacks a limit or feature this model needs; try a smaller model.",
+  ModelTooLargeError: "This model needs more GPU memory than your GPU has; try a smaller model or context window.",
   StorageQuotaError:
     "The browser will not store the model: there is not enough free disk space for this site. Private windows " +
     "have a small quota; use a normal window or free some space.",

@@ -16,12 +16,13 @@ prefills only the rest (multi-round chat, several choices of one prompt).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from .errors import (
     GGUFMetadataError,
     InvalidRangeError,
 )
-from .gpu.device import BufferUsage, Device
+from .gpu.device import BufferLedger, BufferUsage, Device, DeviceCaps
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
 from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
@@ -42,6 +43,7 @@ from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import Graph, check_kv_limit, default_chunk
 from .model.loader import load_weights
+from .model.memory import MemoryPlan, check_fits, plan_memory
 from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
@@ -271,6 +273,8 @@ class Engine:
         self._active: Generation | None = None
         self._unloaded = False
         self.owns_device = False  # set by load_engine when it opened the device itself
+        # (first, end) marks of the buffers its load made on a shared device (BufferLedger), freed by unload
+        self.buffer_range: tuple[int, int] | None = None
         self.load_stats: dict[str, Any] = {}
 
     @property
@@ -334,6 +338,8 @@ class Engine:
             self.device.destroy_buffer(buf)
         if self.owns_device:
             self.device.destroy()
+        elif self.buffer_range is not None:  # a shared device: free every buffer this model's load made
+            release_buffers(self.device, *self.buffer_range)
         self.gguf.close()
 
 
@@ -358,9 +364,105 @@ def read_model(
     return cfg, tokenizer, template
 
 
+def context_window(cfg: ModelConfig, requested: int | None) -> int:
+    """The KV cache's positions: the requested context_window_size, else the model's context length up to
+    DEFAULT_CONTEXT_WINDOW; InvalidRangeError beyond the model's."""
+    n_ctx = requested or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
+    if not 1 <= n_ctx <= cfg.context_length:
+        raise InvalidRangeError(
+            "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
+        )
+    return n_ctx
+
+
+def plan_model(
+    gguf: GGUFFile,
+    caps: DeviceCaps,
+    *,
+    model_id: str,
+    context_window_size: int | None,
+    f16: bool | None = None,
+) -> MemoryPlan:
+    """The GPU memory ``gguf`` needs (its header suffices) at the context window load_engine would give it, on an
+    adapter with ``caps``; ``f16``: the tier's KV cache type (default: the adapter's shader-f16)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    n_ctx = context_window(cfg, context_window_size)
+    return plan_memory(
+        gguf, cfg, context=n_ctx, f16=caps.has_f16 if f16 is None else f16, caps=caps, model=model_id
+    )
+
+
+async def preflight(
+    records: list[ModelRecord],
+    read_header: Callable[[ModelRecord], Awaitable[GGUFFile | None]],
+    *,
+    device: Device | None = None,
+    reclaimable: int = 0,
+) -> tuple[bool, bool]:
+    """Check, from their GGUF headers, that the models of ``records`` fit the GPU together (model/memory.py):
+    ModelTooLargeError (or the header's GGUFError) when not. ``read_header`` gives a record's header (None: not
+    known yet, such as a GGUF inside an archive before its download); ``device``: the device they will load on (None:
+    each opens its own on the host's adapter); ``reclaimable``: GPU bytes that models about to be unloaded free.
+    MLCEngine.reload calls this before downloading and before unloading anything. Returns whether every header was
+    known (else check again once the files are there) and whether the models also fit beside those about to be
+    unloaded (the host knows its free memory and it holds all of them: then they may load first)."""
+    headers: list[GGUFFile | None] = []
+    try:
+        for record in records:
+            headers.append(await read_header(record))
+        known = [(r, h) for r, h in zip(records, headers, strict=True) if h is not None]
+        if known:
+            caps = await _fit_caps(device)
+            plans = [
+                plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
+                for r, h in known
+            ]
+            adapter = device.info.summary() if device is not None else ""
+            check_fits(plans, caps, adapter=adapter, reclaimable=reclaimable)
+            beside = caps.memory_bytes is not None and sum(p.peak_bytes for p in plans) <= caps.memory_bytes
+        else:
+            beside = False
+    finally:
+        for h in headers:
+            if h is not None:
+                h.close()
+    return all(h is not None for h in headers), beside
+
+
+def release_buffers(device: Device, start: int, end: int | None = None) -> int:
+    """Destroy the live buffers ``device`` (a BufferLedger) made between two marks; returns the bytes freed."""
+    bufs = device.buffers_since(start, end)  # type: ignore[attr-defined]
+    for buf in bufs:
+        device.destroy_buffer(buf)
+    return sum(b.size for b in bufs)
+
+
+async def open_gguf(source: str | os.PathLike[str] | ByteSource | GGUFFile) -> GGUFFile:
+    """A GGUF from what a model resolver returns: a local path, a ByteSource (browser storage), or an open file."""
+    if isinstance(source, GGUFFile):
+        return source
+    if isinstance(source, ByteSource):
+        return await GGUFFile.open_async(source)
+    return GGUFFile.open(source)
+
+
+async def _fit_caps(device: Device | None) -> DeviceCaps:
+    """What a model must fit: a fresh look at the host's adapter, or the caller's device with the memory it had
+    when it opened less what we allocated on it since."""
+    if device is None:
+        from .host import adapter_caps
+
+        return await adapter_caps()
+    caps = device.caps
+    if caps.memory_bytes is not None:
+        used = getattr(device, "allocated_bytes", 0)
+        caps = dataclasses.replace(caps, memory_bytes=max(0, caps.memory_bytes - used))
+    return caps
+
+
 async def load_engine(
     record: ModelRecord | str,
-    gguf_path: str | os.PathLike[str] | ByteSource,
+    gguf_path: str | os.PathLike[str] | ByteSource | GGUFFile,
     *,
     device: Device | None = None,
     progress: Progress | None = None,
@@ -371,8 +473,9 @@ async def load_engine(
     tune: bool | None = None,
     tuning_cache: str | None = None,
 ) -> Engine:
-    """Open ``gguf_path`` (a local file, or a ByteSource such as the browser cache's) and put the model on
-    ``device`` (the host's default WebGPU device when None).
+    """Open ``gguf_path`` (a local file, a ByteSource such as the browser cache's, or a GGUFFile already open) and
+    put the model on ``device`` (when None: a device of the host's adapter, requested with the buffer limits the
+    model needs, model/memory.py). A model that does not fit fails with ModelTooLargeError before any upload.
 
     ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get. ``tune``:
     measure the decode kernel shape of each matrix at load (default: on GPUs, not on CPU adapters, not when
@@ -383,22 +486,20 @@ async def load_engine(
     if not isinstance(record, str):
         context_window_size = context_window_size or record.context_window_size
         chat_template = chat_template if chat_template is not None else record.chat_template
-    if isinstance(gguf_path, ByteSource):
-        gguf = await GGUFFile.open_async(gguf_path)
-    else:
-        gguf = GGUFFile.open(gguf_path)
+    gguf = await open_gguf(gguf_path)
+    mark = device.buffer_mark() if isinstance(device, BufferLedger) else None
+    owns_device = device is None
     try:
         cfg, tokenizer, template = read_model(gguf, chat_template)
-        n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
-        if not 1 <= n_ctx <= cfg.context_length:
-            raise InvalidRangeError(
-                "context_window_size", n_ctx, f"in [1, {cfg.context_length}] (the model's context length)"
-            )
-        owns_device = device is None
+        n_ctx = context_window(cfg, context_window_size)
+        caps = await _fit_caps(device)
+        f16 = tier.f16 and caps.has_f16 if tier is not None else caps.has_f16
+        plan = plan_memory(gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id)
+        check_fits([plan], caps, adapter=device.info.summary() if device is not None else "")
         if device is None:
             from .host import open_device
 
-            device = await open_device()
+            device = await open_device(limits=plan.device_limits(caps))
         kern = Kernels(device, tier or Tier.for_device(device), **(tuning or default_tuning(device)))
         if kern.tier.subgroups:
             probe = await probe_subgroups(kern)
@@ -424,13 +525,26 @@ async def load_engine(
         await device.idle()  # every shader compiled and every upload done: errors surface here, not mid-reply
     except BaseException:
         gguf.close()
+        # Nothing of a failed load stays on the GPU: its own device goes, or on a shared one the buffers it made
+        # (the models already loaded there keep theirs and keep working).
+        if owns_device and device is not None:
+            device.destroy()
+        elif mark is not None:
+            release_buffers(device, mark)
         raise
     engine = Engine(model_id, cfg, gguf, device, kern, graph, tokenizer, template)
     engine.owns_device = owns_device
+    engine.buffer_range = (mark, device.buffer_mark()) if mark is not None else None
     engine.load_stats = {
         "load_time_s": time.perf_counter() - t0,
-        "weight_bytes": graph.weight_bytes,
+        "weight_bytes": graph.weight_bytes,  # GPU memory, as allocated
         "kv_cache_bytes": graph.kv_bytes,
+        "activation_bytes": graph.activation_bytes,
+        # the device's live and peak buffer bytes (a shared device's: every model on it); peak: during the load
+        "device_bytes": getattr(device, "allocated_bytes", None),
+        "device_peak_bytes": getattr(device, "peak_allocated_bytes", None),
+        "context_window_size": n_ctx,
+        **plan.as_stats(),
         "tier": kern.tier.name,
         "pipelines": kern.n_pipelines,
         "adapter": device.info.summary(),

@@ -84,6 +84,18 @@ class DeviceLimitError(WebLLMError):
     """The GPU adapter lacks a limit or a feature the model needs."""
 
 
+class ModelTooLargeError(DeviceLimitError):
+    """The model does not fit the GPU: its memory (weights, KV cache at the requested context window, activations)
+    exceeds what the adapter has, or one of its buffers exceeds a binding. Raised before the model is downloaded
+    (from its GGUF header) and before anything loaded is unloaded; the message names both numbers and what to
+    lower (context_window_size, or a smaller model)."""
+
+    def __init__(self, message: str, *, needed_bytes: int = 0, available_bytes: int = 0):
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
+
+
 class DeviceLostError(WebLLMError):
     """The GPU device was lost while the engine was using it."""
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 import webllm_py.engine as engine_module
-from tests.unit._fake_engine import FakeEngine
+from tests.unit._fake_engine import FakeEngine, no_preflight
 from tests.unit.openai_check import validate
 from webllm_py.api.mlc_engine import MLCEngine
 from webllm_py.config import AppConfig, ModelRecord
@@ -58,6 +58,7 @@ def world(tmp_path, monkeypatch):
         return fake
 
     monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    monkeypatch.setattr(engine_module, "preflight", no_preflight)  # fake files: no header to check
     return SimpleNamespace(config=config)
 
 

@@ -89,7 +89,7 @@ def test_quant_model_prefill_and_decode(models, gpu_device, name, tier):
     try:
         graph = engine.graph
         mixed = MIXED.get(name, [])
-        assert [i for i, L in enumerate(graph.layers) if len(L.w.qkv.segments) > 1] == mixed
+        assert [i for i, L in enumerate(graph.layers) if len(L.w.qkv.parts[0].segments) > 1] == mixed
         n_layers = engine.config.n_layers
         assert engine.dispatches_per_decode_step == 4 * n_layers + len(mixed) + 3
         rng = np.random.default_rng(2)

@@ -74,6 +74,7 @@ def build_tiny_model(
     tensor_types: dict[str, GGMLType] | None = None,
     extra_metadata: dict | None = None,
     extra_tensors: dict[str, np.ndarray] | None = None,
+    vocab_size: int | None = None,
     seed: int = 0,
 ) -> Path:
     """A tiny random GGUF of architecture ``arch`` with llama.cpp's tensor names and metadata keys for the features
@@ -82,10 +83,17 @@ def build_tiny_model(
     Gemma's norms already holding 1 + w. ``None`` leaves a key out (the architecture's default applies).
     ``extra_metadata`` / ``extra_tensors`` (F32) are added as given (keys of value None are removed).
     ``tensor_types`` overrides the type of single tensors by name (a Q4_K_M-like mix: Q6_K ``blk.1.attn_v.weight``
-    beside Q4_K q/k)."""
+    beside Q4_K q/k). ``vocab_size`` pads the tokenizer with reserved control tokens up to that many rows (a
+    vocabulary big enough for the embedding and LM head to split)."""
     rng = np.random.default_rng(seed)
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     meta = gpt2_metadata(merges, pre="gpt2")
+    if vocab_size is not None:
+        extra = vocab_size - len(meta["tokenizer.ggml.tokens"])
+        meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + [
+            f"<|reserved_{i}|>" for i in range(extra)
+        ]
+        meta["tokenizer.ggml.token_type"] = meta["tokenizer.ggml.token_type"] + [3] * extra  # CONTROL
     vocab = len(meta["tokenizer.ggml.tokens"])
     head_dim = head_dim or hidden // n_heads
     rope_dims = rope_dims or head_dim

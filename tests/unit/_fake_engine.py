@@ -218,3 +218,9 @@ class FakeEngine:
 
 def make_params(**kw) -> SamplingParams:
     return SamplingParams(**kw)
+
+
+async def no_preflight(records, read_header, **_kwargs) -> tuple[bool, bool]:
+    """engine.preflight for fake models (their files are no real GGUF): nothing to check; (every header known, not
+    known to fit beside the loaded models)."""
+    return True, False

@@ -19,7 +19,7 @@ import pytest
 
 import webllm_py
 import webllm_py.engine as engine_module
-from tests.unit._fake_engine import FakeEngine
+from tests.unit._fake_engine import FakeEngine, no_preflight
 from tests.unit._tok_vocab import gpt2_metadata
 from tests.unit.test_sw_handler import Clients
 from tests.unit.test_worker_handler import Worker, run
@@ -72,6 +72,7 @@ def world(tmp_path, monkeypatch):
         return loaded[-1]
 
     monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    monkeypatch.setattr(engine_module, "preflight", no_preflight)  # fake files: no header to check
     return SimpleNamespace(config=config, loaded=loaded)
 
 

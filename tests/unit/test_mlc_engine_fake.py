@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 import webllm_py
-from tests.unit._fake_engine import FakeEngine
+from tests.unit._fake_engine import FakeEngine, no_preflight
 from webllm_py import errors
 from webllm_py.config import AppConfig, ModelRecord
 from webllm_py.engine import SamplingParams
@@ -60,6 +60,7 @@ def world(tmp_path, monkeypatch):
         return engine
 
     monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    monkeypatch.setattr(engine_module, "preflight", no_preflight)  # fake files: no header to check
     return SimpleNamespace(config=config, loaded=loaded, gguf=str(gguf), step_delay=step_delay)
 
 

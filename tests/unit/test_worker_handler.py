@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import webllm_py.engine as engine_module
-from tests.unit._fake_engine import FakeEngine, FakeGeneration
+from tests.unit._fake_engine import FakeEngine, FakeGeneration, no_preflight
 from webllm_py import errors
 from webllm_py.api.mlc_engine import MLCEngine
 from webllm_py.config import AppConfig, ModelRecord
@@ -58,6 +58,7 @@ def world(tmp_path, monkeypatch):
         return fake
 
     monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    monkeypatch.setattr(engine_module, "preflight", no_preflight)  # fake files: no header to check
     return SimpleNamespace(config=config, loaded=loaded, knobs=knobs)
 
 

@@ -105,6 +105,20 @@ InitProgressCallback = Callable[[InitProgressReport], None]
 ModelResolver = Callable[[ModelRecord, AppConfig, Progress], Awaitable[str]]
 
 
+# (record, app_config) -> its GGUF header (no tensor data read), or None when it cannot be had before the download.
+HeaderReader = Callable[[ModelRecord, AppConfig], Awaitable[Any]]
+
+
+async def _header_on_desktop(record: ModelRecord, app_config: AppConfig) -> Any:
+    from webllm_py.model.download import read_header  # desktop only, as above
+
+    return await read_header(record, app_config)
+
+
+async def _no_header(record: ModelRecord, app_config: AppConfig) -> None:
+    return None
+
+
 async def _resolve_on_desktop(record: ModelRecord, app_config: AppConfig, progress: Progress) -> str:
     from webllm_py.model.download import (
         resolve_model_path,  # desktop only; keeps urllib out of the browser import
@@ -166,11 +180,16 @@ class MLCEngine:
         init_progress_callback: InitProgressCallback | None = None,
         device: Any = None,
         resolve_model: ModelResolver | None = None,
+        read_header: HeaderReader | None = None,
     ):
         self.app_config = app_config or prebuilt_app_config
         self._progress_callback = init_progress_callback
         self._device = device  # None => the engine picks the host's default GPU
         self._resolve_model = resolve_model or _resolve_on_desktop
+        # The GGUF header before the download, to refuse a model that cannot fit (model/memory.py).
+        # A custom resolver (the browser's) without a header reader: the check runs once the file is there, still
+        # before anything is unloaded.
+        self._read_header = read_header or (_header_on_desktop if resolve_model is None else _no_header)
         self._slots: dict[str, _Slot] = {}  # model id -> slot, in load order
         self._loading = asyncio.Lock()  # reload/unload; requests made meanwhile wait for it
         self._reload_task: asyncio.Task[None] | None = None  # the load of the reload() in progress
@@ -247,25 +266,82 @@ class MLCEngine:
         finally:
             if self._reload_task is task:
                 self._reload_task = None
-        report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
+        memory = _gpu_summary([slot.engine for slot in self._slots.values()])
+        report(
+            1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s{memory})"
+        )
 
     async def _load(self, records: list[ModelRecord], report: Progress) -> None:
         # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing. Every file
-        # is found (or downloaded) before anything is unloaded: a model that is missing or fails to download loses
-        # nothing already loaded.
+        # is checked against the GPU (from its header: before the download) and found (or downloaded) before anything
+        # is unloaded: a model that cannot fit, is missing or fails to download loses nothing already loaded.
         async with self._loading:
-            paths = [await self._resolve_model(record, self.app_config, report) for record in records]
-            await self._unload_all()
-            from webllm_py.engine import load_engine  # the GPU stack is imported on first load only
+            from webllm_py import engine as engine_module  # the GPU stack is imported on first load only
 
+            # The loaded models' memory is free again once they are unloaded.
+            reclaimable = sum(_gpu_bytes(slot.engine) for slot in self._slots.values())
+            fit = dict(device=self._device, reclaimable=reclaimable)
+
+            async def header(record: ModelRecord) -> Any:
+                return await self._read_header(record, self.app_config)
+
+            known, beside = await engine_module.preflight(records, header, **fit)
+            paths = [await self._resolve_model(record, self.app_config, report) for record in records]
+            if not known:  # some header came only with its download: check again, still before unloading
+                by_id = {r.model_id: p for r, p in zip(records, paths, strict=True)}
+                _, beside = await engine_module.preflight(
+                    records, lambda r: engine_module.open_gguf(by_id[r.model_id]), **fit
+                )
+            # A load can still fail midway (a corrupt tensor, the GPU running out): it frees what it allocated and
+            # the models loaded before keep working. Where the new models fit beside them they load first; else the
+            # old ones are unloaded first and, should the load fail (not be aborted), loaded again from their files.
+            if beside and self._slots:
+                slots = await self._load_slots(records, paths, report)
+                await self._unload_all()
+            else:
+                previous = [slot.record for slot in self._slots.values()]
+                await self._unload_all()
+                try:
+                    slots = await self._load_slots(records, paths, report)
+                except Exception:
+                    await self._restore(previous)
+                    raise
+            self._slots.update((slot.record.model_id, slot) for slot in slots)
+
+    async def _load_slots(
+        self, records: list[ModelRecord], paths: list[Any], report: Progress
+    ) -> list[_Slot]:
+        """Load ``records`` from ``paths``; if one fails or the reload is aborted, unload those loaded so far (an
+        aborted or failed load leaves nothing half-loaded)."""
+        from webllm_py import engine as engine_module
+
+        slots: list[_Slot] = []
+        try:
+            for record, gguf_path in zip(records, paths, strict=True):
+                engine = await engine_module.load_engine(
+                    record, gguf_path, device=self._device, progress=report
+                )
+                slots.append(_Slot(engine, record))
+        except BaseException:
+
+            async def unload_loaded() -> None:
+                for slot in slots:
+                    await slot.engine.unload()
+
+            await asyncio.shield(unload_loaded())
+            raise
+        return slots
+
+    async def _restore(self, records: list[ModelRecord]) -> None:
+        """Load again the models a failed reload had unloaded (from their files, cached by now); a model that cannot
+        come back stays unloaded, and the reload's own error is the one raised."""
+        for record in records:
             try:
-                for record, gguf_path in zip(records, paths, strict=True):
-                    engine = await load_engine(record, gguf_path, device=self._device, progress=report)
-                    self._slots[record.model_id] = _Slot(engine, record)
-            except BaseException:
-                # an aborted or failed load leaves nothing half-loaded
-                await asyncio.shield(self._unload_all())
-                raise
+                path = await self._resolve_model(record, self.app_config, lambda *_: None)
+                (slot,) = await self._load_slots([record], [path], lambda *_: None)
+            except Exception:
+                continue
+            self._slots[record.model_id] = slot
 
     async def _abort_reload(self, reason: str) -> None:
         """Abort the reload in progress, if any, and wait until it has let go (its download or load stopped)."""
@@ -763,6 +839,25 @@ class MLCEngineSync:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _gpu_bytes(engine: Any) -> int:
+    """GPU memory a loaded engine holds (its load_stats; 0 where it has none, e.g. a test's fake engine)."""
+    stats = getattr(engine, "load_stats", None) or {}
+    return sum(int(stats.get(k) or 0) for k in ("weight_bytes", "kv_cache_bytes", "activation_bytes"))
+
+
+def _gpu_summary(engines: list[Any]) -> str:
+    """ ", GPU memory X MiB (weights W, KV cache K)" for the reload's last progress report, "" without figures."""
+    total = sum(_gpu_bytes(e) for e in engines)
+    if not total:
+        return ""
+    from webllm_py.model.memory import gib
+
+    stats = [getattr(e, "load_stats", None) or {} for e in engines]
+    weights = sum(int(s.get("weight_bytes") or 0) for s in stats)
+    kv = sum(int(s.get("kv_cache_bytes") or 0) for s in stats)
+    return f", GPU memory {gib(total)}: weights {gib(weights)}, KV cache {gib(kv)}"
 
 
 def _first(*values: Any) -> Any:

@@ -54,6 +54,40 @@ Prepared = Any
 Encoded = Any
 
 
+class BufferLedger:
+    """A device's live buffers in creation order (hosts' devices inherit it), so a load that fails frees exactly the
+    buffers it made, and a model that unloads frees its own, on a device other models share: ``buffer_mark`` before,
+    ``buffers_since`` after. Also counts live and peak bytes (load_stats, memory checks)."""
+
+    def __init__(self) -> None:
+        self.allocated_bytes = 0  # live buffer bytes
+        self.peak_allocated_bytes = 0
+        self._live: dict[int, tuple[int, Buffer]] = {}  # id(buffer) -> (serial, buffer)
+        self._serial = 0
+
+    def _track(self, buf: Buffer) -> None:
+        self._live[id(buf)] = (self._serial, buf)
+        self._serial += 1
+        self.allocated_bytes += buf.size
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+
+    def _untrack(self, buf: Buffer) -> bool:
+        """Forget ``buf``; False when it was not live (destroyed already: nothing to do)."""
+        if self._live.pop(id(buf), None) is None:
+            return False
+        self.allocated_bytes -= buf.size
+        return True
+
+    def buffer_mark(self) -> int:
+        """A mark: buffers created from now on are ``buffers_since(mark)``."""
+        return self._serial
+
+    def buffers_since(self, start: int, end: int | None = None) -> list[Buffer]:
+        """Live buffers created between two marks (``end`` None: until now)."""
+        stop = self._serial if end is None else end
+        return [b for serial, b in self._live.values() if start <= serial < stop]
+
+
 @dataclass(frozen=True)
 class DeviceCaps:
     """What the adapter granted us; the kernel tier and every kernel variant are chosen from this."""
@@ -77,6 +111,10 @@ class DeviceCaps:
     # Shader modules are compiled without the WGSL compiler's run-time checks (index clamps, loop counters): desktop
     # GPUs through wgpu-native (host/native.py). A browser's Tint always adds its own.
     unchecked_shaders: bool = False
+    # GPU memory the host says is free for us, in bytes, and where the number comes from; None where it cannot tell
+    # (WebGPU has no memory query: model/memory.py says what is checked then).
+    memory_bytes: int | None = None
+    memory_source: str = ""
 
 
 @dataclass(frozen=True)

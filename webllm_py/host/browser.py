@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.resources
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import js
 from pyodide.code import run_js
@@ -30,6 +30,7 @@ from ..gpu.device import (
     BindGroup,
     Binding,
     Buffer,
+    BufferLedger,
     Copy,
     DeviceCaps,
     Dispatch,
@@ -55,6 +56,19 @@ _NEEDED_LIMITS = {
     "maxComputeWorkgroupSizeX": 256,
     "maxComputeWorkgroupStorageSize": 16384,
 }
+
+# Host-neutral names (DeviceCaps fields) of the limits a caller may set (open_device(limits=...)) -> WebGPU's.
+LIMIT_NAMES = {
+    "max_storage_buffer_binding_size": "maxStorageBufferBindingSize",
+    "max_buffer_size": "maxBufferSize",
+    "max_compute_workgroup_storage_size": "maxComputeWorkgroupStorageSize",
+    "max_compute_invocations_per_workgroup": "maxComputeInvocationsPerWorkgroup",
+    "max_storage_buffers_per_shader_stage": "maxStorageBuffersPerShaderStage",
+    "max_compute_workgroup_size_x": "maxComputeWorkgroupSizeX",
+}
+
+# SwiftShader (Chromium's CPU adapter) has a 2 GiB device heap (its src/Vulkan/VkConfig.hpp; models.md section 6.1).
+SWIFTSHADER_HEAP_BYTES = 2 << 30
 
 # Spec defaults: what a page gets when it asks for nothing (tests use them to check kernels fit the baseline).
 SPEC_DEFAULT_LIMITS = {
@@ -105,7 +119,7 @@ class PreparedPlan:
         return self.n_dispatches
 
 
-class BrowserDevice:
+class BrowserDevice(BufferLedger):
     host = "browser"
 
     def __init__(self, adapter, device, caps: DeviceCaps, info: AdapterInfo):
@@ -122,8 +136,7 @@ class BrowserDevice:
         self._last_seq = 0
         self._read = self.js.read
         self._take_errors = self.js.takeErrors
-        self.allocated_bytes = 0  # live buffer bytes
-        self.peak_allocated_bytes = 0
+        BufferLedger.__init__(self)  # live buffers, their bytes and the peak
 
     # ---- resources --------------------------------------------------------------------------------------------------
 
@@ -134,8 +147,7 @@ class BrowserDevice:
             )
         size = max(4, -(-size // 4) * 4)  # WebGPU wants multiples of 4
         buf = Buffer(self.js.createBuffer(size, usage, label), size, label, usage)
-        self.allocated_bytes += size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        self._track(buf)
         return buf
 
     def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -232,8 +244,8 @@ class BrowserDevice:
             raise GPUValidationError(f"WebGPU reported an error: {shown}{more}")
 
     def destroy_buffer(self, buffer: Buffer) -> None:
-        self.js.destroyBuffer(buffer.handle)
-        self.allocated_bytes -= buffer.size
+        if self._untrack(buffer):  # once: a buffer a failed load and its owner's unload both free
+            self.js.destroyBuffer(buffer.handle)
 
     def destroy(self) -> None:
         self.js.destroy()
@@ -279,12 +291,59 @@ async def request_adapter(power_preference: str = "high-performance"):
     return adapter
 
 
+def memory_budget(adapter, info: AdapterInfo) -> tuple[int | None, str]:
+    """GPU memory for a device on ``adapter`` and where the number comes from; (None, "") where the browser does not
+    say (WebGPU has no memory query). Chromium exposes ``adapter.info.memoryHeaps`` with its WebGPU developer
+    features on (the device-local heaps are summed); SwiftShader's device heap is 2 GiB."""
+    heaps = getattr(adapter.info, "memoryHeaps", None)
+    if heaps:
+        local = [int(h.size) for h in heaps if int(getattr(h, "properties", 0)) & 1]  # DeviceLocal
+        if local:
+            return sum(local), "adapter.info.memoryHeaps (device-local heaps)"
+    if info.extra.get("adapter_type") == "cpu" and "swiftshader" in info.architecture.lower():
+        return SWIFTSHADER_HEAP_BYTES, "SwiftShader's device heap"
+    return None, ""
+
+
+async def adapter_caps(*, power_preference: str = "high-performance") -> DeviceCaps:
+    """What a device on this browser's adapter could get (its maximum limits and features) and its memory where the
+    browser says, without opening a device: for checking a model before it is downloaded."""
+    adapter = await request_adapter(power_preference)
+    info = _adapter_info(adapter)
+    return _caps(adapter.limits, bool(adapter.features.has("shader-f16")), bool(adapter.features.has("subgroups")),
+                 adapter, info)  # fmt: skip
+
+
+def _caps(limits, has_f16: bool, has_subgroups: bool, adapter, info: AdapterInfo) -> DeviceCaps:
+    memory, source = memory_budget(adapter, info)
+    return DeviceCaps(
+        has_f16=has_f16,
+        has_subgroups=has_subgroups,
+        max_storage_buffer_binding_size=int(limits.maxStorageBufferBindingSize),
+        max_buffer_size=int(limits.maxBufferSize),
+        max_compute_workgroup_storage_size=int(limits.maxComputeWorkgroupStorageSize),
+        max_compute_invocations_per_workgroup=int(limits.maxComputeInvocationsPerWorkgroup),
+        max_compute_workgroup_size_x=int(limits.maxComputeWorkgroupSizeX),
+        max_storage_buffers_per_shader_stage=int(limits.maxStorageBuffersPerShaderStage),
+        min_storage_buffer_offset_alignment=int(limits.minStorageBufferOffsetAlignment),
+        min_uniform_buffer_offset_alignment=int(limits.minUniformBufferOffsetAlignment),
+        max_compute_workgroups_per_dimension=int(limits.maxComputeWorkgroupsPerDimension),
+        # Tint requires `enable subgroups;` before subgroup builtins (kernels.md section 2.4).
+        wgsl_enables_subgroups=True,
+        subgroup_min_size=int(info.extra.get("subgroupMinSize", 0)),
+        subgroup_max_size=int(info.extra.get("subgroupMaxSize", 0)),
+        memory_bytes=memory,
+        memory_source=source,
+    )
+
+
 async def open_device(
     *,
     power_preference: str = "high-performance",
     use_f16: bool | None = None,
     use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
+    limits: Mapping[str, int] | None = None,
 ) -> BrowserDevice:
     """Open this browser's WebGPU adapter. Same options as ``host.native.open_device``; the f32 kernel tier is
     chosen when the adapter lacks ``shader-f16`` (Chromium's SwiftShader, many Linux and Android GPUs)."""
@@ -306,35 +365,28 @@ async def open_device(
                 f"the adapter {info.summary()} allows {name} = {have}, but the kernels need at least {needed}"
             )
     if spec_default_limits:
-        limits = {k: min(v, int(getattr(alimits, k))) for k, v in SPEC_DEFAULT_LIMITS.items()}
+        wanted = {k: min(v, int(getattr(alimits, k))) for k, v in SPEC_DEFAULT_LIMITS.items()}
     else:
-        limits = {k: int(getattr(alimits, k)) for k in _WANTED_LIMITS}
+        wanted = {k: int(getattr(alimits, k)) for k in _WANTED_LIMITS}
+    for name, value in (limits or {}).items():
+        key = LIMIT_NAMES.get(name)
+        if key is None:
+            raise ValueError(f"unknown device limit {name!r}: one of {', '.join(LIMIT_NAMES)}")
+        if value > int(getattr(alimits, key)):
+            raise DeviceLimitError(
+                f"a device with {name} = {value} was asked for, but the adapter {info.summary()} allows at most "
+                f"{int(getattr(alimits, key))}"
+            )
+        wanted[key] = value
     features = [f for f, on in (("shader-f16", has_f16), ("subgroups", has_subgroups)) if on]
     try:
         device = await adapter.requestDevice(
-            to_js({"requiredFeatures": features, "requiredLimits": limits, "label": "webllm_py"})
+            to_js({"requiredFeatures": features, "requiredLimits": wanted, "label": "webllm_py"})
         )
     except Exception as exc:  # a JsException: the adapter refused the limits or features
-        raise DeviceLimitError(f"the adapter {info.summary()} refused a device with {limits}: {exc}") from exc
-    dl = device.limits
-    caps = DeviceCaps(
-        has_f16=has_f16,
-        has_subgroups=has_subgroups,
-        max_storage_buffer_binding_size=int(dl.maxStorageBufferBindingSize),
-        max_buffer_size=int(dl.maxBufferSize),
-        max_compute_workgroup_storage_size=int(dl.maxComputeWorkgroupStorageSize),
-        max_compute_invocations_per_workgroup=int(dl.maxComputeInvocationsPerWorkgroup),
-        max_compute_workgroup_size_x=int(dl.maxComputeWorkgroupSizeX),
-        max_storage_buffers_per_shader_stage=int(dl.maxStorageBuffersPerShaderStage),
-        min_storage_buffer_offset_alignment=int(dl.minStorageBufferOffsetAlignment),
-        min_uniform_buffer_offset_alignment=int(dl.minUniformBufferOffsetAlignment),
-        max_compute_workgroups_per_dimension=int(dl.maxComputeWorkgroupsPerDimension),
-        # Tint requires `enable subgroups;` before subgroup builtins (kernels.md section 2.4).
-        wgsl_enables_subgroups=True,
-        subgroup_min_size=int(info.extra.get("subgroupMinSize", 0)),
-        subgroup_max_size=int(info.extra.get("subgroupMaxSize", 0)),
-    )
+        raise DeviceLimitError(f"the adapter {info.summary()} refused a device with {wanted}: {exc}") from exc
+    caps = _caps(device.limits, has_f16, has_subgroups, adapter, info)
     return BrowserDevice(adapter, device, caps, info)
 
 
-__all__ = ["BrowserDevice", "PreparedPlan", "open_device", "SPEC_DEFAULT_LIMITS"]
+__all__ = ["BrowserDevice", "PreparedPlan", "open_device", "adapter_caps", "SPEC_DEFAULT_LIMITS"]

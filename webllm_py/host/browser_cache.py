@@ -29,13 +29,13 @@ from urllib.parse import quote
 
 import js
 from pyodide.code import run_js
-from pyodide.ffi import JsException, create_proxy
+from pyodide.ffi import JsException, create_proxy, to_js
 
 from .. import errors
 from ..config import AppConfig, ModelRecord, file_name
 from ..errors import ModelDownloadError, ModelIntegrityError
 from ..integrity import SRIDigest
-from ..model.gguf import ByteSource
+from ..model.gguf import ByteSource, GGUFFile, read_header_in_steps
 
 Progress = Callable[[float, str], None]
 log = logging.getLogger("webllm_py")
@@ -262,6 +262,46 @@ async def open_model(record: ModelRecord, app_config: AppConfig | None = None) -
         read_at_async=None if read_into is not None else read_at_async,
         close=lambda: reader.close(),
     )
+
+
+async def read_header(record: ModelRecord, app_config: AppConfig | None = None) -> GGUFFile | None:
+    """The record's GGUF header before its download (MLCEngine checks the GPU memory it needs): the stored file's
+    when it is stored, else fetched with HTTP range requests (gguf.read_header_in_steps). None when it cannot be had
+    first: a GGUF inside an archive, a split GGUF (its first shard lists only its own tensors), or a server that
+    ignores Range (its answer is cancelled, not read)."""
+    if len(record.file_urls) > 1:
+        return None
+    if await has_model_in_cache(record, app_config):
+        return await GGUFFile.open_async(await open_model(record, app_config))
+    if record.model_file is not None:
+        return None
+    url = model_url(record)
+
+    class _NoRanges(Exception):
+        pass
+
+    async def fetch(offset: int, n: int) -> tuple[bytes, int | None]:
+        headers = to_js(
+            {"headers": {"Range": f"bytes={offset}-{offset + n - 1}"}}, dict_converter=js.Object.fromEntries
+        )
+        try:
+            response = await js.fetch(url, headers)
+        except JsException as exc:
+            raise ModelDownloadError(f"Reading the header of {url} failed: {exc}") from exc
+        if response.status != 206:
+            if response.body is not None:
+                await response.body.cancel()
+            if response.status in (200, 416) and offset == 0:
+                raise _NoRanges
+            raise ModelDownloadError(f"Reading the header of {url} failed: HTTP {response.status}")
+        span = str(response.headers.get("Content-Range") or "")
+        total = int(span.rsplit("/", 1)[1]) if "/" in span and not span.endswith("*") else None
+        return js.Uint8Array.new(await response.arrayBuffer()).to_bytes(), total
+
+    try:
+        return await read_header_in_steps(url, fetch)
+    except _NoRanges:
+        return None
 
 
 async def resolve_model(record: ModelRecord, app_config: AppConfig, progress: Progress) -> ByteSource:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import glob
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from ..errors import DeviceLimitError, DeviceLostError, WebGPUNotAvailableError
 from ..gpu.device import (
@@ -11,6 +15,7 @@ from ..gpu.device import (
     BindGroup,
     Binding,
     Buffer,
+    BufferLedger,
     BufferUsage,
     Copy,
     DeviceCaps,
@@ -36,6 +41,16 @@ _WANTED_LIMITS = (
     "max-compute-workgroup-size-x",
 )
 
+# Host-neutral names (DeviceCaps fields) of the limits a caller may set (open_device(limits=...)) -> wgpu-py's.
+LIMIT_NAMES = {
+    "max_storage_buffer_binding_size": "max-storage-buffer-binding-size",
+    "max_buffer_size": "max-buffer-size",
+    "max_compute_workgroup_storage_size": "max-compute-workgroup-storage-size",
+    "max_compute_invocations_per_workgroup": "max-compute-invocations-per-workgroup",
+    "max_storage_buffers_per_shader_stage": "max-storage-buffers-per-shader-stage",
+    "max_compute_workgroup_size_x": "max-compute-workgroup-size-x",
+}
+
 # WebGPU's spec defaults: what a browser device gets unless it asks for more. Tests can open a device with these to
 # check that kernels fit the browser baseline.
 SPEC_DEFAULT_LIMITS = {
@@ -48,7 +63,7 @@ SPEC_DEFAULT_LIMITS = {
 }
 
 
-class NativeDevice:
+class NativeDevice(BufferLedger):
     host = "native"
 
     def __init__(
@@ -66,8 +81,7 @@ class NativeDevice:
         self.queue = device.queue
         self.caps = caps
         self.info = info
-        self.allocated_bytes = 0  # live buffer bytes
-        self.peak_allocated_bytes = 0
+        BufferLedger.__init__(self)  # live buffers, their bytes and the peak
         # MAP_READ buffer handle -> index of the last submission that copied into it (see read_buffer).
         self._written_by: dict[int, int] = {}
 
@@ -81,8 +95,7 @@ class NativeDevice:
         # WebGPU wants buffer sizes in multiples of 4.
         size = max(4, -(-size // 4) * 4)
         buf = Buffer(self.device.create_buffer(size=size, usage=usage, label=label), size, label, usage)
-        self.allocated_bytes += size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        self._track(buf)
         return buf
 
     def write_buffer(self, buffer: Buffer, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -179,8 +192,8 @@ class NativeDevice:
         await asyncio.sleep(0)
 
     def destroy_buffer(self, buffer: Buffer) -> None:
-        buffer.handle.destroy()
-        self.allocated_bytes -= buffer.size
+        if self._untrack(buffer):  # once: a buffer a failed load and its owner's unload both free
+            buffer.handle.destroy()
 
     def destroy(self) -> None:
         self.device.destroy()
@@ -315,12 +328,93 @@ def _best_adapter(power_preference: str):
     return wgpu.gpu.request_adapter_sync(power_preference=power_preference)
 
 
+def _open_adapter(power_preference: str):
+    adapter = _best_adapter(power_preference)
+    if adapter is None:
+        raise WebGPUNotAvailableError(
+            "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "
+            "mesa-vulkan-drivers` for the lavapipe CPU driver)"
+        )
+    return adapter
+
+
+async def adapter_caps(*, power_preference: str = "high-performance") -> DeviceCaps:
+    """What a device on the adapter open_device would pick could get (its maximum limits and features) and the
+    GPU memory free on it, without opening a device: for checking a model before it is downloaded."""
+    adapter = _open_adapter(power_preference)
+    features = set(adapter.features)
+    has_subgroups = "subgroup" in features or "subgroups" in features
+    return _caps(adapter.limits, "shader-f16" in features, has_subgroups, adapter)
+
+
+def _caps(limits, has_f16: bool, has_subgroups: bool, adapter) -> DeviceCaps:
+    memory, source = memory_budget(dict(adapter.info))
+    return DeviceCaps(
+        has_f16=has_f16,
+        has_subgroups=has_subgroups,
+        max_storage_buffer_binding_size=limits["max-storage-buffer-binding-size"],
+        max_buffer_size=limits["max-buffer-size"],
+        max_compute_workgroup_storage_size=limits["max-compute-workgroup-storage-size"],
+        max_compute_invocations_per_workgroup=limits["max-compute-invocations-per-workgroup"],
+        max_compute_workgroup_size_x=limits["max-compute-workgroup-size-x"],
+        max_storage_buffers_per_shader_stage=limits["max-storage-buffers-per-shader-stage"],
+        min_storage_buffer_offset_alignment=limits["min-storage-buffer-offset-alignment"],
+        min_uniform_buffer_offset_alignment=limits["min-uniform-buffer-offset-alignment"],
+        max_compute_workgroups_per_dimension=limits["max-compute-workgroups-per-dimension"],
+        # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
+        wgsl_enables_subgroups=False,
+        memory_bytes=memory,
+        memory_source=source,
+    )
+
+
+def memory_budget(info: dict) -> tuple[int | None, str]:
+    """GPU memory free for a new device on the adapter described by ``info`` (wgpu-py's adapter.info), in bytes,
+    and where the number comes from; (None, "") when this host cannot tell. wgpu-native reports no memory sizes, so
+    this asks the operating system: a CPU adapter (lavapipe) allocates buffers in host RAM (MemAvailable); NVIDIA
+    GPUs through nvidia-smi (free memory); AMD GPUs through the amdgpu driver's sysfs counters."""
+    kind = str(info.get("adapter_type", ""))
+    name = str(info.get("device", ""))
+    try:
+        if kind == "CPU":
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(
+                            line.split()[1]
+                        ) * 1024, "host RAM available (/proc/meminfo), a CPU adapter's memory"
+        vendor = int(info.get("vendor_id", 0) or 0)
+        if vendor == 0x10DE and shutil.which("nvidia-smi"):
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.free", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout  # fmt: skip
+            rows = [line.rsplit(",", 1) for line in out.strip().splitlines() if "," in line]
+            free = [int(mib) << 20 for gpu, mib in rows if gpu.strip() and gpu.strip() in name]
+            if len(free) >= 1:
+                return max(free), f"nvidia-smi: free memory of {name}"
+        if vendor == 0x1002:
+            for card in sorted(glob.glob("/sys/class/drm/card*/device")):
+                with open(f"{card}/vendor", encoding="ascii") as f:
+                    if int(f.read(), 16) != vendor:
+                        continue
+                with open(f"{card}/mem_info_vram_total", encoding="ascii") as f:
+                    total = int(f.read())
+                with open(f"{card}/mem_info_vram_used", encoding="ascii") as f:
+                    used = int(f.read())
+                return total - used, f"amdgpu sysfs: free VRAM of {card}"
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return None, ""
+
+
 async def open_device(
     *,
     power_preference: str = "high-performance",
     use_f16: bool | None = None,
     use_subgroups: bool | None = None,
     spec_default_limits: bool = False,
+    limits: Mapping[str, int] | None = None,
     extra_features: tuple[str, ...] = (),
     trusted_shaders: bool | None = None,
 ) -> NativeDevice:
@@ -329,16 +423,14 @@ async def open_device(
     ``use_f16`` / ``use_subgroups``: None takes the feature when the adapter has it, False refuses it (to test the
     f32 or no-subgroup tiers on an adapter that has them), True requires it. ``spec_default_limits`` asks for
     WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
+    ``limits`` (DeviceCaps names, e.g. ``{"max_storage_buffer_binding_size": 1 << 20}``) asks for exactly these
+    values instead (what a model needs, model/memory.py; tests cap bindings to make models split); a value above the
+    adapter's maximum is a DeviceLimitError naming both.
     ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools). ``trusted_shaders`` makes
     shader modules without naga's run-time bounds checks and loop counters (see _trusted_module); None: on GPUs,
     off on CPU rasterizers (lavapipe), where the kernel tests run with the checks.
     """
-    adapter = _best_adapter(power_preference)
-    if adapter is None:
-        raise WebGPUNotAvailableError(
-            "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "
-            "mesa-vulkan-drivers` for the lavapipe CPU driver)"
-        )
+    adapter = _open_adapter(power_preference)
     info = _adapter_info(adapter)
     if trusted_shaders is None:
         trusted_shaders = str(info.extra.get("adapter_type", "")).lower() not in ("cpu", "")
@@ -361,28 +453,22 @@ async def open_device(
 
     alimits = adapter.limits
     if spec_default_limits:
-        limits = {k: min(v, alimits[k]) for k, v in SPEC_DEFAULT_LIMITS.items()}
+        wanted = {k: min(v, alimits[k]) for k, v in SPEC_DEFAULT_LIMITS.items()}
     else:
-        limits = {k: alimits[k] for k in _WANTED_LIMITS}
-    device = adapter.request_device_sync(required_features=required_features, required_limits=limits)
-    dl = device.limits
-    caps = DeviceCaps(
-        has_f16=has_f16,
-        has_subgroups=has_subgroups,
-        max_storage_buffer_binding_size=dl["max-storage-buffer-binding-size"],
-        max_buffer_size=dl["max-buffer-size"],
-        max_compute_workgroup_storage_size=dl["max-compute-workgroup-storage-size"],
-        max_compute_invocations_per_workgroup=dl["max-compute-invocations-per-workgroup"],
-        max_compute_workgroup_size_x=dl["max-compute-workgroup-size-x"],
-        max_storage_buffers_per_shader_stage=dl["max-storage-buffers-per-shader-stage"],
-        min_storage_buffer_offset_alignment=dl["min-storage-buffer-offset-alignment"],
-        min_uniform_buffer_offset_alignment=dl["min-uniform-buffer-offset-alignment"],
-        max_compute_workgroups_per_dimension=dl["max-compute-workgroups-per-dimension"],
-        # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
-        wgsl_enables_subgroups=False,
-        unchecked_shaders=trusted_shaders,
-    )
+        wanted = {k: alimits[k] for k in _WANTED_LIMITS}
+    for name, value in (limits or {}).items():
+        key = LIMIT_NAMES.get(name)
+        if key is None:
+            raise ValueError(f"unknown device limit {name!r}: one of {', '.join(LIMIT_NAMES)}")
+        if value > alimits[key]:
+            raise DeviceLimitError(
+                f"a device with {name} = {value} was asked for, but the adapter "
+                f"{info.summary()} allows at most {alimits[key]}"
+            )
+        wanted[key] = value
+    device = adapter.request_device_sync(required_features=required_features, required_limits=wanted)
+    caps = replace(_caps(device.limits, has_f16, has_subgroups, adapter), unchecked_shaders=trusted_shaders)
     return NativeDevice(adapter, device, caps, info, trusted_shaders)
 
 
-__all__ = ["NativeDevice", "open_device", "BufferUsage"]
+__all__ = ["NativeDevice", "open_device", "adapter_caps", "BufferUsage"]

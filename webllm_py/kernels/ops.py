@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelError
-from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
+from ..gpu.device import Buffer, BufferUsage, DeviceCaps, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
 from .registry import (
@@ -93,6 +93,166 @@ class Placement:
     dst_row_step: int
 
 
+# Rows of each part of a RowSplit are a multiple of this (the last part excepted): every decode kernel shape's rows per
+# workgroup (4 .. 128) divides it, so a part's argmax partials are whole workgroups and follow the previous part's; it
+# is even (gate/up pairs stay together) and a whole number of groups of every format.
+PART_ROWS = 256
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """A matrix product (n_rows, k) kept as consecutive row ranges in several Weights, for a product whose repacked
+    bytes exceed one storage binding (models.md section 6: the embedding and LM head of big vocabularies, such as
+    Llama 3's 128,256 x 4,096 Q6_K output on a 128 MiB binding; any matrix on a device with small bindings). Part i
+    holds rows [first_rows[i], first_rows[i] + parts[i].n_rows), in a buffer of its own, with the segments its rows
+    need (a part of a mixed q/k/v or gate/up product is itself mixed); every product runs one launch per part
+    (matmul.wgsl and embed.wgsl ``row0``). A product that fits is one part: the same launches as an unsplit Weight."""
+
+    parts: tuple[Weight, ...]
+    first_rows: tuple[int, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(w.n_rows for w in self.parts)
+
+    @property
+    def k(self) -> int:
+        return self.parts[0].k
+
+    @property
+    def fmt(self) -> str:
+        return self.parts[0].fmt
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.parts)
+
+    def row_parts(self) -> list[tuple[int, Weight]]:
+        """(first row, part) pairs, in row order."""
+        return list(zip(self.first_rows, self.parts, strict=True))
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Source rows [src_row0, src_row0 + n_rows) of source matrix ``source`` of alloc_split, held by part ``part``
+    at ``place`` (the arguments of Repacker.upload)."""
+
+    source: int
+    src_row0: int
+    n_rows: int
+    part: int
+    place: Placement
+
+
+def binding_limit(caps: DeviceCaps) -> int:
+    """The most bytes one weight buffer may hold: it is bound whole (maxStorageBufferBindingSize) and is one buffer
+    (maxBufferSize)."""
+    return min(caps.max_storage_buffer_binding_size, caps.max_buffer_size)
+
+
+def source_rows(rows: Sequence[int], a: int, b: int, interleave: bool) -> list[tuple[int, int, int]]:
+    """(source, first source row, rows) of product rows [a, b) of sources of ``rows`` rows, stacked or interleaved
+    (then a and b are multiples of the source count, or b is the end)."""
+    if interleave:
+        m = len(rows)
+        return [(j, a // m, (b - a) // m) for j in range(m)]
+    out, s = [], 0
+    for j, n in enumerate(rows):
+        lo, hi = max(a, s), min(b, s + n)
+        if lo < hi:
+            out.append((j, lo - s, hi - lo))
+        s += n
+    return out
+
+
+def product_nbytes(fmts: Sequence[str], rows: Sequence[int], k: int, *, interleave: bool = False) -> int:
+    """Bytes of a product of sources (format, rows) as alloc_fused lays it out: consecutive sources of one format
+    share a segment."""
+    segs: list[list] = []
+    for fmt, n in zip(fmts, rows, strict=True):
+        if segs and segs[-1][0] == fmt:
+            segs[-1][1] += n
+        else:
+            segs.append([fmt, n])
+    return sum(weight_nbytes(fmt, n * (k // 32)) for fmt, n in segs)
+
+
+def split_rows(
+    fmts: Sequence[str],
+    rows: Sequence[int],
+    k: int,
+    limit: int,
+    label: str,
+    *,
+    interleave: bool = False,
+    unit: int = PART_ROWS,
+) -> tuple[int, ...]:
+    """Rows of each part of a product of sources (format, rows), stacked or interleaved, whose parts must each fit
+    ``limit`` bytes: the whole product when it fits, else the fewest parts that fit, as even as they go, each a
+    multiple of ``unit`` rows (PART_ROWS, or a multiple of it that holds whole heads) but the last."""
+
+    def nbytes(a: int, b: int) -> int:
+        got = source_rows(rows, a, b, interleave)
+        return product_nbytes([fmts[j] for j, _, _ in got], [n for _, _, n in got], k)
+
+    n_rows = sum(rows)
+    if nbytes(0, n_rows) <= limit:
+        return (n_rows,)
+    units = -(-n_rows // unit)
+
+    def fits(per: int) -> bool:  # parts of ``per`` units each
+        return all(nbytes(a, min(a + per * unit, n_rows)) <= limit for a in range(0, n_rows, per * unit))
+
+    if not fits(1):
+        worst = max(range(0, n_rows, unit), key=lambda a: nbytes(a, min(a + unit, n_rows)))
+        raise DeviceLimitError(
+            f"weight {label!r} cannot be split to fit this GPU's {limit}-byte storage bindings: {unit} rows of "
+            f"{k} {'+'.join(dict.fromkeys(fmts))} weights already take {nbytes(worst, min(worst + unit, n_rows))} "
+            "bytes (maxStorageBufferBindingSize / maxBufferSize)"
+        )
+    most = (
+        1  # the most units a part may hold: the largest per that fits (parts fit less when they hold fewer)
+    )
+    while most < units and fits(most + 1):
+        most += 1
+    per = -(-units // -(-units // most))  # the fewest parts, then as even as they go
+    if not fits(per):
+        per = most
+    step = per * unit
+    return tuple(min(step, n_rows - r0) for r0 in range(0, n_rows, step))
+
+
+def alloc_split(
+    kern: Kernels,
+    sources: Sequence[tuple[GGMLType, int]],
+    k: int,
+    label: str,
+    *,
+    interleave: bool = False,
+    unit: int = PART_ROWS,
+) -> tuple[RowSplit, list[Piece]]:
+    """One product fused from matrices (GGUF type, rows), stacked or interleaved (alloc_fused), split by rows
+    (split_rows) into as many Weights as the device's bindings need: one when it fits. Returns it and where each
+    source's rows go (fill each Piece with Repacker.upload); the parts' labels are ``label.i`` when there are
+    several."""
+    fmts = [WEIGHT_FORMAT[t.name] for t, _ in sources]
+    rows = [n for _, n in sources]
+    limit = binding_limit(kern.device.caps)
+    part_rows = split_rows(fmts, rows, k, limit, label, interleave=interleave, unit=unit)
+    weights, firsts, pieces, a = [], [], [], 0
+    for p, n in enumerate(part_rows):
+        got = source_rows(rows, a, a + n, interleave)
+        w, places = alloc_fused(
+            kern, [(sources[j][0], m) for j, _, m in got], k, f"{label}.{p}" if len(part_rows) > 1 else label,
+            interleave=interleave,
+        )  # fmt: skip
+        pieces += [Piece(j, r0, m, p, place) for (j, r0, m), place in zip(got, places, strict=True)]
+        weights.append(w)
+        firsts.append(a)
+        a += n
+    return RowSplit(tuple(weights), tuple(firsts)), pieces
+
+
 def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
     """Spread a 1-D grid over x and y when it exceeds the per-dimension limit."""
     if n_workgroups <= limit:
@@ -155,11 +315,11 @@ def alloc_fused(
         segments.append(Segment(fmt, n, first, base))
         base += weight_nbytes(fmt, n * kb) // 16
     size = base * 16
-    limit = kern.device.caps.max_storage_buffer_binding_size
+    limit = binding_limit(kern.device.caps)
     if size > limit:
         raise DeviceLimitError(
             f"weight {label!r} needs a {size}-byte storage binding but this GPU allows {limit} "
-            "(maxStorageBufferBindingSize)"
+            "(maxStorageBufferBindingSize / maxBufferSize); only the embedding and the LM head are split"
         )
     q = kern.device.create_buffer(size, STORAGE, f"{label}.q")
     return Weight(tuple(segments), n_rows, k, q, rows), places
@@ -184,6 +344,8 @@ def _single_format(w: Weight, what: str) -> None:
         raise ValueError(f"{what} reads weights of one format; {w.fmt} has {len(w.segments)} segments")
 
 
+STAGING_BYTES = 16 << 20  # the Repacker's staging buffer: the most of a tensor in host memory at once
+
 # Problems repack.wgsl reports (bad = tensor id * 4 + code).
 REPACK_PROBLEMS = {
     1: "a quantization scale (d) is NaN or infinite",
@@ -197,10 +359,16 @@ class Repacker:
     also scans scales and float weights for NaN/Inf into a small flag buffer: ``close`` reads it back once, at the
     end of the load, and names the first bad tensor."""
 
-    def __init__(self, kern: Kernels, staging_bytes: int = 16 << 20):
+    def __init__(self, kern: Kernels, staging_bytes: int = STAGING_BYTES):
         self.kern = kern
-        self.staging_bytes = staging_bytes
-        self.staging = kern.device.create_buffer(staging_bytes, STORAGE, "repack.staging")
+        # one binding at most (a device with small limits gets a smaller staging buffer, more dispatches)
+        self.staging_bytes = min(staging_bytes, binding_limit(kern.device.caps))
+        self.staging = kern.device.create_buffer(self.staging_bytes, STORAGE, "repack.staging")
+        # Each chunk's Params, rewritten before each chunk's dispatch like the staging buffer (the queue orders the
+        # writes and the dispatches), so a load keeps no uniform buffer per chunk alive after it.
+        self.params = kern.device.create_buffer(
+            params.REPACK.size, BufferUsage.UNIFORM | BufferUsage.COPY_DST, "repack.params"
+        )
         # (1,) u32: the smallest tensor id * 4 + problem found (repack.wgsl); 0xFFFFFFFF: none
         self.bad = kern.device.create_buffer(16, STORAGE, "repack.bad")
         kern.device.write_buffer(self.bad, 0, b"\xff" * 16)
@@ -223,12 +391,13 @@ class Repacker:
     ) -> None:
         """Repack ``n_rows`` source rows held in ``raw`` into rows dst_row0 + i * dst_row_step of ``segment``."""
         row_bytes = len(raw) // n_rows
+        view = memoryview(raw)  # slices of a view are not copies
         self.upload_rows(
             w,
             ggml_type,
             n_rows,
             row_bytes,
-            lambda r0, rows: raw[r0 * row_bytes : (r0 + rows) * row_bytes],
+            lambda r0, rows: view[r0 * row_bytes : (r0 + rows) * row_bytes],
             dst_row0=dst_row0,
             dst_row_step=dst_row_step,
             segment=segment,
@@ -267,20 +436,20 @@ class Repacker:
         for r0 in range(0, n_rows, step):
             rows = min(step, n_rows - r0)
             chunk = read_rows(r0, rows)
-            chunk += bytes(-len(chunk) % 4)
+            if len(chunk) % 4:  # a copy only for the odd tail (F16 / Q-rows of odd byte lengths)
+                chunk = bytes(chunk) + bytes(-len(chunk) % 4)
             self.kern.device.write_buffer(self.staging, 0, chunk)
+            data = params.REPACK.pack(
+                n_rows=rows,
+                k_blocks=kb,
+                dst_row0=dst_row0 + r0 * dst_row_step,
+                dst_row_step=dst_row_step,
+                dst_base=seg.base,
+                tensor_id=tensor_id,
+            )
+            self.kern.device.write_buffer(self.params, 0, data)
             entries = [
-                _uniform_entry(
-                    self.kern,
-                    params.REPACK,
-                    "repack.params",
-                    n_rows=rows,
-                    k_blocks=kb,
-                    dst_row0=dst_row0 + r0 * dst_row_step,
-                    dst_row_step=dst_row_step,
-                    dst_base=seg.base,
-                    tensor_id=tensor_id,
-                ),
+                (0, self.params, 0, len(data)),
                 (1, self.staging, 0, len(chunk)),
                 _whole(2, w.q),
                 _whole(3, self.bad),
@@ -305,8 +474,8 @@ class Repacker:
             self.destroy()
 
     def destroy(self) -> None:
-        self.kern.device.destroy_buffer(self.staging)
-        self.kern.device.destroy_buffer(self.bad)
+        for buf in (self.staging, self.params, self.bad):
+            self.kern.device.destroy_buffer(buf)
 
 
 def _whole(binding: int, buf: Buffer) -> tuple[int, Buffer, int, int]:
@@ -368,6 +537,8 @@ def matmul(
     softcap: float = 0.0,
     qk_out: bool = False,
     gemv: GemvConfig | None = None,
+    row0: int = 0,
+    best0: int = 0,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x) + bias); see matmul.wgsl for the variants.
@@ -375,6 +546,9 @@ def matmul(
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs.
+    ``row0``: ``w`` is a part of a RowSplit whose row 0 is row ``row0`` of the whole product (every epilogue places
+    and treats its rows as the whole product's: q/k/v by row, gate/up pairs at row / 2, biases by row; matmul_parts);
+    ``best0`` (ARGMAX): its argmax pairs (rows counted in the whole matrix) go from argmax_out[best0] on.
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
     (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
@@ -420,9 +594,7 @@ def matmul(
         defines["ARGMAX"] = 1
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
-        out_stride = {"SILU": w.n_rows // 2, "GELU": w.n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(
-            epi, w.n_rows
-        )
+        out_stride = default_out_stride(epi, w.n_rows, n_q, n_kv, qk_out)
     entries = [
         _uniform_entry(
             kern,
@@ -440,6 +612,8 @@ def matmul(
             rope_dims=rope_dims,
             n_splits=n_splits,
             softcap=softcap,
+            row0=row0,
+            best0=best0,
             **_segment_params(w),
         ),
         _whole(1, state),
@@ -483,6 +657,25 @@ def matmul(
             return fixed
 
     return Launch(pipe, bg, grid, label)
+
+
+def default_out_stride(epi: str, n_rows: int, n_q: int = 0, n_kv: int = 0, qk_out: bool = False) -> int:
+    """Elements between tokens of a product's output when they are contiguous: a product of ``n_rows`` rows."""
+    return {"SILU": n_rows // 2, "GELU": n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(epi, n_rows)
+
+
+def matmul_parts(kern: Kernels, *, w: RowSplit, epi: str, **options: object) -> tuple[Launch, ...]:
+    """``matmul`` of every row part of ``w`` (one launch each, results at the part's rows: ``row0``), with the
+    output layout of the whole product; ``options`` as matmul's."""
+    if options.get("out_stride") is None:
+        options["out_stride"] = default_out_stride(
+            epi,
+            w.n_rows,
+            int(options.get("n_q", 0)),
+            int(options.get("n_kv", 0)),
+            bool(options.get("qk_out")),
+        )
+    return tuple(matmul(kern, w=part, epi=epi, row0=first, **options) for first, part in w.row_parts())
 
 
 @dataclass(frozen=True)
@@ -655,17 +848,26 @@ def embed(
     out: Buffer,
     state: Buffer,
     scale: float = 1.0,
+    row0: int = 0,
     label: str = "embed",
 ) -> Launch:
-    """out[t] = row tokens[t] of the embedding ``w``, times ``scale``."""
+    """out[t] = row tokens[t] of the embedding ``w``, times ``scale``. ``w`` may be one part of a RowSplit, holding
+    rows [row0, row0 + w.n_rows): then only the tokens of those ids are written (one launch per part)."""
     wg = 64
     _single_format(w, "the embedding gather")
     defines: dict[str, object] = {"WG": wg, **weight_defines(w)}
     pipe = kern.pipeline("embed.wgsl", **defines)
     entries = [
         _uniform_entry(
-            kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k, scale=scale
-        ),
+            kern,
+            params.EMBED,
+            f"{label}.params",
+            k_blocks=w.k_blocks,
+            out_stride=w.k,
+            scale=scale,
+            row0=row0,
+            n_rows=w.n_rows,
+        ),  # fmt: skip
         _whole(1, state),
         _whole(2, tokens),
         _whole(3, w.q),
@@ -757,8 +959,19 @@ class Sampler:
     @staticmethod
     def partials_bytes(vocab: int) -> int:
         """Size of a buffer for the LM head's argmax partials, whatever its kernel shape (GEMV: 4 rows a workgroup,
-        the fewest)."""
+        the fewest; a RowSplit's parts but the last are whole workgroups of every shape, so they need no more)."""
         return -(-vocab // 4) * 8
+
+    @classmethod
+    def buffer_bytes(cls, vocab: int) -> int:
+        """GPU memory a Sampler holds for ``vocab`` tokens (its partials buffer of partials_bytes included)."""
+        return (
+            params.SAMPLE.size + vocab * 4 + cls.MAX_BIAS * 8 + cls.RECORD_BYTES + cls.partials_bytes(vocab)
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.size for b in (self.params, self.counts, self.bias, self.record, self.partials))
 
     def __init__(
         self,

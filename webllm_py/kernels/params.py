@@ -57,6 +57,10 @@ MATMUL = _spec(
     "seg2_row:u32",
     "seg1_base:u32",
     "seg2_base:u32",
+    "row0:u32",
+    "best0:u32",
+    "_pad0:u32",
+    "_pad1:u32",
 )
 ATTENTION = _spec(
     "attention.wgsl",
@@ -84,7 +88,17 @@ FLASH_ATTENTION = _spec(
     "softcap:f32",
     "_pad0:u32",
 )
-EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "scale:f32", "_pad0:u32")
+EMBED = _spec(
+    "embed.wgsl",
+    "k_blocks:u32",
+    "out_stride:u32",
+    "scale:f32",
+    "row0:u32",
+    "n_rows:u32",
+    "_pad0:u32",
+    "_pad1:u32",
+    "_pad2:u32",
+)
 QK_NORM = _spec(
     "qk_norm.wgsl",
     "n_heads:u32",

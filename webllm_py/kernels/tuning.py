@@ -94,7 +94,8 @@ def usable(graph: Graph, role: str, cand: GemvConfig) -> bool:
     if cand.variant == "GEMV_SEG":
         return kern.tier.subgroups and cand.seg <= kern.subgroup_min
     if cand.variant in MR_VARIANTS:
-        w = graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)
+        # the first row part (all but the last are as large; a split product's parts share the tuning)
+        w = (graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)).parts[0]
         if cand.variant == "GEMV_MRQ" and not (kern.q8_decode and q8_fits(kern, w, cand)):
             return False
         return cand.seg <= 4 * w.k_blocks and cand.rows_per_workgroup <= max(4, w.n_rows)
@@ -115,8 +116,8 @@ async def measure(
     # Decode-shaped state: one token at position 0 (the tuning writes garbage into KV slot 0; prefill rewrites it).
     dev.write_buffer(graph.state, 0, pack_state(0, 1, 0))
 
-    async def seconds(dispatches) -> float:
-        """Seconds per dispatch of ``dispatches`` (one per layer), in batches of about TARGET_S."""
+    async def seconds(dispatches: list) -> float:
+        """Seconds per dispatch of ``dispatches`` (one per layer and row part), in batches of about TARGET_S."""
         dev.submit(dispatches)  # compile and warm up
         await dev.read_storage(graph.state, 0, 4)
         t = time.perf_counter()
@@ -132,6 +133,11 @@ async def measure(
             best = min(best, time.perf_counter() - t)
         return best / (reps * len(dispatches))
 
+    def launches(role: str, layer: int | None, cand: GemvConfig) -> list:
+        if role == "lm_head":  # every row part of a split LM head
+            return [launch.dispatch(1) for launch in graph.lm_head_parts(cand)[0]]
+        return [launch.dispatch(1) for launch in graph.matmul_launch(role, layer, gemm=False, gemv=cand)]
+
     chosen: dict[str, GemvConfig] = {}
     report: dict[str, dict[str, float]] = {}
     for role in ROLES:
@@ -139,8 +145,7 @@ async def measure(
         timings = {}
         for cand in candidates:
             if usable(graph, role, cand):
-                launches = [graph.matmul_launch(role, i, gemm=False, gemv=cand).dispatch(1) for i in layers]
-                timings[cand] = await seconds(launches)
+                timings[cand] = await seconds([d for i in layers for d in launches(role, i, cand)])
         chosen[role] = pick(timings, candidates)
         report[role] = {c.label(): round(s * 1e6, 2) for c, s in timings.items()}
     return chosen, report

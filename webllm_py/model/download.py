@@ -18,13 +18,19 @@ A record resolves to local GGUF paths (one, or every shard of a split GGUF: ``re
 ``should_stop()`` is polled between pieces: a reload that is aborted stops its download (the partial file goes).
 
 Blocking by design; the engine calls it through ``asyncio.to_thread``. The browser host fetches differently.
+
+Before a download, ``read_header`` reads a remote GGUF's header (metadata and tensor table) with HTTP range requests
+of HEADER_STEP bytes, so the GPU memory the model needs is known before any weight is fetched
+(model/memory.py): a local or cached file is opened where it is instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -36,7 +42,7 @@ from webllm_py.config import AppConfig, ModelRecord, file_name
 from webllm_py.errors import GGUFError, ModelDownloadError, ModelIntegrityError, ReloadAbortedError
 from webllm_py.integrity import SRIDigest
 
-from .gguf import GGUF_MAGIC
+from .gguf import GGUF_MAGIC, GGUFFile, read_header_in_steps
 
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "webllm_py")
 CHUNK_BYTES = 1 << 20  # read size; also how often progress is reported
@@ -155,6 +161,67 @@ def resolve_model_files(
         os.remove(archive)  # the GGUF is all we read again; keeping both would double the disk use
     report(1.0, f"Cached {record.model_id} at {gguf_path}")
     return [gguf_path]
+
+
+async def read_header(record: ModelRecord, app_config: AppConfig | None = None) -> GGUFFile | None:
+    """The record's GGUF with its header parsed and no tensor data read: the local file or the cached one when there
+    is one, else the remote file through HTTP range requests (read_remote_header). None when the header cannot be
+    had before the download: a GGUF inside a zip archive (compressed) that is not cached yet, a split GGUF (the
+    first shard's header lists only its own tensors), a server that ignores Range."""
+    cached = cached_model_files(record, app_config)  # a local file record: its path
+    if cached is not None and len(cached) == 1:
+        _check_gguf_magic(cached[0], record.model_url)
+        return GGUFFile.open(cached[0])
+    if record.model_file is not None or len(record.file_urls) > 1:
+        return None
+    try:
+        return await read_remote_header(record.model_url, record.size)
+    except NoRangeRequests:
+        return None  # checked once the file is downloaded, still before anything is unloaded
+
+
+async def read_remote_header(url: str, size: int | None = None) -> GGUFFile:
+    """The header of the GGUF at ``url`` (parsed; no tensor data readable), read with HTTP range requests
+    (gguf.read_header_in_steps: at most HEADER_STEP bytes past the header's end come over the wire). ``size``: the
+    file's size where the server says none (Content-Range)."""
+
+    async def fetch(offset: int, n: int) -> tuple[bytes, int | None]:
+        data, total = await asyncio.to_thread(range_get, url, offset, n)
+        return data, total if total is not None else size
+
+    return await read_header_in_steps(url, fetch)
+
+
+class NoRangeRequests(ModelDownloadError):
+    """The server answers a range request with the whole file: its header cannot be had before the download."""
+
+
+def range_get(url: str, offset: int, n: int) -> tuple[bytes, int | None]:
+    """Bytes [offset, offset + n) of ``url`` (fewer at its end) and the file's size when the server says it.
+    NoRangeRequests when the server ignores Range (the connection is dropped before its body is read)."""
+    request = urllib.request.Request(
+        url, headers={"User-Agent": USER_AGENT, "Range": f"bytes={offset}-{offset + n - 1}"}
+    )
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416:  # past the end
+            return b"", None
+        raise ModelDownloadError(f"Reading the header of {url} failed: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelDownloadError(f"Reading the header of {url} failed: {getattr(e, 'reason', e)}") from e
+    with response:
+        if response.status != 206:
+            raise NoRangeRequests(f"{url} answered a range request with HTTP {response.status}")
+        span = response.headers.get("Content-Range", "").strip()
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", span)
+        if match is None or int(match[1]) != offset:
+            raise ModelDownloadError(f"{url} answered a range request with Content-Range {span!r}")
+        try:
+            data = response.read(n)
+        except (http.client.IncompleteRead, OSError) as e:
+            raise ModelDownloadError(f"Reading the header of {url} failed: {e!r}") from e
+    return data, None if match[3] == "*" else int(match[3])
 
 
 def download_file(

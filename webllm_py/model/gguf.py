@@ -98,6 +98,9 @@ AsyncReadAt = Callable[[int, int], Awaitable[bytes]]
 # How much of an asynchronous source is fetched to parse the header (metadata and tensor table) from; it grows
 # when a header is bigger (large vocabularies take several MB).
 HEADER_PREFETCH = 8 << 20
+# Bytes of each range request when a header is read before its file is downloaded (read_header_in_steps): the most
+# read past the header's end.
+HEADER_STEP = 256 << 10
 _MISSING: Any = object()  # typed metadata getters: no default given, the key is required
 
 
@@ -627,3 +630,36 @@ class GGUFMetadata(dict):
 
 def _short(v: Any) -> str:
     return _show(v)  # bounded whatever the value: a million-item array shows as its first few
+
+
+async def read_header_in_steps(
+    name: str, fetch: Callable[[int, int], Awaitable[tuple[bytes, int | None]]]
+) -> GGUFFile:
+    """The header of a GGUF that is not here yet (a remote file before its download), from ``fetch(offset, n)`` ->
+    (bytes from offset, the file's size or None): HEADER_STEP bytes at a time, each appended to the last, until the
+    header parses, so at most one step past its end is fetched and no tensor data is readable. The parse is retried
+    per step (a large vocabulary's header is a few MB: some ten steps)."""
+    got = bytearray()
+    total: int | None = None
+    short = [False]  # the last parse wanted bytes past those fetched
+
+    def read_at(offset: int, n: int) -> bytes:
+        short[0] = short[0] or offset + n > len(got)
+        return bytes(got[offset : offset + n])
+
+    while True:
+        data, size = await fetch(len(got), HEADER_STEP)
+        total = size if size is not None else total
+        if total is None:
+            raise GGUFError(name, len(got), "the file's size (Content-Range or Content-Length)", "none given")
+        got += data
+        if len(got) >= len(GGUF_MAGIC) and got[: len(GGUF_MAGIC)] != GGUF_MAGIC:
+            raise GGUFError(
+                name, 0, "the magic bytes b'GGUF' (is this a GGUF model file?)", repr(bytes(got[:4]))
+            )
+        short[0] = False
+        try:
+            return GGUFFile(ByteSource(name, total, read_at))
+        except GGUFError:
+            if not short[0] or not data or len(got) >= total:
+                raise

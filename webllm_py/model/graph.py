@@ -15,7 +15,11 @@ group once; a step is then a list of dispatches recorded into one compute pass. 
     ffn_post   x += RMSNorm(y)
 
 plus the token embedding (scaled) before the layers, the LM head (final RMSNorm folded in, logits soft-capped) and
-the sampler after them: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
+the sampler after them. A matrix product too large for one storage binding (a big vocabulary's embedding and LM
+head; any matrix on a device with small bindings) is split by rows (ops.RowSplit): it is one dispatch per part, each
+writing its rows where the whole product's would go (the LM head's logits and argmax partials side by side), so a
+product in P parts costs P - 1 more dispatches a step (a tied embedding's parts serve the gather and the LM head).
+Unsplit: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
 one more per layer with q/k norms and two more with post norms. With ``Kernels.fuse_attention`` (where the kernel's
 workgroup memory allows, and the layer has neither biases nor q/k norms) decode computes qkv inside attn, each
 attention workgroup projecting its own head's rows: 4 * n_layers + 3 (123). Prefill always runs qkv separately
@@ -59,40 +63,30 @@ class Graph:
         self.weight_bytes = weights.nbytes  # bytes of GPU memory held by weights
         self.kv_bytes = 0
         check_kv_limit(cfg, kern, max_ctx)
-        H, FF, C = cfg.hidden_size, cfg.ffn_size, chunk
-        kv_itemsize = 2 if kern.tier.f16 else 4
+        sizes = activation_bytes(cfg, chunk, kern.attention_splits)
+        self.activation_bytes = sum(sizes.values())  # bytes of GPU memory held by the buffers below
 
-        # Activations, (tokens, features) row-major f32.
-        self.x = dev.create_buffer(C * H * 4, STORAGE, "x")  # (C, H) residual stream
-        self.q = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "q")  # (C, n_heads * head_dim) RoPE'd queries
-        # (C, n_heads * head_dim) in prefill; decode: (n_heads, splits, head_dim) partial sums of the key splits
-        splits = kern.attention_splits
-        self.attn = dev.create_buffer(max(C, splits) * cfg.q_size * 4, STORAGE, "attn")
-        self.attn_ml = dev.create_buffer(
-            cfg.n_heads * splits * 2 * 4, STORAGE, "attn_ml"
-        )  # (n_heads, splits, 2)
-        self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) act(gate) * up
-        # (C, n_q + n_kv) raw q and k rows before the per-head norms (qk_norm models)
-        self.qk = (
-            dev.create_buffer(C * (cfg.q_size + cfg.kv_size) * 4, STORAGE, "qk") if cfg.qk_norm else None
+        def scratch(name: str) -> Buffer | None:
+            return dev.create_buffer(sizes[name], STORAGE, name) if sizes[name] else None
+
+        # Activations, (tokens, features) row-major f32; shapes in activation_bytes.
+        self.x, self.q, self.attn, self.attn_ml, self.h = (
+            scratch(n) for n in ("x", "q", "attn", "attn_ml", "h")
         )
-        # (C, H) an output projection's result before its post norm (post_norms models)
-        self.y = dev.create_buffer(C * H * 4, STORAGE, "y") if cfg.post_norms else None
-        self.logits = dev.create_buffer(
-            ops.Sampler.logits_bytes(cfg.vocab_size), STORAGE, "logits"
-        )  # (vocab,) f32 of the step's last token, padded to whole vec4s (the sampler reads vec4s)
-        self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
+        self.qk = scratch("qk")  # qk_norm models only
+        self.y = scratch("y")  # post_norms models only
+        self.logits, self.tokens = scratch("logits"), scratch("tokens")
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
 
         self.layers: list[Layer] = []
+        kv_size = kv_cache_bytes(cfg, max_ctx, kern.tier.f16) // cfg.n_layers
         for i, lw in enumerate(weights.layers):
-            kv_size = 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * kv_itemsize
             self.layers.append(Layer(lw, dev.create_buffer(kv_size, STORAGE, f"blk.{i}.kv")))
             self.kv_bytes += kv_size
         self._build_launches()
 
     @property
-    def lm_head(self) -> ops.Weight:
+    def lm_head(self) -> ops.RowSplit:
         return self.weights.lm_head
 
     # ---- launches -----------------------------------------------------------------------------------------------------
@@ -106,8 +100,19 @@ class Graph:
             L.flash_launches = tuple(
                 attn if x.label == f"blk.{i}.gemm.attn" else x for x in L.prefill_launches
             )
-        self.embed_launch = ops.embed(
-            k, w=self.weights.embd, tokens=self.tokens, out=self.x, state=st, scale=self.cfg.embed_scale
+        embd = self.weights.embd.row_parts()
+        self.embed_launches = tuple(
+            ops.embed(
+                k,
+                w=part,
+                tokens=self.tokens,
+                out=self.x,
+                state=st,
+                scale=self.cfg.embed_scale,
+                row0=first,
+                label="embed" if len(embd) == 1 else f"embed.{i}",
+            )  # fmt: skip
+            for i, (first, part) in enumerate(embd)
         )
         self.sampler = ops.Sampler(
             k,
@@ -119,6 +124,7 @@ class Graph:
                 ops.Sampler.partials_bytes(self.cfg.vocab_size), STORAGE, "lm_head.argmax"
             ),
         )
+        self.activation_bytes += self.sampler.nbytes
         self._build_lm_head()
         self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
 
@@ -131,18 +137,49 @@ class Graph:
 
     def _build_lm_head(self) -> None:
         # Its workgroups also leave greedy argmax partials for the sampler, one per workgroup of rows.
-        self.lm_head_launch = self.matmul_launch("lm_head", None, gemm=False)
-        shape = self.kern.gemv_roles.get("lm_head") or self.kern.gemv
-        self.sampler.use_partials(-(-self.cfg.vocab_size // shape.rows_per_workgroup))
+        self.lm_head_launches, n_best = self.lm_head_parts()
+        self.sampler.use_partials(n_best)
+
+    def lm_head_parts(self, gemv: GemvConfig | None = None) -> tuple[tuple[ops.Launch, ...], int]:
+        """The LM head's decode launches, one per row part (ops.RowSplit), and the argmax partials they leave:
+        part i writes its logits at its first row and its partials after part i - 1's. ``gemv`` overrides the
+        kernel shape (tuning)."""
+        cfg, k = self.cfg, self.kern
+        gemv = gemv or k.gemv_roles.get("lm_head") or k.gemv
+        parts = self.lm_head.row_parts()
+        launches, best0 = [], 0
+        for i, (first, part) in enumerate(parts):
+            launches.append(
+                ops.matmul(
+                    k,
+                    w=part,
+                    x=self.x,
+                    out=self.logits,
+                    state=self.state,
+                    epi="STORE",
+                    gemm=False,
+                    gemv=gemv,
+                    norm_w=self.weights.output_norm,
+                    eps=cfg.norm_eps,
+                    argmax_out=self.sampler.partials,
+                    softcap=cfg.final_softcap,
+                    row0=first,
+                    best0=best0,
+                    label="lm_head" if len(parts) == 1 else f"lm_head.{i}",
+                )  # fmt: skip
+            )
+            best0 += -(-part.n_rows // gemv.rows_per_workgroup)
+        return tuple(launches), best0
 
     def _layer_launches(self, i: int, *, gemm: bool) -> tuple[ops.Launch, ...]:
         """Layer i's launches of a decode step (``gemm`` False) or a prefill step, in order (module docstring)."""
         cfg, L = self.cfg, self.layers[i]
         tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
         fused = None
-        if not gemm and self.fuses_attention and len(L.w.qkv.segments) == 1:  # one weight format (ops.Weight)
-            fused = ops.FusedQKV(
-                w=L.w.qkv,
+        qkv = L.w.qkv.parts[0]
+        if not gemm and self.fuses_attention and len(L.w.qkv.parts) == 1 and len(qkv.segments) == 1:
+            fused = ops.FusedQKV(  # one weight of one format (ops.Weight)
+                w=qkv,
                 x=self.x,
                 norm_w=L.w.attn_norm,
                 rope_freq=L.w.rope_freq,
@@ -157,13 +194,13 @@ class Graph:
         )
         out: list[ops.Launch] = []
         if fused is None:
-            out.append(self.matmul_launch("qkv", i, gemm=gemm))
+            out += self.matmul_launch("qkv", i, gemm=gemm)
             if cfg.qk_norm:
                 out.append(self._qk_norm_launch(i, f"{tag}.qk_norm"))
-        out += [attention, self.matmul_launch("o", i, gemm=gemm)]
+        out += [attention, *self.matmul_launch("o", i, gemm=gemm)]
         if cfg.post_norms:
             out.append(self._norm_add_launch(L.w.post_attn_norm, f"{tag}.attn_post_norm"))
-        out += [self.matmul_launch("ffn1", i, gemm=gemm), self.matmul_launch("ffn2", i, gemm=gemm)]
+        out += [*self.matmul_launch("ffn1", i, gemm=gemm), *self.matmul_launch("ffn2", i, gemm=gemm)]
         if cfg.post_norms:
             out.append(self._norm_add_launch(L.w.post_ffn_norm, f"{tag}.ffn_post_norm"))
         return tuple(out)
@@ -225,38 +262,27 @@ class Graph:
             and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
         )
 
-    def role_weight(self, role: str, layer: int) -> ops.Weight:
+    def role_weight(self, role: str, layer: int) -> ops.RowSplit:
         """The weight of matrix role "qkv", "o", "ffn1" or "ffn2" of ``layer``."""
         w = self.layers[layer].w
         return {"qkv": w.qkv, "o": w.o, "ffn1": w.gate_up, "ffn2": w.down}[role]
 
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
-    ) -> ops.Launch:
-        """The launch of one of the model's matrix products: role "qkv", "o", "ffn1", "ffn2" of ``layer``, or
-        "lm_head". ``gemv`` overrides the decode kernel shape (tuning measures candidates through this)."""
+    ) -> tuple[ops.Launch, ...]:
+        """The launches of one of the model's matrix products, one per row part (ops.RowSplit; one unless a binding
+        cannot hold it): role "qkv", "o", "ffn1", "ffn2" of ``layer`` (the LM head: lm_head_parts). ``gemv``
+        overrides the decode kernel shape (tuning measures candidates through this)."""
         cfg, k = self.cfg, self.kern
         gemv = gemv or (None if gemm else k.gemv_roles.get(role))
-        tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}" if layer is not None else role
+        tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}"
         common = dict(state=self.state, gemm=gemm, gemv=gemv, label=tag)
         normed = dict(eps=cfg.norm_eps, **common)  # RMSNorm folded in: norm_w given below
-        if role == "lm_head":
-            return ops.matmul(
-                k,
-                w=self.lm_head,
-                x=self.x,
-                out=self.logits,
-                epi="STORE",
-                norm_w=self.weights.output_norm,
-                argmax_out=self.sampler.partials,
-                softcap=cfg.final_softcap,
-                **{**normed, "gemm": False},
-            )
         L = self.layers[layer]
         # With post norms the output projections store their result in y for norm_add; else they add it to x.
         residual = dict(out=self.y, epi="STORE") if cfg.post_norms else dict(out=self.x, epi="ADD")
         if role == "qkv":
-            return ops.matmul(
+            return ops.matmul_parts(
                 k,
                 w=L.w.qkv,
                 x=self.x,
@@ -276,12 +302,16 @@ class Graph:
             )
         if role == "o":
             merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": k.attention_splits}
-            return ops.matmul(k, w=L.w.o, x=self.attn, head_dim=cfg.head_dim, **residual, **merge, **common)
+            return ops.matmul_parts(
+                k, w=L.w.o, x=self.attn, head_dim=cfg.head_dim, **residual, **merge, **common
+            )
         if role == "ffn1":
             act = {"silu": "SILU", "gelu_tanh": "GELU"}[cfg.activation]
-            return ops.matmul(k, w=L.w.gate_up, x=self.x, out=self.h, epi=act, norm_w=L.w.ffn_norm, **normed)
+            return ops.matmul_parts(
+                k, w=L.w.gate_up, x=self.x, out=self.h, epi=act, norm_w=L.w.ffn_norm, **normed
+            )
         if role == "ffn2":
-            return ops.matmul(k, w=L.w.down, x=self.h, **residual, **common)
+            return ops.matmul_parts(k, w=L.w.down, x=self.h, **residual, **common)
         raise ValueError(f"unknown matrix role {role!r}")
 
     def forward(self, n_tokens: int, *, sample: bool, pos: int = 0) -> list[Dispatch]:
@@ -292,11 +322,11 @@ class Graph:
         step only fills the KV cache. A prefill step whose queries see at least ``kern.flash_min_keys`` keys (when set)
         uses tiled flash attention (each key tile loaded once per tile of queries) instead of a workgroup per query.
         """
-        out = [self.embed_launch.dispatch(n_tokens)]
+        out = [launch.dispatch(n_tokens) for launch in self.embed_launches]
         for layer in self.layers:
             out.extend(launch.dispatch(n_tokens) for launch in self._step_launches(layer, n_tokens, pos))
         if sample:
-            out.append(self.lm_head_launch.dispatch(n_tokens))
+            out.extend(launch.dispatch(n_tokens) for launch in self.lm_head_launches)
             out.append(self.sampler.launch.dispatch(n_tokens))
         return out
 
@@ -308,15 +338,17 @@ class Graph:
         return layer.prefill_launches
 
     def roles(self, n_tokens: int, pos: int = 0) -> list[str]:
-        """What each dispatch of ``forward(n_tokens, sample=True, pos=pos)`` computes, in order ("embed", then per
-        layer "qkv_attn" or "qkv" ("qk_norm") and "attn" / "flash_attn", "o" ("attn_post_norm"), "ffn1", "ffn2"
-        ("ffn_post_norm"), then "lm_head", "sample"): for benchmarks that time or drop kernel groups."""
+        """What each dispatch of ``forward(n_tokens, sample=True, pos=pos)`` computes, in order ("embed" (once per
+        row part), then per layer "qkv_attn" or "qkv" ("qk_norm") and "attn" / "flash_attn", "o" ("attn_post_norm"),
+        "ffn1", "ffn2" ("ffn_post_norm"), then "lm_head" (once per row part), "sample"): for benchmarks that time or
+        drop kernel groups."""
         layers = [
             launch.label.rsplit(".", 1)[-1]
             for L in self.layers
             for launch in self._step_launches(L, n_tokens, pos)
         ]
-        return ["embed", *layers, "lm_head", "sample"]
+        embed, head = ["embed"] * len(self.embed_launches), ["lm_head"] * len(self.lm_head_launches)
+        return [*embed, *layers, *head, "sample"]
 
     @property
     def decode_roles(self) -> list[str]:
@@ -330,17 +362,40 @@ class Graph:
 
 def check_kv_limit(cfg: ModelConfig, kern: Kernels, max_ctx: int) -> None:
     """A layer's KV cache is one binding: it must fit maxStorageBufferBindingSize (checked before any upload)."""
-    limit = kern.device.caps.max_storage_buffer_binding_size
-    biggest = 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * (2 if kern.tier.f16 else 4)
+    limit = ops.binding_limit(kern.device.caps)
+    biggest = kv_cache_bytes(cfg, max_ctx, kern.tier.f16) // cfg.n_layers
     if biggest > limit:
+        per_position = biggest // max_ctx
         raise DeviceLimitError(
             f"a layer's KV cache needs {biggest} bytes for {max_ctx} positions but this GPU allows {limit} per "
-            "binding: lower context_window_size"
+            f"binding (maxStorageBufferBindingSize / maxBufferSize): lower context_window_size to at most "
+            f"{limit // per_position}"
         )
 
 
 def kv_cache_bytes(cfg: ModelConfig, max_ctx: int, f16: bool) -> int:
+    """The KV cache of all layers: (n_layers, 2, n_kv_heads, max_ctx, head_dim), f16 or f32."""
     return cfg.n_layers * 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * (2 if f16 else 4)
+
+
+def activation_bytes(cfg: ModelConfig, chunk: int, attention_splits: int) -> dict[str, int]:
+    """Bytes of each activation buffer of a Graph (0: the model has no use for it), for prefill steps of up to
+    ``chunk`` tokens (f32 throughout); the sampler's buffers are ops.Sampler.nbytes."""
+    C, H, splits = chunk, cfg.hidden_size, attention_splits
+    return {
+        "x": C * H * 4,  # (C, H) residual stream
+        "q": C * cfg.q_size * 4,  # (C, n_heads * head_dim) RoPE'd queries
+        # (C, n_heads * head_dim) in prefill; decode: (n_heads, splits, head_dim) partial sums of the key splits
+        "attn": max(C, splits) * cfg.q_size * 4,
+        "attn_ml": cfg.n_heads * splits * 2 * 4,  # (n_heads, splits, 2) max and sum of each split
+        "h": C * cfg.ffn_size * 4,  # (C, ffn_size) act(gate) * up
+        # (C, n_q + n_kv) raw q and k rows before the per-head norms (qk_norm models)
+        "qk": C * (cfg.q_size + cfg.kv_size) * 4 if cfg.qk_norm else 0,
+        "y": C * H * 4 if cfg.post_norms else 0,  # (C, H) an output projection before its post norm
+        # (vocab,) f32 of the step's last token, padded to whole vec4s (the sampler reads vec4s)
+        "logits": ops.Sampler.logits_bytes(cfg.vocab_size),
+        "tokens": max(C, 4) * 4,  # (C,) u32 token ids of the step
+    }
 
 
 def default_chunk(max_ctx: int) -> int:

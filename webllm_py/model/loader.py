@@ -20,6 +20,7 @@ Source rows are read a staging buffer's worth at a time, so a weight never sits 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,27 +44,26 @@ class LayerWeights:
     """One transformer block's tensors on the GPU."""
 
     attn_norm: Buffer  # (H,) f32
-    qkv: (
-        ops.Weight
-    )  # (n_q + 2 n_kv, H): q rows, then k rows, then v rows (NEOX models: q/k rows permuted per head)
+    # (n_q + 2 n_kv, H): q rows, then k rows, then v rows (NEOX models: q/k rows permuted per head)
+    qkv: ops.RowSplit
     qkv_bias: Buffer | None  # (n_q + 2 n_kv,) f32, permuted like the rows
     q_norm: Buffer | None  # (head_dim,) f32 per-head RMSNorm weight of q, permuted like a head's rows
     k_norm: Buffer | None  # (head_dim,) f32
-    o: ops.Weight  # (H, n_q)
+    o: ops.RowSplit  # (H, n_q)
     post_attn_norm: Buffer | None  # (H,) f32: RMSNorm of the attention output before the residual add
     ffn_norm: Buffer  # (H,) f32
-    gate_up: ops.Weight  # (2 I, H): gate row i at 2i, up row i at 2i + 1
-    down: ops.Weight  # (H, I)
+    gate_up: ops.RowSplit  # (2 I, H): gate row i at 2i, up row i at 2i + 1
+    down: ops.RowSplit  # (H, I)
     post_ffn_norm: Buffer | None  # (H,) f32
     rope_freq: Buffer  # (rope_dims / 2,) f32 inverse frequencies (shared by the layers with the same RoPE)
 
 
 @dataclass
 class ModelWeights:
-    embd: ops.Weight  # (vocab, H)
+    embd: ops.RowSplit  # (vocab, H), in row parts when one binding cannot hold it
     layers: list[LayerWeights]
     output_norm: Buffer  # (H,) f32
-    lm_head: ops.Weight  # (vocab, H): the embedding itself when tied
+    lm_head: ops.RowSplit  # (vocab, H): the embedding itself when tied
     nbytes: int  # GPU memory held by all of the above
 
 
@@ -129,7 +129,14 @@ class _Loader:
             layers.append(
                 LayerWeights(
                     attn_norm=await self._vector(t["attn_norm"]),
-                    qkv=await self._matrix(gguf, repacker, qkv_parts, p + "qkv", permute_rows=n_qk),
+                    qkv=await self._matrix(
+                        gguf,
+                        repacker,
+                        qkv_parts,
+                        p + "qkv",
+                        permute_rows=n_qk,
+                        unit=math.lcm(ops.PART_ROWS, cfg.head_dim),
+                    ),
                     qkv_bias=await self._qkv_bias(i) if cfg.qkv_bias else None,
                     q_norm=await self._vector(t["q_norm"], per_head=True) if cfg.qk_norm else None,
                     k_norm=await self._vector(t["k_norm"], per_head=True) if cfg.qk_norm else None,
@@ -232,10 +239,12 @@ class _Loader:
         *,
         interleave: bool = False,
         permute_rows: int = 0,
-    ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) GPU weight.
-        Matrices of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of the weight
-        (ops.alloc_fused), still one product.
+        unit: int = ops.PART_ROWS,
+    ) -> ops.RowSplit:
+        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) product. Matrices
+        of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of a weight
+        (ops.alloc_fused), still one product; a product one storage binding cannot hold is split by rows into
+        several weights (ops.alloc_split; ``unit``: their rows are a multiple of it but the last).
 
         A part is a tensor name, or (name, first row, rows) for part of a fused tensor. With ``interleave`` row r of
         part j goes to r * len(names) + j; else the parts are stacked. NEOX models: the first ``permute_rows``
@@ -249,35 +258,62 @@ class _Loader:
             raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same input size")
         if self.head_order is None:
             permute_rows = 0
-        weight, places = ops.alloc_fused(
+        split, pieces = ops.alloc_split(
             self.kern, [(i.ggml_type, n) for i, (_, _, n) in zip(infos, parts, strict=True)], k, label,
-            interleave=interleave,
+            interleave=interleave, unit=unit,
         )  # fmt: skip
-        row0 = 0
-        for (_, src_row0, part_rows), info, place in zip(parts, infos, places, strict=True):
-            dst_row0, step = place.dst_row0, place.dst_row_step
-            rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
-            if row0 < permute_rows:  # chunks of whole heads (parts start at head boundaries)
-                rows_per_chunk = max(1, rows_per_chunk // self.cfg.head_dim) * self.cfg.head_dim
-            for r0 in range(0, part_rows, rows_per_chunk):
-                rows = min(rows_per_chunk, part_rows - r0)
-                start = (src_row0 + r0) * info.row_bytes
-                raw = await gguf.tensor_bytes_async(info.name, start, rows * info.row_bytes)
-                if row0 + r0 < permute_rows:
-                    raw = self._neox_permuted(raw, row0 + r0, rows, info.row_bytes, permute_rows)
-                repacker.upload(
-                    weight,
-                    info.ggml_type,
-                    raw,
-                    rows,
-                    dst_row0=dst_row0 + r0 * step,
-                    dst_row_step=step,
-                    segment=place.segment,
-                    tensor=info.name,
-                )
-            row0 += part_rows
-        self.weight_bytes += weight.nbytes
-        return weight
+        stacked = [
+            sum(n for _, _, n in parts[:j]) for j in range(len(parts))
+        ]  # first stacked row of each part
+        for piece in pieces:
+            _, src_row0, _ = parts[piece.source]
+            await self._upload(
+                repacker,
+                split.parts[piece.part],
+                infos[piece.source],
+                src_row0 + piece.src_row0,
+                piece.n_rows,
+                piece.place,
+                stacked[piece.source] + piece.src_row0,
+                permute_rows,
+            )
+        self.weight_bytes += split.nbytes
+        return split
+
+    async def _upload(
+        self,
+        repacker: ops.Repacker,
+        weight: ops.Weight,
+        info: TensorInfo,
+        src_row0: int,
+        part_rows: int,
+        place: ops.Placement,
+        row0: int,
+        permute_rows: int,
+    ) -> None:
+        """Repack source rows [src_row0, src_row0 + part_rows) of ``info`` to ``place`` in ``weight``, a staging
+        chunk at a time; ``row0``: where these rows start in the stacked matrix (NEOX: rows below ``permute_rows``
+        are permuted per head)."""
+        dst_row0, step = place.dst_row0, place.dst_row_step
+        rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
+        if row0 < permute_rows:  # chunks of whole heads (parts start at head boundaries)
+            rows_per_chunk = max(1, rows_per_chunk // self.cfg.head_dim) * self.cfg.head_dim
+        for r0 in range(0, part_rows, rows_per_chunk):
+            rows = min(rows_per_chunk, part_rows - r0)
+            start = (src_row0 + r0) * info.row_bytes
+            raw = await self.gguf.tensor_bytes_async(info.name, start, rows * info.row_bytes)
+            if row0 + r0 < permute_rows:
+                raw = self._neox_permuted(raw, row0 + r0, rows, info.row_bytes, permute_rows)
+            repacker.upload(
+                weight,
+                info.ggml_type,
+                raw,
+                rows,
+                dst_row0=dst_row0 + r0 * step,
+                dst_row_step=step,
+                segment=place.segment,
+                tensor=info.name,
+            )
 
     def _neox_permuted(self, raw: bytes, row0: int, rows: int, row_bytes: int, permute_rows: int) -> bytes:
         """Rows row0 .. row0 + rows of the stacked matrix with those below ``permute_rows`` in NEOX order."""

@@ -507,7 +507,7 @@ def create_handler(
         from webllm_py.api.mlc_engine import MLCEngine
         from webllm_py.host import browser_cache  # imports js: only reached in the browser
 
-        engine = MLCEngine(resolve_model=browser_cache.resolve_model)
+        engine = MLCEngine(resolve_model=browser_cache.resolve_model, read_header=browser_cache.read_header)
     if app_config is not None:
         # The site's records replace the prebuilt ones of the same id (a site serving its own copies), and add
         # its own models; the site's cache backend applies.
