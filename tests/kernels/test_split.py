@@ -5,8 +5,8 @@ binding over it would fail validation), on which a tiny model's 1,300-row embedd
 each; the same model on the adapter's own limits takes one. Prefill logits, every decode step's logits and the
 greedy ids must be identical on both: a part's rows are computed exactly as the whole matrix's, only their launches
 differ. Tied (one split serves the gather and the LM head) and untied with a mixed-format head (Q4_K embedding,
-Q6_K LM head, Q4_0 layers), with both decode kernel shapes (GEMV, and GEMV_SEG whose argmax partials come 16 rows a
-workgroup)."""
+Q6_K LM head, Q4_0 layers), with three decode kernel shapes (GEMV; GEMV_SEG, whose argmax partials come 16 rows a
+workgroup; GEMV_MR, 8 rows a workgroup)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ CASES = {
         {"gemv_variant": "GEMV_SEG", "gemv_wg": 64, "gemv_seg": 8},
         Tier(f16=True, subgroups=True),
         (0, 512, 1024),  # 512 rows of Q4_K: 74 KiB
+        SIX,
+    ),
+    # the GPU default decode kernel (speed's GEMV_MR: 8 rows a workgroup, argmax partials through write_best)
+    "tied-q8_0-gemv_mr": (
+        dict(weight_type=GGMLType.Q4_K, embed_type=GGMLType.Q8_0, tied=True),
+        {"gemv_variant": "GEMV_MR", "gemv_wg": 128, "gemv_seg": 32, "gemv_rt": 2},
+        Tier(f16=True, subgroups=True),
+        SIX,
         SIX,
     ),
 }
