@@ -1,0 +1,119 @@
+"""Constrained decoding in the engine's split decode loop (forward and sample submissions, a mask per step) on a
+tiny random Llama: greedy under a grammar equals the numpy reference's argmax over the allowed ids at every step,
+the reply ends where the grammar is complete, lazy matchers run unmasked until their trigger, and the KV cache
+holds what the submitted steps consumed (a follow-up request reusing it matches a fresh prefill)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from webllm_py.engine import SamplingParams, load_engine
+from webllm_py.grammar import Grammar, Matcher
+from webllm_py.kernels.registry import Tier
+from webllm_py.model.gguf import GGUFFile
+
+from ..e2e.reference import ReferenceLlama
+from .tiny_llama import build_tiny_llama
+
+PROMPT = [5, 17, 42, 99, 7, 3, 250, 11]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "integer"},
+        "b": {"enum": ["x", "yz"]},
+        "c": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2},
+    },
+    "required": ["a", "b", "c"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3, tied=False)
+    with GGUFFile.open(path) as g:
+        yield path, ReferenceLlama(g)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny, gpu_device):
+    eng = asyncio.run(
+        load_engine(
+            "tiny", str(tiny[0]), device=gpu_device, tier=Tier(f16=False, subgroups=False),
+            context_window_size=160, tune=False,
+        )
+    )  # fmt: skip
+    yield eng
+    asyncio.run(eng.unload())
+
+
+def run(engine, prompt, params, **kw):
+    gen = engine.generate(prompt, params, **kw)
+
+    async def go():
+        return [t async for t in gen]
+
+    return asyncio.run(go()), gen
+
+
+def test_greedy_under_a_schema_is_the_reference_argmax_over_allowed_ids(engine, tiny):
+    _, ref = tiny
+    grammar = Grammar.json_schema(SCHEMA)
+    matcher = Matcher(grammar, engine.token_index)
+    out, gen = run(engine, PROMPT, SamplingParams(temperature=0.0, max_tokens=60), matcher=matcher)
+    text = engine.tokenizer.decode(out)
+    value = json.loads(text)
+    assert set(value) == {"a", "b", "c"} and gen.finish_reason == "stop"
+    # The same steps on the reference: at each one the argmax of the logits among the ids the grammar allowed.
+    check = Matcher(grammar, engine.token_index)
+    context = list(PROMPT)
+    for tok in out:
+        allowed = np.array([check.is_allowed(i) for i in range(engine.config.vocab_size)])
+        logits = np.where(allowed, ref.logits(context), -np.inf)
+        assert tok == int(np.argmax(logits)), (engine.tokenizer.decode(context[len(PROMPT) :]), tok)
+        assert check.accept(tok)
+        context.append(tok)
+    assert check.is_done()  # the reply ended where nothing but a stop token could follow
+    stats = gen.stats
+    assert stats.grammar_init_s is not None and stats.grammar_s > 0 and stats.completion_tokens == len(out)
+    # The cache holds what the submitted steps consumed; reusing it gives what a fresh prefill gives.
+    assert engine.kv_ids == PROMPT + out[:-1]
+    follow = PROMPT + out + [9]
+    greedy = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    again, g2 = run(engine, follow, greedy)
+    assert g2.reused == len(PROMPT) + len(out) - 1
+    assert again == run(engine, follow, greedy, reuse_kv=False)[0]
+
+
+def test_sampling_under_a_schema_always_validates_and_is_seeded(engine):
+    grammar = Grammar.json_schema(SCHEMA)
+    texts = []
+    for seed in range(6):
+        params = SamplingParams(temperature=1.0, seed=seed, max_tokens=80)
+        out, gen = run(engine, PROMPT, params, matcher=Matcher(grammar, engine.token_index))
+        value = json.loads(engine.tokenizer.decode(out))
+        assert isinstance(value["a"], int) and value["b"] in ("x", "yz") and len(value["c"]) <= 2
+        texts.append(engine.tokenizer.decode(out))
+    again, _ = run(
+        engine, PROMPT, SamplingParams(temperature=1.0, seed=0, max_tokens=80),
+        matcher=Matcher(grammar, engine.token_index),
+    )  # fmt: skip
+    assert engine.tokenizer.decode(again) == texts[0] and len(set(texts)) > 1
+
+
+def test_lazy_matcher_runs_free_until_its_trigger(engine):
+    """Unarmed, the sampler is unmasked (the reply equals the free one up to the trigger); from the trigger on the
+    grammar holds: here the free reply's third token is made the trigger, and the grammar then forces digits."""
+    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    free, _ = run(engine, PROMPT, greedy)
+    trigger = free[2]
+    grammar = Grammar.regex("[0-9]{3}")
+    m = Matcher(Grammar.regex("[0-9]{3}"), engine.token_index, trigger_ids=[trigger])
+    out, gen = run(engine, PROMPT, greedy, matcher=m)
+    assert out[:3] == free[:3]
+    tail = engine.tokenizer.decode(out[3:])
+    assert grammar.matches(tail) and gen.finish_reason == "stop"
