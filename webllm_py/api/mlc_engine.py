@@ -1,7 +1,9 @@
 """``MLCEngine``: WebLLM's engine object (webllm_anchor.md section 1.3) over our GPU ``Engine``.
 
 One request at a time: the request path is validate (``protocol.py``) -> take the lock -> render the chat template
--> tokenize -> ``Engine.generate`` -> ``streaming.py`` turns ids into chunks. The lock is held by a non-streaming
+-> tokenize -> ``Engine.generate`` -> ``streaming.py`` turns ids into chunks. A ``response_format`` or tools add a
+grammar (compiled once per schema: the engine's ``GrammarCache``) and a ``Matcher`` over the model's ``TokenIndex``;
+tools also go through ``tools.py`` (the model family's call format) on the way in and out. The lock is held by a non-streaming
 request until it returns, and by a stream until its generation ends or it is closed (``ChatCompletionStream``).
 
 WebLLM's known trap (mlc-ai/mlc-llm#3113): a consumer that ``break``s out of a stream and then makes another
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -33,9 +36,11 @@ from webllm_py.errors import (
     SpecifiedModelNotFoundError,
     UnclearModelToUseError,
 )
+from webllm_py.grammar import GrammarCache
 from webllm_py.protocol import (
     ChatMessage,
     GenerationConfig,
+    ResponseFormat,
     chat_options_per_model,
     check_chat_completion_request,
     check_completion_request,
@@ -49,6 +54,7 @@ from webllm_py.streaming import (
     logprob_entries,
     merge_choices,
 )
+from webllm_py.tools import ToolCallParser, ToolFormat, calls_grammar, template_messages, tool_format
 
 from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCompletionsSync
 from .types import ChatCompletion, ChatOptionsParam, Completion
@@ -118,6 +124,19 @@ class _Slot:
     conversation_text: str = ""
     conversation_ids: list[int] | None = None
     pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
+    tool_format: ToolFormat | None = None  # the model family's tool-call syntax (from its chat template)
+
+
+@dataclass
+class _Constraint:
+    """What a request's grammar needs at generation time: the grammar, how the matcher starts (lazily at a trigger
+    under tool_choice auto), the parser of tool calls, the grammar's compile time."""
+
+    grammar: Any
+    triggers: tuple[bytes, ...] = ()
+    trigger_ids: tuple[int, ...] = ()
+    compile_s: float = 0.0
+    parser: Callable[[], ToolCallParser] | None = None
 
 
 class MLCEngine:
@@ -138,6 +157,7 @@ class MLCEngine:
         self._resolve_model = resolve_model or _resolve_on_desktop
         self._slots: dict[str, _Slot] = {}  # model id -> slot, in load order
         self._loading = asyncio.Lock()  # reload/unload; requests made meanwhile wait for it
+        self.grammars = GrammarCache()  # compiled response formats and tool grammars (tokenizer-independent)
         self.chat = Chat(self)
         self.completions = TextCompletions(self)
 
@@ -242,12 +262,20 @@ class MLCEngine:
         slot = await self._acquire(checked.config.model, owner)
         try:
             engine = slot.engine
-            messages = [m.to_dict() for m in checked.messages]
+            tools = checked.tools
+            fmt = self._tool_format(slot)
+            messages, template_tools = template_messages([m.to_dict() for m in checked.messages], fmt, tools)
             # Template text and message content stay apart: only the template's text may become control tokens,
             # so a message that types "<|im_end|>" cannot end its own turn (conversation.py).
+            render_kw: dict[str, Any] = {"tools": template_tools} if template_tools else {}
             parts = engine.chat_template.render_parts(
-                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs
+                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs, **render_kw
             )
+            constraint, forced_marker = self._constraint(slot, checked.config.response_format, tools, fmt)
+            if (
+                forced_marker is not None
+            ):  # a control-token marker that opens the calls: prefilled, not sampled
+                parts = [*parts, (forced_marker, True)]
             text = "".join(t for t, _ in parts)
             # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
             # (everything but the new last message is that conversation, the model's reply included). Then only
@@ -261,7 +289,9 @@ class MLCEngine:
             else:
                 prompt_ids = engine.tokenizer.encode_parts(parts)
             slot.pending = (text, prompt_ids, frozenset())
-            return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
+            return await self._run(
+                slot, checked.config, prompt_ids, reuse, owner, checked.messages, constraint=constraint
+            )
         except BaseException:
             self._release(slot, None)
             raise
@@ -284,7 +314,10 @@ class MLCEngine:
             # A raw prompt is not a conversation: as in WebLLM, the KV cache starts over.
             slot.conversation = slot.conversation_ids = slot.pending = None
             echo = prompt_text if checked.echo else None
-            return await self._run(slot, checked.config, prompt_ids, False, owner, None, text_echo=echo)
+            constraint, _ = self._constraint(slot, checked.config.response_format, None, None)
+            return await self._run(
+                slot, checked.config, prompt_ids, False, owner, None, text_echo=echo, constraint=constraint
+            )
         except BaseException:
             self._release(slot, None)
             raise
@@ -299,11 +332,14 @@ class MLCEngine:
         messages: tuple[ChatMessage, ...] | None,
         *,
         text_echo: str | None = None,
+        constraint: _Constraint | None = None,
     ) -> Any:
         """Generate ``config.n`` choices one after another (the lock is held); a stream has one."""
         text = messages is None
         if config.stream:
-            generation, chunks = self._start(slot, config, prompt_ids, reuse, 0, chat=not text)
+            generation, chunks = self._start(
+                slot, config, prompt_ids, reuse, 0, chat=not text, constraint=constraint
+            )
             if text:
                 chunks = completion_chunks(chunks, echo=text_echo)
 
@@ -320,7 +356,7 @@ class MLCEngine:
         for index in range(config.n):
             # Later choices share the prompt: their prefill reuses all of it but the last token.
             generation, chunks = self._start(
-                slot, config, prompt_ids, reuse or index > 0, index, chat=not text
+                slot, config, prompt_ids, reuse or index > 0, index, chat=not text, constraint=constraint
             )
             try:
                 async with aclosing(chunks):
@@ -374,6 +410,7 @@ class MLCEngine:
         index: int,
         *,
         chat: bool,
+        constraint: _Constraint | None = None,
     ) -> tuple[Any, Any]:
         """Start one generation; return it and its (not yet started) chunk iterator.
 
@@ -416,9 +453,21 @@ class MLCEngine:
         if chat and slot.pending is not None:
             slot.pending = (slot.pending[0], slot.pending[1], end_ids)
 
-        generation = engine.generate(
-            prompt_ids, params, reuse_kv=reuse
-        )  # may raise ContextWindowSizeExceeded
+        matcher = None
+        if constraint is not None:
+            from webllm_py.grammar import Matcher
+
+            matcher = Matcher(
+                constraint.grammar,
+                engine.token_index,
+                triggers=constraint.triggers,
+                trigger_ids=constraint.trigger_ids,
+            )
+        # may raise ContextWindowSizeExceeded
+        grammar_kw = {"matcher": matcher} if matcher is not None else {}
+        generation = engine.generate(prompt_ids, params, reuse_kv=reuse, **grammar_kw)
+        if constraint is not None and index == 0:
+            generation.stats.grammar_init_s = (generation.stats.grammar_init_s or 0.0) + constraint.compile_s
         slot.generation = generation
         slot.last_state = state = StreamState()
         entry = logprob_entries(engine.tokenizer.token_bytes) if config.logprobs else None
@@ -433,8 +482,56 @@ class MLCEngine:
             state=state,
             logprob_entry=entry,
             latency_breakdown=config.enable_latency_breakdown,
+            tool_parser=constraint.parser() if constraint is not None and constraint.parser else None,
         )
         return generation, chunks
+
+    def _tool_format(self, slot: _Slot) -> ToolFormat:
+        if slot.tool_format is None:
+            slot.tool_format = tool_format(getattr(slot.engine.chat_template, "source", None))
+        return slot.tool_format
+
+    def _grammar(self, key: str, build: Callable[[], Any]) -> tuple[Any, float]:
+        """A compiled grammar from the cache, or compiled now: (grammar, seconds spent compiling)."""
+        grammar = self.grammars.get(key)
+        if grammar is not None:
+            return grammar, 0.0
+        t0 = time.perf_counter()
+        grammar = self.grammars.put(build())
+        return grammar, time.perf_counter() - t0
+
+    def _constraint(
+        self, slot: _Slot, response_format: ResponseFormat | None, tools: Any, fmt: ToolFormat | None
+    ) -> tuple[_Constraint | None, str | None]:
+        """The grammar of a request and, for forced calls in a format whose marker is one control token, that
+        marker (appended to the prompt). Compile errors are the request's typed errors."""
+        answer = None
+        compile_s = 0.0
+        if response_format is not None:
+            answer, compile_s = self._grammar(response_format.key, response_format.compile)
+        if tools is None or tools.choice == "none" or fmt is None:
+            return (_Constraint(answer, compile_s=compile_s) if answer is not None else None), None
+        tokenizer = slot.engine.tokenizer
+        marker_id = tokenizer.token_to_id(fmt.marker)
+        marker_is_token = marker_id is not None and tokenizer.is_special(marker_id)
+        calls, calls_s = self._grammar(*calls_grammar(fmt, tools, marker_is_token=marker_is_token))
+        compile_s += calls_s
+        skipped = fmt.marker if tools.forced and marker_is_token else ""
+
+        def parser() -> ToolCallParser:
+            return ToolCallParser(fmt, forced=tools.forced, skipped=skipped)
+
+        if tools.forced:
+            return _Constraint(calls, compile_s=compile_s, parser=parser), (
+                fmt.marker if marker_is_token else None
+            )
+        if answer is not None:  # auto with a response format: a call, or else the formatted answer
+            union_key = "union:" + json.dumps([calls.key, answer.key], ensure_ascii=False)
+            union, union_s = self._grammar(union_key, lambda: _union(calls, answer))
+            return _Constraint(union, compile_s=compile_s + union_s, parser=parser), None
+        if marker_is_token:
+            return _Constraint(calls, trigger_ids=(marker_id,), compile_s=compile_s, parser=parser), None
+        return _Constraint(calls, triggers=(fmt.marker.encode(),), compile_s=compile_s, parser=parser), None
 
     def _done(self, slot: _Slot, generation: Any, messages: tuple[ChatMessage, ...] | None) -> None:
         """A generation ended: keep its stats and, for chat, the conversation the KV cache now holds."""
@@ -442,8 +539,10 @@ class MLCEngine:
         if slot.generation is generation:
             slot.generation = None
         if messages is not None and slot.pending is not None:
-            reply = slot.last_state.text
-            slot.conversation = (*messages, ChatMessage("assistant", reply))
+            state = slot.last_state
+            reply = state.text
+            calls = tuple(state.tool_calls) or None
+            slot.conversation = (*messages, ChatMessage("assistant", state.content, tool_calls=calls))
             text, prompt_ids, end_ids = slot.pending
             reply_ids = [t for t in generation.output_ids if t not in end_ids]
             slot.conversation_text = text + reply
@@ -617,6 +716,12 @@ class MLCEngineSync:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _union(*grammars: Any) -> Any:
+    from webllm_py.grammar import Grammar
+
+    return Grammar.union(*grammars)
 
 
 def _first(*values: Any) -> Any:
