@@ -334,6 +334,7 @@ class ToolCallParser:
 
     def __post_init__(self) -> None:
         self._buf = ""  # text not handed out yet
+        self._name = ""  # the name of the call whose head is being read
         self._held_ws = (
             ""  # whitespace between content and the marker (content again if the marker was prose)
         )
@@ -393,8 +394,9 @@ class ToolCallParser:
             if buf.startswith(lit):
                 self._buf = buf[len(lit) :]
                 self._state = self._NEXT[state]
-                if state == "key":
-                    call = self.calls[-1]
+                if state == "key":  # the call's head is complete: it exists from now on
+                    call = _Call(self._name, None if fmt.id_chars else new_call_id())
+                    self.calls.append(call)
                     out.append(("call", len(self.calls) - 1, call.id, call.name))
                 elif state == "tail":
                     self.calls[-1].complete = True
@@ -417,7 +419,7 @@ class ToolCallParser:
                 return False
             value, self._buf = buf[:at], buf[at + 1 :]
             if state == "name":
-                self.calls.append(_Call(value, None if fmt.id_chars else new_call_id()))
+                self._name = value
                 self._state, self._expect = "key", ', "' + fmt.args_key + '": '
             else:
                 self.calls[-1].id = value

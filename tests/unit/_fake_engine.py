@@ -59,6 +59,13 @@ class FakeTokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         return self.pieces[token_id]
 
+    def token_to_id(self, text: str) -> int | None:
+        raw = text.encode()
+        return self.pieces.index(raw) if raw in self.pieces else None
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id < 2
+
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", "replace")
 
