@@ -37,6 +37,7 @@ from .errors import (
     ContextWindowSizeExceededError,
     EngineBusyError,
     EngineNotLoadedError,
+    GGUFMetadataError,
     GrammarViolationError,
     InvalidRangeError,
 )
@@ -48,6 +49,7 @@ from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import LlamaGraph, default_chunk
+from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -398,9 +400,7 @@ class Engine:
         n_ctx = self.context_window_size
         if not prompt_ids:
             raise InvalidRangeError("prompt", prompt_ids, "at least one token")
-        for i, t in enumerate(prompt_ids):
-            if not 0 <= t < self.config.vocab_size:
-                raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {self.config.vocab_size})")
+        check_token_ids(prompt_ids, self.config.vocab_size, "prompt")
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(
@@ -444,6 +444,27 @@ class Engine:
         self.gguf.close()
 
 
+def read_model(
+    gguf: GGUFFile, chat_template: str | AnyTemplate | None = None
+) -> tuple[ModelConfig, Tokenizer, AnyTemplate]:
+    """Everything a model is made of that needs no GPU, read and checked from its GGUF header: the architecture,
+    the tokenizer (which must have one token per row of the embedding) and the chat template. Every problem is a
+    typed error naming the key (tests/fuzz runs corrupt files through this)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    tokenizer = Tokenizer.from_gguf(gguf.metadata)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        # the sampler picks among the LM head's rows: an id the tokenizer lacks would end the reply with an error
+        raise GGUFMetadataError(
+            gguf.name, "tokenizer.ggml.tokens", f"{cfg.vocab_size} tokens (the embedding's rows)",
+            f"{tokenizer.vocab_size} tokens",
+        )  # fmt: skip
+    # Compiled once per model; importing jinja2 happens here, at the first load, not when the package loads.
+    template = get_chat_template(
+        gguf.get_str("tokenizer.chat_template", None), chat_template, tokenizer=tokenizer
+    )
+    return cfg, tokenizer, template
+
+
 async def load_engine(
     record: ModelRecord | str,
     gguf_path: str | os.PathLike[str] | ByteSource,
@@ -474,10 +495,7 @@ async def load_engine(
     else:
         gguf = GGUFFile.open(gguf_path)
     try:
-        cfg = ModelConfig.from_gguf(gguf)
-        tokenizer = Tokenizer.from_gguf(gguf.metadata)
-        # Compiled once per model; importing jinja2 happens here, at the first load, not when the package loads.
-        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template, tokenizer=tokenizer)
+        cfg, tokenizer, template = read_model(gguf, chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
             raise InvalidRangeError(

@@ -7,6 +7,8 @@ fix without reading our code. The class name is part of the contract: errors cro
 
 from __future__ import annotations
 
+import reprlib
+
 
 class WebLLMError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -127,9 +129,23 @@ class EngineBusyError(WebLLMError):
 # (``temperature``, ``messages[2].content``), so a client can point at it without parsing the message.
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3  # a list nested 3,000 deep shows as [[[...]]], never a RecursionError
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
 def _show(value: object) -> str:
-    """A short repr for error messages: a 5 MB prompt must not end up in a traceback."""
-    text = repr(value)
+    """A short repr for error messages, whatever the value: a 5 MB prompt, a list nested 3,000 deep, an integer of
+    10,000 digits (whose repr Python refuses) or an object whose __repr__ fails all end up as a few dozen
+    characters, never a second error."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        text = f"<an integer of {value.bit_length()} bits>"
+    else:
+        try:
+            text = _REPR.repr(value)
+        except Exception:
+            text = f"<a {type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -206,6 +222,38 @@ class ReloadModelIdNotUniqueError(_NamedFieldError):
     """``reload()`` was given the same model id more than once."""
 
     field = "model_id"
+
+
+class InvalidJSONError(InvalidRequestError):
+    """A request body or a worker message is not JSON a request can be made of: it does not parse, nests deeper
+    than ``protocol.MAX_JSON_DEPTH``, holds NaN or Infinity, or holds text that is not valid Unicode (a lone UTF-16
+    surrogate). ``field`` names where (``body``, ``content.request.messages[0].content``)."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"`{field}`: {reason}")
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A request body is larger than the endpoint accepts (HTTP 413); ``limit`` is that size in bytes."""
+
+    def __init__(self, field: str, size: int, limit: int):
+        self.field = field
+        self.size = size
+        self.limit = limit
+        super().__init__(f"`{field}` is {size} bytes; the limit is {limit} bytes")
+
+
+class InvalidAppConfigError(WebLLMError, ValueError):
+    """An app config or model record is malformed (a duplicate model id, an unknown cache backend, a field of the
+    wrong type); ``field`` names it (``appConfig.model_list[2].size``)."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"`{field}` must be {allowed}; got {_show(value)}")
 
 
 class ServerSentEventsError(WebLLMError):

@@ -32,6 +32,7 @@ from functools import cache
 from typing import Any
 
 from .errors import TokenizerError, UnsupportedTokenizerError
+from .model.gguf import GGUFMetadata
 
 # GGUF token types (``tokenizer.ggml.token_type``), from llama.cpp's ``llama_token_type``.
 TOKEN_NORMAL = 1
@@ -464,43 +465,48 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, metadata: Mapping[str, Any], *, add_bos: bool | None = None) -> Tokenizer:
-        """Build from a GGUF metadata dict (``GGUFFile.metadata``). ``add_bos`` overrides the file's choice."""
-        model = metadata.get("tokenizer.ggml.model")
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        if model is None or tokens is None:
+        """Build from a GGUF metadata dict (``GGUFFile.metadata``). ``add_bos`` overrides the file's choice.
+
+        Every key is read through the typed getters (``GGUFMetadata``): a token that is not a string, a score that
+        is NaN, a token_type list shorter than the vocabulary, a flag that is a list raise ``GGUFMetadataError``
+        naming the key."""
+        meta = GGUFMetadata.of(metadata)
+        if "tokenizer.ggml.model" not in meta or "tokenizer.ggml.tokens" not in meta:
             raise TokenizerError(
                 "the GGUF has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)"
             )
+        model = meta.get_str("tokenizer.ggml.model")
+        tokens = meta.get_array("tokenizer.ggml.tokens", str, min_length=1)
+        n = len(tokens)
         if model == "llama":
             # llama.cpp's SPM defaults: BOS 1, EOS 2, add BOS, add a space prefix.
             default_bos, default_eos, default_add_bos = 1, 2, True
         else:
             default_bos, default_eos = 11, 11
-            default_add_bos = metadata.get("tokenizer.ggml.pre") in _ADD_BOS_PRES
-        n = len(tokens)
+            default_add_bos = meta.get_str("tokenizer.ggml.pre", None) in _ADD_BOS_PRES
 
         def in_range(key: str, default: int | None = None) -> int | None:
             # llama.cpp ignores an out-of-range special id (with a warning) rather than refusing the model.
-            i = metadata.get(key, default)
+            i = meta.get_int(key, default, min=-(2**63), max=2**64) if key in meta else default
             return i if isinstance(i, int) and 0 <= i < n else None
 
         if add_bos is None:
-            add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
+            add_bos = meta.get_bool("tokenizer.ggml.add_bos_token", default_add_bos)
         return cls(
             model=model,
             tokens=tokens,
-            token_types=metadata.get("tokenizer.ggml.token_type"),
-            merges=metadata.get("tokenizer.ggml.merges"),
-            scores=metadata.get("tokenizer.ggml.scores"),
-            pre=metadata.get("tokenizer.ggml.pre"),
+            token_types=meta.get_array("tokenizer.ggml.token_type", int, None, length=n),
+            merges=meta.get_array("tokenizer.ggml.merges", str, None),
+            scores=meta.get_array("tokenizer.ggml.scores", float, None, length=n),
+            pre=meta.get_str("tokenizer.ggml.pre", None),
             bos_id=in_range("tokenizer.ggml.bos_token_id", default_bos),
             eos_id=in_range("tokenizer.ggml.eos_token_id", default_eos),
             eot_id=in_range("tokenizer.ggml.eot_token_id"),
             eom_id=in_range("tokenizer.ggml.eom_token_id"),
             add_bos=add_bos,
-            add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)),
+            add_space_prefix=meta.get_bool("tokenizer.ggml.add_space_prefix", True),
             fim_ids={k: in_range(f"tokenizer.ggml.{k}_token_id") for k in FIM_TEXTS},
-            model_name=str(metadata.get("general.name", "")),
+            model_name=meta.get_str("general.name", ""),
         )
 
     # ---- vocabulary ----

@@ -137,7 +137,12 @@ class LlamaGraph:
         cfg = self.cfg
         freqs = [cfg.rope_base ** (-2.0 * i / cfg.rope_dims) for i in range(cfg.rope_dims // 2)]
         if cfg.has_rope_freq_factors:
-            factors = await self._floats(gguf, gguf.tensor("rope_freqs.weight"))
+            info = gguf.tensor("rope_freqs.weight")
+            factors = await self._floats(gguf, info)
+            if len(factors) < len(freqs):
+                raise UnsupportedModelError(f"{gguf.name}: rope_freqs.weight has {len(factors)} values; the "
+                                            f"rotation needs {len(freqs)}")  # fmt: skip
+            gguf.check_finite(info.name, struct.pack(f"<{len(factors)}f", *factors), positive=True)
             freqs = [f / factors[i] for i, f in enumerate(freqs)]
         return freqs
 
@@ -154,6 +159,7 @@ class LlamaGraph:
         if info.ggml_type != GGMLType.F32:
             values = await self._floats(gguf, info)
             data = struct.pack(f"<{len(values)}f", *values)
+        gguf.check_finite(name, data)  # norms and biases are small: checked on the host, before the upload
         buf = self.device.create_buffer(len(data), STORAGE, name)
         self.device.write_buffer(buf, 0, data)
         self.weight_bytes += len(data)
