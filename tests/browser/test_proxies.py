@@ -224,6 +224,13 @@ def test_seeded_sample_equals_the_desktop_engine(proxy_page):
     api_reference.check_seeded(out)
 
 
+def test_a_seeded_constrained_sample_equals_the_desktop_engine(proxy_page):
+    """response_format through the JS proxy: the grammar's masks (computed in Pyodide) give the desktop's tokens."""
+    out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", api_reference.CONSTRAINED)
+    assert "error" not in out, out
+    api_reference.check_constrained(out)
+
+
 def test_logit_bias_n_and_top_logprobs(proxy_page):
     request, forced = api_reference.bias_request()
     out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", request)

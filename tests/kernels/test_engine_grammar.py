@@ -117,3 +117,74 @@ def test_lazy_matcher_runs_free_until_its_trigger(engine):
     assert out[:3] == free[:3]
     tail = engine.tokenizer.decode(out[3:])
     assert grammar.matches(tail) and gen.finish_reason == "stop"
+
+
+# ---- through the API (MLCEngine) ------------------------------------------------------------------------------------
+
+NESTED = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 999},
+        "item": {"$ref": "#/$defs/item"},
+        "tags": {"type": "array", "items": {"enum": ["a", "bb"]}, "maxItems": 3},
+        "extra": {"anyOf": [{"type": "null"}, {"type": "boolean"}, {"$ref": "#/$defs/item"}]},
+    },
+    "required": ["id", "item", "tags", "extra"],
+    "$defs": {
+        "item": {
+            "type": "object",
+            "properties": {"k": {"type": "string", "maxLength": 4}, "n": {"type": "number"}},
+            "required": ["k"],
+        }
+    },
+}
+FORMATS = {
+    "json_object": {"type": "json_object"},
+    "json_schema": {"type": "json_schema", "json_schema": {"name": "nested", "schema": NESTED}},
+    "webllm_schema": {"type": "json_object", "schema": json.dumps(NESTED)},
+    "grammar": {"type": "grammar", "grammar": 'root ::= "(" num ("+" num)* ")"\nnum ::= [1-9] [0-9]{0,2}'},
+}
+
+
+def test_api_matrix_on_the_tiny_model(tiny, gpu_device):
+    """Every response format, greedy and sampled, through MLCEngine: the replies parse and validate."""
+    import jsonschema
+
+    from webllm_py import AppConfig, MLCEngine, ModelRecord
+
+    async def resolve(record, app_config, progress):
+        return str(tiny[0])
+
+    async def go():
+        config = AppConfig(model_list=[ModelRecord("tiny", str(tiny[0]), context_window_size=320)])
+        engine = MLCEngine(app_config=config, device=gpu_device, resolve_model=resolve)
+        await engine.reload("tiny")
+        out = []
+        try:
+            for name, rf in FORMATS.items():
+                for knobs in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+                    reply = await engine.chat.completions.create(
+                        messages=[{"role": "user", "content": "go"}], response_format=rf, max_tokens=220, **knobs
+                    )
+                    out.append((name, knobs, reply))
+            text = await engine.completions.create(
+                prompt="x", response_format=FORMATS["grammar"], max_tokens=40, temperature=1.0, seed=2
+            )
+            out.append(("text_completion", {}, text))
+        finally:
+            await engine.unload()
+        return out
+
+    import re
+
+    for name, knobs, reply in asyncio.run(go()):
+        c = reply.choices[0]
+        text = c.message.content if name != "text_completion" else c.text
+        assert c.finish_reason == "stop", (name, knobs, text)
+        if name in ("grammar", "text_completion"):
+            assert re.fullmatch(r"\([1-9][0-9]{0,2}(\+[1-9][0-9]{0,2})*\)", text), text
+        elif name == "json_object":
+            assert isinstance(json.loads(text), dict)
+        else:
+            jsonschema.validate(json.loads(text), NESTED)
+        assert reply.usage.extra["grammar_per_token_s"] > 0
