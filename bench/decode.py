@@ -164,7 +164,9 @@ async def bench_grammar(engine, n_prompt: int, n_decode: int, free: dict) -> lis
     ids = prompt_ids(engine.tokenizer, n_prompt)
     runs = [{"case": "free", "decode_tokens_per_s": free["decode_tokens_per_s"]}]
     for name, (g, lazy) in cases.items():
-        for _ in range(2):  # the first pass fills the grammar's mask cache and warms up; the second is measured
+        for _ in range(
+            2
+        ):  # the first pass fills the grammar's mask cache and warms up; the second is measured
             matcher = Matcher(g, engine.token_index, **lazy)
             params = SamplingParams(temperature=0, max_tokens=n_decode, ignore_eos=True)
             gen = engine.generate(ids, params, reuse_kv=False, matcher=matcher)

@@ -218,7 +218,7 @@ def forged_reference() -> dict[str, Any]:
 
 # (b) the same seeded sample under a grammar: the mask is computed by the same pure-Python matcher on both hosts,
 # so the tokens must be the same. At least 30 characters: 4 tokens cannot complete it (finish "length").
-GRAMMAR = 'root ::= [a-z ,.]{30,60}'
+GRAMMAR = "root ::= [a-z ,.]{30,60}"
 CONSTRAINED = {
     **{k: v for k, v in SEEDED.items() if k not in ("logprobs", "top_logprobs")},
     "max_tokens": 4,

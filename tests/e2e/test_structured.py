@@ -30,7 +30,11 @@ SCHEMA = {
         "contact": {
             "anyOf": [
                 {"type": "null"},
-                {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"]},
+                {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 10}},
+                    "required": ["city"],
+                },
             ]
         },
     },
@@ -38,7 +42,10 @@ SCHEMA = {
     "$defs": {
         "pet": {
             "type": "object",
-            "properties": {"kind": {"enum": ["cat", "dog"]}, "legs": {"type": "integer", "minimum": 0, "maximum": 8}},
+            "properties": {
+                "kind": {"enum": ["cat", "dog"]},
+                "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+            },
             "required": ["kind", "legs"],
         }
     },
@@ -82,7 +89,9 @@ def api(loop, gpu_device):
         model_list=[webllm_py.ModelRecord(model_id=DEFAULT_MODEL_ID, model_url=str(smollm2_path()))]
     )
     engine = loop.run_until_complete(
-        webllm_py.CreateMLCEngine(DEFAULT_MODEL_ID, app_config=config, device=gpu_device, context_window_size=512)
+        webllm_py.CreateMLCEngine(
+            DEFAULT_MODEL_ID, app_config=config, device=gpu_device, context_window_size=512
+        )
     )
     yield engine
     loop.run_until_complete(engine.unload())
@@ -160,5 +169,7 @@ def test_required_makes_a_small_model_call_and_the_stream_accumulates_to_it(loop
     validate(second)
     assert second.choices[0].message.content or second.choices[0].message.tool_calls
     engine = api._slots[DEFAULT_MODEL_ID].engine
-    prompt_len = len(engine.kv_ids) - (second.usage.completion_tokens - 1)  # the cache: prompt + consumed reply
+    prompt_len = len(engine.kv_ids) - (
+        second.usage.completion_tokens - 1
+    )  # the cache: prompt + consumed reply
     assert second.usage.prompt_tokens < prompt_len / 4  # only the tool turn was prefilled

@@ -164,7 +164,10 @@ def test_api_matrix_on_the_tiny_model(tiny, gpu_device):
             for name, rf in FORMATS.items():
                 for knobs in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
                     reply = await engine.chat.completions.create(
-                        messages=[{"role": "user", "content": "go"}], response_format=rf, max_tokens=220, **knobs
+                        messages=[{"role": "user", "content": "go"}],
+                        response_format=rf,
+                        max_tokens=220,
+                        **knobs,
                     )
                     out.append((name, knobs, reply))
             text = await engine.completions.create(

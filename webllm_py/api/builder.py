@@ -54,7 +54,9 @@ class Messages(list[ChatCompletionMessageParam]):
                 call_id, name, arguments = c.id, c.function.name, c.function.arguments
             if not isinstance(arguments, str):
                 arguments = json.dumps(arguments, ensure_ascii=False)
-            out.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            out.append(
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            )
         self.append({"role": "assistant", "content": content, "tool_calls": out})  # type: ignore[arg-type]
         return self
 
