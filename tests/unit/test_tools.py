@@ -470,3 +470,17 @@ def test_bad_schema_in_a_tool_is_the_requests_error_and_frees_the_engine():
 
 def test_formats_table():
     assert set(FORMATS) == {"hermes", "llama3", "mistral", "generic"}
+
+
+def test_tools_with_a_response_format_under_auto_is_a_call_or_the_formatted_answer():
+    async def body(engine, fake):
+        rf = {"type": "json_object", "schema": {"type": "object", "properties": {"t": {"type": "integer"}}}}
+        reply = await engine.chat.completions.create(messages=ASK, tools=TOOLS, response_format=rf)
+        return reply, fake.matcher
+
+    reply, matcher = run_engine(body, reply=['{"t": ', "21}"])
+    assert reply.choices[0].message.content == '{"t": 21}' and reply.choices[0].finish_reason == "stop"
+    g = matcher.grammar
+    assert matcher.armed and g.key.startswith("union:")  # constrained from the first token: either kind of reply
+    assert g.matches('{"t": 21}') and g.matches(call_text(HERMES, [ToolCall("x", "get_time", '{"zone": "UTC"}')]))
+    assert not g.matches("It is 21.")
