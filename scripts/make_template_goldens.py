@@ -243,6 +243,10 @@ def tokenizer_for(bos: str, eos: str, template: str) -> PreTrainedTokenizerFast:
     return tok
 
 
+def write(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n")
+
+
 def main() -> int:
     chat_template_utils.datetime = FrozenDatetime  # strftime_now reads datetime.now()
     templates = {}
@@ -270,40 +274,32 @@ def main() -> int:
                     except jinja2.TemplateError as e:
                         case["error"] = str(e)
                     cases.append(case)
-    OUT.write_text(
-        json.dumps(
-            {
-                "generator": "scripts/make_template_goldens.py",
-                "transformers": transformers.__version__,
-                "jinja2": jinja2.__version__,
-                "now": NOW.isoformat(),
-                "templates": templates,
-                "conversations": CONVERSATIONS,
-                "cases": cases,
-            },
-            ensure_ascii=False,
-            indent=0,
-        )
-        + "\n"
+    write(
+        OUT,
+        {
+            "generator": "scripts/make_template_goldens.py",
+            "transformers": transformers.__version__,
+            "jinja2": jinja2.__version__,
+            "now": NOW.isoformat(),
+            "templates": templates,
+            "conversations": CONVERSATIONS,
+            "cases": cases,
+        },
     )
     errors = sum("error" in c for c in cases)
     print(f"{OUT}: {len(cases)} cases over {len(templates)} templates ({errors} refused by the template)")
     tool_templates, tcases = tool_cases()
-    TOOL_OUT.write_text(
-        json.dumps(
-            {
-                "generator": "scripts/make_template_goldens.py",
-                "transformers": transformers.__version__,
-                "now": NOW.isoformat(),
-                "templates": tool_templates,
-                "tools": TOOLS,
-                "conversations": TOOL_CONVERSATIONS,
-                "cases": tcases,
-            },
-            ensure_ascii=False,
-            indent=0,
-        )
-        + "\n"
+    write(
+        TOOL_OUT,
+        {
+            "generator": "scripts/make_template_goldens.py",
+            "transformers": transformers.__version__,
+            "now": NOW.isoformat(),
+            "templates": tool_templates,
+            "tools": TOOLS,
+            "conversations": TOOL_CONVERSATIONS,
+            "cases": tcases,
+        },
     )
     errors = sum("error" in c for c in tcases)
     print(f"{TOOL_OUT}: {len(tcases)} cases over {len(tool_templates)} templates ({errors} refused)")

@@ -6,7 +6,6 @@ and its result go back for a second round that reuses the KV cache."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
@@ -18,7 +17,10 @@ import webllm_py
 from webllm_py.streaming import collect_chat_completion
 
 from ..unit.openai_check import validate
+from . import test_chat_api
 from .model_path import DEFAULT_MODEL_ID, smollm2_path
+
+loop = test_chat_api.loop  # a module-scoped event loop (fixture)
 
 SCHEMA = {
     "type": "object",
@@ -74,13 +76,6 @@ TOOLS = [
     }
 ]
 SAMPLING = [{"temperature": 0}, {"temperature": 1.0, "seed": 7}]
-
-
-@pytest.fixture(scope="module")
-def loop():
-    lp = asyncio.new_event_loop()
-    yield lp
-    lp.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,11 @@ import pytest
 from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.grammar import Grammar, Matcher
 from webllm_py.kernels.registry import Tier
-from webllm_py.model.gguf import GGUFFile
 
-from ..e2e.reference import ReferenceLlama
-from .tiny_llama import build_tiny_llama
+from . import test_engine_sampling as sampling_tests
+
+tiny = sampling_tests.tiny  # the random tiny Llama and its numpy reference (a module-scoped fixture)
+run = sampling_tests.run
 
 PROMPT = [5, 17, 42, 99, 7, 3, 250, 11]
 SCHEMA = {
@@ -33,13 +34,6 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3, tied=False)
-    with GGUFFile.open(path) as g:
-        yield path, ReferenceLlama(g)
-
-
-@pytest.fixture(scope="module")
 def engine(tiny, gpu_device):
     eng = asyncio.run(
         load_engine(
@@ -49,15 +43,6 @@ def engine(tiny, gpu_device):
     )  # fmt: skip
     yield eng
     asyncio.run(eng.unload())
-
-
-def run(engine, prompt, params, **kw):
-    gen = engine.generate(prompt, params, **kw)
-
-    async def go():
-        return [t async for t in gen]
-
-    return asyncio.run(go()), gen
 
 
 def test_greedy_under_a_schema_is_the_reference_argmax_over_allowed_ids(engine, tiny):

@@ -481,6 +481,10 @@ def test_tools_with_a_response_format_under_auto_is_a_call_or_the_formatted_answ
     reply, matcher = run_engine(body, reply=['{"t": ', "21}"])
     assert reply.choices[0].message.content == '{"t": 21}' and reply.choices[0].finish_reason == "stop"
     g = matcher.grammar
-    assert matcher.armed and g.key.startswith("union:")  # constrained from the first token: either kind of reply
-    assert g.matches('{"t": 21}') and g.matches(call_text(HERMES, [ToolCall("x", "get_time", '{"zone": "UTC"}')]))
+    assert matcher.armed and g.key.startswith(
+        "union:"
+    )  # constrained from the first token: either kind of reply
+    assert g.matches('{"t": 21}') and g.matches(
+        call_text(HERMES, [ToolCall("x", "get_time", '{"zone": "UTC"}')])
+    )
     assert not g.matches("It is 21.")
