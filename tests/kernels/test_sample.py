@@ -11,8 +11,9 @@ import pytest
 
 from webllm_py.gpu.device import BufferUsage
 from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels
 
-from .conftest import STORAGE, download, state_buffer, zeros
+from .conftest import STORAGE, TIERS, download, state_buffer, zeros
 from .reference_sampler import LOGPROB_FLOOR, reference_sample
 
 TINY = 1e-4  # draws closer than this (relative to the kept mass) to a walk boundary are float32 coin flips
@@ -278,6 +279,13 @@ def test_greedy_reads_lm_head_partials_only_when_nothing_adjusts_the_logits(kern
         g.s.use_partials(9)
 
 
+@pytest.fixture(params=[t for t in TIERS if not t.f16], ids=lambda t: t.name)
+def f32_sampler(request, gpu_device):
+    """The sampler reads f32 logits in every tier: the mask tests run on the two reductions (subgroups or not)."""
+    kern = Kernels(gpu_device, request.param)
+    return lambda vocab: GPUSampler(kern, vocab)
+
+
 MASKED_CONFIGS = [
     {"temperature": 0.0},
     {"temperature": 1.0},
@@ -289,7 +297,7 @@ MASKED_CONFIGS = [
 
 
 @pytest.mark.parametrize("config", MASKED_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
-def test_mask_holds_on_every_path(sampler, config):
+def test_mask_holds_on_every_path(f32_sampler, config):
     """A grammar's mask removes ids before greedy, top-k/top-p, penalties and bias can bring them back: the GPU
     draws what the reference draws among the allowed ids only, and reports masked ids at LOGPROB_FLOOR. The
     vocabulary is not a multiple of 32 (the last mask word is partial) and the masks mix whole masked words, a
@@ -308,7 +316,7 @@ def test_mask_holds_on_every_path(sampler, config):
     config = dict(config)
     if config.get("logit_bias") == "masked":  # +100 on masked favourites: still masked
         config["logit_bias"] = [(int(i), 100.0) for i in favourites[:5]]
-    g = sampler(vocab)
+    g = f32_sampler(vocab)
     compared = 0
     for name, allowed in masks.items():
         for seed, step in [(7, 0), (7, 1), (99, 3), (2**32 - 1, 5)]:
