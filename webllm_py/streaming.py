@@ -310,8 +310,8 @@ def _deltas(text: str | None, parser: ToolCallParser | None, state: StreamState)
             call = ChoiceDeltaToolCall(index, id=event[2], type="function", function=fn)
         elif kind == "args":
             call = ChoiceDeltaToolCall(index, function=ChoiceDeltaToolCallFunction(arguments=event[2]))
-        else:  # "id"
-            call = ChoiceDeltaToolCall(index, id=event[2])
+        else:  # "id": with an empty arguments piece, as clients (openai-python) want `function` in every delta
+            call = ChoiceDeltaToolCall(index, id=event[2], function=ChoiceDeltaToolCallFunction(arguments=""))
         out.append(ChoiceDelta(tool_calls=[call]))
     return out
 

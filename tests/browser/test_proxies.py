@@ -193,6 +193,32 @@ def test_interrupt_mid_stream_then_break_then_next_request(proxy_page):
     assert out["next"]["usage"]["completion_tokens"] == 1 and out["message"]
 
 
+def test_stream_as_ndjson_readable_stream_tee_and_cancel(proxy_page):
+    """The Stream through the real worker: cancelling its ReadableStream mid-generation frees the engine at once for
+    the next stream, whose toReadableStream() read back by Stream.fromReadableStream and tee'd gives every chunk to
+    both branches (two prefills: SwiftShader is slow)."""
+    out = evaluate(
+        proxy_page,
+        """
+        const request = { messages: arg, temperature: 0, stream: true };
+        const reader = (await engine.chat.completions.create({ ...request, max_tokens: 40 }))
+          .toReadableStream().getReader();
+        const first = JSON.parse(new TextDecoder().decode((await reader.read()).value));
+        await reader.cancel();
+        const bytes = (await engine.chat.completions.create({ ...request, max_tokens: 3 })).toReadableStream();
+        const [a, b] = window.webllm.Stream.fromReadableStream(bytes).tee();
+        const read = async (s) => { const chunks = []; for await (const c of s) chunks.push(c); return chunks; };
+        return { first: first.object, branches: [await read(a), await read(b)] };
+        """,
+        SHORT,
+    )
+    assert "error" not in out, out
+    assert out["first"] == "chat.completion.chunk"
+    left, right = out["branches"]
+    assert left == right and left[-1]["choices"][0]["finish_reason"] == "length"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in left)
+
+
 def test_other_engine_methods(proxy_page):
     out = evaluate(
         proxy_page,

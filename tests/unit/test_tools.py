@@ -334,9 +334,10 @@ class ToolTemplate:
         return [(text + "assistant: ", True)]
 
 
-def run_engine(body, *, reply: list[str]):
+def run_engine(body, *, reply: list[str], template_source: str = QWEN):
     fake = FakeEngine()
     fake.chat_template = ToolTemplate()
+    fake.chat_template.source = template_source
     fake.say(reply)
 
     async def resolve(record, app_config, progress):
@@ -407,6 +408,37 @@ def test_streamed_tool_calls_validate_and_accumulate_to_the_message():
     assert sum(1 for d in deltas if d.index == 0) > 2  # arguments streamed in pieces as they were generated
     assert chunks[-1].usage.extra["grammar_init_s"] >= 0 and "grammar_per_token_s" in chunks[-1].usage.extra
     assert fake.matcher is not None and not fake.matcher.armed  # auto: lazy, armed at <tool_call>
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "llama-3.2", "mistral-v0.3"])
+def test_each_familys_stream_accumulates_in_openai_python_to_the_message(name):
+    """Every format's deltas satisfy openai-python's stream state (which wants ``function`` in every delta of a
+    function call: Mistral's id, written by the model after the arguments, comes in a delta of its own)."""
+    fmt = tool_format(source(name))
+    calls = CALLS[: fmt.max_calls or 2]
+    said = call_text(fmt, calls)
+    reply = [said[i : i + 5] for i in range(0, len(said), 5)]
+
+    async def body(engine, fake):
+        chunks = [
+            c async for c in await engine.chat.completions.create(messages=ASK, tools=TOOLS, stream=True)
+        ]
+        fake.say(reply)
+        return chunks, await engine.chat.completions.create(messages=ASK, tools=TOOLS)
+
+    chunks, whole = run_engine(body, reply=reply, template_source=source(name))
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(validate(c))
+    final = state.get_final_completion().choices[0]
+    message = validate(whole).choices[0].message
+    assert final.finish_reason == whole.choices[0].finish_reason == "tool_calls"
+    got = [(c.function.name, c.function.arguments) for c in final.message.tool_calls]
+    assert got == [(c.function.name, c.function.arguments) for c in message.tool_calls]
+    assert got == [(c.name, c.arguments) for c in calls]
+    if fmt.id_chars:
+        assert [c.id for c in final.message.tool_calls] == [c.id for c in message.tool_calls]
+        assert [c.id for c in message.tool_calls] == [c.id for c in calls]
 
 
 def test_tool_choice_modes_and_the_next_round_reuses_the_cache():
