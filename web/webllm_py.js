@@ -189,8 +189,10 @@ function fail(name, message, details) {
  *  modelLibURLPrefix keep WebLLM's values for pages that build model_lib URLs (which are accepted and ignored). */
 export const modelVersion = "v0_2_83/base";
 export const modelLibURLPrefix = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/main/web-llm-models/";
-/** Models that take `tools`: none until tool calls are implemented. */
-export const functionCallingModelIds = [];
+/** The prebuilt models whose own chat template renders `tools` (Qwen2.5, Qwen3, Llama 3.1/3.2, Mistral v0.3: see
+ *  prebuilt_models.json's "tool_calling"). Unlike WebLLM's list, it does not limit who takes tools: every model does,
+ *  the others through the generic format (the tools in a system message, calls as <tool_call> JSON). */
+export const functionCallingModelIds = Object.freeze([...(prebuiltTable.functionCallingModelIds ?? [])]);
 export const ModelType = Object.freeze({ LLM: 0, embedding: 1, VLM: 2, 0: "LLM", 1: "embedding", 2: "VLM" });
 
 function absolute(url, base) {

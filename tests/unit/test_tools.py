@@ -99,6 +99,29 @@ def test_every_family_is_recognized_from_its_template():
         assert tool_format((DATA / "chat_templates" / f"{name}.jinja").read_text()) is GENERIC, name
 
 
+# Every prebuilt family (model-id prefix) -> the template its GGUF carries (tests/data/chat_templates/README.md).
+PREBUILT_TEMPLATES = {
+    "Qwen2.5-": "qwen2.5.jinja", "Qwen3-": "qwen3.jinja", "Llama-3.1-": "llama-3.1.jinja",
+    "Llama-3.2-": "llama-3.2.jinja", "Mistral-7B-Instruct-v0.3-": "mistral-v0.3.jinja", "SmolLM2-": "smollm2.jinja",
+    "Phi-3.5-": "phi-3.5.jinja", "gemma-2-": "gemma-2.jinja", "gemma-3-": "gemma-3.jinja",
+}  # fmt: skip
+
+
+def test_function_calling_model_ids_are_the_prebuilt_families_with_a_native_format():
+    """prebuilt_models.json's "tool_calling" families are exactly the prebuilt families whose template is read as a
+    native format (that format); functionCallingModelIds are their records; every other family is generic."""
+    from webllm_py.config import PREBUILT_TABLE, functionCallingModelIds, prebuilt_app_config
+
+    table = json.loads((Path(errors.__file__).parent / PREBUILT_TABLE).read_text())
+    formats = {p: tool_format((DATA / "chat_templates" / t).read_text()) for p, t in PREBUILT_TEMPLATES.items()}
+    assert table["tool_calling"]["families"] == {p: f.name for p, f in formats.items() if f.native}
+    ids = [r.model_id for r in prebuilt_app_config.model_list]
+    for model_id in ids:  # each record is of exactly one family listed above
+        assert sum(model_id.startswith(p) for p in PREBUILT_TEMPLATES) == 1, model_id
+    native = [i for i in ids if any(i.startswith(p) and formats[p].native for p in formats)]
+    assert list(functionCallingModelIds) == native and "SmolLM2-135M-Instruct-Q4_1" not in native
+
+
 def test_the_golden_calls_are_the_formats_calls():
     """What each template writes for a past call is what its format's grammar and parser expect a model to say
     (so the conversation the KV cache holds re-renders to the same text)."""
