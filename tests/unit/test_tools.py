@@ -113,7 +113,9 @@ def test_function_calling_model_ids_are_the_prebuilt_families_with_a_native_form
     from webllm_py.config import PREBUILT_TABLE, functionCallingModelIds, prebuilt_app_config
 
     table = json.loads((Path(errors.__file__).parent / PREBUILT_TABLE).read_text())
-    formats = {p: tool_format((DATA / "chat_templates" / t).read_text()) for p, t in PREBUILT_TEMPLATES.items()}
+    formats = {
+        p: tool_format((DATA / "chat_templates" / t).read_text()) for p, t in PREBUILT_TEMPLATES.items()
+    }
     assert table["tool_calling"]["families"] == {p: f.name for p, f in formats.items() if f.native}
     ids = [r.model_id for r in prebuilt_app_config.model_list]
     for model_id in ids:  # each record is of exactly one family listed above
