@@ -7,6 +7,8 @@ request; errors keep their class through the ReadableStream; tool-call deltas cr
 
 from __future__ import annotations
 
+import json
+
 import openai.types.chat
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
@@ -137,8 +139,6 @@ class ToolScriptHandler(WorkerHandler):
 
 @needs_node
 def test_js_stream_readable_tee_and_cancel(world, tmp_path):
-    import json
-
     world.knobs.script = ALPHABET
     driver = DRIVER.replace("%TOOLS%", json.dumps(TOOLS)).replace("%ASK%", json.dumps(ASK))
     out, sent = drive_js_proxy(world, tmp_path, driver, handler_class=ToolScriptHandler)
