@@ -1,13 +1,11 @@
-"""Structured output and tool calls on the real model (SmolLM2-135M-Instruct): JSON mode, a JSON schema (nested
-objects, arrays, enums, $ref, anyOf) and an EBNF grammar give replies that parse and validate (jsonschema), greedy
-and sampled; ``tool_choice: "required"`` makes the 135M model emit a well-formed call for a given schema, streamed
+"""Structured output and tool calls on the real model (SmolLM2-135M-Instruct): a JSON schema (nested objects,
+arrays, enums, $ref, anyOf) gives replies that validate (jsonschema), greedy and sampled; ``tool_choice: "required"`` makes the 135M model emit a well-formed call for a given schema, streamed
 as tool-call deltas that openai-python's own stream state accumulates into the non-streaming message; the call
 and its result go back for a second round that reuses the KV cache."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import jsonschema
 import pytest
@@ -52,12 +50,6 @@ SCHEMA = {
         }
     },
 }
-EBNF = """
-root   ::= answer ", because " reason "."
-answer ::= "yes" | "no"
-reason ::= [a-z] [a-z ]{0,23}
-"""
-EBNF_RE = re.compile(r"(yes|no), because [a-z][a-z ]{0,23}\.")
 TOOLS = [
     {
         "type": "function",
@@ -101,31 +93,18 @@ def ask(loop, api, content: str, **kw):
 
 
 @pytest.mark.parametrize("sampling", SAMPLING, ids=["greedy", "sampled"])
-def test_json_mode_schema_and_grammar_always_hold(loop, api, sampling):
-    """Each format greedy; sampled, the schema and the grammar (a prefill costs seconds on lavapipe; JSON mode at
-    temperature 1 is in tests/kernels/test_engine_grammar.py's matrix on the tiny model)."""
-    replies = []
-    if not sampling.get("temperature"):
-        object_reply = ask(
-            loop, api, 'Answer as JSON with one key "capital": the capital of France.',
-            response_format={"type": "json_object"}, **sampling,
-        )  # fmt: skip
-        assert isinstance(json.loads(object_reply.choices[0].message.content), dict)
-        replies.append(object_reply)
-    schema_reply = ask(
+def test_a_nested_schema_always_holds(loop, api, sampling):
+    """The nested schema ($ref, anyOf, enums, arrays), greedy and sampled. A prefill costs seconds on lavapipe, so
+    JSON mode and EBNF run on the tiny model's matrix (tests/kernels/test_engine_grammar.py, greedy and sampled)
+    and, on this model, seeded in Chromium against the desktop (tests/browser/test_proxies.py, an EBNF grammar)."""
+    reply = ask(
         loop, api, "Describe a person and their pet as JSON.",
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}, **sampling,
     )  # fmt: skip
-    jsonschema.validate(json.loads(schema_reply.choices[0].message.content), SCHEMA)
-    grammar_reply = ask(
-        loop, api, "Is the sky blue? Answer yes or no, then why.",
-        response_format={"type": "grammar", "grammar": EBNF}, **sampling,
-    )  # fmt: skip
-    assert EBNF_RE.fullmatch(grammar_reply.choices[0].message.content)
-    for reply in (*replies, schema_reply, grammar_reply):
-        assert reply.choices[0].finish_reason == "stop"
-        extra = reply.usage.extra
-        assert extra["grammar_init_s"] >= 0 and 0 < extra["grammar_per_token_s"] < 0.1
+    jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
+    assert reply.choices[0].finish_reason == "stop"
+    extra = reply.usage.extra
+    assert extra["grammar_init_s"] >= 0 and 0 < extra["grammar_per_token_s"] < 0.1
 
 
 def test_required_makes_a_small_model_call_and_the_stream_accumulates_to_it(loop, api):
