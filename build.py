@@ -401,7 +401,7 @@ def write_site_files(out: Path, model_entries: list[dict]) -> None:
     import json
 
     sys.path.insert(0, str(ROOT))
-    from webllm_py.config import ModelRecord, prebuilt_app_config
+    from webllm_py.config import ModelRecord, functionCallingModelIds, prebuilt_app_config
 
     helpers = out / "helpers"
     helpers.mkdir(parents=True, exist_ok=True)
@@ -411,7 +411,10 @@ def write_site_files(out: Path, model_entries: list[dict]) -> None:
             f"// built by build.py from webllm_py/host/{name}.js\nexport default " + source
         )
     site = prebuilt_app_config.with_records([ModelRecord.from_dict(entry) for entry in model_entries])
-    table = {"model_list": [record.to_dict() for record in site.model_list]}
+    table = {
+        "model_list": [record.to_dict() for record in site.model_list],
+        "functionCallingModelIds": list(functionCallingModelIds),
+    }
     (out / "prebuilt_models.mjs").write_text(
         "// built by build.py: webllm_py/prebuilt_models.json with this site's own records\nexport default "
         + json.dumps(table, indent=1)

@@ -9,6 +9,10 @@ Builds the demo site (``build.py demo``, into .cache/test-dist with the tests' h
 - cold load: ``MLCEngine.reload`` with an empty cache (download into ``--backend``, then onto the GPU);
 - warm load: a second page, a new worker, the same reload served from the cache (the usual visit);
 - a greedy generation over a fixed prompt: time to first token, prefill and decode tokens/s;
+- constrained decoding (``grammar``): the same greedy decode under grammars that cannot end early (the split loop
+  with no mask, inside a JSON string, a run of digits): decode tokens/s, the matcher's host seconds per token
+  (``grammar_per_token_s``), the time to write each step's mask (``set_mask``: one ``writeBuffer`` of
+  ceil(vocab/32) words), and ``grammar_init_s`` (the first one builds the vocabulary's token index in Pyodide);
 - host time per decode step: the step's wall time less the wait for the GPU, and within it the engine's ``submit``
   (Python + one JavaScript call that encodes and submits the prepared plan) and the host part of ``read_buffer``
   (the call that starts ``mapAsync``, the copy out, the error check).
@@ -139,6 +143,46 @@ for name, what in (("prepared", plan), ("list", empty)):
 }
 """
 
+GRAMMAR = """
+import time
+from webllm_py.engine import SamplingParams
+from webllm_py.grammar import Grammar, Matcher
+eng = engine._slots[engine.model_id].engine
+sampler = eng.graph.sampler
+words = []
+while len(words) < PROMPT:
+    words += eng.tokenizer.encode(SEED, add_bos=False)
+ids = words[:PROMPT]
+cases = {
+    "split_unmasked": (Grammar.regex("x"), {"trigger_ids": [eng.tokenizer.vocab_size - 1]}),
+    "string": (Grammar.json_schema({"type": "string", "minLength": 8 * DECODE}), {}),
+    "digits": (Grammar.regex("[0-9]{%d}" % (8 * DECODE)), {}),
+}
+real_set_mask = sampler.set_mask
+writes = []
+def set_mask(bitmask):
+    t = time.perf_counter()
+    real_set_mask(bitmask)
+    writes.append(time.perf_counter() - t)
+sampler.set_mask = set_mask
+out = {}
+for name, (g, lazy) in cases.items():
+    writes.clear()
+    gen = eng.generate(ids, SamplingParams(temperature=0.0, max_tokens=DECODE, ignore_eos=True),
+                       matcher=Matcher(g, eng.token_index, **lazy))
+    async for _ in gen:
+        pass
+    s = gen.stats
+    out[name] = {
+        "decode_tokens_per_s": round(s.decode_tokens_per_s, 3),
+        "grammar_per_token_s": round(s.grammar_per_token_s, 6),
+        "grammar_init_s": round(s.grammar_init_s, 4),
+        "set_mask_ms": round(1000 * sum(writes) / max(1, len(writes)), 3),
+    }
+del sampler.set_mask
+out
+"""
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,6 +246,7 @@ def main() -> None:
             w, warm_boot_s = new_worker()
             warm = w.run(sub(LOAD), timeout_s=600)
             gen = w.run(sub(GENERATE), timeout_s=600)
+            grammar = w.run(sub(GRAMMAR), timeout_s=900)
             adapter = w.run("engine._slots[engine.model_id].engine.device.info.summary()")
             ctx.close()
         result.update(
@@ -215,6 +260,7 @@ def main() -> None:
                 "weight_bytes": warm["stats"]["weight_bytes"],
                 "pipelines": warm["stats"]["pipelines"],
                 **gen,
+                "grammar": grammar,
             }
         )
     finally:

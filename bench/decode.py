@@ -7,6 +7,16 @@ Measures, for each prompt length: prefill tokens/s and time to first token (prom
 host), then decode tokens/s over --decode-tokens greedy tokens (EOS ignored). Also: load time, dispatches per decode
 step, GPU memory allocated (peak), the adapter and kernel tier. When ``llama_cpp`` imports, llama.cpp runs the same
 token ids on the CPU with --threads threads, and the ratios ours / llama.cpp are printed.
+
+``--grammar`` adds constrained decoding at the first prompt length (``grammar_runs``): the same number of greedy
+tokens under grammars that cannot end early, each reported with its decode tokens/s and the host seconds per token
+spent in the matcher (``grammar_per_token_s``, WebLLM's number):
+
+  split_unmasked  a lazy matcher that never arms: the split decode loop (forward, then sample, one submission
+                  each, the host in the loop every step) with no mask at all: what the split alone costs;
+  string          inside a long JSON string (``{"type": "string", "minLength": ...}``): the mask is the safe
+                  slice plus a small walk, the common state of JSON answers;
+  digits          a long run of digits: a restrictive mask (10 of the vocabulary's tokens and their runs).
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ async def bench_ours(
     knobs: argparse.Namespace,
     bandwidth_gbs: float | None = None,
     greedy_partials: bool = True,
+    grammar: bool = False,
 ) -> dict:
     from webllm_py.engine import SamplingParams, load_engine
     from webllm_py.host.native import open_device
@@ -139,8 +150,43 @@ async def bench_ours(
             out["runs"][-1]["roofline"] = roofline(engine, n + n_decode / 2, bandwidth_gbs)
     for name, method in real.items():
         setattr(device, name, method)
+    if grammar:
+        out["grammar_runs"] = await bench_grammar(engine, lengths[0], n_decode, out["runs"][0])
     await engine.unload()
     return out
+
+
+async def bench_grammar(engine, n_prompt: int, n_decode: int, free: dict) -> list[dict]:
+    from webllm_py.engine import SamplingParams
+    from webllm_py.grammar import Grammar, Matcher
+
+    cases = {
+        "split_unmasked": (Grammar.regex("x"), {"trigger_ids": [engine.tokenizer.vocab_size - 1]}),
+        "string": (Grammar.json_schema({"type": "string", "minLength": 8 * n_decode}), {}),
+        "digits": (Grammar.regex(f"[0-9]{{{8 * n_decode}}}"), {}),
+    }
+    ids = prompt_ids(engine.tokenizer, n_prompt)
+    runs = [{"case": "free", "decode_tokens_per_s": free["decode_tokens_per_s"]}]
+    for name, (g, lazy) in cases.items():
+        for _ in range(
+            2
+        ):  # the first pass fills the grammar's mask cache and warms up; the second is measured
+            matcher = Matcher(g, engine.token_index, **lazy)
+            params = SamplingParams(temperature=0, max_tokens=n_decode, ignore_eos=True)
+            gen = engine.generate(ids, params, reuse_kv=False, matcher=matcher)
+            async for _ in gen:
+                pass
+        s = gen.stats
+        runs.append(
+            {
+                "case": name,
+                "decode_tokens": s.completion_tokens,
+                "decode_tokens_per_s": round(s.decode_tokens_per_s, 2),
+                "grammar_per_token_s": round(s.grammar_per_token_s, 6),
+                "grammar_init_s": round(s.grammar_init_s or 0.0, 4),
+            }
+        )
+    return runs
 
 
 def roofline(engine, mean_context: float, bandwidth_gbs: float) -> dict:
@@ -234,6 +280,7 @@ def main() -> None:
         default="on",
         help="off: greedy sampling reads every logit instead of the LM head's per-workgroup argmax partials",
     )
+    ap.add_argument("--grammar", action="store_true", help="also decode under grammars (see above)")
     args = ap.parse_args()
     model = args.model
     if model is None:
@@ -252,6 +299,7 @@ def main() -> None:
                 args,
                 args.bandwidth_gbs,
                 args.greedy_partials == "on",
+                args.grammar,
             )
         )
         result["ours"] = ours

@@ -1,6 +1,8 @@
 """Render every chat template in tests/data/chat_templates/ with transformers' ``apply_chat_template`` over a set
 of conversations, into tests/data/goldens/chat_templates.json (committed; tests/unit/test_chat_templates.py checks
-that webllm_py renders the same bytes).
+that webllm_py renders the same bytes). The templates with a tools branch (and tests/data/chat_templates/tools/,
+templates that only render with tools) are also rendered with ``tools=`` over conversations with tool calls and
+results, into tests/data/goldens/tool_templates.json (tests/unit/test_tools.py).
 
 Run by hand from the repo root (needs ``transformers`` and ``tokenizers``; no torch, no network):
 
@@ -28,6 +30,7 @@ from transformers import PreTrainedTokenizerFast
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "tests" / "data" / "chat_templates"
 OUT = REPO / "tests" / "data" / "goldens" / "chat_templates.json"
+TOOL_OUT = REPO / "tests" / "data" / "goldens" / "tool_templates.json"
 NOW = datetime.datetime(2025, 6, 15, 12, 0, 0)
 
 # template -> (bos text, eos text) as the model's GGUF vocabulary names them
@@ -46,6 +49,7 @@ SPECIALS = {
     "mistral-v0.3": ("<s>", "</s>"),
     "mistral-nemo": ("<s>", "</s>"),
     "mistral-small-3.2": ("<s>", "</s>"),
+    "hermes-2-pro": ("<|begin_of_text|>", "<|im_end|>"),  # NousResearch Hermes-2-Pro-Llama-3 and Hermes-3
 }
 # Templates that loop over a message's content (and so get text parts as a list). Written out by hand here, so the
 # test can check webllm_py's own detection against it.
@@ -105,6 +109,112 @@ KWARGS: dict[str, list[dict]] = {
 }
 
 
+# ---- tools: conversations in OpenAI's shape (arguments as JSON text); transformers gets them in Hugging Face's
+# shape (arguments as objects), which is what its templates are written for.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["C", "F"], "description": "Temperature unit"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time in a time zone",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "description": "IANA zone, e.g. Europe/Paris"}},
+            "required": ["zone"],
+        },
+    },
+}
+TOOLS = [WEATHER, TIME]
+ASK = {"role": "user", "content": "What is the weather in Paris, and the time there?"}
+# Call ids of 9 alphanumerics: what Mistral's templates require (and any other template takes).
+CALL1 = {
+    "id": "a1B2c3D4e",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'},
+}
+CALL2 = {
+    "id": "Zz9Yy8Xx7",
+    "type": "function",
+    "function": {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'},
+}
+CALLS1 = {"role": "assistant", "content": None, "tool_calls": [CALL1]}
+CALLS2 = {"role": "assistant", "content": None, "tool_calls": [CALL1, CALL2]}
+RESULT1 = {"role": "tool", "tool_call_id": "a1B2c3D4e", "content": '{"temperature": 21, "sky": "clear"}'}
+RESULT2 = {"role": "tool", "tool_call_id": "Zz9Yy8Xx7", "content": "14:05"}
+TOOL_CONVERSATIONS: dict[str, list[dict]] = {
+    "ask": [ASK],
+    "system_ask": [SYS, ASK],
+    "one_call_result": [ASK, CALLS1, RESULT1],
+    "two_calls_results": [SYS, ASK, CALLS2, RESULT1, RESULT2],
+    "call_with_content": [ASK, {**CALLS1, "content": "Let me look that up."}, RESULT1],
+    "after_results": [ASK, CALLS1, RESULT1, {"role": "assistant", "content": "It is 21 C and clear."}, U2],
+}
+TOOL_TEMPLATES = (
+    "qwen2.5",
+    "qwen3",
+    "llama-3.1",
+    "llama-3.2",
+    "mistral-v0.3",
+    "mistral-nemo",
+    "hermes-2-pro",
+)
+
+
+def hf_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI's shape -> Hugging Face's: tool-call arguments as objects, no null content."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if v is not None}
+        if "tool_calls" in m:
+            calls = []
+            for c in m["tool_calls"]:
+                fn = {**c["function"], "arguments": json.loads(c["function"]["arguments"])}
+                calls.append({**c, "function": fn})
+            m = {**m, "tool_calls": calls, "content": m.get("content", "")}
+        out.append(m)
+    return out
+
+
+def tool_cases() -> tuple[dict, list[dict]]:
+    templates, cases = {}, []
+    for name in TOOL_TEMPLATES:
+        path = TEMPLATES / f"{name}.jinja"
+        if not path.exists():
+            path = TEMPLATES / "tools" / f"{name}.jinja"
+        bos, eos = SPECIALS[name]
+        templates[name] = {"bos_token": bos, "eos_token": eos, "file": str(path.relative_to(TEMPLATES))}
+        tok = tokenizer_for(bos, eos, path.read_text())
+        for kwargs in [{}, *KWARGS.get(name, [])[:1]]:
+            for conv, messages in TOOL_CONVERSATIONS.items():
+                case = {"template": name, "conversation": conv, "kwargs": kwargs}
+                try:
+                    case["text"] = tok.apply_chat_template(
+                        hf_messages(messages),
+                        tools=TOOLS,
+                        tokenize=False,
+                        add_generation_prompt=True,
+                        **kwargs,
+                    )
+                except jinja2.TemplateError as e:
+                    case["error"] = str(e)
+                cases.append(case)
+    return templates, cases
+
+
 class FrozenDatetime(datetime.datetime):
     @classmethod
     def now(cls, tz=None):
@@ -131,6 +241,10 @@ def tokenizer_for(bos: str, eos: str, template: str) -> PreTrainedTokenizerFast:
     )
     tok.chat_template = template
     return tok
+
+
+def write(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n")
 
 
 def main() -> int:
@@ -160,24 +274,35 @@ def main() -> int:
                     except jinja2.TemplateError as e:
                         case["error"] = str(e)
                     cases.append(case)
-    OUT.write_text(
-        json.dumps(
-            {
-                "generator": "scripts/make_template_goldens.py",
-                "transformers": transformers.__version__,
-                "jinja2": jinja2.__version__,
-                "now": NOW.isoformat(),
-                "templates": templates,
-                "conversations": CONVERSATIONS,
-                "cases": cases,
-            },
-            ensure_ascii=False,
-            indent=0,
-        )
-        + "\n"
+    write(
+        OUT,
+        {
+            "generator": "scripts/make_template_goldens.py",
+            "transformers": transformers.__version__,
+            "jinja2": jinja2.__version__,
+            "now": NOW.isoformat(),
+            "templates": templates,
+            "conversations": CONVERSATIONS,
+            "cases": cases,
+        },
     )
     errors = sum("error" in c for c in cases)
     print(f"{OUT}: {len(cases)} cases over {len(templates)} templates ({errors} refused by the template)")
+    tool_templates, tcases = tool_cases()
+    write(
+        TOOL_OUT,
+        {
+            "generator": "scripts/make_template_goldens.py",
+            "transformers": transformers.__version__,
+            "now": NOW.isoformat(),
+            "templates": tool_templates,
+            "tools": TOOLS,
+            "conversations": TOOL_CONVERSATIONS,
+            "cases": tcases,
+        },
+    )
+    errors = sum("error" in c for c in tcases)
+    print(f"{TOOL_OUT}: {len(tcases)} cases over {len(tool_templates)} templates ({errors} refused)")
     return 0
 
 

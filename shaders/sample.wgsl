@@ -1,5 +1,5 @@
-// Token sampling on the GPU, one workgroup: logit bias, penalties, then greedy (argmax) or temperature + top-k +
-// top-p; optionally the log-probabilities of what was sampled; then advance the step state.
+// Token sampling on the GPU, one workgroup: logit bias, penalties, the grammar's token mask, then greedy (argmax) or
+// temperature + top-k + top-p; optionally the log-probabilities of what was sampled; then advance the step state.
 //
 // Writes the sampled id where the next step's embedding reads it (tokens[0]) and moves State on by the tokens just
 // processed, so decode steps chain on the GPU with no host write in between; the host only copies tokens[0] out
@@ -9,17 +9,19 @@
 //   1. logit bias: logits[id] += bias for each (id, bias) pair of the request (ids unique, checked by the host);
 //   2. penalties, for each token sampled n > 0 times so far in this request (counts, kept here):
 //        l -= presence + n * frequency;  then  l = l < 0 ? l * repetition : l / repetition;
-//   3. greedy: argmax of the adjusted logits, ties to the lowest id (llama.cpp); with no bias, penalty or logprobs
-//      (P.n_best > 0) the argmax of the LM head's per-workgroup partials instead (matmul.wgsl ARGMAX): the
+//   3. token mask (P.masked = 1, structured output): ids whose bit in `mask` is clear get MASKED_LOGIT, below any
+//      logit bias and penalties can leave, so nothing below picks them (the host's grammar matcher wrote the mask);
+//   4. greedy: argmax of the adjusted logits, ties to the lowest id (llama.cpp); with no bias, penalty, mask or
+//      logprobs (P.n_best > 0) the argmax of the LM head's per-workgroup partials instead (matmul.wgsl ARGMAX): the
 //      same id, found from a few hundred entries rather than every logit by this one workgroup;
 //      else weights w = exp((l - max) / T) in (0, 1]; top-k keeps the ids with w >= the k-th largest weight and
 //      top-p then the smallest top set whose mass reaches top_p of the kept mass (both thresholds found by
 //      bisection on the float bits of w, 30 passes each, no sort); one uniform random number from
 //      pcg(seed ^ pcg(step)) picks an id by walking the kept weights in id order.
-// Bias and penalties are applied to `logits` in place (the LM head rewrites it every step).
+// Bias, penalties and the mask are applied to `logits` in place (the LM head rewrites it every step).
 //
 // Log-probabilities (P.logprobs = 1) are those of the distribution the token was drawn from: log(w_i / kept mass)
-// for kept ids, LOGPROB_FLOOR for ids top-k/top-p removed. Greedy decoding draws from no distribution; there they
+// for kept ids, LOGPROB_FLOOR for ids top-k/top-p or the mask removed. Greedy decoding draws from no distribution; there they
 // are the log-softmax of the adjusted logits at temperature 1, what the argmax is the mode of.
 // record = [token, logprob(token), (id, logprob) x n_top], the n_top most likely ids, most likely first; a
 // log-probability is never below LOGPROB_FLOOR (so always finite JSON).
@@ -34,6 +36,7 @@
 
 const LOGPROB_FLOOR: f32 = -9999.0;  // log-probability reported for ids the request's top-k / top-p excluded
 const ONE_BITS: u32 = 0x3F800001u;   // just above the bits of 1.0: no weight reaches it
+const MASKED_LOGIT: f32 = -MAX_F32;  // the lowest f32 (common.wgsl): what a masked id's logit becomes
 
 struct Params {
   vocab: u32,         // logits to sample from
@@ -49,7 +52,7 @@ struct Params {
   n_top: u32,         // most likely ids written to `record`, 0..20
   logprobs: u32,      // 1: write `record`
   n_best: u32,        // entries of `partials`; 0: greedy reads the logits
-  _pad0: u32,
+  masked: u32,        // 1: only ids whose bit is set in `mask` may be sampled
   _pad1: u32,
   _pad2: u32,
 }
@@ -67,6 +70,7 @@ struct Bias {
 @group(0) @binding(5) var<storage, read> bias: array<Bias>;         // (n_bias,) pairs, up to 300
 @group(0) @binding(6) var<storage, read_write> record: array<u32>;  // (2 + 2 * 20,) see above
 @group(0) @binding(7) var<storage, read> partials: array<vec2<u32>>;  // (n_best,) LM head's (f32 bits, id)
+@group(0) @binding(8) var<storage, read> mask: array<u32>;  // (ceil(vocab / 32),) bit i % 32 of word i / 32: id i allowed
 
 var<workgroup> arg_sh: array<u32, WG>;
 var<workgroup> chunk_sh: array<f32, WG>;
@@ -219,10 +223,31 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     storageBarrier();
   }
 
-  // 3. Argmax: the greedy token, and the maximum every weight is relative to.
+  // 3. The token mask: a word of 32 ids at a time; whole words of masked ids as 8 vec4 stores.
+  if (P.masked != 0u) {
+    let words = (n + 31u) / 32u;
+    for (var w = lid; w < words; w += WG) {
+      let bits = mask[w];
+      if (bits == 0u && 32u * w + 32u <= n) {
+        for (var q = 0u; q < 8u; q++) {
+          logits[8u * w + q] = vec4<f32>(MASKED_LOGIT);
+        }
+      } else if (bits != 0xFFFFFFFFu) {
+        for (var b = 0u; b < 32u; b++) {
+          let i = 32u * w + b;
+          if (i < n && ((bits >> b) & 1u) == 0u) {
+            logits[i / 4u][i % 4u] = MASKED_LOGIT;
+          }
+        }
+      }
+    }
+    storageBarrier();
+  }
+
+  // 4. Argmax: the greedy token, and the maximum every weight is relative to.
   let sampling = P.temperature > 0.0;
   var mx: f32;
-  if (P.n_best > 0u && !sampling && P.n_bias == 0u && P.penalize == 0u && P.logprobs == 0u) {
+  if (P.n_best > 0u && !sampling && P.n_bias == 0u && P.penalize == 0u && P.logprobs == 0u && P.masked == 0u) {
     mx = argmax_partials(lid, n);
   } else {
     mx = argmax_after(lid, n, 0.0, n);
@@ -313,7 +338,7 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
     token = chosen_sh;
   }
 
-  // 4. Log-probabilities of the chosen id and of the n_top most likely ones.
+  // 5. Log-probabilities of the chosen id and of the n_top most likely ones (masked ones: LOGPROB_FLOOR).
   if (P.logprobs != 0u) {
     let log_kept = log(kept);
     var prev_v = 0.0;
@@ -323,7 +348,7 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
       let i = arg_sh[0];
       workgroupBarrier();
       if (lid == 0u) {
-        let keep = weight(i, mx, inv_t) >= thr;
+        let keep = weight(i, mx, inv_t) >= thr && v > MASKED_LOGIT;
         record[2u + 2u * j] = i;
         record[3u + 2u * j] = bitcast<u32>(select(LOGPROB_FLOOR, max((v - mx) * inv_t - log_kept, LOGPROB_FLOOR), keep));
       }

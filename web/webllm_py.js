@@ -20,6 +20,8 @@
 //   cache       hasModelInCache, deleteModelInCache, deleteModelAllInfoInCache, deleteModelWasmInCache,
 //               deleteChatConfigInCache (appConfig defaults to prebuiltAppConfig; no engine needed)
 //   integrity   verifyIntegrity, isValidSRI, IntegrityError
+//   streams     Stream: what create() returns with stream: true (openai-node's: for await, toReadableStream(),
+//               tee(), Stream.fromReadableStream)
 //   errors      every error class the engine throws (err instanceof webllm.ModelNotFoundError), all subclasses
 //               of WebLLMError, in the hierarchy of webllm_py/errors.py
 //
@@ -29,8 +31,10 @@
 //   - Errors thrown in the worker are Error subclasses whose `name` is the Python class (error.name ===
 //     "InvalidRangeError"), with the error's fields (`field`, `value`, `allowed`...) as properties. WebLLM's worker
 //     engines reject with a string.
-//   - Leaving `for await` early (break, return, throw) ends that stream in the worker at once and frees the engine
-//     for the next request; WebLLM keeps the model locked until the stream is drained (mlc-ai/mlc-llm#3113).
+//   - Leaving `for await` early (break, return, throw), cancelling its toReadableStream() or aborting
+//     stream.controller ends that stream in the worker at once and frees the engine for the next request; WebLLM
+//     keeps the model locked until the stream is drained (mlc-ai/mlc-llm#3113). WebLLM's stream is a bare async
+//     generator; ours is also openai-node's Stream (NDJSON ReadableStream, tee).
 //   - If the worker dies (an uncaught error, a message that cannot be cloned, a script that does not load) or
 //     terminate() is called, every pending call rejects with WorkerError saying why instead of waiting forever.
 //   - Model records name GGUF files (model_url, or WebLLM's `model`); a record's `integrity` covers every
@@ -80,6 +84,7 @@ const ERROR_PARENTS = {
   UnsupportedSchemaError: "InvalidRequestError",
   InvalidGrammarError: "InvalidRequestError",
   GrammarLimitError: "InvalidRequestError",
+  GrammarViolationError: "WebLLMError",
   InvalidAppConfigError: "WebLLMError",
   EngineNotLoadedError: "WebLLMError",
   EngineBusyError: "WebLLMError",
@@ -151,6 +156,7 @@ export const {
   UnsupportedSchemaError,
   InvalidGrammarError,
   GrammarLimitError,
+  GrammarViolationError,
   InvalidAppConfigError,
   EngineNotLoadedError,
   EngineBusyError,
@@ -185,8 +191,10 @@ function fail(name, message, details) {
  *  modelLibURLPrefix keep WebLLM's values for pages that build model_lib URLs (which are accepted and ignored). */
 export const modelVersion = "v0_2_83/base";
 export const modelLibURLPrefix = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/main/web-llm-models/";
-/** Models that take `tools`: none until tool calls are implemented. */
-export const functionCallingModelIds = [];
+/** The prebuilt models whose own chat template renders `tools` (Qwen2.5, Qwen3, Llama 3.1/3.2, Mistral v0.3: see
+ *  prebuilt_models.json's "tool_calling"). Unlike WebLLM's list, it does not limit who takes tools: every model does,
+ *  the others through the generic format (the tools in a system message, calls as <tool_call> JSON). */
+export const functionCallingModelIds = Object.freeze([...(prebuiltTable.functionCallingModelIds ?? [])]);
 export const ModelType = Object.freeze({ LLM: 0, embedding: 1, VLM: 2, 0: "LLM", 1: "embedding", 2: "VLM" });
 
 function absolute(url, base) {
@@ -367,6 +375,202 @@ function refuseLogitProcessors(registry, where) {
       `engine; use logit_bias, or the sampling fields, per request); got processors for ${ids.join(", ") || "no model"}`,
     { field: "logitProcessorRegistry", value: ids },
   );
+}
+
+// ---- streams ------------------------------------------------------------------------------------------------------
+
+/** The chunks of one stream in the worker, pulled one completionStreamNextChunk request each (WebLLM's pull
+ *  model). return() ends the stream in the worker at once, even while a pull is on its way: the engine is free for
+ *  the next request without waiting for another chunk. */
+class WorkerChunks {
+  constructor(engine, streamId) {
+    this.engine = engine;
+    this.streamId = streamId;
+    this.closed = false; // return() was called, or the worker has nothing more: next() answers done
+    this.ended = false; // the engine is free: the chunk with finish_reason came, or the stream ended or failed
+    this.tail = Promise.resolve(); // pulls run one after another, whoever calls next()
+  }
+
+  next() {
+    const pull = this.tail.then(() => this.pull());
+    this.tail = pull.catch(() => {});
+    return pull;
+  }
+
+  async pull() {
+    if (this.closed) return { done: true, value: undefined };
+    let chunk;
+    try {
+      chunk = await this.engine.call("completionStreamNextChunk", { streamId: this.streamId });
+    } catch (error) {
+      this.closed = this.ended = true; // an error from the worker ends the stream there too
+      throw error;
+    }
+    if (chunk === null || typeof chunk !== "object") this.closed = this.ended = true;
+    if (this.closed) return { done: true, value: undefined }; // (or return() came while this chunk was on its way)
+    if (hasFinishReason(chunk)) this.ended = true;
+    return { done: false, value: chunk };
+  }
+
+  async return(value) {
+    if (!this.ended) this.engine.postNoReply("interruptGenerate", { streamId: this.streamId });
+    this.closed = this.ended = true;
+    return { done: true, value };
+  }
+}
+
+/** A line of newline-delimited JSON a Stream was made from that is not JSON. */
+function badLine(number, line, error) {
+  const shown = line.length > 80 ? `${line.slice(0, 80)}...` : line;
+  return new InvalidJSONError(`stream line ${number} is not JSON (${error.message}): ${shown}`, {
+    field: `stream line ${number}`,
+    reason: error.message,
+  });
+}
+
+/** The values of a ReadableStream of newline-delimited JSON (bytes or strings), one per non-empty line. Stopping
+ *  early cancels the ReadableStream (which, for one made by Stream.toReadableStream, ends the generation). */
+async function* ndjsonValues(readableStream) {
+  const reader = readableStream.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  let number = 0;
+  let done = false;
+  try {
+    while (!done) {
+      const read = await reader.read();
+      done = read.done;
+      if (done) buffered += decoder.decode();
+      else buffered += typeof read.value === "string" ? read.value : decoder.decode(read.value, { stream: true });
+      const lines = buffered.split("\n");
+      buffered = done ? "" : lines.pop();
+      for (const line of lines) {
+        number += 1;
+        if (!line.trim()) continue;
+        let value;
+        try {
+          value = JSON.parse(line);
+        } catch (error) {
+          throw badLine(number, line, error);
+        }
+        yield value;
+      }
+    }
+  } finally {
+    if (!done) await reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+}
+
+/** What chat.completions.create / completions.create return with stream: true, as openai-node's Stream: an async
+ *  iterable of chunks (also an async iterator: next() and return(), as WebLLM's async generator), with
+ *    toReadableStream()  a ReadableStream<Uint8Array> of newline-delimited JSON, one chunk per line, read on demand
+ *                        (openai-node's format: its Stream.fromReadableStream and ChatCompletionStream read it);
+ *    tee()               two Streams of the same chunks; the generation ends when both have stopped reading;
+ *    Stream.fromReadableStream(readableStream, controller?)  the Stream such a ReadableStream holds (in another
+ *                        worker or page: ReadableStreams can be transferred over postMessage).
+ *  Stopping early ends the generation in the worker and frees the engine: breaking out of `for await`, return(),
+ *  cancelling the ReadableStream (or a reader of it), or controller.abort() (stream.controller, an AbortController,
+ *  as openai-node's); the stream then ends without an error. A stream is read once: after toReadableStream() or
+ *  tee() read what they returned. */
+export class Stream {
+  /** @param iterator a function returning the AsyncIterator of the chunks (openai-node's constructor)
+   *  @param controller an AbortController whose abort() stops the stream */
+  constructor(iterator, controller = new AbortController()) {
+    this.iterator = iterator;
+    this.controller = controller;
+    this.source = null; // the chunks' iterator, once asked for
+    this.handedTo = ""; // "tee" or "toReadableStream", once the chunks went there
+    if (controller.signal.aborted) this.return();
+    else controller.signal.addEventListener("abort", () => this.return(), { once: true });
+  }
+
+  chunks() {
+    if (!this.source) this.source = this.iterator();
+    return this.source;
+  }
+
+  take(by) {
+    if (this.handedTo) {
+      throw new TypeError(`this stream's chunks went to ${this.handedTo}() already: read the stream(s) it returned`);
+    }
+    this.handedTo = by;
+    return this.chunks();
+  }
+
+  [Symbol.asyncIterator]() {
+    if (this.handedTo) this.take("for await"); // throws, saying where the chunks went
+    return this;
+  }
+
+  async next() {
+    if (this.handedTo) this.take("next");
+    return this.chunks().next();
+  }
+
+  async return(value) {
+    const chunks = this.chunks();
+    return typeof chunks.return === "function" ? chunks.return(value) : { done: true, value };
+  }
+
+  /** Two Streams of the same chunks, each read at its own pace (what one has not read yet is kept for it). */
+  tee() {
+    const source = this.take("tee");
+    const queues = [[], []]; // per branch: promises of the results it has not taken yet
+    const open = [true, true];
+    const branch = (i) => ({
+      next() {
+        if (!open[i]) return Promise.resolve({ done: true, value: undefined });
+        if (!queues[i].length) {
+          const result = source.next();
+          result.catch(() => {}); // a branch that never reads it must not leave an unhandled rejection
+          for (const j of [0, 1]) if (open[j]) queues[j].push(result);
+        }
+        return queues[i].shift();
+      },
+      async return(value) {
+        open[i] = false;
+        queues[i].length = 0;
+        if (!open[1 - i] && typeof source.return === "function") await source.return();
+        return { done: true, value };
+      },
+    });
+    const branches = [0, 1].map(branch);
+    return branches.map((b) => new Stream(() => b, this.controller));
+  }
+
+  /** The chunks as newline-delimited JSON bytes, pulled one at a time as the reader asks (no read-ahead);
+   *  cancel() ends the generation. An error of the stream errors the ReadableStream with the same error object. */
+  toReadableStream() {
+    const source = this.take("toReadableStream");
+    const encoder = new TextEncoder();
+    let cancelled = false; // (a pull on its way when the reader cancels must not touch the closed stream)
+    return new ReadableStream(
+      {
+        async pull(controller) {
+          try {
+            const { value, done } = await source.next();
+            if (cancelled) return;
+            if (done) controller.close();
+            else controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+          } catch (error) {
+            if (!cancelled) controller.error(error);
+          }
+        },
+        async cancel() {
+          cancelled = true;
+          if (typeof source.return === "function") await source.return();
+        },
+      },
+      { highWaterMark: 0 },
+    );
+  }
+
+  /** The Stream a ReadableStream of newline-delimited JSON holds (what toReadableStream() makes, or openai-node's
+   *  Stream.toReadableStream()); a line that is not JSON fails the stream with InvalidJSONError naming the line. */
+  static fromReadableStream(readableStream, controller) {
+    return new Stream(() => ndjsonValues(readableStream), controller);
+  }
 }
 
 // ---- the page's engines ------------------------------------------------------------------------------------------
@@ -592,30 +796,10 @@ export class WebWorkerMLCEngine {
     if (request && request.stream) {
       const streamId = newUUID(); // the init request's uuid names the stream
       await this.call(streamKind, this.modelContent(request), streamId);
-      return this.pull(streamId);
+      const chunks = new WorkerChunks(this, streamId);
+      return new Stream(() => chunks);
     }
     return this.call(wholeKind, this.modelContent(request));
-  }
-
-  /** The stream's chunks, one completionStreamNextChunk request each; leaving early ends it in the worker. */
-  async *pull(streamId) {
-    let done = false; // the worker has nothing more, or the chunk with finish_reason came (the engine is free)
-    try {
-      while (true) {
-        const chunk = await this.call("completionStreamNextChunk", { streamId });
-        if (chunk === null || typeof chunk !== "object") {
-          done = true;
-          return;
-        }
-        if (hasFinishReason(chunk)) done = true;
-        yield chunk;
-      }
-    } catch (error) {
-      done = true; // an error from the worker ends the stream there too
-      throw error;
-    } finally {
-      if (!done) this.postNoReply("interruptGenerate", { streamId });
-    }
   }
 
   // ---- WebLLM's other engine methods --------------------------------------------------------------------------

@@ -443,9 +443,19 @@ def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
     }
 
 
+def _read_prebuilt_table() -> dict[str, Any]:
+    return json.loads(importlib.resources.files(__package__).joinpath(PREBUILT_TABLE).read_text("utf-8"))
+
+
 def _load_prebuilt() -> AppConfig:
-    table = json.loads(importlib.resources.files(__package__).joinpath(PREBUILT_TABLE).read_text("utf-8"))
-    return app_config_from_dict({"model_list": table["model_list"]})
+    return app_config_from_dict({"model_list": _read_prebuilt_table()["model_list"]})
+
+
+def _function_calling_ids(config: AppConfig) -> tuple[str, ...]:
+    """The prebuilt records whose family's template has a tools branch we read natively (the table's
+    "tool_calling" families, by model-id prefix); the others take tools through the generic format."""
+    families = _read_prebuilt_table()["tool_calling"]["families"]
+    return tuple(r.model_id for r in config.model_list if any(r.model_id.startswith(p) for p in families))
 
 
 PREBUILT_TABLE = (
@@ -458,4 +468,6 @@ SMOLLM2_135M_Q4_1 = prebuilt_app_config.get_record("SmolLM2-135M-Instruct-Q4_1")
 # version: modelVersion and modelLibURLPrefix are WebLLM's values, for pages that build model_lib URLs (ignored).
 modelVersion = "v0_2_83/base"
 modelLibURLPrefix = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/main/web-llm-models/"
-functionCallingModelIds: tuple[str, ...] = ()  # none until `tools` is implemented
+# WebLLM lists the only models that accept `tools`; here every model does, and these are the ones whose own
+# template renders them (Qwen2.5, Qwen3, Llama 3.1/3.2, Mistral v0.3); the others use the generic format.
+functionCallingModelIds: tuple[str, ...] = _function_calling_ids(prebuilt_app_config)

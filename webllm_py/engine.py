@@ -10,6 +10,13 @@ Sampling (temperature, top-p, top-k, penalties, logit bias) runs in the step's l
 request only rewrites its Params. With logprobs the step also copies the sampler's small record (the chosen token's
 log-probability and the top alternatives) next to the token id: a copy, not a dispatch.
 
+Constrained decoding (a grammar ``Matcher``: JSON mode, a schema, a grammar, tool calls) needs token t on the host
+before step t + 1 can sample: its mask comes from the grammar state after t. The step is then split in two
+submissions, forward (embedding, layers, LM head) and sample. The host submits sample(t) and at once forward(t + 1),
+which consumes token t on the GPU; while that forward runs, the host reads token t, advances the matcher, writes the
+mask of step t + 1 (``writeBuffer``, ceil(vocab / 32) words) and submits sample(t + 1) and forward(t + 2). The GPU
+waits only when read-back + accept + mask + write take longer than one forward.
+
 The engine remembers which token ids its KV cache holds (``kv_ids``); a request whose prompt starts with them
 prefills only the rest (multi-round chat, several choices of one prompt).
 """
@@ -32,6 +39,7 @@ from .errors import (
     EngineBusyError,
     EngineNotLoadedError,
     GGUFMetadataError,
+    GrammarViolationError,
     InvalidRangeError,
 )
 from .gpu.device import BufferLedger, BufferUsage, Device, DeviceCaps
@@ -49,6 +57,7 @@ from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from .config import ModelRecord
+    from .grammar import Matcher, TokenIndex
 
 Progress = Callable[[float, str], None]
 DEFAULT_CONTEXT_WINDOW = 4096  # positions of KV cache when neither the request nor the model record says
@@ -83,6 +92,14 @@ class GenerationStats:
     )  # host seconds before each token id (latency breakdown)
     time_to_first_token_s: float = 0.0
     e2e_latency_s: float = 0.0
+    grammar_init_s: float | None = (
+        None  # constrained: compile (unless cached) + matcher set-up; None: no grammar
+    )
+    grammar_s: float = 0.0  # constrained: host seconds in the matcher (masks and accepts)
+
+    @property
+    def grammar_per_token_s(self) -> float:
+        return self.grammar_s / self.completion_tokens if self.completion_tokens else 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -102,11 +119,19 @@ class GenerationStats:
 class Generation:
     """One request's token ids, as an async iterator. ``finish_reason`` and ``stats`` are final once it ends."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, max_new: int):
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_new: int,
+        matcher: Matcher | None = None,
+    ):
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.params = params
         self.max_new = max_new
+        self.matcher = matcher  # constrains every sampled token; ends the reply when its grammar is complete
         self.finish_reason: str | None = None
         self.output_ids: list[int] = []  # the ids yielded so far
         self.reused = 0  # prompt tokens whose KV entries were already in the cache (not prefilled)
@@ -114,6 +139,10 @@ class Generation:
         # before the token is yielded.
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
         self.stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        if matcher is not None:
+            self.stats.grammar_init_s = matcher.init_s
+        self._read: list[int] = []  # generated ids, as the host read them
+        self._submitted = 0  # steps submitted; step j consumes generated id j - 1 and writes its KV entry
         self._started = False
         self._closed = False
         self._ids = self._run()
@@ -139,16 +168,15 @@ class Generation:
         self._interrupted = True
 
     _interrupted = False
+    _start = _last_at = _first_at = 0.0
 
-    async def _run(self):  # noqa: C901 - the decode loop reads top to bottom on purpose
+    async def _run(self):
         engine, graph, dev = self.engine, self.engine.graph, self.engine.device
-        params = self.params
-        start = time.perf_counter()
+        params, matcher = self.params, self.matcher
+        start = self._start = time.perf_counter()
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= engine.tokenizer.eot_ids
-        read: list[int] = []  # generated ids, as the host read them
-        submitted = 0  # steps submitted; step j consumes generated id j - 1 and writes its KV entry
         ids = self.prompt_ids
         reuse = self.reused
         try:
@@ -167,15 +195,8 @@ class Generation:
                 logprobs=params.logprobs,
                 top_logprobs=params.top_logprobs,
             )
-            record = graph.sampler.record
-            rec_bytes = graph.sampler.RECORD_BYTES
-
-            def copies(step: int) -> list[tuple[Any, int, Any, int, int]]:
-                # The token id (and, when asked, the sampler's record) of this step, into the readback rings.
-                out = [(graph.tokens, 0, engine.ring[step % READBACK_RING], 0, 4)]
-                if params.logprobs:
-                    out.append((record, 0, engine.record_ring[step % READBACK_RING], 0, rec_bytes))
-                return out
+            # The first token's mask is the grammar's start: known before the prefill.
+            graph.sampler.set_mask(self._mask() if matcher is not None else None)
 
             # Prefill what the KV cache does not hold yet: chunks of at most graph.chunk tokens at positions
             # reuse.., the last one ending with the LM head and the sampler.
@@ -186,54 +207,119 @@ class Generation:
                 last = c0 + len(chunk) == len(ids)
                 dev.write_buffer(graph.tokens, 0, struct.pack(f"<{len(chunk)}I", *chunk))
                 dev.write_buffer(graph.state, 0, pack_state(c0, len(chunk), 0))
-                dev.submit(graph.forward(len(chunk), sample=last, pos=c0), copies(0) if last else [])
+                dev.submit(graph.forward(len(chunk), sample=last, pos=c0), self._copies(0) if last else [])
             engine.kv_ids = list(ids)
-            submitted = 1  # the prefill's sample is step 0
-
-            # Decode, reading one step behind: step i's token lands in ring[i % RING].
-            if self.max_new > 1:
-                dev.submit(graph.decode_dispatches, copies(1))
-                submitted = 2
-            first_token_at = last_at = 0.0
-            encoded = None  # step `submitted`, encoded while the GPU runs the steps before it
-            for i in range(self.max_new):
-                if encoded is None and submitted < self.max_new:
-                    encoded = dev.encode(graph.decode_dispatches, copies(submitted))
-                data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
-                token = struct.unpack("<I", data)[0]
-                if params.logprobs:
-                    rec = await dev.read_buffer(engine.record_ring[i % READBACK_RING], 0, rec_bytes)
-                    _, logprob, top = graph.sampler.parse_record(rec, params.top_logprobs)
-                    self.logprobs.append((token, logprob, top))
-                read.append(token)
-                self.output_ids.append(token)
-                now = time.perf_counter()
-                self.stats.token_times_s.append(now - (last_at or start))
-                last_at = now
-                if i == 0:
-                    first_token_at = now
-                    self.stats.time_to_first_token_s = now - start
-                    self.stats.prefill_time_s = now - start
-                self.stats.completion_tokens = i + 1
-                self.stats.decode_time_s = now - first_token_at
-                if encoded is not None and token not in stop_ids and not self._interrupted:
-                    dev.submit_encoded(encoded)
-                    encoded = None
-                    submitted += 1
+            self._submitted = 1  # the prefill's sample is step 0
+            steps = self._free_steps(stop_ids) if matcher is None else self._guided_steps(stop_ids)
+            async for token in steps:
                 yield token
-                if token in stop_ids:
-                    self.finish_reason = "stop"
-                    return
-                if self._interrupted:
-                    self.finish_reason = "abort"
-                    return
-            self.finish_reason = "length"
         finally:
             # The cache holds the prompt and every generated id a submitted step consumed (never the last one).
             if engine.kv_ids == ids:
-                engine.kv_ids = list(ids) + read[: max(0, submitted - 1)]
+                engine.kv_ids = list(ids) + self._read[: max(0, self._submitted - 1)]
             self.stats.e2e_latency_s = time.perf_counter() - start
+            if matcher is not None:
+                self.stats.grammar_s = matcher.grammar_s
+            if matcher is not None or graph.sampler.masked:
+                graph.sampler.set_mask(None)
             engine._release(self)
+
+    def _copies(self, step: int) -> list[tuple[Any, int, Any, int, int]]:
+        """The token id (and, when asked, the sampler's record) of this step, into the readback rings."""
+        engine, graph = self.engine, self.engine.graph
+        out = [(graph.tokens, 0, engine.ring[step % READBACK_RING], 0, 4)]
+        if self.params.logprobs:
+            rec = graph.sampler.RECORD_BYTES
+            out.append((graph.sampler.record, 0, engine.record_ring[step % READBACK_RING], 0, rec))
+        return out
+
+    async def _read_token(self, i: int) -> int:
+        """Read step i's token (and record), and account for it."""
+        engine, dev = self.engine, self.engine.device
+        data = await dev.read_buffer(engine.ring[i % READBACK_RING], 0, 4)
+        token = struct.unpack("<I", data)[0]
+        if self.params.logprobs:
+            sampler = engine.graph.sampler
+            rec = await dev.read_buffer(engine.record_ring[i % READBACK_RING], 0, sampler.RECORD_BYTES)
+            _, logprob, top = sampler.parse_record(rec, self.params.top_logprobs)
+            self.logprobs.append((token, logprob, top))
+        self._read.append(token)
+        self.output_ids.append(token)
+        now = time.perf_counter()
+        stats = self.stats
+        stats.token_times_s.append(now - (self._last_at or self._start))
+        self._last_at = now
+        if i == 0:
+            self._first_at = now
+            stats.time_to_first_token_s = stats.prefill_time_s = now - self._start
+        stats.completion_tokens = i + 1
+        stats.decode_time_s = now - self._first_at
+        return token
+
+    async def _free_steps(self, stop_ids: set[int]):
+        """Unconstrained decode, reading one step behind: step i's token lands in ring[i % RING]."""
+        graph, dev = self.engine.graph, self.engine.device
+        if self.max_new > 1:
+            dev.submit(graph.decode_dispatches, self._copies(1))
+            self._submitted = 2
+        encoded = None  # step `submitted`, encoded while the GPU runs the steps before it
+        for i in range(self.max_new):
+            if encoded is None and self._submitted < self.max_new:
+                encoded = dev.encode(graph.decode_dispatches, self._copies(self._submitted))
+            token = await self._read_token(i)
+            if encoded is not None and token not in stop_ids and not self._interrupted:
+                dev.submit_encoded(encoded)
+                encoded = None
+                self._submitted += 1
+            yield token
+            if token in stop_ids:
+                self.finish_reason = "stop"
+                return
+            if self._interrupted:
+                self.finish_reason = "abort"
+                return
+        self.finish_reason = "length"
+
+    async def _guided_steps(self, stop_ids: set[int]):
+        """Constrained decode (see the module doc): sample(i) and forward(i + 1) are on the GPU while the host reads
+        token i; its mask for step i + 1 follows as soon as the matcher has accepted it."""
+        graph, dev, matcher = self.engine.graph, self.engine.device, self.matcher
+        assert matcher is not None
+        if self.max_new > 1:
+            dev.submit(graph.decode_forward)  # step 1's forward: consumes token 0 once the prefill sampled it
+        for i in range(self.max_new):
+            token = await self._read_token(i)
+            if not matcher.accept(token):
+                raise GrammarViolationError(token, self._text_so_far())
+            # A stop token ends the reply where the grammar accepts (the mask allowed it only there), and so does
+            # a grammar with nothing left to add, whatever ignore_eos says: more tokens would break the format.
+            ended = token in stop_ids or matcher.is_done()
+            if not ended and not self._interrupted and i + 1 < self.max_new:
+                graph.sampler.set_mask(self._mask())
+                dev.submit(graph.decode_sample, self._copies(i + 1))
+                self._submitted += 1
+                if i + 2 < self.max_new:
+                    dev.submit(graph.decode_forward)
+            yield token
+            if ended:
+                self.finish_reason = "stop"
+                return
+            if self._interrupted:
+                self.finish_reason = "abort"
+                return
+        self.finish_reason = "length"
+
+    def _mask(self) -> bytes | None:
+        """The matcher's mask for the next token, or None when it allows every token (a lazy matcher before its
+        trigger): then the sampler runs unmasked."""
+        matcher = self.matcher
+        assert matcher is not None
+        if not matcher.armed:
+            return None
+        return matcher.mask()
+
+    def _text_so_far(self) -> str:
+        return self.engine.tokenizer.decode(self.output_ids[:-1])
 
 
 class Engine:
@@ -270,6 +356,7 @@ class Engine:
             for i in range(READBACK_RING)
         ]
         self.kv_ids: list[int] = []  # token ids whose KV entries positions 0.. of the cache hold, in order
+        self._token_index: TokenIndex | None = None
         self._active: Generation | None = None
         self._unloaded = False
         self.owns_device = False  # set by load_engine when it opened the device itself
@@ -285,11 +372,30 @@ class Engine:
     def dispatches_per_decode_step(self) -> int:
         return len(self.graph.decode_dispatches)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, *, reuse_kv: bool = True) -> Generation:
+    @property
+    def token_index(self) -> TokenIndex:
+        """The vocabulary as grammar matchers need it (made on first use, its tries on the first mask): one per
+        tokenizer, shared by every constrained request on this model."""
+        if self._token_index is None:
+            from .grammar import TokenIndex
+
+            self._token_index = TokenIndex.from_tokenizer(self.tokenizer, n_vocab=self.config.vocab_size)
+        return self._token_index
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        reuse_kv: bool = True,
+        matcher: Matcher | None = None,
+    ) -> Generation:
         """Start generating after ``prompt_ids``; iterate the result for token ids.
 
         With ``reuse_kv`` the longest prefix of ``prompt_ids`` the KV cache already holds is not prefilled again
-        (``Generation.reused`` says how many tokens; at least the last prompt token is always run)."""
+        (``Generation.reused`` says how many tokens; at least the last prompt token is always run). With
+        ``matcher`` (over ``token_index``) every token is sampled under its grammar's mask, and the reply ends when
+        the grammar is complete."""
         if self._unloaded:
             raise EngineNotLoadedError(f"model {self.model_id!r} was unloaded; reload it first")
         if self._active is not None:
@@ -313,7 +419,9 @@ class Engine:
                 f"of {n_ctx} tokens; lower max_tokens to at most {room} or shorten the prompt"
             )
         max_new = params.max_tokens if params.max_tokens is not None else room
-        gen = Generation(self, list(prompt_ids), params, max_new)
+        if matcher is not None and matcher.index is not self.token_index:
+            raise ValueError("the matcher must be built over this engine's token_index")
+        gen = Generation(self, list(prompt_ids), params, max_new, matcher)
         if reuse_kv:
             common = 0
             for a, b in zip(self.kv_ids, prompt_ids, strict=False):

@@ -395,3 +395,16 @@ class GrammarLimitError(InvalidRequestError):
         super().__init__(
             f"the grammar needs more than {limit} {what}; simplify it (smaller repetition bounds)"
         )
+
+
+class GrammarViolationError(WebLLMError):
+    """The sampler produced a token the request's grammar does not allow (token ``token_id`` after ``text``). The
+    mask makes this impossible for a finite model; it means the logits were not numbers (a corrupt model) or a bug,
+    and ends the reply instead of returning text that breaks the format."""
+
+    def __init__(self, token_id: int, text: str):
+        self.token_id = token_id
+        self.text = text
+        super().__init__(
+            f"the sampler produced token {token_id}, which the grammar does not allow after {text[-80:]!r}"
+        )

@@ -22,6 +22,12 @@ Differences from WebLLM, on purpose:
   template, e.g. ``{"enable_thinking": false}`` for Qwen3; JSON values only, and not the names the engine sets.
 - A text completion's prompt never turns control-token text (``<|im_start|>``) into control tokens unless the
   request says ``parse_special: true`` (also through ``extra_body``): text from a user is text.
+- ``response_format`` takes OpenAI's shapes (``{"type": "json_object"}``, ``{"type": "json_schema", "json_schema":
+  {name, schema, strict, description}}``) and WebLLM's (``{"type": "json_object", "schema": <JSON text or object>}``,
+  ``{"type": "grammar", "grammar": <EBNF>}``), for chat and text completions; what a schema or grammar holds is
+  checked when it is compiled (webllm_py/grammar/: an unsupported keyword is an error naming it).
+- ``tools``, ``tool_choice`` (``none``, ``auto``, ``required``, a named function) and ``parallel_tool_calls`` work
+  for every chat model (webllm_py/tools.py); assistant messages may carry ``tool_calls`` (content then null).
 
 Every value is checked before anything reads it as what it should be: numbers are finite and in range (an integer
 of 400 digits is a range error, not an OverflowError), counts and token ids fit the GPU's 32-bit fields, text is
@@ -49,6 +55,7 @@ from .errors import (
     UnsupportedFieldError,
     _show,
 )
+from .tools import Function, ToolCall, ToolRequest
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_LOGIT_BIAS = 300  # entries; the GPU sampler's bias list holds this many (ops.Sampler.MAX_BIAS)
@@ -81,20 +88,27 @@ GENERATION_FIELDS = frozenset(
         "ignore_eos",
         "enable_latency_breakdown",
         "extra_body",
+        "response_format",
     }
 )
-CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens", "chat_template_kwargs"}
+CHAT_FIELDS = GENERATION_FIELDS | {
+    "messages",
+    "max_completion_tokens",
+    "chat_template_kwargs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
 COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo", "parse_special"}
+MAX_TOOLS = 128  # OpenAI's limit on functions per request
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function and json_schema names
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "grammar")
 MAX_TEMPLATE_KWARGS_DEPTH = 8  # nesting of a chat_template_kwargs value
 
 # OpenAI chat fields that are not implemented, with the values that mean "not used", which we accept.
 CHAT_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("none",),
-    "parallel_tool_calls": (True, False),  # meaningless without tools
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
     "modalities": (["text"],),
     "audio": (),
     "prediction": (),
@@ -116,12 +130,8 @@ COMPLETION_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
 }
 # Why each unsupported field is refused, for the error message.
 WHY_NOT = {
-    "tools": "function calling is not implemented",
-    "tool_choice": "function calling is not implemented",
-    "parallel_tool_calls": "function calling is not implemented",
-    "functions": "function calling is not implemented",
-    "function_call": "function calling is not implemented",
-    "response_format": "constrained decoding (JSON mode, grammars) is not implemented",
+    "functions": "deprecated by OpenAI: use tools",
+    "function_call": "deprecated by OpenAI: use tool_choice",
     "suffix": "fill-in-the-middle needs a model trained for it",
     "best_of": "several candidates per choice are not generated; ask for n choices instead",
     "user": "there is no abuse monitoring to pass an end-user id to",
@@ -135,6 +145,7 @@ class ChatMessage:
     name: str | None = None
     tool_call_id: str | None = None
     parts: tuple[str, ...] | None = None  # the text parts, when content came as a list of them
+    tool_calls: tuple[ToolCall, ...] | None = None  # an assistant's calls (its content may then be "")
 
     def to_dict(self) -> dict[str, Any]:
         """The shape a chat template's ``render`` takes (content as text parts when it came as a list: templates
@@ -147,6 +158,8 @@ class ChatMessage:
             d["name"] = self.name
         if self.tool_call_id is not None:
             d["tool_call_id"] = self.tool_call_id
+        if self.tool_calls:
+            d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
         return d
 
 
@@ -173,6 +186,37 @@ class GenerationConfig:
     include_usage: bool = False  # stream_options.include_usage
     enable_latency_breakdown: bool = False  # usage.extra.latencyBreakdown (WebLLM's extra_body field)
     model: str | None = None
+    response_format: ResponseFormat | None = None  # None: plain text
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """A constraint on the reply's text (``response_format``), compiled by ``grammar.Grammar`` when used."""
+
+    type: str  # "json_object" (a schema or any object), "json_schema" (OpenAI's) or "grammar" (EBNF)
+    schema: str | None = None  # the JSON Schema as JSON text; None: any JSON object
+    strict: bool = True  # OpenAI's strict mode: no extra keys unless the schema allows them
+    grammar: str | None = None  # EBNF text (type "grammar")
+    name: str | None = None  # json_schema.name
+
+    def compile(self) -> Any:
+        """The ``Grammar`` of this format (raises ``UnsupportedSchemaError`` / ``InvalidGrammarError``)."""
+        from .grammar import Grammar
+
+        if self.type == "grammar":
+            return Grammar.ebnf(self.grammar or "")
+        if self.schema is None:
+            return Grammar.json_object()
+        return Grammar.json_schema(self.schema, strict=self.strict)
+
+    @property
+    def key(self) -> str:
+        """The compiled grammar's cache key, known without compiling."""
+        if self.type == "grammar":
+            return f"ebnf:root:{self.grammar}"
+        if self.schema is None:
+            return "json_object:0"
+        return "json_schema:" + json.dumps([json.loads(self.schema), self.strict, 0], ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -180,6 +224,7 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     config: GenerationConfig
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
+    tools: ToolRequest | None = None  # tools, tool_choice, parallel_tool_calls; None: no tools
 
 
 @dataclass(frozen=True)
@@ -217,7 +262,11 @@ def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
 
     # 6. chat_template_kwargs: a dict of JSON values, none of them a variable the engine sets.
     template_kwargs = _check_template_kwargs(request.get("chat_template_kwargs"))
-    return ChatRequest(messages=messages, config=config, template_kwargs=template_kwargs)
+
+    # 7. tools: function definitions with unique names; tool_choice one of them (or none/auto/required);
+    #    parallel_tool_calls a bool. Calls in the history name tools of... any name (earlier requests' tools).
+    tools = _check_tools(request)
+    return ChatRequest(messages=messages, config=config, template_kwargs=template_kwargs, tools=tools)
 
 
 def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
@@ -380,6 +429,9 @@ def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> Gen
     if model is not None:
         check_text(model, "model", "a model id string")
 
+    # j. response_format: OpenAI's or WebLLM's shape (the schema or grammar itself is checked by its compiler).
+    response_format = _check_response_format(request.get("response_format"))
+
     return GenerationConfig(
         max_tokens=max_tokens,
         temperature=temperature,
@@ -399,6 +451,7 @@ def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> Gen
         include_usage=include_usage,
         enable_latency_breakdown=enable_latency_breakdown,
         model=model,
+        response_format=response_format,
     )
 
 
@@ -446,13 +499,15 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
             raise InvalidMessagesError(
                 f"{where}.role", f"must be one of {', '.join(ROLES)}; got {_show(role)}"
             )
-        allowed = ("role", "content", "name") + (("tool_call_id",) if role == "tool" else ())
+        allowed = ("role", "content", "name") + {"tool": ("tool_call_id",), "assistant": ("tool_calls",)}.get(
+            role, ()
+        )
         for key, value in message.items():
-            # tool_calls, audio, refusal... would be silently dropped from the prompt; say so instead.
+            # audio, refusal, function_call... would be silently dropped from the prompt; say so instead.
             if key not in allowed and value is not None:
                 why = (
-                    "function calling is not implemented"
-                    if key in ("tool_calls", "function_call")
+                    "deprecated by OpenAI: use tool_calls"
+                    if key == "function_call"
                     else f"{role} messages may carry only {', '.join(allowed)}"
                 )
                 raise UnsupportedFieldError(f"{where}.{key}", value, why)
@@ -475,6 +530,9 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
         if tool_call_id is not None:
             check_text(tool_call_id, f"{where}.tool_call_id")
         content = message.get("content")
+        tool_calls = _check_tool_calls(message.get("tool_calls"), where)
+        if tool_calls and content is None:
+            content = ""  # OpenAI's assistant message that only calls: content null
         out.append(
             ChatMessage(
                 role=role,
@@ -482,6 +540,7 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
                 name=name,
                 tool_call_id=tool_call_id,
                 parts=tuple(p["text"] for p in content) if isinstance(content, list | tuple) else None,
+                tool_calls=tool_calls,
             )
         )
     # WebLLM's MessageOrderError: the model answers the last user message (or tool result).
@@ -491,6 +550,197 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
             f"the last message must have role 'user' or 'tool'; got {out[-1].role!r}",
         )
     return tuple(out)
+
+
+def _check_tool_calls(calls: Any, where: str) -> tuple[ToolCall, ...] | None:
+    """An assistant message's ``tool_calls``: [{id, type: "function", function: {name, arguments}}]."""
+    if calls is None:
+        return None
+    if not isinstance(calls, list | tuple):
+        raise InvalidMessagesError(f"{where}.tool_calls", f"must be a list of tool calls; got {calls!r:.80}")
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, Mapping) or call.get("type", "function") != "function":
+            raise InvalidMessagesError(
+                at, f'must be {{"id", "type": "function", "function"}}; got {call!r:.80}'
+            )
+        fn = call.get("function")
+        if not isinstance(fn, Mapping):
+            raise InvalidMessagesError(f"{at}.function", f"must be {{name, arguments}}; got {fn!r:.80}")
+        call_id, name, arguments = call.get("id"), fn.get("name"), fn.get("arguments")
+        if not isinstance(call_id, str) or not call_id:
+            raise InvalidMessagesError(f"{at}.id", f"must be a non-empty string; got {call_id!r:.80}")
+        if not isinstance(name, str) or not name:
+            raise InvalidMessagesError(f"{at}.function.name", f"must be a non-empty string; got {name!r:.80}")
+        if isinstance(arguments, Mapping):  # a dict, as Hugging Face's chat format writes it
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        if not isinstance(arguments, str):
+            raise InvalidMessagesError(
+                f"{at}.function.arguments", f"must be JSON text (a string); got {arguments!r:.80}"
+            )
+        out.append(ToolCall(call_id, name, arguments))
+    return tuple(out)
+
+
+def _check_tools(request: Mapping[str, Any]) -> ToolRequest | None:
+    tools = request.get("tools")
+    choice = request.get("tool_choice")
+    parallel = request.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidFieldTypeError("parallel_tool_calls", parallel, "true or false")
+    if tools is None or (isinstance(tools, list | tuple) and not tools):
+        if choice not in (None, "none", "auto"):
+            raise FieldDependencyError("tool_choice", "a non-empty tools list")
+        return None
+    if not isinstance(tools, list | tuple):
+        raise InvalidFieldTypeError("tools", tools, 'a list of {"type": "function", "function": {...}}')
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRangeError("tools", f"{len(tools)} tools", f"at most {MAX_TOOLS}")
+    functions: list[Function] = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, Mapping) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, Mapping) else tool
+            raise UnsupportedFieldError(
+                f"{where}.type", kind, 'only function tools ({"type": "function", "function": {...}}) are'
+            )
+        for key in tool:
+            if key not in ("type", "function"):
+                raise UnsupportedFieldError(f"{where}.{key}", tool[key], "a tool has only type and function")
+        fn = tool.get("function")
+        if not isinstance(fn, Mapping):
+            raise InvalidFieldTypeError(f"{where}.function", fn, "{name, description, parameters, strict}")
+        for key in fn:
+            if key not in ("name", "description", "parameters", "strict"):
+                raise UnsupportedFieldError(
+                    f"{where}.function.{key}", fn[key], "a function has name, description, parameters, strict"
+                )
+        name = fn.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise InvalidFieldTypeError(f"{where}.function.name", name, "1-64 characters of a-z A-Z 0-9 _ -")
+        if any(f.name == name for f in functions):
+            raise InvalidRangeError(f"{where}.function.name", name, "a name no other tool has")
+        description = fn.get("description")
+        if description is not None and not isinstance(description, str):
+            raise InvalidFieldTypeError(f"{where}.function.description", description, "a string")
+        parameters = fn.get("parameters")
+        if parameters is None:
+            parameters = {"type": "object", "properties": {}}
+        if not isinstance(parameters, Mapping):
+            raise InvalidFieldTypeError(f"{where}.function.parameters", parameters, "a JSON Schema object")
+        _check_json_value(parameters, f"{where}.function.parameters", 0, limit=MAX_SCHEMA_DEPTH)
+        strict = fn.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise InvalidFieldTypeError(f"{where}.function.strict", strict, "true or false")
+        functions.append(Function(name, parameters, description, strict))
+    if choice is None:
+        choice = "auto"
+    elif isinstance(choice, Mapping):
+        fn = choice.get("function")
+        named = fn.get("name") if isinstance(fn, Mapping) else None
+        if choice.get("type") != "function" or not isinstance(named, str):
+            raise InvalidFieldTypeError(
+                "tool_choice",
+                choice,
+                '"none", "auto", "required" or {"type": "function", "function": {"name"}}',
+            )
+        if not any(f.name == named for f in functions):
+            raise InvalidRangeError("tool_choice.function.name", named, "the name of one of the tools")
+        choice = named
+    elif choice not in ("none", "auto", "required"):
+        raise InvalidFieldTypeError(
+            "tool_choice", choice, '"none", "auto", "required" or {"type": "function", "function": {"name"}}'
+        )
+    return ToolRequest(tuple(functions), choice, parallel is not False)
+
+
+def _check_response_format(rf: Any) -> ResponseFormat | None:
+    if rf is None:
+        return None
+    if not isinstance(rf, Mapping):
+        raise InvalidFieldTypeError("response_format", rf, 'a dict such as {"type": "json_object"}')
+    kind = rf.get("type")
+    if kind == "structural_tag":
+        raise UnsupportedFieldError(
+            "response_format.type", kind, "structural tags are not supported; use tools for tool calls"
+        )
+    if kind not in RESPONSE_FORMAT_TYPES:
+        raise InvalidFieldTypeError("response_format.type", kind, " | ".join(RESPONSE_FORMAT_TYPES))
+    allowed = {
+        "text": (),
+        "json_object": ("schema",),
+        "json_schema": ("json_schema",),
+        "grammar": ("grammar",),
+    }
+    for key, value in rf.items():
+        if key != "type" and key not in allowed[kind] and value is not None:
+            # WebLLM's InvalidResponseFormatError / InvalidResponseFormatGrammarError
+            raise UnsupportedFieldError(
+                f"response_format.{key}", value, f"not a field of type {kind!r}" + _FORMAT_HINT.get(key, "")
+            )
+    if kind == "text":
+        return None
+    if kind == "grammar":
+        grammar = rf.get("grammar")
+        if not isinstance(grammar, str) or not grammar.strip():
+            raise InvalidFieldTypeError("response_format.grammar", grammar, "EBNF text (a non-empty string)")
+        return ResponseFormat("grammar", grammar=grammar)
+    if kind == "json_object":
+        schema = rf.get("schema")
+        if schema is None:
+            return ResponseFormat("json_object")
+        return ResponseFormat("json_object", schema=_schema_text(schema, "response_format.schema"))
+    spec = rf.get("json_schema")
+    if not isinstance(spec, Mapping):
+        raise InvalidFieldTypeError(
+            "response_format.json_schema", spec, "{name, schema, strict, description} (name required)"
+        )
+    for key in spec:
+        if key not in ("name", "schema", "strict", "description"):
+            raise UnsupportedFieldError(
+                f"response_format.json_schema.{key}",
+                spec[key],
+                "fields are name, schema, strict, description",
+            )
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidFieldTypeError(
+            "response_format.json_schema.name", name, "1-64 characters of a-z A-Z 0-9 _ -"
+        )
+    strict = spec.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise InvalidFieldTypeError("response_format.json_schema.strict", strict, "true, false or null")
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise InvalidFieldTypeError("response_format.json_schema.description", description, "a string")
+    schema = spec.get("schema")
+    text = None if schema is None else _schema_text(schema, "response_format.json_schema.schema")
+    # Without strict, OpenAI's schema still has to hold (additionalProperties as JSON Schema says).
+    return ResponseFormat("json_schema", schema=text, strict=strict is not False, name=name)
+
+
+_FORMAT_HINT = {
+    "schema": " (WebLLM's schema goes with type \"json_object\"; OpenAI's in json_schema.schema)",
+    "grammar": ' (a grammar goes with type "grammar")',
+    "json_schema": ' (it goes with type "json_schema")',
+}
+MAX_SCHEMA_DEPTH = 64  # nesting of a JSON schema (tool parameters, response formats)
+
+
+def _schema_text(schema: Any, where: str) -> str:
+    """A schema given as an object or as JSON text -> canonical JSON text."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError as e:
+            raise InvalidFieldTypeError(
+                where, schema, f"a JSON Schema (this text is not JSON: {e})"
+            ) from None
+    if not isinstance(schema, Mapping | bool):
+        raise InvalidFieldTypeError(where, schema, "a JSON Schema object (or its JSON text)")
+    _check_json_value(schema, where, 0, limit=MAX_SCHEMA_DEPTH)
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
 
 
 def _check_template_kwargs(kwargs: Any) -> dict[str, Any]:
@@ -515,9 +765,9 @@ def _check_template_kwargs(kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _check_json_value(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_TEMPLATE_KWARGS_DEPTH:
-        raise InvalidRangeError(where, value, f"nested at most {MAX_TEMPLATE_KWARGS_DEPTH} deep")
+def _check_json_value(value: Any, where: str, depth: int, limit: int = MAX_TEMPLATE_KWARGS_DEPTH) -> None:
+    if depth > limit:
+        raise InvalidRangeError(where, "...", f"nested at most {limit} deep")
     if value is None or isinstance(value, bool | str):
         return
     if isinstance(value, int | float):
@@ -526,13 +776,13 @@ def _check_json_value(value: Any, where: str, depth: int) -> None:
         return
     if isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_json_value(v, f"{where}[{i}]", depth + 1)
+            _check_json_value(v, f"{where}[{i}]", depth + 1, limit)
         return
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise InvalidFieldTypeError(f"{where}[{k!r}]", k, "a string key")
-            _check_json_value(v, f"{where}.{k}", depth + 1)
+            _check_json_value(v, f"{where}.{k}", depth + 1, limit)
         return
     raise InvalidFieldTypeError(where, value, "a JSON value (string, number, bool, null, list or dict)")
 

@@ -5,7 +5,8 @@ stream decoder, so everything here is tested with a fake engine (STYLE rule 8). 
 
 ``StopStringFilter``   text in, safe text out: holds back any tail that could still become a stop string
 ``text_deltas``        ids -> decoder -> filter -> non-empty text pieces; ends the generation on a stop string
-``chat_completion_chunks``  text pieces -> OpenAI chunks: role first, a final chunk with finish_reason, usage
+``chat_completion_chunks``  text pieces -> OpenAI chunks: role first, a final chunk with finish_reason, usage;
+                       with tools, ``tools.ToolCallParser`` splits the text into content and tool-call deltas
 ``collect_chat_completion`` chunks -> one ``ChatCompletion``: the non-streaming answer is the concatenated stream
 
 Whatever way iteration ends (exhausted, stop string, consumer ``break``/``aclose()``, an exception),
@@ -27,17 +28,22 @@ from .api.types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
     ChatCompletionTokenLogprob,
     Choice,
     ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
     ChoiceLogprobs,
     ChunkChoice,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
     CompletionUsage,
+    Function,
     TopLogprob,
 )
+from .tools import ToolCall, ToolCallParser
 
 # One token's (id, log-probability, [(alternative id, log-probability)]) as the engine records it.
 LogprobRecord = tuple[int, float, list[tuple[int, float]]]
@@ -93,8 +99,10 @@ class StopStringFilter:
 class StreamState:
     """What one generation has produced so far; the engine keeps it for ``getMessage()``."""
 
-    text: str = ""  # all text let out so far (stop string excluded)
-    finish_reason: str | None = None  # "stop" | "length" | "abort", set when the stream ended normally
+    text: str = ""  # all text let out so far (stop string excluded): what the model said, calls included
+    finish_reason: str | None = None  # "stop" | "length" | "tool_calls" | "abort", set when the stream ended
+    content: str = ""  # with tools: the text that is not calls (without tools, the same as text)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # with tools: the complete calls
     # For each token of the reply (end ids excluded): how many characters were decoded before it. A token whose
     # start is below len(text) has some of its text let out.
     token_starts: list[int] = field(default_factory=list)
@@ -162,6 +170,9 @@ def usage_from_stats(stats: Any, *, latency_breakdown: bool = False) -> Completi
         "time_per_output_token_s": stats.time_per_output_token_s,
         "e2e_latency_s": stats.e2e_latency_s,
     }
+    if getattr(stats, "grammar_init_s", None) is not None:
+        extra["grammar_init_s"] = stats.grammar_init_s
+        extra["grammar_per_token_s"] = stats.grammar_per_token_s
     if latency_breakdown:
         extra["latencyBreakdown"] = {"totalTime": list(getattr(stats, "token_times_s", []))}
     return CompletionUsage(
@@ -208,6 +219,7 @@ async def chat_completion_chunks(
     created: int | None = None,
     logprob_entry: Callable[[LogprobRecord], ChatCompletionTokenLogprob] | None = None,
     latency_breakdown: bool = False,
+    tool_parser: ToolCallParser | None = None,
 ) -> AsyncIterator[ChatCompletionChunk]:
     """OpenAI's chunk sequence: text chunks (the first one with ``role``), a final chunk with an empty delta and
     the finish reason, then, with ``include_usage``, a usage chunk with no choices.
@@ -215,7 +227,10 @@ async def chat_completion_chunks(
     With ``logprob_entry`` (the request asked for logprobs), a token's entry (from ``generation.logprobs``) goes
     with the chunk that lets out the first of its text; tokens whose text the decoder or the stop-string filter
     still holds wait for a later chunk, or the final one. Tokens none of whose text is in the reply, because a stop
-    string cut it there, have no entry, and neither do end-of-turn ids."""
+    string cut it there, have no entry, and neither do end-of-turn ids.
+
+    With ``tool_parser`` (a request with tools), the text goes through it: content deltas and tool-call deltas
+    come out, and a reply that ended on its own with at least one complete call finishes with "tool_calls"."""
     state = state if state is not None else StreamState()
     sent = 0  # entries of generation.logprobs handed out (or dropped) so far
     tokens = 0  # of them, the reply's tokens (end ids excluded): an index into state.token_starts
@@ -251,9 +266,20 @@ async def chat_completion_chunks(
         text_deltas(generation, decoder, stop_strings, end_ids=end_ids, state=state)
     ) as deltas:
         async for text in deltas:
-            delta = ChoiceDelta(content=text, role=role)
+            for delta in _deltas(text, tool_parser, state):
+                delta.role = role
+                yield chunk([ChunkChoice(index=0, delta=delta, logprobs=new_logprobs())])
+                role = None
+    if tool_parser is not None:
+        for delta in _deltas(None, tool_parser, state):
+            delta.role = role
             yield chunk([ChunkChoice(index=0, delta=delta, logprobs=new_logprobs())])
             role = None
+        state.tool_calls = [ToolCall(c.id or "", c.name, c.arguments) for c in tool_parser.complete_calls]
+        if state.tool_calls and state.finish_reason == "stop":
+            state.finish_reason = "tool_calls"
+    else:
+        state.content = state.text
     final = ChunkChoice(
         index=0,
         delta=ChoiceDelta(role=role),
@@ -265,28 +291,67 @@ async def chat_completion_chunks(
         yield chunk([], usage=usage_from_stats(generation.stats, latency_breakdown=latency_breakdown))
 
 
+def _deltas(text: str | None, parser: ToolCallParser | None, state: StreamState) -> list[ChoiceDelta]:
+    """The chunk deltas of one text piece (None: the end of the reply). Without tools, the piece as content;
+    with tools, the parser's events: content, a call's first delta (index, id, type, name, ``arguments: ""``), its
+    argument pieces, and (Mistral, whose model writes the id after the arguments) its id."""
+    if parser is None:
+        return [ChoiceDelta(content=text)] if text else []
+    out: list[ChoiceDelta] = []
+    for event in parser.push(text) if text is not None else parser.finish():
+        kind = event[0]
+        if kind == "content":
+            state.content += event[1]
+            out.append(ChoiceDelta(content=event[1]))
+            continue
+        index = event[1]
+        if kind == "call":
+            fn = ChoiceDeltaToolCallFunction(name=event[3], arguments="")
+            call = ChoiceDeltaToolCall(index, id=event[2], type="function", function=fn)
+        elif kind == "args":
+            call = ChoiceDeltaToolCall(index, function=ChoiceDeltaToolCallFunction(arguments=event[2]))
+        else:  # "id": with an empty arguments piece, as clients (openai-python) want `function` in every delta
+            call = ChoiceDeltaToolCall(index, id=event[2], function=ChoiceDeltaToolCallFunction(arguments=""))
+        out.append(ChoiceDelta(tool_calls=[call]))
+    return out
+
+
 async def collect_chat_completion(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
-    """The non-streaming answer: the stream's text joined, its finish reason and usage (stream it with
-    ``include_usage=True``)."""
+    """The non-streaming answer: the stream's deltas accumulated (text joined; tool calls by index, their argument
+    pieces joined), its finish reason and usage (stream it with ``include_usage=True``). Content is None when the
+    reply is only calls, as openai-python's accumulator leaves it."""
     parts: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     entries: list[ChatCompletionTokenLogprob] | None = None
     first = finish_reason = usage = None
     async for c in chunks:
         first = first or c
         for choice in c.choices:
-            parts.append(choice.delta.content or "")
+            if choice.delta.content is not None:
+                parts.append(choice.delta.content)
+            for d in choice.delta.tool_calls or ():
+                call = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += d.id or ""
+                if d.function is not None:
+                    call["name"] += d.function.name or ""
+                    call["arguments"] += d.function.arguments or ""
             finish_reason = choice.finish_reason or finish_reason
             if choice.logprobs is not None:
                 entries = (entries or []) + (choice.logprobs.content or [])
         usage = c.usage or usage
     if first is None or finish_reason is None:
         raise RuntimeError("chat completion stream ended without its final chunk")  # a bug in this module
+    tool_calls = [
+        ChatCompletionMessageToolCall(c["id"], Function(c["name"], c["arguments"]))
+        for _, c in sorted(calls.items())
+    ]
+    content = "".join(parts) if parts or not tool_calls else None
     return ChatCompletion(
         id=first.id,
         choices=[
             Choice(
                 index=0,
-                message=ChatCompletionMessage(content="".join(parts)),
+                message=ChatCompletionMessage(content=content, tool_calls=tool_calls or None),
                 finish_reason=finish_reason,
                 logprobs=ChoiceLogprobs(content=entries) if entries is not None else None,
             )

@@ -214,3 +214,55 @@ def forged_reference() -> dict[str, Any]:
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(run).result()
+
+
+# (b) the same seeded sample under a grammar: the mask is computed by the same pure-Python matcher on both hosts,
+# so the tokens must be the same. At least 30 characters: 4 tokens cannot complete it (finish "length").
+GRAMMAR = "root ::= [a-z ,.]{30,60}"
+CONSTRAINED = {
+    **{k: v for k, v in SEEDED.items() if k not in ("logprobs", "top_logprobs")},
+    "max_tokens": 4,
+    "response_format": {"type": "grammar", "grammar": GRAMMAR},
+}
+
+
+@functools.cache
+def constrained_reference() -> dict[str, Any]:
+    """The desktop engine's tokens (bytes) for CONSTRAINED, and the unconstrained ones of the same seed."""
+    from tests.e2e.conftest import engine_for
+    from webllm_py.engine import SamplingParams
+    from webllm_py.grammar import Grammar, Matcher
+    from webllm_py.host.native import open_device
+    from webllm_py.kernels.registry import Tier
+
+    def run() -> dict[str, Any]:
+        engine = engine_for(Tier(f16=False, subgroups=True), asyncio.run(open_device()))
+        tok = engine.tokenizer
+        ids = tok.encode(engine.chat_template.render(SHORT, add_generation_prompt=True))
+        keys = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "seed")
+        params = SamplingParams(**{k: SEEDED[k] for k in keys}, max_tokens=4, ignore_eos=True)
+
+        async def generate(matcher) -> list[int]:
+            gen = engine.generate(ids, params, matcher=matcher)
+            return [t async for t in gen]
+
+        constrained = asyncio.run(generate(Matcher(Grammar.ebnf(GRAMMAR), engine.token_index)))
+        free = asyncio.run(generate(None))
+        assert constrained != free, "the grammar changes nothing here: pick another one"
+        return {"text": tok.decode(constrained), "bytes": [list(tok.token_bytes(t)) for t in constrained]}
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
+
+
+def check_constrained(reply: dict[str, Any]) -> None:
+    import re
+
+    from tests.unit.openai_check import validate
+
+    validate(reply)
+    choice = reply["choices"][0]
+    want = constrained_reference()
+    assert choice["message"]["content"] == want["text"] and choice["finish_reason"] == "length"
+    assert re.fullmatch(r"[a-z ,.]+", want["text"])
+    assert reply["usage"]["extra"]["grammar_per_token_s"] > 0

@@ -163,6 +163,9 @@ def test_bad_request_throws_a_typed_error(proxy_page):
 
 
 def test_interrupt_mid_stream_then_break_then_next_request(proxy_page):
+    """Three streams on one model (SwiftShader prefills slowly, so the Stream's forms share them): one interrupted,
+    one left by `break` out of a Stream read back from its NDJSON ReadableStream (the break cancels the ReadableStream,
+    which ends the generation), then the next request at once, its NDJSON read back and tee'd to two branches."""
     out = evaluate(
         proxy_page,
         """
@@ -173,13 +176,17 @@ def test_interrupt_mid_stream_then_break_then_next_request(proxy_page):
           if (interrupted.length === 1) engine.interruptGenerate();
         }
         let broke = 0;
-        for await (const chunk of await engine.chat.completions.create(
-            { messages: arg, temperature: 0, max_tokens: 40, stream: true })) {
+        const left = await engine.chat.completions.create(
+            { messages: arg, temperature: 0, max_tokens: 40, stream: true });
+        for await (const chunk of window.webllm.Stream.fromReadableStream(left.toReadableStream())) {
           broke += 1;
           break;  // the engine must be free for the next request at once
         }
-        const next = await engine.chat.completions.create({ messages: arg, temperature: 0, max_tokens: 1 });
-        return { interrupted, broke, next, message: await engine.getMessage() };
+        const next = await engine.chat.completions.create(
+            { messages: arg, temperature: 0, max_tokens: 1, stream: true, stream_options: { include_usage: true } });
+        const [a, b] = window.webllm.Stream.fromReadableStream(next.toReadableStream()).tee();
+        const read = async (s) => { const chunks = []; for await (const c of s) chunks.push(c); return chunks; };
+        return { interrupted, broke, branches: [await read(a), await read(b)], message: await engine.getMessage() };
         """,
         SHORT,
     )
@@ -189,8 +196,10 @@ def test_interrupt_mid_stream_then_break_then_next_request(proxy_page):
         finishes[-1] == "abort" and len(out["interrupted"]) <= 3
     )  # the first chunk, maybe held text, the end
     assert out["broke"] == 1
-    assert out["next"]["choices"][0]["finish_reason"] == "length"
-    assert out["next"]["usage"]["completion_tokens"] == 1 and out["message"]
+    first, second = out["branches"]
+    assert first == second and first[0]["object"] == "chat.completion.chunk"
+    assert [c["choices"][0]["finish_reason"] for c in first if c["choices"]][-1] == "length"
+    assert first[-1]["usage"]["completion_tokens"] == 1 and out["message"]
 
 
 def test_other_engine_methods(proxy_page):
@@ -222,6 +231,13 @@ def test_seeded_sample_equals_the_desktop_engine(proxy_page):
     out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", api_reference.SEEDED)
     assert "error" not in out, out
     api_reference.check_seeded(out)
+
+
+def test_a_seeded_constrained_sample_equals_the_desktop_engine(proxy_page):
+    """response_format through the JS proxy: the grammar's masks (computed in Pyodide) give the desktop's tokens."""
+    out = evaluate(proxy_page, "return await engine.chat.completions.create(arg);", api_reference.CONSTRAINED)
+    assert "error" not in out, out
+    api_reference.check_constrained(out)
 
 
 def test_logit_bias_n_and_top_logprobs(proxy_page):

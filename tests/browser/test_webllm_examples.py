@@ -6,9 +6,10 @@ tiny local stand-ins; its header comment says what else was adapted (logit_bias 
 SwiftShader's speed). The test opens each page as a user would, clicks what a user would click, lets it run, and
 reads what it printed: a recorder installed before the page's scripts keeps every console call's arguments as JSON
 and every uncaught error and unhandled rejection, which is how the examples report (console.log, throw). An example
-is done when its last output came (or it threw); then its checks run. Examples that need what other issues add
-(JSON mode, schemas, tools, embeddings, vision, logit processors, Qwen3's thinking switch) throw our typed error
-naming what is missing, and their checks say which; they start passing when those land (update the table).
+is done when its last output came (or it threw); then its checks run. JSON mode, JSON schema and OpenAI-style
+function calling run (their replies checked against the grammar: a reply cut by max_tokens is a prefix of a valid
+one). Examples that need what other issues add (embeddings, vision, logit processors, Qwen3's thinking switch) or
+that we refuse (structural tags) throw our typed error naming what is missing, and their checks say which.
 
 The examples run two at a time (the machine's two cores: one page's Python boots in its renderer while another's
 shaders compile in the GPU process), each with its own worker, as on a user's machine; the results are collected
@@ -18,6 +19,7 @@ example loads its model at least once, so this is most of the time these tests t
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,9 +216,47 @@ def check_subgroups(state: dict) -> None:
 
 def check_structural_tag(state: dict) -> None:
     errors = [e["args"][0] for e in state["logs"] if e["level"] == "error" and isinstance(e["args"][0], dict)]
-    assert (
-        errors and errors[-1]["name"] == "UnsupportedFieldError" and errors[-1]["field"] == "response_format"
-    )
+    assert errors and errors[-1]["name"] == "UnsupportedFieldError"
+    assert errors[-1]["field"] == "response_format.type", errors[-1]
+
+
+def json_prefix(grammar, text: str) -> bool:
+    """Is ``text`` what the grammar allows so far (a reply cut by max_tokens is a prefix of a valid one)?"""
+    configs = grammar.configs
+    return configs.step(configs.start, text.encode()) >= 0
+
+
+def check_json_mode(state: dict) -> None:
+    from webllm_py.grammar import Grammar
+
+    (reply,) = objects(state, "chat.completion")
+    assert len(reply["choices"]) == 2 and reply["usage"]["extra"]["grammar_init_s"] >= 0
+    for choice in reply["choices"]:
+        text = choice["message"]["content"]
+        assert text.startswith("{") and json_prefix(Grammar.json_object(), text), text
+        if choice["finish_reason"] == "stop":
+            assert isinstance(json.loads(text), dict)
+
+
+def check_json_schema(state: dict) -> None:
+    from webllm_py.grammar import Grammar
+
+    schema = json.loads(state["logs"][0]["args"][0])  # the example logs its schema first
+    (reply,) = objects(state, "chat.completion")
+    text = reply["choices"][0]["message"]["content"]
+    # compact JSON, keys in the schema's order: the first property comes first
+    assert text.startswith('{"name": "') and json_prefix(Grammar.json_schema(schema), text), text
+    assert args(state, "Output:\n" + text) == [[]] and "grammar_per_token_s" in reply["usage"]["extra"]
+
+
+def check_function_calling_openai(state: dict) -> None:
+    chunks = objects(state, "chat.completion.chunk")
+    usage = chunks[-1]["usage"]
+    # the tools were rendered into the prompt (the generic format's system message; the question alone is ~90
+    # tokens of this byte-level vocabulary, the tool's JSON over 300)
+    assert usage["prompt_tokens"] > 400 and usage["completion_tokens"] == 4, usage
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] in ("length", "tool_calls")
 
 
 def check_function_calling_manual(state: dict) -> None:
@@ -334,27 +374,18 @@ EXAMPLES: dict[str, Example] = {
             ),
         ],
     ),
-    # ---- what needs features other issues add: our typed error, naming what is missing ----
-    "json-mode": Example(
-        "json-mode/index.html",
-        "false",
-        check_field("UnsupportedFieldError", "response_format"),
-        ["UnsupportedFieldError"],
-    ),
+    "json-mode": Example("json-mode/index.html", f"{USAGE} >= 1", check_json_mode),
     "json-schema": Example(
         "json-schema/index.html",
-        "false",
-        check_field("UnsupportedFieldError", "response_format"),
-        ["UnsupportedFieldError"],
-    ),
-    "structural-tag-tool-use": Example(
-        "structural-tag-tool-use/index.html", logged_prefix("Error: "), check_structural_tag
+        "w.logs.some((l) => l.args[0] && l.args[0].grammar_init_s !== undefined)",
+        check_json_schema,
     ),
     "function-calling-openai": Example(
-        "function-calling-openai/index.html",
-        "false",
-        check_field("UnsupportedFieldError", "tools"),
-        ["UnsupportedFieldError"],
+        "function-calling-openai/index.html", f"{USAGE} >= 1", check_function_calling_openai
+    ),
+    # ---- what needs features other issues add, or that we refuse: our typed error, naming what is missing ----
+    "structural-tag-tool-use": Example(
+        "structural-tag-tool-use/index.html", logged_prefix("Error: "), check_structural_tag
     ),
     "qwen3": Example("qwen3/index.html", "false", check_qwen3, ["UnsupportedFieldError"]),
     "logit-processor": Example(

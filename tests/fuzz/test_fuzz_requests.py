@@ -25,8 +25,17 @@ CHAT_FIELDS = [
     "messages", "model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "top_k", "frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias", "logprobs",
     "top_logprobs", "seed", "stop", "n", "ignore_eos", "enable_latency_breakdown", "extra_body", "tools",
-    "response_format", "user", "max_token", "__proto__",
+    "response_format", "user", "max_token", "__proto__", "tool_choice", "parallel_tool_calls",
 ]  # fmt: skip
+TOOL = {
+    "type": "function",
+    "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}},
+}
+SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}, "b": {"$ref": "#/$defs/b"}},
+    "$defs": {"b": {"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#/$defs/b"}}]}},
+}
 TEXT_FIELDS = ["prompt", "echo", "suffix", "best_of", *CHAT_FIELDS[1:20]]
 MESSAGE_KEYS = ["role", "content", "name", "tool_call_id", "tool_calls", "refusal"]
 # Values each field may validly hold, mixed in so that cases also combine valid fields into real replies.
@@ -36,8 +45,17 @@ VALID = {
     "top_k": [0, -1, 5, 2**31 - 1], "frequency_penalty": [-2, 0.5], "presence_penalty": [2.0],
     "repetition_penalty": [1.1, 1e6], "logit_bias": [{"5": 10}, {3: -100}, {}], "logprobs": [True, False],
     "top_logprobs": [0, 3, 20], "seed": [0, -5, 2**63], "stop": ["l", ["!", "x"], []], "n": [1, 2],
-    "ignore_eos": [True], "enable_latency_breakdown": [True], "extra_body": [{"top_k": 3}, {}], "tools": [[]],
-    "response_format": [{"type": "text"}], "echo": [True, False], "prompt": ["Once", [5, 6], [[1, 2]]],
+    "ignore_eos": [True], "enable_latency_breakdown": [True], "extra_body": [{"top_k": 3}, {}],
+    "tools": [[], [TOOL]], "tool_choice": ["auto", "required", "none", {"type": "function", "function": {"name": "f"}}],
+    "parallel_tool_calls": [True, False],
+    "response_format": [
+        {"type": "text"}, {"type": "json_object"}, {"type": "json_object", "schema": SCHEMA},
+        {"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA, "strict": False}},
+        {"type": "grammar", "grammar": 'root ::= "Hel" [a-z]* | x\nx ::= [0-9]{1,3}'},
+        {"type": "json_object", "schema": {"type": "object", "patternProperties": {}}},
+        {"type": "grammar", "grammar": "root ::= root"}, {"type": "json_schema", "json_schema": {"name": "s"}},
+    ],
+    "echo": [True, False], "prompt": ["Once", [5, 6], [[1, 2]]],
     "best_of": [1], "messages": [[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]],
 }  # fmt: skip
 

@@ -69,15 +69,19 @@ def reference_sample(
     seed: int = 0,
     step: int = 0,
     n_top: int = 0,
+    allowed=None,
     **adjust_kw,
 ) -> Sampled:
+    """``allowed``: a grammar's token mask (bool per id; None: every id), applied after bias and penalties."""
     lg = adjust(logits, **adjust_kw)
     n = len(lg)
+    if allowed is not None:
+        lg = np.where(allowed, lg, -np.inf)
     order = sorted(range(n), key=lambda i: (-lg[i], i))  # likeliest first, ties to the lower id
     greedy = temperature <= 0
     inv_t = 1.0 if greedy else 1.0 / temperature
     w = np.exp((lg - lg.max()) * inv_t)
-    kept = np.ones(n, dtype=bool)
+    kept = np.ones(n, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool).copy()
     margin = float("inf")
     token = order[0]
     if not greedy:
@@ -99,6 +103,7 @@ def reference_sample(
         token = int(np.searchsorted(cum, u, side="right"))
         margin = float(np.min(np.abs(cum[kept] - u)) / mass)
     log_mass = np.log(w[kept].sum())
-    logprob = np.where(kept, (lg - lg.max()) * inv_t - log_mass, LOGPROB_FLOOR)
+    with np.errstate(invalid="ignore"):
+        logprob = np.where(kept, (lg - lg.max()) * inv_t - log_mass, LOGPROB_FLOOR)
     top = [(i, float(logprob[i])) for i in order[:n_top]]
     return Sampled(token, float(logprob[token]), top, lg, kept, margin)

@@ -11,8 +11,9 @@ import pytest
 
 from webllm_py.gpu.device import BufferUsage
 from webllm_py.kernels import ops
+from webllm_py.kernels.registry import Kernels
 
-from .conftest import STORAGE, download, state_buffer, zeros
+from .conftest import STORAGE, TIERS, download, state_buffer, zeros
 from .reference_sampler import LOGPROB_FLOOR, reference_sample
 
 TINY = 1e-4  # draws closer than this (relative to the kept mass) to a walk boundary are float32 coin flips
@@ -29,12 +30,13 @@ class GPUSampler:
         self.state = state_buffer(kern, 10, 3)
         self.s = ops.Sampler(kern, logits=self.logits, tokens=self.tokens, state=self.state, vocab=vocab)
 
-    def run(self, logits, *, step=0, counts=None, configure=True, **kw):
+    def run(self, logits, *, step=0, counts=None, configure=True, allowed=None, **kw):
         dev = self.kern.device
         dev.write_buffer(self.logits, 0, np.asarray(logits, dtype=np.float32).tobytes())
         dev.write_buffer(self.state, 0, struct.pack("<4I", 10, 3, step, 0))
         if configure:
             self.s.configure(**{"temperature": 0.0, "top_p": 1.0, "seed": 0, **kw})
+        self.s.set_mask(None if allowed is None else bitmask(allowed))
         if counts is not None:
             dev.write_buffer(self.s.counts, 0, np.asarray(counts, dtype=np.uint32).tobytes())
         dev.submit([self.s.launch.dispatch(1)])
@@ -49,6 +51,13 @@ class GPUSampler:
 
     def adjusted_logits(self):
         return download(self.kern, self.logits, np.float32, self.vocab)
+
+
+def bitmask(allowed) -> bytes:
+    """A bool per id -> the sampler's mask buffer (bit i % 32 of little-endian u32 word i // 32)."""
+    bits = np.zeros(-(-len(allowed) // 32) * 32, dtype=bool)
+    bits[: len(allowed)] = allowed
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
 @pytest.fixture
@@ -268,3 +277,97 @@ def test_greedy_reads_lm_head_partials_only_when_nothing_adjusts_the_logits(kern
     assert g.run(logits) == 700
     with pytest.raises(ValueError, match="9 argmax partials; the buffer holds 8"):
         g.s.use_partials(9)
+
+
+@pytest.fixture(params=[t for t in TIERS if not t.f16], ids=lambda t: t.name)
+def f32_sampler(request, gpu_device):
+    """The sampler reads f32 logits in every tier: the mask tests run on the two reductions (subgroups or not)."""
+    kern = Kernels(gpu_device, request.param)
+    return lambda vocab: GPUSampler(kern, vocab)
+
+
+MASKED_CONFIGS = [
+    {"temperature": 0.0},
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_p": 0.9},
+    {"temperature": 1.3, "top_k": 40},
+    {"temperature": 1.0, "top_k": 200, "top_p": 0.5, "repetition_penalty": 1.3},
+    {"temperature": 0.0, "presence_penalty": 1.5, "logit_bias": "masked"},
+]
+
+
+@pytest.mark.parametrize("config", MASKED_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_mask_holds_on_every_path(f32_sampler, config):
+    """A grammar's mask removes ids before greedy, top-k/top-p, penalties and bias can bring them back: the GPU
+    draws what the reference draws among the allowed ids only, and reports masked ids at LOGPROB_FLOOR. The
+    vocabulary is not a multiple of 32 (the last mask word is partial) and the masks mix whole masked words, a
+    few allowed ids, and nearly everything allowed."""
+    rng = np.random.default_rng(21)
+    vocab = 3001
+    logits = (rng.standard_normal(vocab) * 2.5).astype(np.float32)
+    counts = np.zeros(vocab, dtype=np.uint32)
+    counts[rng.choice(vocab, 400, replace=False)] = 2
+    favourites = np.argsort(-logits)[:50]
+    masks = {
+        "sparse": rng.random(vocab) < 0.1,
+        "three": np.isin(np.arange(vocab), [5, 2999, 3000]),
+        "nearly_all": ~np.isin(np.arange(vocab), favourites),
+    }
+    config = dict(config)
+    if config.get("logit_bias") == "masked":  # +100 on masked favourites: still masked
+        config["logit_bias"] = [(int(i), 100.0) for i in favourites[:5]]
+    g = f32_sampler(vocab)
+    compared = 0
+    for name, allowed in masks.items():
+        for seed, step in [(7, 0), (7, 1), (99, 3), (2**32 - 1, 5)]:
+            got = g.run(
+                logits, seed=seed, step=step, counts=counts, allowed=allowed, logprobs=True, top_logprobs=5,
+                **config,
+            )  # fmt: skip
+            ref = reference_sample(
+                logits,
+                seed=seed,
+                step=step,
+                counts=counts.astype(np.float64),
+                allowed=allowed,
+                n_top=5,
+                **config,
+            )
+            assert allowed[got], f"{name}: masked token {got} was sampled"
+            token, logprob, top = g.record(5)
+            assert token == got
+            if ref.margin > TINY:
+                assert got == ref.token, f"{name} seed {seed} step {step}"
+                assert logprob == pytest.approx(ref.logprob, abs=2e-4)
+                compared += 1
+            for (i, lp), (ri, rlp) in zip(top, ref.top, strict=True):
+                if rlp == LOGPROB_FLOOR:
+                    assert lp == LOGPROB_FLOOR and (not allowed[i] or not ref.kept[i])
+                else:
+                    assert i == ri and lp == pytest.approx(rlp, abs=2e-4)
+    assert compared >= 8
+    if config.get("temperature") == 0.0:
+        # the "three" mask leaves fewer ids than the top 5: two entries are masked ones, at the floor
+        g.run(logits, allowed=masks["three"], logprobs=True, top_logprobs=5, **config)
+        assert sum(lp == LOGPROB_FLOOR for _, lp in g.record(5)[2]) == 2
+
+
+def test_mask_off_again_and_partials_ignored_while_masked(kern):
+    """Greedy under a mask cannot use the LM head's argmax partials (computed before the mask): it reads the logits.
+    set_mask(None) restores plain greedy, partials included."""
+    vocab = 1000
+    logits = np.zeros(vocab, dtype=np.float32)
+    logits[700], logits[120], logits[33] = 5.0, 4.0, 3.0
+    partials = zeros(kern, 8 * 2)
+    kern.device.write_buffer(partials, 0, struct.pack("<fIfI", 5.0, 700, 4.0, 120))
+    g = GPUSampler(kern, vocab)
+    g.s = ops.Sampler(kern, logits=g.logits, tokens=g.tokens, state=g.state, vocab=vocab, partials=partials)
+    g.s.use_partials(2)
+    allowed = np.ones(vocab, dtype=bool)
+    allowed[[700, 120]] = False
+    assert g.run(logits, allowed=allowed) == 33
+    assert g.run(logits) == 700
+    g.s.set_mask(bitmask(allowed))
+    assert g.run(logits, configure=False, allowed=allowed) == 33  # configure keeps the mask state
+    with pytest.raises(ValueError, match="token mask of 3 bytes"):
+        g.s.set_mask(b"abc")

@@ -59,6 +59,13 @@ class FakeTokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         return self.pieces[token_id]
 
+    def token_to_id(self, text: str) -> int | None:
+        raw = text.encode()
+        return self.pieces.index(raw) if raw in self.pieces else None
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id < 2
+
     def decode(self, ids: list[int]) -> str:
         return b"".join(self.pieces[i] for i in ids).decode("utf-8", "replace")
 
@@ -188,7 +195,20 @@ class FakeEngine:
         self.script = self.tokenizer.ids(pieces) + ([self.tokenizer.eos_id] if end else [])
         return self.script
 
-    def generate(self, prompt_ids: list[int], params, *, reuse_kv: bool = True) -> FakeGeneration:
+    @property
+    def token_index(self):
+        """A TokenIndex over the pieces known now (the fake model says its script whatever a grammar allows;
+        tests of constrained decoding on a real model are in tests/kernels and tests/e2e)."""
+        from webllm_py.grammar import TokenIndex
+
+        pieces = self.tokenizer.pieces
+        return TokenIndex(
+            pieces + [b""] * (self.tokenizer.vocab_size - len(pieces)), special_ids=[0], stop_ids=[1]
+        )
+
+    def generate(
+        self, prompt_ids: list[int], params, *, reuse_kv: bool = True, matcher=None
+    ) -> FakeGeneration:
         if self.busy:
             # The real engine has one KV cache: two generations at once would corrupt it.
             raise RuntimeError("FakeEngine.generate called while another generation is running")
@@ -209,6 +229,9 @@ class FakeEngine:
         generation.stats.prompt_tokens = len(prompt_ids) - generation.reused
         self.kv_ids = list(prompt_ids)
         self.params = params
+        self.matcher = matcher  # the request's grammar matcher, for assertions
+        if matcher is not None:
+            generation.stats.grammar_init_s = matcher.init_s
         self.generations.append(generation)
         return generation
 

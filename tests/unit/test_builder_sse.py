@@ -27,6 +27,18 @@ def test_messages_builder_is_a_list_of_plain_dicts(world):  # noqa: F811
     ]
     tool = Messages().developer("d").user("q").tool("42", tool_call_id="c1")
     assert tool[-1] == {"role": "tool", "content": "42", "tool_call_id": "c1"}
+    from webllm_py.api.types import ChatCompletionMessageToolCall, Function
+
+    calls = [ChatCompletionMessageToolCall("c1", Function("f", '{"a": 1}'))]
+    m = Messages().user("q").assistant_tool_calls(calls).tool("c1", "42")
+    m.assistant_tool_calls([{"id": "c2", "function": {"name": "g", "arguments": {"b": [2]}}}], content="hm")
+    assert m[1:] == [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "hm", "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "g", "arguments": '{"b": [2]}'}}]},
+    ]  # fmt: skip
 
     async def go():
         engine = await create(world)

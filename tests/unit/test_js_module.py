@@ -18,7 +18,7 @@ from tests.unit.test_worker_client import drive_node
 from tests.unit.test_worker_handler import ALPHABET, run
 from webllm_py import errors
 from webllm_py.api.mlc_engine import MLCEngine
-from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
+from webllm_py.config import AppConfig, ModelRecord, functionCallingModelIds, prebuilt_app_config
 from webllm_py.worker.handler import WorkerHandler
 
 world = handler_tests.world  # two fake models behind a real MLCEngine
@@ -214,7 +214,8 @@ def test_webllm_names_in_node(world, tmp_path):
     assert out["sriError"]["url"] == "https://x/m.gguf" and out["sriError"]["actual"].startswith("sha256-")
     prebuilt = out["prebuilt"]
     assert prebuilt["ids"] == [r.model_id for r in prebuilt_app_config.model_list]
-    assert prebuilt["sameURLs"] and prebuilt["backend"] == "cache" and prebuilt["fc"] == []
+    assert prebuilt["sameURLs"] and prebuilt["backend"] == "cache"
+    assert prebuilt["fc"] == list(functionCallingModelIds) and len(prebuilt["fc"]) == 48
     assert prebuilt["version"] == "v0_2_83/base" and prebuilt["prefix"].startswith(
         "https://raw.githubusercontent.com/"
     )

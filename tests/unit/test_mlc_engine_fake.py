@@ -290,8 +290,8 @@ def test_stop_strings_from_request_and_template(world):
 def test_invalid_requests_raise_and_do_not_hold_the_engine(world):
     async def go():
         engine = await create(world)
-        with pytest.raises(errors.UnsupportedFieldError, match="`tools`"):
-            await engine.chat.completions.create(messages=USER, tools=[{"type": "function"}])
+        with pytest.raises(errors.UnsupportedFieldError, match="`functions`"):
+            await engine.chat.completions.create(messages=USER, functions=[{"name": "f"}])
         with pytest.raises(errors.InvalidRangeError, match="`temperature`"):
             await engine.chat.completions.create(messages=USER, temperature=9)
         with pytest.raises(errors.SpecifiedModelNotFoundError, match="other-model"):
@@ -679,7 +679,7 @@ def test_sync_engine(world):
         assert engine.getMessage() == "a"
         assert engine.runtimeStatsText().startswith("prefill: ")
         with pytest.raises(errors.UnsupportedFieldError):
-            engine.chat.completions.create(messages=USER, response_format={"type": "json_object"})
+            engine.chat.completions.create(messages=USER, response_format={"type": "structural_tag"})
     assert world.loaded[0].unloaded
     engine.close()  # twice is fine
 

@@ -137,9 +137,8 @@ def test_invalid_values(fields, error, words):
 @pytest.mark.parametrize(
     ("field", "value", "why"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}], "function calling"),
-        ("tool_choice", "auto", "function calling"),
-        ("response_format", {"type": "json_object"}, "constrained decoding"),
+        ("functions", [{"name": "f"}], "use tools"),
+        ("function_call", "auto", "use tool_choice"),
         ("user", "someone", "abuse monitoring"),
     ],
 )
@@ -152,8 +151,8 @@ def test_unsupported_fields_are_named(field, value, why):
 
 def test_all_unsupported_fields_named_at_once():
     with pytest.raises(UnsupportedFieldError) as info:
-        check(tools=[{"type": "function"}], response_format={"type": "json_object"})
-    assert info.value.field == "tools, response_format"
+        check(functions=[{"name": "f"}], function_call="auto")
+    assert info.value.field == "functions, function_call"
 
 
 @pytest.mark.parametrize(
@@ -305,12 +304,12 @@ def test_invalid_messages(messages, field, words):
 
 def test_message_extra_keys_are_named():
     messages = [
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "1"}]},
+        {"role": "assistant", "content": "", "audio": {"id": "1"}},
         {"role": "user", "content": "x"},
     ]
     with pytest.raises(UnsupportedFieldError) as info:
         check_chat_completion_request({"messages": messages})
-    assert info.value.field == "messages[0].tool_calls"
+    assert info.value.field == "messages[0].audio"
 
 
 def test_long_values_are_shortened_in_messages():

@@ -198,8 +198,8 @@ def test_bad_requests_raise_the_workers_error_class(world):
             await engine.chat.completions.create(messages=USER, temperature=5, stream=True)
         with pytest.raises(errors.FieldDependencyError):
             await engine.chat.completions.create(messages=USER, stream_options={"include_usage": True})
-        with pytest.raises(errors.UnsupportedFieldError, match="`tools`"):
-            await engine.chat.completions.create(messages=USER, tools=[{"type": "function"}])
+        with pytest.raises(errors.UnsupportedFieldError, match="`functions`"):
+            await engine.chat.completions.create(messages=USER, functions=[{"name": "f"}])
         with pytest.raises(errors.InvalidRequestError):  # the class hierarchy holds too
             await engine.chat.completions.create(messages=[{"role": "assistant", "content": "x"}])
         return await engine.chat.completions.create(messages=USER)

@@ -4,6 +4,10 @@ One request at a time: the request path is validate (``protocol.py``) -> take th
 -> tokenize -> ``Engine.generate`` -> ``streaming.py`` turns ids into chunks. The lock is held by a non-streaming
 request until it returns, and by a stream until its generation ends or it is closed (``ChatCompletionStream``).
 
+A ``response_format`` or tools add a grammar (compiled once per schema: the engine's ``GrammarCache``) and a
+``Matcher`` over the model's ``TokenIndex``; tools also go through ``tools.py`` (the model family's call format) on
+the way in and out.
+
 WebLLM's known trap (mlc-ai/mlc-llm#3113): a consumer that stops reading a stream and makes another request (or
 lets another task make one) waits forever on the stream's lock. Here a stream nobody reads any more lets go of its
 model, three ways, so it works in CPython and in Pyodide alike:
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import json
 import logging
 import threading
 import time
@@ -51,9 +56,11 @@ from webllm_py.errors import (
     SpecifiedModelNotFoundError,
     UnclearModelToUseError,
 )
+from webllm_py.grammar import GrammarCache
 from webllm_py.protocol import (
     ChatMessage,
     GenerationConfig,
+    ResponseFormat,
     chat_options_per_model,
     check_chat_completion_request,
     check_completion_request,
@@ -68,6 +75,7 @@ from webllm_py.streaming import (
     logprob_entries,
     merge_choices,
 )
+from webllm_py.tools import ToolCallParser, ToolFormat, calls_grammar, template_messages, tool_format
 
 from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCompletionsSync
 from .types import ChatCompletion, ChatOptionsParam, Completion
@@ -158,6 +166,7 @@ class _Slot:
     conversation_text: str = ""
     conversation_ids: list[int] | None = None
     pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
+    tool_format: ToolFormat | None = None  # the model family's tool-call syntax (from its chat template)
     # forwardTokensAndSample: the ids forwarded so far (what the KV cache holds), and their speed since a reset.
     forwarded: list[int] = field(default_factory=list)
     forward_stats: list[float] = field(
@@ -167,6 +176,18 @@ class _Slot:
     @property
     def active_stream(self) -> ChatCompletionStream | None:
         return self.stream_ref() if self.stream_ref is not None else None
+
+
+@dataclass
+class _Constraint:
+    """What a request's grammar needs at generation time: the grammar, how the matcher starts (lazily at a trigger
+    under tool_choice auto), the parser of tool calls, the grammar's compile time."""
+
+    grammar: Any
+    triggers: tuple[bytes, ...] = ()
+    trigger_ids: tuple[int, ...] = ()
+    compile_s: float = 0.0
+    parser: Callable[[], ToolCallParser] | None = None
 
 
 class MLCEngine:
@@ -192,6 +213,7 @@ class MLCEngine:
         self._read_header = read_header or (_header_on_desktop if resolve_model is None else _no_header)
         self._slots: dict[str, _Slot] = {}  # model id -> slot, in load order
         self._loading = asyncio.Lock()  # reload/unload; requests made meanwhile wait for it
+        self.grammars = GrammarCache()  # compiled response formats and tool grammars (tokenizer-independent)
         self._reload_task: asyncio.Task[None] | None = None  # the load of the reload() in progress
         self._abort_reason = ""
         self.chat = Chat(self)
@@ -390,12 +412,18 @@ class MLCEngine:
         slot = await self._acquire(checked.config.model, owner)
         try:
             engine = slot.engine
-            messages = [m.to_dict() for m in checked.messages]
+            tools = checked.tools
+            fmt = self._tool_format(slot)
+            messages, template_tools = template_messages([m.to_dict() for m in checked.messages], fmt, tools)
             # Template text and message content stay apart: only the template's text may become control tokens,
             # so a message that types "<|im_end|>" cannot end its own turn (conversation.py).
+            render_kw: dict[str, Any] = {"tools": template_tools} if template_tools else {}
             parts = engine.chat_template.render_parts(
-                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs
+                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs, **render_kw
             )
+            constraint, forced_marker = self._constraint(slot, checked.config.response_format, tools, fmt)
+            if forced_marker is not None:  # a control-token marker opening the calls: prefilled, not sampled
+                parts = [*parts, (forced_marker, True)]
             text = "".join(t for t, _ in parts)
             # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
             # (everything but the new last message is that conversation, the model's reply included). Then only
@@ -409,7 +437,9 @@ class MLCEngine:
             else:
                 prompt_ids = engine.tokenizer.encode_parts(parts)
             slot.pending = (text, prompt_ids, frozenset())
-            return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
+            return await self._run(
+                slot, checked.config, prompt_ids, reuse, owner, checked.messages, constraint=constraint
+            )
         except BaseException:
             self._release(slot, None)
             raise
@@ -433,7 +463,10 @@ class MLCEngine:
             # A raw prompt is not a conversation: as in WebLLM, the KV cache starts over.
             slot.conversation = slot.conversation_ids = slot.pending = None
             echo = prompt_text if checked.echo else None
-            return await self._run(slot, checked.config, prompt_ids, False, owner, None, text_echo=echo)
+            constraint, _ = self._constraint(slot, checked.config.response_format, None, None)
+            return await self._run(
+                slot, checked.config, prompt_ids, False, owner, None, text_echo=echo, constraint=constraint
+            )
         except BaseException:
             self._release(slot, None)
             raise
@@ -448,11 +481,14 @@ class MLCEngine:
         messages: tuple[ChatMessage, ...] | None,
         *,
         text_echo: str | None = None,
+        constraint: _Constraint | None = None,
     ) -> Any:
         """Generate ``config.n`` choices one after another (the lock is held); a stream has one."""
         text = messages is None
         if config.stream:
-            generation, chunks = self._start(slot, config, prompt_ids, reuse, 0, chat=not text)
+            generation, chunks = self._start(
+                slot, config, prompt_ids, reuse, 0, chat=not text, constraint=constraint
+            )
             if text:
                 chunks = completion_chunks(chunks, echo=text_echo)
 
@@ -471,7 +507,7 @@ class MLCEngine:
         for index in range(config.n):
             # Later choices share the prompt: their prefill reuses all of it but the last token.
             generation, chunks = self._start(
-                slot, config, prompt_ids, reuse or index > 0, index, chat=not text
+                slot, config, prompt_ids, reuse or index > 0, index, chat=not text, constraint=constraint
             )
             try:
                 async with aclosing(chunks):
@@ -535,6 +571,7 @@ class MLCEngine:
         index: int,
         *,
         chat: bool,
+        constraint: _Constraint | None = None,
     ) -> tuple[Any, Any]:
         """Start one generation; return it and its (not yet started) chunk iterator.
 
@@ -577,9 +614,21 @@ class MLCEngine:
         if chat and slot.pending is not None:
             slot.pending = (slot.pending[0], slot.pending[1], end_ids)
 
-        generation = engine.generate(
-            prompt_ids, params, reuse_kv=reuse
-        )  # may raise ContextWindowSizeExceeded
+        matcher = None
+        if constraint is not None:
+            from webllm_py.grammar import Matcher
+
+            matcher = Matcher(
+                constraint.grammar,
+                engine.token_index,
+                triggers=constraint.triggers,
+                trigger_ids=constraint.trigger_ids,
+            )
+        # may raise ContextWindowSizeExceeded
+        grammar_kw = {"matcher": matcher} if matcher is not None else {}
+        generation = engine.generate(prompt_ids, params, reuse_kv=reuse, **grammar_kw)
+        if constraint is not None and index == 0:
+            generation.stats.grammar_init_s = (generation.stats.grammar_init_s or 0.0) + constraint.compile_s
         slot.generation = generation
         slot.last_state = state = StreamState()
         entry = logprob_entries(engine.tokenizer.token_bytes) if config.logprobs else None
@@ -594,8 +643,56 @@ class MLCEngine:
             state=state,
             logprob_entry=entry,
             latency_breakdown=config.enable_latency_breakdown,
+            tool_parser=constraint.parser() if constraint is not None and constraint.parser else None,
         )
         return generation, chunks
+
+    def _tool_format(self, slot: _Slot) -> ToolFormat:
+        if slot.tool_format is None:
+            slot.tool_format = tool_format(getattr(slot.engine.chat_template, "source", None))
+        return slot.tool_format
+
+    def _grammar(self, key: str, build: Callable[[], Any]) -> tuple[Any, float]:
+        """A compiled grammar from the cache, or compiled now: (grammar, seconds spent compiling)."""
+        grammar = self.grammars.get(key)
+        if grammar is not None:
+            return grammar, 0.0
+        t0 = time.perf_counter()
+        grammar = self.grammars.put(build())
+        return grammar, time.perf_counter() - t0
+
+    def _constraint(
+        self, slot: _Slot, response_format: ResponseFormat | None, tools: Any, fmt: ToolFormat | None
+    ) -> tuple[_Constraint | None, str | None]:
+        """The grammar of a request and, for forced calls in a format whose marker is one control token, that
+        marker (appended to the prompt). Compile errors are the request's typed errors."""
+        answer = None
+        compile_s = 0.0
+        if response_format is not None:
+            answer, compile_s = self._grammar(response_format.key, response_format.compile)
+        if tools is None or tools.choice == "none" or fmt is None:
+            return (_Constraint(answer, compile_s=compile_s) if answer is not None else None), None
+        tokenizer = slot.engine.tokenizer
+        marker_id = tokenizer.token_to_id(fmt.marker)
+        marker_is_token = marker_id is not None and tokenizer.is_special(marker_id)
+        calls, calls_s = self._grammar(*calls_grammar(fmt, tools, marker_is_token=marker_is_token))
+        compile_s += calls_s
+        skipped = fmt.marker if tools.forced and marker_is_token else ""
+
+        def parser() -> ToolCallParser:
+            return ToolCallParser(fmt, forced=tools.forced, skipped=skipped)
+
+        if tools.forced:
+            return _Constraint(calls, compile_s=compile_s, parser=parser), (
+                fmt.marker if marker_is_token else None
+            )
+        if answer is not None:  # auto with a response format: a call, or else the formatted answer
+            union_key = "union:" + json.dumps([calls.key, answer.key], ensure_ascii=False)
+            union, union_s = self._grammar(union_key, lambda: _union(calls, answer))
+            return _Constraint(union, compile_s=compile_s + union_s, parser=parser), None
+        if marker_is_token:
+            return _Constraint(calls, trigger_ids=(marker_id,), compile_s=compile_s, parser=parser), None
+        return _Constraint(calls, triggers=(fmt.marker.encode(),), compile_s=compile_s, parser=parser), None
 
     def _done(self, slot: _Slot, generation: Any, messages: tuple[ChatMessage, ...] | None) -> None:
         """A generation ended: keep its stats and, for chat, the conversation the KV cache now holds."""
@@ -603,8 +700,10 @@ class MLCEngine:
         if slot.generation is generation:
             slot.generation = None
         if messages is not None and slot.pending is not None:
-            reply = slot.last_state.text
-            slot.conversation = (*messages, ChatMessage("assistant", reply))
+            state = slot.last_state
+            reply = state.text
+            calls = tuple(state.tool_calls) or None
+            slot.conversation = (*messages, ChatMessage("assistant", state.content, tool_calls=calls))
             text, prompt_ids, end_ids = slot.pending
             reply_ids = [t for t in generation.output_ids if t not in end_ids]
             slot.conversation_text = text + reply
@@ -858,6 +957,12 @@ def _gpu_summary(engines: list[Any]) -> str:
     weights = sum(int(s.get("weight_bytes") or 0) for s in stats)
     kv = sum(int(s.get("kv_cache_bytes") or 0) for s in stats)
     return f", GPU memory {gib(total)}: weights {gib(weights)}, KV cache {gib(kv)}"
+
+
+def _union(*grammars: Any) -> Any:
+    from webllm_py.grammar import Grammar
+
+    return Grammar.union(*grammars)
 
 
 def _first(*values: Any) -> Any:

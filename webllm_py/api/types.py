@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, TypedDict
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "tool_calls", "abort"]
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
@@ -33,11 +33,54 @@ class ChatCompletionContentPartTextParam(TypedDict):
     text: str
 
 
+class ChatCompletionMessageToolCallFunctionParam(TypedDict):
+    name: str
+    arguments: str  # JSON text
+
+
+class ChatCompletionMessageToolCallParam(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: ChatCompletionMessageToolCallFunctionParam
+
+
 class ChatCompletionMessageParam(TypedDict, total=False):
     role: Role  # required
-    content: str | list[ChatCompletionContentPartTextParam]  # required
+    content: (
+        str | list[ChatCompletionContentPartTextParam] | None
+    )  # required (None: an assistant that only calls)
     name: str
     tool_call_id: str  # tool messages only: the call this result answers
+    tool_calls: list[ChatCompletionMessageToolCallParam]  # assistant messages only: the calls it made
+
+
+class FunctionDefinitionParam(TypedDict, total=False):
+    name: str  # required: 1-64 of a-z A-Z 0-9 _ -
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments object
+    strict: bool
+
+
+class ChatCompletionToolParam(TypedDict):
+    type: Literal["function"]
+    function: FunctionDefinitionParam
+
+
+class ResponseFormatJSONSchemaParam(TypedDict, total=False):
+    name: str  # required
+    description: str
+    schema: dict[str, Any]
+    strict: bool
+
+
+class ResponseFormatParam(TypedDict, total=False):
+    """OpenAI's ``{"type": "text" | "json_object" | "json_schema", "json_schema": {...}}`` and WebLLM's
+    ``{"type": "json_object", "schema": ...}`` / ``{"type": "grammar", "grammar": <EBNF>}``."""
+
+    type: Literal["text", "json_object", "json_schema", "grammar"]  # required
+    json_schema: ResponseFormatJSONSchemaParam
+    schema: str | dict[str, Any]
+    grammar: str
 
 
 class ChatCompletionStreamOptionsParam(TypedDict, total=False):
@@ -67,6 +110,12 @@ class ChatCompletionCreateParams(TypedDict, total=False):
     chat_template_kwargs: dict[
         str, Any
     ]  # vLLM's: variables for the model's Jinja template ({"enable_thinking": False})
+    response_format: ResponseFormatParam  # JSON mode, a JSON schema, an EBNF grammar
+    tools: list[ChatCompletionToolParam]
+    tool_choice: (
+        Literal["none", "auto", "required"] | dict[str, Any]
+    )  # or {"type": "function", "function": {name}}
+    parallel_tool_calls: bool
     extra_body: dict[str, Any]  # merged into the request (enable_latency_breakdown, top_k...)
 
 
@@ -80,7 +129,9 @@ class CompletionUsage:
     total_tokens: int
     # WebLLM's speed numbers: prefill_tokens_per_s, decode_tokens_per_s, time_to_first_token_s,
     # time_per_output_token_s, e2e_latency_s (all floats, seconds or tokens per second); with
-    # enable_latency_breakdown also latencyBreakdown: {"totalTime": [seconds per sampled token]}.
+    # enable_latency_breakdown also latencyBreakdown: {"totalTime": [seconds per sampled token]}. With a grammar
+    # (response_format, tool calls): grammar_init_s (compile + matcher set-up) and grammar_per_token_s (host
+    # seconds in the matcher per generated token).
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
@@ -97,17 +148,86 @@ class CompletionUsage:
 
 
 @dataclass
+class Function:
+    name: str
+    arguments: str  # JSON text of the arguments object, as the model wrote it
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {"name": self.name, "arguments": self.arguments}
+
+
+@dataclass
+class ChatCompletionMessageToolCall:
+    id: str
+    function: Function
+    type: Literal["function"] = "function"
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "function": self.function.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChatCompletionMessageToolCall:
+        fn = d["function"]
+        return cls(d["id"], Function(fn["name"], fn["arguments"]), d.get("type", "function"))
+
+
+@dataclass
 class ChatCompletionMessage:
     content: str | None
     role: Literal["assistant"] = "assistant"
     refusal: str | None = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = (
+        None  # the calls the model made (content may be None)
+    )
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
-        return _drop_none({"role": self.role, "content": self.content, "refusal": self.refusal}, exclude_none)
+        d: dict[str, Any] = {"role": self.role, "content": self.content, "refusal": self.refusal}
+        if self.tool_calls:
+            d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        return _drop_none(d, exclude_none)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChatCompletionMessage:
-        return cls(content=d.get("content"), role=d.get("role", "assistant"), refusal=d.get("refusal"))
+        calls = d.get("tool_calls")
+        return cls(
+            content=d.get("content"),
+            role=d.get("role", "assistant"),
+            refusal=d.get("refusal"),
+            tool_calls=[ChatCompletionMessageToolCall.from_dict(c) for c in calls] if calls else None,
+        )
+
+
+@dataclass
+class ChoiceDeltaToolCallFunction:
+    name: str | None = None  # in the first delta of a call only
+    arguments: str | None = None  # a piece of the arguments' JSON text ("" in the first delta)
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        return _drop_none({"name": self.name, "arguments": self.arguments}, True)
+
+
+@dataclass
+class ChoiceDeltaToolCall:
+    """One piece of one call of a stream: the first delta of a call carries ``id`` (unless the model writes it
+    after the arguments, as Mistral's do: then a later delta), ``type`` and ``function.name`` with ``arguments:
+    ""``; the next ones only ``index`` and an ``arguments`` piece. openai-python's accumulator joins them."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChoiceDeltaToolCallFunction | None = None
+
+    def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
+        fn = self.function.to_dict() if self.function is not None else None
+        return _drop_none({"index": self.index, "id": self.id, "type": self.type, "function": fn}, True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChoiceDeltaToolCall:
+        fn = d.get("function")
+        function = (
+            ChoiceDeltaToolCallFunction(fn.get("name"), fn.get("arguments")) if fn is not None else None
+        )
+        return cls(d["index"], d.get("id"), d.get("type"), function)
 
 
 @dataclass
@@ -115,15 +235,24 @@ class ChoiceDelta:
     content: str | None = None
     role: Literal["assistant"] | None = None
     refusal: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
 
     def to_dict(self, exclude_none: bool = False) -> dict[str, Any]:
         # OpenAI's stream leaves unset delta keys out entirely (the last chunk's delta is `{}`), so a delta is
         # always written without its None fields.
-        return _drop_none({"role": self.role, "content": self.content, "refusal": self.refusal}, True)
+        calls = [c.to_dict() for c in self.tool_calls] if self.tool_calls else None
+        d = {"role": self.role, "content": self.content, "refusal": self.refusal, "tool_calls": calls}
+        return _drop_none(d, True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChoiceDelta:
-        return cls(content=d.get("content"), role=d.get("role"), refusal=d.get("refusal"))
+        calls = d.get("tool_calls")
+        return cls(
+            content=d.get("content"),
+            role=d.get("role"),
+            refusal=d.get("refusal"),
+            tool_calls=[ChoiceDeltaToolCall.from_dict(c) for c in calls] if calls else None,
+        )
 
 
 @dataclass
@@ -339,6 +468,7 @@ class CompletionCreateParams(TypedDict, total=False):
     parse_special: (
         bool  # control-token texts in the prompt become control tokens (off: the prompt is plain text)
     )
+    response_format: ResponseFormatParam
     extra_body: dict[str, Any]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import InvalidGrammarError, UnsupportedSchemaError
 from .ebnf import parse_ebnf
-from .ir import Node
+from .ir import Chars, Lit, Node, Ref, Rep, alt, rename, seq, star
 from .matcher import Masker
 from .program import link
 from .regex import parse_regex
@@ -31,6 +31,7 @@ class Grammar:
     def __init__(self, rules: dict[str, Node], root: str, *, key: str, error: Any):
         t0 = time.perf_counter()
         self.key = key
+        self.rules, self.root = rules, root  # the IR, for grammars built out of this one (union, calls)
         self.program = link(rules, root, error)
         self.configs = Configs(self.program)
         self._maskers: weakref.WeakKeyDictionary[TokenIndex, Masker] = weakref.WeakKeyDictionary()
@@ -88,6 +89,70 @@ class Grammar:
             key=f"regex:{pattern}",
             error=lambda msg: InvalidGrammarError("regex", msg),
         )
+
+    @classmethod
+    def calls(
+        cls,
+        functions: Any,
+        *,
+        open: str = "",
+        close: str = "",
+        args_key: str = "arguments",
+        id_chars: int = 0,
+        first: str = "",
+        sep: str = "",
+        last: str = "",
+        max_calls: int | None = None,
+        strict: bool = True,
+    ) -> Grammar:
+        """Function calls in JSON: ``first CALL (sep CALL)* last``, at most ``max_calls`` of them, each
+        ``open {"name": "<f>", "<args_key>": <args>} close`` for one of ``functions`` ((name, parameters schema)
+        pairs: the arguments are valid against that function's schema), with ``, "id": "<id_chars alphanumerics>"``
+        after the arguments when ``id_chars`` > 0 (Mistral's call ids). JSON spelled as ``json_schema`` spells it.
+        """
+        rules: dict[str, Node] = {}
+        alternatives = []
+        id_part: Node = Lit("")
+        if id_chars:
+            alnum = Chars([(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)])
+            id_part = seq(Lit(', "id": "'), Rep(alnum, id_chars, id_chars), Lit('"'))
+        for i, (name, schema) in enumerate(functions):
+            if isinstance(schema, str):
+                schema = json.loads(schema)
+            try:
+                sub, root = compile_schema(schema, strict=strict, style=JsonStyle(0))
+            except UnsupportedSchemaError as e:
+                raise UnsupportedSchemaError(f"{name}.parameters{e.field[1:]}", e.keyword, e.reason) from None
+            prefix = f"f{i}:"
+            rules.update({prefix + k: rename(v, lambda n, p=prefix: p + n) for k, v in sub.items()})
+            head = open + '{"name": ' + json.dumps(name, ensure_ascii=False) + ', "' + args_key + '": '
+            alternatives.append(seq(Lit(head), Ref(prefix + root), id_part, Lit("}" + close)))
+        if not alternatives:
+            raise UnsupportedSchemaError("#", "tools", "no function to call")
+        rules["call"] = alt(*alternatives)
+        more = seq(Lit(sep), Ref("call"))
+        repeat = star(more) if max_calls is None else Rep(more, 0, max_calls - 1)
+        rules["calls"] = seq(Lit(first), Ref("call"), repeat, Lit(last))
+        key = cls.calls_key(functions, open, close, args_key, id_chars, first, sep, last, max_calls, strict)
+        return cls(rules, "calls", key=key, error=lambda msg: UnsupportedSchemaError("#", "tools", msg))
+
+    @staticmethod
+    def calls_key(functions: Any, *options: Any) -> str:
+        """The ``key`` of ``calls(functions, ...)`` (its options in signature order), known without compiling."""
+        return "calls:" + json.dumps([[list(f) for f in functions], *options], ensure_ascii=False)
+
+    @classmethod
+    def union(cls, *grammars: Grammar) -> Grammar:
+        """Text that is a sentence of any of ``grammars`` (tool calls or a JSON answer)."""
+        rules: dict[str, Node] = {}
+        roots = []
+        for i, g in enumerate(grammars):
+            prefix = f"u{i}:"
+            rules.update({prefix + k: rename(v, lambda n, p=prefix: p + n) for k, v in g.rules.items()})
+            roots.append(Ref(prefix + g.root))
+        rules["union"] = alt(*roots)
+        key = "union:" + json.dumps([g.key for g in grammars], ensure_ascii=False)
+        return cls(rules, "union", key=key, error=lambda msg: InvalidGrammarError("union", msg))
 
     # ---- use ----
 

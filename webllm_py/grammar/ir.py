@@ -18,7 +18,7 @@ Code-point sets are tuples of sorted, disjoint, non-adjacent inclusive ranges ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -172,6 +172,25 @@ def refs(node: Node) -> set[str]:
             if n.extra is not None:
                 stack.append(n.extra)
     return out
+
+
+def rename(node: Node, name: Callable[[str], str]) -> Node:
+    """A copy of ``node`` whose rule references are renamed by ``name`` (to put several grammars' rules in one
+    dict without their names colliding)."""
+    if isinstance(node, Ref):
+        return Ref(name(node.name))
+    if isinstance(node, Loop):
+        return Loop(name(node.name), node.lo, node.hi)
+    if isinstance(node, Seq):
+        return Seq([rename(n, name) for n in node.items])
+    if isinstance(node, Alt):
+        return Alt([rename(n, name) for n in node.items])
+    if isinstance(node, Rep):
+        return Rep(rename(node.item, name), node.lo, node.hi)
+    if isinstance(node, Props):
+        extra = rename(node.extra, name) if node.extra is not None else None
+        return Props([(rename(m, name), req) for m, req in node.items], rename(node.sep, name), extra)
+    return node  # Lit, Chars, Embed: no references
 
 
 # ---- code-point sets ---------------------------------------------------------------------------------------------

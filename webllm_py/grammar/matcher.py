@@ -104,7 +104,8 @@ class Matcher:
     Lazy mode (tool calls): with ``triggers`` (byte strings) or ``trigger_ids``, the matcher starts **unarmed**:
     every token is allowed and accepted tokens are only scanned. When a trigger id is accepted, the grammar
     starts after it; when a trigger string appears in the text, the grammar is fed the text from the trigger on
-    (so the grammar must begin with the trigger text). ``arm(prefix)`` arms it by hand.
+    (so the grammar must begin with the trigger text); if the grammar refuses that text, the trigger was prose
+    and the matcher stays unarmed. ``arm(prefix)`` arms it by hand.
     ``grammar_s``: seconds spent in ``mask`` and ``accept`` so far (``usage.extra.grammar_per_token_s``).
     """
 
@@ -197,12 +198,12 @@ class Matcher:
             for trig in self.triggers:
                 at = text.find(trig)
                 if at >= 0:
-                    self._armed = True
-                    if not self._feed(text[at:]):
-                        self._config, self._armed, self._text, self._stopped = saved
-                        self._history.pop()
-                        raise ValueError(f"the grammar does not accept its own trigger text {text[at:]!r}")
-                    return True
+                    if self._feed(text[at:]):
+                        self._armed = True
+                        return True
+                    # The text after the trigger is not how the grammar goes on (a trigger in prose, a token that
+                    # runs past it): no constraint starts; the search goes on after this trigger.
+                    text = text[at + len(trig) :]
             self._text = text[-(self._keep - 1) :] if self._keep > 1 else b""
             return True
         if token_id in index.stop_ids:

@@ -945,6 +945,10 @@ class Sampler:
     token counts the kernel keeps (penalties count the tokens sampled in this request only, as WebLLM's: prompt
     tokens do not count). With ``logprobs`` the kernel also writes ``record``: the token, its log-probability and
     the ``top_logprobs`` most likely (id, log-probability) pairs, which the engine copies out next to the token id.
+
+    Structured output: ``set_mask(bitmask)`` writes a grammar's allowed tokens (``mask_bytes(vocab)``: one bit per
+    id, little-endian u32 words) and turns masking on; ``set_mask(None)`` turns it off. Either is a queue write,
+    ordered with the submissions around it, so a step submitted after it samples under the new mask.
     """
 
     MAX_BIAS = 300  # (id, bias) pairs of one request's logit_bias (OpenAI's limit)
@@ -955,6 +959,11 @@ class Sampler:
     def logits_bytes(vocab: int) -> int:
         """Size of the logits buffer: (vocab,) f32 padded to whole vec4s, which the kernel reads."""
         return -(-vocab // 4) * 16
+
+    @staticmethod
+    def mask_bytes(vocab: int) -> int:
+        """Size of a token mask: ceil(vocab / 32) u32 words."""
+        return -(-vocab // 32) * 4
 
     @staticmethod
     def partials_bytes(vocab: int) -> int:
@@ -1000,6 +1009,9 @@ class Sampler:
         # use_partials says how many there are.
         self.partials = partials or dev.create_buffer(8, STORAGE, "sample.partials")
         self.n_best = 0
+        # (ceil(vocab / 32),) u32: bit i % 32 of word i // 32 set = token i allowed; read only while masked.
+        self.mask = dev.create_buffer(self.mask_bytes(vocab), STORAGE, "sample.mask")
+        self.masked = False
         dev.write_buffer(self.counts, 0, bytes(vocab * 4))
         self.configure(temperature=0.0, top_p=1.0, seed=0)
         pipe = kern.pipeline("sample.wgsl", WG=kern.sample_wg)
@@ -1012,6 +1024,7 @@ class Sampler:
             _whole(5, self.bias),
             _whole(6, self.record),
             _whole(7, self.partials),
+            _whole(8, self.mask),
         ]
         bg = dev.create_bind_group(pipe, entries, "sample")
         self.launch = Launch(pipe, bg, lambda n_tokens: (1, 1, 1), "sample")
@@ -1058,6 +1071,7 @@ class Sampler:
             n_top=top_logprobs if logprobs else 0,
             logprobs=int(logprobs),
             n_best=self.n_best,
+            masked=int(self.masked),
         )
         dev.write_buffer(self.params, 0, data)
 
@@ -1069,6 +1083,22 @@ class Sampler:
         self.n_best = n_best
         offset = 4 * [name for name, _ in params.SAMPLE.fields].index("n_best")
         self.kern.device.write_buffer(self.params, offset, struct.pack("<I", n_best))
+
+    def set_mask(self, bitmask: bytes | None) -> None:
+        """Sample only the ids whose bit is set in ``bitmask`` (``mask_bytes(vocab)`` bytes, see the class doc) from
+        the next submitted step on; None: every id again. Only a change of on/off rewrites Params."""
+        dev = self.kern.device
+        if bitmask is not None:
+            if len(bitmask) != self.mask.size:
+                raise ValueError(
+                    f"a token mask of {len(bitmask)} bytes; {self.vocab} ids need {self.mask.size}"
+                )
+            dev.write_buffer(self.mask, 0, bitmask)
+        on = bitmask is not None
+        if on != self.masked:
+            self.masked = on
+            offset = 4 * [name for name, _ in params.SAMPLE.fields].index("masked")
+            dev.write_buffer(self.params, offset, struct.pack("<I", int(on)))
 
     @staticmethod
     def parse_record(data: bytes, top_logprobs: int) -> tuple[int, float, list[tuple[int, float]]]:

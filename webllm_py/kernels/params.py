@@ -126,7 +126,7 @@ SAMPLE = _spec(
     "n_top:u32",
     "logprobs:u32",
     "n_best:u32",
-    "_pad0:u32",
+    "masked:u32",
     "_pad1:u32",
     "_pad2:u32",
 )

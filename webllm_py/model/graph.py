@@ -126,14 +126,22 @@ class Graph:
         )
         self.activation_bytes += self.sampler.nbytes
         self._build_lm_head()
-        self._decode = self.device.prepare(self.forward(1, sample=True))  # the same every decode step
+        self._prepare_decode()
 
     def rebuild_decode(self) -> None:
         """Rebuild the decode launches after ``kern.gemv_roles`` changed (load-time tuning)."""
         for i, L in enumerate(self.layers):
             L.launches = self._layer_launches(i, gemm=False)
         self._build_lm_head()
-        self._decode = self.device.prepare(self.forward(1, sample=True))
+        self._prepare_decode()
+
+    def _prepare_decode(self) -> None:
+        # The same every decode step: whole, and split before the sampler (constrained decoding writes each step's
+        # token mask between the two halves).
+        step = self.forward(1, sample=True)
+        self._decode = self.device.prepare(step)
+        self._decode_forward = self.device.prepare(step[:-1])
+        self._decode_sample = self.device.prepare(step[-1:])
 
     def _build_lm_head(self) -> None:
         # Its workgroups also leave greedy argmax partials for the sampler, one per workgroup of rows.
@@ -358,6 +366,16 @@ class Graph:
     def decode_dispatches(self) -> Prepared:
         """The decode step's dispatches, prepared once on the device (``len()`` gives their number)."""
         return self._decode
+
+    @property
+    def decode_forward(self) -> Prepared:
+        """``decode_dispatches`` without the sampler: embedding, layers and LM head."""
+        return self._decode_forward
+
+    @property
+    def decode_sample(self) -> Prepared:
+        """The sampler of ``decode_dispatches`` alone."""
+        return self._decode_sample
 
 
 def check_kv_limit(cfg: ModelConfig, kern: Kernels, max_ctx: int) -> None:
