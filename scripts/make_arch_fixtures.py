@@ -120,8 +120,11 @@ INIT_GAINS = {
     "o_proj.weight": "attn_out",
     "down_proj.weight": "ffn_out",
 }
-# transformers and llama.cpp on the F32 file: normalized logit difference at most this (f32 rounding only).
-F32_AGREEMENT = 1e-4
+# transformers and llama.cpp on the F32 file: normalized logit difference at most this. Measured 1e-6..1e-5 on the
+# two-layer models and up to 2.1e-4 on gemma3's six (llama.cpp's own f32 rounding, amplified by the deliberately
+# sharp attention; transformers f32 vs f64 is 1e-6 there); a wrong config costs far more (gemma3 with its linear
+# RoPE scaling dropped: 5e-2; applied to the sliding layers too: 0.8).
+F32_AGREEMENT = 3e-4
 
 ARCHS = [
     Arch(
@@ -199,9 +202,17 @@ ARCHS = [
     Arch(
         "mistral",
         "MistralConfig",
-        dict(BASE, num_key_value_heads=2, tie_word_embeddings=False, rope_theta=1e6, sliding_window=None),
+        dict(
+            BASE,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+            rope_theta=1e6,
+            sliding_window=None,
+        ),
         quants=("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"),
-        exercises="llama arch, untied head (output Q6_K, token_embd in the body type); the full K-quant matrix",
+        exercises="llama arch, untied head (output Q6_K, token_embd in the body type); the full quant matrix "
+        "(one layer to keep the four files small; the Q8_0 file runs on today's engine)",
         init={"head": 1.0, "qk": 3, "attn_out": 32, "ffn_out": 2},
         llama_permute=True,
     ),
@@ -239,9 +250,8 @@ ARCHS = [
             rope_theta=1e6,
             use_sliding_window=False,
         ),
-        quants=("Q4_K_M", "Q5_K_M"),
-        exercises="rows of 160 (not a multiple of 256): Q5_0 (Q4_K_M) / Q5_1 (Q5_K_M) bodies, Q8_0 attn_v and "
-        "embedding, Q4_K/Q5_K/Q6_K ffn_down (rows of 512), biases",
+        exercises="rows of 160 (not a multiple of 256): llama.cpp's fallbacks, Q5_0 for q/k/o/gate/up and Q8_0 "
+        "for attn_v (layer 1) and the tied embedding, next to Q4_K/Q6_K ffn_down (rows of 512); q/k/v biases",
         init={"head": 1.0, "qk": 3, "attn_out": 32, "ffn_out": 2},
     ),
 ]

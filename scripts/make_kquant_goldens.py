@@ -16,7 +16,9 @@ Writes tests/data/arch/smollm2_kquants.json (+ .npz):
   transformers fp32 on that file's weights (dequantized by gguf-py, q/k rows un-permuted), stopping at an
   end-of-generation token, with the top-2 margin and runner-up of every step;
 - first-step logits of transformers and of llama.cpp (K/V in f32), as their top TOP_K entries (ids, values): the
-  full 49152-entry rows would cost 0.2 MB each. The normalized full-vocabulary distance between the two is recorded.
+  full 49152-entry rows would cost 0.2 MB each. Recorded: their normalized distance over the whole vocabulary and
+  over llama.cpp's top TOP_K (what the test measures), and how far rounding the K-quant block scales to f16 would
+  move transformers' logits (``simulated_repack_rel_err``).
 """
 
 from __future__ import annotations
@@ -77,14 +79,22 @@ def llama_config(path: Path):
     )
 
 
-def reference(path: Path):
+def reference(path: Path, f16_scales: bool = False):
+    """transformers fp32 with the weights of ``path`` (``f16_scales``: K-quant block scales rounded to f16, to
+    size the tolerance; see make_arch_fixtures.dequantize_f16_scales)."""
     import torch
     import transformers
 
     cfg = llama_config(path)
     model = transformers.LlamaForCausalLM(cfg).to(torch.float32)
     weights, types, _ = fx.gguf_weights(
-        path, False, True, cfg.num_attention_heads, cfg.num_key_value_heads, fused_phi3=False
+        path,
+        False,
+        True,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        fused_phi3=False,
+        f16_scales=f16_scales,
     )
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(v) for k, v in weights.items()}, strict=False
@@ -168,6 +178,7 @@ def main() -> None:
             raise RuntimeError(f"{ftype}: scripts/requantize.py gives {ours}, llama.cpp {digest}")
         (args.work / f"numpy.{ftype}.gguf").unlink()
         model, types = reference(ref_path)
+        repack, _ = reference(ref_path, f16_scales=True)
         entry = {
             "file": ref_path.name,
             "sha256": digest,
@@ -183,6 +194,10 @@ def main() -> None:
             arrays[f"{key}/hf_ids"], arrays[f"{key}/hf_values"] = top_k(first)
             arrays[f"{key}/llama_cpp_ids"], arrays[f"{key}/llama_cpp_values"] = top_k(lcpp)
             rel = float(np.linalg.norm(lcpp - first) / np.linalg.norm(first))
+            lids = arrays[f"{key}/llama_cpp_ids"]
+            rel_top = float(np.linalg.norm(first[lids] - lcpp[lids]) / np.linalg.norm(lcpp[lids]))
+            sim = first_logits(repack, c)
+            rel_sim = float(np.linalg.norm(sim - first) / np.linalg.norm(first))
             entry["chats"].append(
                 {
                     "name": c["name"],
@@ -193,6 +208,8 @@ def main() -> None:
                     "second_ids": seconds,
                     "stop_token": tokens[-1] if tokens[-1] in eog else None,
                     "llama_cpp_rel_err": round(rel, 6),
+                    "llama_cpp_topk_rel_err": round(rel_top, 6),
+                    "simulated_repack_rel_err": round(rel_sim, 7),
                     "llama_cpp_argmax": int(np.argmax(lcpp)),
                 }
             )
