@@ -16,7 +16,9 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
 
     dist/pyodide/          Pyodide core from npm pyodide@PYODIDE_VERSION, plus the micropip wheel (the lock's sha256
                            for it is rewritten to match the PyPI wheel we ship)
-    dist/wheels/           our pure-Python wheel (shaders inside)
+    dist/wheels/           our pure-Python wheel (shaders inside), and what renders the models' own chat templates:
+                           jinja2's wheel from PyPI and a pure-Python MarkupSafe wheel built here from its sdist
+                           (PyPI has no wheel of it for Pyodide; its _native.py fallback needs no compiler)
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
@@ -146,6 +148,8 @@ def test(pytest_args: list[str]) -> int:
     # downloads show up here rather than inside a fixture.
     pyodide_tarball()
     micropip_wheel()
+    jinja2_wheel()
+    markupsafe_wheel()
     t0 = time.time()
     code = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rfE", *pytest_args], cwd=ROOT, env=env
@@ -175,6 +179,8 @@ def wheel(out: Path | None = None) -> Path:
 
 PYODIDE_VERSION = "314.0.7"
 MICROPIP_VERSION = "0.11.1"
+JINJA2_VERSION = "3.1.6"  # the first release without the known sandbox escapes (chat templates are untrusted)
+MARKUPSAFE_VERSION = "3.0.3"
 # What a page needs from the npm package (the .d.ts, consoles and source maps stay out).
 PYODIDE_FILES = (
     "pyodide.mjs",
@@ -221,17 +227,98 @@ def copy_npm_files(out: Path) -> None:
                     dst.write_bytes(tar.extractfile(member).read())
 
 
-def micropip_wheel() -> Path:
-    """micropip's wheel from PyPI (it needs Python >= 3.13, so ask pip for Pyodide's Python, not ours)."""
+def pypi_wheel(project: str, version: str, *pip_args: str) -> Path:
+    """A pure-Python wheel from PyPI, fetched once with ``pip download`` into .cache/wheels/."""
     folder = CACHE / "wheels"
-    name = f"micropip-{MICROPIP_VERSION}-py3-none-any.whl"
+    name = f"{project}-{version}-py3-none-any.whl"
     if not (folder / name).exists():
         folder.mkdir(parents=True, exist_ok=True)
         run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--python-version", "3.14", "-d", str(folder), f"micropip=={MICROPIP_VERSION}"]
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *pip_args,
+             "-d", str(folder), f"{project}=={version}"]
         )  # fmt: skip
     return folder / name
+
+
+def micropip_wheel() -> Path:
+    """micropip's wheel (it needs Python >= 3.13, so ask pip for Pyodide's Python, not ours)."""
+    return pypi_wheel("micropip", MICROPIP_VERSION, "--python-version", "3.14")
+
+
+def jinja2_wheel() -> Path:
+    """jinja2's wheel (renders the models' chat templates in the browser)."""
+    return pypi_wheel("jinja2", JINJA2_VERSION)
+
+
+def write_wheel(folder: Path, name: str, version: str, files: dict[str, bytes], metadata: str) -> Path:
+    """A pure-Python (py3-none-any) wheel of ``files`` (path in the wheel -> bytes), with its dist-info."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = name.replace("-", "_").lower()  # the wheel spec's normalized name, in the file and dist-info names
+    info = f"{dist}-{version}.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: webllm_py build.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def record_line(path: str, data: bytes) -> str:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        return f"{path},sha256={digest},{len(data)}\n"
+
+    record = "".join(record_line(p, d) for p, d in files.items()) + f"{info}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for p, data in {**files, f"{info}/RECORD": record.encode()}.items():
+            z.writestr(zipfile.ZipInfo(p, date_time=(2020, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return path
+
+
+def markupsafe_wheel() -> Path:
+    """A py3-none-any MarkupSafe wheel built from its PyPI sdist: the package's .py files (``_native.py`` is the
+    pure-Python escape that ``__init__`` falls back to when the C ``_speedups`` module is absent) and the sdist's
+    PKG-INFO as METADATA. PyPI ships no Pyodide wheel of it, and Pyodide's own build is not in the npm core."""
+    import tarfile
+
+    folder = CACHE / "wheels"
+    name = f"markupsafe-{MARKUPSAFE_VERSION}-py3-none-any.whl"
+    if (folder / name).exists():
+        return folder / name
+    sdists = CACHE / "sdists"
+    sdist = sdists / f"markupsafe-{MARKUPSAFE_VERSION}.tar.gz"
+    if not sdist.exists():
+        sdists.mkdir(parents=True, exist_ok=True)
+        run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:",
+             "-d", str(sdists), f"markupsafe=={MARKUPSAFE_VERSION}"]
+        )  # fmt: skip
+    root = f"markupsafe-{MARKUPSAFE_VERSION}/"
+    files: dict[str, bytes] = {}
+    with tarfile.open(sdist) as tar:
+        metadata = tar.extractfile(root + "PKG-INFO").read().decode()
+        for member in tar.getmembers():
+            rel = (
+                member.name[len(root + "src/") :]
+                if member.name.startswith(root + "src/markupsafe/")
+                else None
+            )
+            if member.isfile() and rel and rel.endswith((".py", ".pyi", "py.typed")):
+                files[rel] = tar.extractfile(member).read()
+    if "markupsafe/_native.py" not in files:
+        raise RuntimeError(f"{sdist} has no src/markupsafe/_native.py: the pure-Python fallback is gone")
+    return write_wheel(folder, "MarkupSafe", MARKUPSAFE_VERSION, files, metadata)
+
+
+def template_wheels(out: Path) -> list[Path]:
+    """MarkupSafe and jinja2 into ``out`` (installed in that order: jinja2 imports markupsafe)."""
+    wheels = []
+    for src in (markupsafe_wheel(), jinja2_wheel()):
+        copy_if_changed(src, out / src.name)
+        wheels.append(out / src.name)
+    return wheels
 
 
 def copy_if_changed(src: Path, dst: Path) -> None:
@@ -289,33 +376,33 @@ def copy_pyodide(pyo: Path) -> None:
     (pyo / "pyodide-lock.json").write_text(json.dumps(lock))
 
 
-def boot_config(whl: Path, model_entry: dict, **app_options) -> dict:
-    """The boot config (webllm_py.json) that web/boot.js reads."""
+def boot_config(wheels: list[Path], model_entry: dict, **app_options) -> dict:
+    """The boot config (webllm_py.json) that web/boot.js reads; ``wheels`` in install order."""
     return {
         "indexURL": "pyodide/",
         "packages": ["micropip"],
-        "wheels": [f"wheels/{whl.name}"],
+        "wheels": [f"wheels/{w.name}" for w in wheels],
         "handler": "webllm_py.worker.handler",
         "appConfig": {"model_list": [model_entry], **app_options},
     }
 
 
-def copy_runtime(out: Path) -> tuple[Path, dict]:
-    """What every host runs, into ``out``: Pyodide, our wheel, the demo model. Returns the wheel and the model's
-    record (its URL relative to ``out``)."""
+def copy_runtime(out: Path) -> tuple[list[Path], dict]:
+    """What every host runs, into ``out``: Pyodide, the wheels (MarkupSafe, jinja2, ours), the demo model. Returns
+    the wheels in install order and the model's record (its URL relative to ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     copy_pyodide(out / "pyodide")
-    whl = wheel(out / "wheels")
+    wheels = [*template_wheels(out / "wheels"), wheel(out / "wheels")]
     model_path, model_entry = demo_model()
     copy_if_changed(model_path, out / model_entry["model_url"])
-    return whl, model_entry
+    return wheels, model_entry
 
 
 def build_demo(out: Path = DIST) -> Path:
     """Assemble dist/ (see the module docstring); returns it."""
     import json
 
-    whl, model_entry = copy_runtime(out)
+    wheels, model_entry = copy_runtime(out)
 
     web = ROOT / "web"
     for src in web.rglob("*"):
@@ -324,7 +411,7 @@ def build_demo(out: Path = DIST) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     copy_npm_files(out)
-    (out / "webllm_py.json").write_text(json.dumps(boot_config(whl, model_entry), indent=2) + "\n")
+    (out / "webllm_py.json").write_text(json.dumps(boot_config(wheels, model_entry), indent=2) + "\n")
     print(f"built {out}")
     return out
 
@@ -336,7 +423,7 @@ def build_extension(out: Path = DIST / "extension") -> Path:
     unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
     import json
 
-    whl, model_entry = copy_runtime(out)
+    wheels, model_entry = copy_runtime(out)
     web = ROOT / "web"
     for src in [*(web / "extension").iterdir(), web / "boot.js", web / "webllm_py.js"]:
         shutil.copyfile(src, out / src.name)
@@ -347,7 +434,7 @@ def build_extension(out: Path = DIST / "extension") -> Path:
         (helpers / f"{name}.mjs").write_text(
             "// built by build.py extension from webllm_py/host/\nexport default " + source
         )
-    config = boot_config(whl, model_entry, cache_backend="indexeddb")
+    config = boot_config(wheels, model_entry, cache_backend="indexeddb")
     (out / "webllm_py.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"built {out}")
     return out

@@ -20,7 +20,7 @@
 // head's query rows of [Wq; Wk; Wv] (4 invocations per row), RoPE; the one split holding the step's own position also
 // computes its key/value head's k and v rows and uses them from workgroup memory for that position, and the first
 // query head of each group writes them to the KV cache for later steps (no workgroup reads a cache slot another one
-// writes in the same dispatch). Extra defines: W_FMT / W_SCALES (weights.wgsl), XK4 (input features / 4).
+// writes in the same dispatch). Extra defines: W_FMT, W_DOT, FMT_<name> (weights.wgsl), XK4 (input features / 4).
 
 #include "common.wgsl"
 
@@ -41,9 +41,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;           // (XK4,) f32 residual stream of the token
 @group(0) @binding(3) var<storage, read_write> kv: array<vec4<KV_T>>;   // (2, n_kv_heads, max_ctx, HD): K then V
 @group(0) @binding(6) var<storage, read> w_q: array<vec4<u32>>;         // [Wq; Wk; Wv] packed (weights.wgsl)
-#ifdef W_SCALES
-@group(0) @binding(7) var<storage, read> w_s: array<u32>;
-#endif
 @group(0) @binding(8) var<storage, read> norm_w: array<vec4<f32>>;      // (XK4,) RMSNorm weight
 @group(0) @binding(9) var<storage, read> rope_freq: array<f32>;         // (rope_dims / 2,) inverse frequencies
 #else

@@ -143,9 +143,36 @@ fn silu(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }
 
-// Greedy's order (llama.cpp's): whether value v of id i beats (bv, bi): larger, or equal with a lower id. Ids >= n
-// are "none": never a candidate, beaten by any candidate. The LM head's argmax partials (matmul.wgsl ARGMAX) and the
-// sampler's reductions (sample.wgsl) both use it, so the partials pick the id the full argmax would.
+// The sampler's rule for logits that are not numbers (webllm_py decides it; a corrupt model or an f16 overflow can
+// produce them): NaN ranks below every number (never chosen while any number is there), +inf is the largest finite
+// float and -inf the lowest one, so every reduction, weight and log-probability stays finite and every id chosen is
+// a real one. Decided from the bits: WGSL lets a compiler assume NaN and infinities away in float comparisons.
+const MAX_F32: f32 = 3.4028234663852886e38;  // exactly the largest f32 (Tint refuses a literal above it)
+
+fn finite_logit(v: f32) -> f32 {
+  let bits = bitcast<u32>(v);
+  if ((bits & 0x7F800000u) != 0x7F800000u) {
+    return v;
+  }
+  let nan = (bits & 0x007FFFFFu) != 0u;
+  return select(select(MAX_F32, -MAX_F32, (bits & 0x80000000u) != 0u), -MAX_F32, nan);
+}
+
+fn finite_logit4(v: vec4<f32>) -> vec4<f32> {
+  let bits = bitcast<vec4<u32>>(v);
+  let special = (bits & vec4<u32>(0x7F800000u)) == vec4<u32>(0x7F800000u);
+  let nan = (bits & vec4<u32>(0x007FFFFFu)) != vec4<u32>(0u);
+  let negative = (bits & vec4<u32>(0x80000000u)) != vec4<u32>(0u);
+  let inf = select(vec4<f32>(MAX_F32), vec4<f32>(-MAX_F32), negative);
+  return select(v, select(inf, vec4<f32>(-MAX_F32), nan), special);
+}
+
+// Greedy's order (llama.cpp's): whether value v of id i beats (bv, bi): larger, or equal with a lower id, values
+// read by the rule above. Ids >= n are "none": never a candidate, beaten by any candidate. The LM head's argmax
+// partials (matmul.wgsl ARGMAX) and the sampler's reductions (sample.wgsl) both use it, so the partials pick the id
+// the full argmax would.
 fn beats(v: f32, i: u32, bv: f32, bi: u32, n: u32) -> bool {
-  return i < n && (bi >= n || v > bv || (v == bv && i < bi));
+  let a = finite_logit(v);
+  let b = finite_logit(bv);
+  return i < n && (bi >= n || a > b || (a == b && i < bi));
 }

@@ -14,10 +14,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: State;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;        // (n_tokens,) token ids of this step
-@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;     // (vocab, H/32, UNITS) embedding
-#ifdef W_SCALES
-@group(0) @binding(4) var<storage, read> w_s: array<u32>;           // (vocab, H/32)
-#endif
+@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;     // (vocab, H) embedding in groups of blocks (weights.wgsl)
 @group(0) @binding(6) var<storage, read_write> out: array<vec4<f32>>;  // (n_tokens, H) f32
 
 @compute @workgroup_size(WG)

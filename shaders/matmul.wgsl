@@ -5,7 +5,12 @@
 //             workgroup, K split across WG invocations.
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
-//   W_FMT     Q4 | Q8 | F16 | F32 weight format (weights.wgsl); W_SCALES is set for Q4 and Q8.
+//   W_FMT     the weight format (weights.wgsl: a GGUF type name), with W_DOT / W_DQ / FMT_<name> (ops.weight_defines).
+//   W_SEGS    a weight fused from matrices of different formats, one segment each (ops.Weight): RANGE = rows
+//             [seg1_row, seg2_row) are in W_FMT1 at seg1_base, rows [seg2_row, N) in W_FMT2 at seg2_base (q/k/v);
+//             PARITY = even rows 2i are row i of W_FMT at 0, odd rows row i of W_FMT1 at seg1_base (gate/up). Each
+//             row reads its own format; rows of a workgroup share one where the boundaries allow (q/k/v: at head
+//             boundaries; gate/up: a fixed format per accumulator), so the branch costs no divergence.
 //   ATTN_IN   decode only: x is split attention output (attention.wgsl): per head, the partial sums of
 //             P.n_splits key splits plus their (m, l); each element is merged from the splits as it is loaded.
 //   NORM      RMSNorm folded in: x is multiplied by norm_w on load, sum(x^2) is gathered on the way, and the
@@ -35,16 +40,17 @@ struct Params {
   max_ctx: u32,     // QKV: KV cache capacity in positions
   rope_dims: u32,   // QKV: rotated features per head (even, <= head_dim)
   n_splits: u32,    // ATTN_IN: key splits of the attention partials (head_dim gives the head size)
+  seg1_row: u32,    // W_SEGS == RANGE: first row of segment 1 (N when absent)
+  seg2_row: u32,    // W_SEGS == RANGE: first row of segment 2 (N when absent)
+  seg1_base: u32,   // W_SEGS: where segment 1 starts in w_q, in vec4<u32> words
+  seg2_base: u32,   // W_SEGS == RANGE: where segment 2 starts in w_q, in vec4<u32> words
   _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: State;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;        // (n_tokens, x_stride) f32
-@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;      // (N, K/32, UNITS) packed weights
-#ifdef W_SCALES
-@group(0) @binding(4) var<storage, read> w_s: array<u32>;            // (N, K/32) pack2x16float(d, m)
-#endif
+@group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;      // W (N, K) in groups of blocks (weights.wgsl)
 #ifdef NORM
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;   // (K,) f32 RMSNorm weight
 #endif
@@ -74,6 +80,51 @@ fn attn_coefficients(lid: u32) {
   workgroupBarrier();
 }
 #endif
+
+// Block b of row r of W: its dot product with 32 activations xb (sum xsum), and its weights 4i .. 4i+3.
+fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let nb = P.k_blocks;
+#if W_SEGS == PARITY
+  if ((r & 1u) == 1u) {
+    return W_DOT1(P.seg1_base, (r / 2u) * nb + b, xb, xsum);
+  }
+  return W_DOT(0u, (r / 2u) * nb + b, xb, xsum);
+#else
+#ifdef W_FMT2
+  if (r >= P.seg2_row) {
+    return W_DOT2(P.seg2_base, (r - P.seg2_row) * nb + b, xb, xsum);
+  }
+#endif
+#ifdef W_FMT1
+  if (r >= P.seg1_row) {
+    return W_DOT1(P.seg1_base, (r - P.seg1_row) * nb + b, xb, xsum);
+  }
+#endif
+  return W_DOT(0u, r * nb + b, xb, xsum);
+#endif
+}
+
+fn w_dequant4(r: u32, b: u32, i: u32) -> vec4<f32> {
+  let nb = P.k_blocks;
+#if W_SEGS == PARITY
+  if ((r & 1u) == 1u) {
+    return W_DQ1(P.seg1_base, (r / 2u) * nb + b, i);
+  }
+  return W_DQ(0u, (r / 2u) * nb + b, i);
+#else
+#ifdef W_FMT2
+  if (r >= P.seg2_row) {
+    return W_DQ2(P.seg2_base, (r - P.seg2_row) * nb + b, i);
+  }
+#endif
+#ifdef W_FMT1
+  if (r >= P.seg1_row) {
+    return W_DQ1(P.seg1_base, (r - P.seg1_row) * nb + b, i);
+  }
+#endif
+  return W_DQ(0u, r * nb + b, i);
+#endif
+}
 
 // Activations i*4 .. i*4+3 of the token whose row starts at vec4 index xbase.
 fn load_x(xbase: u32, i: u32) -> vec4<f32> {
@@ -211,10 +262,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       xb[i] = v;
       xsum += v.x + v.y + v.z + v.w;
     }
-    if (row0 < P.n_rows) { acc.x += block_dot(row0 * nb + b, &xb, xsum); }
-    if (row0 + 1u < P.n_rows) { acc.y += block_dot((row0 + 1u) * nb + b, &xb, xsum); }
-    if (row0 + 2u < P.n_rows) { acc.z += block_dot((row0 + 2u) * nb + b, &xb, xsum); }
-    if (row0 + 3u < P.n_rows) { acc.w += block_dot((row0 + 3u) * nb + b, &xb, xsum); }
+    if (row0 < P.n_rows) { acc.x += w_dot(row0, b, &xb, xsum); }
+    if (row0 + 1u < P.n_rows) { acc.y += w_dot(row0 + 1u, b, &xb, xsum); }
+    if (row0 + 2u < P.n_rows) { acc.z += w_dot(row0 + 2u, b, &xb, xsum); }
+    if (row0 + 3u < P.n_rows) { acc.w += w_dot(row0 + 3u, b, &xb, xsum); }
   }
   acc = wg_sum4(acc, lid);
 #ifdef NORM
@@ -297,8 +348,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
     let b = ic / 8u;
     let quad = ic % 8u;
-    acc.x += dot(dequant4(ra * nb + b, quad), xv);
-    acc.y += dot(dequant4(rb * nb + b, quad), xv);
+    acc.x += dot(w_dequant4(ra, b, quad), xv);
+    acc.y += dot(w_dequant4(rb, b, quad), xv);
   }
   acc = seg_sum3(acc, lid);
   var scale = 1.0;
@@ -370,7 +421,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var b = 0u; b < nb; b++) {
     var w = vec4<f32>(0.0);
     if (r < P.n_rows) {
-      w = dequant4(r * nb + b, q);
+      w = w_dequant4(r, b, q);
     }
     var v = vec4<f32>(0.0);
     if (t < n_tokens) {
@@ -391,7 +442,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let q = e % 8u;
       var w = vec4<f32>(0.0);
       if (row0 + lr < P.n_rows) {
-        w = dequant4((row0 + lr) * nb + b, q);
+        w = w_dequant4(row0 + lr, b, q);
       }
       var v = vec4<f32>(0.0);
       let t = t0 + lr;

@@ -21,7 +21,12 @@
 // Log-probabilities (P.logprobs = 1) are those of the distribution the token was drawn from: log(w_i / kept mass)
 // for kept ids, LOGPROB_FLOOR for ids top-k/top-p removed. Greedy decoding draws from no distribution; there they
 // are the log-softmax of the adjusted logits at temperature 1, what the argmax is the mode of.
-// record = [token, logprob(token), (id, logprob) x n_top], the n_top most likely ids, most likely first.
+// record = [token, logprob(token), (id, logprob) x n_top], the n_top most likely ids, most likely first; a
+// log-probability is never below LOGPROB_FLOOR (so always finite JSON).
+//
+// Logits that are not numbers follow finite_logit (common.wgsl): NaN ranks below every number, +-inf become the
+// largest / lowest finite floats, in every step above (bias and penalties read them so too). Whatever the logits
+// hold, the id written is below P.vocab: with every logit NaN, greedy gives id 0 and sampling draws uniformly.
 //
 // Defines: WG (threads, a power of two).
 
@@ -75,11 +80,21 @@ fn pcg(v: u32) -> u32 {
 
 // Unnormalized probability of token i: exp((logit - mx) / T), in [0, 1].
 fn weight(i: u32, mx: f32, inv_t: f32) -> f32 {
-  return exp((logit(i) - mx) * inv_t);
+  return weight_of((logit(i) - mx) * inv_t);
+}
+
+// exp(d) for d <= 0, exactly 0 below e^-87 (the smallest normal f32): d may be -inf (the lowest logit minus the
+// largest overflows), which is then never handed to exp.
+fn weight_of(d: f32) -> f32 {
+  return select(exp(max(d, -87.0)), 0.0, d < -87.0);
+}
+
+fn weight_of4(d: vec4<f32>) -> vec4<f32> {
+  return select(exp(max(d, vec4<f32>(-87.0))), vec4<f32>(0.0), d < vec4<f32>(-87.0));
 }
 
 fn logit(i: u32) -> f32 {
-  return logits[i / 4u][i % 4u];
+  return finite_logit(logits[i / 4u][i % 4u]);
 }
 
 // Logits are read as vec4s, UNROLL per invocation at a time (vec4s q, q + WG, ..., each batch's loads issued before any
@@ -90,14 +105,14 @@ const UNROLL: u32 = 4u;
 fn logit_batch(base: u32, nq: u32) -> array<vec4<f32>, UNROLL> {
   var vals: array<vec4<f32>, UNROLL>;
   for (var k = 0u; k < UNROLL; k++) {
-    vals[k] = logits[min(base + k * WG, nq - 1u)];
+    vals[k] = finite_logit4(logits[min(base + k * WG, nq - 1u)]);
   }
   return vals;
 }
 
 // The largest logit among ids ordered after (after_v, after_i) by (logit descending, id ascending), and its id:
-// with after_v = +inf the argmax (ties to the lowest id); called again with the previous answer, the next one.
-// Every invocation gets the result in arg_sh[0] / red_f32[0]. Call from workgroup-uniform control flow.
+// with after_i = n (none before) the argmax (ties to the lowest id); called again with the previous answer, the
+// next one. Every invocation gets the result in arg_sh[0] / red_f32[0]. Call from workgroup-uniform control flow.
 fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
   var best = -3.4e38;
   var best_i = n;
@@ -109,7 +124,7 @@ fn argmax_after(lid: u32, n: u32, after_v: f32, after_i: u32) -> f32 {
         // ids ascend within an invocation: a strict > keeps the lowest id of equal logits
         let i = 4u * (base + k * WG) + c;
         let v = vals[k][c];
-        let eligible = i < n && (v < after_v || (v == after_v && i > after_i));
+        let eligible = i < n && (after_i >= n || v < after_v || (v == after_v && i > after_i));
         if (eligible && (v > best || best_i == n)) {
           best = v;
           best_i = i;
@@ -165,11 +180,12 @@ fn mass_above(lid: u32, n: u32, mx: f32, inv_t: f32, thr: f32) -> vec2<f32> {
   for (var base = lid; base < nq; base += UNROLL * WG) {
     let vals = logit_batch(base, nq);
     for (var k = 0u; k < UNROLL; k++) {
-      let w = exp((vals[k] - mx) * inv_t);
+      let w = weight_of4((vals[k] - mx) * inv_t);
       let i = 4u * (base + k * WG);
       let kept = vec4<bool>(i < n, i + 1u < n, i + 2u < n, i + 3u < n) & (w >= vec4<f32>(thr));
+      // selected, not multiplied by a 0/1 mask: the padded lanes past n may weigh inf (0 * inf is NaN)
       let sel = select(vec4<f32>(0.0), vec4<f32>(1.0), kept);
-      m += dot(w, sel);
+      m += dot(select(vec4<f32>(0.0), w, kept), vec4<f32>(1.0));
       c += sel.x + sel.y + sel.z + sel.w;
     }
   }
@@ -209,12 +225,12 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
   if (P.n_best > 0u && !sampling && P.n_bias == 0u && P.penalize == 0u && P.logprobs == 0u) {
     mx = argmax_partials(lid, n);
   } else {
-    mx = argmax_after(lid, n, 3.4e38, 0u);
+    mx = argmax_after(lid, n, 0.0, n);
   }
   var token = arg_sh[0];
   workgroupBarrier();
 
-  let inv_t = select(1.0, 1.0 / P.temperature, sampling);
+  let inv_t = select(1.0, min(1.0 / P.temperature, 1e30), sampling);  // a tiny T must not give 0 * inf
   var thr = 0.0;  // kept ids: weight >= thr
   var kept = 0.0;  // their mass
   if (sampling || P.logprobs != 0u) {
@@ -300,8 +316,8 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
   // 4. Log-probabilities of the chosen id and of the n_top most likely ones.
   if (P.logprobs != 0u) {
     let log_kept = log(kept);
-    var prev_v = 3.4e38;
-    var prev_i = 0u;
+    var prev_v = 0.0;
+    var prev_i = n;  // none yet: the first pass finds the argmax
     for (var j = 0u; j < P.n_top; j++) {
       let v = argmax_after(lid, n, prev_v, prev_i);
       let i = arg_sh[0];
@@ -309,18 +325,19 @@ fn main(@builtin(local_invocation_index) lid: u32 SG_ARGS) {
       if (lid == 0u) {
         let keep = weight(i, mx, inv_t) >= thr;
         record[2u + 2u * j] = i;
-        record[3u + 2u * j] = bitcast<u32>(select(LOGPROB_FLOOR, (v - mx) * inv_t - log_kept, keep));
+        record[3u + 2u * j] = bitcast<u32>(select(LOGPROB_FLOOR, max((v - mx) * inv_t - log_kept, LOGPROB_FLOOR), keep));
       }
       prev_v = v;
       prev_i = i;
     }
     if (lid == 0u) {
       record[0] = token;
-      record[1] = bitcast<u32>((logit(token) - mx) * inv_t - log_kept);
+      record[1] = bitcast<u32>(max((logit(token) - mx) * inv_t - log_kept, LOGPROB_FLOOR));
     }
   }
 
   if (lid == 0u) {
+    token = min(token, n - 1u);  // cannot be needed by the rule above; kept so no buffer can ever make it otherwise
     tokens[0] = token;
     counts[token] += 1u;
     state.pos += state.n_tokens;

@@ -1,29 +1,39 @@
-// Quantized weight matrices in the repacked GPU layout (see repack.wgsl), and dequantization in registers.
+// Weight matrices in the repacked GPU layout (written once at load by repack.wgsl), dequantized in registers.
 //
-// A matrix W (N rows x K columns, K a multiple of 32) is stored row-major in blocks of 32 weights:
-//   w_q: array<vec4<u32>>, (N, K/32, UNITS) with UNITS vec4 words per block:
-//     W_FMT == Q4:  1 (32 nibbles; element e of the block is nibble e % 8 of word e / 8, low nibble first)
-//     W_FMT == Q8:  2 (32 signed bytes; element e is byte e % 4 of word e / 4)
-//     W_FMT == F16: 4 (32 halves; element e is half e % 2 of word e / 2)
-//     W_FMT == F32: 8 (32 floats)
-//   w_s: array<u32>, (N, K/32): one word per block = pack2x16float(d, m); weight = q * d + m.
-//     Q4 holds both GGUF Q4_0 (m = -8 d) and Q4_1; Q8 is GGUF Q8_0 (m = 0). Float formats have no w_s.
-// Scales stay packed f16 in both tiers and are read with unpack2x16float (core WGSL, no shader-f16 needed).
+// A matrix W (N rows x K columns, K a multiple of 32) is a row-major sequence of 32-weight blocks: block
+// blk = row * K/32 + b. Consecutive blocks are stored in groups of G blocks; a group is U vec4<u32> words of the
+// one buffer `w_q` (array<vec4<u32>>): first the G blocks' quant units (nibbles, bytes or floats), then the group's
+// bit planes, then its scales. Every load is an aligned word, a row is one contiguous stream, scales keep their raw
+// GGUF bits (f16, 6-bit K-quant scales widened to bytes at repack, so no per-step bit gathering), and the layout
+// holds the GGUF values exactly: the products below are those of the file.
 //
-// Expects the includer to declare `w_q` and, for Q4/Q8, `w_s`.
-
-#if W_FMT == Q4
-const UNITS: u32 = 1u;
-#endif
-#if W_FMT == Q8
-const UNITS: u32 = 2u;
-#endif
-#if W_FMT == F16
-const UNITS: u32 = 4u;
-#endif
-#if W_FMT == F32
-const UNITS: u32 = 8u;
-#endif
+// Bytes per weight (raw GGUF in brackets): Q4_0 4.5 (4.5), Q4_1 5 (5), Q5_0 5.5 (5.5), Q5_1 6 (6), Q8_0 8.5 (8.5),
+// Q4_K 4.625 (4.5), Q5_K 5.625 (5.5), Q6_K 6.5625 (6.5625), F16 / BF16 16, F32 32 (bits per weight). The two-level
+// K-quant scales cost 1/8 bit per weight over the file: their 6-bit fields become bytes.
+//
+//   fmt   G   U    per group, in vec4 words [offsets]                           weight of element e (q = quant)
+//   Q4_0  8   9    nibbles [0, 8); d f16 x 8 [8]                                d (q - 8)
+//   Q4_1  4   5    nibbles [0, 4); (d, m) f16 pairs x 4 [4]                     d q + m
+//   Q5_0  8   11   nibbles [0, 8); high bits u32 x 8 [8, 10); d f16 x 8 [10]     d (q - 16)
+//   Q5_1  4   6    nibbles [0, 4); high bits u32 x 4 [4]; (d, m) x 4 [5]         d q + m
+//   Q8_0  8   17   int8 x 32 per block [0, 16); d f16 x 8 [16]                  d q
+//   Q4_K  32  37   nibbles [0, 32); (sc, m) u8 pairs x 32 [32, 36);              d sc q - dmin m
+//                  (d, dmin) f16 pairs per super-block (8 blocks) x 4 [36]
+//   Q5_K  32  45   nibbles [0, 32); high bits u32 x 32 [32, 40); (sc, m) x 32 [40, 44); (d, dmin) x 4 [44]
+//   Q6_K  64  105  nibbles [0, 64); 2-bit planes 2 u32 x 64 [64, 96);           d sc_h (q - 32), h = e / 16
+//                  (sc_0, sc_1) int8 pairs x 64 [96, 104); d f16 per super-block x 8 [104]
+//   F16   1   4    32 halves; BF16 1 4: 32 bfloat16 (an f32's upper half); F32 1 8: 32 floats
+//
+// Element e of a block: nibble e % 8 of word e / 8 of its nibble vec4 (low nibble first); high bit e of its u32;
+// 2-bit field e % 16 of plane word e / 16; int8 byte e % 4 of word e / 4. Halves and byte pairs: block j of a group
+// in the low (j even) or high (j odd) 16 bits of word j / 2.
+//
+// Functions per format F (compiled in with define FMT_F): dot_f(base, blk, &xb, xsum) = block blk . 32 activations
+// xb whose sum is xsum; dq_f(base, blk, i) = weights 4i .. 4i+3 of block blk; `base` is where the matrix (or its
+// segment, matmul.wgsl) starts in w_q, in vec4 words. block_dot / dequant4 are those of W_FMT at base 0, through
+// the function names W_DOT / W_DQ (ops.weight_defines builds all of these defines).
+//
+// Expects the includer to declare `w_q`.
 
 fn nibbles_lo(w: u32) -> vec4<f32> {
   return vec4<f32>(f32(w & 15u), f32((w >> 4u) & 15u), f32((w >> 8u) & 15u), f32((w >> 12u) & 15u));
@@ -31,6 +41,21 @@ fn nibbles_lo(w: u32) -> vec4<f32> {
 
 fn nibbles_hi(w: u32) -> vec4<f32> {
   return vec4<f32>(f32((w >> 16u) & 15u), f32((w >> 20u) & 15u), f32((w >> 24u) & 15u), f32(w >> 28u));
+}
+
+// Nibbles 4i .. 4i+3 (i in 0..8) of a block's nibble vec4.
+fn nib4(q: vec4<u32>, i: u32) -> vec4<u32> {
+  return (vec4<u32>(q[i / 2u]) >> (vec4<u32>(0u, 4u, 8u, 12u) + 16u * (i & 1u))) & vec4<u32>(15u);
+}
+
+// Bits 4i .. 4i+3 of a high-bit word, as the 16s of a 5-bit quant.
+fn bit4(h: u32, i: u32) -> vec4<u32> {
+  return ((vec4<u32>(h >> (4u * i)) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+}
+
+// 2-bit fields 4i .. 4i+3 (i in 0..8) of a block's two plane words, as the 16s and 32s of a 6-bit quant.
+fn crumb4(p: vec2<u32>, i: u32) -> vec4<u32> {
+  return ((vec4<u32>(p[i / 4u] >> (8u * (i & 3u))) >> vec4<u32>(0u, 2u, 4u, 6u)) & vec4<u32>(3u)) << vec4<u32>(4u);
 }
 
 fn bytes_i8(w: u32) -> vec4<f32> {
@@ -41,67 +66,258 @@ fn halves(w0: u32, w1: u32) -> vec4<f32> {
   return vec4<f32>(unpack2x16float(w0), unpack2x16float(w1));
 }
 
-// Dot product of block `blk` (= row * K/32 + block index) with 32 activations xb, whose sum is xsum.
-fn block_dot(blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
-#if W_FMT == Q4
-  let dm = unpack2x16float(w_s[blk]);
-  let q = w_q[blk];
+fn bf16s(w0: u32, w1: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(vec4<u32>(w0 << 16u, w0 & 0xFFFF0000u, w1 << 16u, w1 & 0xFFFF0000u));
+}
+
+// The f16 in half h (0 low, 1 high) of w.
+fn half_at(w: u32, h: u32) -> f32 {
+  return unpack2x16float(w >> (16u * h)).x;
+}
+
+// The 16-bit field of block j (a byte pair or an f16) in the group's vec4 `v` of eight such fields.
+fn field16(v: vec4<u32>, j: u32) -> u32 {
+  return (v[(j / 2u) & 3u] >> (16u * (j & 1u))) & 0xFFFFu;
+}
+
+// Sum over the block of nibble . x.
+fn dot_nibbles(q: vec4<u32>, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
   var acc = dot(nibbles_lo(q.x), (*xb)[0]) + dot(nibbles_hi(q.x), (*xb)[1]);
   acc += dot(nibbles_lo(q.y), (*xb)[2]) + dot(nibbles_hi(q.y), (*xb)[3]);
   acc += dot(nibbles_lo(q.z), (*xb)[4]) + dot(nibbles_hi(q.z), (*xb)[5]);
   acc += dot(nibbles_lo(q.w), (*xb)[6]) + dot(nibbles_hi(q.w), (*xb)[7]);
-  return dm.x * acc + dm.y * xsum;
+  return acc;
+}
+
+// Sum over the block of q . x for 5-bit quants (nibbles + high bits h).
+fn dot_q5(q: vec4<u32>, h: u32, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+  var acc = 0.0;
+  for (var i = 0u; i < 8u; i++) {
+    acc += dot(vec4<f32>(nib4(q, i) | bit4(h, i)), (*xb)[i]);
+  }
+  return acc;
+}
+
+// (d, dmin) of a K-quant block from its (sc, m) byte pair and its super-block's (d, dmin) f16 pair: the block's
+// scale d * sc and its min term -dmin * m.
+fn k_scale_min(sm: u32, dd: u32) -> vec2<f32> {
+  let s = unpack2x16float(dd);
+  return vec2<f32>(s.x * f32(sm & 0xFFu), -s.y * f32(sm >> 8u));
+}
+
+#ifdef FMT_Q4_0
+fn dot_q4_0(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return d * (dot_nibbles(w_q[g + j], xb) - 8.0 * xsum);
+}
+
+fn dq_q4_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return (vec4<f32>(nib4(w_q[g + j], i)) - 8.0) * d;
+}
 #endif
-#if W_FMT == Q8
-  let d = unpack2x16float(w_s[blk]).x;
-  let q0 = w_q[2u * blk];
-  let q1 = w_q[2u * blk + 1u];
+
+#ifdef FMT_Q4_1
+fn dot_q4_1(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 4u) * 5u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 4u][j]);
+  return dm.x * dot_nibbles(w_q[g + j], xb) + dm.y * xsum;
+}
+
+fn dq_q4_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 4u) * 5u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 4u][j]);
+  return vec4<f32>(nib4(w_q[g + j], i)) * dm.x + dm.y;
+}
+#endif
+
+#ifdef FMT_Q5_0
+fn dot_q5_0(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 8u) * 11u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
+  return d * (dot_q5(w_q[g + j], w_q[g + 8u + j / 4u][j % 4u], xb) - 16.0 * xsum);
+}
+
+fn dq_q5_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 8u) * 11u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
+  return (vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 8u + j / 4u][j % 4u], i)) - 16.0) * d;
+}
+#endif
+
+#ifdef FMT_Q5_1
+fn dot_q5_1(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 4u) * 6u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 5u][j]);
+  return dm.x * dot_q5(w_q[g + j], w_q[g + 4u][j], xb) + dm.y * xsum;
+}
+
+fn dq_q5_1(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 4u) * 6u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 5u][j]);
+  return vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 4u][j], i)) * dm.x + dm.y;
+}
+#endif
+
+#ifdef FMT_Q8_0
+fn dot_q8_0(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 8u) * 17u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
+  let q0 = w_q[g + 2u * j];
+  let q1 = w_q[g + 2u * j + 1u];
   var acc = dot(bytes_i8(q0.x), (*xb)[0]) + dot(bytes_i8(q0.y), (*xb)[1]);
   acc += dot(bytes_i8(q0.z), (*xb)[2]) + dot(bytes_i8(q0.w), (*xb)[3]);
   acc += dot(bytes_i8(q1.x), (*xb)[4]) + dot(bytes_i8(q1.y), (*xb)[5]);
   acc += dot(bytes_i8(q1.z), (*xb)[6]) + dot(bytes_i8(q1.w), (*xb)[7]);
   return d * acc;
+}
+
+fn dq_q8_0(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 8u) * 17u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
+  return bytes_i8(w_q[g + 2u * j + i / 4u][i % 4u]) * d;
+}
 #endif
-#if W_FMT == F16
+
+#ifdef FMT_Q4_K
+fn dot_q4_k(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return dm.x * dot_nibbles(w_q[g + j], xb) + dm.y * xsum;
+}
+
+fn dq_q4_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return vec4<f32>(nib4(w_q[g + j], i)) * dm.x + dm.y;
+}
+#endif
+
+#ifdef FMT_Q5_K
+fn dot_q5_k(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 32u) * 45u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
+  return dm.x * dot_q5(w_q[g + j], w_q[g + 32u + j / 4u][j % 4u], xb) + dm.y * xsum;
+}
+
+fn dq_q5_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 32u) * 45u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
+  return vec4<f32>(nib4(w_q[g + j], i) | bit4(w_q[g + 32u + j / 4u][j % 4u], i)) * dm.x + dm.y;
+}
+#endif
+
+#ifdef FMT_Q6_K
+// Block j of a Q6_K group at g: its 2-bit plane words and the scales of its two halves (d * sc_0, d * sc_1).
+fn q6_planes(g: u32, j: u32) -> vec2<u32> {
+  let p = w_q[g + 64u + j / 2u];
+  return select(p.xy, p.zw, (j & 1u) == 1u);
+}
+
+fn q6_scales(g: u32, j: u32) -> vec2<f32> {
+  let d = half_at(w_q[g + 104u][j / 16u], (j / 8u) & 1u);
+  let s = field16(w_q[g + 96u + j / 8u], j);
+  return d * vec2<f32>(f32(bitcast<i32>(s << 24u) >> 24u), f32(bitcast<i32>(s << 16u) >> 24u));
+}
+
+fn dot_q6_k(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let g = base + (blk / 64u) * 105u;
+  let j = blk % 64u;
+  let q = w_q[g + j];
+  let p = q6_planes(g, j);
+  var lo = 0.0;  // weights 0-15 (first scale), q - 32 folded in below
+  var hi = 0.0;
+  for (var i = 0u; i < 4u; i++) {
+    lo += dot(vec4<f32>(nib4(q, i) | crumb4(p, i)), (*xb)[i]);
+    hi += dot(vec4<f32>(nib4(q, i + 4u) | crumb4(p, i + 4u)), (*xb)[i + 4u]);
+  }
+  let x_lo = dot((*xb)[0] + (*xb)[1] + (*xb)[2] + (*xb)[3], vec4<f32>(1.0));
+  let s = q6_scales(g, j);
+  return s.x * (lo - 32.0 * x_lo) + s.y * (hi - 32.0 * (xsum - x_lo));
+}
+
+fn dq_q6_k(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let g = base + (blk / 64u) * 105u;
+  let j = blk % 64u;
+  let s = q6_scales(g, j);
+  return (vec4<f32>(nib4(w_q[g + j], i) | crumb4(q6_planes(g, j), i)) - 32.0) * select(s.x, s.y, i >= 4u);
+}
+#endif
+
+#ifdef FMT_F16
+fn dot_f16(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
   var acc = 0.0;
   for (var u = 0u; u < 4u; u++) {
-    let q = w_q[4u * blk + u];
+    let q = w_q[base + 4u * blk + u];
     acc += dot(halves(q.x, q.y), (*xb)[2u * u]) + dot(halves(q.z, q.w), (*xb)[2u * u + 1u]);
   }
   return acc;
-#endif
-#if W_FMT == F32
-  var acc = 0.0;
-  for (var u = 0u; u < 8u; u++) {
-    acc += dot(bitcast<vec4<f32>>(w_q[8u * blk + u]), (*xb)[u]);
-  }
-  return acc;
-#endif
 }
 
-// Weights 4i .. 4i+3 (i in 0..8) of block `blk`, dequantized.
-fn dequant4(blk: u32, i: u32) -> vec4<f32> {
-#if W_FMT == Q4
-  let dm = unpack2x16float(w_s[blk]);
-  let w = w_q[blk][i / 2u];
-  var q = nibbles_lo(w);
-  if ((i & 1u) == 1u) {
-    q = nibbles_hi(w);
-  }
-  return q * dm.x + dm.y;
-#endif
-#if W_FMT == Q8
-  let d = unpack2x16float(w_s[blk]).x;
-  return bytes_i8(w_q[2u * blk + i / 4u][i % 4u]) * d;
-#endif
-#if W_FMT == F16
-  let q = w_q[4u * blk + i / 2u];
+fn dq_f16(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let q = w_q[base + 4u * blk + i / 2u];
   if ((i & 1u) == 1u) {
     return halves(q.z, q.w);
   }
   return halves(q.x, q.y);
+}
 #endif
-#if W_FMT == F32
-  return bitcast<vec4<f32>>(w_q[8u * blk + i]);
+
+#ifdef FMT_BF16
+fn dot_bf16(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  var acc = 0.0;
+  for (var u = 0u; u < 4u; u++) {
+    let q = w_q[base + 4u * blk + u];
+    acc += dot(bf16s(q.x, q.y), (*xb)[2u * u]) + dot(bf16s(q.z, q.w), (*xb)[2u * u + 1u]);
+  }
+  return acc;
+}
+
+fn dq_bf16(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  let q = w_q[base + 4u * blk + i / 2u];
+  if ((i & 1u) == 1u) {
+    return bf16s(q.z, q.w);
+  }
+  return bf16s(q.x, q.y);
+}
 #endif
+
+#ifdef FMT_F32
+fn dot_f32(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  var acc = 0.0;
+  for (var u = 0u; u < 8u; u++) {
+    acc += dot(bitcast<vec4<f32>>(w_q[base + 8u * blk + u]), (*xb)[u]);
+  }
+  return acc;
+}
+
+fn dq_f32(base: u32, blk: u32, i: u32) -> vec4<f32> {
+  return bitcast<vec4<f32>>(w_q[base + 8u * blk + i]);
+}
+#endif
+
+// Dot product of block `blk` (= row * K/32 + block index) of a W_FMT matrix with 32 activations xb, whose sum is xsum.
+fn block_dot(blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  return W_DOT(0u, blk, xb, xsum);
+}
+
+// Weights 4i .. 4i+3 (i in 0..8) of block `blk`, dequantized.
+fn dequant4(blk: u32, i: u32) -> vec4<f32> {
+  return W_DQ(0u, blk, i);
 }

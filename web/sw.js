@@ -68,10 +68,19 @@ async function progressToAll(progress, text) {
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 
+// A reply to a message this worker cannot take, sent straight to its client (the page's proxy logs one without a uuid).
+function refuse(client, uuid, name, message) {
+  client.postMessage({ kind: "throw", uuid: typeof uuid === "string" ? uuid : "", content: { name, message } });
+}
+
 self.addEventListener("message", (event) => {
   const client = event.source;
   const data = event.data;
-  if (!client || !client.id || data === null || typeof data !== "object") return;
+  if (!client || !client.id) return; // nobody to answer
+  if (data === null || typeof data !== "object") {
+    refuse(client, "", "UnknownMessageKindError", `a worker message must be {kind, uuid, content}; got ${String(data)}`);
+    return;
+  }
   clientsById.set(client.id, client);
   if (!booted && data.kind === "keepAlive") {
     const pending = [...(waitingForBoot.get(client.id) || [])];
@@ -88,12 +97,14 @@ self.addEventListener("message", (event) => {
       async (entry) => {
         const promise = entry.on_message(client.id, data); // takes the request before the next one is dispatched
         waitingForBoot.get(client.id)?.delete(data.uuid);
-        await promise;
+        try {
+          await promise;
+        } catch (error) {
+          // on_message answers everything itself; this is the Python runtime failing (out of memory, a crash)
+          refuse(client, data.uuid, "WorkerError", String((error && error.message) || error));
+        }
       },
-      (error) => {
-        const message = String((error && error.message) || error);
-        client.postMessage({ kind: "throw", uuid: data.uuid || "", content: { name: "WorkerBootError", message } });
-      },
+      (error) => refuse(client, data.uuid, "WorkerBootError", String((error && error.message) || error)),
     ),
   );
 });
@@ -113,8 +124,15 @@ async function answerFetch(request, route) {
     const body = { error: { message: String(error && error.message), type: "server_error", param: null, code: "WorkerBootError" } };
     return new Response(JSON.stringify(body), { status: 503, headers: { "Content-Type": "application/json" } });
   }
-  const body = request.method === "GET" || request.method === "HEAD" ? null : await request.text();
-  const answer = await entry.on_fetch(request.method, route, body);
+  let answer;
+  try {
+    const body = request.method === "GET" || request.method === "HEAD" ? null : await request.text();
+    answer = await entry.on_fetch(request.method, route, body);
+  } catch (error) {
+    // on_fetch answers every request itself; this is the runtime failing, still answered in OpenAI's shape
+    const body = { error: { message: String(error && error.message), type: "server_error", param: null, code: "WorkerError" } };
+    return new Response(JSON.stringify(body), { status: 500, headers: { "Content-Type": "application/json" } });
+  }
   if (!answer.stream) return new Response(answer.body || null, { status: answer.status, headers: answer.headers });
   const events = answer.stream;
   const encoder = new TextEncoder();

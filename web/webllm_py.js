@@ -170,7 +170,11 @@ export class WebWorkerMLCEngine {
       return;
     }
     const waiter = this.pending.get(uuid);
-    if (!waiter) return; // the reply to a request nobody waits for (interruptGenerate, an ended stream)
+    if (!waiter) {
+      // A throw without a uuid: the worker refused a message it could not tell the uuid of (not one of ours).
+      if (kind === "throw" && !uuid) console.error("webllm_py: the worker refused a message:", errorFromContent(content));
+      return; // else the reply to a request nobody waits for (interruptGenerate, an ended stream)
+    }
     this.pending.delete(uuid);
     if (kind === "return") waiter.resolve(content ?? null);
     else if (kind === "throw") waiter.reject(errorFromContent(content));

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelNotFoundError
+from .errors import InvalidAppConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from .conversation import ChatTemplate
+    from .conversation import AnyTemplate
 
 CACHE_BACKENDS = ("cache", "indexeddb", "opfs")
 # Default sampling knobs a record may set (also what reload()'s chat options set); a request's own value wins.
@@ -42,23 +42,48 @@ class ModelRecord:
     sha256: str | None = None  # hex digest of what model_url serves (the archive when model_file is set)
     size: int | None = None  # bytes of what model_url serves; checked when given
     context_window_size: int | None = None  # tokens; None => the GGUF's own context length
-    chat_template: str | ChatTemplate | None = None  # a template name, text or object; None => the GGUF's own
+    chat_template: str | AnyTemplate | None = (
+        None  # a template name, Jinja source or object; None => the GGUF's own
+    )
     overrides: Mapping[str, Any] = field(
         default_factory=dict
     )  # default sampling knobs, e.g. {"temperature": 0.7}
 
     def __post_init__(self) -> None:
+        where = f"ModelRecord({self.model_id!r})" if isinstance(self.model_id, str) else "ModelRecord"
+        for name, kinds, allowed in _RECORD_TYPES:
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise InvalidAppConfigError(f"{where}.{name}", value, allowed)
+        for name, low in (("size", 0), ("context_window_size", 1)):
+            value = getattr(self, name)
+            if value is not None and not low <= value < 2**53:
+                raise InvalidAppConfigError(f"{where}.{name}", value, f"an integer in [{low}, 2^53) or None")
+        if not isinstance(self.overrides, Mapping):
+            raise InvalidAppConfigError(f"{where}.overrides", self.overrides, "a dict of sampling defaults")
         unknown = sorted(set(self.overrides) - OVERRIDE_KEYS)
         if unknown:
             # A misspelt key would otherwise be ignored without a word.
-            raise ValueError(
-                f"ModelRecord {self.model_id!r}: unknown overrides {unknown}; allowed: {sorted(OVERRIDE_KEYS)}"
-            )
+            raise InvalidAppConfigError(f"{where}.overrides", unknown, f"keys among {sorted(OVERRIDE_KEYS)}")
+        from .protocol import check_chat_options  # the sampling knobs' ranges, as a request's own values
+
+        check_chat_options(dict(self.overrides), f"{where}.overrides")
 
     @property
     def cache_name(self) -> str:
         """File name of the GGUF in the cache."""
         return (self.model_file or self.model_url).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+# What each ModelRecord field may hold (checked at construction: a record from JSON or a typo fails here, named).
+_RECORD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("model_id", str, "a model id string"),
+    ("model_url", str, "a URL or a local path"),
+    ("model_file", (str, type(None)), "an archive member path or None"),
+    ("sha256", (str, type(None)), "a hex digest or None"),
+    ("size", (int, type(None)), "a size in bytes or None"),  # ranges: below
+    ("context_window_size", (int, type(None)), "a number of tokens or None"),
+)
 
 
 @dataclass(frozen=True)
@@ -72,16 +97,25 @@ class AppConfig:
     cache_backend: str = "cache"
 
     def __post_init__(self) -> None:
-        if self.cache_backend not in CACHE_BACKENDS:
-            raise ValueError(
-                f"AppConfig.cache_backend is {self.cache_backend!r}; allowed: {', '.join(CACHE_BACKENDS)}"
+        if not isinstance(self.cache_backend, str) or self.cache_backend not in CACHE_BACKENDS:
+            raise InvalidAppConfigError(
+                "AppConfig.cache_backend", self.cache_backend, f"one of {', '.join(CACHE_BACKENDS)}"
             )
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise InvalidAppConfigError("AppConfig.cache_dir", self.cache_dir, "a directory path or None")
+        if isinstance(self.model_list, str | bytes | Mapping) or not isinstance(self.model_list, Sequence):
+            raise InvalidAppConfigError("AppConfig.model_list", self.model_list, "a list of ModelRecord")
         object.__setattr__(self, "model_list", tuple(self.model_list))
+        for i, record in enumerate(self.model_list):
+            if not isinstance(record, ModelRecord):
+                raise InvalidAppConfigError(f"AppConfig.model_list[{i}]", record, "a ModelRecord")
         ids = [r.model_id for r in self.model_list]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             # Two records with one id would make get_record's answer depend on list order.
-            raise ValueError(f"AppConfig.model_list has duplicate model_id(s): {duplicates}")
+            raise InvalidAppConfigError(
+                "AppConfig.model_list", duplicates, "records with distinct model_id (duplicate model_id)"
+            )
 
     def get_record(self, model_id: str) -> ModelRecord:
         for record in self.model_list:

@@ -25,8 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .conversation import ChatTemplate, get_chat_template
-from .errors import ContextWindowSizeExceededError, EngineBusyError, EngineNotLoadedError, InvalidRangeError
+from .conversation import AnyTemplate, get_chat_template
+from .errors import (
+    ContextWindowSizeExceededError,
+    EngineBusyError,
+    EngineNotLoadedError,
+    GGUFMetadataError,
+    InvalidRangeError,
+)
 from .gpu.device import BufferUsage, Device
 from .kernels.params import pack_state
 from .kernels.probe import probe_subgroups
@@ -35,6 +41,7 @@ from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
 from .model.graph import LlamaGraph, default_chunk
+from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -238,7 +245,7 @@ class Engine:
         kern: Kernels,
         graph: LlamaGraph,
         tokenizer: Tokenizer,
-        chat_template: ChatTemplate,
+        chat_template: AnyTemplate,
     ):
         self.model_id = model_id
         self.config = cfg
@@ -287,9 +294,7 @@ class Engine:
         n_ctx = self.context_window_size
         if not prompt_ids:
             raise InvalidRangeError("prompt", prompt_ids, "at least one token")
-        for i, t in enumerate(prompt_ids):
-            if not 0 <= t < self.config.vocab_size:
-                raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {self.config.vocab_size})")
+        check_token_ids(prompt_ids, self.config.vocab_size, "prompt")
         room = n_ctx - len(prompt_ids)
         if room < 1:
             raise ContextWindowSizeExceededError(
@@ -331,6 +336,27 @@ class Engine:
         self.gguf.close()
 
 
+def read_model(
+    gguf: GGUFFile, chat_template: str | AnyTemplate | None = None
+) -> tuple[ModelConfig, Tokenizer, AnyTemplate]:
+    """Everything a model is made of that needs no GPU, read and checked from its GGUF header: the architecture,
+    the tokenizer (which must have one token per row of the embedding) and the chat template. Every problem is a
+    typed error naming the key (tests/fuzz runs corrupt files through this)."""
+    cfg = ModelConfig.from_gguf(gguf)
+    tokenizer = Tokenizer.from_gguf(gguf.metadata)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        # the sampler picks among the LM head's rows: an id the tokenizer lacks would end the reply with an error
+        raise GGUFMetadataError(
+            gguf.name, "tokenizer.ggml.tokens", f"{cfg.vocab_size} tokens (the embedding's rows)",
+            f"{tokenizer.vocab_size} tokens",
+        )  # fmt: skip
+    # Compiled once per model; importing jinja2 happens here, at the first load, not when the package loads.
+    template = get_chat_template(
+        gguf.get_str("tokenizer.chat_template", None), chat_template, tokenizer=tokenizer
+    )
+    return cfg, tokenizer, template
+
+
 async def load_engine(
     record: ModelRecord | str,
     gguf_path: str | os.PathLike[str] | ByteSource,
@@ -338,7 +364,7 @@ async def load_engine(
     device: Device | None = None,
     progress: Progress | None = None,
     context_window_size: int | None = None,
-    chat_template: str | ChatTemplate | None = None,
+    chat_template: str | AnyTemplate | None = None,
     tier: Tier | None = None,
     tuning: dict[str, object] | None = None,
     tune: bool | None = None,
@@ -361,9 +387,7 @@ async def load_engine(
     else:
         gguf = GGUFFile.open(gguf_path)
     try:
-        cfg = ModelConfig.from_gguf(gguf)
-        tokenizer = Tokenizer.from_gguf(gguf.metadata)
-        template = get_chat_template(gguf.get("tokenizer.chat_template"), chat_template)
+        cfg, tokenizer, template = read_model(gguf, chat_template)
         n_ctx = context_window_size or min(cfg.context_length, DEFAULT_CONTEXT_WINDOW)
         if not 1 <= n_ctx <= cfg.context_length:
             raise InvalidRangeError(

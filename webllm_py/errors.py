@@ -7,6 +7,8 @@ fix without reading our code. The class name is part of the contract: errors cro
 
 from __future__ import annotations
 
+import reprlib
+
 
 class WebLLMError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -95,7 +97,14 @@ class GPUValidationError(WebLLMError):
 
 
 class UnknownChatTemplateError(WebLLMError):
-    """The GGUF's chat template is not one we recognize, and the caller passed none."""
+    """The model has no chat template we can use: the GGUF has none and the caller passed none, or (without jinja2)
+    the GGUF's template is not one of the families we render without it."""
+
+
+class ChatTemplateError(WebLLMError):
+    """The model's chat template (Jinja) does not compile, or failed while rendering (an undefined variable, a
+    sandbox violation, a type error in the template's own code). A template that refuses the messages on purpose
+    (``raise_exception``) gives ``InvalidMessagesError`` instead."""
 
 
 class ContextWindowSizeExceededError(WebLLMError):
@@ -120,9 +129,23 @@ class EngineBusyError(WebLLMError):
 # (``temperature``, ``messages[2].content``), so a client can point at it without parsing the message.
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3  # a list nested 3,000 deep shows as [[[...]]], never a RecursionError
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
 def _show(value: object) -> str:
-    """A short repr for error messages: a 5 MB prompt must not end up in a traceback."""
-    text = repr(value)
+    """A short repr for error messages, whatever the value: a 5 MB prompt, a list nested 3,000 deep, an integer of
+    10,000 digits (whose repr Python refuses) or an object whose __repr__ fails all end up as a few dozen
+    characters, never a second error."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        text = f"<an integer of {value.bit_length()} bits>"
+    else:
+        try:
+            text = _REPR.repr(value)
+        except Exception:
+            text = f"<a {type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -201,6 +224,38 @@ class ReloadModelIdNotUniqueError(_NamedFieldError):
     field = "model_id"
 
 
+class InvalidJSONError(InvalidRequestError):
+    """A request body or a worker message is not JSON a request can be made of: it does not parse, nests deeper
+    than ``protocol.MAX_JSON_DEPTH``, holds NaN or Infinity, or holds text that is not valid Unicode (a lone UTF-16
+    surrogate). ``field`` names where (``body``, ``content.request.messages[0].content``)."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"`{field}`: {reason}")
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A request body is larger than the endpoint accepts (HTTP 413); ``limit`` is that size in bytes."""
+
+    def __init__(self, field: str, size: int, limit: int):
+        self.field = field
+        self.size = size
+        self.limit = limit
+        super().__init__(f"`{field}` is {size} bytes; the limit is {limit} bytes")
+
+
+class InvalidAppConfigError(WebLLMError, ValueError):
+    """An app config or model record is malformed (a duplicate model id, an unknown cache backend, a field of the
+    wrong type); ``field`` names it (``appConfig.model_list[2].size``)."""
+
+    def __init__(self, field: str, value: object, allowed: str):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"`{field}` must be {allowed}; got {_show(value)}")
+
+
 class ServerSentEventsError(WebLLMError):
     """An SSE body (``api/sse.py``) is malformed, or the server reported an error in the stream."""
 
@@ -259,3 +314,44 @@ class EngineLostError(WorkerError):
 class WebAssemblyBlockedError(WebLLMError):
     """The worker cannot compile WebAssembly, so Pyodide cannot start: the context's Content Security Policy lacks
     ``'wasm-unsafe-eval'`` (in a Chrome extension: ``content_security_policy.extension_pages`` in manifest.json)."""
+
+
+# ---- structured output (webllm_py/grammar/) -------------------------------------------------------------------------
+
+
+class UnsupportedSchemaError(InvalidRequestError):
+    """A JSON Schema uses a keyword the grammar engine does not enforce (``uniqueItems``, ``not``, a ``format``
+    we do not know), or a value it cannot satisfy. ``field`` is the JSON pointer of the schema object that holds
+    it (``#/properties/tags``), ``keyword`` the keyword; nothing is ignored silently."""
+
+    def __init__(self, field: str, keyword: str, reason: str):
+        self.field = field
+        self.keyword = keyword
+        self.reason = reason
+        super().__init__(f"JSON schema {field}: `{keyword}` {reason}")
+
+
+class InvalidGrammarError(InvalidRequestError):
+    """An EBNF grammar or a regular expression does not parse, or cannot be run (undefined rule, left
+    recursion, a regex feature such as a lookahead). ``kind`` is ``"ebnf"`` or ``"regex"``; ``line`` and
+    ``column`` (1-based, None when not tied to a place) point at the problem."""
+
+    def __init__(self, kind: str, reason: str, line: int | None = None, column: int | None = None):
+        self.kind = kind
+        self.reason = reason
+        self.line = line
+        self.column = column
+        where = f" at line {line}, column {column}" if line is not None else ""
+        super().__init__(f"{kind} grammar{where}: {reason}")
+
+
+class GrammarLimitError(InvalidRequestError):
+    """A grammar or schema would need more than ``limit`` of ``what`` (automaton states, parser stacks): it is
+    refused rather than built for minutes. Smaller bounds (``maxLength``, ``maxItems``, ``{m,n}``) help."""
+
+    def __init__(self, what: str, limit: int):
+        self.what = what
+        self.limit = limit
+        super().__init__(
+            f"the grammar needs more than {limit} {what}; simplify it (smaller repetition bounds)"
+        )

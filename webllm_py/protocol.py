@@ -18,21 +18,36 @@ Differences from WebLLM, on purpose:
 - ``extra_body`` is merged into the request, as openai-python does before sending it, so
   ``extra_body={"enable_latency_breakdown": True}`` (WebLLM's spelling) and ``extra_body={"top_k": 40}`` both work.
 - Text completions accept a prompt given as token ids, ``echo`` when streaming, and OpenAI's integer ``logprobs``.
+- ``chat_template_kwargs`` (vLLM's name; also through ``extra_body``): extra variables for the model's Jinja chat
+  template, e.g. ``{"enable_thinking": false}`` for Qwen3; JSON values only, and not the names the engine sets.
+- A text completion's prompt never turns control-token text (``<|im_start|>``) into control tokens unless the
+  request says ``parse_special: true`` (also through ``extra_body``): text from a user is text.
+
+Every value is checked before anything reads it as what it should be: numbers are finite and in range (an integer
+of 400 digits is a range error, not an OverflowError), counts and token ids fit the GPU's 32-bit fields, text is
+valid Unicode (a lone surrogate is refused naming its field, not found later by the tokenizer). The JSON limits at
+the bottom (``loads_json``, ``MAX_JSON_DEPTH``) are shared by every boundary that takes JSON: the local endpoint's
+bodies and the worker's messages.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conversation import RESERVED_TEMPLATE_VARIABLES
 from .errors import (
     FieldDependencyError,
     InvalidFieldTypeError,
+    InvalidJSONError,
     InvalidMessagesError,
     InvalidRangeError,
     UnsupportedFieldError,
+    _show,
 )
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
@@ -41,6 +56,8 @@ MAX_TOP_LOGPROBS = 20  # OpenAI's limit; the GPU sampler writes this many (ops.S
 MAX_N = 128  # OpenAI's limit on choices per request
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for text completions (chat has none)
 ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_INT = 2**31 - 1  # counts and token ids: what the GPU's u32 Params fields and i32 JSON readers all hold
+SEED_RANGE = (-(2**63), 2**64 - 1)  # OpenAI's seed is a 64-bit integer; either signedness is accepted
 
 # Request fields both endpoints understand and apply.
 GENERATION_FIELDS = frozenset(
@@ -66,8 +83,9 @@ GENERATION_FIELDS = frozenset(
         "extra_body",
     }
 )
-CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens"}
-COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo"}
+CHAT_FIELDS = GENERATION_FIELDS | {"messages", "max_completion_tokens", "chat_template_kwargs"}
+COMPLETION_FIELDS = GENERATION_FIELDS | {"prompt", "echo", "parse_special"}
+MAX_TEMPLATE_KWARGS_DEPTH = 8  # nesting of a chat_template_kwargs value
 
 # OpenAI chat fields that are not implemented, with the values that mean "not used", which we accept.
 CHAT_NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -116,10 +134,15 @@ class ChatMessage:
     content: str  # text parts already joined
     name: str | None = None
     tool_call_id: str | None = None
+    parts: tuple[str, ...] | None = None  # the text parts, when content came as a list of them
 
-    def to_dict(self) -> dict[str, str]:
-        """The shape ``ChatTemplate.render`` takes."""
-        d = {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The shape a chat template's ``render`` takes (content as text parts when it came as a list: templates
+        that loop over content, such as Gemma 3's, get them one by one)."""
+        content: Any = self.content
+        if self.parts is not None:
+            content = [{"type": "text", "text": t} for t in self.parts]
+        d = {"role": self.role, "content": content}
         if self.name is not None:
             d["name"] = self.name
         if self.tool_call_id is not None:
@@ -156,6 +179,7 @@ class GenerationConfig:
 class ChatRequest:
     messages: tuple[ChatMessage, ...]
     config: GenerationConfig
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat_template_kwargs
 
 
 @dataclass(frozen=True)
@@ -163,6 +187,7 @@ class CompletionRequest:
     prompt: str | tuple[int, ...]  # text, or token ids given by the caller
     echo: bool  # the reply's text starts with the prompt's
     config: GenerationConfig
+    parse_special: bool = False  # control-token text in the prompt becomes control tokens
 
 
 def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
@@ -189,7 +214,10 @@ def check_chat_completion_request(request: Mapping[str, Any]) -> ChatRequest:
     # 5. top_logprobs needs logprobs=true (OpenAI's rule; WebLLM's DependencyError).
     if request.get("top_logprobs") is not None and not config.logprobs:
         raise FieldDependencyError("top_logprobs", "logprobs=True")
-    return ChatRequest(messages=messages, config=config)
+
+    # 6. chat_template_kwargs: a dict of JSON values, none of them a variable the engine sets.
+    template_kwargs = _check_template_kwargs(request.get("chat_template_kwargs"))
+    return ChatRequest(messages=messages, config=config, template_kwargs=template_kwargs)
 
 
 def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
@@ -231,7 +259,10 @@ def check_completion_request(request: Mapping[str, Any]) -> CompletionRequest:
     # 6. top_logprobs needs logprobs.
     if request.get("top_logprobs") is not None and not config.logprobs:
         raise FieldDependencyError("top_logprobs", "logprobs=True")
-    return CompletionRequest(prompt=prompt, echo=echo, config=config)
+
+    # 7. parse_special is a bool (off: the prompt's text is read as plain text, control-token texts included).
+    parse_special = _optional_bool(request, "parse_special")
+    return CompletionRequest(prompt=prompt, echo=echo, config=config, parse_special=parse_special)
 
 
 def _check_keys(
@@ -301,6 +332,10 @@ def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> Gen
     if top_k is not None:
         if top_k < -1:
             raise InvalidRangeError("top_k", top_k, ">= 0 (0 or -1: no top-k)")
+        if top_k > MAX_INT:
+            raise InvalidRangeError(
+                "top_k", top_k, f"at most {MAX_INT} (any value >= the vocabulary: no top-k)"
+            )
         top_k = max(top_k, 0)
 
     # c. frequency_penalty and presence_penalty in [-2, 2]; repetition_penalty > 0 (WebLLM's MinValueError).
@@ -323,9 +358,9 @@ def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> Gen
         raise InvalidRangeError("top_logprobs", top_logprobs, f"in [0, {MAX_TOP_LOGPROBS}]")
 
     # f. seed is an integer (WebLLM's SeedTypeError).
-    seed = request.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise InvalidFieldTypeError("seed", seed, "an integer")
+    seed = _optional_int(request, "seed")
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise InvalidRangeError("seed", seed, "a 64-bit integer, in [-2^63, 2^64)")
 
     # g. stop: a non-empty string or a list of at most 4 of them.
     stop = _check_stop(request.get("stop"))
@@ -342,8 +377,8 @@ def _check_generation(request: Mapping[str, Any], max_tokens: int | None) -> Gen
     ignore_eos = _optional_bool(request, "ignore_eos")
     enable_latency_breakdown = _optional_bool(request, "enable_latency_breakdown")
     model = request.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidFieldTypeError("model", model, "a model id string")
+    if model is not None:
+        check_text(model, "model", "a model id string")
 
     return GenerationConfig(
         max_tokens=max_tokens,
@@ -376,25 +411,21 @@ def _check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
         raise InvalidRangeError("logit_bias", bias, f"at most {MAX_LOGIT_BIAS} entries (got {len(bias)})")
     out: dict[int, float] = {}
     for key, value in bias.items():
+        where = f"logit_bias[{_show(key)}]"
         token = key
         if isinstance(key, str):
-            try:
-                token = int(key)
-            except ValueError:
-                token = None
+            # int() of a string of thousands of digits raises ValueError too (Python's digit limit)
+            token = int(key) if re.fullmatch(r"[0-9]{1,10}", key.strip()) else None
         if not isinstance(token, int) or isinstance(token, bool) or token < 0:
-            raise InvalidFieldTypeError(
-                f"logit_bias[{key!r}]", key, "a token id: a non-negative integer, or a string of one"
-            )
+            raise InvalidFieldTypeError(where, key, "a token id: a non-negative integer, or a string of one")
+        if token > MAX_INT:
+            raise InvalidRangeError(where, key, f"a token id in [0, {MAX_INT}]")
         if token in out:
-            raise InvalidRangeError(
-                f"logit_bias[{key!r}]", key, f"a token id given once (token {token} appears twice)"
-            )
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise InvalidFieldTypeError(f"logit_bias[{key!r}]", value, "a finite number")
-        if not -100.0 <= value <= 100.0:
-            raise InvalidRangeError(f"logit_bias[{key!r}]", value, "in [-100, 100]")
-        out[token] = float(value)
+            raise InvalidRangeError(where, key, f"a token id given once (token {token} appears twice)")
+        number = _finite(value, where)
+        if not -100.0 <= number <= 100.0:
+            raise InvalidRangeError(where, value, "in [-100, 100]")
+        out[token] = number
     return tuple(out.items())
 
 
@@ -403,17 +434,17 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
         raise InvalidMessagesError("messages", "is required: a list of {role, content} dicts")
     if not isinstance(messages, list | tuple) or not messages:
         raise InvalidMessagesError(
-            "messages", f"must be a non-empty list of {{role, content}} dicts; got {messages!r:.80}"
+            "messages", f"must be a non-empty list of {{role, content}} dicts; got {_show(messages)}"
         )
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise InvalidMessagesError(where, f"must be a dict with role and content; got {message!r:.80}")
+            raise InvalidMessagesError(where, f"must be a dict with role and content; got {_show(message)}")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidMessagesError(
-                f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r:.80}"
+                f"{where}.role", f"must be one of {', '.join(ROLES)}; got {_show(role)}"
             )
         allowed = ("role", "content", "name") + (("tool_call_id",) if role == "tool" else ())
         for key, value in message.items():
@@ -432,19 +463,25 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
             raise InvalidMessagesError(where, "a system message is only allowed as the first message")
         name = message.get("name")
         if name is not None and not isinstance(name, str):
-            raise InvalidMessagesError(f"{where}.name", f"must be a string; got {name!r:.80}")
+            raise InvalidMessagesError(f"{where}.name", f"must be a string; got {_show(name)}")
+        if name is not None:
+            check_text(name, f"{where}.name")
         tool_call_id = message.get("tool_call_id")
         if role == "tool" and not isinstance(tool_call_id, str):
             raise InvalidMessagesError(
                 f"{where}.tool_call_id",
-                f"a tool message must name the tool call it answers (a string); got {tool_call_id!r:.80}",
+                f"a tool message must name the tool call it answers (a string); got {_show(tool_call_id)}",
             )
+        if tool_call_id is not None:
+            check_text(tool_call_id, f"{where}.tool_call_id")
+        content = message.get("content")
         out.append(
             ChatMessage(
                 role=role,
-                content=_message_text(message.get("content"), where),
+                content=_message_text(content, where),
                 name=name,
                 tool_call_id=tool_call_id,
+                parts=tuple(p["text"] for p in content) if isinstance(content, list | tuple) else None,
             )
         )
     # WebLLM's MessageOrderError: the model answers the last user message (or tool result).
@@ -456,9 +493,53 @@ def _check_messages(messages: Any) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
+def _check_template_kwargs(kwargs: Any) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise InvalidFieldTypeError(
+            "chat_template_kwargs",
+            kwargs,
+            'a dict of chat template variables, e.g. {"enable_thinking": false}',
+        )
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InvalidFieldTypeError(
+                f"chat_template_kwargs[{key!r}]", key, "a variable name (an identifier)"
+            )
+        if key in RESERVED_TEMPLATE_VARIABLES:
+            raise UnsupportedFieldError(
+                f"chat_template_kwargs.{key}", value, "the engine sets this template variable itself"
+            )
+        _check_json_value(value, f"chat_template_kwargs.{key}", 0)
+    return dict(kwargs)
+
+
+def _check_json_value(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_TEMPLATE_KWARGS_DEPTH:
+        raise InvalidRangeError(where, value, f"nested at most {MAX_TEMPLATE_KWARGS_DEPTH} deep")
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidFieldTypeError(where, value, "a finite number")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidFieldTypeError(f"{where}[{k!r}]", k, "a string key")
+            _check_json_value(v, f"{where}.{k}", depth + 1)
+        return
+    raise InvalidFieldTypeError(where, value, "a JSON value (string, number, bool, null, list or dict)")
+
+
 def _message_text(content: Any, where: str) -> str:
     if isinstance(content, str):
-        return content
+        return check_text(content, f"{where}.content")
     if isinstance(content, list | tuple):
         texts = []
         for j, part in enumerate(content):
@@ -467,18 +548,18 @@ def _message_text(content: Any, where: str) -> str:
                 raise InvalidMessagesError(
                     f"{where}.content[{j}]",
                     f"only text parts ({{'type': 'text', 'text': ...}}) are supported (no model here reads "
-                    f"images or audio); got type {part_type!r:.40}",
+                    f"images or audio); got type {_show(part_type)}",
                 )
             text = part.get("text")
             if not isinstance(text, str):
                 raise InvalidMessagesError(
-                    f"{where}.content[{j}].text", f"must be a string; got {text!r:.80}"
+                    f"{where}.content[{j}].text", f"must be a string; got {_show(text)}"
                 )
-            texts.append(text)
+            texts.append(check_text(text, f"{where}.content[{j}].text"))
         # OpenAI shows consecutive text parts to the model as one text; a newline keeps words from gluing.
         return "\n".join(texts)
     raise InvalidMessagesError(
-        f"{where}.content", f"must be a string or a list of text parts; got {content!r:.80}"
+        f"{where}.content", f"must be a string or a list of text parts; got {_show(content)}"
     )
 
 
@@ -488,9 +569,12 @@ def _check_prompt(prompt: Any) -> str | tuple[int, ...]:
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRangeError("prompt", prompt, "a non-empty string")
-        return prompt
+        return check_text(prompt, "prompt")
     if isinstance(prompt, list | tuple):
         if prompt and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+            for i, t in enumerate(prompt):
+                if t > MAX_INT:  # the model's own vocabulary bound is checked where it is known (the engine)
+                    raise InvalidRangeError(f"prompt[{i}]", t, f"a token id in [0, {MAX_INT}]")
             return tuple(prompt)
         if len(prompt) > 1 and all(isinstance(p, str | list | tuple) for p in prompt):
             raise UnsupportedFieldError(
@@ -509,12 +593,13 @@ def _check_stop(stop: Any) -> tuple[str, ...]:
         raise InvalidFieldTypeError("stop", stop, "a string or a list of strings")
     if len(items) > MAX_STOP_STRINGS:
         raise InvalidRangeError("stop", stop, f"at most {MAX_STOP_STRINGS} strings")
-    for s in items:
+    for i, s in enumerate(items):
         if not isinstance(s, str):
             raise InvalidFieldTypeError("stop", stop, "a string or a list of strings")
         if not s:
             # An empty stop string would match at once and end every reply before its first character.
             raise InvalidRangeError("stop", stop, "non-empty strings")
+        check_text(s, "stop" if isinstance(stop, str) else f"stop[{i}]")
     return tuple(items)
 
 
@@ -529,11 +614,22 @@ def _optional_bool(d: Mapping[str, Any], key: str, prefix: str = "") -> bool:
 
 def _optional_number(d: Mapping[str, Any], key: str) -> float | None:
     value = d.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise InvalidFieldTypeError(key, value, "a finite number")
-    return float(value)
+    return None if value is None else _finite(value, key)
+
+
+def _finite(value: Any, field: str) -> float:
+    """``value`` as a finite float: an int too large for a float (10**400) is a range error like an infinite one."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidFieldTypeError(field, value, "a finite number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float: a value, not a type, out of range
+        raise InvalidRangeError(
+            field, value, "a finite number (this integer is beyond a float's range)"
+        ) from None
+    if not math.isfinite(number):
+        raise InvalidFieldTypeError(field, value, "a finite number")
+    return number
 
 
 def _optional_int(d: Mapping[str, Any], key: str) -> int | None:
@@ -549,6 +645,35 @@ def _optional_positive_int(d: Mapping[str, Any], key: str) -> int | None:
     value = _optional_int(d, key)
     if value is not None and value <= 0:
         raise InvalidRangeError(key, value, "> 0")
+    if value is not None and value > MAX_INT:
+        raise InvalidRangeError(key, value, f"at most {MAX_INT}")
+    return value
+
+
+def check_token_ids(ids: Any, vocab: int, field: str) -> None:
+    """Every id in ``ids`` in [0, vocab): the model's own bound, checked once the model is known (the engine, the
+    text-completion path before it decodes a prompt given as ids). ``field`` names the list: ``prompt[3]``."""
+    for i, t in enumerate(ids):
+        if not 0 <= t < vocab:
+            raise InvalidRangeError(
+                f"{field}[{i}]", t, f"a token id in [0, {vocab}) (the model's vocabulary)"
+            )
+
+
+def check_text(value: Any, field: str, what: str = "a string") -> str:
+    """``value`` if it is a string UTF-8 can encode; a lone UTF-16 surrogate (which JSON's ``\\ud800`` escapes and
+    JavaScript strings can hold) is refused here, naming the field, instead of failing in the tokenizer."""
+    if not isinstance(value, str):
+        raise InvalidFieldTypeError(field, value, what)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidFieldTypeError(
+            field,
+            value,
+            f"valid Unicode text (a lone surrogate U+{ord(value[e.start]):04X} at index {e.start} cannot be "
+            "encoded)",
+        ) from None
     return value
 
 
@@ -580,8 +705,11 @@ def check_chat_options(opts: Any, where: str = "chatOpts") -> ChatOptions:
 
     # 2. context_window_size: an int > 0.
     size = opts.get("context_window_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise InvalidRangeError(f"{where}.context_window_size", size, "an integer > 0")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_INT):
+        raise InvalidRangeError(f"{where}.context_window_size", size, f"an integer in [1, {MAX_INT}]")
+    template = opts.get("chat_template")
+    if isinstance(template, str):
+        check_text(template, f"{where}.chat_template")
 
     # 3. The sampling defaults: the ranges a request's own values must be in (the same checks, renamed).
     given = {k: opts[k] for k in CHAT_OPTION_SAMPLING if opts.get(k) is not None}
@@ -605,3 +733,49 @@ def chat_options_per_model(opts: Any, n_models: int) -> list[ChatOptions]:
             raise InvalidRangeError("chatOpts", opts, f"one ChatOptions per model id ({n_models})")
         return [check_chat_options(o, f"chatOpts[{i}]") for i, o in enumerate(opts)]
     return [check_chat_options(opts)] * n_models
+
+
+# ---- JSON at the boundaries -----------------------------------------------------------------------------------------
+# The local endpoint's bodies and the worker's messages are JSON from outside. Python's json module recurses once per
+# nesting level (100,000 "[" raise RecursionError, and Pyodide's stack is smaller than CPython's), so the depth is
+# measured first, without recursion; NaN and Infinity (Python's extensions, not JSON) are refused.
+
+MAX_JSON_DEPTH = 64  # nesting levels; an OpenAI request needs about 6, a JSON schema in one a few dozen
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*\\?(?:"|\Z)', re.S)  # an unterminated string runs to the end:
+_JSON_OPENERS = re.compile(r"[\[{]|[\]}]")  # no backtracking, so the scan is linear in the length of the text
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON ``text`` nests more than ``limit`` levels (brackets inside strings do not count). Linear time,
+    no recursion."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # not enough brackets to be that deep: no scan needed
+    depth = 0
+    for m in _JSON_OPENERS.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_json(text: str, field: str = "body") -> Any:
+    """``json.loads`` for JSON from outside: typed errors (``InvalidJSONError`` naming ``field``) for text that does
+    not parse, nests deeper than ``MAX_JSON_DEPTH``, or holds NaN / Infinity."""
+    if not isinstance(text, str):
+        raise InvalidJSONError(field, f"expected JSON text, got a {type(text).__name__}")
+    if json_too_deep(text):
+        raise InvalidJSONError(field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (
+        ValueError,
+        RecursionError,
+    ) as e:  # JSONDecodeError is a ValueError; so is an integer of 5,000 digits
+        raise InvalidJSONError(field, f"not JSON ({_show(str(e))})") from None

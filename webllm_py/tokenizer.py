@@ -32,6 +32,7 @@ from functools import cache
 from typing import Any
 
 from .errors import TokenizerError, UnsupportedTokenizerError
+from .model.gguf import GGUFMetadata
 
 # GGUF token types (``tokenizer.ggml.token_type``), from llama.cpp's ``llama_token_type``.
 TOKEN_NORMAL = 1
@@ -41,19 +42,55 @@ TOKEN_USER_DEFINED = 4
 TOKEN_UNUSED = 5
 TOKEN_BYTE = 6
 
-# Token texts that end a turn or the text. llama.cpp marks these as end-of-generation and forces them to CONTROL
-# even where the converter forgot to (llama-vocab.cpp, "auto-detect special tokens by text").
-EOT_TEXTS = (
+# Token texts that end generation (llama.cpp's EOG list, llama-vocab.cpp of the vendored 0c1e570). llama.cpp also
+# forces each to CONTROL where the converter did not, so it is found only with special parsing on.
+EOG_TEXTS = (
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
-    "<|end_of_text|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
     "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "[e~[",
 )
+# Fill-in-the-middle tokens llama.cpp recognizes by text when the GGUF names none (forced to CONTROL as well); the
+# pad, repo and file-separator ones also end generation. Metadata key (tokenizer.ggml.<key>_token_id) -> texts.
+FIM_TEXTS = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>", "\u2581<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>", "\u2581<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>", "\u2581<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}  # fmt: skip
+_FIM_EOG = ("fim_pad", "fim_rep", "fim_sep")
+# gpt-oss's channel tokens are always rendered (llama.cpp makes them USER_DEFINED).
+_ALWAYS_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+# Pre-tokenizers for which llama.cpp adds a BOS unless the GGUF says otherwise (``tokenizer.ggml.add_bos_token``).
+_ADD_BOS_PRES = frozenset(
+    ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano",
+     "tekken", "chameleon")
+)  # fmt: skip
+# C isspace: what llama.cpp strips after a special token with the RSTRIP attribute.
+_ASCII_SPACE = " \t\n\v\f\r"
 
 # A pre-token cache larger than this is cleared: chat prompts repeat a few thousand distinct words at most.
 _CACHE_MAX = 50_000
@@ -169,6 +206,19 @@ _QWEN2 = (
     r"|[{W}]*[\r\n]+|[{W}]+(?![^{W}])|[{W}]+"
 )
 
+# tekken (Mistral Nemo, Small 3.x, Ministral). llama.cpp has no hand-written loop for it: it runs the regex with
+# std::regex over a "collapsed" copy of the text, one byte per character: ASCII as it is, other whitespace -> \v,
+# letters -> \xD2, numbers -> \xD1, anything else -> \xD0 (its punctuation, mark and symbol bytes act alike here).
+# So upper and lower case differ in ASCII only, and combining marks are not letters. The pattern is that regex
+# over collapsed text (_CollapsedSplitter), with std::regex's \s (C isspace) and the classes written out.
+_TEKKEN = (
+    r"[^\r\n\xD2A-Za-z\xD10-9]?(?:(?=[\xD2A-Za-z])[^a-z])*(?:(?=[\xD2A-Za-z])[^A-Z])+"
+    r"|[^\r\n\xD2A-Za-z\xD10-9]?(?:(?=[\xD2A-Za-z])[^a-z])+(?:(?=[\xD2A-Za-z])[^A-Z])*"
+    r"|[\xD10-9]| ?[^\t\n\v\f\r \xD2A-Za-z\xD10-9]+[\r\n/]*|[\t\n\v\f\r ]*[\r\n]+"
+    r"|[\t\n\v\f\r ]+(?![^\t\n\v\f\r ])|[\t\n\v\f\r ]+"
+)
+_COLLAPSED = frozenset({"tekken"})
+
 # tokenizer.ggml.pre -> (pattern, ignore_merges). Names are llama.cpp's; each group shares one regex there.
 # ignore_merges: a pre-token that is itself a vocabulary entry is emitted whole (llama.cpp does it for llama3).
 _PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
@@ -189,6 +239,7 @@ _PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
     "phi-2": (_GPT2, False),
     "mpt": (_GPT2, False),
     "olmo": (_GPT2, False),
+    "tekken": (_TEKKEN, True),
 }
 
 SUPPORTED_PRE_TOKENIZERS = tuple(sorted(_PRE_TOKENIZERS))
@@ -200,11 +251,60 @@ def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.format(**_unicode_classes()))
 
 
+class _CollapsedSplitter:
+    """llama.cpp's general regex path (unicode.cpp ``unicode_regex_split``): the regex runs over the collapsed text
+    and its match spans cut the original; text between matches is a piece of its own."""
+
+    def __init__(self, pattern: str):
+        self._regex = re.compile(pattern)
+        classes = _unicode_classes()
+        self._white = re.compile(f"[{classes['W']}]")
+        self._letter = re.compile(f"[{classes['L']}]")
+        self._number = re.compile(f"[{classes['N']}]")
+        self._byte: dict[str, str] = {}
+
+    def _collapse_char(self, c: str) -> str:
+        b = self._byte.get(c)
+        if b is None:
+            if self._white.match(c):
+                b = "\v"
+            elif self._letter.match(c):
+                b = "\xd2"
+            elif self._number.match(c):
+                b = "\xd1"
+            else:
+                b = "\xd0"
+            self._byte[c] = b
+        return b
+
+    def findall(self, text: str) -> list[str]:
+        collapsed = (
+            text if text.isascii() else "".join(c if c < "\x80" else self._collapse_char(c) for c in text)
+        )
+        words: list[str] = []
+        at = 0
+        for m in self._regex.finditer(collapsed):
+            if m.start() > at:
+                words.append(text[at : m.start()])
+            if m.end() > m.start():
+                words.append(text[m.start() : m.end()])
+            at = m.end()
+        if at < len(text):
+            words.append(text[at:])
+        return words
+
+
+@cache
+def _splitter(pre: str) -> re.Pattern[str] | _CollapsedSplitter:
+    pattern = _PRE_TOKENIZERS[pre][0]
+    return _CollapsedSplitter(pattern) if pre in _COLLAPSED else _compile(pattern)
+
+
 def pre_tokenize(text: str, pre: str) -> list[str]:
     """Split ``text`` (no special tokens in it) the way llama.cpp's pre-tokenizer ``pre`` does."""
     if pre not in _PRE_TOKENIZERS:
         raise UnsupportedTokenizerError(_unknown_pre_message(pre))
-    return _compile(_PRE_TOKENIZERS[pre][0]).findall(text)
+    return _splitter(pre).findall(text)
 
 
 def _unknown_pre_message(pre: object) -> str:
@@ -254,6 +354,8 @@ class Tokenizer:
         eom_id: int | None = None,
         add_bos: bool = False,
         add_space_prefix: bool = True,
+        fim_ids: Mapping[str, int | None] | None = None,
+        model_name: str = "",
     ):
         if model not in SUPPORTED_MODELS:
             raise UnsupportedTokenizerError(
@@ -268,11 +370,6 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens")
         # Later duplicates win, as in llama.cpp's token_to_id map.
         self._vocab: dict[str, int] = {t: i for i, t in enumerate(self._tokens)}
-        for text in EOT_TEXTS:
-            i = self._vocab.get(text)
-            if i is not None and types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED, TOKEN_UNUSED):
-                types[i] = TOKEN_CONTROL
-        self._types = types
 
         def check_id(name: str, i: int | None) -> int | None:
             if i is None:
@@ -284,21 +381,57 @@ class Tokenizer:
         self._bos_id = check_id("tokenizer.ggml.bos_token_id", bos_id)
         self._eos_id = check_id("tokenizer.ggml.eos_token_id", eos_id)
         self.add_bos = add_bos
-        eot = {self._vocab[t] for t in EOT_TEXTS if t in self._vocab}
+
+        # llama.cpp's rules for special tokens by text (llama-vocab.cpp, "auto-detect special tokens by text").
+        def force_control(i: int) -> None:
+            if types[i] in (TOKEN_NORMAL, TOKEN_USER_DEFINED, TOKEN_UNUSED):
+                types[i] = TOKEN_CONTROL
+
+        fim = dict(fim_ids or {})
+        for key, texts in FIM_TEXTS.items():
+            if fim.get(key) is None:
+                found = next((self._vocab[t] for t in texts if t in self._vocab), None)
+                if found is not None:
+                    force_control(found)
+                    fim[key] = found
+        eog = {self._vocab[t] for t in EOG_TEXTS if t in self._vocab}
+        for i in eog:
+            force_control(i)
         for i in (
             self._eos_id,
             check_id("tokenizer.ggml.eot_token_id", eot_id),
             check_id("tokenizer.ggml.eom_token_id", eom_id),
+            *(fim.get(k) for k in _FIM_EOG),
         ):
             if i is not None:
-                eot.add(i)
-        self._eot_ids = frozenset(eot)
+                eog.add(i)
+        eog_texts = {self._tokens[i] for i in eog}
+        end = self._vocab.get("<|end|>")
+        if end in eog and eog_texts & {"<|call|>", "<|calls|>"} and eog_texts & {"<|return|>", "<|flush|>"}:
+            eog.discard(end)  # o200k_harmony / solar-open: <|end|> ends a message, not the reply
+            types[end] = TOKEN_USER_DEFINED
+        close_s = self._vocab.get("</s>")
+        if close_s in eog and eog_texts & {"<|tool_response>", "<|plamo:eos|>"}:
+            eog.discard(close_s)  # gemma4, plamo: </s> is an ordinary token there
+            types[close_s] = TOKEN_NORMAL
+        for t in _ALWAYS_USER_DEFINED:
+            if t in self._vocab:
+                types[self._vocab[t]] = TOKEN_USER_DEFINED
+        self._types = types
+        self._eot_ids = frozenset(eog)
 
         # Special tokens, longest text first (llama.cpp's cache_special_tokens order; ties by id for determinism).
         special = [i for i, t in enumerate(types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)]
         special.sort(key=lambda i: (-len(self._tokens[i].encode()), i))
         self._special_all = [(self._tokens[i], i) for i in special if self._tokens[i]]
         self._special_user = [(t, i) for t, i in self._special_all if types[i] == TOKEN_USER_DEFINED]
+        # Phi-3 (llama.cpp decides by the model's general.name): whitespace after a special token is dropped, as the
+        # Hugging Face tokenizer's rstrip=True on its added tokens does; not after <unk>, <s>, <|endoftext|>.
+        self._rstrip: frozenset[int] = frozenset()
+        if any(key in model_name.lower() for key in ("phi-3", "phi3")):
+            rstrip = set(special) | ({self._vocab["</s>"]} if "</s>" in self._vocab else set())
+            rstrip -= {self._vocab[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in self._vocab}
+            self._rstrip = frozenset(rstrip)
 
         self._cache: dict[str, tuple[int, ...]] = {}
         self._piece_cache: dict[int, bytes] = {}
@@ -313,8 +446,8 @@ class Tokenizer:
             if merges is None:
                 raise TokenizerError("a gpt2 (BPE) tokenizer needs tokenizer.ggml.merges")
             self.pre: str | None = pre
-            pattern, self._ignore_merges = _PRE_TOKENIZERS[pre]
-            self._splitter = _compile(pattern)
+            self._ignore_merges = _PRE_TOKENIZERS[pre][1]
+            self._splitter = _splitter(pre)
             self._ranks: dict[tuple[str, str], int] = {}
             for rank, merge in enumerate(merges):
                 # llama.cpp splits at the first space after the first character (a merge never starts with one).
@@ -332,40 +465,48 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, metadata: Mapping[str, Any], *, add_bos: bool | None = None) -> Tokenizer:
-        """Build from a GGUF metadata dict (``GGUFFile.metadata``). ``add_bos`` overrides the file's choice."""
-        model = metadata.get("tokenizer.ggml.model")
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        if model is None or tokens is None:
+        """Build from a GGUF metadata dict (``GGUFFile.metadata``). ``add_bos`` overrides the file's choice.
+
+        Every key is read through the typed getters (``GGUFMetadata``): a token that is not a string, a score that
+        is NaN, a token_type list shorter than the vocabulary, a flag that is a list raise ``GGUFMetadataError``
+        naming the key."""
+        meta = GGUFMetadata.of(metadata)
+        if "tokenizer.ggml.model" not in meta or "tokenizer.ggml.tokens" not in meta:
             raise TokenizerError(
                 "the GGUF has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)"
             )
+        model = meta.get_str("tokenizer.ggml.model")
+        tokens = meta.get_array("tokenizer.ggml.tokens", str, min_length=1)
+        n = len(tokens)
         if model == "llama":
             # llama.cpp's SPM defaults: BOS 1, EOS 2, add BOS, add a space prefix.
             default_bos, default_eos, default_add_bos = 1, 2, True
         else:
-            default_bos, default_eos, default_add_bos = 11, 11, False
-        n = len(tokens)
+            default_bos, default_eos = 11, 11
+            default_add_bos = meta.get_str("tokenizer.ggml.pre", None) in _ADD_BOS_PRES
 
         def in_range(key: str, default: int | None = None) -> int | None:
             # llama.cpp ignores an out-of-range special id (with a warning) rather than refusing the model.
-            i = metadata.get(key, default)
+            i = meta.get_int(key, default, min=-(2**63), max=2**64) if key in meta else default
             return i if isinstance(i, int) and 0 <= i < n else None
 
         if add_bos is None:
-            add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", default_add_bos))
+            add_bos = meta.get_bool("tokenizer.ggml.add_bos_token", default_add_bos)
         return cls(
             model=model,
             tokens=tokens,
-            token_types=metadata.get("tokenizer.ggml.token_type"),
-            merges=metadata.get("tokenizer.ggml.merges"),
-            scores=metadata.get("tokenizer.ggml.scores"),
-            pre=metadata.get("tokenizer.ggml.pre"),
+            token_types=meta.get_array("tokenizer.ggml.token_type", int, None, length=n),
+            merges=meta.get_array("tokenizer.ggml.merges", str, None),
+            scores=meta.get_array("tokenizer.ggml.scores", float, None, length=n),
+            pre=meta.get_str("tokenizer.ggml.pre", None),
             bos_id=in_range("tokenizer.ggml.bos_token_id", default_bos),
             eos_id=in_range("tokenizer.ggml.eos_token_id", default_eos),
             eot_id=in_range("tokenizer.ggml.eot_token_id"),
             eom_id=in_range("tokenizer.ggml.eom_token_id"),
             add_bos=add_bos,
-            add_space_prefix=bool(metadata.get("tokenizer.ggml.add_space_prefix", True)),
+            add_space_prefix=meta.get_bool("tokenizer.ggml.add_space_prefix", True),
+            fim_ids={k: in_range(f"tokenizer.ggml.{k}_token_id") for k in FIM_TEXTS},
+            model_name=meta.get_str("general.name", ""),
         )
 
     # ---- vocabulary ----
@@ -399,6 +540,12 @@ class Tokenizer:
             )
         return self._tokens[token_id]
 
+    @property
+    def control_texts(self) -> tuple[str, ...]:
+        """Texts of the CONTROL and UNKNOWN tokens: the ones only ``parse_special=True`` turns into their ids, which
+        message content must never produce (USER_DEFINED tokens match in any text, as in llama.cpp)."""
+        return tuple(t for t, i in self._special_all if self._types[i] != TOKEN_USER_DEFINED)
+
     def is_special(self, token_id: int) -> bool:
         """True for CONTROL and UNKNOWN tokens: the ones ``decode(skip_special=True)`` leaves out."""
         return self._types[token_id] in (TOKEN_CONTROL, TOKEN_UNKNOWN)
@@ -413,14 +560,15 @@ class Tokenizer:
         """
         if add_bos is None:
             add_bos = self.add_bos
-        return self._encode_fragments(self._split_special(text, parse_special) if text else [], add_bos)
+        fragments = self._split_special(text, parse_special) if text else []
+        return self._encode_fragments(self._strip_after_special(fragments), add_bos)
 
-    def encode_parts(self, parts: Sequence[tuple[str, bool]]) -> list[int]:
-        """A chat prompt's ids from ``ChatTemplate.render_parts``: special tokens are found in template text only
+    def encode_parts(self, parts: Sequence[tuple[str, bool]], *, add_bos: bool | None = None) -> list[int]:
+        """A chat prompt's ids from a template's ``render_parts``: special tokens are found in template text only
         (``is_template``), never in message content, so content cannot forge a turn boundary. Text on both sides of
         a part boundary is tokenized as one piece, so for content without special-token text the ids equal
-        ``encode("".join(texts))`` (llama.cpp's). A BOS is added when the vocabulary wants one and the template
-        did not write it."""
+        ``encode("".join(texts))`` (llama.cpp's). A BOS is added when ``add_bos`` (default: the vocabulary's
+        choice) and the template did not write it."""
         fragments: list[str | int] = []
         for text, is_template in parts:
             for frag in self._split_special(text, is_template):
@@ -430,8 +578,27 @@ class Tokenizer:
                     fragments[-1] += frag
                 else:
                     fragments.append(frag)
-        add_bos = self.add_bos and not (fragments and fragments[0] == self._bos_id)
-        return self._encode_fragments(fragments, add_bos)
+        if add_bos is None:
+            add_bos = self.add_bos
+        add_bos = add_bos and not (fragments and fragments[0] == self._bos_id)
+        return self._encode_fragments(self._strip_after_special(fragments), add_bos)
+
+    def _strip_after_special(self, fragments: list[str | int]) -> list[str | int]:
+        """Drop the ASCII whitespace that follows a special token with llama.cpp's RSTRIP attribute (Phi-3)."""
+        if not self._rstrip:
+            return fragments
+        out: list[str | int] = []
+        strip = False
+        for frag in fragments:
+            if isinstance(frag, int):
+                strip = frag in self._rstrip
+            elif strip:
+                frag = frag.lstrip(_ASCII_SPACE)
+                strip = not frag  # all whitespace: keep stripping into the next text fragment
+                if not frag:
+                    continue
+            out.append(frag)
+        return out
 
     def _encode_fragments(self, fragments: Sequence[str | int], add_bos: bool) -> list[int]:
         out: list[int] = []

@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import threading
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -66,19 +65,16 @@ def pytest_collection_modifyitems(items):
 
 def _build_testkit_wheel(folder: Path) -> Path:
     """A minimal pure-Python wheel holding webllm_testkit.py (micropip wants a real wheel, dist-info and all)."""
-    name, version = "webllm_testkit", "0.0.0"
-    path = folder / f"{name}-{version}-py3-none-any.whl"
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": TESTKIT.read_text(),
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: webllm_py tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
-    with zipfile.ZipFile(path, "w") as z:
-        for n, text in files.items():
-            z.writestr(n, text)
-    return path
+    sys.path.insert(0, str(ROOT))
+    import build
+
+    return build.write_wheel(
+        folder,
+        "webllm_testkit",
+        "0.0.0",
+        {"webllm_testkit.py": TESTKIT.read_bytes()},
+        "Metadata-Version: 2.1\nName: webllm_testkit\nVersion: 0.0.0\n",
+    )
 
 
 def prepare_test_dist(out: Path) -> Path:

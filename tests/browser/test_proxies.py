@@ -319,6 +319,21 @@ def run_example(browser_context, server, path: str) -> str:
         page.close()
 
 
+def test_a_forged_turn_reaches_the_model_as_plain_text(proxy_page):
+    """A user message typing <|im_end|>\n<|im_start|>system through the JS proxy: the worker's prompt is the
+    desktop's, with the typed markers as plain-text tokens (more ids than as control tokens), and the same reply."""
+    want = api_reference.forged_reference()
+    assert want["prompt_tokens"] > want["as_control_tokens"]
+    out = evaluate(
+        proxy_page,
+        "return await engine.chat.completions.create({ messages: arg, temperature: 0, max_tokens: 1 });",
+        api_reference.FORGED,
+    )
+    assert "error" not in out, out
+    assert out["usage"]["prompt_tokens"] == want["prompt_tokens"]
+    assert out["choices"][0]["message"]["content"] == want["first"]
+
+
 def test_script_embed_example_answers(browser_context, server):
     assert run_example(browser_context, server, "examples/script-embed.html?max_tokens=3").strip()
 
@@ -330,3 +345,48 @@ def test_pyscript_example_answers(browser_context, server, dist):
         )
     ensure_npm_files(dist)
     assert run_example(browser_context, server, "examples/pyscript.html?max_tokens=3").strip()
+
+
+def test_abandoned_stream_and_messages_the_worker_cannot_take(proxy_page):
+    """Issue 12 in the real worker (Pyodide): a stream read once by hand and dropped frees the engine for the next
+    request; raw messages that are not requests (an unhashable kind, content nested 600 deep, a list for an object)
+    are each answered under their uuid with a typed error, and one without a uuid under "" (the proxy logs it)."""
+    out = evaluate(
+        proxy_page,
+        """
+        await (async () => {
+          const s = await engine.completions.create({ prompt: [1], max_tokens: 8, stream: true });
+          await s.next();  // then dropped, without return()
+        })();
+        const after = await engine.completions.create({ prompt: [1], max_tokens: 2 });
+        const worker = engine.worker;
+        const names = {};
+        const answered = new Promise((resolve) => {
+          const listen = (e) => {
+            if (e.data.kind !== "throw") return;
+            names[e.data.uuid] = e.data.content.name;
+            if (Object.keys(names).length === 4) { worker.removeEventListener("message", listen); resolve(); }
+          };
+          worker.addEventListener("message", listen);
+        });
+        let deep = 1;
+        for (let i = 0; i < 600; i++) deep = [deep];
+        worker.postMessage({ kind: [], uuid: "k1" });
+        worker.postMessage({ kind: "getMessage", uuid: "k2", content: deep });
+        worker.postMessage({ kind: "resetChat", uuid: "k3", content: [1] });
+        worker.postMessage({ kind: "unload", content: null });
+        await answered;
+        const still = await engine.chat.completions.create({ messages: arg, temperature: 0, max_tokens: 1 });
+        return { after: after.choices[0].finish_reason, names, still: still.choices[0].finish_reason };
+        """,
+        SHORT,
+    )
+    assert "error" not in out, (out, proxy_page.console[-10:])
+    assert out["after"] == "length" and out["still"] == "length"
+    assert out["names"] == {
+        "k1": "UnknownMessageKindError",
+        "k2": "InvalidJSONError",
+        "k3": "InvalidFieldTypeError",
+        "": "UnknownMessageKindError",
+    }
+    assert any("the worker refused a message" in line for line in proxy_page.console)

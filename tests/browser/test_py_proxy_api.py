@@ -138,3 +138,22 @@ out = (await engine.chat.completions.create(**arg["request"])).to_dict()
         {"chatOpts": api_reference.CHAT_OPTS, "request": api_reference.SEEDED_BY_CHAT_OPTS},
     )
     api_reference.check_seeded(out)
+
+
+def test_abandoned_stream_releases_the_model(py_page):
+    """Issue 12's scenario in Pyodide (whose finalization is CPython's, under the browser's event loop): a task reads
+    one chunk by hand and ends without closing the stream; the next request is served."""
+    out = run(
+        py_page,
+        """
+import asyncio
+async def abandon():
+    s = await engine.completions.create(prompt=[1], max_tokens=8, stream=True)
+    await s.__anext__()
+await asyncio.ensure_future(abandon())
+reply = await asyncio.wait_for(engine.completions.create(prompt=[1], max_tokens=2), 600)
+out = reply.choices[0].finish_reason
+""",
+        None,
+    )
+    assert out == "length"

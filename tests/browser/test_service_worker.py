@@ -176,6 +176,45 @@ def test_a_client_that_disappears_mid_stream_does_not_block_the_next_request(tab
     assert out["choices"][0]["finish_reason"] == "length"
 
 
+def test_the_same_tabs_abandoned_stream_and_bad_messages(tab):
+    """Issue 12 in the service worker: this tab's stream, read once and dropped, does not hold up its next request;
+    a message the worker cannot take is answered to this tab (a typed throw), and a body that nests 600 deep or says
+    "stream": "false" gets a 400."""
+    out = evaluate(
+        tab,
+        """
+        await (async () => {
+          const s = await engine.completions.create({ prompt: [1], max_tokens: 8, stream: true });
+          await s.next();
+        })();
+        const after = await engine.completions.create({ prompt: [1], max_tokens: 1 });
+        const thrown = new Promise((resolve) => {
+          const listen = (e) => {
+            if (e.data.uuid !== "bad-1") return;
+            navigator.serviceWorker.removeEventListener("message", listen);
+            resolve(e.data.content.name);
+          };
+          navigator.serviceWorker.addEventListener("message", listen);
+        });
+        navigator.serviceWorker.controller.postMessage({ kind: {}, uuid: "bad-1" });
+        const post = (body) => fetch("v1/chat/completions", { method: "POST", body });
+        const deep = await post('{"messages": ' + "[".repeat(600) + "]".repeat(600) + "}");
+        const streamText = await post(JSON.stringify({ messages: arg, stream: "false" }));
+        return { after: after.choices[0].finish_reason, thrown: await thrown,
+                 deep: [deep.status, (await deep.json()).error.param],
+                 streamText: [streamText.status, (await streamText.json()).error.param] };
+        """,
+        SHORT,
+    )
+    assert "error" not in out, (out, tab.console)
+    assert out == {
+        "after": "length",
+        "thrown": "UnknownMessageKindError",
+        "deep": [400, "body"],
+        "streamText": [400, "stream"],
+    }
+
+
 def test_the_service_worker_examples_answer(tab, sw_context, server, dist):
     # the JS page (the engine and the v1 endpoint), then PyScript through the Python proxy (worker_port.py's
     # JSServiceWorkerPort); both find the model loaded by the tests above

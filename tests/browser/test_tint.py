@@ -20,7 +20,7 @@ import pytest
 from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
 from webllm_py.kernels.probe import PROBE_WG_SIZES
-from webllm_py.kernels.registry import Kernels, Tier
+from webllm_py.kernels.registry import SUPER_BLOCK_FORMATS, GemvConfig, Kernels, Tier
 from webllm_py.kernels.tuning import CANDIDATES
 from webllm_py.model.quant import GGMLType
 
@@ -28,7 +28,23 @@ TIERS = [Tier(f16=False, subgroups=True), Tier(f16=False, subgroups=False)]
 # The engine's kernel shapes: defaults on GPUs, CPU adapters (SwiftShader, lavapipe) get 16-wide GEMV workgroups;
 # decode with the QKV projection inside attention (Kernels.fuse_attention) and 16-query flash attention tiles.
 TUNINGS = [{}, {"gemv_wg": 16, "gemm_wg": 64}, {"fuse_attention": True, "flash_queries": 16}]
-TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+TYPES = list(GGMLType)  # every weight format (weights.wgsl)
+EPILOGUE_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+# Products fused from matrices of different types (segmented weights): q/k/v of a Q4_K_M layer, of the fallback for
+# rows not a multiple of 256, of three types; gate/up of two.
+MIXED_QKV = [
+    (GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),
+    (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0),
+    (GGMLType.Q4_1, GGMLType.BF16, GGMLType.Q5_1),
+]
+MIXED_GATE_UP = [(GGMLType.Q4_K, GGMLType.Q6_K)]
+
+
+def in_features(*types: GGMLType) -> int:
+    """Input features a weight of these types can have in the variants below (K-quants: 256-weight super-blocks)."""
+    return 256 if any(t.name in SUPER_BLOCK_FORMATS for t in types) else 96
+
+
 HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
 
 
@@ -76,6 +92,9 @@ class RecordingDevice:
     async def idle(self) -> None:
         pass
 
+    async def read_storage(self, buffer, offset, size) -> bytes:
+        return b"\xff" * size  # e.g. the repack scan's flag: nothing found
+
     def destroy_buffer(self, buffer) -> None:
         pass
 
@@ -83,19 +102,21 @@ class RecordingDevice:
         pass
 
 
-def kernel_matrix_variants(kern: Kernels) -> None:
-    """Create the pipelines of every op over the define space the kernel tests cover."""
+def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
+    """Create the pipelines of every op over the define space the kernel tests cover. Epilogues, kernel shapes and
+    head sizes are crossed with EPILOGUE_TYPES; with ``all_formats`` every other format (its code is the same
+    functions of weights.wgsl in every variant) gets its repack, gather, GEMM, both decode kernels and fused
+    attention, and the segmented weights theirs."""
+    types = TYPES if all_formats else EPILOGUE_TYPES
     buf = kern.device.create_buffer(1 << 16, ops.STORAGE, "buf")
     state = kern.device.create_buffer(16, ops.STORAGE, "state")
-    for t in TYPES:
-        w = ops.alloc_weight(kern, t, 96, 96, "w")
-        kern.pipeline(
-            "repack.wgsl", WG=ops.REPACK_WG, SRC=t.name, **({"SCALES": 1} if w.s is not None else {})
-        )
+    for t in types:
+        w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
+        kern.pipeline("repack.wgsl", WG=ops.REPACK_WG, SRC=t.name)
         ops.embed(kern, w=w, tokens=buf, out=buf, state=state)
         for gemm in (False, True):
-            for norm in (None, buf):
-                for epi in ("STORE", "ADD", "SILU"):
+            for norm in (None, buf) if t in EPILOGUE_TYPES else (buf,):
+                for epi in ("STORE", "ADD", "SILU") if t in EPILOGUE_TYPES else ("STORE",):
                     ops.matmul(
                         kern, w=w, x=buf, out=buf, state=state, epi=epi, gemm=gemm, norm_w=norm, eps=1e-5
                     )
@@ -112,8 +133,8 @@ def kernel_matrix_variants(kern: Kernels) -> None:
             kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
             ml=buf, n_splits=4,
         )  # fmt: skip
-        for t in TYPES:
-            w = ops.alloc_weight(kern, t, 4 * hd, 96, "w")
+        for t in types if hd == 64 else EPILOGUE_TYPES:
+            w = ops.alloc_weight(kern, t, 4 * hd, in_features(t), "w")
             fused = ops.FusedQKV(w=w, x=buf, norm_w=buf, rope_freq=buf, rope_dims=hd, eps=1e-5)
             ops.attention(
                 kern, q=None, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
@@ -123,8 +144,8 @@ def kernel_matrix_variants(kern: Kernels) -> None:
     for cand in CANDIDATES:
         if cand.variant == "GEMV_SEG" and not kern.tier.subgroups:
             continue
-        for t in TYPES:
-            w = ops.alloc_weight(kern, t, 96, 96, "w")
+        for t in types if cand in (CANDIDATES[0], CANDIDATES[-1]) else EPILOGUE_TYPES:
+            w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
             ops.matmul(  # the LM head
                 kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
@@ -134,6 +155,23 @@ def kernel_matrix_variants(kern: Kernels) -> None:
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
                 attn_ml=buf, n_splits=4,
             )  # fmt: skip
+    # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).
+    shapes = [(True, None), (False, None)] if all_formats else []
+    if kern.tier.subgroups and all_formats:
+        shapes.append((False, GemvConfig("GEMV_SEG", 64, 16)))
+    for gemm, gemv in shapes:
+        for types in MIXED_QKV:
+            w, _ = ops.alloc_fused(kern, [(t, 32) for t in types], in_features(*types), "qkv")
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, gemv=gemv, norm_w=buf, eps=1e-5,
+                kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+            )  # fmt: skip
+        for types in MIXED_GATE_UP:
+            parts = [(t, 32) for t in types]
+            w, _ = ops.alloc_fused(kern, parts, in_features(*types), "gate_up", interleave=True)
+            ops.matmul(
+                kern, w=w, x=buf, out=buf, state=state, epi="SILU", gemm=gemm, gemv=gemv, norm_w=buf, eps=1e-5
+            )
     ops.Sampler(kern, logits=buf, tokens=buf, state=state, vocab=1000)
     if kern.tier.subgroups:  # the start-up subgroup layout probe (engine.load_engine)
         for wg in PROBE_WG_SIZES:
@@ -162,7 +200,7 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
         for tuning in TUNINGS:
             engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
             engine_variants(Kernels(engine_dev, tier, **tuning), model)
-            kernel_matrix_variants(Kernels(tests_dev, tier, **tuning))
+            kernel_matrix_variants(Kernels(tests_dev, tier, **tuning), all_formats=tuning == TUNINGS[0])
             for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
                 sources.setdefault(code, label)  # identical text is compiled once
             if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines

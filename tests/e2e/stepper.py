@@ -46,3 +46,19 @@ def greedy_steps(engine, prompt_ids: list[int], n: int, forced: list[int] | None
 
 def prompt_logits(engine, prompt_ids: list[int]) -> np.ndarray:
     return greedy_steps(engine, prompt_ids, 1)[1][0]
+
+
+def check_against_reference(engine, ref, prompt_ids: list[int], n: int, rel: float, name: str) -> list[int]:
+    """Greedy-decode ``n`` steps after the prompt and compare each step's logits with the numpy reference forward
+    pass ``ref.logits(context)`` (normalized error <= rel) and its token with the reference's argmax (unless the top
+    two are within 1e-3 relative: a near-tie). Returns our tokens."""
+    tokens, logits = greedy_steps(engine, prompt_ids, n)
+    context = list(prompt_ids)
+    for step, (tok, lg) in enumerate(zip(tokens, logits, strict=True)):
+        want = ref.logits(context)
+        err = np.linalg.norm(lg - want) / np.linalg.norm(want)
+        assert err <= rel, f"{name} step {step}: normalized error {err:.2e}"
+        top2 = np.sort(want)[-2:]
+        assert tok == int(np.argmax(want)) or top2[1] - top2[0] < 1e-3 * abs(top2[1]), f"{name} step {step}"
+        context.append(tok)
+    return tokens

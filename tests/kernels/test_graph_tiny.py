@@ -14,8 +14,8 @@ from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
+from ..e2e import stepper
 from ..e2e.reference import ReferenceLlama
-from ..e2e.stepper import greedy_steps
 from .tiny_llama import build_tiny_llama
 
 SHAPES = {
@@ -94,16 +94,8 @@ def check_against_reference(tiny, kern, *, fuse_attention: bool):
     assert "flash_attn" in engine.graph.roles(44, 256) and "flash_attn" not in engine.graph.roles(256, 0)
     rng = np.random.default_rng(1)
     prompt = [int(t) for t in rng.integers(3, engine.config.vocab_size, 300)]
-    tokens, logits = greedy_steps(engine, prompt, 4)
     rel = 2e-2 if kern.tier.f16 else 2e-4  # f16 tier: K/V rounded to f16
-    context = list(prompt)
-    for step, (tok, lg) in enumerate(zip(tokens, logits, strict=True)):
-        want = ref.logits(context)
-        err = np.linalg.norm(lg - want) / np.linalg.norm(want)
-        assert err <= rel, f"{name} step {step}: normalized error {err:.2e}"
-        top2 = np.sort(want)[-2:]
-        assert tok == int(np.argmax(want)) or top2[1] - top2[0] < 1e-3 * abs(top2[1]), f"{name} step {step}"
-        context.append(tok)
+    tokens = stepper.check_against_reference(engine, ref, prompt, 4, rel, name)
     # The real decode loop (read one step behind) produces the same tokens.
     gen = engine.generate(prompt, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
 

@@ -9,9 +9,35 @@ from webllm_py.kernels import ops
 from webllm_py.model.quant import GGMLType
 
 from .conftest import assert_close, download, state_buffer, upload, zeros
-from .quantize import dequantize, quantize
+from .quantize import K_TYPES, dequantize, quantize
 
-TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+LEGACY = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16, GGMLType.F32]
+NEW = [GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.BF16]
+TYPES = LEGACY + NEW
+
+
+def sizes(ggml_type, n_sizes=3):
+    """(rows, K) to test a type on: odd row counts (not a multiple of any tile), several blocks per row; K a multiple
+    of 256 for K-quants (two super-blocks: the last Q6_K group of 64 blocks is partly filled)."""
+    if ggml_type in K_TYPES:
+        return [(37, 512), (6, 256), (75, 256)][:n_sizes]
+    return [(37, 96), (75, 160), (6, 32)][:n_sizes]
+
+
+# Kernel shapes: decode GEMV (tokens m; the step's last one is computed) and the prefill GEMM's two workgroups: four
+# groups splitting K (GPUs) and one (CPU adapters).
+SHAPES = [
+    ("GEMV", 0, 1),
+    ("GEMV", 0, 3),
+    ("GEMM", 256, 1),
+    ("GEMM", 256, 5),
+    ("GEMM", 64, 5),
+    ("GEMM", 256, 33),
+]
+SHAPES += [("GEMM", 64, 33), ("GEMM", 256, 70), ("GEMM", 64, 70)]
+NEW_SHAPES = SHAPES[:2] + [s for s in SHAPES if s[0] == "GEMM" and s[2] in (5, 70)]
+STORE_CASES = [(t, n, k, s) for t in LEGACY for n, k in sizes(t) for s in SHAPES]
+STORE_CASES += [(t, n, k, s) for t in NEW for n, k in sizes(t, 2) for s in NEW_SHAPES]
 
 
 @pytest.fixture(params=[256, 64], ids=lambda wg: f"gemm{wg}")
@@ -35,19 +61,28 @@ def make_weight(kern, rng, ggml_type, n, k, *, interleave=None):
     return weight, ref
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n,k", [(37, 96), (75, 160), (6, 32)])
-@pytest.mark.parametrize("gemm,m", [(False, 1), (False, 3), (True, 1), (True, 5), (True, 33), (True, 70)])
-def test_matmul_store(kern, gemm_wg, ggml_type, n, k, gemm, m):
-    check_store(kern, ggml_type, n, k, gemm, m)
+@pytest.mark.parametrize(
+    "ggml_type,n,k,shape",
+    STORE_CASES,
+    ids=lambda v: (
+        v.name
+        if isinstance(v, GGMLType)
+        else (f"{v[0]}{v[1] or ''}-m{v[2]}" if isinstance(v, tuple) else str(v))
+    ),
+)
+def test_matmul_store(kern, ggml_type, n, k, shape):
+    kind, wg, m = shape
+    if wg:
+        kern.gemm_wg = wg
+    check_store(kern, ggml_type, n, k, kind == "GEMM", m)
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("variant,wg,seg", [("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)])
 def test_gemv_variants(kern, ggml_type, variant, wg, seg):
     kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg
-    check_store(kern, ggml_type, 37, 96, False, 2)
-    check_store(kern, ggml_type, 6, 32, False, 1)
+    for n, k in sizes(ggml_type, 2):
+        check_store(kern, ggml_type, n, k, False, 2)
 
 
 def check_store(kern, ggml_type, n, k, gemm, m):
@@ -103,21 +138,41 @@ def test_matmul_norm_add(kern, gemm_wg, ggml_type, gemm, m, gemv):
         assert_close(got[:1], (want[m - 1] - resid[m - 1] + resid[0])[None], REL, "norm+add")
 
 
-@pytest.mark.parametrize("gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, "")])
-def test_matmul_silu(kern, gemm_wg, gemm, m, gemv):
-    """Gate and up rows interleaved by the repack (dst rows 2i and 2i+1); out = silu(gate) * up."""
-    kern.gemv_variant = gemv or kern.gemv_variant
-    n_ff, k = 37, 64
-    rng = np.random.default_rng(11)
-    gate = rng.standard_normal((n_ff, k)).astype(np.float32)
-    up = rng.standard_normal((n_ff, k)).astype(np.float32)
-    t = GGMLType.Q4_0
-    weight = ops.alloc_weight(kern, t, 2 * n_ff, k, "gateup")
+def fused_weight(kern, rng, parts, k, *, interleave=False):
+    """Matrices of the given (GGUF type, rows), fused into one weight through ops.alloc_fused (segments where types
+    differ) and the repack kernel; returns the weight and their dequantized references."""
+    weight, places = ops.alloc_fused(kern, [(t, n) for t, n in parts], k, "fused", interleave=interleave)
     rep = ops.Repacker(kern)
-    rep.upload(weight, t, quantize(gate, t), n_ff, dst_row0=0, dst_row_step=2)
-    rep.upload(weight, t, quantize(up, t), n_ff, dst_row0=1, dst_row_step=2)
-    g_ref = dequantize(quantize(gate, t), t, gate.shape).astype(np.float64)
-    u_ref = dequantize(quantize(up, t), t, up.shape).astype(np.float64)
+    refs = []
+    for (t, n), place in zip(parts, places, strict=True):
+        raw = quantize(rng.standard_normal((n, k)).astype(np.float32), t)
+        rep.upload(
+            weight, t, raw, n, segment=place.segment, dst_row0=place.dst_row0, dst_row_step=place.dst_row_step
+        )
+        refs.append(dequantize(raw, t, (n, k)).astype(np.float64))
+    return weight, refs
+
+
+# Gate/up of one type are interleaved by the repack (dst rows 2i and 2i + 1); of two types (not in llama.cpp's
+# standard mixes, but valid files) each keeps its format, even rows reading one segment and odd rows the other.
+SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (GGMLType.Q5_0, GGMLType.Q8_0)]
+
+
+@pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
+@pytest.mark.parametrize(
+    "gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, 256), (True, 9, 64)]
+)
+def test_matmul_silu(kern, types, gemm, m, gemv):
+    """out = silu(gate) * up, gate and up rows interleaved in one weight."""
+    if gemm:
+        kern.gemm_wg = gemv
+    else:
+        kern.gemv_variant = gemv
+    n_ff = 37
+    k = 256 if set(types) & set(K_TYPES) else 64
+    rng = np.random.default_rng(11)
+    weight, (g_ref, u_ref) = fused_weight(kern, rng, [(t, n_ff) for t in types], k, interleave=True)
+    assert len(weight.segments) == len(set(types))
     x = rng.standard_normal((m, k)).astype(np.float32)
     out = zeros(kern, m * n_ff * 4)
     launch = ops.matmul(
@@ -143,32 +198,43 @@ def rope_ref(v: np.ndarray, pos: np.ndarray, freqs: np.ndarray, head_dim: int) -
     return out.reshape(m, -1)
 
 
+QKV_SHAPES = [  # (gemm, tokens, position of the first, GEMV variant or GEMM workgroup)
+    (False, 1, 0, "GEMV"),
+    (False, 1, 517, "GEMV"),
+    (False, 1, 517, "GEMV_SEG"),
+    (True, 6, 0, 256),
+    (True, 6, 0, 64),
+    (True, 37, 300, 256),
+    (True, 37, 300, 64),
+]
+# q/k/v of one type, and mixes: a Q4_K_M layer (Q6_K v), the fallback of rows not a multiple of 256 (Q5_0 q/k,
+# Q8_0 v), three types (three segments).
+QKV_TYPES = [(GGMLType.Q8_0,) * 3] + [
+    (GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K),
+    (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0),
+    (GGMLType.Q4_1, GGMLType.BF16, GGMLType.Q5_1),
+]
+QKV_CASES = [(QKV_TYPES[0], *c) for c in QKV_SHAPES]
+QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
+
+
 @pytest.mark.parametrize(
-    "gemm,m,pos0,gemv",
-    [
-        (False, 1, 0, "GEMV"),
-        (False, 1, 517, "GEMV"),
-        (False, 1, 517, "GEMV_SEG"),
-        (True, 6, 0, ""),
-        (True, 37, 300, ""),
-    ],
+    "types,gemm,m,pos0,gemv",
+    QKV_CASES,
+    ids=lambda v: "+".join(t.name for t in v) if isinstance(v, tuple) else str(v),
 )
-def test_matmul_qkv_rope_kv_append(kern, gemm_wg, gemm, m, pos0, gemv):
+def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
-    kern.gemv_variant = gemv or kern.gemv_variant
-    n_heads, n_kv_heads, hd, k, max_ctx = 3, 1, 32, 64, 640
+    if gemm:
+        kern.gemm_wg = gemv
+    else:
+        kern.gemv_variant = gemv
+    n_heads, n_kv_heads, hd, max_ctx = 3, 1, 32, 640
+    k = 256 if set(types) & set(K_TYPES) else 64
     nq, nkv = n_heads * hd, n_kv_heads * hd
     rng = np.random.default_rng(pos0 + m)
-    t = GGMLType.Q8_0
-    mats = [rng.standard_normal((r, k)).astype(np.float32) for r in (nq, nkv, nkv)]
-    weight = ops.alloc_weight(kern, t, nq + 2 * nkv, k, "qkv")
-    rep = ops.Repacker(kern)
-    row0 = 0
-    refs = []
-    for mat in mats:
-        rep.upload(weight, t, quantize(mat, t), mat.shape[0], dst_row0=row0)
-        refs.append(dequantize(quantize(mat, t), t, mat.shape).astype(np.float64))
-        row0 += mat.shape[0]
+    weight, refs = fused_weight(kern, rng, list(zip(types, (nq, nkv, nkv), strict=True)), k)
+    assert len(weight.segments) == len({t: 0 for t in types})
     freqs = 10000.0 ** (-np.arange(0, hd, 2) / hd)
     x = rng.standard_normal((m, k)).astype(np.float32)
     q_out = zeros(kern, m * nq * 4)
@@ -262,3 +328,42 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg):
     s.use_partials(n_wg)
     kern.device.submit([s.launch.dispatch(1)])
     assert download(kern, tokens, np.uint32, 1)[0] == np.argmax(got) == 36
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_lm_head_every_format(kern, ggml_type):
+    """The LM head of every weight format: RMSNorm folded in, logits and the per-workgroup argmax partials (the two
+    decode kernels take turns over the formats; test_lm_head_argmax_partials covers ties in both)."""
+    variant, wg, seg = [("GEMV", 16, 0), ("GEMV_SEG", 32, 4)][TYPES.index(ggml_type) % 2]
+    kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
+    n, k = sizes(ggml_type, 1)[0]
+    n, m, eps = n + 38, 2, 1e-5  # 75 rows: the last workgroup is partly empty
+    rng = np.random.default_rng(int(ggml_type))
+    weight, ref = make_weight(kern, rng, ggml_type, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    nw = rng.standard_normal(k).astype(np.float32)
+    logits = zeros(kern, ops.Sampler.logits_bytes(n))
+    partials = zeros(kern, ops.Sampler.partials_bytes(n))
+    launch = ops.matmul(
+        kern,
+        w=weight,
+        x=upload(kern, x),
+        out=logits,
+        state=state_buffer(kern, 0, m),
+        epi="STORE",
+        norm_w=upload(kern, nw),
+        eps=eps,
+        argmax_out=partials,
+        gemm=False,
+    )
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, logits, np.float32, n)
+    xl = x[m - 1].astype(np.float64)
+    want = (xl / np.sqrt((xl**2).mean() + eps) * nw) @ ref.T.astype(np.float64)
+    assert_close(got, want, REL, f"LM head {ggml_type.name}")
+    rows = kern.gemv.rows_per_workgroup
+    n_wg = -(-n // rows)
+    pairs = download(kern, partials, np.uint32, 2 * n_wg).reshape(n_wg, 2)
+    for j in range(n_wg):
+        r = j * rows + int(np.argmax(got[j * rows : (j + 1) * rows]))
+        assert pairs[j, 1] == r and pairs[j, 0] == got[r : r + 1].view(np.uint32)[0], f"workgroup {j}"

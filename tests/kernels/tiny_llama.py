@@ -50,8 +50,11 @@ def build_tiny_llama(
     tied: bool = True,
     rope_base: float = 10000.0,
     rope_factors: bool = False,
+    tensor_types: dict[str, GGMLType] | None = None,
     seed: int = 0,
 ) -> Path:
+    """A tiny random Llama GGUF at ``path``. ``tensor_types`` overrides the type of single tensors by name (a
+    Q4_K_M-like mix: Q6_K ``blk.1.attn_v.weight`` beside Q4_K q/k)."""
     rng = np.random.default_rng(seed)
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     meta = gpt2_metadata(merges, pre="gpt2")
@@ -79,6 +82,7 @@ def build_tiny_llama(
     tensors = []
 
     def add(name: str, array: np.ndarray, ggml_type: GGMLType) -> None:
+        ggml_type = (tensor_types or {}).get(name, ggml_type)
         array = np.asarray(array, np.float32)
         shape = tuple(reversed(array.shape))  # GGUF lists the contiguous dimension first
         data = quantize(array.reshape(-1, array.shape[-1]), ggml_type)

@@ -51,6 +51,9 @@ class FakeTokenizer:
         bos = [self.bos_id] if add_bos is not False else []
         return bos + self.ids(list(text))  # one token per character: prompt length = len(text) + 1
 
+    def encode_parts(self, parts: list[tuple[str, bool]], add_bos: bool | None = None) -> list[int]:
+        return self.encode("".join(t for t, _ in parts), add_bos=add_bos)
+
     vocab_size = 1000  # ids the fake model could say (pieces get ids as they are first seen)
 
     def token_bytes(self, token_id: int) -> bytes:
@@ -69,10 +72,26 @@ class FakeChatTemplate:
     def __init__(self) -> None:
         self.rendered: list[list[dict]] = []
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: list[dict], *, add_generation_prompt: bool = True, template_kwargs: dict | None = None
+    ) -> str:
         self.rendered.append(messages)
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+        self.template_kwargs = template_kwargs
+
+        def content(m: dict) -> str:
+            c = m["content"]
+            return c if isinstance(c, str) else "\n".join(p["text"] for p in c)
+
+        text = "".join(f"{m['role']}: {content(m)}\n" for m in messages)
         return text + ("assistant: " if add_generation_prompt else "")
+
+    def render_parts(
+        self, messages: list[dict], *, add_generation_prompt: bool = True, template_kwargs: dict | None = None
+    ) -> list[tuple[str, bool]]:
+        text = self.render(
+            messages, add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs
+        )
+        return [(text, True)]
 
 
 class FakeGeneration:

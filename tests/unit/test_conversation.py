@@ -1,16 +1,17 @@
-"""Chat templates as data: our rendering must equal the real Jinja templates, byte for byte."""
+"""The recognized-template table (conversation.ChatTemplate, the fallback when jinja2 is not installed): its
+rendering must equal the real Jinja templates, byte for byte."""
 
 from __future__ import annotations
 
 import json
 import time
 from functools import cache
+from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
 import pytest
 
-from tests.unit import _tok_templates as T
 from webllm_py.conversation import (
     CHATML,
     LLAMA_2,
@@ -21,9 +22,31 @@ from webllm_py.conversation import (
     ZEPHYR,
     ChatTemplate,
     get_chat_template,
+    join_text_parts,
     recognize,
 )
-from webllm_py.errors import InvalidMessagesError, UnknownChatTemplateError
+from webllm_py.errors import InvalidMessagesError, UnknownChatTemplateError, UnsupportedFieldError
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "chat_templates"
+
+
+class T:
+    """The real templates of the families the table knows (tests/data/chat_templates/README.md says where from)."""
+
+    SMOLLM2 = (DATA / "smollm2.jinja").read_text()
+    LLAMA2 = (DATA / "llama-2.jinja").read_text()
+    LLAMA3 = (DATA / "llama-3.jinja").read_text()
+    LLAMA31 = (DATA / "llama-3.1.jinja").read_text()
+    LLAMA32 = (DATA / "llama-3.2.jinja").read_text()
+    QWEN25 = (DATA / "qwen2.5.jinja").read_text()
+    ZEPHYR = (DATA / "tinyllama-zephyr.jinja").read_text()
+    PHI35 = (DATA / "phi-3.5.jinja").read_text()
+    MISTRAL_NEMO = (DATA / "mistral-nemo.jinja").read_text()
+    # Generic ChatML, as many fine-tunes ship it (no default system prompt).
+    CHATML_PLAIN = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
 
 
 def _raise_exception(msg: str) -> None:
@@ -55,7 +78,7 @@ def plain(messages: list[dict]) -> list[dict]:
     out = []
     for m in messages:
         c = m["content"]
-        out.append({**m, "content": c if isinstance(c, str) else "".join(p["text"] for p in c)})
+        out.append({**m, "content": c if isinstance(c, str) else join_text_parts([p["text"] for p in c])})
     return out
 
 
@@ -109,7 +132,7 @@ FAMILIES = {
 def test_render_matches_jinja(family: str, conv: str, add_generation_prompt: bool) -> None:
     source, expected_template, bos, eos = FAMILIES[family]
     messages = CONVERSATIONS[conv]
-    template = get_chat_template(source)
+    template = recognize(source)
     if expected_template is not None:
         assert template == expected_template
     want = jinja_render(
@@ -124,7 +147,7 @@ def _first_diff(a: str, b: str) -> int:
 
 
 def test_smollm2_default_system_prompt() -> None:
-    t = get_chat_template(T.SMOLLM2)
+    t = recognize(T.SMOLLM2)
     assert t.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     text = t.render([U1])
     assert text == (
@@ -136,12 +159,12 @@ def test_smollm2_default_system_prompt() -> None:
 
 
 def test_plain_chatml_has_no_default_system() -> None:
-    assert get_chat_template(T.CHATML_PLAIN) == CHATML
+    assert recognize(T.CHATML_PLAIN) == CHATML
     assert CHATML.render([U1]).startswith("<|im_start|>user\n")
 
 
 def test_qwen_default_system_is_extracted() -> None:
-    t = get_chat_template(T.QWEN25)
+    t = recognize(T.QWEN25)
     assert t.default_system == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
@@ -168,18 +191,29 @@ def test_override_by_name_and_instance() -> None:
     assert custom.render([U1, A1]) == "U: What is the capital of France?\nA: Paris.\n"
 
 
-def test_unknown_template_error_says_how_to_fix() -> None:
+def test_unknown_template_error_says_how_to_fix(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(
+        sys.modules, "jinja2", None
+    )  # the table is the fallback when jinja2 cannot be imported
     with pytest.raises(UnknownChatTemplateError) as e:
         get_chat_template(T.MISTRAL_NEMO)
     msg = str(e.value)
     assert repr(T.MISTRAL_NEMO[:200]) in msg
-    assert "chat_template=" in msg
+    assert "chat_template=" in msg and "jinja2" in msg
     for name in TEMPLATES:
         assert name in msg
     with pytest.raises(UnknownChatTemplateError, match="no tokenizer.chat_template"):
         get_chat_template(None)
-    with pytest.raises(UnknownChatTemplateError, match="'nope' is not a template name"):
+    with pytest.raises(UnknownChatTemplateError, match="'nope' is neither a template name"):
         get_chat_template(T.SMOLLM2, "nope")
+
+
+def test_table_takes_no_template_kwargs() -> None:
+    with pytest.raises(UnsupportedFieldError) as e:
+        CHATML.render([U1], template_kwargs={"enable_thinking": False})
+    assert e.value.field == "chat_template_kwargs" and "install jinja2" in str(e.value)
 
 
 def test_rejects_unknown_role() -> None:
@@ -208,13 +242,13 @@ def test_tool_results_render_as_jinja(family: str, conv: str) -> None:
     source, _, bos, eos = FAMILIES[family]
     messages = TOOL_CONVERSATIONS[conv]
     want = jinja_render(source, plain(messages), bos=bos, eos=eos, add_generation_prompt=True)
-    got = get_chat_template(source).render(messages)
+    got = recognize(source).render(messages)
     assert got == want, f"{family}/{conv}: first difference at {_first_diff(got, want)}:\n{got!r}\n{want!r}"
 
 
 @pytest.mark.parametrize("family", ["llama-2", "zephyr"])
 def test_templates_without_a_tool_role_name_themselves(family: str) -> None:
-    template = get_chat_template(FAMILIES[family][0])
+    template = recognize(FAMILIES[family][0])
     with pytest.raises(InvalidMessagesError) as e:
         template.render([U1, A1, T1])
     assert e.value.field == "messages[2].role" and f"the {template.name} chat template" in str(e.value)
@@ -225,7 +259,7 @@ def test_templates_without_a_tool_role_name_themselves(family: str) -> None:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_render_parts_join_to_render_and_flag_only_content(family: str) -> None:
-    template = get_chat_template(FAMILIES[family][0])
+    template = recognize(FAMILIES[family][0])
     messages = CONVERSATIONS["system_multi"]
     parts = template.render_parts(messages)
     assert "".join(t for t, _ in parts) == template.render(messages)
@@ -236,7 +270,7 @@ def test_render_parts_join_to_render_and_flag_only_content(family: str) -> None:
 
 
 def test_default_system_prompt_is_template_text() -> None:
-    parts = get_chat_template(T.SMOLLM2).render_parts([U1])
+    parts = recognize(T.SMOLLM2).render_parts([U1])
     assert ("You are a helpful AI assistant named SmolLM, trained by Hugging Face", True) in parts
 
 

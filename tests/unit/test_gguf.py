@@ -69,9 +69,39 @@ def test_truncated_anywhere(cut):
 
 
 def test_unsupported_tensor_type_names_it():
-    data = build_gguf(META, [("q6k.weight", (256, 1), 14, bytes(210))])
-    e = raises(data, "'q6k.weight'", "F32, F16, Q4_0, Q4_1, Q8_0", "ggml type id 14")
+    data = build_gguf(META, [("q2k.weight", (256, 1), 10, bytes(84))])
+    e = raises(
+        data, "'q2k.weight'", "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K", "type id 10"
+    )
     assert e.offset > 0
+
+
+@pytest.mark.parametrize(
+    "ggml_type,block_bytes",
+    [
+        (GGMLType.Q5_0, 22),
+        (GGMLType.Q5_1, 24),
+        (GGMLType.Q4_K, 144),
+        (GGMLType.Q5_K, 176),
+        (GGMLType.Q6_K, 210),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_k_quant_and_q5_tensors_parse_and_rows_must_be_whole_blocks(ggml_type, block_bytes):
+    block = 256 if ggml_type.name.endswith("_K") else 32
+    data = build_gguf(META, [("w.weight", (2 * block, 3), int(ggml_type), bytes(6 * block_bytes))])
+    t = GGUFFile.from_bytes("k.gguf", data).tensor("w.weight")
+    assert (t.ggml_type, t.n_rows, t.row_bytes, t.nbytes) == (ggml_type, 3, 2 * block_bytes, 6 * block_bytes)
+    short = build_gguf(META, [("w.weight", (block // 2, 3), int(ggml_type), bytes(3 * block_bytes))])
+    raises(
+        short, f"row length of 'w.weight' to be a multiple of {block} for {ggml_type.name}", str(block // 2)
+    )
+
+
+def test_bf16_tensor_parses_and_dequantizes():
+    data = build_gguf(META, [("n.weight", (4,), 30, bytes.fromhex("803f 00c0 003f 5040".replace(" ", "")))])
+    g = GGUFFile.from_bytes("bf16.gguf", data)
+    assert dequantize_row(GGMLType.BF16, g.tensor_bytes("n.weight")) == [1.0, -2.0, 0.5, 3.25]
 
 
 def test_unknown_metadata_type():

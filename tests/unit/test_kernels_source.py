@@ -51,6 +51,15 @@ def test_preprocess_defines_includes_and_branches():
     assert "let b = 1;" in out and "let a" not in out and "fast();" not in out
 
 
+def test_preprocess_if_any_of_several_comparisons():
+    src = {"k.wgsl": "#if SRC == A || SRC == B\nab();\n#else\nother();\n#endif\n"}
+    assert "ab();" in preprocess("k.wgsl", {"SRC": "B"}, sources=src)
+    assert "other();" in preprocess("k.wgsl", {"SRC": "C"}, sources=src)
+    assert "ab();" in preprocess("k.wgsl", {"SRC": "A"}, sources=src)
+    with pytest.raises(PreprocessError, match="joined by"):
+        preprocess("k.wgsl", {}, sources={"k.wgsl": "#if SRC == A ||\n#endif\n"})
+
+
 def test_preprocess_emits_enables_per_host():
     src = {"k.wgsl": "fn f() {}\n"}
     assert preprocess("k.wgsl", {"F16": 1, "SUBGROUPS": 1}, sources=src).startswith("enable f16;\nfn")

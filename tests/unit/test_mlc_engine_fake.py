@@ -146,8 +146,12 @@ def test_non_streaming_completion(world):
     assert isinstance(reply, webllm_py.ChatCompletion)
     assert reply.choices[0].message.content == "Hello there!" and reply.choices[0].finish_reason == "stop"
     assert reply.model == "fake-model" and reply.id.startswith("chatcmpl-")
+    # Text parts reach the template as parts (a template that loops over them gets them one by one).
     assert fake.chat_template.rendered == [
-        [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}]
+        [
+            {"role": "system", "content": "Be nice."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ]
     ]
     prompt = fake.tokenizer.encoded[0]
     assert prompt == "system: Be nice.\nuser: Hi\nassistant: "

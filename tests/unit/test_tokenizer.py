@@ -352,3 +352,62 @@ def test_spm_equals_llama_cpp_on_synthetic_vocabulary() -> None:
         assert tok.encode(text, add_bos=False, parse_special=False) == case["ids_plain"], text
     for i, hexed in enumerate(data["pieces_special"]):
         assert tok.token_bytes(i) == bytes.fromhex(hexed), (i, vocab["tokens"][i])
+
+
+# ---- llama.cpp's rules for special tokens by text (llama-vocab.cpp) -------------------------------------------------
+
+
+def test_end_of_generation_texts_become_control_and_end_generation() -> None:
+    # "</s>" and the FIM pad / repo / file-separator tokens, written as ordinary tokens by a converter.
+    tok = make(user_defined=("</s>", "<|fim_pad|>", "<|file_sep|>", "<|fim_prefix|>"))
+    ids = {t: tok.token_to_id(t) for t in ("</s>", "<|fim_pad|>", "<|file_sep|>", "<|fim_prefix|>")}
+    assert all(tok.is_special(i) for i in ids.values())
+    assert {ids["</s>"], ids["<|fim_pad|>"], ids["<|file_sep|>"]} <= tok.eot_ids
+    assert ids["<|fim_prefix|>"] not in tok.eot_ids  # control, but it does not end generation
+    assert ids["</s>"] not in tok.encode("a</s>", parse_special=False)  # now found only with special parsing
+    assert "</s>" in tok.control_texts
+
+
+def test_harmony_end_is_not_an_end_of_generation() -> None:
+    tok = make(user_defined=("<|end|>", "<|return|>", "<|call|>"))
+    end = tok.token_to_id("<|end|>")
+    assert end not in tok.eot_ids and not tok.is_special(end)
+    assert tok.token_to_id("<|return|>") in tok.eot_ids
+
+
+def test_llama3_pre_tokenizer_adds_bos_unless_the_gguf_says_not() -> None:
+    def without_key(pre: str) -> Tokenizer:
+        meta = gpt2_metadata(MERGES, pre=pre)
+        del meta["tokenizer.ggml.add_bos_token"]
+        return Tokenizer.from_gguf(meta)
+
+    assert without_key("llama-bpe").add_bos is True and without_key("qwen2").add_bos is False
+    assert make(pre="llama-bpe").add_bos is False  # the GGUF's add_bos_token = false wins
+
+
+def test_phi3_drops_whitespace_after_special_tokens() -> None:
+    phi = make(extra={"general.name": "Phi3 mini"})
+    other = make()
+    text = "<|im_start|> \n hello<|im_end|>\n\n<|endoftext|> x"
+    assert texts(phi, phi.encode(text)) == ["<|im_start|>", "hello", "<|im_end|>", "<|endoftext|>", "Ġ", "x"]
+    assert texts(other, other.encode(text))[1] != "hello"
+    # across the parts of a chat prompt too, so the ids equal the whole text's
+    parts = [("<|im_start|>", True), (" \n", False), (" hello", False), ("<|im_end|>\n", True)]
+    assert phi.encode_parts(parts) == phi.encode("".join(t for t, _ in parts))
+
+
+def test_tekken_splits_case_runs_in_ascii_only_as_llama_cpp() -> None:
+    # llama.cpp runs tekken's regex over collapsed text: a non-ASCII letter counts as upper and lower case at once.
+    assert pre_tokenize("HTTPServer CamelCase ÉCOLE naïve 123", "tekken") == [
+        "HTTPServer",
+        " Camel",
+        "Case",
+        " É",
+        "COLE",
+        " naïve",
+        " ",
+        "1",
+        "2",
+        "3",
+    ]
+    assert pre_tokenize("a/b\r\n/c  x\u0301", "tekken") == ["a", "/b", "\r\n", "/c", " ", " x", "\u0301"]

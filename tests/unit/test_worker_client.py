@@ -535,11 +535,13 @@ process.exit(0);
 """
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
-def test_js_proxy_against_the_python_handler(world, tmp_path):
-    world.knobs.script = ALPHABET
+def drive_js_proxy(
+    world, tmp_path, driver_source: str, handler_class=WorkerHandler
+) -> tuple[dict, list[dict]]:
+    """Run a Node driver (web/webllm_py.js over a stdio Worker) against a Python handler: returns the driver's
+    RESULT object and every message it sent."""
     driver = tmp_path / "driver.mjs"
-    driver.write_text(NODE_DRIVER)
+    driver.write_text(driver_source)
 
     async def go():
         node = await asyncio.create_subprocess_exec(
@@ -550,7 +552,7 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
         def post(message: dict) -> None:
             node.stdin.write((json.dumps(message) + "\n").encode())
 
-        handler = WorkerHandler(MLCEngine(app_config=world.config), post)
+        handler = handler_class(MLCEngine(app_config=world.config), post)
         sent: list[dict] = []
         try:
             while line := (await node.stdout.readline()).decode():
@@ -565,7 +567,16 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
                 node.kill()
             await node.wait()
 
-    out, sent = run(go())
+    return run(go())
+
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt-get install nodejs)")
+
+
+@needs_node
+def test_js_proxy_against_the_python_handler(world, tmp_path):
+    world.knobs.script = ALPHABET
+    out, sent = drive_js_proxy(world, tmp_path, NODE_DRIVER)
     alphabet = "".join(ALPHABET)
     assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
     assert out["modelId"] == "fake-model"

@@ -654,7 +654,7 @@ def test_unknown_kinds_and_bad_envelopes(world, caplog):
     async def go():
         worker = Worker(world)
         unknown = await worker.ask("forwardTokensAndSample", {"inputIds": [1]})
-        await worker.handler.on_message({"kind": "reload", "content": {}})  # no uuid: nobody to answer
+        await worker.handler.on_message({"kind": "reload", "content": {}})  # no uuid: answered under ""
         await worker.handler.on_message("not a dict")
         await worker.handler.join()
         return worker, unknown
@@ -663,7 +663,11 @@ def test_unknown_kinds_and_bad_envelopes(world, caplog):
         worker, unknown = run(go())
     assert unknown["kind"] == "throw" and unknown["content"]["name"] == "UnknownMessageKindError"
     assert "interruptGenerate" in unknown["content"]["message"]  # it lists what is understood
-    assert worker.outbox.empty() and "without a uuid" in caplog.text
+    anonymous = [worker.outbox.get_nowait() for _ in range(2)]
+    assert [(m["kind"], m["uuid"], m["content"]["name"]) for m in anonymous] == [
+        ("throw", "", "UnknownMessageKindError")
+    ] * 2
+    assert "not a dict" in anonymous[1]["content"]["message"] and "without a usable uuid" in caplog.text
 
 
 def test_every_kind_has_a_method_and_the_kinds_are_webllms():
@@ -801,7 +805,7 @@ def test_js_null_stand_ins_mean_not_given(world):
         "modelId": None,
         "chatOpts": None,
     }
-    with pytest.raises(errors.UnknownMessageKindError, match="JSON data only") as e:
+    with pytest.raises(errors.InvalidJSONError, match="content.modelId.*JSON data only") as e:
         messages.parse_request({"kind": "reload", "uuid": "u", "content": {"modelId": object()}})
     assert e.value.uuid == "u"
 

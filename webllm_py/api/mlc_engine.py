@@ -4,10 +4,21 @@ One request at a time: the request path is validate (``protocol.py``) -> take th
 -> tokenize -> ``Engine.generate`` -> ``streaming.py`` turns ids into chunks. The lock is held by a non-streaming
 request until it returns, and by a stream until its generation ends or it is closed (``ChatCompletionStream``).
 
-WebLLM's known trap (mlc-ai/mlc-llm#3113): a consumer that ``break``s out of a stream and then makes another
-request waits forever on its own stream's lock. Here a new request from the task (or, for ``MLCEngineSync``, the
-thread) that owns an open stream, made while that task is not reading it, closes that stream first: the owner
-cannot be reading it, and waiting could only deadlock.
+WebLLM's known trap (mlc-ai/mlc-llm#3113): a consumer that stops reading a stream and makes another request (or
+lets another task make one) waits forever on the stream's lock. Here a stream nobody reads any more lets go of its
+model, three ways, so it works in CPython and in Pyodide alike:
+
+1. The engine holds its open stream by a weak reference only, and nothing the stream owns refers back to it, so a
+   stream that its consumer dropped (a task that ended without closing it) is freed by reference counting at once
+   (the same in Pyodide, which is CPython); its finalizer closes it on its loop, which releases the model.
+2. A request that finds its model held by a stream nobody is reading runs the cycle collector once first: a stream
+   kept alive only by a reference cycle (a traceback, a closure) is finalized then, not whenever the collector
+   would get round to it.
+3. A request from the task (or, for ``MLCEngineSync``, the thread) that owns an open stream, made while that task
+   is not reading it, closes that stream first: the owner cannot be reading it, and waiting could only deadlock.
+
+A stream still referenced from live code (a list, a JS object holding a PyProxy of it) is a live stream: later
+requests wait for it, as for any request in progress.
 
 ``MLCEngineSync`` runs an ``MLCEngine`` on an event loop in a background thread, for plain scripts.
 """
@@ -16,14 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
+from webllm_py.conversation import parts_after
 from webllm_py.errors import (
     EngineNotLoadedError,
     InvalidFieldTypeError,
@@ -38,6 +52,7 @@ from webllm_py.protocol import (
     chat_options_per_model,
     check_chat_completion_request,
     check_completion_request,
+    check_token_ids,
 )
 from webllm_py.streaming import (
     StreamState,
@@ -53,7 +68,7 @@ from .chat import Chat, ChatCompletionStream, ChatSync, TextCompletions, TextCom
 from .types import ChatCompletion, ChatOptionsParam, Completion
 
 if TYPE_CHECKING:
-    from webllm_py.conversation import ChatTemplate
+    from webllm_py.conversation import AnyTemplate
     from webllm_py.engine import Engine, GenerationStats
 
 T = TypeVar("T")
@@ -105,7 +120,8 @@ class _Slot:
     engine: Engine
     record: ModelRecord
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # FIFO: asyncio wakes waiters in arrival order
-    active_stream: ChatCompletionStream | None = None
+    # The open stream, weakly: a stream its consumer dropped must be collectable (see the module docstring).
+    stream_ref: weakref.ref[ChatCompletionStream] | None = None
     generation: Any = None  # the running engine Generation, for interruptGenerate()
     last_state: StreamState = field(default_factory=StreamState)  # getMessage()
     last_stats: GenerationStats | None = None  # runtimeStatsText()
@@ -117,6 +133,10 @@ class _Slot:
     conversation_text: str = ""
     conversation_ids: list[int] | None = None
     pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
+
+    @property
+    def active_stream(self) -> ChatCompletionStream | None:
+        return self.stream_ref() if self.stream_ref is not None else None
 
 
 class MLCEngine:
@@ -156,11 +176,11 @@ class MLCEngine:
         model_id: str | Sequence[str],
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
-        """Unload every model, then fetch (or find in the cache) and load ``model_id`` (one id, or a list: all of
-        them, one after another, each with its own KV cache).
+        """Fetch (or find in the cache) ``model_id`` (one id, or a list of them), then unload every model and load
+        those, one after another, each with its own KV cache.
 
         ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``chat_template``, and the model's sampling
         defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``),
@@ -193,13 +213,15 @@ class MLCEngine:
                     InitProgressReport(progress=fraction, timeElapsed=time.perf_counter() - start, text=text)
                 )
 
-        # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing.
+        # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing. Every file
+        # is found (or downloaded) before anything is unloaded: a model that is missing or fails to download loses
+        # nothing already loaded.
         async with self._loading:
+            paths = [await self._resolve_model(record, self.app_config, report) for record in records]
             await self._unload_all()
             from webllm_py.engine import load_engine  # the GPU stack is imported on first load only
 
-            for record in records:
-                gguf_path = await self._resolve_model(record, self.app_config, report)
+            for record, gguf_path in zip(records, paths, strict=True):
                 engine = await load_engine(record, gguf_path, device=self._device, progress=report)
                 self._slots[record.model_id] = _Slot(engine, record)
         report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
@@ -242,16 +264,23 @@ class MLCEngine:
         try:
             engine = slot.engine
             messages = [m.to_dict() for m in checked.messages]
-            text = engine.chat_template.render(messages, add_generation_prompt=True)
+            # Template text and message content stay apart: only the template's text may become control tokens,
+            # so a message that types "<|im_end|>" cannot end its own turn (conversation.py).
+            parts = engine.chat_template.render_parts(
+                messages, add_generation_prompt=True, template_kwargs=checked.template_kwargs
+            )
+            text = "".join(t for t, _ in parts)
             # Multi-round chat: the KV cache is reused only when this request extends the conversation it holds
             # (everything but the new last message is that conversation, the model's reply included). Then only
             # the new turn's text is tokenized, after the conversation's ids.
             reuse = slot.conversation is not None and checked.messages[:-1] == slot.conversation
             if reuse and slot.conversation_ids is not None and text.startswith(slot.conversation_text):
-                new_turn = engine.tokenizer.encode(text[len(slot.conversation_text) :], add_bos=False)
+                new_turn = engine.tokenizer.encode_parts(
+                    parts_after(parts, len(slot.conversation_text)), add_bos=False
+                )
                 prompt_ids = slot.conversation_ids + new_turn
             else:
-                prompt_ids = engine.tokenizer.encode(text)
+                prompt_ids = engine.tokenizer.encode_parts(parts)
             slot.pending = (text, prompt_ids, frozenset())
             return await self._run(slot, checked.config, prompt_ids, reuse, owner, checked.messages)
         except BaseException:
@@ -267,10 +296,12 @@ class MLCEngine:
             engine = slot.engine
             prompt = checked.prompt
             if isinstance(prompt, str):
-                prompt_ids = engine.tokenizer.encode(prompt)
+                # Control-token text in a prompt stays text unless the caller asked for parse_special.
+                prompt_ids = engine.tokenizer.encode(prompt, parse_special=checked.parse_special)
                 prompt_text = prompt
             else:
                 prompt_ids = list(prompt)
+                check_token_ids(prompt_ids, engine.tokenizer.vocab_size, "prompt")  # before decoding them
                 prompt_text = engine.tokenizer.decode(prompt_ids)
             # A raw prompt is not a conversation: as in WebLLM, the KV cache starts over.
             slot.conversation = slot.conversation_ids = slot.pending = None
@@ -298,13 +329,15 @@ class MLCEngine:
             if text:
                 chunks = completion_chunks(chunks, echo=text_echo)
 
-            def release() -> None:
-                if slot.active_stream is stream:
-                    slot.active_stream = None
+            ref: weakref.ref[ChatCompletionStream] | None = None
+
+            def release() -> None:  # refers to the stream only weakly: a dropped stream must be collectable
+                if slot.stream_ref is ref:
+                    slot.stream_ref = None
                 self._release(slot, generation, messages)
 
             stream = ChatCompletionStream(chunks, generation, on_release=release, owner=owner)
-            slot.active_stream = stream
+            ref = slot.stream_ref = weakref.ref(stream)
             return stream
 
         replies: list[ChatCompletion] = []
@@ -327,14 +360,24 @@ class MLCEngine:
         async with self._loading:
             pass
         slot = self._route(model)
-        stale = slot.active_stream
-        if stale is not None and stale.owner == owner and not stale.iterating:
-            await stale.aclose()  # abandoned by its owner, who is here asking again (see module docstring)
+        if slot.lock.locked():
+            await self._reclaim_abandoned(slot, owner)
         await slot.lock.acquire()
         if self._slots.get(slot.record.model_id) is not slot:  # unloaded while this request queued
             slot.lock.release()
             return await self._acquire(model, owner)
         return slot
+
+    async def _reclaim_abandoned(self, slot: _Slot, owner: object) -> None:
+        """The model is busy: if a stream nobody reads holds it, let it go (ways 2 and 3 of the module docstring)."""
+        stale = slot.active_stream
+        if stale is None or stale.iterating:
+            return  # a non-streaming request, or a stream being read: wait for it
+        if stale.owner == owner:
+            await stale.aclose()  # abandoned by its owner, who is here asking again
+            return
+        del stale  # this frame must not be what keeps it alive
+        gc.collect()  # finalizes a stream held only by a reference cycle: its __del__ schedules its close
 
     def _route(self, model: str | None) -> _Slot:
         if not self._slots:
@@ -497,7 +540,7 @@ async def CreateMLCEngine(
     init_progress_callback: InitProgressCallback | None = None,
     app_config: AppConfig | None = None,
     chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
-    chat_template: str | ChatTemplate | None = None,
+    chat_template: str | AnyTemplate | None = None,
     context_window_size: int | None = None,
     device: Any = None,
 ) -> MLCEngine:
@@ -523,7 +566,7 @@ class MLCEngineSync:
         init_progress_callback: InitProgressCallback | None = None,
         app_config: AppConfig | None = None,
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
         device: Any = None,
     ):
@@ -564,7 +607,7 @@ class MLCEngineSync:
         model_id: str | Sequence[str],
         chat_opts: ChatOptionsParam | Sequence[ChatOptionsParam] | None = None,
         *,
-        chat_template: str | ChatTemplate | None = None,
+        chat_template: str | AnyTemplate | None = None,
         context_window_size: int | None = None,
     ) -> None:
         self._call(

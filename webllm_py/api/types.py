@@ -64,6 +64,9 @@ class ChatCompletionCreateParams(TypedDict, total=False):
     stop: str | list[str]  # up to 4; the reply is cut before the first one
     n: int  # [1, 128] choices; 1 when streaming
     ignore_eos: bool  # WebLLM extension: generate to max_tokens, past end-of-turn
+    chat_template_kwargs: dict[
+        str, Any
+    ]  # vLLM's: variables for the model's Jinja template ({"enable_thinking": False})
     extra_body: dict[str, Any]  # merged into the request (enable_latency_breakdown, top_k...)
 
 
@@ -333,6 +336,9 @@ class CompletionCreateParams(TypedDict, total=False):
     stop: str | list[str]
     n: int
     ignore_eos: bool
+    parse_special: (
+        bool  # control-token texts in the prompt become control tokens (off: the prompt is plain text)
+    )
     extra_body: dict[str, Any]
 
 

@@ -255,6 +255,28 @@ def _adapter_info(adapter: wgpu.GPUAdapter) -> AdapterInfo:
     )
 
 
+def _best_adapter(power_preference: str):
+    """The adapter to run on: GPUs before CPU rasterizers, and a native backend (Vulkan, Metal, D3D12) before
+    OpenGL, which wgpu-native also offers on Linux but without shader-f16 or subgroups. ``request_adapter`` alone
+    was seen to return lavapipe's OpenGL twin instead of its Vulkan adapter on a loaded CI machine."""
+    kinds = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
+    if power_preference == "low-power":
+        kinds["IntegratedGPU"], kinds["DiscreteGPU"] = 0, 1
+
+    def rank(adapter) -> tuple[int, int]:
+        info = adapter.info
+        backend = str(info.get("backend_type", ""))
+        return (kinds.get(str(info.get("adapter_type", "Unknown")), 3), 1 if backend == "OpenGL" else 0)
+
+    try:
+        adapters = list(wgpu.gpu.enumerate_adapters_sync())
+    except AttributeError:  # an old wgpu without enumeration: let it choose
+        adapters = []
+    if adapters:
+        return min(adapters, key=rank)
+    return wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+
+
 async def open_device(
     *,
     power_preference: str = "high-performance",
@@ -270,7 +292,7 @@ async def open_device(
     WebGPU's default limits instead of the adapter's maximum, to check kernels against the browser baseline.
     ``extra_features`` are requested as well (e.g. timestamp queries for profiling tools).
     """
-    adapter = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+    adapter = _best_adapter(power_preference)
     if adapter is None:
         raise WebGPUNotAvailableError(
             "no WebGPU adapter found: install a Vulkan driver (on Linux without a GPU: `apt-get install "

@@ -21,7 +21,7 @@ from pyodide.ffi import create_proxy
 
 from ..worker.local_endpoint import EventStream, LocalEndpoint
 from ..worker.service_worker import ServiceWorkerMLCEngineHandler, create_service_worker_handler
-from .worker_port import from_js_json, to_js_json
+from .worker_port import from_js_json, js_uuid, to_js_json
 
 handler: ServiceWorkerMLCEngineHandler | None = None
 endpoint: LocalEndpoint | None = None
@@ -54,8 +54,15 @@ def _handler() -> ServiceWorkerMLCEngineHandler:
 
 
 async def on_message(client_id: str, data: Any) -> None:
-    """Handle one message from ``client_id``; returns when it has been answered."""
-    task = await _handler().on_client_message(str(client_id), from_js_json(data))
+    """Handle one message from ``client_id``; returns when it has been answered. Never raises: a message that is
+    not JSON (nested too deep, cyclic) is answered with a ``throw`` under its uuid."""
+    handler = _handler()
+    try:
+        message = from_js_json(data)
+    except Exception as e:
+        handler.reject(str(client_id), e, js_uuid(data))
+        return
+    task = await handler.on_client_message(str(client_id), message)
     if task is not None:
         await task
 

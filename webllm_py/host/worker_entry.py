@@ -12,8 +12,8 @@ The handler module's contract (``webllm_py.worker.handler`` in production; tests
     class Handler:
         async def on_message(self, msg: dict) -> None: ...           # called for every message, in arrival order
 
-An exception that escapes ``on_message`` is a bug in the handler; it is posted as ``{"kind": "throw", "uuid":
-msg.get("uuid", ""), "content": {"name": ..., "message": ...}}`` so the page does not wait forever.
+A message that cannot be converted (not JSON: nested too deep, cyclic) is answered with a ``throw`` under its uuid,
+as is an exception that escapes ``on_message`` (a bug in the handler), so the page never waits forever.
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 import js
-from pyodide.ffi import JsProxy, create_proxy
+from pyodide.ffi import create_proxy
+
+from ..worker.messages import error_to_content, make_message
+from .worker_port import from_js_json, js_uuid
+
+log = logging.getLogger("webllm_py")
 
 DEFAULT_HANDLER = "webllm_py.worker.handler"
 
@@ -37,13 +43,8 @@ _listener = None  # the create_proxy'd onmessage function (kept alive for the wo
 
 def post(obj: dict[str, Any]) -> None:
     """Send ``obj`` to the page as plain JSON values: dicts become objects, lists arrays, None null (OpenAI's shapes
-    say ``"finish_reason": null``, which ``to_js`` would turn into undefined)."""
-    js.postMessage(js.JSON.parse(json.dumps(obj)))
-
-
-def to_python(data: Any) -> Any:
-    """A message's ``event.data`` as Python values: JSON objects become dicts and null None (not ``jsnull``)."""
-    return json.loads(js.JSON.stringify(data)) if isinstance(data, JsProxy) else data
+    say ``"finish_reason": null``, which ``to_js`` would turn into undefined). NaN is refused (not JSON)."""
+    js.postMessage(js.JSON.parse(json.dumps(obj, allow_nan=False)))
 
 
 def start(
@@ -62,18 +63,22 @@ def start(
     else:
         handler = create(post_message)
 
-    async def dispatch(msg: Any) -> None:
+    async def dispatch(data: Any) -> None:
+        uuid = ""
         try:
+            msg = from_js_json(data)  # a dict whose null is None (not jsnull); InvalidJSONError if not JSON
+            uuid = msg.get("uuid", "") if isinstance(msg, dict) else ""
             await handler.on_message(msg)
         except BaseException as exc:  # reported to the page, which would otherwise wait forever
             traceback.print_exc()
-            uuid = msg.get("uuid", "") if isinstance(msg, dict) else ""
-            post_message(
-                {"kind": "throw", "uuid": uuid, "content": {"name": type(exc).__name__, "message": str(exc)}}
-            )
+            uuid = uuid if isinstance(uuid, str) and uuid else js_uuid(data)
+            try:
+                post_message(make_message("throw", uuid, error_to_content(exc)))
+            except Exception:
+                log.exception("worker: could not post the error reply to %r", uuid)
 
     def onmessage(event: Any) -> None:
-        task = asyncio.ensure_future(dispatch(to_python(event.data)))
+        task = asyncio.ensure_future(dispatch(event.data))
         _tasks.add(task)
         task.add_done_callback(_tasks.discard)
 

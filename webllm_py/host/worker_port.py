@@ -21,20 +21,35 @@ import js
 from pyodide.ffi import JsProxy, create_proxy
 
 from ..config import AppConfig, ModelRecord
-from ..errors import EngineLostError, WebGPUNotAvailableError
+from ..errors import EngineLostError, InvalidJSONError, WebGPUNotAvailableError
+from ..protocol import loads_json
 
 
 def to_js_json(message: Any) -> Any:
     """A plain JS value equal to the JSON-able ``message``."""
-    return js.JSON.parse(json.dumps(message))
+    return js.JSON.parse(json.dumps(message, allow_nan=False))
 
 
-def from_js_json(value: Any) -> Any:
-    """A Python value equal to the JSON-able JS ``value`` (``None`` for ``undefined``)."""
+def from_js_json(value: Any, field: str = "message") -> Any:
+    """A Python value equal to the JSON-able JS ``value`` (``None`` for ``undefined``). What is not JSON (a cyclic
+    object, a BigInt, nesting deeper than ``protocol.MAX_JSON_DEPTH``) raises ``InvalidJSONError``, never a
+    RecursionError or a JS exception."""
     if not isinstance(value, JsProxy):
         return value  # numbers, strings, booleans and None arrive converted already
-    text = js.JSON.stringify(value)
-    return json.loads(text) if isinstance(text, str) else None
+    try:
+        text = js.JSON.stringify(value)
+    except Exception as e:  # JsException: TypeError (cycle, BigInt), RangeError (the JS stack)
+        raise InvalidJSONError(field, f"cannot be written as JSON: {e}") from None
+    return loads_json(text, field) if isinstance(text, str) else None
+
+
+def js_uuid(value: Any) -> str:
+    """The ``uuid`` of a JS message that could not be converted, to answer it under (``""`` if it has none)."""
+    try:
+        uuid = getattr(value, "uuid", None)
+    except Exception:
+        return ""
+    return uuid if isinstance(uuid, str) else ""
 
 
 class JSWorkerPort:

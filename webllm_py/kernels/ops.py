@@ -11,11 +11,11 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import DeviceLimitError, UnsupportedModelError
+from ..errors import CorruptWeightsError, DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Pipeline
 from ..model.quant import GGMLType
 from . import params
-from .registry import SCALED_FORMATS, UNITS_PER_BLOCK, WEIGHT_FORMAT, GemvConfig, Kernels
+from .registry import SUPER_BLOCK_FORMATS, WEIGHT_FORMAT, GemvConfig, Kernels, weight_nbytes
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
 GEMM_TILE = 32  # rows and tokens per GEMM workgroup
@@ -35,15 +35,35 @@ class Launch:
         return (self.pipeline, self.bind_group, x, y, z)
 
 
-@dataclass
-class Weight:
-    """A matrix W (n_rows, k) in the repacked layout of weights.wgsl."""
+@dataclass(frozen=True)
+class Segment:
+    """Rows of a Weight stored in one format (weights.wgsl): a matrix of its own inside the weight's buffer."""
 
-    fmt: str  # Q4 | Q8 | F16 | F32
+    fmt: str  # the GGUF type name of these rows (registry.WEIGHT_GROUPS)
+    n_rows: int  # rows it holds
+    first_row: int  # the Weight row its row 0 is ("range" rows); "parity" rows: 0 or 1
+    base: int  # where its groups start in Weight.q, in vec4<u32> words (16 bytes)
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A matrix W (n_rows, k) in the repacked layout of weights.wgsl, in one buffer.
+
+    Most weights are one segment of one format. A product fused from matrices of different GGUF types (q/k with a
+    differently quantized v; gate/up) keeps each type in a segment of its own, one dispatch for all (matmul.wgsl
+    W_SEGS): ``rows = "range"``: segment s holds rows [first_row, first_row + n_rows) (q/k/v stacked);
+    ``rows = "parity"``: segment 0 holds the even rows 2i, segment 1 the odd rows 2i + 1 (gate/up interleaved)."""
+
+    segments: tuple[Segment, ...]
     n_rows: int
-    k: int  # input features, a multiple of 32
-    q: Buffer  # (n_rows, k / 32, units) vec4<u32>
-    s: Buffer | None  # (n_rows, k / 32) u32 scales, Q4 and Q8 only
+    k: int  # input features, a multiple of 32 (of 256 for K-quants)
+    q: Buffer  # (sum over segments of whole groups,) vec4<u32>
+    rows: str = "range"  # how rows map to segments: "range" | "parity"
+
+    @property
+    def fmt(self) -> str:
+        """The format, or "A+B" for a segmented weight (labels, tuning keys)."""
+        return "+".join(s.fmt for s in self.segments)
 
     @property
     def k_blocks(self) -> int:
@@ -51,7 +71,17 @@ class Weight:
 
     @property
     def nbytes(self) -> int:
-        return self.q.size + (self.s.size if self.s is not None else 0)
+        return self.q.size
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where alloc_fused puts the rows of one of its parts: source row r goes to row dst_row0 + r * dst_row_step
+    of segment ``segment`` (the arguments of Repacker.upload)."""
+
+    segment: int
+    dst_row0: int
+    dst_row_step: int
 
 
 def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
@@ -63,29 +93,108 @@ def fold_grid(n_workgroups: int, limit: int = 65535) -> tuple[int, int, int]:
 
 
 def alloc_weight(kern: Kernels, ggml_type: GGMLType, n_rows: int, k: int, label: str) -> Weight:
-    fmt = WEIGHT_FORMAT[ggml_type.name]
+    """A weight of one format, for ``n_rows`` rows of ``k`` features (filled by Repacker.upload)."""
+    w, _ = alloc_fused(kern, [(ggml_type, n_rows)], k, label)
+    return w
+
+
+def alloc_fused(
+    kern: Kernels, parts: Sequence[tuple[GGMLType, int]], k: int, label: str, *, interleave: bool = False
+) -> tuple[Weight, list[Placement]]:
+    """One weight for matrices (GGUF type, rows) fused into one product: stacked, or with ``interleave`` their rows
+    alternated (row i of part j at i * len(parts) + j). Parts of one format share a segment (rows really stacked or
+    interleaved at repack); differing formats get segments of their own. Returns the weight and each part's
+    Placement."""
     if k % 32:
         raise ValueError(f"{label}: input features {k} must be a multiple of 32")
+    fmts = [WEIGHT_FORMAT[t.name] for t, _ in parts]
+    for fmt in set(fmts) & set(SUPER_BLOCK_FORMATS):
+        if k % 256:
+            raise UnsupportedModelError(
+                f"{label}: {fmt} rows of {k} weights are not whole 256-weight super-blocks"
+            )
+    n_rows = sum(n for _, n in parts)
+    rows = "range"
+    if len(set(fmts)) == 1:
+        segs = [(fmts[0], n_rows, 0)]
+        if interleave:
+            places = [Placement(0, j, len(parts)) for j in range(len(parts))]
+        else:
+            places = [Placement(0, sum(n for _, n in parts[:j]), 1) for j in range(len(parts))]
+    elif interleave:
+        if len(parts) != 2 or parts[0][1] != parts[1][1]:
+            desc = ", ".join(f"{t.name} x {n}" for t, n in parts)
+            raise UnsupportedModelError(f"{label}: cannot interleave {desc}: two matrices of equal rows only")
+        rows = "parity"
+        segs = [(fmts[0], parts[0][1], 0), (fmts[1], parts[1][1], 1)]
+        places = [Placement(0, 0, 1), Placement(1, 0, 1)]
+    else:  # consecutive parts of one format share a segment
+        segs, places, row0 = [], [], 0
+        for fmt, (_, n) in zip(fmts, parts, strict=True):
+            if segs and segs[-1][0] == fmt:
+                places.append(Placement(len(segs) - 1, segs[-1][1], 1))
+                segs[-1] = (fmt, segs[-1][1] + n, segs[-1][2])
+            else:
+                places.append(Placement(len(segs), 0, 1))
+                segs.append((fmt, n, row0))
+            row0 += n
+        if len(segs) > 3:
+            raise UnsupportedModelError(f"{label}: {len(segs)} weight formats in one product; at most 3")
     kb = k // 32
-    q_size = n_rows * kb * UNITS_PER_BLOCK[fmt] * 16
+    segments, base = [], 0
+    for fmt, n, first in segs:
+        segments.append(Segment(fmt, n, first, base))
+        base += weight_nbytes(fmt, n * kb) // 16
+    size = base * 16
     limit = kern.device.caps.max_storage_buffer_binding_size
-    if q_size > limit:
+    if size > limit:
         raise DeviceLimitError(
-            f"weight {label!r} needs a {q_size}-byte storage binding but this GPU allows {limit} "
+            f"weight {label!r} needs a {size}-byte storage binding but this GPU allows {limit} "
             "(maxStorageBufferBindingSize)"
         )
-    q = kern.device.create_buffer(q_size, STORAGE, f"{label}.q")
-    s = kern.device.create_buffer(n_rows * kb * 4, STORAGE, f"{label}.s") if fmt in SCALED_FORMATS else None
-    return Weight(fmt, n_rows, k, q, s)
+    q = kern.device.create_buffer(size, STORAGE, f"{label}.q")
+    return Weight(tuple(segments), n_rows, k, q, rows), places
+
+
+def weight_defines(w: Weight) -> dict[str, object]:
+    """Defines of weights.wgsl (and matmul.wgsl's W_SEGS) for reading ``w``: segment 0's format as W_FMT, with the
+    names of its dot / dequant functions; FMT_<name> for every format used; segments 1 and 2 as W_FMT1 / W_FMT2."""
+    defines: dict[str, object] = {f"FMT_{s.fmt}": 1 for s in w.segments}
+    for i, seg in enumerate(w.segments):
+        tag = str(i) if i else ""
+        defines.update({f"W_FMT{tag}": seg.fmt, f"W_DOT{tag}": f"dot_{seg.fmt.lower()}"})
+        defines[f"W_DQ{tag}"] = f"dq_{seg.fmt.lower()}"
+    if len(w.segments) > 1:
+        defines["W_SEGS"] = w.rows.upper()
+    return defines
+
+
+def _single_format(w: Weight, what: str) -> None:
+    if len(w.segments) != 1:
+        raise ValueError(f"{what} reads weights of one format; {w.fmt} has {len(w.segments)} segments")
+
+
+# Problems repack.wgsl reports (bad = tensor id * 4 + code).
+REPACK_PROBLEMS = {
+    1: "a quantization scale (d) is NaN or infinite",
+    2: "a quantization min (m / dmin) is NaN or infinite",
+    3: "a weight is NaN or infinite",
+}
 
 
 class Repacker:
-    """Moves GGUF tensor bytes into Weight buffers through one reusable staging buffer and the repack kernel."""
+    """Moves GGUF tensor bytes into Weight buffers through one reusable staging buffer and the repack kernel, which
+    also scans scales and float weights for NaN/Inf into a small flag buffer: ``close`` reads it back once, at the
+    end of the load, and names the first bad tensor."""
 
     def __init__(self, kern: Kernels, staging_bytes: int = 16 << 20):
         self.kern = kern
         self.staging_bytes = staging_bytes
         self.staging = kern.device.create_buffer(staging_bytes, STORAGE, "repack.staging")
+        # (1,) u32: the smallest tensor id * 4 + problem found (repack.wgsl); 0xFFFFFFFF: none
+        self.bad = kern.device.create_buffer(16, STORAGE, "repack.bad")
+        kern.device.write_buffer(self.bad, 0, b"\xff" * 16)
+        self.tensors: list[tuple[str, GGMLType]] = []  # tensor id - 1 -> (name, type), in upload order
 
     def rows_per_chunk(self, row_bytes: int) -> int:
         return max(1, self.staging_bytes // row_bytes)
@@ -99,8 +208,10 @@ class Repacker:
         *,
         dst_row0: int = 0,
         dst_row_step: int = 1,
+        segment: int = 0,
+        tensor: str = "",
     ) -> None:
-        """Repack ``n_rows`` source rows held in ``raw`` into destination rows dst_row0 + i * dst_row_step."""
+        """Repack ``n_rows`` source rows held in ``raw`` into rows dst_row0 + i * dst_row_step of ``segment``."""
         row_bytes = len(raw) // n_rows
         self.upload_rows(
             w,
@@ -110,6 +221,8 @@ class Repacker:
             lambda r0, rows: raw[r0 * row_bytes : (r0 + rows) * row_bytes],
             dst_row0=dst_row0,
             dst_row_step=dst_row_step,
+            segment=segment,
+            tensor=tensor,
         )
 
     def upload_rows(
@@ -122,17 +235,24 @@ class Repacker:
         *,
         dst_row0: int = 0,
         dst_row_step: int = 1,
+        segment: int = 0,
+        tensor: str = "",
     ) -> None:
         """Like upload, reading source rows on demand (``read_rows(first_row, count)``), one staging chunk at a time,
-        so a weight never sits whole in host memory."""
+        so a weight never sits whole in host memory. ``tensor`` names the source in a CorruptWeightsError."""
         if row_bytes > self.staging_bytes:
             raise DeviceLimitError(
                 f"a row of {row_bytes} bytes does not fit the {self.staging_bytes}-byte staging buffer"
             )
+        seg = w.segments[segment]
+        if WEIGHT_FORMAT[ggml_type.name] != seg.fmt:
+            raise ValueError(f"{tensor or 'tensor'}: {ggml_type.name} rows into a {seg.fmt} segment")
         kb = w.k_blocks
-        pipe = self.kern.pipeline(
-            "repack.wgsl", WG=REPACK_WG, SRC=ggml_type.name, **({"SCALES": 1} if w.s is not None else {})
-        )
+        units = kb // 8 if seg.fmt in SUPER_BLOCK_FORMATS else kb  # invocations per row
+        if not self.tensors or self.tensors[-1] != (tensor, ggml_type) or not tensor:
+            self.tensors.append((tensor or f"{w.q.label} rows", ggml_type))
+        tensor_id = len(self.tensors)
+        pipe = self.kern.pipeline("repack.wgsl", WG=REPACK_WG, SRC=ggml_type.name)
         step = self.rows_per_chunk(row_bytes)
         for r0 in range(0, n_rows, step):
             rows = min(step, n_rows - r0)
@@ -148,22 +268,48 @@ class Repacker:
                     k_blocks=kb,
                     dst_row0=dst_row0 + r0 * dst_row_step,
                     dst_row_step=dst_row_step,
+                    dst_base=seg.base,
+                    tensor_id=tensor_id,
                 ),
                 (1, self.staging, 0, len(chunk)),
                 _whole(2, w.q),
+                _whole(3, self.bad),
             ]
-            if w.s is not None:
-                entries.append((3, w.s, 0, w.s.size))
             bg = self.kern.device.create_bind_group(pipe, entries, "repack")
-            n_wg = math.ceil(rows * kb / REPACK_WG)
+            n_wg = math.ceil(rows * units / REPACK_WG)
             self.kern.device.submit([(pipe, bg, *fold_grid(n_wg))])
+
+    async def check(self, source: str) -> None:
+        """Raise CorruptWeightsError for the first uploaded tensor whose scales (or float weights) hold NaN/Inf.
+        One readback for the whole load."""
+        (found,) = struct.unpack("<I", await self.kern.device.read_storage(self.bad, 0, 4))
+        if found != 0xFFFFFFFF:
+            name, ggml_type = self.tensors[found // 4 - 1]
+            raise CorruptWeightsError(source, name, f"{ggml_type.name}: {REPACK_PROBLEMS[found % 4]}")
+
+    async def close(self, source: str) -> None:
+        """check(source), then free the staging buffers (whatever check found)."""
+        try:
+            await self.check(source)
+        finally:
+            self.destroy()
 
     def destroy(self) -> None:
         self.kern.device.destroy_buffer(self.staging)
+        self.kern.device.destroy_buffer(self.bad)
 
 
 def _whole(binding: int, buf: Buffer) -> tuple[int, Buffer, int, int]:
     return (binding, buf, 0, buf.size)
+
+
+def _segment_params(w: Weight) -> dict[str, int]:
+    """matmul.wgsl's Params of segments 1 and 2 (W_SEGS): their first rows ("range") and bases in w.q."""
+    out = {"seg1_row": w.n_rows, "seg2_row": w.n_rows}
+    for i, seg in enumerate(w.segments[1:], 1):
+        out[f"seg{i}_row"] = seg.first_row
+        out[f"seg{i}_base"] = seg.base
+    return out
 
 
 def _uniform_entry(
@@ -205,13 +351,11 @@ def matmul(
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
     each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
     gemv = gemv or kern.gemv
-    defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "W_FMT": w.fmt, "EPI": epi}
+    defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
     defines["GEMM" if gemm else gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
         defines["SEG"] = gemv.seg
         defines["KQ"] = w.k // 4
-    if w.s is not None:
-        defines["W_SCALES"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
     if attn_ml is not None:
@@ -240,14 +384,13 @@ def matmul(
             max_ctx=max_ctx,
             rope_dims=rope_dims,
             n_splits=n_splits,
+            **_segment_params(w),
         ),
         _whole(1, state),
         _whole(2, x),
         _whole(3, w.q),
         _whole(6, out),
     ]
-    if w.s is not None:
-        entries.append(_whole(4, w.s))
     if norm_w is not None:
         entries.append(_whole(5, norm_w))
     if epi == "QKV":
@@ -337,9 +480,8 @@ def attention(
         defines["SPLIT"] = 1
     if fused is not None:
         assert ml is not None, "the fused QKV projection is a decode (split attention) feature"
-        defines.update(QKV_IN=1, W_FMT=fused.w.fmt, XK4=fused.w.k // 4, TILE=FUSED_TILE)
-        if fused.w.s is not None:
-            defines["W_SCALES"] = 1
+        _single_format(fused.w, "the fused QKV projection")
+        defines.update(QKV_IN=1, XK4=fused.w.k // 4, TILE=FUSED_TILE, **weight_defines(fused.w))
     pipe = kern.pipeline("attention.wgsl", **defines)
     entries = [
         _uniform_entry(
@@ -365,8 +507,6 @@ def attention(
         n_splits = 1
     if fused is not None:
         entries += [_whole(6, fused.w.q), _whole(8, fused.norm_w), _whole(9, fused.rope_freq)]
-        if fused.w.s is not None:
-            entries.append(_whole(7, fused.w.s))
     bg = kern.device.create_bind_group(pipe, entries, label)
     return Launch(pipe, bg, lambda n_tokens: (n_heads, n_tokens, n_splits), label)
 
@@ -420,9 +560,8 @@ def embed(
     kern: Kernels, *, w: Weight, tokens: Buffer, out: Buffer, state: Buffer, label: str = "embed"
 ) -> Launch:
     wg = 64
-    defines: dict[str, object] = {"WG": wg, "W_FMT": w.fmt}
-    if w.s is not None:
-        defines["W_SCALES"] = 1
+    _single_format(w, "the embedding gather")
+    defines: dict[str, object] = {"WG": wg, **weight_defines(w)}
     pipe = kern.pipeline("embed.wgsl", **defines)
     entries = [
         _uniform_entry(kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k),
@@ -431,8 +570,6 @@ def embed(
         _whole(3, w.q),
         _whole(6, out),
     ]
-    if w.s is not None:
-        entries.append(_whole(4, w.s))
     bg = kern.device.create_bind_group(pipe, entries, label)
     x_groups = math.ceil(w.k // 4 / wg)
     return Launch(pipe, bg, lambda n_tokens: (x_groups, n_tokens, 1), label)

@@ -52,6 +52,10 @@ MATMUL = _spec(
     "max_ctx:u32",
     "rope_dims:u32",
     "n_splits:u32",
+    "seg1_row:u32",
+    "seg2_row:u32",
+    "seg1_base:u32",
+    "seg2_base:u32",
     "_pad1:u32",
 )
 ATTENTION = _spec(
@@ -96,7 +100,17 @@ SAMPLE = _spec(
     "_pad1:u32",
     "_pad2:u32",
 )
-REPACK = _spec("repack.wgsl", "n_rows:u32", "k_blocks:u32", "dst_row0:u32", "dst_row_step:u32")
+REPACK = _spec(
+    "repack.wgsl",
+    "n_rows:u32",
+    "k_blocks:u32",
+    "dst_row0:u32",
+    "dst_row_step:u32",
+    "dst_base:u32",
+    "tensor_id:u32",
+    "_pad0:u32",
+    "_pad1:u32",
+)
 
 ALL = (MATMUL, ATTENTION, FLASH_ATTENTION, EMBED, SAMPLE, REPACK)
 

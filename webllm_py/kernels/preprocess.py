@@ -4,7 +4,7 @@ Directives (each on its own line, ``#`` first after optional spaces):
 
     #include "common.wgsl"     paste another file from shaders/ (once per file)
     #ifdef NAME / #ifndef NAME / #else / #endif     keep or drop lines by whether NAME is defined
-    #if NAME == VALUE / #if NAME != VALUE           compare a define's value (as text)
+    #if NAME == VALUE / #if NAME != VALUE           compare a define's value (as text); `A == X || B == Y`: any
 
 Every define ``NAME -> value`` also replaces the identifier ``NAME`` in kept lines (whole words only), so a shader
 can write ``@workgroup_size(WG)`` or ``array<KV_T>``. Per-host lines (``enable f16;``, ``enable subgroups;``) are
@@ -108,12 +108,17 @@ def _condition(kind: str, arg: str, defs: dict[str, str], where: str) -> bool:
         return arg in defs
     if kind == "ifndef":
         return arg not in defs
-    m = re.fullmatch(r"([A-Za-z_]\w*)\s*(==|!=)\s*(\S+)", arg)
-    if m is None:
-        raise PreprocessError(f"{where}: #if wants `NAME == VALUE` or `NAME != VALUE`, got {arg!r}")
-    name, op, value = m.groups()
-    equal = defs.get(name) == value
-    return equal if op == "==" else not equal
+    result = False
+    for term in arg.split("||"):  # any of several comparisons
+        m = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(==|!=)\s*(\S+)\s*", term)
+        if m is None:
+            raise PreprocessError(
+                f"{where}: #if wants `NAME == VALUE` or `NAME != VALUE` (joined by ||), got {arg!r}"
+            )
+        name, op, value = m.groups()
+        equal = defs.get(name) == value
+        result = result or (equal if op == "==" else not equal)
+    return result
 
 
 def _substitute(line: str, defs: dict[str, str]) -> str:

@@ -7,11 +7,30 @@ from dataclasses import dataclass
 from ..gpu.device import BufferUsage, Device, Pipeline
 from .preprocess import preprocess, variant_key
 
-# Weight formats of the repacked layout (weights.wgsl), by GGUF type name.
-WEIGHT_FORMAT = {"Q4_0": "Q4", "Q4_1": "Q4", "Q8_0": "Q8", "F16": "F16", "F32": "F32"}
-SCALED_FORMATS = ("Q4", "Q8")
-# vec4<u32> words per 32-weight block, and bytes of scales per block, in the repacked layout.
-UNITS_PER_BLOCK = {"Q4": 1, "Q8": 2, "F16": 4, "F32": 8}
+# The repacked layout (weights.wgsl): each format a sequence of groups of G 32-weight blocks, U vec4<u32> words (16
+# bytes) a group, holding its GGUF type's values exactly. (G, U) by format; bits per weight = U * 128 / (G * 32).
+WEIGHT_GROUPS = {
+    "Q4_0": (8, 9),  # 4.5 bits per weight, as the GGUF file
+    "Q4_1": (4, 5),  # 5
+    "Q5_0": (8, 11),  # 5.5
+    "Q5_1": (4, 6),  # 6
+    "Q8_0": (8, 17),  # 8.5
+    "Q4_K": (32, 37),  # 4.625 (GGUF 4.5: the 6-bit scales and mins become bytes)
+    "Q5_K": (32, 45),  # 5.625 (5.5)
+    "Q6_K": (64, 105),  # 6.5625, as the file
+    "F16": (1, 4),
+    "BF16": (1, 4),
+    "F32": (1, 8),
+}
+# Weight format of each GGUF type: its own (a format per type keeps every file's values exact and its size).
+WEIGHT_FORMAT = {name: name for name in WEIGHT_GROUPS}
+SUPER_BLOCK_FORMATS = ("Q4_K", "Q5_K", "Q6_K")  # 256-weight super-blocks: rows must be a multiple of 256
+
+
+def weight_nbytes(fmt: str, n_blocks: int) -> int:
+    """Bytes of ``n_blocks`` 32-weight blocks in format ``fmt``, rounded up to whole groups."""
+    g, u = WEIGHT_GROUPS[fmt]
+    return -(-n_blocks // g) * u * 16
 
 
 @dataclass(frozen=True)

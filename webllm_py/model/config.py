@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import GGUFMetadataError, UnsupportedModelError
+from ..errors import GGUFError, GGUFMetadataError, UnsupportedModelError
 from .gguf import GGUFFile
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -83,7 +83,44 @@ class ModelConfig:
             has_rope_freq_factors="rope_freqs.weight" in gguf.tensors,
         )
         cfg.check()
+        cfg.check_tensors(gguf)
         return cfg
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor the graph reads, with its GGUF shape (contiguous dimension first: a matrix is (in, out))."""
+        H, V = self.hidden_size, self.vocab_size
+        shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (H, V), "output_norm.weight": (H,)}
+        for i in range(self.n_layers):
+            p = f"blk.{i}."
+            shapes.update(
+                {
+                    p + "attn_norm.weight": (H,),
+                    p + "attn_q.weight": (H, self.q_size),
+                    p + "attn_k.weight": (H, self.kv_size),
+                    p + "attn_v.weight": (H, self.kv_size),
+                    p + "attn_output.weight": (self.q_size, H),
+                    p + "ffn_norm.weight": (H,),
+                    p + "ffn_gate.weight": (H, self.ffn_size),
+                    p + "ffn_up.weight": (H, self.ffn_size),
+                    p + "ffn_down.weight": (self.ffn_size, H),
+                }
+            )
+        if not self.tied_embeddings:
+            shapes["output.weight"] = (H, V)
+        if self.has_rope_freq_factors:
+            shapes["rope_freqs.weight"] = (self.rope_dims // 2,)
+        return shapes
+
+    def check_tensors(self, gguf: GGUFFile) -> None:
+        """Every tensor the graph reads is there with the shape the metadata implies (a tensor of the wrong shape
+        would otherwise load and compute garbage, or fail in the GPU's validation without its name)."""
+        for name, shape in self.tensor_shapes().items():
+            info = gguf.tensor(name)  # GGUFError naming it if it is missing
+            if info.shape != shape:
+                raise GGUFError(
+                    gguf.name, info.offset, f"tensor {name!r} of shape {list(shape)} (from the metadata)",
+                    str(list(info.shape)),
+                )  # fmt: skip
 
     def check(self) -> None:
         problems = []

@@ -13,26 +13,38 @@ A string is ``u64 length + UTF-8 bytes``; an array is ``item_type u32 + count u6
 Every failure raises :class:`~webllm_py.errors.GGUFError` naming the source, the byte offset and what was
 expected there. The reader never loads tensor data it was not asked for: metadata is read through a small
 window that grows as needed, so a 5 GB file costs a few MB to open.
+
+A corrupt or hostile header costs at most what the file's own bytes can pay for: every count (metadata entries,
+tensors, array items) is checked against the bytes left in the file before anything is allocated for it (an array
+of 2^26 strings needs 2^29 bytes of lengths alone), all arrays together hold at most ``MAX_METADATA_ITEMS`` items
+(a 262,144-token vocabulary's four arrays are about a million), and arrays nest at most ``MAX_ARRAY_DEPTH`` deep.
+Metadata is read only through ``GGUFMetadata``'s typed getters, which raise ``GGUFMetadataError`` naming the key
+and what is allowed.
 """
 
 from __future__ import annotations
 
+import array
 import math
 import os
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GGUFError, GGUFMetadataError
+from ..errors import CorruptWeightsError, GGUFError, GGUFMetadataError, _show
 from .quant import QUANT_FORMATS, SUPPORTED_TYPE_NAMES, GGMLType, tensor_nbytes
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Refuse absurd counts early (a corrupt header would otherwise make us allocate for days).
 MAX_STRING_BYTES = 64 << 20
-MAX_ARRAY_ITEMS = 1 << 26
+MAX_ARRAY_ITEMS = 1 << 21  # one array: 8 times the largest vocabulary in use (262,144 tokens)
+MAX_METADATA_ITEMS = 1 << 22  # all arrays together: a few times what the largest vocabulary needs
+MAX_ARRAY_DEPTH = 4  # arrays of arrays; no model uses more than 2
 MAX_DIMS = 4
+MAX_ENTRIES = 1 << 20  # metadata entries, tensors
 
 # GGUF metadata value types.
 (
@@ -202,6 +214,24 @@ class _Cursor:
         self.pos = 0
         self._buf = b""
         self._buf_start = 0
+        self.items_left = MAX_METADATA_ITEMS  # array items all metadata may still hold
+
+    @property
+    def remaining(self) -> int:
+        return self.src.size - self.pos
+
+    def count(self, n: int, item_bytes: int, what: str, start: int, limit: int) -> None:
+        """Refuse a count of ``n`` items of at least ``item_bytes`` each before anything is allocated for it: the
+        file must still hold their bytes, and ``n`` be at most ``limit``."""
+        if n > limit:
+            raise GGUFError(self.src.name, start, f"at most {limit} items for {what}", str(n))
+        if n * item_bytes > self.remaining:
+            raise GGUFError(
+                self.src.name,
+                start,
+                f"{what}: {n} items of at least {item_bytes} bytes each",
+                f"{self.remaining} bytes left in the file: a corrupt count or a truncated file",
+            )
 
     def take(self, n: int, what: str) -> bytes:
         end = self.pos + n
@@ -244,30 +274,36 @@ class _Cursor:
         except UnicodeDecodeError as exc:
             raise GGUFError(self.src.name, start + 8, f"UTF-8 text for {what}", "invalid UTF-8") from exc
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
         if vtype in _SCALAR_FORMATS:
             return self.scalar(_SCALAR_FORMATS[vtype], what)
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
             start = self.pos
+            if depth >= MAX_ARRAY_DEPTH:
+                raise GGUFError(
+                    self.src.name, start, f"arrays nested at most {MAX_ARRAY_DEPTH} deep in {what}"
+                )
             item_type = self.u32(f"item type of {what}")
             count = self.u64(f"item count of {what}")
-            if count > MAX_ARRAY_ITEMS:
-                raise GGUFError(
-                    self.src.name,
-                    start + 4,
-                    f"an array length for {what} below {MAX_ARRAY_ITEMS}",
-                    str(count),
-                )
+            # the smallest an item can be: a scalar's size, a string's length field, an array's type and count
+            item_bytes = (
+                struct.calcsize(_SCALAR_FORMATS[item_type])
+                if item_type in _SCALAR_FORMATS
+                else {_STRING: 8, _ARRAY: 12}.get(item_type, 1)
+            )
+            self.count(
+                count, item_bytes, f"the array {what}", start + 4, min(MAX_ARRAY_ITEMS, self.items_left)
+            )
+            self.items_left -= count
             if item_type in _SCALAR_FORMATS:
                 fmt = _SCALAR_FORMATS[item_type][1]
-                size = struct.calcsize(fmt)
-                return list(struct.unpack(f"<{count}{fmt}", self.take(size * count, what)))
+                return list(struct.unpack(f"<{count}{fmt}", self.take(item_bytes * count, what)))
             if item_type == _STRING:
                 return [self.string(f"{what}[{i}]") for i in range(count)]
             if item_type == _ARRAY:
-                return [self.value(_ARRAY, f"{what}[{i}]") for i in range(count)]
+                return [self.value(_ARRAY, f"{what}[{i}]", depth + 1) for i in range(count)]
             raise GGUFError(
                 self.src.name, start, f"a known array item type (0..12) for {what}", str(item_type)
             )
@@ -282,8 +318,8 @@ class GGUFFile:
     def __init__(self, src: ByteSource):
         self.source = src
         self.name = src.name
-        self.metadata: dict[str, Any] = {}
-        self.metadata_types: dict[str, str] = {}
+        self.metadata = GGUFMetadata(src.name)
+        self.metadata_types = self.metadata.types  # key -> GGUF value type name, for error messages
         self.tensors: dict[str, TensorInfo] = {}
         self._parse()
 
@@ -335,20 +371,22 @@ class GGUFFile:
             raise GGUFError(self.name, 4, "GGUF version 2 or 3", str(self.version))
         n_tensors = cur.u64("the tensor count")
         n_kv = cur.u64("the metadata count")
-        if n_tensors > 1 << 20 or n_kv > 1 << 20:
-            raise GGUFError(self.name, 8, "tensor and metadata counts below 2^20", f"{n_tensors} and {n_kv}")
+        # an entry is at least a key length, a type and one byte; a tensor's record at least 32 bytes
+        cur.count(n_kv, 13, "the metadata entries", 16, MAX_ENTRIES)
+        cur.count(n_tensors, 32, "the tensor records", 8, MAX_ENTRIES)
 
         for i in range(n_kv):
+            key_pos = cur.pos
             key = cur.string(f"metadata key #{i}")
+            if key in self.metadata:
+                raise GGUFError(self.name, key_pos, f"unique metadata keys, {key!r} appears twice")
             vtype = cur.u32(f"value type of {key!r}")
-            self.metadata_types[key] = _TYPE_NAMES.get(vtype, str(vtype))
+            self.metadata.types[key] = _TYPE_NAMES.get(vtype, str(vtype))
             self.metadata[key] = cur.value(vtype, repr(key))
 
-        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment % 8:
-            raise GGUFError(
-                self.name, cur.pos, "general.alignment to be a positive multiple of 8", repr(alignment)
-            )
+        alignment = self.metadata.get_int("general.alignment", DEFAULT_ALIGNMENT, min=8, max=1 << 16)
+        if alignment % 8:
+            raise GGUFMetadataError(self.name, "general.alignment", "a multiple of 8", str(alignment))
 
         infos: list[tuple[str, tuple[int, ...], GGMLType, int, int]] = []
         for i in range(n_tensors):
@@ -360,6 +398,8 @@ class GGUFFile:
                     self.name, cur.pos - 4, f"1..{MAX_DIMS} dimensions for tensor {name!r}", str(n_dims)
                 )
             shape = tuple(cur.u64(f"dimension {d} of tensor {name!r}") for d in range(n_dims))
+            if 0 in shape:
+                raise GGUFError(self.name, info_pos, f"dimensions >= 1 for tensor {name!r}", str(list(shape)))
             type_pos = cur.pos
             type_id = cur.u32(f"type of tensor {name!r}")
             try:
@@ -439,6 +479,20 @@ class GGUFFile:
             )
         return data
 
+    def check_finite(self, name: str, f32: bytes, *, positive: bool = False) -> None:
+        """Raise ``CorruptWeightsError`` unless every little-endian f32 in ``f32`` (tensor ``name``'s values) is
+        finite (and > 0 with ``positive``). For the small vectors checked on the host: norms, biases, RoPE factors;
+        quantization scales are scanned on the GPU as they are repacked."""
+        values = array.array("f")
+        values.frombytes(f32[: len(f32) // 4 * 4])
+        if sys.byteorder == "big":
+            values.byteswap()
+        if all(map(math.isfinite, values)) and (not positive or min(values, default=1.0) > 0.0):
+            return
+        i = next(i for i, v in enumerate(values) if not math.isfinite(v) or positive and v <= 0.0)
+        problem = f"{values[i]} at element {i}" + (" (must be > 0)" if math.isfinite(values[i]) else "")
+        raise CorruptWeightsError(self.name, name, problem)
+
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
@@ -447,15 +501,51 @@ class GGUFFile:
             raise GGUFError(self.name, 0, f"metadata key {key!r}", "it is missing")
         return self.metadata[key]
 
-    # Typed access: every number the model's shape is built from goes through one of these, so a corrupt or
-    # hostile file fails here with the key and the allowed range instead of deep in the graph (ZeroDivisionError,
-    # a NaN frequency table, a buffer of size 0). ``_MISSING`` as default: the key is required.
+    # Typed access (``GGUFMetadata``'s getters): every value read from metadata goes through one of them.
+
+    def get_int(self, key: str, default: Any = _MISSING, *, min: int = 0, max: int = 2**31 - 1) -> int:
+        return self.metadata.get_int(key, default, min=min, max=max)
+
+    def get_float(self, key: str, default: Any = _MISSING, **limits: Any) -> float:
+        return self.metadata.get_float(key, default, **limits)
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        return self.metadata.get_str(key, default)
+
+    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
+        return self.metadata.get_bool(key, default)
+
+    def get_array(
+        self, key: str, item: type | tuple[type, ...], default: Any = _MISSING, **limits: Any
+    ) -> list[Any]:
+        return self.metadata.get_array(key, item, default, **limits)
+
+
+class GGUFMetadata(dict):
+    """A GGUF file's metadata: a dict (key -> value) whose typed getters raise ``GGUFMetadataError`` naming the
+    key and what is allowed. Every number a model's shape is built from, and everything the tokenizer reads, goes
+    through them, so a corrupt or hostile file fails here instead of deep in the graph (ZeroDivisionError, a NaN
+    frequency table, a buffer of size 0, an AttributeError on a token that is not a string). ``_MISSING`` as the
+    default: the key is required. A plain dict of metadata (tests, a hand-built tokenizer) can be wrapped in one."""
+
+    def __init__(self, source: str = "GGUF metadata", values: Any = (), types: dict[str, str] | None = None):
+        super().__init__(values)
+        self.source = source
+        self.types: dict[str, str] = dict(types or {})  # key -> GGUF value type name, for error messages
+
+    @classmethod
+    def of(cls, metadata: Any, source: str = "GGUF metadata") -> GGUFMetadata:
+        return metadata if isinstance(metadata, GGUFMetadata) else cls(source, metadata)
+
+    def _found(self, key: str, v: Any) -> str:
+        kind = self.types.get(key) or type(v).__name__
+        return f"{kind} {_short(v)}"
 
     def _typed(self, key: str, default: Any) -> tuple[bool, Any]:
-        if key in self.metadata:
-            return True, self.metadata[key]
+        if key in self:
+            return True, self[key]
         if default is _MISSING:
-            raise GGUFMetadataError(self.name, key, "present", "it is missing")
+            raise GGUFMetadataError(self.source, key, "present", "it is missing")
         return False, default
 
     def get_int(self, key: str, default: Any = _MISSING, *, min: int = 0, max: int = 2**31 - 1) -> int:
@@ -464,11 +554,9 @@ class GGUFFile:
         if not present:
             return v
         if isinstance(v, bool) or not isinstance(v, int):
-            raise GGUFMetadataError(
-                self.name, key, f"an integer in [{min}, {max}]", f"{self.metadata_types.get(key)} {_short(v)}"
-            )
+            raise GGUFMetadataError(self.source, key, f"an integer in [{min}, {max}]", self._found(key, v))
         if not min <= v <= max:
-            raise GGUFMetadataError(self.name, key, f"an integer in [{min}, {max}]", str(v))
+            raise GGUFMetadataError(self.source, key, f"an integer in [{min}, {max}]", str(v))
         return v
 
     def get_float(
@@ -487,40 +575,55 @@ class GGUFFile:
         low = "(" if min_exclusive else "["
         allowed = f"a finite number in {low}{min:g}, {max:g}]"
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise GGUFMetadataError(self.name, key, allowed, f"{self.metadata_types.get(key)} {_short(v)}")
+            raise GGUFMetadataError(self.source, key, allowed, self._found(key, v))
         v = float(v)
         if not math.isfinite(v) or v < min or v > max or (min_exclusive and v == min):
-            raise GGUFMetadataError(self.name, key, allowed, repr(v))
+            raise GGUFMetadataError(self.source, key, allowed, repr(v))
         return v
 
     def get_str(self, key: str, default: Any = _MISSING) -> str:
         present, v = self._typed(key, default)
         if present and not isinstance(v, str):
-            raise GGUFMetadataError(self.name, key, "a string", f"{self.metadata_types.get(key)} {_short(v)}")
+            raise GGUFMetadataError(self.source, key, "a string", self._found(key, v))
         return v
 
     def get_bool(self, key: str, default: Any = _MISSING) -> bool:
         present, v = self._typed(key, default)
         if present and not isinstance(v, bool):
-            raise GGUFMetadataError(self.name, key, "a bool", f"{self.metadata_types.get(key)} {_short(v)}")
+            raise GGUFMetadataError(self.source, key, "a bool", self._found(key, v))
         return v
 
-    def get_array(self, key: str, item: type | tuple[type, ...], default: Any = _MISSING) -> list[Any]:
-        """A flat list whose items are all of type ``item`` (``int``, ``float`` (ints accepted), ``str``)."""
+    def get_array(
+        self,
+        key: str,
+        item: type | tuple[type, ...],
+        default: Any = _MISSING,
+        *,
+        length: int | None = None,
+        min_length: int = 0,
+    ) -> list[Any]:
+        """A flat list whose items are all of type ``item`` (``int``, ``float`` (ints accepted; NaN and infinities
+        refused), ``str``), with exactly ``length`` items when given, else at least ``min_length``."""
         present, v = self._typed(key, default)
         if not present:
             return v
         want = item if isinstance(item, tuple) else (item,)
+        name = "/".join(t.__name__ for t in want)
         if float in want:
             want = (*want, int)
-        name = "/".join(t.__name__ for t in (item if isinstance(item, tuple) else (item,)))
         if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, want) for x in v):
+            raise GGUFMetadataError(self.source, key, f"an array of {name}", self._found(key, v))
+        if float in want and not all(map(math.isfinite, v)):
+            bad = next(i for i, x in enumerate(v) if not math.isfinite(x))
+            raise GGUFMetadataError(self.source, key, "finite numbers", f"{v[bad]} at index {bad}")
+        if length is not None and len(v) != length:
+            raise GGUFMetadataError(self.source, key, f"an array of {length} items", f"{len(v)} items")
+        if len(v) < min_length:
             raise GGUFMetadataError(
-                self.name, key, f"an array of {name}", f"{self.metadata_types.get(key)} {_short(v)}"
+                self.source, key, f"an array of at least {min_length} items", f"{len(v)} items"
             )
         return v
 
 
 def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _show(v)  # bounded whatever the value: a million-item array shows as its first few

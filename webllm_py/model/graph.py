@@ -25,7 +25,7 @@ from collections.abc import Callable
 from ..errors import DeviceLimitError, UnsupportedModelError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Prepared
 from ..kernels import ops
-from ..kernels.registry import WEIGHT_FORMAT, GemvConfig, Kernels
+from ..kernels.registry import GemvConfig, Kernels
 from .config import ModelConfig
 from .gguf import GGUFFile, TensorInfo
 from .quant import GGMLType, dequantize_row
@@ -127,7 +127,7 @@ class LlamaGraph:
         else:
             self.lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
             await step(gguf.tensor("output.weight").nbytes, "output")
-        repacker.destroy()
+        await repacker.close(gguf.name)  # CorruptWeightsError for NaN/Inf scales: one readback per load
         self._build_launches()
         if progress is not None:
             progress(1.0, "weights on the GPU")
@@ -137,7 +137,12 @@ class LlamaGraph:
         cfg = self.cfg
         freqs = [cfg.rope_base ** (-2.0 * i / cfg.rope_dims) for i in range(cfg.rope_dims // 2)]
         if cfg.has_rope_freq_factors:
-            factors = await self._floats(gguf, gguf.tensor("rope_freqs.weight"))
+            info = gguf.tensor("rope_freqs.weight")
+            factors = await self._floats(gguf, info)
+            if len(factors) < len(freqs):
+                raise UnsupportedModelError(f"{gguf.name}: rope_freqs.weight has {len(factors)} values; the "
+                                            f"rotation needs {len(freqs)}")  # fmt: skip
+            gguf.check_finite(info.name, struct.pack(f"<{len(factors)}f", *factors), positive=True)
             freqs = [f / factors[i] for i, f in enumerate(freqs)]
         return freqs
 
@@ -154,6 +159,7 @@ class LlamaGraph:
         if info.ggml_type != GGMLType.F32:
             values = await self._floats(gguf, info)
             data = struct.pack(f"<{len(values)}f", *values)
+        gguf.check_finite(name, data)  # norms and biases are small: checked on the host, before the upload
         buf = self.device.create_buffer(len(data), STORAGE, name)
         self.device.write_buffer(buf, 0, data)
         self.weight_bytes += len(data)
@@ -168,34 +174,35 @@ class LlamaGraph:
         *,
         interleave: bool = False,
     ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size and weight format) into one stacked GPU weight.
+        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) GPU weight.
+        Matrices of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of the weight
+        (ops.alloc_fused), still one product.
 
         Source rows are read a staging buffer's worth at a time (``read_async``: browser storage has no
         synchronous reads), so a weight never sits whole in host memory."""
         infos = [gguf.tensor(n) for n in names]
         k = infos[0].shape[0]
-        formats = {WEIGHT_FORMAT.get(i.ggml_type.name) for i in infos}
-        if len(formats) != 1 or any(i.shape[0] != k for i in infos):
+        if any(i.shape[0] != k for i in infos):
             desc = ", ".join(f"{i.name} {i.ggml_type.name} {list(i.shape)}" for i in infos)
-            raise UnsupportedModelError(
-                f"{gguf.name}: cannot fuse {desc}: they need the same type family and input size"
-            )
-        n_rows = sum(i.n_rows for i in infos)
-        weight = ops.alloc_weight(self.kern, infos[0].ggml_type, n_rows, k, label)
-        row0 = 0
-        for j, info in enumerate(infos):
-            if interleave:  # rows of matrix j go to j, j + len(infos), ...
-                dst_row0, step = j, len(infos)
-            else:
-                dst_row0, step = row0, 1
+            raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same input size")
+        weight, places = ops.alloc_fused(
+            self.kern, [(i.ggml_type, i.n_rows) for i in infos], k, label, interleave=interleave
+        )
+        for info, place in zip(infos, places, strict=True):
             rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
             for r0 in range(0, info.n_rows, rows_per_chunk):
                 rows = min(rows_per_chunk, info.n_rows - r0)
                 raw = await gguf.tensor_bytes_async(info.name, r0 * info.row_bytes, rows * info.row_bytes)
                 repacker.upload(
-                    weight, info.ggml_type, raw, rows, dst_row0=dst_row0 + r0 * step, dst_row_step=step
+                    weight,
+                    info.ggml_type,
+                    raw,
+                    rows,
+                    dst_row0=place.dst_row0 + r0 * place.dst_row_step,
+                    dst_row_step=place.dst_row_step,
+                    segment=place.segment,
+                    tensor=info.name,
                 )
-            row0 += info.n_rows
         self.weight_bytes += weight.nbytes
         return weight
 
@@ -240,7 +247,7 @@ class LlamaGraph:
         # splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
         split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
         fused = None
-        if not gemm and self.fuses_attention:
+        if not gemm and self.fuses_attention and len(L.qkv.segments) == 1:  # one weight format (ops.Weight)
             fused = ops.FusedQKV(
                 w=L.qkv,
                 x=self.x,

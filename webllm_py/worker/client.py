@@ -37,7 +37,14 @@ from webllm_py.api.types import (
 from webllm_py.config import AppConfig
 from webllm_py.errors import WorkerError
 
-from .messages import LOG_LEVELS, app_config_from_dict, app_config_to_dict, error_from_content, make_message
+from .messages import (
+    LOG_LEVELS,
+    app_config_from_dict,
+    app_config_to_dict,
+    error_from_content,
+    make_message,
+    plain,
+)
 
 log = logging.getLogger("webllm_py")
 
@@ -237,6 +244,9 @@ class WebWorkerMLCEngine:
     def _send(self, kind: str, content: Any = None, uuid: str | None = None) -> asyncio.Future[Any]:
         if self._terminated is not None:
             raise self._terminated
+        # Refused here, before sending, naming the field: what is not JSON (a set, NaN, a lone surrogate, nesting
+        # deeper than the worker reads) would otherwise fail in the port or come back as the worker's error.
+        content = plain(content, "content")
         uuid = uuid or uuidlib.uuid4().hex
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[uuid] = future
@@ -275,6 +285,8 @@ class WebWorkerMLCEngine:
             return
         future = self._pending.pop(uuid, None) if isinstance(uuid, str) else None
         if future is None or future.done():
+            if kind == "throw" and not uuid:  # the worker refused a message it could not tell the uuid of
+                log.error("the worker refused a message: %s", error_from_content(content))
             return  # the reply to a fire-and-forget request, or to one whose caller was cancelled
         if kind == "return":
             future.set_result(content)

@@ -110,18 +110,27 @@ class WorkerHandler:
 
     async def on_message(self, message: dict[str, Any]) -> asyncio.Task[None] | None:
         """Take one request from the page; its reply is posted when its task ends. Returns that task (a service
-        worker keeps itself alive until it is done), or None when the message was answered at once."""
+        worker keeps itself alive until it is done), or None when the message was answered at once.
+
+        Every message is answered: one outside the protocol (``messages.parse_request``) with a ``throw`` naming
+        what is wrong, under its uuid, or under uuid ``""`` when it has no usable one (the proxies log those)."""
         try:
             kind, uuid, content = parse_request(message)
         except Exception as e:
-            uuid = getattr(e, "uuid", None)
-            if uuid:
-                self._post(make_message("throw", uuid, error_to_content(e)))
-            else:
-                log.warning("worker: dropped a message without a uuid: %s", e)
+            self._reject(e)
             return None
+        return await self._take(kind, uuid, content)
+
+    def _reject(self, error: BaseException) -> None:
+        """Answer a message ``parse_request`` refused."""
+        uuid = getattr(error, "uuid", None) or ""
+        if not uuid:
+            log.warning("worker: a message without a usable uuid, answered with uuid '': %s", error)
+        self._answer("throw", uuid, error_to_content(error))
+
+    async def _take(self, kind: str, uuid: str, content: Any) -> asyncio.Task[None] | None:
         if kind == "keepAlive":  # answered at once, and as a heartbeat: the worker's event loop is running
-            self._post(make_message("heartbeat", uuid, await self._keepAlive(uuid, content)))
+            self._answer("heartbeat", uuid, await self._keepAlive(uuid, content))
             return None
         self._in_flight.add(uuid)
         task = asyncio.get_running_loop().create_task(self.handle_task(uuid, kind, content))
@@ -135,16 +144,28 @@ class WorkerHandler:
             value = await self._methods[kind](uuid, content if content is not None else {})
         except asyncio.CancelledError:
             self._in_flight.discard(uuid)
-            self._post(
-                make_message("throw", uuid, {"name": "CancelledError", "message": "the worker stopped"})
-            )
+            self._answer("throw", uuid, {"name": "CancelledError", "message": "the worker stopped"})
             raise
         except Exception as e:
             self._in_flight.discard(uuid)
-            self._post(make_message("throw", uuid, error_to_content(e)))
+            self._answer("throw", uuid, error_to_content(e))
         else:
             self._in_flight.discard(uuid)
-            self._post(make_message("return", uuid, value))
+            self._answer("return", uuid, value)
+
+    def _answer(self, kind: str, uuid: str, content: Any) -> None:
+        """Post one reply. A reply the host cannot send (a value that is not JSON: it never is, by design, so this
+        is a bug) becomes a ``throw`` saying so, and a failing host is logged: the page never waits on a reply
+        that was lost here."""
+        try:
+            self._post(make_message(kind, uuid, content))
+        except Exception as e:
+            log.exception("worker: could not post the %s reply to %s", kind, uuid)
+            failure = {"name": "WorkerError", "message": f"the worker could not send its {kind} reply: {e}"}
+            try:
+                self._post(make_message("throw", uuid, failure))
+            except Exception:
+                log.exception("worker: could not post the error reply either")
 
     async def join(self) -> None:
         """Wait until every request taken so far has been answered (tests; an orderly shutdown)."""
@@ -429,10 +450,12 @@ class WorkerHandler:
 
 
 def _request(content: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
-    request = content.get("request")
-    if not isinstance(request, Mapping):
-        raise InvalidFieldTypeError("request", request, "a request dict")
-    # The kind decides streaming; an explicit stream flag that disagrees is the client's bug, not the user's.
+    request = content["request"]  # an object: parse_request checked it
+    # The kind decides streaming; an explicit stream flag that disagrees is the client's bug, not the user's. One
+    # that is not a bool ("false") is the user's: refused, as protocol.py would.
+    given = request.get("stream")
+    if given is not None and not isinstance(given, bool):
+        raise InvalidFieldTypeError("stream", given, "true or false")
     return {**request, "stream": stream}
 
 

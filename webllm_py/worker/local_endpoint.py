@@ -1,8 +1,13 @@
-"""A local OpenAI-compatible endpoint, answered by the engine in the service worker (WebLLM has nothing like it).
+"""A local OpenAI-compatible endpoint (WebLLM has nothing like it): the one request-handling implementation of both
+hosts that serve one.
 
-The service worker's ``fetch`` listener (``web/sw.js``, through ``host/service_worker_entry.py``) hands requests
-under ``<scope>v1/`` to ``LocalEndpoint.handle``, so an unmodified OpenAI client in the page talks to the local
-engine::
+- In the browser, the service worker's ``fetch`` listener (``web/sw.js``, through ``host/service_worker_entry.py``)
+  hands requests under ``<scope>v1/`` to ``LocalEndpoint.handle``.
+- On the desktop, ``webllm-py serve`` (``host/http_server.py``) hands it each HTTP request to ``/v1/...``.
+
+Both give it the method, the route and the body, and send back what it answers; both serve a
+``ServiceWorkerMLCEngineHandler`` (host-neutral: the desktop server runs one over its ``MLCEngine``), so queueing,
+abandoned streams and errors behave the same in either host. An unmodified OpenAI client talks to it::
 
     const r = await fetch("v1/chat/completions", { method: "POST", body: JSON.stringify({ model, messages }) });
     const openai = new OpenAI({ baseURL: new URL("v1", location.href).href, apiKey: "unused",
@@ -18,12 +23,16 @@ GET      v1/models               ``{"object": "list", "data": [{"id", "object": 
                                  config's models
 =======  ======================  ===========================================================================
 
-Each fetch is its own client of the shared handler (``service_worker.py``): it waits for another client's stream
-instead of cutting it off, and a fetch whose reader goes away (the page aborts it, the tab closes) ends its
-generation. ``model`` selects the model: one other than the loaded model is loaded first (as a tab's request
-would); without ``model``, the loaded model answers. Errors are OpenAI's ``{"error": {message, type, param,
-code}}`` with the status OpenAI uses; an error in the middle of a stream is sent as a ``data: {"error": ...}``
-event, and the stream ends.
+Each request is its own client of the shared handler (``service_worker.py``): it waits for another client's stream
+instead of cutting it off, and a request whose reader goes away (the page aborts the fetch, the HTTP client
+disconnects) ends its generation. ``model`` selects the model: one other than the loaded model is loaded first (as
+a tab's request would); without ``model``, the loaded model answers.
+
+Bodies are checked before anything else sees them, in this order: at most ``max_body_bytes`` (413), UTF-8 JSON
+nested at most ``protocol.MAX_JSON_DEPTH`` deep without NaN (400), an object, then the whole request as
+``protocol.py`` checks it (400; ``stream`` must be a boolean, so ``"stream": "false"`` is refused, not streamed).
+Errors are OpenAI's ``{"error": {message, type, param, code}}`` with the status OpenAI uses; an error in the middle
+of a stream is sent as a ``data: {"error": ...}`` event, and the stream ends.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 from webllm_py import errors
 from webllm_py.api import sse
 from webllm_py.api.sse import DONE
+from webllm_py.protocol import check_chat_completion_request, check_completion_request, loads_json
 
 from .service_worker import ServiceWorkerMLCEngineHandler
 
@@ -48,6 +58,8 @@ ROUTES = {
     "v1/completions": ("POST", "completion"),
     "v1/models": ("GET", None),
 }
+CHECKS = {"chatCompletion": check_chat_completion_request, "completion": check_completion_request}
+MAX_BODY_BYTES = 16 << 20  # a 100,000-token prompt is under 1 MB of JSON
 _client_ids = count(1)
 
 
@@ -68,6 +80,7 @@ def sse_event(data: Any) -> str:
 
 # error class name -> (HTTP status, OpenAI error type, OpenAI error code)
 _STATUS = {
+    "RequestTooLargeError": (413, "invalid_request_error", "request_too_large"),
     "ModelNotFoundError": (404, "invalid_request_error", "model_not_found"),
     "SpecifiedModelNotFoundError": (404, "invalid_request_error", "model_not_found"),
     "ContextWindowSizeExceededError": (400, "invalid_request_error", "context_length_exceeded"),
@@ -105,11 +118,13 @@ def error_response(exc: BaseException) -> HTTPResponse:
 class LocalEndpoint:
     """The routes above over a ``ServiceWorkerMLCEngineHandler``."""
 
-    def __init__(self, handler: ServiceWorkerMLCEngineHandler):
+    def __init__(self, handler: ServiceWorkerMLCEngineHandler, *, max_body_bytes: int = MAX_BODY_BYTES):
         self.handler = handler
+        self.max_body_bytes = max_body_bytes
 
-    async def handle(self, method: str, route: str, body: str | None = None) -> HTTPResponse:
-        """Answer one HTTP request; ``route`` is the path under the service worker's scope (``v1/models``)."""
+    async def handle(self, method: str, route: str, body: str | bytes | None = None) -> HTTPResponse:
+        """Answer one HTTP request; ``route`` is the path under the endpoint's root (``v1/models``), ``body`` its
+        text or bytes (None: none). Never raises: every failure is an OpenAI-shaped answer."""
         route = route.strip("/")
         if route not in ROUTES:
             return _problem(
@@ -123,10 +138,26 @@ class LocalEndpoint:
         try:
             if api is None:
                 return HTTPResponse(200, body=json.dumps(self.models()))
-            request = _json_object(body)
-            return await self.generate(api, request)
+            request = self.request_body(body)
+            stream = CHECKS[api](request).config.stream  # the whole request, before any engine work
+            return await self.generate(api, request, stream)
         except Exception as exc:  # every failure is an OpenAI-shaped answer, never a hung fetch
             return error_response(exc)
+
+    def request_body(self, body: str | bytes | None) -> dict[str, Any]:
+        """The JSON object a POST body holds, or the typed error (413 / 400) that says why not."""
+        size = len(body) if isinstance(body, bytes) else len((body or "").encode("utf-8", "surrogatepass"))
+        if size > self.max_body_bytes:
+            raise errors.RequestTooLargeError("body", size, self.max_body_bytes)
+        if isinstance(body, bytes):
+            try:
+                body = body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise errors.InvalidJSONError("body", f"not UTF-8 text (byte {e.start})") from None
+        value = loads_json(body or "", "body")
+        if not isinstance(value, dict):
+            raise errors.InvalidJSONError("body", "must be a JSON object of request fields")
+        return value
 
     def models(self) -> dict[str, Any]:
         created = int(time.time())
@@ -136,7 +167,7 @@ class LocalEndpoint:
         ]
         return {"object": "list", "data": data}
 
-    async def generate(self, api: str, request: dict[str, Any]) -> HTTPResponse:
+    async def generate(self, api: str, request: dict[str, Any], stream: bool) -> HTTPResponse:
         client = (
             f"fetch-{next(_client_ids)}"  # each fetch is its own client: fetches queue, never cut each other
         )
@@ -146,7 +177,7 @@ class LocalEndpoint:
         content: dict[str, Any] = {"request": request}
         if isinstance(model, str) and model and model != self.handler.engine.model_id:
             content["modelId"] = [model]
-        if not request.get("stream"):
+        if not stream:
             try:
                 value = await self.handler.request(client, f"{api}NonStreaming", content)
             finally:
@@ -212,16 +243,6 @@ class EventStream:
         self._closed = True
         if not self._running:
             await self._events.aclose()  # type: ignore[attr-defined]
-
-
-def _json_object(body: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(body or "")
-    except ValueError as e:
-        raise errors.InvalidRequestError(f"the request body is not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise errors.InvalidRequestError("the request body must be a JSON object")
-    return value
 
 
 def _problem(status: int, message: str, code: str) -> HTTPResponse:

@@ -38,7 +38,7 @@ from webllm_py.errors import EngineLostError
 
 from ..protocol import ChatOptions, chat_options_per_model
 from .handler import WorkerHandler, WorkerHost, _Stream
-from .messages import error_from_content, make_message, single_model_id
+from .messages import error_from_content, error_to_content, make_message, parse_request, single_model_id
 
 log = logging.getLogger("webllm_py")
 
@@ -92,16 +92,23 @@ class ServiceWorkerMLCEngineHandler(WorkerHandler):
 
     async def on_client_message(self, client_id: str, message: Any) -> asyncio.Task[None] | None:
         """Take a request from ``client_id``; returns the task that answers it (None if answered at once)."""
-        is_dict = isinstance(message, Mapping)
-        kind, uuid = (message.get("kind"), message.get("uuid")) if is_dict else (None, None)
-        if isinstance(uuid, str) and uuid:
-            self._client_of[uuid] = client_id
+        try:
+            kind, uuid, content = parse_request(message)
+        except Exception as e:
+            self.reject(client_id, e, getattr(e, "uuid", None) or "")
+            return None
+        self._client_of[uuid] = client_id
         if kind != "keepAlive":
             self._spawn(self._interrupt_if_orphaned())
-        task = await self.on_message(message)
-        if task is None and isinstance(uuid, str):
+        task = await self._take(kind, uuid, content)
+        if task is None:
             self._client_of.pop(uuid, None)
         return task
+
+    def reject(self, client_id: str, error: BaseException, uuid: str = "") -> None:
+        """Answer a message from ``client_id`` that is not a request (``error`` says why) straight to that client:
+        without a usable uuid (``""``) the reply could not be routed by it."""
+        self._deliver(client_id, make_message("throw", uuid, error_to_content(error)))
 
     def client_gone(self, client_id: str) -> None:
         """``client_id`` went away (an extension port disconnected, a page said goodbye): end its streams and its
