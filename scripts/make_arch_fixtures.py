@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import json
 import math
 import os
@@ -381,7 +380,9 @@ def quantize(src: Path, dst: Path, ftype: str, allow_requantize: bool = False) -
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from requantize import file_sha256  # scripts/ is on sys.path when a script of it runs
+
+    return file_sha256(path)
 
 
 # ---- GGUF -> transformers weights ---------------------------------------------------------------------------------

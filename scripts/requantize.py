@@ -546,7 +546,15 @@ def choose_types(tensors: list[Tensor], ftype: str, n_layer: int) -> list[int]:
     return out
 
 
-def requantize(src_path: Path, dst_path: Path, ftype: str, log=print) -> str:
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def requantize(src_path: Path, dst_path: Path, ftype: str) -> str:
     """Write ``src_path`` requantized to ``ftype`` at ``dst_path``; returns the sha256 of what was written."""
     src = read_gguf(src_path)
     arch = src.values.get("general.architecture")
@@ -630,7 +638,7 @@ def main() -> None:
         print(f"metadata equal: {report['metadata_equal']}; tensors differing: {len(bad)}", file=sys.stderr)
         for name, v in bad.items():
             print(f"  {name}: {v}", file=sys.stderr)
-        ref_digest = hashlib.sha256(args.check.read_bytes()).hexdigest()
+        ref_digest = file_sha256(args.check)
         print(f"byte-identical to {args.check.name}: {digest == ref_digest}", file=sys.stderr)
         sys.exit(0 if digest == ref_digest else 1)
 

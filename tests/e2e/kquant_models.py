@@ -9,10 +9,10 @@ sha256 is the recorded one: every golden made on llama.cpp's file is then valid 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -23,19 +23,14 @@ RECORD = json.loads((REPO / "tests" / "data" / "arch" / "smollm2_kquants.json").
 FTYPES = tuple(RECORD["files"])
 
 
+@cache
 def _requantizer():
+    """scripts/requantize.py, imported by path (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location("requantize", REPO / "scripts" / "requantize.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through sys.modules
     spec.loader.exec_module(module)
     return module
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -46,6 +41,8 @@ def cache_dir() -> Path:
 def kquant_path(ftype: str) -> Path:
     """The requantized SmolLM2 file of ``ftype``, made once and verified against llama.cpp's sha256."""
     rec = RECORD["files"][ftype]
+    requantize = _requantizer()
+    sha256 = requantize.file_sha256
     dst = cache_dir() / rec["file"]
     if dst.exists() and sha256(dst) == rec["sha256"]:
         return dst
@@ -57,7 +54,7 @@ def kquant_path(ftype: str) -> Path:
             f"with sha256 {RECORD['source']['sha256']}"
         )
     dst.parent.mkdir(parents=True, exist_ok=True)
-    digest = _requantizer().requantize(src, dst, ftype)
+    digest = requantize.requantize(src, dst, ftype)
     if digest != rec["sha256"]:
         dst.unlink()
         raise AssertionError(

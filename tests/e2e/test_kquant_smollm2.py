@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 from .conftest import E2E_TIERS
+from .golden_checks import check_argmax, check_greedy, rel_err
 from .kquant_models import FTYPES, RECORD, kquant_path
 from .stepper import greedy_steps
 
@@ -53,11 +54,6 @@ CASES = [
     for ftype in FTYPES
     for c in RECORD["files"][ftype]["chats"]
 ]
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 _results: dict = {}
@@ -103,12 +99,7 @@ def test_first_step_logits(ftype, chat, gpu_device):
     ids, ref = TOPK[f"{key}/hf_ids"], TOPK[f"{key}/hf_values"]
     err = rel_err(ours[ids], ref)
     assert err <= TOL_F32, f"{key}: normalized error vs transformers {err:.2e} > {TOL_F32:.0e}"
-    if int(np.argmax(ours)) != int(ids[0]):
-        margin = float(ref[0] - ref[1])
-        assert margin < NEAR_TIE and int(np.argmax(ours)) == int(ids[1]), (
-            f"{key}: argmax {int(np.argmax(ours))} != transformers' {int(ids[0])} (margin {margin:.3f})"
-        )
-        print(f"near-tie: {key} first step, transformers margin {margin:.3f}")
+    check_argmax(key, int(np.argmax(ours)), (int(ids[0]), int(ids[1])), float(ref[0] - ref[1]), NEAR_TIE)
     lids, lref = TOPK[f"{key}/llama_cpp_ids"], TOPK[f"{key}/llama_cpp_values"]
     lerr = rel_err(ours[lids], lref)
     assert lerr <= LLAMA_CPP_TOL, f"{key}: normalized error vs llama.cpp {lerr:.3f} > {LLAMA_CPP_TOL}"
@@ -117,17 +108,7 @@ def test_first_step_logits(ftype, chat, gpu_device):
 @pytest.mark.parametrize("ftype,chat", CASES)
 def test_greedy_vs_transformers(ftype, chat, gpu_device):
     tokens, logits = run(ftype, chat, gpu_device)
-    for i, (ours, ref) in enumerate(zip(tokens, chat["greedy_ids"], strict=True)):
-        if ours == ref:
-            continue
-        ref_margin = chat["top2_margin"][i]
-        our_margin = float(logits[i][ours] - logits[i][ref])
-        line = (
-            f"{ftype} {chat['name']} step {i}: ours {ours}, transformers {ref} (runner-up "
-            f"{chat['second_ids'][i]}); reference margin {ref_margin:.3f}, ours {our_margin:.3f}"
-        )
-        assert ref_margin < NEAR_TIE and our_margin < NEAR_TIE, "not a near-tie: " + line
-        print("near-tie:", line)
+    check_greedy(f"{ftype} {chat['name']}", tokens, logits, chat, NEAR_TIE)
 
 
 @pytest.mark.parametrize("ftype", FTYPES)
