@@ -16,11 +16,13 @@ convert_hf_to_gguf.py`` with its own gguf-py (``--sdist``, default /work/cache/l
 The pipeline, per architecture (notes/models.md §5):
 
 1. A transformers config (table ``ARCHS``): hidden 256 and every matrix row a multiple of 256, so llama.cpp's
-   K-quants apply (the ``fallback`` model has hidden 160, so they fall back to Q5_0 / Q5_1 / Q8_0). The weights are
-   drawn from a seeded generator: matrices N(0, 1/fan_in) so every layer changes the residual stream by about as
-   much as the embedding (a random model with HF's 0.02 init only repeats its input), the LM head N(0, 0.25) so the
-   logits spread over about +-20 and greedy choices are clear (top-2 margins are recorded at every step), norms and
-   biases random too (HF initializes them to constants, which would hide a norm applied to the wrong tensor).
+   K-quants apply (the ``fallback`` model has hidden 160, so they fall back to Q5_0 / Q8_0). Weights from a seeded
+   generator, chosen so that the context matters and greedy choices are clear: matrices N(0, g^2/fan_in) with
+   per-architecture gains (``Arch.init``: q/k x3-4 for a sharp attention; o x32 and down x2 so the layers outweigh
+   the embedding; gemma's post norms x64-128 instead, as its sublayers are normalized), the LM head (the embedding
+   when tied) N(0, 1) (0.5-0.75 for gemma), norms U(0.6, 1.4) and biases N(0, 0.25). With HF's 0.02 init a random
+   tied model only repeats its input; HF's constant norms would hide a norm applied to the wrong tensor. Top-2
+   margins are recorded at every greedy step.
 2. A synthetic SentencePiece ``tokenizer.model`` (BPE with byte fallback: <unk> <s> </s>, two chat markers, 256
    byte pieces, a few word pieces): every converter here takes its SentencePiece path, which needs no BPE
    pre-tokenizer hash, and the vocabulary stays small.
@@ -29,13 +31,17 @@ The pipeline, per architecture (notes/models.md §5):
    - the reference forward is transformers in float32 **on the weights of that GGUF file**: every tensor of the
      file is dequantized with gguf-py and mapped back to the transformers name (undoing the converter's q/k row
      permutation for llama-arch files and the +1 it adds to Gemma norms), loaded into the model built from the
-     original config. ``from_pretrained(dir, gguf_file=...)`` cannot be used directly: transformers 5.24 reads no
-     Q5_0/Q5_1 blocks (the fallback and SmolLM2 files), ignores LongRoPE factors, llama3 and linear RoPE scaling,
-     gemma's query_pre_attn_scalar and layer pattern from GGUF metadata. Where it can load a file, the script checks
-     that its logits equal ours (``hf_gguf_check`` in goldens.json). For the F32 file the mapped weights must equal
-     the original checkpoint bit for bit (checked, so the name mapping and the inverse permutations are right).
-   - first-step logits (all vocabulary) for each prompt, and 32 greedy ids after the greedy prompts, with the
-     top-2 margin and the runner-up at every step.
+     original config. transformers' own ``from_pretrained(dir, gguf_file=...)`` reads every file here and gives
+     exactly these logits (max difference 0, ``hf_gguf_check`` in goldens.json) when handed the original config,
+     but with the config it derives from the GGUF metadata it gets phi3 (refused: padding_idx), gemma2/gemma3
+     (query_pre_attn_scalar, local RoPE base, linear scaling) and llama3 (RoPE scaling) wrong, and it refuses the
+     original config for mistral (its model_type is not a GGUF architecture); so the script maps the weights itself
+     and checks, where transformers can load a file, that its logits equal ours. For the F32 file the mapped
+     weights must equal the original checkpoint bit for bit (checked: the name mapping and the inverse
+     permutations are right), and llama.cpp must agree with transformers on it (F32_AGREEMENT).
+   - first-step logits (all vocabulary) for each prompt, and 32 greedy ids after each prompt, with the top-2
+     margin and the runner-up at every step; how far two lossy engine layouts would move the logits (K-quant
+     block scales rounded to f16, K/V in f16), to size the tests' tolerances.
    - llama.cpp's first-step logits on the same file (its CPU path quantizes activations, so tests compare them
      with a looser tolerance).
    Traps handled: Gemma-2/3 run with eager attention in transformers (sdpa has no softcap). Phi-3 LongRoPE switches
