@@ -549,7 +549,17 @@ def prompts_for(arch: Arch, vocab: int) -> list[dict]:
     out = []
     for name, n in (("short", 6), ("window", 20), ("long", 300 if arch.config_class == "Phi3Config" else 96)):
         ids = [1] + [int(i) for i in rng.integers(first_word, vocab, n - 1)]
-        out.append({"name": name, "ids": ids, "n_ctx": arch.prompt_ctx.get(name, DEFAULT_CTX)})
+        prompt = {"name": name, "ids": ids, "n_ctx": arch.prompt_ctx.get(name, DEFAULT_CTX)}
+        if "original_max_position_embeddings" in arch.config:  # LongRoPE: the factors both references use
+            orig = arch.config["original_max_position_embeddings"]
+            # transformers picks by the sequence length (it must not cross orig during the greedy steps),
+            # llama.cpp by the context size
+            if n <= orig < n + N_GREEDY or (n > orig) != (prompt["n_ctx"] > orig):
+                raise RuntimeError(
+                    f"{arch.name} {name}: transformers and llama.cpp would use different factors"
+                )
+            prompt["longrope_factors"] = "long" if n > orig else "short"
+        out.append(prompt)
     return out
 
 
