@@ -8,7 +8,10 @@
 //   values   invocations form WG / (HD / 4) groups of HD / 4; group g sums the positions j = g (mod groups), invocation
 //            d of the group owning output features 4d .. 4d + 3 (one vec4 load of a V row each, coalesced); the groups'
 //            partials are added at the end (few positions per invocation: the loop is a chain of memory round trips).
-// Defines: WG (threads, a power of two, a multiple of HD), HD (head_dim, a multiple of 4), TILE (positions per tile).
+// Defines: WG (threads, a power of two, at least HD), HD (head_dim, a multiple of 4; when WG is not a multiple of
+// HD / 4, as for HD = 96, the invocations past GROUPS * HD / 4 do spare work nobody reads), TILE (positions per tile).
+// SOFTCAP: scores become P.softcap * tanh(score / P.softcap) before the softmax (Gemma 2).
+// P.window (sliding-window layers; 0: none): a query at position p sees the keys k with p - k < window.
 //
 // SPLIT (decode, "flash decoding"): the keys are cut into num_workgroups.z splits, one workgroup each, so a long
 // context keeps many workgroups busy; each writes its unnormalized partial (acc, m, l) and the consumer (the output
@@ -29,10 +32,14 @@ struct Params {
   n_kv_heads: u32,  // key/value heads (n_heads is a multiple)
   max_ctx: u32,     // KV cache capacity in positions
   q_stride: u32,    // elements between tokens in q and out (n_heads * HD)
-  scale: f32,       // 1 / sqrt(HD)
-  _pad0: u32,
+  scale: f32,       // multiplies q . k (1 / sqrt(HD) for most models)
+  window: u32,      // sliding window in positions (0: every earlier key)
   rope_dims: u32,   // QKV_IN: rotated features per head (even, <= HD)
   eps: f32,         // QKV_IN: RMSNorm epsilon
+  softcap: f32,     // SOFTCAP: the cap c of c * tanh(score / c)
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -131,10 +138,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let t = wid.y;
   let kvh = h / (P.n_heads / P.n_kv_heads);
   let n_keys = S.pos + t + 1u;  // causal: token t sees positions 0 .. pos + t
-  // This workgroup's keys: all of them, or one of the used_splits equal splits (workgroups past those get none).
+  let first = select(0u, n_keys - min(P.window, n_keys), P.window > 0u);  // ... from here on (sliding window)
+  // This workgroup's keys: all visible ones, or one of the used_splits equal splits of them (workgroups past those
+  // get none). The split count follows n_keys, as the output projection's merge (matmul.wgsl ATTN_IN) counts them;
+  // with a short window a split may be empty (it leaves m = -1e30, l = 0, which the merge weighs zero).
   let n_used = used_splits(n_keys, nwg.z);
-  let split_len = (n_keys + n_used - 1u) / n_used;
-  let k_lo = min(wid.z * split_len, n_keys);
+  let split_len = (n_keys - first + n_used - 1u) / n_used;
+  let k_lo = min(first + wid.z * split_len, n_keys);
   let k_hi = min(k_lo + split_len, n_keys);
   let k_base = kvh * P.max_ctx * HD4;                    // in vec4
   let v_base = (P.n_kv_heads + kvh) * P.max_ctx * HD;    // in elements
@@ -204,6 +214,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       for (var i = 0u; i < HD4; i++) {
         s += dot(q_sh[i], vec4<f32>(kv[k_row + i]));
       }
+#endif
+#ifdef SOFTCAP
+      s = softcap(s, P.softcap);
 #endif
       p_sh[j] = s;
       tile_max = max(tile_max, s);

@@ -143,6 +143,22 @@ fn silu(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }
 
+// tanh with its argument clamped: WGSL defines tanh's accuracy through sinh / cosh, which overflow for large
+// arguments on some implementations; |x| <= 10 loses nothing (tanh(10) rounds to 1 in f32).
+fn tanh_clamped(x: f32) -> f32 {
+  return tanh(clamp(x, -10.0, 10.0));
+}
+
+// GELU, tanh approximation (ggml's GELU and PyTorch's gelu(approximate="tanh"), the GeGLU of Gemma).
+fn gelu_tanh(x: f32) -> f32 {
+  return 0.5 * x * (1.0 + tanh_clamped(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)));
+}
+
+// Soft-capping: c * tanh(y / c) (Gemma 2's attention scores and final logits).
+fn softcap(y: f32, c: f32) -> f32 {
+  return c * tanh_clamped(y / c);
+}
+
 // The sampler's rule for logits that are not numbers (webllm_py decides it; a corrupt model or an f16 overflow can
 // produce them): NaN ranks below every number (never chosen while any number is there), +inf is the largest finite
 // float and -inf the lowest one, so every reduction, weight and log-probability stays finite and every id chosen is

@@ -1,4 +1,5 @@
-// Token embedding gather: out[t, :] = dequantized row tokens[t] of the embedding matrix, for t < n_tokens.
+// Token embedding gather: out[t, :] = dequantized row tokens[t] of the embedding matrix times P.scale (1, or
+// sqrt(H) for Gemma), for t < n_tokens.
 // One invocation per 4 features; grid (ceil(H / 4 / WG), n_tokens).
 
 #include "common.wgsl"
@@ -7,8 +8,8 @@
 struct Params {
   k_blocks: u32,    // H / 32: blocks per embedding row
   out_stride: u32,  // elements between tokens in out (H)
+  scale: f32,       // multiplies every embedding
   _pad0: u32,
-  _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -26,5 +27,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     return;
   }
   let row = tokens[t];
-  out[t * (P.out_stride / 4u) + i] = dequant4(row * P.k_blocks + i / 8u, i % 8u);
+  out[t * (P.out_stride / 4u) + i] = dequant4(row * P.k_blocks + i / 8u, i % 8u) * P.scale;
 }

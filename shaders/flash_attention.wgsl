@@ -9,6 +9,8 @@
 // so any context length runs in fixed workgroup memory and every query's output is normalized once at the end.
 // Defines: WG (threads, a power of two, >= HD / 4), HD (head_dim, a multiple of 4), BR (queries per tile,
 // <= WG / (HD / 4)), BC (keys per tile). The host (ops.attention) picks BR and BC to fit 16 KiB of workgroup memory.
+// SOFTCAP: scores become P.softcap * tanh(score / P.softcap) (Gemma 2). P.window (0: none): a query at position p
+// sees the keys k with p - k < window; the walk starts at the first key the tile's first query sees.
 
 #include "common.wgsl"
 
@@ -17,10 +19,10 @@ struct Params {
   n_kv_heads: u32,  // key/value heads (n_heads is a multiple)
   max_ctx: u32,     // KV cache capacity in positions
   q_stride: u32,    // elements between tokens in q and out (n_heads * HD)
-  scale: f32,       // 1 / sqrt(HD)
+  scale: f32,       // multiplies q . k (1 / sqrt(HD) for most models)
+  window: u32,      // sliding window in positions (0: every earlier key)
+  softcap: f32,     // SOFTCAP: the cap c of c * tanh(score / c)
   _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -49,6 +51,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let k_base = kvh * P.max_ctx * HD4;             // vec4 index of this head's K rows
   let v_base = (P.n_kv_heads + kvh) * P.max_ctx * HD4;
   let n_keys = S.pos + t0 + rows;                 // the tile's last query sees keys 0 .. n_keys - 1
+  let p_first = S.pos + t0;                        // the tile's first query's position
+  let k_first = select(0u, p_first + 1u - min(P.window, p_first + 1u), P.window > 0u);  // the first key it sees
 
   for (var i = lid; i < BR * HD4; i += WG) {
     let r = i / HD4;
@@ -66,7 +70,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let d_own = lid % HD4;
   var o = vec4<f32>(0.0);
 
-  for (var k0 = 0u; k0 < n_keys; k0 += BC) {
+  for (var k0 = k_first; k0 < n_keys; k0 += BC) {
     workgroupBarrier();  // the previous tile's values are consumed (and, the first time, q_sh / m_sh are written)
     for (var i = lid; i < BC * HD4; i += WG) {
       let key = k0 + i / HD4;
@@ -81,11 +85,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let r = e / BC;
       let key = k0 + e % BC;
       var s = MASKED;
-      if (r < rows && key <= S.pos + t0 + r) {  // causal: query t sees positions 0 .. pos + t
+      let p = S.pos + t0 + r;
+      // causal: query t sees positions 0 .. pos + t; with a window only the last `window` of them
+      if (r < rows && key <= p && (P.window == 0u || p - key < P.window)) {
         s = 0.0;
         for (var i = 0u; i < HD4; i++) {
           s += dot(q_sh[r * HD4 + i], kv_sh[(e % BC) * HD4 + i]);
         }
+#ifdef SOFTCAP
+        s = softcap(s, P.softcap);
+#endif
       }
       s_sh[e] = s;
     }

@@ -20,7 +20,13 @@
 //               ADD    out[t, n] += y (the residual stream; each element written by one invocation)
 //               QKV    rows [0, n_q) are queries: RoPE, then out[t, n]; rows [n_q, n_q + n_kv) are keys: RoPE, then
 //                      the K cache at position pos + t; the remaining n_kv rows are values: the V cache.
+//                      With QK_OUT, rows [0, n_q + n_kv) go to out[t, n] unrotated (out_stride = n_q + n_kv): the
+//                      per-head q/k RMSNorm kernel (qk_norm.wgsl) norms and rotates them and writes k to the cache.
 //               SILU   rows come in (gate, up) pairs (interleaved at repack): out[t, n / 2] = silu(gate) * up
+//               GELU   as SILU with GELU's tanh approximation: out[t, n / 2] = gelu_tanh(gate) * up (GeGLU)
+//   BIAS      bias[n] is added to each result first (q/k/v biases: before RoPE). Not with ARGMAX.
+//   SOFTCAP   each result y becomes P.softcap * tanh(y / P.softcap) (Gemma 2's final logit soft-capping; the
+//             ARGMAX partials see the capped values, so they stay the stored logits' argmax).
 //   ARGMAX    decode (GEMV, GEMV_SEG) with STORE, for the LM head: each workgroup also writes the largest of its
 //             results and its row (the lowest row on ties) to best[workgroup], so greedy sampling reduces one partial
 //             per workgroup instead of every logit (sample.wgsl).
@@ -40,11 +46,11 @@ struct Params {
   max_ctx: u32,     // QKV: KV cache capacity in positions
   rope_dims: u32,   // QKV: rotated features per head (even, <= head_dim)
   n_splits: u32,    // ATTN_IN: key splits of the attention partials (head_dim gives the head size)
+  softcap: f32,     // SOFTCAP: the cap c of c * tanh(y / c)
   seg1_row: u32,    // W_SEGS == RANGE: first row of segment 1 (N when absent)
   seg2_row: u32,    // W_SEGS == RANGE: first row of segment 2 (N when absent)
   seg1_base: u32,   // W_SEGS: where segment 1 starts in w_q, in vec4<u32> words
   seg2_base: u32,   // W_SEGS == RANGE: where segment 2 starts in w_q, in vec4<u32> words
-  _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -55,6 +61,18 @@ struct Params {
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;   // (K,) f32 RMSNorm weight
 #endif
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;      // (n_tokens, out_stride) f32
+#ifdef BIAS
+@group(0) @binding(11) var<storage, read> bias: array<f32>;          // (N,) f32
+#endif
+
+// A result y as the epilogue and the argmax partials see it: soft-capped with SOFTCAP.
+fn finish(y: f32) -> f32 {
+#ifdef SOFTCAP
+  return softcap(y, P.softcap);
+#else
+  return y;
+#endif
+}
 #ifdef ATTN_IN
 @group(0) @binding(9) var<storage, read> ml: array<f32>;             // (n_heads, n_splits, 2) max m, sum l
 var<workgroup> coef: array<f32, 1024>;                                // (n_heads, n_splits) merge weights
@@ -180,10 +198,13 @@ fn write_best(lid: u32, wg: u32, n: u32) {
 
 #if EPI == QKV
 @group(0) @binding(7) var<storage, read_write> kv: array<KV_T>;      // (2, n_kv_heads, max_ctx, head_dim): K then V
+#ifndef QK_OUT
 @group(0) @binding(8) var<storage, read> rope_freq: array<f32>;      // (rope_dims / 2,) inverse frequencies
+#endif
 #endif
 
 #if EPI == QKV
+#ifndef QK_OUT
 // RoPE of the feature pair (a, b) at even feature index d of a head (GGML's "normal" RoPE: adjacent pairs); features
 // past rope_dims are not rotated.
 fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
@@ -193,9 +214,18 @@ fn rope(a: f32, b: f32, d: u32, pos: u32) -> vec2<f32> {
   return rope_rotate(a, b, rope_freq[d / 2u], pos);
 }
 #endif
+#endif
 
 // Results for rows r and r + 1 (r even), stored at token row t of out; pos is the token's sequence position.
-fn epilogue_pair(r: u32, t: u32, pos: u32, a: f32, b: f32) {
+fn epilogue_pair(r: u32, t: u32, pos: u32, a_in: f32, b_in: f32) {
+  var a = a_in;
+  var b = b_in;
+#ifdef BIAS
+  a += bias[min(r, P.n_rows - 1u)];
+  b += bias[min(r + 1u, P.n_rows - 1u)];
+#endif
+  a = finish(a);
+  b = finish(b);
 #if EPI == STORE
   if (r < P.n_rows) { out[t * P.out_stride + r] = a; }
   if (r + 1u < P.n_rows) { out[t * P.out_stride + r + 1u] = b; }
@@ -207,11 +237,20 @@ fn epilogue_pair(r: u32, t: u32, pos: u32, a: f32, b: f32) {
 #if EPI == SILU
   if (r + 1u < P.n_rows) { out[t * P.out_stride + r / 2u] = silu(a) * b; }
 #endif
+#if EPI == GELU
+  if (r + 1u < P.n_rows) { out[t * P.out_stride + r / 2u] = gelu_tanh(a) * b; }
+#endif
 #if EPI == QKV
   if (r + 1u >= P.n_rows) {
     return;
   }
   let hd = P.head_dim;
+#ifdef QK_OUT
+  if (r < P.n_q + P.n_kv) {
+    out[t * P.out_stride + r] = a;
+    out[t * P.out_stride + r + 1u] = b;
+  } else {
+#else
   if (r < P.n_q) {
     let v = rope(a, b, r % hd, pos);
     out[t * P.out_stride + r] = v.x;
@@ -223,6 +262,7 @@ fn epilogue_pair(r: u32, t: u32, pos: u32, a: f32, b: f32) {
     kv[i] = KV_T(v.x);
     kv[i + 1u] = KV_T(v.y);
   } else {
+#endif
     let vr = r - P.n_q - P.n_kv;
     let i = P.n_kv * P.max_ctx + ((vr / hd) * P.max_ctx + pos) * hd + vr % hd;
     kv[i] = KV_T(a);
@@ -275,11 +315,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     epilogue_pair(row0, 0u, pos, acc.x, acc.y);
     epilogue_pair(row0 + 2u, 0u, pos, acc.z, acc.w);
 #ifdef ARGMAX
-    var bv = acc.x;
+    var bv = finish(acc.x);
     var br = row0;
     for (var i = 1u; i < R; i++) {
-      if (beats(acc[i], row0 + i, bv, br, P.n_rows)) {
-        bv = acc[i];
+      if (beats(finish(acc[i]), row0 + i, bv, br, P.n_rows)) {
+        bv = finish(acc[i]);
         br = row0 + i;
       }
     }
@@ -361,8 +401,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
 #ifdef ARGMAX
   if (lane == 0u) {
-    let b = beats(acc.y * scale, r0 + 1u, acc.x * scale, r0, P.n_rows);
-    best_v[lid / SEG] = select(acc.x * scale, acc.y * scale, b);
+    let ya = finish(acc.x * scale);
+    let yb = finish(acc.y * scale);
+    let b = beats(yb, r0 + 1u, ya, r0, P.n_rows);
+    best_v[lid / SEG] = select(ya, yb, b);
     best_r[lid / SEG] = select(r0, r0 + 1u, b);
   }
   write_best(lid, wid.y * nwg.x + wid.x, PAIRS);

@@ -40,7 +40,8 @@ from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
 from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
-from .model.graph import LlamaGraph, default_chunk
+from .model.graph import Graph, check_kv_limit, default_chunk
+from .model.loader import load_weights
 from .protocol import check_token_ids
 from .tokenizer import Tokenizer
 
@@ -243,7 +244,7 @@ class Engine:
         gguf: GGUFFile,
         device: Device,
         kern: Kernels,
-        graph: LlamaGraph,
+        graph: Graph,
         tokenizer: Tokenizer,
         chat_template: AnyTemplate,
     ):
@@ -407,9 +408,10 @@ async def load_engine(
                 )
             else:  # a GEMV_SEG segment must fit in the smallest subgroup
                 kern.gemv_seg = min(kern.gemv_seg, probe.min_size)
-        graph = LlamaGraph(cfg, kern, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
-        await graph.load(gguf, progress)
-        graph.check_limits()
+        # GGUF -> features (cfg) -> GPU weights -> launches: each stage reads only what the one before made.
+        check_kv_limit(cfg, kern, n_ctx)
+        weights = await load_weights(gguf, cfg, kern, max_ctx=n_ctx, progress=progress)
+        graph = Graph(cfg, kern, weights, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
         if tune if tune is not None else (tuning is None and not is_cpu_adapter(device)):
             if tuning_cache is None and sys.platform != "emscripten":
                 tuning_cache = os.path.join(os.path.expanduser("~"), ".cache", "webllm_py", "tuning.json")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 
 import pytest
 
@@ -45,7 +46,7 @@ def in_features(*types: GGMLType) -> int:
     return 256 if any(t.name in SUPER_BLOCK_FORMATS for t in types) else 96
 
 
-HEAD_DIMS = [32, 64, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64
+HEAD_DIMS = [32, 64, 96, 128, 256]  # tests/kernels/test_attention.py; SmolLM2 has 64, Phi-3.5 96, Gemma 256
 
 
 class RecordingDevice:
@@ -116,18 +117,34 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
         ops.embed(kern, w=w, tokens=buf, out=buf, state=state)
         for gemm in (False, True):
             for norm in (None, buf) if t in EPILOGUE_TYPES else (buf,):
-                for epi in ("STORE", "ADD", "SILU") if t in EPILOGUE_TYPES else ("STORE",):
+                for epi in ("STORE", "ADD", "SILU", "GELU") if t in EPILOGUE_TYPES else ("STORE",):
                     ops.matmul(
                         kern, w=w, x=buf, out=buf, state=state, epi=epi, gemm=gemm, norm_w=norm, eps=1e-5
                     )
-                ops.matmul(
-                    kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, norm_w=norm, eps=1e-5,
-                    kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
-                )  # fmt: skip
+                for bias, qk_out in ((None, False), (buf, False), (None, True), (buf, True))[
+                    : 4 if t in EPILOGUE_TYPES else 1
+                ]:
+                    ops.matmul(
+                        kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=gemm, norm_w=norm, eps=1e-5,
+                        kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16, bias=bias,
+                        qk_out=qk_out,
+                    )  # fmt: skip
     for hd in HEAD_DIMS:
-        ops.attention(
-            kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64
-        )
+        for softcap in (0.0, 50.0):  # Gemma 2's soft-capped scores
+            for flash in (False, True):
+                ops.attention(
+                    kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+                    softcap=softcap, flash=flash, window=8,
+                )  # fmt: skip
+            ops.attention(
+                kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
+                ml=buf, n_splits=4, softcap=softcap,
+            )  # fmt: skip
+        ops.qk_norm(
+            kern, src=buf, q=buf, kv=buf, state=state, q_norm_w=buf, k_norm_w=buf, rope_freq=buf, n_heads=2,
+            n_kv_heads=1, head_dim=hd, max_ctx=64, rope_dims=hd, eps=1e-6,
+        )  # fmt: skip
+    ops.norm_add(kern, y=buf, x=buf, norm_w=buf, n=96, eps=1e-6)
     for hd in HEAD_DIMS:  # decode: split attention, alone and with the QKV projection fused in
         ops.attention(
             kern, q=buf, kv=buf, out=buf, state=state, n_heads=2, n_kv_heads=1, head_dim=hd, max_ctx=64,
@@ -147,9 +164,14 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
         for t in types if cand in (CANDIDATES[0], CANDIDATES[-1]) else EPILOGUE_TYPES:
             w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
             ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand)
-            ops.matmul(  # the LM head
-                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
-                argmax_out=buf,
+            for softcap in (0.0, 30.0):  # the LM head, with Gemma 2's final soft-cap
+                ops.matmul(
+                    kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
+                    argmax_out=buf, softcap=softcap,
+                )  # fmt: skip
+            ops.matmul(  # the QKV projection of Qwen2 (bias) and of q/k-norm models
+                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand, bias=buf,
+                qk_out=True, kv=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
             )  # fmt: skip
             ops.matmul(
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
@@ -179,14 +201,30 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
 
 
 def engine_variants(kern: Kernels, gguf_path: str) -> None:
-    """Load the real model's graph on the recording device: the pipelines the engine creates for it."""
+    """Load a model's graph on the recording device: the pipelines the engine creates for it."""
     from webllm_py.model.config import ModelConfig
     from webllm_py.model.gguf import GGUFFile
-    from webllm_py.model.graph import LlamaGraph
+    from webllm_py.model.graph import Graph
+    from webllm_py.model.loader import load_weights
 
     with GGUFFile.open(gguf_path) as gguf:
-        graph = LlamaGraph(ModelConfig.from_gguf(gguf), kern, max_ctx=256, chunk=32)
-        asyncio.run(graph.load(gguf))
+        cfg = ModelConfig.from_gguf(gguf)
+        Graph(cfg, kern, asyncio.run(load_weights(gguf, cfg, kern, max_ctx=256)), max_ctx=256, chunk=32)
+
+
+ARCH_FEATURES = re.compile(r"BIAS|SOFTCAP|QK_OUT|EPI=GELU|^qk_norm|^norm_add|HD=96")
+
+
+def tiny_architecture_models() -> list[str]:
+    """The tiny GGUF of every architecture tests/kernels/test_arch_tiny.py runs (their features' variants)."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.kernels.test_arch_tiny import MODELS
+    from tests.kernels.tiny_llama import build_tiny_model
+
+    folder = Path(tempfile.mkdtemp(prefix="tint-arch-"))
+    return [str(build_tiny_model(folder / f"{name}.gguf", **shape)) for name, shape in MODELS.items()]
 
 
 def all_variants() -> tuple[dict[str, str], set[str]]:
@@ -195,16 +233,32 @@ def all_variants() -> tuple[dict[str, str], set[str]]:
 
     sources: dict[str, str] = {}
     engine_on_gpu: set[str] = set()
-    model = str(smollm2_path())
+    archs = tiny_architecture_models()
     for tier in TIERS:
         for tuning in TUNINGS:
-            engine_dev, tests_dev = RecordingDevice(tier), RecordingDevice(tier)
-            engine_variants(Kernels(engine_dev, tier, **tuning), model)
+            engine_dev, tests_dev, arch_dev = (
+                RecordingDevice(tier),
+                RecordingDevice(tier),
+                RecordingDevice(tier),
+            )
+            engine_variants(Kernels(engine_dev, tier, **tuning), str(smollm2_path()))
+            for model in archs:
+                engine_variants(Kernels(arch_dev, tier, **tuning), model)
             kernel_matrix_variants(Kernels(tests_dev, tier, **tuning), all_formats=tuning == TUNINGS[0])
-            for label, code in [*engine_dev.sources.items(), *tests_dev.sources.items()]:
+            for label, code in [
+                *engine_dev.sources.items(),
+                *arch_dev.sources.items(),
+                *tests_dev.sources.items(),
+            ]:
                 sources.setdefault(code, label)  # identical text is compiled once
             if "gemv_wg" not in tuning:  # the GPU shapes (fused or not): also made into pipelines
                 engine_on_gpu |= {sources[code] for code in engine_dev.sources.values()}
+                # The tiny architectures' variants of their own features (new binding layouts and workgroup sizes);
+                # their other variants differ from the real model's in shapes only and are compiled, not made into
+                # pipelines (about half a second each on SwiftShader).
+                engine_on_gpu |= {
+                    sources[c] for c in arch_dev.sources.values() if ARCH_FEATURES.search(sources[c])
+                }
     return {label: code for code, label in sources.items()}, engine_on_gpu
 
 
@@ -261,7 +315,17 @@ def test_variants_cover_the_engine_and_both_f32_tiers(variants):
     assert engine <= labels and len(engine) >= 20
     assert any(label.endswith("@f32-subgroups") for label in labels)
     assert any(label.endswith("@f32") for label in labels)
-    for shader in ("matmul", "attention", "embed", "sample", "repack", "probe"):
+    for shader in (
+        "matmul",
+        "attention",
+        "flash_attention",
+        "embed",
+        "qk_norm",
+        "norm_add",
+        "sample",
+        "repack",
+        "probe",
+    ):
         assert any(label.startswith(shader + ":") for label in labels), shader
     subgroup_sources = [code for label, code in sources.items() if label.endswith("@f32-subgroups")]
     assert all(

@@ -22,7 +22,7 @@ import pytest
 from webllm_py.model.gguf import GGUFFile
 
 from .model_path import smollm2_path
-from .reference import ReferenceLlama
+from .reference import ReferenceModel
 from .stepper import prompt_logits
 
 GOLDENS = Path(__file__).resolve().parents[1] / "data" / "goldens"
@@ -38,7 +38,7 @@ def rel_err(a, b) -> float:
 @pytest.fixture(scope="module")
 def reference():
     with GGUFFile.open(smollm2_path()) as g:
-        yield ReferenceLlama(g)
+        yield ReferenceModel(g)
 
 
 # Both tiers run the short prompts; the 300-token prompt (two prefill chunks) runs in the f32 tier, the one a

@@ -13,7 +13,9 @@ from .quantize import K_TYPES, dequantize, quantize
 
 
 @pytest.mark.parametrize("ggml_type", list(GGMLType), ids=lambda t: t.name)
-def test_embed(kern, ggml_type):
+@pytest.mark.parametrize("scale", [1.0, 9.797958971132712], ids=["unscaled", "sqrt96"])
+def test_embed(kern, ggml_type, scale):
+    """Rows of the table, times the embedding scale (Gemma: sqrt(hidden))."""
     vocab, m = 301, 7
     h = 512 if ggml_type in K_TYPES else 96  # K-quants: two 256-weight super-blocks per row
     rng = np.random.default_rng(3)
@@ -23,7 +25,10 @@ def test_embed(kern, ggml_type):
     ops.Repacker(kern).upload(w, ggml_type, raw, vocab)
     ids = np.array([0, 300, 5, 5, 17, 299, 128], dtype=np.uint32)
     out = zeros(kern, m * h * 4)
-    launch = ops.embed(kern, w=w, tokens=upload(kern, ids), out=out, state=state_buffer(kern, 0, m))
+    launch = ops.embed(
+        kern, w=w, tokens=upload(kern, ids), out=out, state=state_buffer(kern, 0, m), scale=scale
+    )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * h).reshape(m, h)
-    assert_close(got, dequantize(raw, ggml_type, (vocab, h))[ids], 0.0, "embedding rows")
+    want = dequantize(raw, ggml_type, (vocab, h))[ids] * np.float32(scale)  # one f32 rounding, as the kernel
+    assert_close(got, want, 0.0, "embedding rows")

@@ -12,7 +12,7 @@ from webllm_py import errors
 from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.model.gguf import GGUFFile
 
-from ..e2e.reference import ReferenceLlama
+from ..e2e.reference import ReferenceModel
 from .tiny_llama import build_tiny_llama
 
 
@@ -20,7 +20,7 @@ from .tiny_llama import build_tiny_llama
 def tiny(tmp_path_factory):
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3, tied=False)
     with GGUFFile.open(path) as g:
-        yield path, ReferenceLlama(g)
+        yield path, ReferenceModel(g)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from webllm_py.kernels.registry import Tier
 from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
-from ..e2e.reference import ReferenceLlama
+from ..e2e.reference import ReferenceModel
 from ..e2e.stepper import check_against_reference
 from .conftest import TIERS
 from .tiny_llama import build_tiny_llama
@@ -65,7 +65,7 @@ def models(tmp_path_factory):
             )
             g = GGUFFile.open(path)
             opened.append(g)
-            cache[name] = (path, ReferenceLlama(g))
+            cache[name] = (path, ReferenceModel(g))
         return cache[name]
 
     yield get
@@ -89,7 +89,7 @@ def test_quant_model_prefill_and_decode(models, gpu_device, name, tier):
     try:
         graph = engine.graph
         mixed = MIXED.get(name, [])
-        assert [i for i, L in enumerate(graph.layers) if len(L.qkv.segments) > 1] == mixed
+        assert [i for i, L in enumerate(graph.layers) if len(L.w.qkv.segments) > 1] == mixed
         n_layers = engine.config.n_layers
         assert engine.dispatches_per_decode_step == 4 * n_layers + len(mixed) + 3
         rng = np.random.default_rng(2)

@@ -15,7 +15,7 @@ from webllm_py.model.gguf import GGUFFile
 from webllm_py.model.quant import GGMLType
 
 from ..e2e import stepper
-from ..e2e.reference import ReferenceLlama
+from ..e2e.reference import ReferenceModel
 from .tiny_llama import build_tiny_llama
 
 SHAPES = {
@@ -37,10 +37,13 @@ SHAPES = {
 }
 
 
+CONTEXT_WINDOW = 320  # the engine's context window in check_against_reference (LongRoPE references need it)
+
+
 def _tiny_model(name: str, tmp_path_factory):
     path = build_tiny_llama(tmp_path_factory.mktemp("tiny") / f"{name}.gguf", seed=len(name), **SHAPES[name])
     with GGUFFile.open(path) as g:  # the reference reads the file lazily
-        yield name, path, ReferenceLlama(g)
+        yield name, path, ReferenceModel(g, n_ctx=CONTEXT_WINDOW)
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))
@@ -78,7 +81,7 @@ def check_against_reference(tiny, kern, *, fuse_attention: bool):
             str(path),
             device=kern.device,
             tier=kern.tier,
-            context_window_size=320,
+            context_window_size=CONTEXT_WINDOW,
             # The second prefill chunk (positions 256..299) sees >= 260 keys: flash attention; the first one not.
             tuning={
                 "gemv_wg": 32,

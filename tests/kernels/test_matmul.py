@@ -158,12 +158,14 @@ def fused_weight(kern, rng, parts, k, *, interleave=False):
 SILU_TYPES = [(GGMLType.Q4_0, GGMLType.Q4_0), (GGMLType.Q4_K, GGMLType.Q6_K), (GGMLType.Q5_0, GGMLType.Q8_0)]
 
 
+@pytest.mark.parametrize("act", ["SILU", "GELU"])
 @pytest.mark.parametrize("types", SILU_TYPES, ids=lambda ts: "+".join(t.name for t in ts))
 @pytest.mark.parametrize(
     "gemm,m,gemv", [(False, 1, "GEMV"), (False, 1, "GEMV_SEG"), (True, 9, 256), (True, 9, 64)]
 )
-def test_matmul_silu(kern, types, gemm, m, gemv):
-    """out = silu(gate) * up, gate and up rows interleaved in one weight."""
+def test_matmul_silu(kern, types, gemm, m, gemv, act):
+    """out = act(gate) * up, gate and up rows interleaved in one weight; act = SiLU (SwiGLU) or GELU's tanh
+    approximation (GeGLU)."""
     if gemm:
         kern.gemm_wg = gemv
     else:
@@ -173,15 +175,18 @@ def test_matmul_silu(kern, types, gemm, m, gemv):
     rng = np.random.default_rng(11)
     weight, (g_ref, u_ref) = fused_weight(kern, rng, [(t, n_ff) for t in types], k, interleave=True)
     assert len(weight.segments) == len(set(types))
-    x = rng.standard_normal((m, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3  # GELU's tanh argument reaches past the clamp
     out = zeros(kern, m * n_ff * 4)
     launch = ops.matmul(
-        kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="SILU", gemm=gemm
+        kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi=act, gemm=gemm
     )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, out, np.float32, m * n_ff).reshape(m, n_ff)
     g = x @ g_ref.T
-    want = g / (1 + np.exp(-g)) * (x @ u_ref.T)
+    if act == "SILU":
+        want = g / (1 + np.exp(-g)) * (x @ u_ref.T)
+    else:
+        want = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3))) * (x @ u_ref.T)
     if gemm:
         assert_close(got, want, REL, "silu")
     else:
@@ -214,17 +219,22 @@ QKV_TYPES = [(GGMLType.Q8_0,) * 3] + [
     (GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0),
     (GGMLType.Q4_1, GGMLType.BF16, GGMLType.Q5_1),
 ]
-QKV_CASES = [(QKV_TYPES[0], *c) for c in QKV_SHAPES]
-QKV_CASES += [(ts, *c) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
+# (bias, qk_out): Qwen2's biases before RoPE; q/k-norm models' raw q | k rows to scratch (only v to the cache).
+QKV_CASES = [(QKV_TYPES[0], *c, False, False) for c in QKV_SHAPES]
+QKV_CASES += [(QKV_TYPES[0], *c, True, qk_out) for c in QKV_SHAPES for qk_out in (False, True)]
+QKV_CASES += [(ts, *c, False, False) for ts in QKV_TYPES[1:] for c in QKV_SHAPES[1:3] + QKV_SHAPES[5:]]
+QKV_CASES += [(QKV_TYPES[1], *QKV_SHAPES[5], True, True)]
 
 
 @pytest.mark.parametrize(
-    "types,gemm,m,pos0,gemv",
+    "types,gemm,m,pos0,gemv,bias,qk_out",
     QKV_CASES,
     ids=lambda v: "+".join(t.name for t in v) if isinstance(v, tuple) else str(v),
 )
-def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
-    """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t."""
+def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv, bias, qk_out):
+    """Fused q/k/v product: RoPE on q and k, q to scratch, k and v appended to the cache at pos0 + t. With a bias
+    (Qwen2) it is added before RoPE; with qk_out (q/k-norm models) q and k rows go to scratch unrotated, (m, n_q +
+    n_kv), and only v to the cache."""
     if gemm:
         kern.gemm_wg = gemv
     else:
@@ -237,7 +247,8 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     assert len(weight.segments) == len({t: 0 for t in types})
     freqs = 10000.0 ** (-np.arange(0, hd, 2) / hd)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    q_out = zeros(kern, m * nq * 4)
+    b = rng.standard_normal(nq + 2 * nkv).astype(np.float32) if bias else np.zeros(nq + 2 * nkv, np.float32)
+    q_out = zeros(kern, m * (nq + nkv) * 4)
     kv_dtype = np.float16 if kern.tier.f16 else np.float32
     kv = zeros(kern, 2 * nkv * max_ctx * np.dtype(kv_dtype).itemsize)
     launch = ops.matmul(
@@ -255,22 +266,29 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
         head_dim=hd,
         max_ctx=max_ctx,
         rope_dims=hd,
+        bias=upload(kern, b) if bias else None,
+        qk_out=qk_out,
     )
     kern.device.submit([launch.dispatch(m)])
     tokens = np.arange(m) if gemm else np.array([m - 1])
     pos = pos0 + tokens
-    q_want = rope_ref(x[tokens] @ refs[0].T, pos, freqs, hd)
-    k_want = rope_ref(x[tokens] @ refs[1].T, pos, freqs, hd)
-    v_want = x[tokens] @ refs[2].T
-    q_got = download(kern, q_out, np.float32, m * nq).reshape(m, nq)[tokens if gemm else [0]]
+    q_raw = x[tokens] @ refs[0].T + b[:nq]
+    k_raw = x[tokens] @ refs[1].T + b[nq : nq + nkv]
+    v_want = x[tokens] @ refs[2].T + b[nq + nkv :]
     cache = (
         download(kern, kv, kv_dtype, 2 * nkv * max_ctx).astype(np.float64).reshape(2, n_kv_heads, max_ctx, hd)
     )
-    k_got = cache[0][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
     v_got = cache[1][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
     kv_rel = 2e-3 if kern.tier.f16 else 1e-4  # f16 cache rounding; f32 angle reduction at positions ~500
-    assert_close(q_got, q_want, 1e-4, "q")
-    assert_close(k_got, k_want, kv_rel, "k cache")
+    stride = nq + nkv if qk_out else nq
+    out = download(kern, q_out, np.float32, m * stride).reshape(m, stride)[tokens if gemm else [0]]
+    if qk_out:  # raw q | k rows to scratch, the K cache untouched
+        assert_close(out, np.concatenate([q_raw, k_raw], axis=1), REL, "q | k")
+        assert not cache[0].any()
+    else:
+        k_got = cache[0][:, pos, :].transpose(1, 0, 2).reshape(len(pos), nkv)
+        assert_close(out, rope_ref(q_raw, pos, freqs, hd), 1e-4, "q")
+        assert_close(k_got, rope_ref(k_raw, pos, freqs, hd), kv_rel, "k cache")
     assert_close(v_got, v_want, kv_rel, "v cache")
     # nothing written outside the step's positions
     others = np.setdiff1d(np.arange(max_ctx), pos)
@@ -281,9 +299,11 @@ def test_matmul_qkv_rope_kv_append(kern, types, gemm, m, pos0, gemv):
     "variant,wg,seg",
     [("GEMV", 64, 0), ("GEMV", 16, 0), ("GEMV_SEG", 64, 8), ("GEMV_SEG", 32, 4), ("GEMV_SEG", 16, 8)],
 )
-def test_lm_head_argmax_partials(kern, variant, wg, seg):
+@pytest.mark.parametrize("softcap", [0.0, 100.0], ids=["raw", "softcap"])  # logits up to ~150 here
+def test_lm_head_argmax_partials(kern, variant, wg, seg, softcap):
     """The LM head's greedy partials: per workgroup of rows, its largest logit and row (the lowest row on ties), and
-    the sampler's greedy pick from them is the argmax of all logits."""
+    the sampler's greedy pick from them is the argmax of all logits. With final soft-capping (Gemma 2) the logits
+    and the partials are the capped values."""
     kern.gemv_variant, kern.gemv_wg, kern.gemv_seg = variant, wg, seg or kern.gemv_seg
     n, k, m = 75, 96, 2  # odd rows: the last pair is half empty
     rng = np.random.default_rng(11)
@@ -310,10 +330,18 @@ def test_lm_head_argmax_partials(kern, variant, wg, seg):
         norm_w=upload(kern, np.ones(k, np.float32)),
         eps=1e-5,
         argmax_out=partials,
+        softcap=softcap,
         gemm=False,
     )
     kern.device.submit([launch.dispatch(m)])
     got = download(kern, logits, np.float32, n)
+    xl = x[m - 1].astype(np.float64)
+    want = (xl / np.sqrt((xl**2).mean() + 1e-5)) @ dequantize(raw, GGMLType.Q8_0, w.shape).T.astype(
+        np.float64
+    )
+    if softcap:
+        want = softcap * np.tanh(want / softcap)
+    assert_close(got, want, REL, "logits")
     rows = kern.gemv.rows_per_workgroup
     n_wg = -(-n // rows)
     pairs = download(kern, partials, np.uint32, 2 * n_wg).reshape(n_wg, 2)

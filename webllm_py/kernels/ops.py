@@ -342,14 +342,19 @@ def matmul(
     attn_ml: Buffer | None = None,
     n_splits: int = 0,
     argmax_out: Buffer | None = None,
+    bias: Buffer | None = None,
+    softcap: float = 0.0,
+    qk_out: bool = False,
     gemv: GemvConfig | None = None,
     label: str = "matmul",
 ) -> Launch:
-    """out = epilogue(W @ norm(x)); see matmul.wgsl for the variants.
+    """out = epilogue(W @ norm(x) + bias); see matmul.wgsl for the variants.
 
     With ``attn_ml`` (decode only), x is split attention output: (n_heads, n_splits, head_dim) partial sums with their
     (max, sum) pairs in ``attn_ml``, merged as they are loaded. With ``argmax_out`` (decode, STORE: the LM head),
-    each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs."""
+    each workgroup also writes its best (f32 bits, row) pair there: ceil(n_rows / gemv.rows_per_workgroup) pairs.
+    ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
+    (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
     gemv = gemv or kern.gemv
     defines: dict[str, object] = {"WG": kern.gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
     defines["GEMM" if gemm else gemv.variant] = 1
@@ -358,6 +363,14 @@ def matmul(
         defines["KQ"] = w.k // 4
     if norm_w is not None:
         defines["NORM"] = 1
+    if bias is not None:
+        assert argmax_out is None, "the argmax partials see results before the bias"
+        defines["BIAS"] = 1
+    if softcap:
+        defines["SOFTCAP"] = 1
+    if qk_out:
+        assert epi == "QKV", "QK_OUT is a variant of the QKV epilogue"
+        defines["QK_OUT"] = 1
     if attn_ml is not None:
         assert not gemm and head_dim and n_splits, "split attention input is a decode (GEMV) feature"
         defines["ATTN_IN"] = 1
@@ -367,7 +380,9 @@ def matmul(
         defines["ARGMAX"] = 1
     pipe = kern.pipeline("matmul.wgsl", **defines)
     if out_stride is None:  # outputs of a token are contiguous
-        out_stride = {"SILU": w.n_rows // 2, "QKV": n_q}.get(epi, w.n_rows)
+        out_stride = {"SILU": w.n_rows // 2, "GELU": w.n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(
+            epi, w.n_rows
+        )
     entries = [
         _uniform_entry(
             kern,
@@ -384,6 +399,7 @@ def matmul(
             max_ctx=max_ctx,
             rope_dims=rope_dims,
             n_splits=n_splits,
+            softcap=softcap,
             **_segment_params(w),
         ),
         _whole(1, state),
@@ -394,12 +410,22 @@ def matmul(
     if norm_w is not None:
         entries.append(_whole(5, norm_w))
     if epi == "QKV":
-        assert kv is not None and rope_freq is not None
-        entries += [_whole(7, kv), _whole(8, rope_freq)]
+        assert kv is not None and (rope_freq is not None or qk_out)
+        entries.append(_whole(7, kv))
+        if not qk_out:
+            entries.append(_whole(8, rope_freq))
+    if bias is not None:
+        entries.append(_whole(11, bias))
     if attn_ml is not None:
         entries.append(_whole(9, attn_ml))
     if argmax_out is not None:
         entries.append(_whole(10, argmax_out))
+    storage = len(entries) - 2  # bindings 0 and 1 are uniforms
+    if storage > kern.device.caps.max_storage_buffers_per_shader_stage:
+        raise DeviceLimitError(
+            f"{label}: this product needs {storage} storage buffers but this GPU allows "
+            f"{kern.device.caps.max_storage_buffers_per_shader_stage} per shader stage (maxStorageBuffersPerShaderStage)"
+        )
     bg = kern.device.create_bind_group(pipe, entries, label)
     if gemm:
         row_tiles = math.ceil(w.n_rows / GEMM_TILE)
@@ -432,9 +458,14 @@ class FusedQKV:
 FUSED_TILE = 256  # key positions per tile in the fused kernel (its workgroup memory also holds x)
 
 
+def attention_wg(kern: Kernels, head_dim: int) -> int:
+    """Invocations of an attention.wgsl workgroup: kern.attention_wg, raised to a power of two >= head_dim."""
+    return 1 << (max(kern.attention_wg, head_dim) - 1).bit_length()
+
+
 def fused_attention_fits(kern: Kernels, hidden: int, head_dim: int) -> bool:
     """Whether attention.wgsl QKV_IN's workgroup memory (x, the head's rows, the tile's scores, reductions) fits."""
-    wg = max(kern.attention_wg, head_dim)
+    wg = attention_wg(kern, head_dim)
     need = 4 * (hidden + 6 * head_dim + FUSED_TILE + wg + 4 * wg)  # ... + reductions (f32 and vec4)
     return hidden % 32 == 0 and need <= kern.device.caps.max_compute_workgroup_storage_size
 
@@ -454,6 +485,9 @@ def attention(
     n_splits: int = 1,
     fused: FusedQKV | None = None,
     flash: bool = False,
+    scale: float | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
     label: str = "attention",
 ) -> Launch:
     """Causal GQA attention. With ``ml`` (decode), the keys are cut into ``n_splits`` splits: ``out`` receives
@@ -461,21 +495,25 @@ def attention(
     Without, one workgroup per (head, token) writes the normalized output; with ``flash`` (prefill), tiled flash
     attention (flash_attention.wgsl) does, each key tile loaded once for ``kern.flash_queries`` queries.
     With ``fused`` (decode only), the kernel computes q, k and v itself from the residual stream and appends k and v
-    to the cache (``q`` unused)."""
-    if head_dim % 4 or head_dim > 256 or 256 % head_dim:
+    to the cache (``q`` unused). Scores are (q . k) * ``scale`` (default 1 / sqrt(head_dim)), soft-capped with
+    ``softcap`` > 0; ``window`` > 0 hides keys ``window`` or more positions before the query."""
+    if head_dim % 4 or not 4 <= head_dim <= 256:
         raise UnsupportedModelError(
-            f"head_dim {head_dim} is not supported by the attention kernel (32, 64, 128, 256)"
+            f"head_dim {head_dim} is not supported by the attention kernel (a multiple of 4, at most 256)"
         )
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     if flash:
         assert ml is None and fused is None, "flash attention is the prefill kernel"
         return _flash_attention(
             kern, q=q, kv=kv, out=out, state=state, n_heads=n_heads, n_kv_heads=n_kv_heads,
-            head_dim=head_dim, max_ctx=max_ctx, label=label,
+            head_dim=head_dim, max_ctx=max_ctx, scale=scale, window=window, softcap=softcap, label=label,
         )  # fmt: skip
-    wg = max(kern.attention_wg, head_dim)
     defines: dict[str, object] = {
-        "WG": wg, "HD": head_dim, "TILE": ATTENTION_TILE, "SPLIT_MIN": f"{kern.split_min_keys}u",
+        "WG": attention_wg(kern, head_dim), "HD": head_dim, "TILE": ATTENTION_TILE,
+        "SPLIT_MIN": f"{kern.split_min_keys}u",
     }  # fmt: skip
+    if softcap:
+        defines["SOFTCAP"] = 1
     if ml is not None:
         defines["SPLIT"] = 1
     if fused is not None:
@@ -492,9 +530,11 @@ def attention(
             n_kv_heads=n_kv_heads,
             max_ctx=max_ctx,
             q_stride=n_heads * head_dim,
-            scale=1.0 / math.sqrt(head_dim),
+            scale=scale,
+            window=window,
             rope_dims=fused.rope_dims if fused else 0,
             eps=fused.eps if fused else 0.0,
+            softcap=softcap,
         ),
         _whole(1, state),
         _whole(2, fused.x if fused else q),
@@ -532,10 +572,16 @@ def _flash_attention(
     n_kv_heads: int,
     head_dim: int,
     max_ctx: int,
+    scale: float,
+    window: int,
+    softcap: float,
     label: str,
 ) -> Launch:
     wg, br, bc = flash_tiles(kern, head_dim)
-    pipe = kern.pipeline("flash_attention.wgsl", WG=wg, HD=head_dim, BR=br, BC=bc)
+    defines: dict[str, object] = {"WG": wg, "HD": head_dim, "BR": br, "BC": bc}
+    if softcap:
+        defines["SOFTCAP"] = 1
+    pipe = kern.pipeline("flash_attention.wgsl", **defines)
     entries = [
         _uniform_entry(
             kern,
@@ -545,7 +591,9 @@ def _flash_attention(
             n_kv_heads=n_kv_heads,
             max_ctx=max_ctx,
             q_stride=n_heads * head_dim,
-            scale=1.0 / math.sqrt(head_dim),
+            scale=scale,
+            window=window,
+            softcap=softcap,
         ),
         _whole(1, state),
         _whole(2, q),
@@ -557,14 +605,24 @@ def _flash_attention(
 
 
 def embed(
-    kern: Kernels, *, w: Weight, tokens: Buffer, out: Buffer, state: Buffer, label: str = "embed"
+    kern: Kernels,
+    *,
+    w: Weight,
+    tokens: Buffer,
+    out: Buffer,
+    state: Buffer,
+    scale: float = 1.0,
+    label: str = "embed",
 ) -> Launch:
+    """out[t] = row tokens[t] of the embedding ``w``, times ``scale``."""
     wg = 64
     _single_format(w, "the embedding gather")
     defines: dict[str, object] = {"WG": wg, **weight_defines(w)}
     pipe = kern.pipeline("embed.wgsl", **defines)
     entries = [
-        _uniform_entry(kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k),
+        _uniform_entry(
+            kern, params.EMBED, f"{label}.params", k_blocks=w.k_blocks, out_stride=w.k, scale=scale
+        ),
         _whole(1, state),
         _whole(2, tokens),
         _whole(3, w.q),
@@ -573,6 +631,66 @@ def embed(
     bg = kern.device.create_bind_group(pipe, entries, label)
     x_groups = math.ceil(w.k // 4 / wg)
     return Launch(pipe, bg, lambda n_tokens: (x_groups, n_tokens, 1), label)
+
+
+def qk_norm(
+    kern: Kernels,
+    *,
+    src: Buffer,
+    q: Buffer,
+    kv: Buffer,
+    state: Buffer,
+    q_norm_w: Buffer,
+    k_norm_w: Buffer,
+    rope_freq: Buffer,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    max_ctx: int,
+    rope_dims: int,
+    eps: float,
+    label: str = "qk_norm",
+) -> Launch:
+    """Per-head RMSNorm and RoPE of the raw q and k rows in ``src`` (matmul QKV with ``qk_out``): q -> ``q``, k -> the
+    K cache at the step's positions (qk_norm.wgsl)."""
+    wg = 1 << (max(64, head_dim // 2) - 1).bit_length()
+    pipe = kern.pipeline("qk_norm.wgsl", WG=wg, HD=head_dim)
+    entries = [
+        _uniform_entry(
+            kern,
+            params.QK_NORM,
+            f"{label}.params",
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_ctx=max_ctx,
+            rope_dims=rope_dims,
+            eps=eps,
+        ),  # fmt: skip
+        _whole(1, state),
+        _whole(2, src),
+        _whole(3, q),
+        _whole(4, kv),
+        _whole(5, q_norm_w),
+        _whole(6, k_norm_w),
+        _whole(7, rope_freq),
+    ]
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    return Launch(pipe, bg, lambda n_tokens: (n_heads + n_kv_heads, n_tokens, 1), label)
+
+
+def norm_add(
+    kern: Kernels, *, y: Buffer, x: Buffer, norm_w: Buffer, n: int, eps: float, label: str = "norm_add"
+) -> Launch:
+    """x[t] += RMSNorm(y[t]) * norm_w for each token t of the step (norm_add.wgsl); ``n`` features per token."""
+    pipe = kern.pipeline("norm_add.wgsl", WG=1 << (kern.attention_wg - 1).bit_length())
+    entries = [
+        _uniform_entry(kern, params.NORM_ADD, f"{label}.params", n=n, eps=eps),
+        _whole(2, y),
+        _whole(3, x),
+        _whole(4, norm_w),
+    ]
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    return Launch(pipe, bg, lambda n_tokens: (n_tokens, 1, 1), label)
 
 
 class Sampler:

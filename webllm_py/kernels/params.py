@@ -52,11 +52,11 @@ MATMUL = _spec(
     "max_ctx:u32",
     "rope_dims:u32",
     "n_splits:u32",
+    "softcap:f32",
     "seg1_row:u32",
     "seg2_row:u32",
     "seg1_base:u32",
     "seg2_base:u32",
-    "_pad1:u32",
 )
 ATTENTION = _spec(
     "attention.wgsl",
@@ -65,9 +65,13 @@ ATTENTION = _spec(
     "max_ctx:u32",
     "q_stride:u32",
     "scale:f32",
-    "_pad0:u32",
+    "window:u32",
     "rope_dims:u32",
     "eps:f32",
+    "softcap:f32",
+    "_pad0:u32",
+    "_pad1:u32",
+    "_pad2:u32",
 )
 FLASH_ATTENTION = _spec(
     "flash_attention.wgsl",
@@ -76,11 +80,23 @@ FLASH_ATTENTION = _spec(
     "max_ctx:u32",
     "q_stride:u32",
     "scale:f32",
+    "window:u32",
+    "softcap:f32",
+    "_pad0:u32",
+)
+EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "scale:f32", "_pad0:u32")
+QK_NORM = _spec(
+    "qk_norm.wgsl",
+    "n_heads:u32",
+    "n_kv_heads:u32",
+    "max_ctx:u32",
+    "rope_dims:u32",
+    "eps:f32",
     "_pad0:u32",
     "_pad1:u32",
     "_pad2:u32",
 )
-EMBED = _spec("embed.wgsl", "k_blocks:u32", "out_stride:u32", "_pad0:u32", "_pad1:u32")
+NORM_ADD = _spec("norm_add.wgsl", "n:u32", "eps:f32", "_pad0:u32", "_pad1:u32")
 SAMPLE = _spec(
     "sample.wgsl",
     "vocab:u32",
@@ -112,7 +128,7 @@ REPACK = _spec(
     "_pad1:u32",
 )
 
-ALL = (MATMUL, ATTENTION, FLASH_ATTENTION, EMBED, SAMPLE, REPACK)
+ALL = (MATMUL, ATTENTION, FLASH_ATTENTION, EMBED, QK_NORM, NORM_ADD, SAMPLE, REPACK)
 
 
 def pack_state(pos: int, n_tokens: int, step: int = 0) -> bytes:

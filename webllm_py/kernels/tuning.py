@@ -18,7 +18,7 @@ from .params import pack_state
 from .registry import GemvConfig
 
 if TYPE_CHECKING:
-    from ..model.graph import LlamaGraph
+    from ..model.graph import Graph
 
 ROLES = ("qkv", "o", "ffn1", "ffn2", "lm_head")
 CANDIDATES: tuple[GemvConfig, ...] = (
@@ -38,7 +38,7 @@ REPS = 32  # dispatches per timing
 ROUNDS = 3  # timings per candidate; the fastest counts
 
 
-def tuning_key(graph: LlamaGraph) -> str:
+def tuning_key(graph: Graph) -> str:
     """What the result depends on: the adapter and driver, the kernel tier, the model's matrix shapes."""
     dev, cfg = graph.device, graph.cfg
     shapes = [
@@ -50,15 +50,13 @@ def tuning_key(graph: LlamaGraph) -> str:
         graph.kern.attention_splits,
         graph.kern.split_min_keys,
     ]
-    formats = [graph.layers[0].qkv.fmt, graph.layers[0].down.fmt, graph.lm_head.fmt]
+    formats = [graph.layers[0].w.qkv.fmt, graph.layers[0].w.down.fmt, graph.lm_head.fmt]
     return "|".join(
         [dev.info.summary(), dev.info.description, graph.kern.tier.name, *map(str, shapes), *formats]
     )
 
 
-async def measure(
-    graph: LlamaGraph, candidates: tuple[GemvConfig, ...] = CANDIDATES
-) -> dict[str, GemvConfig]:
+async def measure(graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES) -> dict[str, GemvConfig]:
     """Time every usable candidate for every role; return the fastest per role."""
     dev, kern = graph.device, graph.kern
     # Decode-shaped state: one token at position 0 (the tuning writes garbage into KV slot 0; prefill rewrites it).
@@ -91,7 +89,7 @@ async def measure(
     return chosen
 
 
-async def tune_gemv(graph: LlamaGraph, cache_path: str | None = None) -> tuple[dict[str, GemvConfig], bool]:
+async def tune_gemv(graph: Graph, cache_path: str | None = None) -> tuple[dict[str, GemvConfig], bool]:
     """The per-role GEMV shapes for ``graph``: from ``cache_path`` (JSON) when it has them, else measured (and
     saved there). Returns (shapes, whether they came from the cache)."""
     key = tuning_key(graph)

@@ -1,210 +1,99 @@
-"""The Llama-family forward pass on the GPU: weights, KV cache, activations, and the launches of one step.
+"""The forward pass on the GPU: activations, the KV cache, and the launches of one step, for every architecture.
 
-Everything is allocated and every bind group is built once, in ``load``; a step is then a list of dispatches
-recorded into one compute pass. Per layer, five kernels (matmul.wgsl variants and attention.wgsl):
+The graph takes the loaded weights (loader.py) and the model's features (config.py) and builds every launch and bind
+group once; a step is then a list of dispatches recorded into one compute pass. Per layer, the kernels are
+(matmul.wgsl variants unless named):
 
-    qkv   RMSNorm(x) @ [Wq; Wk; Wv] -> RoPE(q) to scratch, RoPE(k) and v appended to the KV cache
-    attn  causal GQA attention over the cache -> attn
-    o     x += attn @ Wo
-    ffn1  RMSNorm(x) @ [Wgate; Wup] (rows interleaved) -> h = silu(gate) * up
-    ffn2  x += h @ Wdown
+    qkv        RMSNorm(x) @ [Wq; Wk; Wv] (+ bias) -> RoPE(q) to scratch, RoPE(k) and v appended to the KV cache;
+               with per-head q/k norms the q and k rows go to scratch unrotated and
+    qk_norm    (qk_norm.wgsl) norms each head of q and k, rotates them, q -> scratch, k -> the K cache
+    attn       (attention.wgsl) causal GQA attention over the cache, within the layer's window -> attn
+    o          x += attn @ Wo; with post norms: y = attn @ Wo, then
+    attn_post  (norm_add.wgsl) x += RMSNorm(y)
+    ffn1       RMSNorm(x) @ [Wgate; Wup] (rows interleaved) -> h = act(gate) * up (SiLU or GELU-tanh)
+    ffn2       x += h @ Wdown; with post norms: y = h @ Wdown, then
+    ffn_post   x += RMSNorm(y)
 
-plus the token embedding before the layers, the LM head (final RMSNorm folded in) and the sampler after them:
-5 * n_layers + 3 dispatches for a decode step (153 for SmolLM2-135M's 30 layers). With ``Kernels.fuse_attention``
-(where the kernel's workgroup memory allows) decode computes qkv inside attn, each attention workgroup projecting
-its own head's rows: 4 * n_layers + 3 (123). Prefill always runs the five kernels (GEMM projections).
+plus the token embedding (scaled) before the layers, the LM head (final RMSNorm folded in, logits soft-capped) and
+the sampler after them: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
+one more per layer with q/k norms and two more with post norms. With ``Kernels.fuse_attention`` (where the kernel's
+workgroup memory allows, and the layer has neither biases nor q/k norms) decode computes qkv inside attn, each
+attention workgroup projecting its own head's rows: 4 * n_layers + 3 (123). Prefill always runs qkv separately
+(GEMM projections).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import struct
-from collections.abc import Callable
+from dataclasses import dataclass
 
-from ..errors import DeviceLimitError, UnsupportedModelError
+from ..errors import DeviceLimitError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Prepared
 from ..kernels import ops
 from ..kernels.registry import GemvConfig, Kernels
 from .config import ModelConfig
-from .gguf import GGUFFile, TensorInfo
-from .quant import GGMLType, dequantize_row
+from .loader import LayerWeights, ModelWeights
 
 STORAGE = BufferUsage.STORAGE | BufferUsage.COPY_DST | BufferUsage.COPY_SRC
-Progress = Callable[[float, str], None]
 
 
+@dataclass
 class Layer:
-    """GPU tensors and launches of one transformer block."""
+    """One transformer block: its weights, KV cache and launches."""
 
-    attn_norm: Buffer  # (H,) f32
-    qkv: ops.Weight  # (n_q + 2 n_kv, H): q rows, then k rows, then v rows
-    o: ops.Weight  # (H, n_q)
-    ffn_norm: Buffer  # (H,) f32
-    gate_up: ops.Weight  # (2 I, H): gate row i at 2i, up row i at 2i + 1
-    down: ops.Weight  # (H, I)
+    w: LayerWeights
     kv: Buffer  # (2, n_kv_heads, max_ctx, head_dim) KV_T: the K cache, then the V cache
-    launches: tuple[ops.Launch, ...]  # decode: qkv_attn, o, ffn1, ffn2 (fused) or qkv, attn, o, ffn1, ffn2
-    prefill_launches: tuple[ops.Launch, ...]  # qkv, attn, o, ffn1, ffn2 with GEMM projections
-    flash_attention: ops.Launch  # prefill's attn for long contexts (flash_attention.wgsl)
+    launches: tuple[ops.Launch, ...] = ()  # decode, in order
+    prefill_launches: tuple[ops.Launch, ...] = ()  # prefill (GEMM projections, attention per (head, token))
+    flash_launches: tuple[ops.Launch, ...] = ()  # prefill with tiled flash attention (long contexts)
 
 
-class LlamaGraph:
-    def __init__(self, cfg: ModelConfig, kern: Kernels, *, max_ctx: int, chunk: int):
+class Graph:
+    def __init__(self, cfg: ModelConfig, kern: Kernels, weights: ModelWeights, *, max_ctx: int, chunk: int):
         self.cfg = cfg
         self.kern = kern
-        self.device = kern.device
+        self.device = dev = kern.device
+        self.weights = weights
         self.max_ctx = max_ctx  # KV cache capacity in positions
         self.chunk = chunk  # most tokens in one prefill step
-        self.layers: list[Layer] = []
-        self.weight_bytes = 0  # bytes of GPU memory held by weights
+        self.weight_bytes = weights.nbytes  # bytes of GPU memory held by weights
         self.kv_bytes = 0
-
-    # ---- loading ------------------------------------------------------------------------------------------------------
-
-    async def load(self, gguf: GGUFFile, progress: Progress | None = None) -> None:
-        cfg, dev = self.cfg, self.device
-        H, FF, C = cfg.hidden_size, cfg.ffn_size, self.chunk
-        kv_itemsize = 2 if self.kern.tier.f16 else 4
+        check_kv_limit(cfg, kern, max_ctx)
+        H, FF, C = cfg.hidden_size, cfg.ffn_size, chunk
+        kv_itemsize = 2 if kern.tier.f16 else 4
 
         # Activations, (tokens, features) row-major f32.
         self.x = dev.create_buffer(C * H * 4, STORAGE, "x")  # (C, H) residual stream
         self.q = dev.create_buffer(C * cfg.q_size * 4, STORAGE, "q")  # (C, n_heads * head_dim) RoPE'd queries
         # (C, n_heads * head_dim) in prefill; decode: (n_heads, splits, head_dim) partial sums of the key splits
-        splits = self.kern.attention_splits
+        splits = kern.attention_splits
         self.attn = dev.create_buffer(max(C, splits) * cfg.q_size * 4, STORAGE, "attn")
         self.attn_ml = dev.create_buffer(
             cfg.n_heads * splits * 2 * 4, STORAGE, "attn_ml"
         )  # (n_heads, splits, 2)
-        self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) silu(gate) * up
+        self.h = dev.create_buffer(C * FF * 4, STORAGE, "h")  # (C, ffn_size) act(gate) * up
+        # (C, n_q + n_kv) raw q and k rows before the per-head norms (qk_norm models)
+        self.qk = (
+            dev.create_buffer(C * (cfg.q_size + cfg.kv_size) * 4, STORAGE, "qk") if cfg.qk_norm else None
+        )
+        # (C, H) an output projection's result before its post norm (post_norms models)
+        self.y = dev.create_buffer(C * H * 4, STORAGE, "y") if cfg.post_norms else None
         self.logits = dev.create_buffer(
             ops.Sampler.logits_bytes(cfg.vocab_size), STORAGE, "logits"
         )  # (vocab,) f32 of the step's last token, padded to whole vec4s (the sampler reads vec4s)
         self.tokens = dev.create_buffer(max(C, 4) * 4, STORAGE, "tokens")  # (C,) u32 token ids of the step
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
-        self.rope_freq = dev.create_buffer(cfg.rope_dims // 2 * 4, STORAGE, "rope_freq")  # (rope_dims/2,) f32
-        freqs = await self._rope_frequencies(gguf)
-        dev.write_buffer(self.rope_freq, 0, struct.pack(f"<{cfg.rope_dims // 2}f", *freqs))
 
-        names = [t for t in gguf.tensors if t.endswith(".weight")]
-        total = sum(gguf.tensors[n].nbytes for n in names) or 1
-        done = 0
-        repacker = ops.Repacker(self.kern)
-
-        async def step(nbytes: int, what: str) -> None:
-            nonlocal done
-            done += nbytes
-            if progress is not None:
-                progress(min(done / total, 1.0), what)
-            await asyncio.sleep(0)  # let progress events and other tasks through (the browser's only thread)
-
-        self.embd = await self._matrix(gguf, repacker, ["token_embd.weight"], "token_embd")
-        await step(gguf.tensor("token_embd.weight").nbytes, "token_embd")
-        for i in range(cfg.n_layers):
-            p = f"blk.{i}."
-            layer = Layer()
-            layer.attn_norm = await self._vector(gguf, p + "attn_norm.weight")
-            layer.qkv = await self._matrix(
-                gguf, repacker, [p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], p + "qkv"
-            )
-            layer.o = await self._matrix(gguf, repacker, [p + "attn_output.weight"], p + "o")
-            layer.ffn_norm = await self._vector(gguf, p + "ffn_norm.weight")
-            layer.gate_up = await self._matrix(
-                gguf, repacker, [p + "ffn_gate.weight", p + "ffn_up.weight"], p + "gate_up", interleave=True
-            )
-            layer.down = await self._matrix(gguf, repacker, [p + "ffn_down.weight"], p + "down")
-            kv_size = 2 * cfg.n_kv_heads * self.max_ctx * cfg.head_dim * kv_itemsize
-            layer.kv = dev.create_buffer(kv_size, STORAGE, p + "kv")
+        self.layers: list[Layer] = []
+        for i, lw in enumerate(weights.layers):
+            kv_size = 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * kv_itemsize
+            self.layers.append(Layer(lw, dev.create_buffer(kv_size, STORAGE, f"blk.{i}.kv")))
             self.kv_bytes += kv_size
-            self.layers.append(layer)
-            await step(
-                sum(t.nbytes for n, t in gguf.tensors.items() if n.startswith(p)),
-                f"layer {i + 1}/{cfg.n_layers}",
-            )
-        self.output_norm = await self._vector(gguf, "output_norm.weight")
-        if cfg.tied_embeddings:
-            self.lm_head = self.embd
-        else:
-            self.lm_head = await self._matrix(gguf, repacker, ["output.weight"], "output")
-            await step(gguf.tensor("output.weight").nbytes, "output")
-        await repacker.close(gguf.name)  # CorruptWeightsError for NaN/Inf scales: one readback per load
         self._build_launches()
-        if progress is not None:
-            progress(1.0, "weights on the GPU")
 
-    async def _rope_frequencies(self, gguf: GGUFFile) -> list[float]:
-        """Inverse frequency of each rotated pair: base^(-2i / rope_dims), divided by Llama 3.1's factors if any."""
-        cfg = self.cfg
-        freqs = [cfg.rope_base ** (-2.0 * i / cfg.rope_dims) for i in range(cfg.rope_dims // 2)]
-        if cfg.has_rope_freq_factors:
-            info = gguf.tensor("rope_freqs.weight")
-            factors = await self._floats(gguf, info)
-            if len(factors) < len(freqs):
-                raise UnsupportedModelError(f"{gguf.name}: rope_freqs.weight has {len(factors)} values; the "
-                                            f"rotation needs {len(freqs)}")  # fmt: skip
-            gguf.check_finite(info.name, struct.pack(f"<{len(factors)}f", *factors), positive=True)
-            freqs = [f / factors[i] for i, f in enumerate(freqs)]
-        return freqs
-
-    async def _floats(self, gguf: GGUFFile, info: TensorInfo) -> list[float]:
-        if info.ggml_type not in (GGMLType.F32, GGMLType.F16):
-            raise UnsupportedModelError(
-                f"{info.name}: expected an F32 or F16 vector, found {info.ggml_type.name}"
-            )
-        return dequantize_row(info.ggml_type, await gguf.tensor_bytes_async(info.name))
-
-    async def _vector(self, gguf: GGUFFile, name: str) -> Buffer:
-        info = gguf.tensor(name)
-        data = await gguf.tensor_bytes_async(name)
-        if info.ggml_type != GGMLType.F32:
-            values = await self._floats(gguf, info)
-            data = struct.pack(f"<{len(values)}f", *values)
-        gguf.check_finite(name, data)  # norms and biases are small: checked on the host, before the upload
-        buf = self.device.create_buffer(len(data), STORAGE, name)
-        self.device.write_buffer(buf, 0, data)
-        self.weight_bytes += len(data)
-        return buf
-
-    async def _matrix(
-        self,
-        gguf: GGUFFile,
-        repacker: ops.Repacker,
-        names: list[str],
-        label: str,
-        *,
-        interleave: bool = False,
-    ) -> ops.Weight:
-        """Repack one or more GGUF matrices (same input size) into one stacked (or row-interleaved) GPU weight.
-        Matrices of different GGUF types (a Q6_K v beside Q4_K q/k) keep their own formats in segments of the weight
-        (ops.alloc_fused), still one product.
-
-        Source rows are read a staging buffer's worth at a time (``read_async``: browser storage has no
-        synchronous reads), so a weight never sits whole in host memory."""
-        infos = [gguf.tensor(n) for n in names]
-        k = infos[0].shape[0]
-        if any(i.shape[0] != k for i in infos):
-            desc = ", ".join(f"{i.name} {i.ggml_type.name} {list(i.shape)}" for i in infos)
-            raise UnsupportedModelError(f"{gguf.name}: cannot fuse {desc}: they need the same input size")
-        weight, places = ops.alloc_fused(
-            self.kern, [(i.ggml_type, i.n_rows) for i in infos], k, label, interleave=interleave
-        )
-        for info, place in zip(infos, places, strict=True):
-            rows_per_chunk = repacker.rows_per_chunk(info.row_bytes)
-            for r0 in range(0, info.n_rows, rows_per_chunk):
-                rows = min(rows_per_chunk, info.n_rows - r0)
-                raw = await gguf.tensor_bytes_async(info.name, r0 * info.row_bytes, rows * info.row_bytes)
-                repacker.upload(
-                    weight,
-                    info.ggml_type,
-                    raw,
-                    rows,
-                    dst_row0=place.dst_row0 + r0 * place.dst_row_step,
-                    dst_row_step=place.dst_row_step,
-                    segment=place.segment,
-                    tensor=info.name,
-                )
-        self.weight_bytes += weight.nbytes
-        return weight
+    @property
+    def lm_head(self) -> ops.Weight:
+        return self.weights.lm_head
 
     # ---- launches -----------------------------------------------------------------------------------------------------
 
@@ -213,8 +102,13 @@ class LlamaGraph:
         for i, L in enumerate(self.layers):
             L.launches = self._layer_launches(i, gemm=False)
             L.prefill_launches = self._layer_launches(i, gemm=True)
-            L.flash_attention = self._attention_launch(i, flash=True, label=f"blk.{i}.gemm.flash_attn")
-        self.embed_launch = ops.embed(k, w=self.embd, tokens=self.tokens, out=self.x, state=st)
+            attn = self._attention_launch(i, flash=True, label=f"blk.{i}.gemm.flash_attn")
+            L.flash_launches = tuple(
+                attn if x.label == f"blk.{i}.gemm.attn" else x for x in L.prefill_launches
+            )
+        self.embed_launch = ops.embed(
+            k, w=self.weights.embd, tokens=self.tokens, out=self.x, state=st, scale=self.cfg.embed_scale
+        )
         self.sampler = ops.Sampler(
             k,
             logits=self.logits,
@@ -242,30 +136,37 @@ class LlamaGraph:
         self.sampler.use_partials(-(-self.cfg.vocab_size // shape.rows_per_workgroup))
 
     def _layer_launches(self, i: int, *, gemm: bool) -> tuple[ops.Launch, ...]:
+        """Layer i's launches of a decode step (``gemm`` False) or a prefill step, in order (module docstring)."""
         cfg, L = self.cfg, self.layers[i]
-        # Decode splits the keys over several workgroups (flash decoding) and the output projection merges the
-        # splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
-        split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
+        tag = f"blk.{i}.{'gemm' if gemm else 'gemv'}"
         fused = None
-        if not gemm and self.fuses_attention and len(L.qkv.segments) == 1:  # one weight format (ops.Weight)
+        if not gemm and self.fuses_attention and len(L.w.qkv.segments) == 1:  # one weight format (ops.Weight)
             fused = ops.FusedQKV(
-                w=L.qkv,
+                w=L.w.qkv,
                 x=self.x,
-                norm_w=L.attn_norm,
-                rope_freq=self.rope_freq,
+                norm_w=L.w.attn_norm,
+                rope_freq=L.w.rope_freq,
                 rope_dims=cfg.rope_dims,
                 eps=cfg.norm_eps,
             )
+        # Decode splits the keys over several workgroups (flash decoding) and the output projection merges the
+        # splits as it loads them; prefill has a workgroup per (head, token) and writes attn directly.
+        split = {} if gemm else {"ml": self.attn_ml, "n_splits": self.kern.attention_splits}
         attention = self._attention_launch(
-            i,
-            fused=fused,
-            label=f"blk.{i}.{'gemm' if gemm else 'gemv'}.{'qkv_attn' if fused else 'attn'}",
-            **split,
+            i, fused=fused, label=f"{tag}.{'qkv_attn' if fused else 'attn'}", **split
         )
-        o, ffn1, ffn2 = (self.matmul_launch(role, i, gemm=gemm) for role in ("o", "ffn1", "ffn2"))
-        if fused is not None:
-            return (attention, o, ffn1, ffn2)
-        return (self.matmul_launch("qkv", i, gemm=gemm), attention, o, ffn1, ffn2)
+        out: list[ops.Launch] = []
+        if fused is None:
+            out.append(self.matmul_launch("qkv", i, gemm=gemm))
+            if cfg.qk_norm:
+                out.append(self._qk_norm_launch(i, f"{tag}.qk_norm"))
+        out += [attention, self.matmul_launch("o", i, gemm=gemm)]
+        if cfg.post_norms:
+            out.append(self._norm_add_launch(L.w.post_attn_norm, f"{tag}.attn_post_norm"))
+        out += [self.matmul_launch("ffn1", i, gemm=gemm), self.matmul_launch("ffn2", i, gemm=gemm)]
+        if cfg.post_norms:
+            out.append(self._norm_add_launch(L.w.post_ffn_norm, f"{tag}.ffn_post_norm"))
+        return tuple(out)
 
     def _attention_launch(self, i: int, *, label: str, **options: object) -> ops.Launch:
         """ops.attention over layer i's KV cache, q -> attn, with ``options`` (split, fused, flash)."""
@@ -280,15 +181,49 @@ class LlamaGraph:
             n_kv_heads=cfg.n_kv_heads,
             head_dim=cfg.head_dim,
             max_ctx=self.max_ctx,
+            scale=cfg.query_scale,
+            window=cfg.layers[i].window,
+            softcap=cfg.attn_softcap,
             label=label,
             **options,
+        )
+
+    def _qk_norm_launch(self, i: int, label: str) -> ops.Launch:
+        cfg, L = self.cfg, self.layers[i]
+        return ops.qk_norm(
+            self.kern,
+            src=self.qk,
+            q=self.q,
+            kv=L.kv,
+            state=self.state,
+            q_norm_w=L.w.q_norm,
+            k_norm_w=L.w.k_norm,
+            rope_freq=L.w.rope_freq,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            head_dim=cfg.head_dim,
+            max_ctx=self.max_ctx,
+            rope_dims=cfg.rope_dims,
+            eps=cfg.norm_eps,
+            label=label,
+        )
+
+    def _norm_add_launch(self, norm_w: Buffer, label: str) -> ops.Launch:
+        cfg = self.cfg
+        return ops.norm_add(
+            self.kern, y=self.y, x=self.x, norm_w=norm_w, n=cfg.hidden_size, eps=cfg.norm_eps, label=label
         )
 
     @property
     def fuses_attention(self) -> bool:
         """Whether decode computes the QKV projection inside the attention kernel (see the module docstring)."""
         cfg = self.cfg
-        return self.kern.fuse_attention and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
+        return (
+            self.kern.fuse_attention
+            and not cfg.qkv_bias
+            and not cfg.qk_norm
+            and ops.fused_attention_fits(self.kern, cfg.hidden_size, cfg.head_dim)
+        )
 
     def matmul_launch(
         self, role: str, layer: int | None, *, gemm: bool, gemv: GemvConfig | None = None
@@ -307,37 +242,41 @@ class LlamaGraph:
                 x=self.x,
                 out=self.logits,
                 epi="STORE",
-                norm_w=self.output_norm,
+                norm_w=self.weights.output_norm,
                 argmax_out=self.sampler.partials,
+                softcap=cfg.final_softcap,
                 **{**normed, "gemm": False},
             )
         L = self.layers[layer]
+        # With post norms the output projections store their result in y for norm_add; else they add it to x.
+        residual = dict(out=self.y, epi="STORE") if cfg.post_norms else dict(out=self.x, epi="ADD")
         if role == "qkv":
             return ops.matmul(
                 k,
-                w=L.qkv,
+                w=L.w.qkv,
                 x=self.x,
-                out=self.q,
+                out=self.qk if cfg.qk_norm else self.q,
                 epi="QKV",
-                norm_w=L.attn_norm,
+                norm_w=L.w.attn_norm,
+                bias=L.w.qkv_bias,
+                qk_out=cfg.qk_norm,
                 kv=L.kv,
                 n_q=cfg.q_size,
                 n_kv=cfg.kv_size,
                 head_dim=cfg.head_dim,
                 max_ctx=self.max_ctx,
                 rope_dims=cfg.rope_dims,
-                rope_freq=self.rope_freq,
+                rope_freq=None if cfg.qk_norm else L.w.rope_freq,
                 **normed,
             )
         if role == "o":
             merge = {} if gemm else {"attn_ml": self.attn_ml, "n_splits": k.attention_splits}
-            return ops.matmul(
-                k, w=L.o, x=self.attn, out=self.x, epi="ADD", head_dim=cfg.head_dim, **merge, **common
-            )
+            return ops.matmul(k, w=L.w.o, x=self.attn, head_dim=cfg.head_dim, **residual, **merge, **common)
         if role == "ffn1":
-            return ops.matmul(k, w=L.gate_up, x=self.x, out=self.h, epi="SILU", norm_w=L.ffn_norm, **normed)
+            act = {"silu": "SILU", "gelu_tanh": "GELU"}[cfg.activation]
+            return ops.matmul(k, w=L.w.gate_up, x=self.x, out=self.h, epi=act, norm_w=L.w.ffn_norm, **normed)
         if role == "ffn2":
-            return ops.matmul(k, w=L.down, x=self.h, out=self.x, epi="ADD", **common)
+            return ops.matmul(k, w=L.w.down, x=self.h, **residual, **common)
         raise ValueError(f"unknown matrix role {role!r}")
 
     def forward(self, n_tokens: int, *, sample: bool, pos: int = 0) -> list[Dispatch]:
@@ -360,14 +299,13 @@ class LlamaGraph:
         if n_tokens == 1:
             return layer.launches
         if self.kern.flash_min_keys is not None and pos + n_tokens >= self.kern.flash_min_keys:
-            qkv, _, *rest = layer.prefill_launches
-            return (qkv, layer.flash_attention, *rest)
+            return layer.flash_launches
         return layer.prefill_launches
 
     def roles(self, n_tokens: int, pos: int = 0) -> list[str]:
         """What each dispatch of ``forward(n_tokens, sample=True, pos=pos)`` computes, in order ("embed", then per
-        layer "qkv_attn" or "qkv" and "attn" / "flash_attn", "o", "ffn1", "ffn2", then "lm_head", "sample"): for
-        benchmarks that time or drop kernel groups."""
+        layer "qkv_attn" or "qkv" ("qk_norm") and "attn" / "flash_attn", "o" ("attn_post_norm"), "ffn1", "ffn2"
+        ("ffn_post_norm"), then "lm_head", "sample"): for benchmarks that time or drop kernel groups."""
         layers = [
             launch.label.rsplit(".", 1)[-1]
             for L in self.layers
@@ -384,14 +322,16 @@ class LlamaGraph:
         """The decode step's dispatches, prepared once on the device (``len()`` gives their number)."""
         return self._decode
 
-    def check_limits(self) -> None:
-        caps = self.device.caps
-        biggest = max(L.kv.size for L in self.layers)
-        if biggest > caps.max_storage_buffer_binding_size:
-            raise DeviceLimitError(
-                f"a layer's KV cache needs {biggest} bytes for {self.max_ctx} positions but this GPU allows "
-                f"{caps.max_storage_buffer_binding_size} per binding: lower context_window_size"
-            )
+
+def check_kv_limit(cfg: ModelConfig, kern: Kernels, max_ctx: int) -> None:
+    """A layer's KV cache is one binding: it must fit maxStorageBufferBindingSize (checked before any upload)."""
+    limit = kern.device.caps.max_storage_buffer_binding_size
+    biggest = 2 * cfg.n_kv_heads * max_ctx * cfg.head_dim * (2 if kern.tier.f16 else 4)
+    if biggest > limit:
+        raise DeviceLimitError(
+            f"a layer's KV cache needs {biggest} bytes for {max_ctx} positions but this GPU allows {limit} per "
+            "binding: lower context_window_size"
+        )
 
 
 def kv_cache_bytes(cfg: ModelConfig, max_ctx: int, f16: bool) -> int:
