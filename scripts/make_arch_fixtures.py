@@ -4,6 +4,13 @@ Run by hand from the repo root (outputs are committed under tests/data/arch/; CI
 
     python3 scripts/make_arch_fixtures.py [--work /work/cache/arch-fixtures] [--only qwen2,gemma2]
 
+Every architecture comes in the four file types people download (Q4_K_M, Q5_K_M, Q6_K, Q8_0), but only the
+Q4_K_M file is committed (the smallest; 5.3 MB for all eight): the other three are llama.cpp's requantizations of
+it (``llama_model_quantize`` with allow_requantize), which scripts/requantize.py reproduces byte for byte, so CI
+remakes them from the committed file (tests/e2e/kquant_models.py, cached under ~/.cache/webllm_py/requantized/arch/)
+and refuses any whose sha256 is not llama.cpp's. This script makes llama.cpp's files, runs the numpy requantizer
+on the same source and stops unless the bytes are identical; the goldens are made on llama.cpp's files.
+
 Needs (generation time only; CI needs none of them): torch (the CPU wheel, ``pip install torch==2.13.0``),
 transformers, sentencepiece, protobuf, safetensors, numpy, and llama-cpp-python 0.3.36 built from source, CPU only:
 
@@ -26,7 +33,10 @@ The pipeline, per architecture (notes/models.md §5):
 2. A synthetic SentencePiece ``tokenizer.model`` (BPE with byte fallback: <unk> <s> </s>, two chat markers, 256
    byte pieces, a few word pieces): every converter here takes its SentencePiece path, which needs no BPE
    pre-tokenizer hash, and the vocabulary stays small.
-3. ``convert_hf_to_gguf.py --outtype f32``, then ``llama_model_quantize`` into the committed quant types.
+3. ``convert_hf_to_gguf.py --outtype f32``, then ``llama_model_quantize`` into Q4_K_M (committed), and that file
+   requantized by llama.cpp into Q5_K_M, Q6_K and Q8_0 (not committed; see above). Requantizing from Q4_K values
+   leaves Q5_K levels mostly even (about 12 % odd: the 4-bit grid seen at twice the resolution) and copies the
+   Q6_K tensors of the Q4_K_M mix unchanged; the Q6_K file's other tensors and every Q8_0 tensor use all levels.
 4. Goldens on each committed file (``goldens.json`` + ``goldens.npz``):
    - the reference forward is transformers in float32 **on the weights of that GGUF file**: every tensor of the
      file is dequantized with gguf-py and mapped back to the transformers name (undoing the converter's q/k row
@@ -76,6 +86,8 @@ LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"  # vendored by lla
 
 # llama_ftype values (llama.h).
 FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7}
+COMMITTED = "Q4_K_M"  # the one file per architecture in the repo; CI remakes the others from it
+REQUANTIZED = ("Q5_K_M", "Q6_K", "Q8_0")
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -85,12 +97,11 @@ CHATML = (
 
 @dataclass(frozen=True)
 class Arch:
-    """One fixture model: its transformers config and what is committed of it."""
+    """One fixture model: its transformers config and what its files exercise."""
 
     name: str
     config_class: str
     config: dict
-    quants: tuple[str, ...] = ("Q4_K_M",)
     exercises: str = ""
     gemma_norms: bool = False  # norms store w with scale (1 + w); the converter writes 1 + w
     llama_permute: bool = False  # GGUF arch llama: the converter permutes q/k rows (rotate-half -> pairs)
@@ -215,9 +226,7 @@ ARCHS = [
             rope_theta=1e6,
             sliding_window=None,
         ),
-        quants=("Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"),
-        exercises="llama arch, untied head (output Q6_K, token_embd in the body type); the full quant matrix "
-        "(one layer to keep the four files small; the Q8_0 file runs on today's engine)",
+        exercises="llama arch, one layer, untied head (output Q6_K, token_embd in the body type)",
         init={"head": 1.0, "qk": 3, "attn_out": 32, "ffn_out": 2},
         llama_permute=True,
     ),
@@ -383,6 +392,21 @@ def quantize(src: Path, dst: Path, ftype: str, allow_requantize: bool = False) -
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {ftype}) returned {rc}")
+
+
+def requantized(committed: Path, work: Path, ftype: str) -> Path:
+    """llama.cpp's requantization of ``committed`` into ``ftype`` (in ``work``), after checking that
+    scripts/requantize.py writes the same bytes (CI makes the file with it)."""
+    import requantize  # scripts/ is on sys.path when a script of it runs
+
+    name = committed.name.replace(f".{COMMITTED}.", f".{ftype}.")
+    ref, ours = work / name, work / f"numpy.{name}"
+    quantize(committed, ref, ftype, allow_requantize=True)
+    digest = requantize.requantize(committed, ours, ftype)
+    ours.unlink()
+    if digest != sha256(ref):
+        raise RuntimeError(f"{name}: scripts/requantize.py gives {digest}, llama.cpp {sha256(ref)}")
+    return ref
 
 
 def sha256(path: Path) -> str:
@@ -767,12 +791,11 @@ def main() -> None:
         build_model(arch, vocab, model_dir)
         f32 = args.work / f"{arch.name}.F32.gguf"
         convert(args.sdist, model_dir, f32)
-        files = []
-        for q in arch.quants:
-            dst = OUT / f"{arch.name}.{q}.gguf"
-            quantize(f32, dst, q)
-            files.append(dst)
-            print(f"{dst.name}: {dst.stat().st_size} bytes, sha256 {sha256(dst)}")
+        committed = OUT / f"{arch.name}.{COMMITTED}.gguf"
+        quantize(f32, committed, COMMITTED)
+        files = [committed, *(requantized(committed, args.work, q) for q in REQUANTIZED)]
+        for f in files:
+            print(f"{f.name}: {f.stat().st_size} bytes, sha256 {sha256(f)}")
         # The F32 file is not committed: its run checks that transformers (with this config) and llama.cpp compute
         # the same model, where llama.cpp's CPU math is exact f32 (no activation quantization) except for GeGLU,
         # which it reads from an f16 table (ggml-cpu vec.h); for gemma the check swaps that table in.
@@ -793,6 +816,8 @@ def main() -> None:
         entries = {}
         for path in files:
             entry, arr = goldens_for_file(arch, model_dir, path, vocab)
+            if path != committed:  # where CI gets it: requantized from the committed file (sha256 checked)
+                entry = {"requantized_from": committed.name, **entry}
             arrays.update(arr)
             entries[path.name] = entry
         config = json.loads((model_dir / "config.json").read_text())
@@ -827,31 +852,51 @@ def write_goldens(goldens: dict, arrays: dict[str, np.ndarray]) -> None:
     }
     keep = {f"{Path(f).stem}/" for m in goldens["models"].values() for f in m["files"]}
     arrays = {k: v for k, v in arrays.items() if any(k.startswith(p) for p in keep)}
+    # llama.cpp's logits are compared within 15 %: f16 holds them to 5e-4 and halves their bytes. transformers'
+    # stay f32 (the f32 tier is held to 1e-4).
+    arrays = {k: v.astype(np.float16) if k.endswith("/llama_cpp") else v for k, v in arrays.items()}
     np.savez_compressed(OUT / "goldens.npz", **dict(sorted(arrays.items())))
-    (OUT / "goldens.json").write_text(json.dumps(goldens, indent=1, sort_keys=False) + "\n")
+    (OUT / "goldens.json").write_text(compact_json(goldens) + "\n")
     write_readme(goldens)
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
 
 
+def compact_json(obj, indent: int = 0) -> str:
+    """JSON with one key per line but every list of numbers or strings on one line (a third of indent=1's bytes)."""
+    pad = " " * (indent + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}{json.dumps(k)}: {compact_json(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(pad + compact_json(v, indent + 1) for v in obj) + "\n" + " " * indent + "]"
+    return json.dumps(obj)
+
+
 def write_readme(goldens: dict) -> None:
-    """tests/data/arch/README.md: what each committed file is, its size and sha256."""
+    """tests/data/arch/README.md: every file of the matrix, where it comes from, its size and sha256."""
     lines = [
         "# Architecture fixtures (generated: do not edit)",
         "",
         "Tiny seeded random models converted by llama.cpp's `convert_hf_to_gguf.py` and quantized by llama.cpp",
         f"(llama-cpp-python {goldens['meta']['llama_cpp_python']}, llama.cpp {LLAMA_CPP_COMMIT[:7]}), made by",
         "`scripts/make_arch_fixtures.py`; goldens in `goldens.json` / `goldens.npz`, checked by",
-        "`tests/e2e/test_arch_goldens.py`. `smollm2_kquants.json` / `.npz`: goldens for SmolLM2-135M requantized",
-        "by llama.cpp (`scripts/make_kquant_goldens.py`; the files are remade in CI by `scripts/requantize.py`).",
+        "`tests/e2e/test_arch_goldens.py`. Only the Q4_K_M files are committed: the Q5_K_M, Q6_K and Q8_0 files",
+        "are llama.cpp's requantizations of them, remade in CI by `scripts/requantize.py` (byte-identical, sha256",
+        "checked) into `~/.cache/webllm_py/requantized/arch/`. `smollm2_kquants.json` / `.npz`: goldens for",
+        "SmolLM2-135M requantized by llama.cpp (`scripts/make_kquant_goldens.py`; the files are remade in CI the",
+        "same way).",
         "",
-        "| file | bytes | tensor types | sha256 | exercises |",
+        "| file | in the repo | bytes | tensor types | sha256 |",
         "|---|---|---|---|---|",
     ]
     for model in goldens["models"].values():
         for name, f in model["files"].items():
             types = ", ".join(f"{t} {n}" for t, n in f["types"].items())
-            lines.append(f"| {name} | {f['bytes']} | {types} | `{f['sha256']}` | {model['exercises']} |")
+            where = f"no: from {f['requantized_from']}" if "requantized_from" in f else "yes"
+            lines.append(f"| {name} | {where} | {f['bytes']} | {types} | `{f['sha256']}` |")
+    lines += ["", "| model | exercises |", "|---|---|"]
+    lines += [f"| {name} | {model['exercises']} |" for name, model in goldens["models"].items()]
     (OUT / "README.md").write_text("\n".join(lines) + "\n")
 
 

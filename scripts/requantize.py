@@ -2,11 +2,12 @@
 
     python3 scripts/requantize.py SRC.gguf --ftype Q4_K_M --out DST.gguf
 
-Why: the end-to-end K-quant tests need SmolLM2-135M in Q4_K_M / Q5_K_M / Q6_K / Q8_0. Those files are ~100 MB
-each (too big to commit) and CI cannot build llama.cpp, so CI makes them from the Q4_1 file it already has with this
-script and checks each result's sha256 against the one recorded from llama.cpp's own output
-(tests/data/arch/smollm2_kquants.json). The goldens are made on llama.cpp's files; equal bytes make them valid for
-ours.
+Why: the end-to-end K-quant tests need SmolLM2-135M in Q4_K_M / Q5_K_M / Q6_K / Q8_0 (~100 MB each, too big to
+commit) and every tiny architecture fixture in the same four types (only its Q4_K_M file is committed), and CI
+cannot build llama.cpp. So CI makes them with this script, from the Q4_1 file it already has and from the
+committed Q4_K_M fixtures, and checks each result's sha256 against the one recorded from llama.cpp's own output
+(tests/data/arch/smollm2_kquants.json, goldens.json; tests/e2e/kquant_models.py). The goldens are made on
+llama.cpp's files; equal bytes make them valid for ours.
 
 What is reproduced (llama.cpp as vendored by llama-cpp-python 0.3.36, commit 0c1e570; no importance matrix):
 
@@ -24,7 +25,8 @@ What is reproduced (llama.cpp as vendored by llama-cpp-python 0.3.36, commit 0c1
 * the file layout (gguf.cpp): metadata copied in order with ``general.quantization_version`` and
   ``general.file_type`` moved to the end, tensors ordered by layer number and then by name, data aligned to 32.
 
-Sources may be F32, F16, BF16, Q4_0, Q4_1 or Q8_0; architectures those the project supports (others may add
+Sources may be F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K (so a committed Q4_K_M
+file can stand for its Q5_K_M, Q6_K and Q8_0 siblings); architectures those the project supports (others may add
 rules of their own in llama-quant.cpp that are not reproduced here: an error says so).
 """
 
@@ -131,19 +133,64 @@ def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
         return raw.view(np.float16).astype(F32)
     if ggml_type == BF16:
         return (raw.view(np.uint16).astype(np.uint32) << 16).view(F32)
+    if ggml_type in (Q4_K, Q5_K):
+        return _dequantize_q45_k(raw, ggml_type)
+    if ggml_type == Q6_K:
+        return _dequantize_q6_k(raw)
     qk, nbytes = BLOCK.get(ggml_type, (0, 0))
-    if ggml_type not in (Q4_0, Q4_1, Q8_0):
+    if ggml_type not in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0):
         raise ValueError(f"requantizing from {TYPE_NAMES.get(ggml_type, ggml_type)} is not implemented")
     b = raw.reshape(-1, nbytes)
     d = f16_value(b[:, 0:2].copy().view(np.uint16))  # (nb, 1)
     if ggml_type == Q8_0:
         return (b[:, 2:].view(np.int8).astype(F32) * d).reshape(-1)
-    qs = b[:, 4:] if ggml_type == Q4_1 else b[:, 2:]
+    with_min = ggml_type in (Q4_1, Q5_1)
+    header = {Q4_0: 2, Q4_1: 4, Q5_0: 6, Q5_1: 8}[ggml_type]  # d (+ m) (+ the 32 fifth bits), then nibbles
+    qs = b[:, header:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)  # weights j and j + 16 share byte j
-    if ggml_type == Q4_0:
-        return ((q - 8).astype(F32) * d).reshape(-1)
+    if ggml_type in (Q5_0, Q5_1):  # bit j of the 32-bit qh is the 5th bit of weight j
+        at = 4 if with_min else 2
+        qh = b[:, at : at + 4].copy().view("<u4").astype(np.int64)  # (nb, 1)
+        q |= (((qh >> np.arange(32)) & 1) << 4).astype(np.int32)
+    if not with_min:  # x * d, the level centred first (Q4_0: -8, Q5_0: -16)
+        return ((q - (8 if ggml_type == Q4_0 else 16)).astype(F32) * d).reshape(-1)
     m = f16_value(b[:, 2:4].copy().view(np.uint16))
     return (q.astype(F32) * d + m).reshape(-1)
+
+
+def _dequantize_q45_k(raw: np.ndarray, ggml_type: int) -> np.ndarray:
+    """dequantize_row_q4_K / q5_K: weight = (d * sc) * q - (dmin * m) per 32-weight sub-block, each product and the
+    difference rounded to f32 on its own (the products of d and the 6-bit sc / m are exact)."""
+    size = BLOCK[ggml_type][1]
+    b = raw.reshape(-1, size)
+    d = f16_value(b[:, 0:2].copy().view(np.uint16))  # (nb, 1)
+    dmin = f16_value(b[:, 2:4].copy().view(np.uint16))
+    s = b[:, 4:16].astype(np.int32)  # get_scale_min_k4: sub-blocks 0-3 in 6 bits, 4-7 split over two bytes
+    sc = np.concatenate([s[:, 0:4] & 63, (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], axis=1)
+    mn = np.concatenate([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], axis=1)
+    qs = b[:, size - 128 :].astype(np.int32).reshape(-1, 4, 32)  # 64-weight chunk c: low nibbles, then high
+    q = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)  # (nb, sub-block, 32)
+    if ggml_type == Q5_K:  # bit s of qh[l] is the 5th bit of weight l of sub-block s
+        qh = b[:, 16:48].astype(np.int32)
+        q |= ((qh[:, None, :] >> np.arange(8)[None, :, None]) & 1) << 4
+    scale = (d * sc.astype(F32))[..., None]
+    offset = (dmin * mn.astype(F32))[..., None]
+    return (scale * q.astype(F32) - offset).reshape(-1)
+
+
+def _dequantize_q6_k(raw: np.ndarray) -> np.ndarray:
+    """dequantize_row_q6_K: weight = (d * sc) * (q - 32) per 16-weight sub-block, left to right as in C."""
+    b = raw.reshape(-1, 210)
+    ql = b[:, :128].astype(np.int32).reshape(-1, 2, 64)  # per 128-weight half
+    qh = b[:, 128:192].astype(np.int32).reshape(-1, 2, 1, 32)
+    sc = b[:, 192:208].view(np.int8).astype(F32)  # (nb, 16)
+    d = f16_value(b[:, 208:210].copy().view(np.uint16))  # (nb, 1)
+    low = np.stack(  # quarter t of a half: nibble t >> 1 of ql[l + 32 * (t & 1)]
+        [ql[:, :, :32] & 0xF, ql[:, :, 32:] & 0xF, ql[:, :, :32] >> 4, ql[:, :, 32:] >> 4], axis=2
+    )
+    q = low | (((qh >> (2 * np.arange(4))[None, None, :, None]) & 3) << 4)  # (nb, half, quarter, 32)
+    scale = np.repeat(d * sc, 16, axis=1).reshape(q.shape)
+    return (scale * (q - 32).astype(F32)).reshape(-1)
 
 
 # ---- 32-weight types (quantize_row_q8_0_ref / q5_0_ref / q5_1_ref) -----------------------------------------------

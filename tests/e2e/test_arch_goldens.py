@@ -1,9 +1,12 @@
-"""Every architecture in K-quant GGUF files made by llama.cpp: the engine against transformers fp32 on the same file.
+"""Every architecture in every K-quant file type made by llama.cpp: the engine against transformers fp32 on the same file.
 
-Fixtures: tests/data/arch/*.gguf, tiny seeded random models (qwen2, qwen3, phi3, gemma2, gemma3, mistral, llama3
-RoPE, and a "fallback" model whose rows are not multiples of 256) converted by llama.cpp's convert_hf_to_gguf.py and
-quantized by llama.cpp; goldens in goldens.json / goldens.npz. All made by scripts/make_arch_fixtures.py (its
-docstring explains the models, the prompts and the traps).
+Fixtures: tiny seeded random models (qwen2, qwen3, phi3, gemma2, gemma3, mistral, llama3 RoPE, and a "fallback"
+model whose rows are not multiples of 256) converted by llama.cpp's convert_hf_to_gguf.py and quantized by llama.cpp
+into Q4_K_M (committed, tests/data/arch/*.Q4_K_M.gguf), then requantized by llama.cpp into Q5_K_M, Q6_K and Q8_0:
+those 24 files are not committed but remade on first use by scripts/requantize.py from the committed ones
+(tests/e2e/kquant_models.py, into ~/.cache/webllm_py/requantized/arch/) and refused unless byte-identical to
+llama.cpp's (sha256 in goldens.json). Goldens in goldens.json / goldens.npz. All made by
+scripts/make_arch_fixtures.py (its docstring explains the models, the prompts and the traps).
 
 For every file, both kernel tiers, every prompt (token ids; the file's n_ctx per prompt):
 
@@ -57,6 +60,7 @@ import pytest
 
 from .conftest import E2E_TIERS
 from .golden_checks import check_argmax, check_greedy, rel_err
+from .kquant_models import arch_fixture_path
 from .stepper import greedy_steps
 
 ARCH_DIR = Path(__file__).resolve().parents[1] / "data" / "arch"
@@ -88,7 +92,7 @@ def run(name: str, entry: dict, tier, prompt: dict, gpu_device):
             engine = asyncio.run(
                 load_engine(
                     name.removesuffix(".gguf"),
-                    str(ARCH_DIR / name),
+                    str(arch_fixture_path(name)),
                     device=gpu_device,
                     tier=tier,
                     context_window_size=n_ctx,
@@ -118,9 +122,23 @@ def test_fixture_files_are_the_recorded_ones():
     """The committed GGUF files are those the goldens were made on (sha256 recorded by the generating script)."""
     import hashlib
 
-    for _, name, entry in FILES:
+    committed = [(name, entry) for _, name, entry in FILES if "requantized_from" not in entry]
+    assert len(committed) == len(GOLDENS["models"]), "one committed file per architecture"
+    for name, entry in committed:
         digest = hashlib.sha256((ARCH_DIR / name).read_bytes()).hexdigest()
         assert digest == entry["sha256"], f"{name}: sha256 {digest}, goldens were made on {entry['sha256']}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [name for _, name, entry in FILES if "requantized_from" in entry],
+    ids=lambda n: n.removesuffix(".gguf"),
+)
+def test_requantized_file_is_llama_cpps(name):
+    """scripts/requantize.py remakes llama.cpp's requantization of the committed file (arch_fixture_path raises
+    with both digests otherwise)."""
+    entry = next(e for _, n, e in FILES if n == name)
+    assert arch_fixture_path(name).stat().st_size == entry["bytes"]
 
 
 @pytest.mark.parametrize("name,entry,tier,prompt", CASES)
