@@ -17,9 +17,10 @@ For every file, both kernel tiers, every prompt (token ids; the file's n_ctx per
    activations of every matrix product (Q8_K blocks for K-quant weights, Q8_0 for Q5_0/Q8_0) and computes GeGLU
    through an f16 table; on the F32 files, where only the table remains, llama.cpp and transformers agree to
    1e-6..1e-5 (gemma: with the table emulated; gemma3 2e-4), so the gap is llama.cpp's own rounding. It measured
-   1.1-11 % on these files (goldens.json ``llama_cpp_rel_err``; largest on phi3's 300-token prompt), more than on
-   real models because the fixtures' attention is deliberately sharp (so that the context matters), which
-   amplifies noise.
+   0.9-18 % on these 32 files (goldens.json ``llama_cpp_rel_err``; above 10 % only on phi3's 300-token prompt in
+   Q4_K_M and Q6_K and gemma2.Q6_K's window prompt), more than on real models because the fixtures' attention is
+   deliberately sharp (so that the context matters), which amplifies noise. This is a sanity check of the
+   transformers reference (a mis-mapped weight or a wrong config costs far more), not of the engine's precision.
 3. 32 greedy steps after each prompt, teacher-forced (step i + 1 is fed the reference's token i, so one difference
    does not hide the rest): our token equals the reference's at every step, except at a true near-tie: the
    reference's top-2 margin is below NEAR_TIE and so is ours between the two tokens. Every such step is printed
@@ -32,12 +33,12 @@ Tolerances:
   the bound test_logits_goldens.py holds against a float64 reference (transformers f32 itself is within 1e-6 of
   float64 here). K-quants are no exception: their block scales are exact in f32 (f16 d times a 6-bit integer),
   and the merged kernels keep them so (1.1e-5 at most, see Status). A layout that rounded the per-32 scale products
-  (d * sc, dmin * m; Q6_K d * sc16) to f16 would move these fixtures' logits by 1.6e-3..2.4e-2 (simulated in
+  (d * sc, dmin * m; Q6_K d * sc16) to f16 would move these fixtures' logits by 6e-4..2.8e-2 (simulated in
   transformers, goldens.json ``simulated_repack_rel_err``: the min term's rounding shifts every weight of a block
   alike) and flip greedy tokens with margins up to ~0.5; on the real SmolLM2 it would cost up to 6.5e-4.
 - TOL_F16 = 1e-2 in the f16 tier (K/V cache in f16), the numpy-reference bound of test_logits_goldens.py; rounding
-  k and v to f16 moves these fixtures' logits by 3e-4..2.7e-3 (``simulated_f16_kv_rel_err``).
-- NEAR_TIE = 0.25 logits: what f16 K/V can move a top logit by here (2.7e-3 of logits whose RMS is ~16, a few
+  k and v to f16 moves these fixtures' logits by 3e-4..5.2e-3 (``simulated_f16_kv_rel_err``).
+- NEAR_TIE = 0.25 logits: what f16 K/V can move a top logit by here (5.2e-3 of logits whose RMS is ~16, a few
   times that at the top); in the f32 tier exact math moves them by ~1e-3 at most.
 
 Status (main at 2f4dfe3, K-quants merged): the llama-arch files pass, mistral in all four types and llama3: f32
@@ -70,7 +71,7 @@ with np.load(ARCH_DIR / "goldens.npz") as _z:
 
 TOL_F32 = 1e-4
 TOL_F16 = 1e-2
-LLAMA_CPP_TOL = 0.15
+LLAMA_CPP_TOL = 0.25
 NEAR_TIE = 0.25  # logits
 
 FILES = [(model, name, entry) for model, m in GOLDENS["models"].items() for name, entry in m["files"].items()]
