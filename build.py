@@ -22,7 +22,12 @@ SwiftShader fallback adapter) and the ``dev`` extra, then runs ruff and pytest.
     dist/models/           the embedded default model's GGUF
     dist/webllm_py.json    boot config read by worker.js: indexURL, wheels, handler module, and an appConfig whose
                            model URLs point at dist/models/ (a real site points indexURL at a CDN and models at hubs)
-    dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS proxy,
+    dist/prebuilt_models.mjs  the prebuilt model list webllm_py.js exports as prebuiltAppConfig, with the site's
+                           own records (the demo model in dist/models/) in place of the hub ones of the same id: the
+                           table webllm_py/prebuilt_models.json as a JS module (a service worker the browser restarts
+                           cannot import a JSON module: it would start without its listeners)
+    dist/helpers/          the host's JS helpers (webllm_py/host/*.js) as modules, so no page or worker evaluates code
+    dist/*                 everything in web/ but web/extension/ (worker.js and sw.js with boot.js, the JS module,
                            pages), and the npm files that web/manifest.json lists for them (e.g. @pyscript/core)
 
 ``extension`` packs web/extension/ (an MV3 extension: the engine in its service worker, a popup chat) into
@@ -383,8 +388,35 @@ def boot_config(wheels: list[Path], model_entry: dict, **app_options) -> dict:
         "packages": ["micropip"],
         "wheels": [f"wheels/{w.name}" for w in wheels],
         "handler": "webllm_py.worker.handler",
+        "helpers": "helpers/",
         "appConfig": {"model_list": [model_entry], **app_options},
     }
+
+
+def write_site_files(out: Path, model_entries: list[dict]) -> None:
+    """What webllm_py.js reads next to itself: the host's JS helpers as modules (helpers/*.mjs: pages, workers and
+    extensions then evaluate no code) and prebuilt_models.mjs, the prebuilt list with the site's records in place
+    of those of the same id (their URLs are relative to ``out``, as the module's are). Both are modules rather than
+    JSON because Chrome does not keep a service worker's JSON imports: restarted, it fails before its listeners."""
+    import json
+
+    sys.path.insert(0, str(ROOT))
+    from webllm_py.config import ModelRecord, prebuilt_app_config
+
+    helpers = out / "helpers"
+    helpers.mkdir(parents=True, exist_ok=True)
+    for name in ("gpu_helper", "cache_helper"):
+        source = (ROOT / "webllm_py" / "host" / f"{name}.js").read_text()
+        (helpers / f"{name}.mjs").write_text(
+            f"// built by build.py from webllm_py/host/{name}.js\nexport default " + source
+        )
+    site = prebuilt_app_config.with_records([ModelRecord.from_dict(entry) for entry in model_entries])
+    table = {"model_list": [record.to_dict() for record in site.model_list]}
+    (out / "prebuilt_models.mjs").write_text(
+        "// built by build.py: webllm_py/prebuilt_models.json with this site's own records\nexport default "
+        + json.dumps(table, indent=1)
+        + ";\n"
+    )
 
 
 def copy_runtime(out: Path) -> tuple[list[Path], dict]:
@@ -411,6 +443,7 @@ def build_demo(out: Path = DIST) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     copy_npm_files(out)
+    write_site_files(out, [model_entry])
     (out / "webllm_py.json").write_text(json.dumps(boot_config(wheels, model_entry), indent=2) + "\n")
     print(f"built {out}")
     return out
@@ -419,21 +452,18 @@ def build_demo(out: Path = DIST) -> Path:
 def build_extension(out: Path = DIST / "extension") -> Path:
     """Pack the example Chrome extension (web/extension/) with everything it runs, since MV3 forbids remote code:
     Pyodide, the wheel, the demo model, boot.js and webllm_py.js, and the host's JS helpers wrapped as modules
-    (the extension's CSP forbids the eval that run_js needs). Load ``out`` with chrome://extensions, "Load
-    unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
+    (the extension's CSP forbids the eval that run_js needs: write_site_files). Load ``out`` with
+    chrome://extensions, "Load unpacked". Models are cached in IndexedDB (the Cache API takes only http(s) URLs)."""
     import json
 
     wheels, model_entry = copy_runtime(out)
     web = ROOT / "web"
-    for src in [*(web / "extension").iterdir(), web / "boot.js", web / "webllm_py.js"]:
+    for src in [
+        *(web / "extension").iterdir(),
+        *(web / n for n in ("boot.js", "webllm_py.js", "webllm_py_sw.js")),
+    ]:
         shutil.copyfile(src, out / src.name)
-    helpers = out / "helpers"
-    helpers.mkdir(exist_ok=True)
-    for name in ("gpu_helper", "cache_helper"):
-        source = (ROOT / "webllm_py" / "host" / f"{name}.js").read_text()
-        (helpers / f"{name}.mjs").write_text(
-            "// built by build.py extension from webllm_py/host/\nexport default " + source
-        )
+    write_site_files(out, [model_entry])
     config = boot_config(wheels, model_entry, cache_backend="indexeddb")
     (out / "webllm_py.json").write_text(json.dumps(config, indent=2) + "\n")
     print(f"built {out}")

@@ -145,7 +145,7 @@ async function load() {
     setState("ready");
     $("prompt").focus();
   } catch (error) {
-    demo.modelId = demo.engine.modelId ?? null;
+    demo.modelId = demo.engine.modelId?.[0] ?? null; // the models loaded (a list, as WebLLM's)
     $("progress-row").hidden = true;
     showError(error);
     setState(demo.modelId ? "ready" : "error");

@@ -14,6 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .api.builder import Messages
+from .api.cache import (
+    deleteChatConfigInCache,
+    deleteModelAllInfoInCache,
+    deleteModelInCache,
+    deleteModelWasmInCache,
+    hasModelInCache,
+)
 from .api.chat import ChatCompletionStream, ChatCompletionStreamSync
 from .api.mlc_engine import CreateMLCEngine, InitProgressReport, MLCEngine, MLCEngineSync
 from .api.sse import aparse_sse, parse_sse, sse_event, to_sse
@@ -31,7 +38,15 @@ from .api.types import (
     CompletionUsage,
     TopLogprob,
 )
-from .config import AppConfig, ModelRecord, prebuilt_app_config
+from .config import (
+    AppConfig,
+    ModelIntegrity,
+    ModelRecord,
+    functionCallingModelIds,
+    modelLibURLPrefix,
+    modelVersion,
+    prebuilt_app_config,
+)
 from .errors import (
     ChatTemplateError,
     ContextWindowSizeExceededError,
@@ -46,6 +61,7 @@ from .errors import (
     GGUFMetadataError,
     GPUValidationError,
     GrammarLimitError,
+    IntegrityError,
     InvalidAppConfigError,
     InvalidFieldTypeError,
     InvalidGrammarError,
@@ -56,6 +72,7 @@ from .errors import (
     ModelDownloadError,
     ModelIntegrityError,
     ModelNotFoundError,
+    ReloadAbortedError,
     ReloadModelIdNotUniqueError,
     RequestTooLargeError,
     ServerSentEventsError,
@@ -73,8 +90,10 @@ from .errors import (
     WebAssemblyBlockedError,
     WebGPUNotAvailableError,
     WebLLMError,
+    WorkerBootError,
     WorkerError,
 )
+from .integrity import is_valid_sri, verify_integrity
 
 if TYPE_CHECKING:
     from .worker.client import CreateWebWorkerMLCEngine, WebWorkerMLCEngine
@@ -141,6 +160,7 @@ __all__ = [
     "GPUValidationError",
     "GrammarLimitError",
     "InitProgressReport",
+    "IntegrityError",
     "InvalidAppConfigError",
     "InvalidFieldTypeError",
     "InvalidGrammarError",
@@ -152,9 +172,11 @@ __all__ = [
     "MLCEngineSync",
     "Messages",
     "ModelDownloadError",
+    "ModelIntegrity",
     "ModelIntegrityError",
     "ModelNotFoundError",
     "ModelRecord",
+    "ReloadAbortedError",
     "ReloadModelIdNotUniqueError",
     "RequestTooLargeError",
     "ServerSentEventsError",
@@ -175,11 +197,22 @@ __all__ = [
     "WebGPUNotAvailableError",
     "WebLLMError",
     "WebWorkerMLCEngine",
+    "WorkerBootError",
     "WorkerError",
     "__version__",
     "aparse_sse",
+    "deleteChatConfigInCache",
+    "deleteModelAllInfoInCache",
+    "deleteModelInCache",
+    "deleteModelWasmInCache",
+    "functionCallingModelIds",
+    "hasModelInCache",
+    "is_valid_sri",
+    "modelLibURLPrefix",
+    "modelVersion",
     "parse_sse",
     "prebuilt_app_config",
     "sse_event",
     "to_sse",
+    "verify_integrity",
 ]

@@ -267,6 +267,18 @@ class ModelIntegrityError(ModelDownloadError):
     """A downloaded file's sha256 or size differs from what the model record promises."""
 
 
+class IntegrityError(ModelIntegrityError):
+    """WebLLM's ``IntegrityError``: a downloaded file's digest differs from the SRI string its model record's
+    ``integrity`` gives for it (``sha256-``/``sha384-``/``sha512-`` + base64). ``url`` names the file, ``expected``
+    and ``actual`` are SRI strings of the same algorithm. Nothing of the file is kept."""
+
+    def __init__(self, url: str, expected: str, actual: str):
+        self.url = url
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"Integrity check of {url} failed: expected {expected}, got {actual}")
+
+
 class StorageQuotaError(ModelDownloadError):
     """The browser's storage quota for this site cannot hold the model (checked before downloading, and raised
     when the browser refuses a write with QuotaExceededError)."""
@@ -277,6 +289,11 @@ class StorageQuotaError(ModelDownloadError):
 
 class UnsupportedEndpointError(WebLLMError):
     """The engine behind a worker does not implement this API (e.g. text ``completions.create``)."""
+
+
+class ReloadAbortedError(WebLLMError):
+    """A ``reload()`` was aborted by ``unload()`` or by a newer ``reload()`` before its model was loaded. Crosses
+    the worker boundary only: the proxies resolve the aborted ``reload()`` with a warning, as WebLLM does."""
 
 
 class UnknownMessageKindError(WebLLMError):
@@ -309,6 +326,17 @@ class EngineLostError(WorkerError):
     def __init__(self, message: str):
         super().__init__("", message)
         self.name = "EngineLostError"
+
+
+class WorkerBootError(WorkerError):
+    """The worker could not start Python (Pyodide or a wheel failed to load, its config file is missing); every
+    request to it is answered with this error and its reason."""
+
+    name = "WorkerBootError"
+
+    def __init__(self, message: str):
+        super().__init__("", message)
+        self.name = "WorkerBootError"
 
 
 class WebAssemblyBlockedError(WebLLMError):

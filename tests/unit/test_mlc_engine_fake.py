@@ -513,6 +513,120 @@ def test_unload_closes_an_open_stream(world):
     assert world.loaded[0].unloaded and world.loaded[0].generations[0].finish_reason == "abort"
 
 
+def test_forward_tokens_and_sample(world):
+    """WebLLM's low-level loop (the logit-processor example): each call prefills only its new ids after what was
+    forwarded before, samples one token with the model's defaults; resetChat starts over."""
+
+    async def go():
+        engine = await create(world)
+        fake = world.loaded[0]
+        first = await engine.forwardTokensAndSample([42], True)
+        second = await engine.forwardTokensAndSample([first], False)
+        prompts = [(g.prompt_ids, g.reused) for g in fake.generations]
+        stats = await engine.runtimeStatsText()
+        await engine.resetChat()
+        again = await engine.forwardTokensAndSample([42], True)
+        with pytest.raises(errors.InvalidRangeError, match="inputIds"):
+            await engine.forwardTokensAndSample([10**9], False)
+        with pytest.raises(errors.InvalidFieldTypeError, match="inputIds"):
+            await engine.forwardTokensAndSample([], False)
+        return fake, first, second, prompts, stats, again
+
+    fake, first, second, prompts, stats, again = run(go())
+    script = fake.script
+    assert (first, second, again) == (script[0], script[0], script[0])
+    assert prompts == [([42], 0), ([42, first], 1)]  # the second call prefills one new id
+    assert fake.generations[2].prompt_ids == [42]  # after resetChat
+    assert all(
+        g.params.max_tokens == 1 and g.params.temperature == 0.3 for g in fake.generations
+    )  # record default
+    assert stats.startswith("prefill: ") and "decoding: " in stats
+
+
+def slow_resolver(started: asyncio.Event, cancelled: list[str]):
+    """A model resolver that blocks (a long download) until it is cancelled."""
+
+    async def resolve(record, app_config, progress):
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(record.model_id)
+            raise
+        return record.model_url
+
+    return resolve
+
+
+@pytest.mark.parametrize("aborter", ["unload", "reload"])
+def test_unload_or_reload_aborts_a_reload_in_progress(world, aborter, caplog):
+    """WebLLM's abort-reload: the download stops, the aborted reload() resolves (a warning says so)."""
+
+    async def go():
+        started, cancelled = asyncio.Event(), []
+        engine = webllm_py.MLCEngine(app_config=world.config, resolve_model=slow_resolver(started, cancelled))
+        first = asyncio.ensure_future(engine.reload("fake-model"))
+        await started.wait()
+        if aborter == "unload":
+            await asyncio.wait_for(engine.unload(), 2)
+        else:
+            engine._resolve_model = lambda record, config, progress: asyncio.sleep(0, record.model_url)
+            await asyncio.wait_for(engine.reload("other-model"), 2)
+        assert await asyncio.wait_for(first, 2) is None  # resolved, not raised
+        return engine, cancelled
+
+    with caplog.at_level("WARNING", logger="webllm_py"):
+        engine, cancelled = run(go())
+    assert cancelled == ["fake-model"] and "reload(fake-model) was aborted" in caplog.text
+    assert engine.model_ids == ([] if aborter == "unload" else ["other-model"])
+    assert [e.model_id for e in world.loaded] == ([] if aborter == "unload" else ["other-model"])
+
+
+def test_a_cancelled_reload_is_not_an_abort(world):
+    """Cancelling the task that called reload() propagates (it is not turned into a warning)."""
+
+    async def go():
+        started, cancelled = asyncio.Event(), []
+        engine = webllm_py.MLCEngine(app_config=world.config, resolve_model=slow_resolver(started, cancelled))
+        task = asyncio.ensure_future(engine.reload("fake-model"))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return engine, cancelled
+
+    engine, cancelled = run(go())
+    assert cancelled == ["fake-model"] and engine.model_ids == []
+
+
+@pytest.mark.parametrize(
+    "record, words",
+    [
+        (ModelRecord("emb", "https://h/e.gguf", model_type=1), "embedding model"),
+        (ModelRecord("vlm", "https://h/v.gguf", model_type=2), "VLM model"),
+        (ModelRecord("split", "https://h/m-00001-of-00002.gguf"), "split into 2 files"),
+        (
+            ModelRecord("mlc", "https://huggingface.co/mlc-ai/Llama-3.2-1B-Instruct-q4f16_1-MLC"),
+            "not a .gguf",
+        ),
+    ],
+)
+def test_records_that_cannot_load_fail_before_downloading(world, record, words):
+    async def go():
+        fetched = []
+
+        async def resolve(record, config, progress):
+            fetched.append(record.model_id)
+            return record.model_url
+
+        engine = webllm_py.MLCEngine(app_config=AppConfig(model_list=[record]), resolve_model=resolve)
+        with pytest.raises(errors.UnsupportedModelError, match=words):
+            await engine.reload(record.model_id)
+        return fetched
+
+    assert run(go()) == []
+
+
 # ---- MLCEngineSync -------------------------------------------------------------------------------------------
 
 

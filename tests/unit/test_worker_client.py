@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from unittest.mock import ANY
 
 import pytest
@@ -535,6 +536,47 @@ process.exit(0);
 """
 
 
+def js_module(folder: Path) -> Path:
+    """web/webllm_py.js deployed in ``folder`` as build.py deploys it (next to boot.js and the prebuilt_models.mjs
+    and helpers/ that ``build.write_site_files`` writes); returns its path."""
+    sys.path.insert(0, str(ROOT))
+    import build
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("webllm_py.js", "boot.js"):
+        shutil.copyfile(ROOT / "web" / name, folder / name)
+    build.write_site_files(folder, [])
+    return folder / "webllm_py.js"
+
+
+async def drive_node(driver: Path, handler_for: Any) -> tuple[dict, list[dict]]:
+    """Run a Node driver that imports web/webllm_py.js (deployed next to it): what it posts ("MSG {json}" lines) goes
+    to the handler ``handler_for(post)`` makes, whose replies go back on stdin; returns its "RESULT {json}" and what
+    it posted."""
+    node = await asyncio.create_subprocess_exec(
+        "node", str(driver), str(js_module(driver.parent / "site")),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def post(message: dict) -> None:
+        node.stdin.write((json.dumps(message) + "\n").encode())
+
+    handler = handler_for(post)
+    sent: list[dict] = []
+    try:
+        while line := (await node.stdout.readline()).decode():
+            if line.startswith("MSG "):
+                sent.append(json.loads(line[4:]))
+                await handler.on_message(sent[-1])
+            elif line.startswith("RESULT "):
+                return json.loads(line[7:]), sent
+        raise AssertionError("node ended without a result: " + (await node.stderr.read()).decode())
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+
+
 def drive_js_proxy(
     world, tmp_path, driver_source: str, handler_class=WorkerHandler
 ) -> tuple[dict, list[dict]]:
@@ -544,28 +586,7 @@ def drive_js_proxy(
     driver.write_text(driver_source)
 
     async def go():
-        node = await asyncio.create_subprocess_exec(
-            "node", str(driver), str(ROOT / "web" / "webllm_py.js"),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-
-        def post(message: dict) -> None:
-            node.stdin.write((json.dumps(message) + "\n").encode())
-
-        handler = handler_class(MLCEngine(app_config=world.config), post)
-        sent: list[dict] = []
-        try:
-            while line := (await node.stdout.readline()).decode():
-                if line.startswith("MSG "):
-                    sent.append(json.loads(line[4:]))
-                    await handler.on_message(sent[-1])
-                elif line.startswith("RESULT "):
-                    return json.loads(line[7:]), sent
-            raise AssertionError("node ended without a result: " + (await node.stderr.read()).decode())
-        finally:
-            if node.returncode is None:
-                node.kill()
-            await node.wait()
+        return await drive_node(driver, lambda post: handler_class(MLCEngine(app_config=world.config), post))
 
     return run(go())
 
@@ -579,7 +600,7 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     out, sent = drive_js_proxy(world, tmp_path, NODE_DRIVER)
     alphabet = "".join(ALPHABET)
     assert out["progress"] == [[0.0, "number", True], [0.5, "number", True], [1.0, "number", True]]
-    assert out["modelId"] == "fake-model"
+    assert out["modelId"] == ["fake-model"]  # a list, as WebLLM's engine.modelId
     assert out["whole"] == {"object": "chat.completion", "text": alphabet, "finish": "stop"}
     assert out["scored"] == [2, 1]
     assert out["stream"]["text"] == alphabet and out["stream"]["finishes"] == ["stop"]
@@ -603,7 +624,7 @@ def test_js_proxy_against_the_python_handler(world, tmp_path):
     assert out["models"] == ["fake-model", "other-model"]
     assert out["completions"] == alphabet[:3] and out["bestOf"] == ["UnsupportedFieldError", "best_of"]
     assert out["vendor"] == "WebGPUNotAvailableError"
-    assert out["reload"] == ["ModelNotFoundError", "fake-model"] and out["reset"] == ""
+    assert out["reload"] == ["ModelNotFoundError", ["fake-model"]] and out["reset"] == ""
     # chatOpts: the model's defaults, which a request's own value overrides; a bad one throws naming it
     default, given = (g._params for g in world.loaded[-1].generations[-2:])
     assert (default.temperature, default.presence_penalty) == (0.25, 1.0)

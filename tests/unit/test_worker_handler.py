@@ -618,6 +618,7 @@ def test_app_config_round_trip(world):
         before = await worker.value("getAppConfig")
         assert await worker.value("setAppConfig", webllm_style) is None
         after = await worker.value("getAppConfig")
+        # WebLLM's model_lib is accepted (ignored); a record without a file to load is refused, named
         bad = await worker.ask("setAppConfig", {"model_list": [{"model_id": "x", "model_lib": "x.wasm"}]})
         return worker, before, after, bad
 
@@ -627,8 +628,8 @@ def test_app_config_round_trip(world):
     assert after["model_list"][0]["overrides"] == {"temperature": 0.5}
     assert after["model_list"][1]["model_file"] == "pkg/m.gguf" and after["cache_dir"] is None
     assert worker.engine.app_config.get_record("zipped").size == 3
-    assert bad["content"]["name"] == "UnsupportedFieldError"
-    assert bad["content"]["details"]["field"] == "appConfig.model_list[0].model_lib"
+    assert bad["content"]["name"] == "InvalidAppConfigError"
+    assert bad["content"]["details"]["field"] == "appConfig.model_list[0].model_url"
     assert messages.app_config_from_dict(after) == worker.engine.app_config
 
 
@@ -653,7 +654,7 @@ def test_text_completion_through_the_worker(world):
 def test_unknown_kinds_and_bad_envelopes(world, caplog):
     async def go():
         worker = Worker(world)
-        unknown = await worker.ask("forwardTokensAndSample", {"inputIds": [1]})
+        unknown = await worker.ask("embedding", {"request": {"input": "x"}})  # WebLLM's; not implemented
         await worker.handler.on_message({"kind": "reload", "content": {}})  # no uuid: answered under ""
         await worker.handler.on_message("not a dict")
         await worker.handler.join()
@@ -677,7 +678,7 @@ def test_every_kind_has_a_method_and_the_kinds_are_webllms():
         "reload", "unload", "chatCompletionNonStreaming", "chatCompletionStreamInit", "completionNonStreaming",
         "completionStreamInit", "completionStreamNextChunk", "interruptGenerate", "resetChat", "getMessage",
         "runtimeStatsText", "getGPUVendor", "getMaxStorageBufferBindingSize", "setLogLevel", "setAppConfig",
-        "keepAlive",
+        "keepAlive", "forwardTokensAndSample",
     }  # fmt: skip
     assert messages.REQUEST_KINDS - webllm == {"getAppConfig", "hasModelInCache", "deleteModelInCache"}
     assert messages.REQUEST_KINDS >= webllm
@@ -769,7 +770,7 @@ def test_create_handler_takes_the_sites_app_config():
     assert config.get_record("m").model_url == "models/m.gguf" and config.cache_backend == "opfs"
 
 
-def test_app_config_backend_spellings():
+def test_app_config_backend_spellings(caplog):
     record = {"model_id": "m", "model_url": "m.gguf"}
     assert messages.app_config_from_dict({"model_list": [record]}).cache_backend == "cache"
     assert messages.app_config_from_dict(
@@ -783,8 +784,10 @@ def test_app_config_backend_spellings():
     )
     with pytest.raises(ValueError, match="cache_backend"):
         messages.app_config_from_dict({"model_list": [record], "cache_backend": "floppy"})
-    with pytest.raises(errors.UnsupportedFieldError, match="appConfig.model_lists"):
-        messages.app_config_from_dict({"model_list": [record], "model_lists": []})
+    # WebLLM ignores keys it does not know (a page's own use_web_worker): logged, not refused
+    with caplog.at_level(logging.WARNING, logger="webllm_py"):
+        config = messages.app_config_from_dict({"model_list": [record], "use_web_worker": True})
+    assert config.get_record("m").model_url == "m.gguf" and "appConfig.use_web_worker" in caplog.text
 
 
 def test_js_null_stand_ins_mean_not_given(world):
@@ -818,3 +821,80 @@ def test_js_null_stand_ins_mean_not_given(world):
         return (await worker.reply(uuid))["content"]
 
     assert run(go())["choices"][0]["message"]["content"] == "Hello there!"
+
+
+# ---- WebLLM drop-in: abort-reload, per-model calls, forwardTokensAndSample ------------------------------------------
+
+
+@pytest.mark.parametrize("aborter", ["unload", "reload"])
+def test_an_aborted_reload_is_answered_with_reload_aborted_error(world, aborter):
+    """The page's proxies resolve such a reload() with a warning (WebLLM's abort-reload example)."""
+
+    async def go():
+        worker = Worker(world)
+        started = asyncio.Event()
+
+        async def slow(record, config, progress):
+            if record.model_id == "fake-model":
+                started.set()
+                await asyncio.sleep(3600)
+            return record.model_url
+
+        worker.engine._resolve_model = slow
+        first = await worker.send("reload", {"modelId": ["fake-model"]})
+        await started.wait()
+        if aborter == "unload":
+            second = await worker.value("unload")
+        else:
+            second = await worker.value("reload", {"modelId": ["other-model"]})
+        return await worker.reply(first), second, worker.engine.model_ids
+
+    first, second, loaded = run(go())
+    assert first["kind"] == "throw" and first["content"]["name"] == "ReloadAbortedError"
+    assert "fake-model" in first["content"]["message"] and second is None
+    assert loaded == ([] if aborter == "unload" else ["other-model"])
+
+
+def test_per_model_calls_take_their_model_id(world):
+    async def go():
+        worker = Worker(world)
+        await worker.value("reload", {"modelId": ["fake-model", "other-model"]})
+        reply = await worker.value(
+            "chatCompletionNonStreaming", {"request": {"messages": USER, "model": "other-model"}}
+        )
+        messages_ = [await worker.value("getMessage", {"modelId": m}) for m in ("fake-model", "other-model")]
+        stats = await worker.value("runtimeStatsText", {"modelId": "other-model"})
+        unclear = await worker.ask("getMessage", {})
+        await worker.value("resetChat", {"keepStats": True, "modelId": "other-model"})
+        after = await worker.value("getMessage", {"modelId": "other-model"})
+        return reply, messages_, stats, unclear, after
+
+    reply, messages_, stats, unclear, after = run(go())
+    assert messages_ == ["", reply["choices"][0]["message"]["content"]] and messages_[1]
+    assert stats.startswith("prefill: ") and not stats.startswith("prefill: 0.0000")
+    assert unclear["content"]["name"] == "UnclearModelToUseError"  # two models loaded, none named
+    assert after == ""
+
+
+def test_forward_tokens_and_sample_through_the_worker(world):
+    async def go():
+        worker = await loaded_worker(world)
+        first = await worker.value("forwardTokensAndSample", {"inputIds": [42], "isPrefill": True})
+        second = await worker.value("forwardTokensAndSample", {"inputIds": [first], "isPrefill": False})
+        bad = await worker.ask("forwardTokensAndSample", {"inputIds": "42"})
+        return worker, first, second, bad
+
+    worker, first, second, bad = run(go())
+    fake = world.loaded[-1]
+    assert isinstance(first, int) and first == second == fake.script[0]
+    assert [g.prompt_ids for g in fake.generations] == [[42], [42, first]]
+    assert (
+        bad["content"]["name"] == "InvalidFieldTypeError" and bad["content"]["details"]["field"] == "inputIds"
+    )
+
+
+def test_create_handler_puts_the_sites_records_over_the_prebuilt_list():
+    site = {"model_list": [{"model_id": "SmolLM2-135M-Instruct-Q4_1", "model_url": "models/x.gguf"}]}
+    config = create_handler(lambda m: None, engine=MLCEngine(), app_config=site).engine.app_config
+    assert config.get_record("SmolLM2-135M-Instruct-Q4_1").model_url == "models/x.gguf"
+    assert config.get_record("Llama-3.2-1B-Instruct-Q4_K_M").model_url.startswith("https://huggingface.co/")

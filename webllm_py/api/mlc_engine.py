@@ -20,6 +20,10 @@ model, three ways, so it works in CPython and in Pyodide alike:
 A stream still referenced from live code (a list, a JS object holding a PyProxy of it) is a live stream: later
 requests wait for it, as for any request in progress.
 
+``unload()`` or a second ``reload()`` aborts a reload in progress, as in WebLLM: its download stops (the partial
+file is removed) or its load is dropped, and the aborted ``reload()`` returns after logging a warning. The models
+loaded before it was called stay loaded until the call that aborted it unloads them.
+
 ``MLCEngineSync`` runs an ``MLCEngine`` on an event loop in a background thread, for plain scripts.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import logging
 import threading
 import time
 import weakref
@@ -36,7 +41,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
+from webllm_py.config import AppConfig, ModelRecord, check_loadable, prebuilt_app_config
 from webllm_py.conversation import parts_after
 from webllm_py.errors import (
     EngineNotLoadedError,
@@ -73,6 +78,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Progress = Callable[[float, str], None]
+log = logging.getLogger("webllm_py")
 
 
 @dataclass(frozen=True)
@@ -105,11 +111,16 @@ async def _resolve_on_desktop(record: ModelRecord, app_config: AppConfig, progre
     )
 
     loop = asyncio.get_running_loop()
+    stop = threading.Event()  # set when this reload is aborted: the download thread stops at its next piece
 
     def from_thread(fraction: float, text: str) -> None:
         loop.call_soon_threadsafe(progress, fraction, text)  # callbacks run on the loop, in order
 
-    return await asyncio.to_thread(resolve_model_path, record, app_config, from_thread)
+    try:
+        return await asyncio.to_thread(resolve_model_path, record, app_config, from_thread, stop.is_set)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 @dataclass
@@ -133,6 +144,11 @@ class _Slot:
     conversation_text: str = ""
     conversation_ids: list[int] | None = None
     pending: tuple[str, list[int], frozenset[int]] | None = None  # this request's prompt text, ids, end ids
+    # forwardTokensAndSample: the ids forwarded so far (what the KV cache holds), and their speed since a reset.
+    forwarded: list[int] = field(default_factory=list)
+    forward_stats: list[float] = field(
+        default_factory=lambda: [0, 0.0, 0, 0.0]
+    )  # prefill ids, s; decode ids, s
 
     @property
     def active_stream(self) -> ChatCompletionStream | None:
@@ -157,6 +173,8 @@ class MLCEngine:
         self._resolve_model = resolve_model or _resolve_on_desktop
         self._slots: dict[str, _Slot] = {}  # model id -> slot, in load order
         self._loading = asyncio.Lock()  # reload/unload; requests made meanwhile wait for it
+        self._reload_task: asyncio.Task[None] | None = None  # the load of the reload() in progress
+        self._abort_reason = ""
         self.chat = Chat(self)
         self.completions = TextCompletions(self)
 
@@ -204,6 +222,8 @@ class MLCEngine:
                     overrides={**record.overrides, **opts.sampling},
                 )
             )
+        for record in records:
+            check_loadable(record)  # before anything is downloaded or unloaded
         start = time.perf_counter()
         callback = self._progress_callback
 
@@ -213,6 +233,23 @@ class MLCEngine:
                     InitProgressReport(progress=fraction, timeElapsed=time.perf_counter() - start, text=text)
                 )
 
+        await self._abort_reload("reload() was called again")
+        task = asyncio.get_running_loop().create_task(self._load(records, report))
+        self._reload_task = task
+        try:
+            await task  # a reload() that is cancelled itself cancels its load too
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                log.warning("reload(%s) was aborted: %s", ", ".join(ids), self._abort_reason)
+                return  # aborted by unload() or another reload(): resolves, as WebLLM's does
+            raise
+        finally:
+            if self._reload_task is task:
+                self._reload_task = None
+        report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
+
+    async def _load(self, records: list[ModelRecord], report: Progress) -> None:
         # Loading holds _loading, so a request made meanwhile waits for the new model instead of failing. Every file
         # is found (or downloaded) before anything is unloaded: a model that is missing or fails to download loses
         # nothing already loaded.
@@ -221,13 +258,27 @@ class MLCEngine:
             await self._unload_all()
             from webllm_py.engine import load_engine  # the GPU stack is imported on first load only
 
-            for record, gguf_path in zip(records, paths, strict=True):
-                engine = await load_engine(record, gguf_path, device=self._device, progress=report)
-                self._slots[record.model_id] = _Slot(engine, record)
-        report(1.0, f"Finish loading {', '.join(ids)} on WebGPU ({time.perf_counter() - start:.1f} s)")
+            try:
+                for record, gguf_path in zip(records, paths, strict=True):
+                    engine = await load_engine(record, gguf_path, device=self._device, progress=report)
+                    self._slots[record.model_id] = _Slot(engine, record)
+            except BaseException:
+                # an aborted or failed load leaves nothing half-loaded
+                await asyncio.shield(self._unload_all())
+                raise
+
+    async def _abort_reload(self, reason: str) -> None:
+        """Abort the reload in progress, if any, and wait until it has let go (its download or load stopped)."""
+        task = self._reload_task
+        if task is None or task.done():
+            return
+        self._abort_reason = reason
+        task.cancel()
+        await asyncio.wait([task])
 
     async def unload(self) -> None:
-        """End every generation, then free the models' GPU memory. No-op when nothing is loaded."""
+        """Abort a reload in progress, end every generation, then free the models' GPU memory."""
+        await self._abort_reload("unload() was called")
         async with self._loading:
             await self._unload_all()
 
@@ -509,9 +560,70 @@ class MLCEngine:
         slot = self._route(model_id)
         slot.conversation = None
         slot.conversation_ids = None
+        slot.forwarded = []
         slot.last_state = StreamState()
         if not keep_stats:
             slot.last_stats = None
+            slot.forward_stats = [0, 0.0, 0, 0.0]
+
+    async def forwardTokensAndSample(
+        self, input_ids: Sequence[int], is_prefill: bool, model_id: str | None = None
+    ) -> int:
+        """WebLLM's low-level step: run ``input_ids`` through the model after the ids forwarded before (since the
+        last ``resetChat``), and sample one token with the model's default sampling (its record's overrides, else
+        temperature 1, top_p 1). The sampled token is returned, not forwarded: pass it back next time.
+        ``is_prefill`` only decides which speed ``runtimeStatsText`` counts the call in, as in WebLLM."""
+        from webllm_py.engine import SamplingParams
+
+        ids = list(input_ids) if isinstance(input_ids, list | tuple) else input_ids
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
+        ):
+            raise InvalidFieldTypeError("inputIds", input_ids, "a non-empty list of token ids")
+        slot = await self._acquire(model_id, asyncio.current_task())
+        try:
+            vocab = slot.engine.tokenizer.vocab_size
+            for i, t in enumerate(ids):
+                if not 0 <= t < vocab:
+                    raise InvalidRangeError(f"inputIds[{i}]", t, f"a token id in [0, {vocab})")
+            defaults = slot.record.overrides
+            params = SamplingParams(
+                temperature=defaults.get("temperature", 1.0),
+                top_p=defaults.get("top_p", 1.0),
+                presence_penalty=defaults.get("presence_penalty", 0.0),
+                frequency_penalty=defaults.get("frequency_penalty", 0.0),
+                repetition_penalty=defaults.get("repetition_penalty", 1.0),
+                max_tokens=1,
+                ignore_eos=True,
+            )
+            prompt = slot.forwarded + ids
+            # Raw ids are not a conversation: the next chat request starts over, as after a text completion.
+            slot.conversation = slot.conversation_ids = slot.pending = None
+            generation = slot.engine.generate(prompt, params, reuse_kv=True)
+            slot.generation = generation
+            try:
+                token = [t async for t in generation][0]
+            finally:
+                if slot.generation is generation:
+                    slot.generation = None
+            slot.forwarded = prompt
+            stats, time_s = slot.forward_stats, generation.stats.prefill_time_s
+            at = 0 if is_prefill else 2
+            stats[at] += len(ids)
+            stats[at + 1] += time_s
+            from webllm_py.engine import GenerationStats
+
+            slot.last_stats = GenerationStats(
+                prompt_tokens=int(stats[0]),
+                prefill_time_s=stats[1],
+                completion_tokens=int(stats[2]) + 1,  # decode speed counts ids after the first
+                decode_time_s=stats[3],
+            )
+            return token
+        finally:
+            self._release(slot, None)
 
     async def getMessage(self, model_id: str | None = None) -> str:
         """The text of the current or last reply, as far as it has been streamed."""

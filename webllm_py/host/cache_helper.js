@@ -52,11 +52,12 @@
     }
   }
 
-  async function startDownload(url) {
+  async function startDownload(url, signal) {
     let response;
     try {
-      response = await fetch(url, { cache: "no-store" });
+      response = await fetch(url, { cache: "no-store", signal: signal || undefined });
     } catch (e) {
+      if (e.name === "AbortError") throw fail("ReloadAbortedError", `the download of ${url} was aborted`);
       throw fail("ModelDownloadError", `Download of ${url} failed: ${e.message} (network error, or the server sends no CORS headers)`);
     }
     if (!response.ok) {
@@ -102,7 +103,8 @@
   }
 
   function asDownloadError(url, e) {
-    if (["ModelDownloadError", "StorageQuotaError", "ModelIntegrityError"].includes(e.name)) return e;
+    if (["ModelDownloadError", "StorageQuotaError", "ModelIntegrityError", "ReloadAbortedError"].includes(e.name)) return e;
+    if (e.name === "AbortError") return fail("ReloadAbortedError", `the download of ${url} was aborted`);
     if (isQuotaError(e)) {
       const why = String(e.message).replace(/\.$/, "");
       return fail("StorageQuotaError", `The browser refused to store ${url} (${why}): the site's storage quota is full. Free space with deleteModelInCache(), or leave private browsing.`);
@@ -214,12 +216,14 @@
   }
 
   // Download url (or its zip member) into a backend under key; removes what was stored when anything fails.
-  async function download(store, key, url, member, expected, onProgress, onChunk) {
-    if (expected) await checkQuota(url, expected); // the record knows the size: not even a request
-    const { response, total } = await startDownload(url);
+  // expected: the exact size (checked), approx: the size the hub lists (for the quota check only), signal: an
+  // AbortSignal that stops the download (a reload that was aborted).
+  async function download(store, key, url, member, expected, onProgress, onChunk, approx, signal) {
+    if (expected || approx) await checkQuota(url, expected || approx); // the record knows the size: no request yet
+    const { response, total } = await startDownload(url, signal);
     const state = { done: 0 };
     try {
-      if (!expected) await checkQuota(url, total);
+      if (!expected && !approx) await checkQuota(url, total);
       let body = response.body.pipeThrough(counter(total || expected, onProgress, onChunk, state));
       if (member) body = await memberStream(body, url, member);
       const stored = await store.store(key, body);
@@ -549,8 +553,8 @@
   return {
     has: (name, url) => backend(name).has(url),
     // key: what the file is stored under (url, or url#member for a zip member)
-    download: (name, key, url, member, expected, onProgress, onChunk) =>
-      download(backend(name), key, url, member || null, expected, onProgress, onChunk),
+    download: (name, key, url, member, expected, onProgress, onChunk, approx, signal) =>
+      download(backend(name), key, url, member || null, expected, onProgress, onChunk, approx || 0, signal || null),
     open: (name, url) => backend(name).open(url),
     remove: (name, url) => backend(name).remove(url),
     estimate: storageEstimate,

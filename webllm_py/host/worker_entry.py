@@ -1,6 +1,8 @@
 """The Python side of the engine's module Web Worker: route each message from the page to the protocol handler.
 
-``web/worker.js`` boots Pyodide, installs our wheel and calls ``start(handler_module)``. From then on each message
+``WebWorkerMLCEngineHandler`` (web/webllm_py.js, which web/worker.js and a page's own worker script run) boots
+Pyodide, installs our wheel and calls ``connect(handler_module)``, whose result it calls with each message's data
+(``start`` instead makes that the worker's ``onmessage`` itself). From then on each message
 the page posts is converted to Python (``event.data.to_py()``: JS objects become dicts, arrays lists) and handed
 to ``await handler.on_message(msg)``, each in its own task, so a message that arrives while a generation runs (an
 interrupt, a stream pull) is handled at once. The handler answers through the ``post(obj)`` callable it was created
@@ -47,16 +49,16 @@ def post(obj: dict[str, Any]) -> None:
     js.postMessage(js.JSON.parse(json.dumps(obj, allow_nan=False)))
 
 
-def start(
+def connect(
     handler_module: str = DEFAULT_HANDLER,
     post_message: Callable[[dict[str, Any]], None] = post,
     app_config_json: str | None = None,
-) -> Any:
-    """Create the handler and make it this worker's ``onmessage``. Returns the handler (tests inspect it).
+) -> Callable[[Any], None]:
+    """Create the handler; returns ``deliver(data)``, to be called with each message's ``event.data`` in arrival
+    order (``deliver.handler`` is the handler: tests inspect it).
 
-    ``app_config_json``: the site's model list (``appConfig`` of the worker config, as JSON), the engine's app config
-    until a page sends its own; pages that name a model without an app config get it from there."""
-    global _listener
+    ``app_config_json``: the site's model list (``appConfig`` of the worker config, as JSON), laid over the prebuilt
+    list as the engine's app config until a page sends its own."""
     create = importlib.import_module(handler_module).create_handler
     if app_config_json:
         handler = create(post_message, app_config=json.loads(app_config_json))
@@ -77,13 +79,25 @@ def start(
             except Exception:
                 log.exception("worker: could not post the error reply to %r", uuid)
 
-    def onmessage(event: Any) -> None:
-        task = asyncio.ensure_future(dispatch(event.data))
+    def deliver(data: Any) -> None:
+        task = asyncio.ensure_future(dispatch(data))
         _tasks.add(task)
         task.add_done_callback(_tasks.discard)
 
+    deliver.handler = handler  # type: ignore[attr-defined]
+    return deliver
+
+
+def start(
+    handler_module: str = DEFAULT_HANDLER,
+    post_message: Callable[[dict[str, Any]], None] = post,
+    app_config_json: str | None = None,
+) -> Any:
+    """``connect`` and make it this worker's ``onmessage``. Returns the handler (tests inspect it)."""
+    global _listener
+    deliver = connect(handler_module, post_message, app_config_json)
     if _listener is not None:
         _listener.destroy()
-    _listener = create_proxy(onmessage)
+    _listener = create_proxy(lambda event: deliver(event.data))
     js.self.onmessage = _listener
-    return handler
+    return deliver.handler  # type: ignore[attr-defined]

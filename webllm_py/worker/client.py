@@ -35,7 +35,7 @@ from webllm_py.api.types import (
     Completion,
 )
 from webllm_py.config import AppConfig
-from webllm_py.errors import WorkerError
+from webllm_py.errors import ReloadAbortedError, WorkerError
 
 from .messages import (
     LOG_LEVELS,
@@ -331,7 +331,11 @@ class WebWorkerMLCEngine:
             opts: Any = [{**(o or {}), **given} for o in chat_opts]
         else:
             opts = {**(chat_opts or {}), **given} or None
-        await self._call("reload", {"modelId": ids, "chatOpts": opts})
+        try:
+            await self._call("reload", {"modelId": ids, "chatOpts": opts})
+        except ReloadAbortedError as e:  # a later unload() or reload() aborted it: resolves, as in WebLLM
+            log.warning("%s", e)
+            return
         self.model_ids, self.model_id, self.chat_opts = ids, ids[0], opts
 
     async def unload(self) -> None:
@@ -382,14 +386,21 @@ class WebWorkerMLCEngine:
         """End the running generation at its next token with finish_reason "abort" (not awaited, as in WebLLM)."""
         self._post_nowait("interruptGenerate")
 
-    async def resetChat(self, keep_stats: bool = False) -> None:
-        await self._call("resetChat", {"keepStats": keep_stats})
+    async def resetChat(self, keep_stats: bool = False, model_id: str | None = None) -> None:
+        await self._call("resetChat", {"keepStats": keep_stats, "modelId": model_id})
 
-    async def getMessage(self) -> str:
-        return await self._call("getMessage", {})
+    async def getMessage(self, model_id: str | None = None) -> str:
+        return await self._call("getMessage", {"modelId": model_id})
 
-    async def runtimeStatsText(self) -> str:
-        return await self._call("runtimeStatsText", {})
+    async def runtimeStatsText(self, model_id: str | None = None) -> str:
+        return await self._call("runtimeStatsText", {"modelId": model_id})
+
+    async def forwardTokensAndSample(
+        self, input_ids: Sequence[int], is_prefill: bool, model_id: str | None = None
+    ) -> int:
+        """WebLLM's low-level step (see ``MLCEngine.forwardTokensAndSample``), run in the worker."""
+        content = {"inputIds": list(input_ids), "isPrefill": is_prefill, "modelId": model_id}
+        return await self._call("forwardTokensAndSample", content)
 
     async def getGPUVendor(self) -> str:
         return await self._call("getGPUVendor")

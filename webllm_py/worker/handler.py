@@ -22,6 +22,7 @@ the prefill) and answers its first pull with a final "abort" chunk.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 import time
@@ -30,9 +31,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.config import AppConfig, ModelRecord, prebuilt_app_config
 from webllm_py.errors import (
     InvalidFieldTypeError,
+    ReloadAbortedError,
     UnsupportedEndpointError,
     UnsupportedFieldError,
     WebGPUNotAvailableError,
@@ -99,6 +101,7 @@ class WorkerHandler:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._start_lock = asyncio.Lock()  # see _start
         self._progress_uuid = ""  # the request whose model load is reporting progress
+        self._aborted: set[str] = set()  # reload requests whose load a later reload or unload aborted
         self._user_progress = engine.getInitProgressCallback()
         engine.setInitProgressCallback(self._on_progress)
         # kind -> coroutine method; building it here checks that every kind of the protocol has one.
@@ -185,13 +188,29 @@ class WorkerHandler:
         return None
 
     async def _load(self, uuid: str, model_ids: list[str], chat_opts: Any) -> None:
+        """Load ``model_ids`` for request ``uuid``; a load still running for an earlier request is aborted by the
+        engine (WebLLM's abort-reload), and that request is answered with ``ReloadAbortedError``, which the proxies
+        turn into a resolved ``reload()`` with a warning."""
+        self._abort_load()
         self._progress_uuid = uuid
         try:
             await self.engine.reload(model_ids[0] if len(model_ids) == 1 else model_ids, chat_opts)
         finally:
-            self._progress_uuid = ""
+            if self._progress_uuid == uuid:
+                self._progress_uuid = ""
+        if uuid in self._aborted:
+            self._aborted.discard(uuid)
+            raise ReloadAbortedError(
+                f"reload({', '.join(model_ids)}) was aborted by a later unload() or reload() before it finished"
+            )
+
+    def _abort_load(self) -> None:
+        """The load in progress, if any, is about to be aborted by the engine: remember to say so."""
+        if self._progress_uuid:
+            self._aborted.add(self._progress_uuid)
 
     async def _unload(self, uuid: str, content: Any) -> None:
+        self._abort_load()
         await self._end_open_streams()
         await self.engine.unload()
 
@@ -400,13 +419,19 @@ class WorkerHandler:
         return {"pending": sorted(self._in_flight)}
 
     async def _resetChat(self, uuid: str, content: Mapping[str, Any]) -> None:
-        await self.engine.resetChat(bool(content.get("keepStats", False)))
+        await self.engine.resetChat(bool(content.get("keepStats", False)), _one_model(content))
 
     async def _getMessage(self, uuid: str, content: Any) -> str:
-        return await self.engine.getMessage()
+        return await self.engine.getMessage(_one_model(content))
 
     async def _runtimeStatsText(self, uuid: str, content: Any) -> str:
-        return await self.engine.runtimeStatsText()
+        return await self.engine.runtimeStatsText(_one_model(content))
+
+    async def _forwardTokensAndSample(self, uuid: str, content: Mapping[str, Any]) -> int:
+        """WebLLM's low-level ``forwardTokensAndSample(inputIds, isPrefill, modelId?)``: one sampled token id."""
+        return await self.engine.forwardTokensAndSample(
+            content.get("inputIds"), bool(content.get("isPrefill", False)), _one_model(content)
+        )
 
     async def _getGPUVendor(self, uuid: str, content: Any) -> str:
         return await self._require_host().gpu_vendor()
@@ -459,6 +484,11 @@ def _request(content: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
     return {**request, "stream": stream}
 
 
+def _one_model(content: Mapping[str, Any]) -> str | None:
+    """The model a per-model call names (``getMessage(modelId)``...), or None: the only one loaded."""
+    return single_model_id(content.get("modelId")) if isinstance(content, Mapping) else None
+
+
 def _model_id(content: Mapping[str, Any]) -> str:
     model_id = single_model_id(content.get("modelId"))
     if model_id is None:
@@ -479,5 +509,11 @@ def create_handler(
 
         engine = MLCEngine(resolve_model=browser_cache.resolve_model)
     if app_config is not None:
-        engine.setAppConfig(app_config_from_dict(app_config))
+        # The site's records replace the prebuilt ones of the same id (a site serving its own copies), and add
+        # its own models; the site's cache backend applies.
+        site = app_config_from_dict(app_config)
+        merged = dataclasses.replace(
+            prebuilt_app_config.with_records(site.model_list), cache_backend=site.cache_backend
+        )
+        engine.setAppConfig(dataclasses.replace(merged, cache_dir=site.cache_dir))
     return WorkerHandler(engine, post, host=host)

@@ -24,6 +24,7 @@ interruptGenerate                null, or ``{streamId}`` to end that stream only
 resetChat                        ``{keepStats?: bool, modelId?}``                                null
 getMessage                       ``{modelId?}``                                                  str
 runtimeStatsText                 ``{modelId?}``                                                  str
+forwardTokensAndSample           ``{inputIds: [int], isPrefill: bool, modelId?}``                int (token id)
 getGPUVendor                     null                                                            str
 getMaxStorageBufferBindingSize   null                                                            int (bytes)
 setLogLevel                      ``"TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR" | "SILENT"``    null
@@ -55,12 +56,14 @@ Differences from WebLLM, on purpose:
   (``UnknownMessageKindError``): nothing the page awaits can hang on a missing reply.
 - Errors cross as ``{name, message, details}`` and are raised again as the same class (WebLLM sends a string).
 - ``getAppConfig`` (ours) lets a page list the models the worker knows, e.g. for a model picker.
+- A ``reload`` whose load a later ``reload`` or ``unload`` aborted is answered with ``throw``
+  ``ReloadAbortedError``; the proxies resolve that ``reload()`` with a warning (WebLLM's behaviour) and do not take
+  its model as loaded.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import json
 import math
 import traceback
@@ -69,7 +72,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webllm_py import errors
-from webllm_py.config import AppConfig, ModelRecord
+from webllm_py.config import app_config_from_dict, app_config_to_dict  # noqa: F401 (the protocol's app config form)
 from webllm_py.errors import (
     InvalidFieldTypeError,
     InvalidJSONError,
@@ -139,6 +142,12 @@ CONTENT: dict[str, Mapping[str, Field] | Check | None] = {
     "resetChat": {"keepStats": Field(_boolean), **_ONE_MODEL},
     "getMessage": _ONE_MODEL,
     "runtimeStatsText": _ONE_MODEL,
+    # the engine checks the ids (a list of token ids in the vocabulary), naming inputIds
+    "forwardTokensAndSample": {
+        "inputIds": Field(_json, required=True),
+        "isPrefill": Field(_boolean),
+        **_ONE_MODEL,
+    },
     "getGPUVendor": None,
     "getMaxStorageBufferBindingSize": None,
     "setLogLevel": _string,
@@ -373,70 +382,7 @@ def error_from_content(content: Any) -> BaseException:
 
 
 # ---- app config and chat options --------------------------------------------------------------------------------
-
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRecord))
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(AppConfig) if f.name != "model_list")
-_CONFIG_ALIASES = {"cacheBackend": "cache_backend"}  # WebLLM's spelling
-
-
-def app_config_to_dict(config: AppConfig) -> dict[str, Any]:
-    """JSON form of an ``AppConfig``: ``{model_list: [{model_id, model_url, ...}], cache_dir}``."""
-    records = []
-    for record in config.model_list:
-        d = {name: getattr(record, name) for name in _RECORD_FIELDS}
-        template = d["chat_template"]
-        if template is not None and not isinstance(template, str):
-            # a Jinja template crosses as its source, a ChatTemplate object by its registered name
-            d["chat_template"] = getattr(template, "source", template.name)
-        d["overrides"] = dict(d["overrides"])
-        records.append(d)
-    return {"model_list": records, **{name: getattr(config, name) for name in _CONFIG_FIELDS}}
-
-
-def app_config_from_dict(d: Any) -> AppConfig:
-    """``AppConfig`` from its JSON form. WebLLM's ``model`` is accepted for ``model_url``; unknown keys are an
-    error naming them (a WebLLM ``model_lib`` means nothing here, and a typo must not pass silently)."""
-    if isinstance(d, AppConfig):
-        return d
-    if not isinstance(d, Mapping) or not isinstance(d.get("model_list"), list):
-        raise UnsupportedFieldError(
-            "appConfig", d, "an app config is {model_list: [{model_id, model_url}, ...]}"
-        )
-    options: dict[str, Any] = {}
-    for key, value in d.items():
-        if key == "model_list":
-            continue
-        if key == "useIndexedDBCache":  # WebLLM before cacheBackend existed
-            if value and "cache_backend" in _CONFIG_FIELDS:
-                options.setdefault("cache_backend", "indexeddb")
-            continue
-        name = _CONFIG_ALIASES.get(key, key)
-        if name not in _CONFIG_FIELDS:
-            allowed = ", ".join(("model_list", *_CONFIG_FIELDS))
-            raise UnsupportedFieldError(f"appConfig.{key}", value, f"app config keys are {allowed}")
-        if value is not None:
-            options[name] = value
-    records = []
-    for i, raw in enumerate(d["model_list"]):
-        if not isinstance(raw, Mapping):
-            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, "a model record is a dict")
-        fields = dict(raw)
-        if "model" in fields and "model_url" not in fields:
-            fields["model_url"] = fields.pop("model")
-        for key in fields:
-            if key not in _RECORD_FIELDS:
-                raise UnsupportedFieldError(
-                    f"appConfig.model_list[{i}].{key}",
-                    fields[key],
-                    f"record fields are {', '.join(_RECORD_FIELDS)}",
-                )
-        if fields.get("overrides") is None:
-            fields.pop("overrides", None)
-        try:
-            records.append(ModelRecord(**fields))
-        except TypeError as e:  # a required field missing
-            raise UnsupportedFieldError(f"appConfig.model_list[{i}]", raw, str(e)) from None
-    return AppConfig(model_list=records, **options)
+# The app config's JSON form is config.py's (app_config_from_dict / app_config_to_dict, WebLLM's keys included).
 
 
 def model_id_list(model_id: Any, field: str = "modelId") -> list[str] | None:
