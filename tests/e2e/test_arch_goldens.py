@@ -41,7 +41,7 @@ Tolerances:
 - NEAR_TIE = 0.25 logits: what f16 K/V can move a top logit by here (5.2e-3 of logits whose RMS is ~16, a few
   times that at the top); in the f32 tier exact math moves them by ~1e-3 at most.
 
-Status (main at 487d02c, architectures merged): all 32 files pass in both tiers. First-step logits vs
+Status (main at dbb6cd1, architectures merged): all 32 files pass in both tiers. First-step logits vs
 transformers: f32 tier 6.1e-7..2.3e-5 (every format alike), f16 tier 1.9e-4..6.5e-3 (largest: llama3.Q8_0 long);
 greedy identical at all 32 steps of every prompt in the f32 tier; in the f16 tier 6 printed near-ties out of 3072
 steps (phi3.Q4_K_M short step 26, gemma2.Q4_K_M long 19, mistral.Q5_K_M long 14, llama3.Q4_K_M long 13,
