@@ -28,7 +28,7 @@ Status (main at dbb6cd1, architectures merged): everything passes; greedy identi
 needed; the chat replies are transformers' text (first-step logits, measured at 2f4dfe3: 4e-7..2.8e-6 from
 transformers, 0.6-4.6 % from llama.cpp at their top 512). Run: ``PYTHONPATH=$PWD python3 -m pytest -q
 tests/e2e/test_kquant_smollm2.py`` (the first run requantizes the four files into ~/.cache/webllm_py/requantized/:
-70 s on a loaded 2-core machine, most of it the Q4_K / Q5_K / Q6_K searches).
+18-70 s on a 2-core machine at load averages 4-8, most of it the Q4_K / Q5_K / Q6_K searches).
 """
 
 from __future__ import annotations
