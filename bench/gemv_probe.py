@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+from bench.knobs import pass_timer  # noqa: E402
 
 STREAM = """
 @group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;
@@ -236,38 +237,14 @@ def gemv_source(math: str, kb: int, n: int, wg: int, tk: int, rt: int, u: int) -
 
 async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.random.Generator) -> None:
     """Every probe on a device whose shader modules have (trusted=False) or lack naga's run-time checks."""
-    import wgpu
 
     from webllm_py.host.native import open_device
     from webllm_py.kernels import ops
 
     dev = await open_device(extra_features=("timestamp-query",), trusted_shaders=trusted)
     out["adapter"] = dev.info.summary()
-    qs = dev.device.create_query_set(type="timestamp", count=2)
-    qbuf = dev.device.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
     tag = "trusted" if trusted else "checked"
-
-    def gpu_seconds(dispatches) -> float:
-        best = float("inf")
-        for _ in range(args.repeats + 1):
-            enc = dev.device.create_command_encoder()
-            cpass = enc.begin_compute_pass(
-                timestamp_writes={
-                    "query_set": qs,
-                    "beginning_of_pass_write_index": 0,
-                    "end_of_pass_write_index": 1,
-                }
-            )
-            for pipe, bg, gx, gy, gz in dispatches:
-                cpass.set_pipeline(pipe)
-                cpass.set_bind_group(0, bg)
-                cpass.dispatch_workgroups(gx, gy, gz)
-            cpass.end()
-            enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-            dev.queue.submit([enc.finish()])
-            t0, t1 = struct.unpack("<2Q", bytes(dev.queue.read_buffer(qbuf, 0, 16)))
-            best = min(best, (t1 - t0) * 1e-9)
-        return best / len(dispatches)
+    gpu_seconds = pass_timer(dev, args.repeats)
 
     def buffer(nbytes: int, label: str, fill: bool = True):
         buf = dev.create_buffer(nbytes, ops.STORAGE, label)

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import struct
 import sys
 from pathlib import Path
 
@@ -29,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+from bench.knobs import pass_timer  # noqa: E402
 
 # shape: hidden, q rows, kv rows, ffn, vocab
 SHAPES = {
@@ -140,31 +141,7 @@ async def main() -> None:
     if probe is not None and probe.ok:
         kern.subgroup_min = probe.min_size
     rng = np.random.default_rng(0)
-    qs = dev.device.create_query_set(type="timestamp", count=2)
-    qbuf = dev.device.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-
-    def gpu_seconds(dispatches) -> float:
-        """Fastest of --repeats passes over ``dispatches``, by the pass's own timestamps."""
-        best = float("inf")
-        for _ in range(args.repeats + 1):  # the first pass warms up
-            enc = dev.device.create_command_encoder()
-            cpass = enc.begin_compute_pass(
-                timestamp_writes={
-                    "query_set": qs,
-                    "beginning_of_pass_write_index": 0,
-                    "end_of_pass_write_index": 1,
-                }
-            )
-            for pipe, bg, x, y, z in dispatches:
-                cpass.set_pipeline(pipe)
-                cpass.set_bind_group(0, bg)
-                cpass.dispatch_workgroups(x, y, z)
-            cpass.end()
-            enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-            dev.queue.submit([enc.finish()])
-            t0, t1 = struct.unpack("<2Q", bytes(dev.queue.read_buffer(qbuf, 0, 16)))
-            best = min(best, (t1 - t0) * 1e-9)
-        return best / len(dispatches)
+    gpu_seconds = pass_timer(dev, args.repeats)
 
     def buffer(nbytes: int, label: str, fill: bool = True):
         buf = dev.create_buffer(nbytes, ops.STORAGE, label)
