@@ -24,6 +24,7 @@ prefills only the rest (multi-round chat, several choices of one prompt).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import random
 import struct
@@ -514,13 +515,14 @@ async def preflight(
     MLCEngine.reload calls this before downloading and before unloading anything. Returns whether every header was
     known (else check again once the files are there) and whether the models also fit beside those about to be
     unloaded (the host knows its free memory and it holds all of them: then they may load first)."""
+    # The adapter first: without one (no WebGPU) the reload fails before a byte of any model is fetched.
+    caps = await _fit_caps(device)
     headers: list[GGUFFile | None] = []
     try:
         for record in records:
             headers.append(await read_header(record))
         known = [(r, h) for r, h in zip(records, headers, strict=True) if h is not None]
         if known:
-            caps = await _fit_caps(device)
             plans = [
                 plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
                 for r, h in known
@@ -534,7 +536,13 @@ async def preflight(
         for h in headers:
             if h is not None:
                 h.close()
-    return all(h is not None for h in headers), beside
+        n_known = sum(h is not None for h in headers)
+        headers.clear()
+        # A header's parse leaves a vocabulary's worth of objects (49k-152k strings), some in reference cycles:
+        # collect them now, before the load parses the header again, so the two do not add up (the browser's wasm
+        # heap never shrinks back).
+        gc.collect()
+    return n_known == len(records), beside
 
 
 def release_buffers(device: Device, start: int, end: int | None = None) -> int:

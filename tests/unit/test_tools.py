@@ -37,7 +37,7 @@ from webllm_py.tools import (
     tool_format,
 )
 
-from ._fake_engine import FakeEngine
+from ._fake_engine import FakeEngine, no_preflight
 from .openai_check import validate
 from .test_chat_templates import CONTROL
 
@@ -374,16 +374,17 @@ def run_engine(body, *, reply: list[str], template_source: str = QWEN):
         )
         import webllm_py.engine as engine_module
 
-        original = engine_module.load_engine
+        original = engine_module.load_engine, engine_module.preflight
 
         async def load(record, path, **kw):
             return fake
 
         engine_module.load_engine = load
+        engine_module.preflight = no_preflight  # "fake.gguf" is no file: no header to check
         try:
             await engine.reload("fake")
         finally:
-            engine_module.load_engine = original
+            engine_module.load_engine, engine_module.preflight = original
         return await body(engine, fake)
 
     return asyncio.run(go())

@@ -74,7 +74,7 @@ def test_service_worker_endpoint_answers_a_tool_request_openai_parses(world):
 
 def test_desktop_server_answers_openai_python_with_tool_calls(monkeypatch, tmp_path):
     import webllm_py.engine as engine_module
-    from tests.unit._fake_engine import FakeEngine
+    from tests.unit._fake_engine import FakeEngine, no_preflight
 
     async def fake_load_engine(record, gguf_path, *, device=None, progress=None):
         fake = FakeEngine(record.model_id)
@@ -82,6 +82,7 @@ def test_desktop_server_answers_openai_python_with_tool_calls(monkeypatch, tmp_p
         return fake
 
     monkeypatch.setattr(engine_module, "load_engine", fake_load_engine)
+    monkeypatch.setattr(engine_module, "preflight", no_preflight)  # fake files: no header to check
     from types import SimpleNamespace
 
     from webllm_py.config import AppConfig, ModelRecord
