@@ -4,8 +4,8 @@ The files are llama.cpp's requantizations of the default Q4_1 model, remade by s
 ~/.cache/webllm_py/requantized/ and refused unless their sha256 is llama.cpp's (tests/e2e/kquant_models.py). Q4_K_M,
 first, mixes four block formats in one model: Q5_0 q/k/o/gate/up (rows of 576 are not multiples of 256), Q8_0 v
 in 14 layers next to Q5_0 v in the others, Q6_K / Q4_K ffn_down, and the tied Q8_0 embedding; Q5_K_M, Q6_K and Q8_0
-follow in the same page (a reload each). Measured on the 2-core VM at load ~3: 43-68 s per file in the browser (load 14-30 s,
-chat 28-38 s on SwiftShader), 8-15 s on the desktop; 4.6 min for the four.
+follow in the same page (a reload each). Measured on the 2-core VM at load ~3: 43-68 s per file in the browser
+(load 14-30 s, chat 28-38 s on SwiftShader), 8-15 s on the desktop; 4.6 min for the four.
 
 A second server on 127.0.0.1 serves the cache folder as a model hub does: another origin, with CORS headers. The
 page runs one worker through the JS proxy (web/webllm_py.js); its app config lists the file by URL with its size
