@@ -193,6 +193,32 @@ MATH = {
         s += dot4U8Packed(q.w & m, xc.z) + dot4U8Packed((q.w >> 4u) & m, xc.w);
         acc[r] += unpack2x16float(ds[u * RT + r]).x * dx * (f32(s) - 8.0 * sx);
       }""",
+    # x: per block 3 planes of 2 vec4<u32> signed int8 quads (x ~ scale (65536 h + 256 m + l)), xd: (scale, sum);
+    # the exact-tier candidate: 24-bit activations, integer products, one f32 combination per block
+    "dp4a3": """
+      let dx = xd[2u * b];
+      let sx = xd[2u * b + 1u];
+      var xp: array<vec4<u32>, 6>;
+      for (var i = 0u; i < 6u; i++) {
+        xp[i] = select(vec4<u32>(0u), bitcast<vec4<u32>>(x[b * 6u + i]), live);
+      }
+      for (var r = 0u; r < RT; r++) {
+        let q = qs[u * RT + r];
+        let m = 0x0F0F0F0Fu;
+        let qe = vec4<u32>(q.x & m, q.y & m, q.z & m, q.w & m);
+        let qo = vec4<u32>((q.x >> 4u) & m, (q.y >> 4u) & m, (q.z >> 4u) & m, (q.w >> 4u) & m);
+        var sp = vec3<f32>(0.0);
+        for (var p = 0u; p < 3u; p++) {
+          let xa = xp[2u * p];
+          let xc = xp[2u * p + 1u];
+          var s = dot4I8Packed(qe.x, xa.x) + dot4I8Packed(qo.x, xa.y);
+          s += dot4I8Packed(qe.y, xa.z) + dot4I8Packed(qo.y, xa.w);
+          s += dot4I8Packed(qe.z, xc.x) + dot4I8Packed(qo.z, xc.y);
+          s += dot4I8Packed(qe.w, xc.z) + dot4I8Packed(qo.w, xc.w);
+          sp[p] = f32(s);
+        }
+        acc[r] += unpack2x16float(ds[u * RT + r]).x * dx * (fma(sp.x, 65536.0, fma(sp.y, 256.0, sp.z)) - 8.0 * sx);
+      }""",
 }
 
 
@@ -275,7 +301,7 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
     dev.destroy_buffer(src)
     print(json.dumps(out["stream"]), file=sys.stderr)
 
-    x = buffer(4 * 14336 * 2, "x")
+    x = buffer(4 * 14336 * 2, "x")  # f32 x (or 3 int8 planes: 3 bytes a weight, < 8)
     xd = buffer(4 * 2 * 14336 // 32, "xd")
     res = buffer(4 * 128256, "out", fill=False)
     shapes = [("ffn1", 28672, 4096), ("qkv", 6144, 4096), ("o", 4096, 4096), ("ffn2", 4096, 14336)]
@@ -294,7 +320,10 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
                 (role, n, k, nbytes, [(buffer(nbytes, f"{role}.w{i}"), 0) for i in range(copies)])
             )
     configs = [("f32", *c) for c in F32_SHAPES] + [("dp4a", *c) for c in DP4A_SHAPES]
+    configs += [("dp4a3", *c) for c in DP4A_SHAPES]
     configs += [("none", *c) for c in NONE_SHAPES]
+    if args.maths:
+        configs = [c for c in configs if c[0] in args.maths.split(",")]
     if args.quick:
         configs = [c for c in configs if c[2] in (32, 64)][:6]
     for role, n, k, nbytes, ws in shapes_c:
@@ -309,7 +338,7 @@ async def run_mode(args: argparse.Namespace, trusted: bool, out: dict, rng: np.r
                 dev.create_bind_group(
                     pipe,
                     [(0, w, off, nbytes), (1, x, 0, x.size), (3, res, 0, res.size)]
-                    + ([(2, xd, 0, xd.size)] if math == "dp4a" else []),
+                    + ([(2, xd, 0, xd.size)] if math.startswith("dp4a") else []),
                     "g",
                 )
                 for w, off in ws
@@ -351,6 +380,7 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few probes on small sizes (a smoke test)")
     ap.add_argument("--one-buffer", action="store_true", help="weight copies in one buffer at offsets")
     ap.add_argument("--modes", default="checked,trusted", help="checked, trusted or both (comma-separated)")
+    ap.add_argument("--maths", default="", help="only these MATH kinds (comma-separated; default all)")
     ap.add_argument("--warmup-s", type=float, default=2.0, help="seconds of streaming first (GPU clocks up)")
     args = ap.parse_args()
 

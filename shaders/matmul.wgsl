@@ -6,6 +6,8 @@
 //   GEMV_SEG  decode without barriers: SEG invocations per row pair, subgroup shuffles (see below); KQ = K / 4.
 //   GEMV_MR   decode for bandwidth: RT rows per invocation, TK invocations along K per row group (see below);
 //             KB = K / 32; MR_SHUFFLE: segments sum by subgroup shuffles.
+//   XQ_PACK   decode: x (normed with NORM, merged from the attention splits with ATTN_IN) into integer planes for
+//             GEMV_MR's MR_Q8 form (see there); a workgroup per 32 blocks, no weights.
 //   GEMM      prefill: tiles of 32 rows x 32 tokens, 64 or 256 invocations (1 or 4 groups splitting K), 4 x 4 outputs each.
 //   GEMM_RT   prefill, register-tiled: WG rows x 64 tokens, 8 x 8 outputs per invocation, register prefetch (below).
 //   W_FMT     the weight format (weights.wgsl: a GGUF type name), with W_DOT / W_DQ / FMT_<name> (ops.weight_defines).
@@ -65,12 +67,20 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<uniform> S: State;
+#ifdef MR_Q8
+@group(0) @binding(2) var<storage, read> xq_in: array<vec4<u32>>;    // x as integer planes (XQ_PACK below)
+#else
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;        // (n_tokens, x_stride) f32
+#endif
 @group(0) @binding(3) var<storage, read> w_q: array<vec4<u32>>;      // W (N, K) in groups of blocks (weights.wgsl)
 #ifdef NORM
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;   // (K,) f32 RMSNorm weight
 #endif
+#ifdef XQ_PACK
+@group(0) @binding(6) var<storage, read_write> xq_out: array<vec4<u32>>;  // x as integer planes (XQ_PACK below)
+#else
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;      // (n_tokens, out_stride) f32
+#endif
 #ifdef BIAS
 @group(0) @binding(11) var<storage, read> bias: array<f32>;          // (N,) f32
 #endif
@@ -109,6 +119,7 @@ fn attn_coefficients(lid: u32) {
 }
 #endif
 
+#ifndef XQ_PACK
 // Block b of row r of W: its dot product with 32 activations xb (sum xsum), and its weights 4i .. 4i+3.
 fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
   let nb = P.k_blocks;
@@ -177,6 +188,9 @@ fn w_dequant4(r: u32, b: u32, i: u32) -> vec4<f32> {
 #endif
 }
 
+#endif
+
+#ifndef MR_Q8
 // Activations i*4 .. i*4+3 of the token whose row starts at vec4 index xbase.
 fn load_x(xbase: u32, i: u32) -> vec4<f32> {
 #ifdef ATTN_IN
@@ -206,6 +220,7 @@ fn load_x(xbase: u32, i: u32) -> vec4<f32> {
   return x[xbase + i];
 #endif
 }
+#endif
 
 #ifdef ARGMAX
 @group(0) @binding(10) var<storage, read_write> best: array<vec2<u32>>;  // (row workgroups,) (f32 bits, row)
@@ -459,13 +474,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // MR_RUNTIME: the same with the trip count read at run time (the compiler does not unroll the row: fewer registers,
 // one step's loads in flight). MR_BLOCK: lanes take whole blocks (a 16-byte nibble word per row and step, the block's
 // 32 activations in registers), trip count at run time.
-// MR_Q8 (Q4_0 and Q4_K weights): activations in int8, llama.cpp's trick for decode. The workgroup first loads x once
-// (normed, or merged from the attention splits) and quantizes each 32-block to int8 with one f32 scale into workgroup
-// memory (K bytes + 8 bytes a block), then lanes take whole blocks as in MR_BLOCK with integer dot products:
-// dot4I8Packed of a nibble word's even and odd nibbles (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) with the block's
-// int8 words, laid out to match. Four weights an instruction instead of three instructions a weight: on the H200 a
-// Q4_0 product streamed at 3.6-4.1 TB/s this way against 1.6-1.9 TB/s with f32 dequantization (bench/gemv_probe.py).
-// The results carry the int8 rounding of x (relative error ~1/127 of a block's largest activation per term).
+// MR_Q8 (Q4_0 and Q4_K weights): integer activations, as llama.cpp's int8 trick for decode but exact on request. x
+// comes as integer planes (XQ_PACK, one launch before: normed, or merged from the attention splits there): each
+// 32-block of x is X * dx with X integers of PLANES signed bytes (PLANES = 1: |X| <= 127, llama.cpp's int8 rounding;
+// PLANES = 3: |X| < 2^22, X = 65536 h + 256 m + l with digits h, m, l in [-128, 127]: the rounding of x is then
+// below 2^-23 of the block's largest activation, as fine as f32 itself, so the products stay those of the f32
+// tier). Lanes take whole blocks as in MR_BLOCK; a block of a row is dot4I8Packed of its nibble words' even and odd
+// nibbles (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) with each plane's words, laid out to match, the plane sums
+// combined in f32 (exact until the last rounding). Four weights an instruction per plane instead of three
+// instructions a weight: on the H200 a Q4_0 product streamed at 3.6-4.1 TB/s with one plane against 1.6-1.9 TB/s
+// with f32 dequantization (bench/gemv_probe.py), at 2.2x the f32 form with three.
 const SEGS: u32 = WG / TK;
 const ROWS: u32 = SEGS * RT;
 const NO: u32 = KB * 4u;               // octets in a row
@@ -476,82 +494,40 @@ const NV: u32 = RT + 1u;               // values a segment sums: RT row partials
 var<workgroup> red_mr: array<f32, NV * WG>;  // (NV, WG): each invocation's partials
 #endif
 #ifdef MR_Q8
-// Block b of x in int8: words 8b + 2j (bytes x[8j], x[8j+2], x[8j+4], x[8j+6]) and 8b + 2j + 1 (the odd ones),
-// j in 0..4, as vec4 words 2b, 2b + 1; its scale (x ~ scale * q) in xq_d[b].
-var<workgroup> xq: array<vec4<u32>, 2u * KB>;
-var<workgroup> xq_d: array<f32, KB>;
-var<workgroup> xq_ssq: array<f32, WG>;  // per invocation: its blocks' sum(x^2) (NORM)
+const XW: u32 = 2u * PLANES;  // plane words of a block (vec4<u32>), then one word (dx, sum of X, 0, 0)
 
-// Four floats rounded to int8 (already scaled into [-127, 127]), packed low byte first.
-fn pack_i8(v: vec4<f32>) -> u32 {
-  let q = vec4<i32>(round(v));
-  return (u32(q.x) & 0xFFu) | ((u32(q.y) & 0xFFu) << 8u) | ((u32(q.z) & 0xFFu) << 16u) | (u32(q.w) << 24u);
-}
-
-// The workgroup's x (as load_x gives it; times norm_w with NORM) to int8 blocks; returns sum(x^2) over all of x.
-fn quantize_x(xbase: u32, lid: u32) -> f32 {
-  var ssq = 0.0;
-  for (var b = lid; b < KB; b += WG) {
-    var v: array<vec4<f32>, 8>;
-    var amax = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-      var t = load_x(xbase, b * 8u + i);
-#ifdef NORM
-      ssq += dot(t, t);
-      t *= norm_w[b * 8u + i];
-#endif
-      v[i] = t;
-      let a = abs(t);
-      amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
-    }
-    let d = amax / 127.0;
-    let inv = select(0.0, 127.0 / amax, amax > 0.0);
-    xq_d[b] = d;
-    var w: array<u32, 8>;
-    for (var j = 0u; j < 4u; j++) {
-      let lo = v[2u * j] * inv;       // x[8j .. 8j+3]
-      let hi = v[2u * j + 1u] * inv;  // x[8j+4 .. 8j+7]
-      w[2u * j] = pack_i8(vec4<f32>(lo.x, lo.z, hi.x, hi.z));
-      w[2u * j + 1u] = pack_i8(vec4<f32>(lo.y, lo.w, hi.y, hi.w));
-    }
-    xq[2u * b] = vec4<u32>(w[0], w[1], w[2], w[3]);
-    xq[2u * b + 1u] = vec4<u32>(w[4], w[5], w[6], w[7]);
+// Sum over a block of nibble q times X (the planes xp, most significant first), as an f32.
+fn nib_planes(q: vec4<u32>, xp: ptr<function, array<vec4<u32>, XW>>) -> f32 {
+  let m = vec4<u32>(0x0F0F0F0Fu);
+  let qe = q & m;
+  let qo = (q >> vec4<u32>(4u)) & m;
+  var t = 0.0;
+  for (var p = 0u; p < PLANES; p++) {
+    let xa = (*xp)[2u * p];
+    let xc = (*xp)[2u * p + 1u];
+    var s = dot4I8Packed(qe.x, xa.x) + dot4I8Packed(qo.x, xa.y);
+    s += dot4I8Packed(qe.y, xa.z) + dot4I8Packed(qo.y, xa.w);
+    s += dot4I8Packed(qe.z, xc.x) + dot4I8Packed(qo.z, xc.y);
+    s += dot4I8Packed(qe.w, xc.z) + dot4I8Packed(qo.w, xc.w);
+    t = fma(t, 256.0, f32(s));  // exact while |t| < 2^24: only the last plane's step rounds
   }
-  xq_ssq[lid] = ssq;
-  workgroupBarrier();
-  for (var m = WG / 2u; m > 0u; m >>= 1u) {
-    if (lid < m) {
-      xq_ssq[lid] += xq_ssq[lid + m];
-    }
-    workgroupBarrier();
-  }
-  return xq_ssq[0];
+  return t;
 }
 
-// Sum over a block of nibble q times int8 x (the nibble vec4 q, the block's int8 words xa, xc).
-fn nib_dot_i8(q: vec4<u32>, xa: vec4<u32>, xc: vec4<u32>) -> i32 {
-  let m = 0x0F0F0F0Fu;
-  var s = dot4I8Packed(q.x & m, xa.x) + dot4I8Packed((q.x >> 4u) & m, xa.y);
-  s += dot4I8Packed(q.y & m, xa.z) + dot4I8Packed((q.y >> 4u) & m, xa.w);
-  s += dot4I8Packed(q.z & m, xc.x) + dot4I8Packed((q.z >> 4u) & m, xc.y);
-  s += dot4I8Packed(q.w & m, xc.z) + dot4I8Packed((q.w >> 4u) & m, xc.w);
-  return s;
-}
-
-// Block b of row r . block b of x in int8 (scale dx, sum of its int8 values xsum), as weights.wgsl's dot_f.
-fn q8_dot(r: u32, b: u32, xa: vec4<u32>, xc: vec4<u32>, xsum: i32, dx: f32) -> f32 {
+// Block b of row r . block b of x as planes (dx its scale, xs the sum of its X), as weights.wgsl's dot_f.
+fn q8_dot(r: u32, b: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: f32, dx: f32) -> f32 {
   let blk = r * P.k_blocks + b;
 #ifdef FMT_Q4_0
   let g = (blk / 8u) * 9u;
   let j = blk % 8u;
   let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
-  return d * dx * f32(nib_dot_i8(w_q[g + j], xa, xc) - 8 * xsum);  // d (q - 8) x
+  return d * dx * (nib_planes(w_q[g + j], xp) - 8.0 * xs);  // d (q - 8) x
 #endif
 #ifdef FMT_Q4_K
   let g = (blk / 32u) * 37u;
   let j = blk % 32u;
   let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
-  return dx * (dm.x * f32(nib_dot_i8(w_q[g + j], xa, xc)) + dm.y * f32(xsum));  // (d sc q - dmin m) x
+  return dx * (dm.x * nib_planes(w_q[g + j], xp) + dm.y * xs);  // (d sc q - dmin m) x
 #endif
 }
 #endif
@@ -600,17 +576,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
   var acc: array<f32, NV>;  // RT row partials, then sum(x^2)
 #ifdef MR_Q8
-  let ssq_all = quantize_x(xbase, lid);
   for (var b = lane; b < P.k_blocks; b += TK) {
-    let xa = xq[2u * b];
-    let xc = xq[2u * b + 1u];
-    let ones = 0x01010101u;
-    let xsum = dot4I8Packed(xa.x, ones) + dot4I8Packed(xa.y, ones) + dot4I8Packed(xa.z, ones)
-             + dot4I8Packed(xa.w, ones) + dot4I8Packed(xc.x, ones) + dot4I8Packed(xc.y, ones)
-             + dot4I8Packed(xc.z, ones) + dot4I8Packed(xc.w, ones);
-    let dx = xq_d[b];
-    for (var r = 0u; r < RT; r++) {
-      acc[r] += q8_dot(min(row0 + r, P.n_rows - 1u), b, xa, xc, xsum, dx);  // rows past the end: dropped below
+    var xp: array<vec4<u32>, XW>;
+    for (var i = 0u; i < XW; i++) {
+      xp[i] = xq_in[b * (XW + 1u) + i];
+    }
+    let xm = xq_in[b * (XW + 1u) + XW];  // (dx, sum of X) as f32 bits
+    for (var r = 0u; r < RT; r++) {  // rows past the end: dropped below
+      acc[r] += q8_dot(min(row0 + r, P.n_rows - 1u), b, &xp, bitcast<f32>(xm.y), bitcast<f32>(xm.x));
     }
   }
 #else
@@ -660,11 +633,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   mr_reduce(&acc, lid);
   var scale = 1.0;
 #ifdef NORM
-#ifdef MR_Q8
-  scale = inverseSqrt(ssq_all / f32(P.k_blocks * 32u) + P.eps);
-#else
   scale = inverseSqrt(acc[RT] / f32(P.k_blocks * 32u) + P.eps);
-#endif
 #endif
   if (lane == 0u) {
     for (var r = 0u; r < RT; r += 2u) {
@@ -686,6 +655,101 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   write_best(lid, wg, SEGS);
 #endif
+}
+#endif
+
+#ifdef XQ_PACK
+// x of the step's last token as the integer planes GEMV_MR's MR_Q8 form reads: workgroup g packs blocks 32g .. 32g+31
+// (an invocation loads a vec4 of x into workgroup memory, then one invocation per block quantizes it). Block b:
+// words b * (2 PLANES + 1) + 2p, + 2p + 1 hold plane p (most significant first) as two words of four signed bytes,
+// the block's even elements (8j, 8j+2, 8j+4, 8j+6) in word 2j and its odd ones in 2j + 1 (j in 0..4) of the pair;
+// then (dx, sum of X, 0, 0) as f32 bits: x ~ dx X. With NORM, x is multiplied by norm_w and dx carries RMSNorm's
+// 1 / sqrt(mean(x^2) + eps) (each workgroup sums x^2 over all of x); with ATTN_IN, x is merged from the splits.
+const XQ_BLOCKS: u32 = WG / 8u;  // blocks per workgroup: a vec4 an invocation
+const XQ_MAX: f32 = select(4194303.0, 127.0, PLANES == 1u);  // the largest |X|: 2^22 - 1 or 127
+var<workgroup> xq_x: array<vec4<f32>, WG>;
+var<workgroup> xq_red: array<f32, WG>;
+
+fn signed_byte(v: i32, shift: u32) -> u32 {
+  return (bitcast<u32>(v) & 0xFFu) << shift;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32 SG_ARGS) {
+  SG_INIT
+  let t = S.n_tokens - 1u;
+  let xbase = t * (P.x_stride / 4u);
+  let n4 = P.k_blocks * 8u;  // vec4s of x
+#ifdef ATTN_IN
+  attn_coefficients(lid);
+#endif
+  var rms = 1.0;
+#ifdef NORM
+  var ssq = 0.0;
+  for (var i = lid; i < n4; i += WG) {
+    let v = load_x(xbase, i);
+    ssq += dot(v, v);
+  }
+  xq_red[lid] = ssq;
+  workgroupBarrier();
+  for (var m = WG / 2u; m > 0u; m >>= 1u) {
+    if (lid < m) {
+      xq_red[lid] += xq_red[lid + m];
+    }
+    workgroupBarrier();
+  }
+  rms = inverseSqrt(xq_red[0] / f32(n4 * 4u) + P.eps);
+#endif
+  let i = wid.x * WG + lid;
+  var v = vec4<f32>(0.0);
+  if (i < n4) {
+    v = load_x(xbase, i);
+#ifdef NORM
+    v *= norm_w[i];
+#endif
+  }
+  xq_x[lid] = v;
+  workgroupBarrier();
+  let b = wid.x * XQ_BLOCKS + lid;
+  if (lid < XQ_BLOCKS && b < P.k_blocks) {
+    var amax = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+      let a = abs(xq_x[8u * lid + k]);
+      amax = max(amax, max(max(a.x, a.y), max(a.z, a.w)));
+    }
+    let inv = select(0.0, XQ_MAX / amax, amax > 0.0);
+    var words: array<u32, 24>;  // (plane, word): plane words of the block, most significant plane first
+    var xsum = 0;
+    for (var j = 0u; j < 4u; j++) {
+      let lo = vec4<i32>(round(xq_x[8u * lid + 2u * j] * inv));       // X of elements 8j .. 8j+3
+      let hi = vec4<i32>(round(xq_x[8u * lid + 2u * j + 1u] * inv));  // 8j+4 .. 8j+7
+      xsum += lo.x + lo.y + lo.z + lo.w + hi.x + hi.y + hi.z + hi.w;
+      var ev = vec4<i32>(lo.x, lo.z, hi.x, hi.z);
+      var od = vec4<i32>(lo.y, lo.w, hi.y, hi.w);
+      for (var p = PLANES; p > 0u; p--) {  // least significant digit first: plane p - 1
+        var de = ev;
+        var dd = od;
+        if (p > 1u) {  // balanced base-256 digits in [-128, 127]
+          de = ((ev + vec4<i32>(128)) & vec4<i32>(255)) - vec4<i32>(128);
+          dd = ((od + vec4<i32>(128)) & vec4<i32>(255)) - vec4<i32>(128);
+          ev = (ev - de) >> vec4<u32>(8u);
+          od = (od - dd) >> vec4<u32>(8u);
+        }
+        words[8u * (p - 1u) + 2u * j] =
+          signed_byte(de.x, 0u) | signed_byte(de.y, 8u) | signed_byte(de.z, 16u) | signed_byte(de.w, 24u);
+        words[8u * (p - 1u) + 2u * j + 1u] =
+          signed_byte(dd.x, 0u) | signed_byte(dd.y, 8u) | signed_byte(dd.z, 16u) | signed_byte(dd.w, 24u);
+      }
+    }
+    let base = b * (2u * PLANES + 1u);
+    for (var p = 0u; p < PLANES; p++) {
+      xq_out[base + 2u * p] = vec4<u32>(words[8u * p], words[8u * p + 1u], words[8u * p + 2u], words[8u * p + 3u]);
+      xq_out[base + 2u * p + 1u] =
+        vec4<u32>(words[8u * p + 4u], words[8u * p + 5u], words[8u * p + 6u], words[8u * p + 7u]);
+    }
+    let dx = amax / XQ_MAX * rms;
+    xq_out[base + 2u * PLANES] = vec4<u32>(bitcast<u32>(dx), bitcast<u32>(f32(xsum)), 0u, 0u);
+  }
 }
 #endif
 

@@ -435,6 +435,7 @@ fn oct_f32(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -
 }
 #endif
 
+#ifdef W_DOT
 // Dot product of block `blk` (= row * K/32 + block index) of a W_FMT matrix with 32 activations xb, whose sum is xsum.
 fn block_dot(blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
   return W_DOT(0u, blk, xb, xsum);
@@ -444,3 +445,4 @@ fn block_dot(blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32
 fn dequant4(blk: u32, i: u32) -> vec4<f32> {
   return W_DQ(0u, blk, i);
 }
+#endif  // W_DOT: an includer that reads no weights (matmul.wgsl XQ_PACK) names no format

@@ -81,6 +81,7 @@ class RecordingDevice:
             min_uniform_buffer_offset_alignment=256,
             max_compute_workgroups_per_dimension=65535,
             wgsl_enables_subgroups=True,  # as host/browser.py sets it
+            packed_int_dot=True,  # Chromium's wgslLanguageFeatures has packed_4x8_integer_dot_product
         )
         self.info = AdapterInfo(vendor="recording")
         self.sources: dict[str, str] = {}
@@ -193,24 +194,34 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                 kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
                 attn_ml=buf, n_splits=4,
             )  # fmt: skip
-    # The int8-activation decode forms (Kernels.q8_decode) over the formats they read: the LM head, the QKV
-    # projection, the output projection merging the attention splits, gate/up.
-    for cand in (Q8_CANDIDATES[0], Q8_CANDIDATES[-1]):
-        for t in (GGMLType.Q4_0, GGMLType.Q4_K):
-            w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
-            ops.matmul(
-                kern, w=w, x=buf, out=buf, state=state, epi="STORE", gemm=False, norm_w=buf, gemv=cand,
-                argmax_out=buf,
-            )  # fmt: skip
-            ops.matmul(
-                kern, w=w, x=buf, out=buf, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand, kv=buf,
-                rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
-            )  # fmt: skip
-            ops.matmul(
-                kern, w=w, x=buf, out=buf, state=state, epi="ADD", gemm=False, gemv=cand, head_dim=32,
-                attn_ml=buf, n_splits=4,
-            )  # fmt: skip
-            ops.matmul(kern, w=w, x=buf, out=buf, state=state, epi="SILU", gemm=False, norm_w=buf, gemv=cand)
+    # The integer-activation decode forms (three planes, and one with Kernels.q8_decode) over the formats they read,
+    # each after its quantize_x launch: the LM head, the QKV projection, the output projection merging the attention
+    # splits, gate/up (GEMV_MRQ, not the GEMV_MR fallback: the recording device has dot4I8Packed as Chromium).
+    q8 = kern.q8_decode
+    for kern.q8_decode in (False, True):
+        xq = buf  # compiled and bound, never run: any buffer of ops.xq_bytes(K, planes) bytes or more
+        for cand in (Q8_CANDIDATES[0], Q8_CANDIDATES[-1]):
+            for t in (GGMLType.Q4_0, GGMLType.Q4_K):
+                w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
+                mrq = [
+                    ops.matmul_parts(
+                        kern, w=w, x=buf, out=buf, xq=xq, state=state, epi="STORE", gemm=False, norm_w=buf,
+                        gemv=cand, argmax_out=buf,
+                    ),
+                    ops.matmul_parts(
+                        kern, w=w, x=buf, out=buf, xq=xq, state=state, epi="QKV", gemm=False, norm_w=buf, gemv=cand,
+                        kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+                    ),
+                    ops.matmul_parts(
+                        kern, w=w, x=buf, out=buf, xq=xq, state=state, epi="ADD", gemm=False, gemv=cand,
+                        head_dim=32, attn_ml=buf, n_splits=4,
+                    ),
+                    ops.matmul_parts(
+                        kern, w=w, x=buf, out=buf, xq=xq, state=state, epi="SILU", gemm=False, norm_w=buf, gemv=cand
+                    ),
+                ]  # fmt: skip
+                assert all(len(launches) == 2 for launches in mrq)  # quantize_x, then GEMV_MRQ
+    kern.q8_decode = q8
     # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).
     shapes = [(True, None), (False, None)] if all_formats else []
     if kern.tier.subgroups and all_formats:

@@ -176,3 +176,46 @@ def test_first_step_logits_vs_llama_cpp(name, entry, tier, prompt, gpu_device):
 def test_greedy_vs_transformers(name, entry, tier, prompt, gpu_device):
     tokens, logits = run(name, entry, tier, prompt, gpu_device)
     check_greedy(f"{name} {tier.name} {prompt['name']}", tokens, logits, prompt, NEAR_TIE)
+
+
+# The integer-activation decode kernel (GEMV_MRQ: x in three signed-byte planes, ops.quantize_x), forced for every
+# product it reads (Q4_K; the Q6_K ones and mixed q/k/v keep GEMV_MR), on the Q4_K_M files in the f32 tier.
+PLANES_TUNING = {"gemv_variant": "GEMV_MRQ", "gemv_wg": 64, "gemv_seg": 16, "gemv_rt": 2, "attention_wg": 64,
+                 "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}  # fmt: skip
+PLANES_TOL = 1e-4  # every step's logits against the f32 kernels' own: TOL_F32
+
+
+@pytest.mark.parametrize(
+    "name,entry", [pytest.param(n, e, id=n.removesuffix(".gguf")) for _, n, e in FILES if "Q4_K_M" in n]
+)
+def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
+    """Decode on x as three integer planes keeps the f32 tier's numerics: at every teacher-forced step of every
+    prompt the logits are within PLANES_TOL of the f32 GEMV's and the greedy tokens are the reference's, with no
+    near-tie allowance (the f32 tier has none on these files either)."""
+    from webllm_py.engine import load_engine
+
+    tier = E2E_TIERS[0]
+    for n_ctx in sorted({p["n_ctx"] for p in entry["prompts"]}):
+        engine = asyncio.run(
+            load_engine(
+                name.removesuffix(".gguf"),
+                str(arch_fixture_path(name)),
+                device=gpu_device,
+                tier=tier,
+                context_window_size=n_ctx,
+                tuning=PLANES_TUNING,
+            )  # fmt: skip
+        )
+        try:
+            assert any(r.startswith("xq_") for r in engine.graph.decode_roles), "no product on integer planes"
+            for p in entry["prompts"]:
+                if p["n_ctx"] != n_ctx:
+                    continue
+                tokens, logits = greedy_steps(engine, p["ids"], len(p["greedy_ids"]), forced=p["greedy_ids"])
+                _, f32_logits = run(name, entry, tier, p, gpu_device)
+                errs = [rel_err(a, b) for a, b in zip(logits, f32_logits, strict=True)]
+                print(f"integer planes vs f32 kernels: {name} {p['name']} largest step error {max(errs):.2e}")
+                assert max(errs) <= PLANES_TOL, f"{name} {p['name']}: {max(errs):.2e} from the f32 kernels"
+                assert tokens == p["greedy_ids"], f"{name} {p['name']}: greedy tokens differ"
+        finally:
+            asyncio.run(engine.unload())

@@ -471,24 +471,29 @@ def test_lm_head_every_format(kern, ggml_type):
         assert pairs[j, 1] == r and pairs[j, 0] == got[r : r + 1].view(np.uint32)[0], f"workgroup {j}"
 
 
-def q8_reference(x: np.ndarray) -> np.ndarray:
-    """x as GEMV_MRQ reads it: each 32-block rounded to int8 with scale max|x| / 127 (round half to even)."""
+def planes_reference(x: np.ndarray, planes: int) -> np.ndarray:
+    """x as GEMV_MRQ reads it (ops.quantize_x): each 32-block rounded to integers X of at most xmax (127 with one
+    plane, 2^22 - 1 with three), X = round(x * xmax / max|x|) (half to even), times max|x| / xmax."""
+    xmax = np.float32(127 if planes == 1 else 4194303)
     blocks = x.reshape(-1, 32).astype(np.float32)
     amax = np.abs(blocks).max(axis=1, keepdims=True)
-    d = amax / np.float32(127)
-    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    return (np.round(blocks * inv) * d).reshape(x.shape)
+    inv = np.where(amax > 0, xmax / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return (np.round(blocks * inv) * (amax / xmax)).reshape(x.shape)
 
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("normed", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("planes", [1, 3], ids=["int8", "planes3"])
 @pytest.mark.parametrize(
     "shape", [("GEMV_MRQ", 64, 16, 2), ("GEMV_MRQ", 32, 8, 4)], ids=lambda s: "/".join(map(str, s))
 )
-def test_gemv_q8_activations(kern_f32, ggml_type, shape, normed):
-    """GEMV_MRQ: Q4_0 / Q4_K rows against int8 activations (each 32-block of x, normed first with NORM, rounded with its
-    own scale): equal to the float64 product of the dequantized weights with x rounded that way, and within the int8
-    rounding of the exact product. A format it does not read (Q8_0) runs GEMV_MR of the same shape, exactly."""
+def test_gemv_integer_activations(kern_f32, ggml_type, shape, normed, planes, monkeypatch):
+    """GEMV_MRQ after quantize_x: Q4_0 / Q4_K rows against x as integer planes (each 32-block of x, normed first with
+    NORM, rounded with its own scale): equal to the float64 product of the dequantized weights with x rounded that
+    way. One plane (q8_decode) is within int8 rounding of the exact product and measurably off it; three planes
+    are within f32 rounding of it (the exact tier's numerics). A format it does not read (Q8_0) runs GEMV_MR of the
+    same shape, exactly, with no planes."""
+    monkeypatch.setattr(kern_f32, "q8_decode", planes == 1)
     use_gemv(kern_f32, *shape)
     n, k, m, eps = 75, 512 if ggml_type in K_TYPES else 320, 2, 1e-5
     rng = np.random.default_rng(5 + normed)
@@ -496,17 +501,25 @@ def test_gemv_q8_activations(kern_f32, ggml_type, shape, normed):
     x = rng.standard_normal((m, k)).astype(np.float32)
     nw = (rng.standard_normal(k) if normed else np.ones(k)).astype(np.float32)
     out = zeros(kern_f32, m * n * 4)
+    xq = zeros(kern_f32, ops.xq_bytes(k, planes))
     extra = {"norm_w": upload(kern_f32, nw), "eps": eps} if normed else {}
-    launch = ops.matmul(kern_f32, w=weight, x=upload(kern_f32, x), out=out, state=state_buffer(kern_f32, 0, m),
-                        epi="STORE", gemm=False, **extra)  # fmt: skip
-    kern_f32.device.submit([launch.dispatch(m)])
+    launches = ops.matmul_parts(kern_f32, w=weight, x=upload(kern_f32, x), out=out, xq=xq,
+                                state=state_buffer(kern_f32, 0, m), epi="STORE", gemm=False, **extra)  # fmt: skip
+    assert len(launches) == 2 and launches[0].label.endswith(".xq")  # quantize_x, then the product
+    kern_f32.device.submit([launch.dispatch(m) for launch in launches])
     got = download(kern_f32, out, np.float32, n)
     xl = x[m - 1].astype(np.float64)
     scale = 1 / np.sqrt((xl**2).mean() + eps) if normed else 1.0
-    xq = q8_reference((x[m - 1] * nw).astype(np.float32)).astype(np.float64)
-    assert_close(got, scale * (xq @ ref.T.astype(np.float64)), 1e-5, f"{ggml_type.name} x int8 activations")
+    xr = planes_reference((x[m - 1] * nw).astype(np.float32), planes).astype(np.float64)
+    exact = scale * ((xl * nw) @ ref.T.astype(np.float64))
     assert_close(
-        got, scale * ((xl * nw) @ ref.T.astype(np.float64)), 2e-2, f"{ggml_type.name} x f32 activations"
+        got, scale * (xr @ ref.T.astype(np.float64)), 1e-5, f"{ggml_type.name} x integer activations"
     )
-    assert not np.allclose(got, scale * ((xl * nw) @ ref.T.astype(np.float64)), rtol=1e-6)  # int8 x was used
+    if planes == 1:
+        assert_close(got, exact, 2e-2, f"{ggml_type.name} x f32 activations")
+        assert not np.allclose(got, exact, rtol=1e-6)  # int8 x was used
+    else:
+        assert_close(got, exact, 1e-6, f"{ggml_type.name} x f32 activations, three planes")
+    assert ops.matmul_parts(kern_f32, w=make_weight(kern_f32, rng, GGMLType.Q8_0, 45, 96)[0], x=xq, out=out,
+                            xq=xq, state=state_buffer(kern_f32, 0, m), epi="STORE", gemm=False)[0].label == "matmul"  # fmt: skip
     check_store(kern_f32, GGMLType.Q8_0, 45, 96, False, 2)

@@ -111,6 +111,9 @@ class DeviceCaps:
     # Shader modules are compiled without the WGSL compiler's run-time checks (index clamps, loop counters): desktop
     # GPUs through wgpu-native (host/native.py). A browser's Tint always adds its own.
     unchecked_shaders: bool = False
+    # WGSL's dot4I8Packed (language feature packed_4x8_integer_dot_product): naga has it; browsers say through
+    # navigator.gpu.wgslLanguageFeatures. The integer-activation decode kernel (GEMV_MRQ) needs it.
+    packed_int_dot: bool = False
     # GPU memory the host says is free for us, in bytes, and where the number comes from; None where it cannot tell
     # (WebGPU has no memory query: model/memory.py says what is checked then).
     memory_bytes: int | None = None

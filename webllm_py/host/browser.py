@@ -314,6 +314,14 @@ async def adapter_caps(*, power_preference: str = "high-performance") -> DeviceC
                  adapter, info)  # fmt: skip
 
 
+def _wgsl_has(feature: str) -> bool:
+    """Whether this browser's WGSL has language feature ``feature`` (navigator.gpu.wgslLanguageFeatures)."""
+    try:
+        return bool(js.navigator.gpu.wgslLanguageFeatures.has(feature))
+    except Exception:  # noqa: BLE001 - an older browser without the set: the feature is absent
+        return False
+
+
 def _caps(limits, has_f16: bool, has_subgroups: bool, adapter, info: AdapterInfo) -> DeviceCaps:
     memory, source = memory_budget(adapter, info)
     return DeviceCaps(
@@ -332,6 +340,7 @@ def _caps(limits, has_f16: bool, has_subgroups: bool, adapter, info: AdapterInfo
         wgsl_enables_subgroups=True,
         subgroup_min_size=int(info.extra.get("subgroupMinSize", 0)),
         subgroup_max_size=int(info.extra.get("subgroupMaxSize", 0)),
+        packed_int_dot=_wgsl_has("packed_4x8_integer_dot_product"),
         memory_bytes=memory,
         memory_source=source,
     )

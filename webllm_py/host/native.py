@@ -363,6 +363,7 @@ def _caps(limits, has_f16: bool, has_subgroups: bool, adapter) -> DeviceCaps:
         max_compute_workgroups_per_dimension=limits["max-compute-workgroups-per-dimension"],
         # naga rejects `enable subgroups;` (it enables subgroup builtins from the device feature alone).
         wgsl_enables_subgroups=False,
+        packed_int_dot=True,  # naga compiles dot4I8Packed for every backend
         memory_bytes=memory,
         memory_source=source,
     )

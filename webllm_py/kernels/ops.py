@@ -499,15 +499,80 @@ def _uniform_entry(
 
 
 def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
-    """Whether GEMV_MRQ (int8 activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), and the
-    workgroup's int8 copy of x (36 bytes a block, with sums) plus one f32 an invocation within workgroup memory."""
-    need = 36 * w.k_blocks + 4 * gemv.wg + 4 * (gemv.rt + 1) * gemv.wg
+    """Whether GEMV_MRQ (integer activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), on a
+    device whose WGSL has dot4I8Packed, with its segment partials (one f32 a row an invocation) in workgroup memory."""
     return (
-        len(w.segments) == 1
+        kern.device.caps.packed_int_dot
+        and len(w.segments) == 1
         and w.segments[0].fmt in Q8_FORMATS
         and w.segments[0].base == 0
-        and need <= kern.device.caps.max_compute_workgroup_storage_size
+        and 4 * (gemv.rt + 1) * gemv.wg <= kern.device.caps.max_compute_workgroup_storage_size
     )
+
+
+def uses_planes(kern: Kernels, w: RowSplit | Weight, gemv: GemvConfig | None) -> bool:
+    """Whether a decode product of ``w`` with kernel shape ``gemv`` reads x as integer planes: GEMV_MRQ where every
+    row part fits it (q8_fits); then a quantize_x launch comes first (matmul_parts)."""
+    parts = w.parts if isinstance(w, RowSplit) else (w,)
+    gemv = gemv or kern.gemv
+    return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in parts)
+
+
+XQ_WG = 256  # invocations of a quantize_x workgroup: a vec4 of x each, so 32 blocks a workgroup
+
+
+def xq_bytes(k: int, planes: int) -> int:
+    """Bytes of k activations as integer planes (matmul.wgsl XQ_PACK): a 32-block is 2 * planes + 1 vec4 words."""
+    return k // 32 * (2 * planes + 1) * 16
+
+
+def quantize_x(
+    kern: Kernels,
+    *,
+    x: Buffer,
+    xq: Buffer,
+    state: Buffer,
+    k: int,
+    x_stride: int | None = None,
+    norm_w: Buffer | None = None,
+    eps: float = 0.0,
+    attn_ml: Buffer | None = None,
+    n_splits: int = 0,
+    head_dim: int = 0,
+    label: str = "xq",
+) -> Launch:
+    """The step's last token of x (k features; normed with ``norm_w``, or merged from split attention output with
+    ``attn_ml`` as matmul does) into ``xq`` as kern.act_planes integer planes for GEMV_MRQ (matmul.wgsl XQ_PACK):
+    each 32-block x ~ dx X, X of 1 signed byte (int8 rounding) or 3 (below 2^-23 of the block's largest value)."""
+    if xq.size < xq_bytes(k, kern.act_planes):
+        raise ValueError(f"{label}: xq holds {xq.size} bytes, {xq_bytes(k, kern.act_planes)} needed")
+    defines: dict[str, object] = {"XQ_PACK": 1, "WG": XQ_WG, "EPI": "XQ", "PLANES": f"{kern.act_planes}u"}
+    entries = [
+        _uniform_entry(
+            kern,
+            params.MATMUL,
+            f"{label}.params",
+            k_blocks=k // 32,
+            x_stride=x_stride if x_stride is not None else k,
+            eps=eps,
+            head_dim=head_dim,
+            n_splits=n_splits,
+        ),
+        _whole(1, state),
+        _whole(2, x),
+        _whole(6, xq),
+    ]
+    if norm_w is not None:
+        defines["NORM"] = 1
+        entries.append(_whole(5, norm_w))
+    if attn_ml is not None:
+        assert head_dim and n_splits, "split attention input needs head_dim and n_splits"
+        defines.update(ATTN_IN=1, SPLIT_MIN=f"{kern.split_min_keys}u")
+        entries.append(_whole(9, attn_ml))
+    pipe = kern.pipeline("matmul.wgsl", **defines)
+    bg = kern.device.create_bind_group(pipe, entries, label)
+    fixed = fold_grid(math.ceil(k // 32 / (XQ_WG // 8)))
+    return Launch(pipe, bg, lambda n_tokens: fixed, label)
 
 
 def matmul(
@@ -554,6 +619,9 @@ def matmul(
     gemv = gemv or kern.gemv
     if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
         gemv = replace(gemv, variant="GEMV_MR")
+    # x is integer planes (quantize_x): no norm, no merge here
+    planes = not gemm and gemv.variant == "GEMV_MRQ"
+    assert not planes or (norm_w is None and attn_ml is None), "GEMV_MRQ reads x as planes: see matmul_parts"
     gemm_variant, gemm_wg = kern.gemm_variant, kern.gemm_wg
     if gemm and gemm_variant == "GEMM_RT" and min(w.n_rows, w.k) < kern.gemm_rt_min_dim:
         gemm_variant, gemm_wg = "GEMM", 256
@@ -562,6 +630,8 @@ def matmul(
         defines[gemm_variant] = 1
     elif gemv.variant in MR_VARIANTS:
         defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
+        if planes:
+            defines["PLANES"] = f"{kern.act_planes}u"
     else:
         defines[gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
@@ -664,9 +734,45 @@ def default_out_stride(epi: str, n_rows: int, n_q: int = 0, n_kv: int = 0, qk_ou
     return {"SILU": n_rows // 2, "GELU": n_rows // 2, "QKV": n_q + n_kv if qk_out else n_q}.get(epi, n_rows)
 
 
-def matmul_parts(kern: Kernels, *, w: RowSplit, epi: str, **options: object) -> tuple[Launch, ...]:
+def planes_input(
+    kern: Kernels, w: RowSplit | Weight, options: dict[str, object], xq: Buffer | None
+) -> tuple[Launch, ...]:
+    """For a decode product that reads x as integer planes (uses_planes): the quantize_x launch that must run first,
+    taking the RMSNorm and the attention-split merge out of ``options`` and pointing its x at ``xq`` (changed in
+    place). Otherwise nothing."""
+    if options.get("gemm") or not uses_planes(kern, w, options.get("gemv")):  # type: ignore[arg-type]
+        return ()
+    if xq is None:
+        raise ValueError("a GEMV_MRQ product needs an xq buffer for its integer planes (ops.xq_bytes)")
+    merge = options.pop("attn_ml", None)
+    pre = quantize_x(
+        kern,
+        x=options["x"],  # type: ignore[arg-type]
+        xq=xq,
+        state=options["state"],  # type: ignore[arg-type]
+        k=w.k,
+        x_stride=options.get("x_stride"),  # type: ignore[arg-type]
+        norm_w=options.pop("norm_w", None),  # type: ignore[arg-type]
+        eps=float(options.pop("eps", 0.0)),  # type: ignore[arg-type]
+        attn_ml=merge,  # type: ignore[arg-type]
+        n_splits=int(options.pop("n_splits", 0)) if merge is not None else 0,  # type: ignore[arg-type]
+        head_dim=int(options.get("head_dim", 0)),  # type: ignore[arg-type]
+        label=f"{options.get('label', 'matmul')}.xq",
+    )
+    options["x"] = xq
+    options["x_stride"] = None
+    return (pre,)
+
+
+def matmul_parts(
+    kern: Kernels, *, w: RowSplit | Weight, epi: str, xq: Buffer | None = None, **options: object
+) -> tuple[Launch, ...]:
     """``matmul`` of every row part of ``w`` (one launch each, results at the part's rows: ``row0``), with the
-    output layout of the whole product; ``options`` as matmul's."""
+    output layout of the whole product; ``options`` as matmul's. A decode product on GEMV_MRQ starts with the
+    quantize_x launch that fills ``xq`` (planes_input)."""
+    if isinstance(w, Weight):
+        w = RowSplit((w,), (0,))
+    pre = planes_input(kern, w, options, xq)
     if options.get("out_stride") is None:
         options["out_stride"] = default_out_stride(
             epi,
@@ -675,7 +781,7 @@ def matmul_parts(kern: Kernels, *, w: RowSplit, epi: str, **options: object) -> 
             int(options.get("n_kv", 0)),
             bool(options.get("qk_out")),
         )
-    return tuple(matmul(kern, w=part, epi=epi, row0=first, **options) for first, part in w.row_parts())
+    return pre + tuple(matmul(kern, w=part, epi=epi, row0=first, **options) for first, part in w.row_parts())
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ MR_VARIANTS = {
     "GEMV_MRB": {"MR_BLOCK": 1},
     "GEMV_MRQ": {"MR_Q8": 1},
 }
-# GEMV_MRQ (activations in int8, matmul.wgsl MR_Q8) covers these weight formats; others run GEMV_MR of its shape.
+# GEMV_MRQ (integer activations, matmul.wgsl MR_Q8) covers these weight formats; others run GEMV_MR of its shape.
 Q8_FORMATS = ("Q4_0", "Q4_K")
 
 
@@ -165,12 +165,18 @@ class Kernels:
         # SmolLM2-135M (576 features) prefilled 512 tokens at 27,455 tok/s with GEMM/256 against 18,600-18,850 with
         # GEMM_RT/64, while the 1B and 8B shapes (every product at least 2048 x 2048) gained (8B: 1,022 -> 1,545).
         self.gemm_rt_min_dim = gemm_rt_min_dim
-        # Decode products may round activations to int8 (GEMV_MRQ, for the formats in Q8_FORMATS): about twice the
-        # bytes per second, results within the int8 rounding of x (as llama.cpp's GPU and CPU decode). Off by default:
-        # greedy replies then equal the f32 reference's exactly; load-time tuning times GEMV_MRQ only when on.
+        # Decode products on GEMV_MRQ (the formats in Q8_FORMATS) read x as integer planes (ops.quantize_x). By
+        # default three planes: 24-bit activations, rounding below 2^-23 of a block's largest value, so results stay
+        # those of the f32 tier (greedy replies equal the f32 reference's). q8_decode: one plane, x rounded to int8 as
+        # llama.cpp's GPU and CPU decode (results within that rounding), fewer integer products per weight.
         self.q8_decode = q8_decode
         self._pipelines: dict[str, Pipeline] = {}
         self._uniforms: dict[bytes, object] = {}
+
+    @property
+    def act_planes(self) -> int:
+        """Signed-byte planes of each activation for GEMV_MRQ (ops.quantize_x): 1 with q8_decode, else 3."""
+        return 1 if self.q8_decode else 3
 
     @property
     def gemv(self) -> GemvConfig:

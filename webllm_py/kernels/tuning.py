@@ -46,7 +46,8 @@ CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV", 128),
     GemvConfig("GEMV_SEG", 128, 8),
 )
-# With Kernels.q8_decode: int8-activation shapes first (bench/gemv_probe.py's fastest dp4a forms on the H200).
+# Integer-activation shapes (GEMV_MRQ: three planes of x, or int8 with Kernels.q8_decode), timed with the
+# quantize_x launch each needs, first (bench/gemv_probe.py's fastest dp4a forms on the H200).
 Q8_CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV_MRQ", 256, 32, 2),
     GemvConfig("GEMV_MRQ", 256, 16, 2),
@@ -57,7 +58,7 @@ TIE = 0.03  # relative: shapes this close to the fastest are equally good
 ROUNDS = 5  # timed batches per candidate; the fastest counts
 TARGET_S = 2e-3  # a timed batch lasts about this long
 MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
-CACHE_VERSION = 3  # part of the cache key: shapes measured by an older tuner are measured again
+CACHE_VERSION = 4  # part of the cache key: shapes measured by an older tuner are measured again
 
 
 def tuning_key(graph: Graph) -> str:
@@ -96,7 +97,7 @@ def usable(graph: Graph, role: str, cand: GemvConfig) -> bool:
     if cand.variant in MR_VARIANTS:
         # the first row part (all but the last are as large; a split product's parts share the tuning)
         w = (graph.lm_head if role == "lm_head" else graph.role_weight(role, 0)).parts[0]
-        if cand.variant == "GEMV_MRQ" and not (kern.q8_decode and q8_fits(kern, w, cand)):
+        if cand.variant == "GEMV_MRQ" and not q8_fits(kern, w, cand):
             return False
         return cand.seg <= 4 * w.k_blocks and cand.rows_per_workgroup <= max(4, w.n_rows)
     return True
@@ -167,7 +168,7 @@ async def tune_gemv(
     entry = cache.get(key)
     if entry and set(entry) == set(ROLES):
         return {role: GemvConfig(*entry[role]) for role in ROLES}, True, {}
-    chosen, report = await measure(graph, (Q8_CANDIDATES if graph.kern.q8_decode else ()) + CANDIDATES)
+    chosen, report = await measure(graph, Q8_CANDIDATES + CANDIDATES)
     if cache_path:
         cache[key] = {role: [c.variant, c.wg, c.seg, c.rt] for role, c in chosen.items()}
         os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)

@@ -20,7 +20,8 @@ head; any matrix on a device with small bindings) is split by rows (ops.RowSplit
 writing its rows where the whole product's would go (the LM head's logits and argmax partials side by side), so a
 product in P parts costs P - 1 more dispatches a step (a tied embedding's parts serve the gather and the LM head).
 Unsplit: 5 * n_layers + 3 dispatches for a decode step of a Llama (153 for SmolLM2-135M's 30 layers),
-one more per layer with q/k norms and two more with post norms. With ``Kernels.fuse_attention`` (where the kernel's
+one more per layer with q/k norms and two more with post norms, and one more per product that load-time tuning put
+on GEMV_MRQ (its x as integer planes: ops.quantize_x). With ``Kernels.fuse_attention`` (where the kernel's
 workgroup memory allows, and the layer has neither biases nor q/k norms) decode computes qkv inside attn, each
 attention workgroup projecting its own head's rows: 4 * n_layers + 3 (123). Prefill always runs qkv separately
 (GEMM projections).
@@ -76,6 +77,10 @@ class Graph:
         self.qk = scratch("qk")  # qk_norm models only
         self.y = scratch("y")  # post_norms models only
         self.logits, self.tokens = scratch("logits"), scratch("tokens")
+        self.xq = dev.create_buffer(  # decode input of GEMV_MRQ products as integer planes (ops.quantize_x)
+            ops.xq_bytes(max(cfg.hidden_size, cfg.q_size, cfg.ffn_size), kern.act_planes), STORAGE, "xq"
+        )
+        self.activation_bytes += self.xq.size
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
 
         self.layers: list[Layer] = []
@@ -155,25 +160,21 @@ class Graph:
         cfg, k = self.cfg, self.kern
         gemv = gemv or k.gemv_roles.get("lm_head") or k.gemv
         parts = self.lm_head.row_parts()
-        launches, best0 = [], 0
+        options: dict[str, object] = dict(x=self.x, state=self.state, gemm=False, gemv=gemv,
+                                          norm_w=self.weights.output_norm, eps=cfg.norm_eps, label="lm_head")  # fmt: skip
+        launches, best0 = list(ops.planes_input(k, self.lm_head, options, self.xq)), 0
         for i, (first, part) in enumerate(parts):
             launches.append(
                 ops.matmul(
                     k,
                     w=part,
-                    x=self.x,
                     out=self.logits,
-                    state=self.state,
                     epi="STORE",
-                    gemm=False,
-                    gemv=gemv,
-                    norm_w=self.weights.output_norm,
-                    eps=cfg.norm_eps,
                     argmax_out=self.sampler.partials,
                     softcap=cfg.final_softcap,
                     row0=first,
                     best0=best0,
-                    label="lm_head" if len(parts) == 1 else f"lm_head.{i}",
+                    **{**options, "label": "lm_head" if len(parts) == 1 else f"lm_head.{i}"},
                 )  # fmt: skip
             )
             best0 += -(-part.n_rows // gemv.rows_per_workgroup)
@@ -284,7 +285,7 @@ class Graph:
         cfg, k = self.cfg, self.kern
         gemv = gemv or (None if gemm else k.gemv_roles.get(role))
         tag = f"blk.{layer}.{'gemm' if gemm else 'gemv'}.{role}"
-        common = dict(state=self.state, gemm=gemm, gemv=gemv, label=tag)
+        common = dict(state=self.state, gemm=gemm, gemv=gemv, label=tag, xq=self.xq)
         normed = dict(eps=cfg.norm_eps, **common)  # RMSNorm folded in: norm_w given below
         L = self.layers[layer]
         # With post norms the output projections store their result in y for norm_add; else they add it to x.
@@ -348,14 +349,16 @@ class Graph:
     def roles(self, n_tokens: int, pos: int = 0) -> list[str]:
         """What each dispatch of ``forward(n_tokens, sample=True, pos=pos)`` computes, in order ("embed" (once per
         row part), then per layer "qkv_attn" or "qkv" ("qk_norm") and "attn" / "flash_attn", "o" ("attn_post_norm"),
-        "ffn1", "ffn2" ("ffn_post_norm"), then "lm_head" (once per row part), "sample"): for benchmarks that time or
-        drop kernel groups."""
-        layers = [
-            launch.label.rsplit(".", 1)[-1]
-            for L in self.layers
-            for launch in self._step_launches(L, n_tokens, pos)
-        ]
-        embed, head = ["embed"] * len(self.embed_launches), ["lm_head"] * len(self.lm_head_launches)
+        "ffn1", "ffn2" ("ffn_post_norm"), then "lm_head" (once per row part), "sample"; a decode product on GEMV_MRQ
+        has its quantize_x launch "xq_<role>" before it): for benchmarks that time or drop kernel groups."""
+
+        def role(label: str) -> str:  # "blk.3.gemv.o" -> "o"; its planes "blk.3.gemv.o.xq" -> "xq_o"
+            head, last = label.rsplit(".", 1) if "." in label else ("", label)
+            return "xq_" + head.rsplit(".", 1)[-1] if last == "xq" else last
+
+        layers = [role(x.label) for L in self.layers for x in self._step_launches(L, n_tokens, pos)]
+        embed = ["embed"] * len(self.embed_launches)
+        head = ["xq_lm_head" if x.label.endswith(".xq") else "lm_head" for x in self.lm_head_launches]
         return [*embed, *layers, *head, "sample"]
 
     @property
