@@ -136,7 +136,7 @@ async def main() -> None:
         trusted_shaders=None if args.checks is None else args.checks == "off",
     )
     tier = Tier.for_device(dev)
-    kern = Kernels(dev, tier, q8_decode=True)
+    kern = Kernels(dev, tier)
     probe = await probe_subgroups(kern) if tier.subgroups else None
     if probe is not None and probe.ok:
         kern.subgroup_min = probe.min_size
@@ -205,7 +205,7 @@ async def main() -> None:
                     extra.update(kv=kv, rope_freq=freq, n_q=nq, n_kv=nkv, head_dim=head_dim, max_ctx=256,
                                  rope_dims=head_dim)  # fmt: skip
                 dev.write_buffer(state, 0, pack_state(100, 1, 0))
-                times = {}
+                times, q8_times, alone = {}, {}, {}
                 order = (Q8_CANDIDATES if fmt in Q8_FORMATS else ()) + candidates
                 for cand in order:
                     if cand.variant == "GEMV_SEG" and not (tier.subgroups and cand.seg <= kern.subgroup_min):
@@ -214,14 +214,26 @@ async def main() -> None:
                         cand.seg > 4 * (k // 32) or cand.rows_per_workgroup > n
                     ):
                         continue
-                    launches = [
-                        ops.matmul(kern, w=w, x=x, out=res, state=state, epi=epi, gemm=False, gemv=cand,
-                                   argmax_out=best if role == "lm_head" else None, **extra).dispatch(1)
-                        for w in weights
-                    ]  # fmt: skip
-                    times[cand] = gpu_seconds(
-                        (launches * (args.dispatches // len(launches) + 1))[: args.dispatches]
-                    )
+                    # GEMV_MRQ: three planes (the default), then one (q8_decode); each product is its quantize_x
+                    # launch and the GEMV, timed together (what a step pays) and the GEMV alone
+                    for planes in (3, 1) if cand.variant == "GEMV_MRQ" else (3,):
+                        kern.q8_decode = planes == 1
+                        xq = buffer(ops.xq_bytes(max(h, ff, nq), planes), "xq", fill=False)
+                        products = [
+                            [launch.dispatch(1) for launch in ops.matmul_parts(
+                                kern, w=w, x=x, out=res, xq=xq, state=state, epi=epi, gemm=False, gemv=cand,
+                                argmax_out=best if role == "lm_head" else None, **extra)]
+                            for w in weights
+                        ]  # fmt: skip
+                        chain = (products * (args.dispatches // len(products) + 1))[: args.dispatches]
+                        sec = gpu_seconds([d for prod in chain for d in prod]) * len(products[0])
+                        (q8_times if planes == 1 else times)[cand] = sec
+                        if len(products[0]) > 1:  # the GEMV without its quantize launch
+                            alone[f"{cand.label()}x{planes}"] = round(
+                                gpu_seconds([prod[-1] for prod in chain]) * 1e6, 2
+                            )
+                        dev.destroy_buffer(xq)
+                kern.q8_decode = False
                 chosen = pick(times, order)
                 gbs = {c.label(): round(w0.nbytes / s / 1e9, 1) for c, s in times.items()}
                 row = {
@@ -237,6 +249,10 @@ async def main() -> None:
                     "picked": chosen.label(),
                     "picked_us": round(times[chosen] * 1e6, 2),
                     "picked_fraction_of_bandwidth": round(gbs[chosen.label()] / args.bandwidth_gbs, 3),
+                    # GEMV_MRQ on int8 activations (q8_decode), with its quantize launch
+                    "q8_us": {c.label(): round(s * 1e6, 2) for c, s in q8_times.items()},
+                    "q8_gb_per_s": {c.label(): round(w0.nbytes / s / 1e9, 1) for c, s in q8_times.items()},
+                    "gemv_alone_us": alone,  # GEMV_MRQ without its quantize launch, by planes
                 }
                 out["gemv"].append(row)
                 print(
