@@ -183,10 +183,18 @@ def test_greedy_vs_transformers(name, entry, tier, prompt, gpu_device):
 PLANES_TUNING = {"gemv_variant": "GEMV_MRQ", "gemv_wg": 64, "gemv_seg": 16, "gemv_rt": 2, "attention_wg": 64,
                  "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}  # fmt: skip
 PLANES_TOL = 1e-4  # every step's logits against the f32 kernels' own: TOL_F32
+# Q4_K_M: Q4_K with Q6_K v (segmented q/k/v), Q6_K ffn_down in half the layers and the LM head; Q6_K and Q8_0 files
+# (Q8_0 reads its planes in element order)
+PLANES_FILES = ("Q4_K_M", "Q6_K", "Q8_0")
 
 
 @pytest.mark.parametrize(
-    "name,entry", [pytest.param(n, e, id=n.removesuffix(".gguf")) for _, n, e in FILES if "Q4_K_M" in n]
+    "name,entry",
+    [
+        pytest.param(n, e, id=n.removesuffix(".gguf"))
+        for _, n, e in FILES
+        if any(q in n for q in PLANES_FILES)
+    ],
 )
 def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
     """Decode on x as three integer planes keeps the f32 tier's numerics: at every teacher-forced step of every

@@ -17,6 +17,7 @@ from ..model.quant import GGMLType
 from . import params
 from .registry import (
     MR_VARIANTS,
+    Q8_CONTIGUOUS,
     Q8_FORMATS,
     SUPER_BLOCK_FORMATS,
     WEIGHT_FORMAT,
@@ -334,6 +335,7 @@ def weight_defines(w: Weight) -> dict[str, object]:
         defines.update({f"W_FMT{tag}": seg.fmt, f"W_DOT{tag}": f"dot_{seg.fmt.lower()}"})
         defines[f"W_DQ{tag}"] = f"dq_{seg.fmt.lower()}"
         defines[f"W_OCT{tag}"] = f"oct_{seg.fmt.lower()}"
+        defines[f"W_Q8{tag}"] = f"q8_{seg.fmt.lower()}"  # with MR_Q8 (x as integer planes)
     if len(w.segments) > 1:
         defines["W_SEGS"] = w.rows.upper()
     return defines
@@ -499,13 +501,14 @@ def _uniform_entry(
 
 
 def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
-    """Whether GEMV_MRQ (integer activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), on a
-    device whose WGSL has dot4I8Packed, with its segment partials (one f32 a row an invocation) in workgroup memory."""
+    """Whether GEMV_MRQ (integer activations) can run ``w``: every segment in a format it reads (Q8_FORMATS), all
+    reading x's planes in one order (Q8_CONTIGUOUS or not), on a device whose WGSL has dot4I8Packed, with its segment
+    partials (one f32 a row an invocation) in workgroup memory."""
+    fmts = segment_formats(w)
     return (
         kern.device.caps.packed_int_dot
-        and len(w.segments) == 1
-        and w.segments[0].fmt in Q8_FORMATS
-        and w.segments[0].base == 0
+        and fmts <= set(Q8_FORMATS)
+        and len({f in Q8_CONTIGUOUS for f in fmts}) == 1
         and 4 * (gemv.rt + 1) * gemv.wg <= kern.device.caps.max_compute_workgroup_storage_size
     )
 
@@ -515,7 +518,14 @@ def uses_planes(kern: Kernels, w: RowSplit | Weight, gemv: GemvConfig | None) ->
     row part fits it (q8_fits); then a quantize_x launch comes first (matmul_parts)."""
     parts = w.parts if isinstance(w, RowSplit) else (w,)
     gemv = gemv or kern.gemv
-    return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in parts)
+    one_order = len({f in Q8_CONTIGUOUS for f in segment_formats(w)}) == 1  # one quantize_x serves every part
+    return gemv.variant == "GEMV_MRQ" and one_order and all(q8_fits(kern, part, gemv) for part in parts)
+
+
+def segment_formats(w: RowSplit | Weight) -> set[str]:
+    """The formats of every segment of every row part of ``w``."""
+    parts = w.parts if isinstance(w, RowSplit) else (w,)
+    return {s.fmt for part in parts for s in part.segments}
 
 
 XQ_WG = 256  # invocations of a quantize_x workgroup: a vec4 of x each, so 32 blocks a workgroup
@@ -539,11 +549,13 @@ def quantize_x(
     attn_ml: Buffer | None = None,
     n_splits: int = 0,
     head_dim: int = 0,
+    contiguous: bool = False,
     label: str = "xq",
 ) -> Launch:
     """The step's last token of x (k features; normed with ``norm_w``, or merged from split attention output with
     ``attn_ml`` as matmul does) into ``xq`` as kern.act_planes integer planes for GEMV_MRQ (matmul.wgsl XQ_PACK):
-    each 32-block x ~ dx X, X of 1 signed byte (int8 rounding) or 3 (below 2^-23 of the block's largest value)."""
+    each 32-block x ~ dx X, X of 1 signed byte (int8 rounding) or 3 (below 2^-23 of the block's largest value).
+    ``contiguous``: the planes in element order (XQ_CONTIGUOUS, for the weights of Q8_CONTIGUOUS), else even / odd."""
     if xq.size < xq_bytes(k, kern.act_planes):
         raise ValueError(f"{label}: xq holds {xq.size} bytes, {xq_bytes(k, kern.act_planes)} needed")
     defines: dict[str, object] = {"XQ_PACK": 1, "WG": XQ_WG, "EPI": "XQ", "PLANES": f"{kern.act_planes}u"}
@@ -562,6 +574,8 @@ def quantize_x(
         _whole(2, x),
         _whole(6, xq),
     ]
+    if contiguous:
+        defines["XQ_CONTIGUOUS"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
         entries.append(_whole(5, norm_w))
@@ -757,6 +771,7 @@ def planes_input(
         attn_ml=merge,  # type: ignore[arg-type]
         n_splits=int(options.pop("n_splits", 0)) if merge is not None else 0,  # type: ignore[arg-type]
         head_dim=int(options.get("head_dim", 0)),  # type: ignore[arg-type]
+        contiguous=bool(segment_formats(w) & set(Q8_CONTIGUOUS)),
         label=f"{options.get('label', 'matmul')}.xq",
     )
     options["x"] = xq
