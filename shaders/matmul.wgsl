@@ -482,10 +482,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // stay those of the f32 tier). Lanes take whole blocks as in MR_BLOCK; a block of a row is dot4I8Packed of its quants
 // as signed bytes with each plane's words, laid out to match (weights.wgsl q8_f: nibble formats take their nibble
 // words' even and odd nibbles, w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F, with the high bits or crumbs of 5- and 6-bit
-// quants or-ed in; Q8_0 its bytes as they are, against planes in element order), the plane sums combined in f32 (exact
-// until the last rounding). Four weights an instruction per plane instead of three instructions a weight: on the H200 a
-// Q4_0 product streamed at 3.6-4.1 TB/s with one plane against 1.6-1.9 TB/s with f32 dequantization
-// (bench/gemv_probe.py), at 2.2x the f32 form with three.
+// quants or-ed in; Q8_0 its bytes, as stored against planes in element order (XQ_CONTIGUOUS) or sorted into even and
+// odd ones in a weight fused with nibble formats), the plane sums combined in f32 (exact until the last rounding). Four
+// weights an instruction per plane instead of three instructions a weight: on the H200 a Q4_0 product streamed at
+// 3.6-4.1 TB/s with one plane against 1.6-1.9 TB/s with f32 dequantization (bench/gemv_probe.py), at 2.2x the f32 form
+// with three.
 const SEGS: u32 = WG / TK;
 const ROWS: u32 = SEGS * RT;
 const NO: u32 = KB * 4u;               // octets in a row
@@ -651,12 +652,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 #ifdef XQ_PACK
 // x of the step's last token as the integer planes GEMV_MR's MR_Q8 form reads: workgroup g packs blocks 32g .. 32g+31
-// (an invocation loads a vec4 of x into workgroup memory, then one invocation per block quantizes it). Block b:
-// words b * (2 PLANES + 1) + 2p, + 2p + 1 hold plane p (most significant first) as two words of four signed bytes,
-// the block's even elements (8j, 8j+2, 8j+4, 8j+6) in word 2j and its odd ones in 2j + 1 (j in 0..4) of the pair
-// (XQ_CONTIGUOUS: elements 8j .. 8j+3 in word 2j, 8j+4 .. 8j+7 in 2j + 1, for Q8_0's bytes); then (dx, sum of X,
-// sum of X over elements 0-15, 0) as f32 bits: x ~ dx X. With NORM, x is multiplied by norm_w and dx carries RMSNorm's
-// 1 / sqrt(mean(x^2) + eps) (each workgroup sums x^2 over all of x); with ATTN_IN, x is merged from the splits.
+// (an invocation loads a vec4 of x into workgroup memory, then one invocation per block quantizes it). Block b: words b
+// * (2 PLANES + 1) + 2p, + 2p + 1 hold plane p (most significant first) as two words of four signed bytes, the block's
+// even elements (8j, 8j+2, 8j+4, 8j+6) in word 2j and its odd ones in 2j + 1 (j in 0..4) of the pair (XQ_CONTIGUOUS,
+// for weights of Q8_0 alone, the GEMV_MRQ launch compiled with it too: elements 8j .. 8j+3 in word 2j, 8j+4 .. 8j+7 in
+// 2j + 1, as Q8_0's bytes are stored); then (dx, sum of X, sum of X over elements 0-15, 0) as f32 bits: x ~ dx X. With
+// NORM, x is multiplied by norm_w and dx carries RMSNorm's 1 / sqrt(mean(x^2) + eps) (each workgroup sums x^2 over all
+// of x); with ATTN_IN, x is merged from the splits.
 const XQ_BLOCKS: u32 = WG / 8u;  // blocks per workgroup: a vec4 an invocation
 const XQ_MAX: f32 = select(4194303.0, 127.0, PLANES == 1u);  // the largest |X|: 2^22 - 1 or 127
 var<workgroup> xq_x: array<vec4<f32>, WG>;

@@ -37,8 +37,8 @@
 // the function names W_DOT / W_DQ (ops.weight_defines builds all of these defines).
 // With MR_Q8 (matmul.wgsl: x as integer planes), also q8_f(base, blk, &xp, xs) = block blk . X, the block of x as
 // PLANES signed-byte planes xp (x ~ dx X; the caller multiplies by dx), xs = (sum of X, sum of X over elements 0-15):
-// q as signed bytes laid out as the planes are (planes_dot), dot4I8Packed with each plane. Q8_0 reads the planes in
-// element order (XQ_PACK with XQ_CONTIGUOUS: registry.Q8_CONTIGUOUS), the nibble formats in even / odd order.
+// q as signed bytes laid out as the planes are (planes_dot), dot4I8Packed with each plane. The planes are in even /
+// odd order (XQ_PACK), or in element order for weights of Q8_0 alone (XQ_CONTIGUOUS: registry.Q8_CONTIGUOUS).
 //
 // Expects the includer to declare `w_q`.
 
@@ -357,11 +357,30 @@ fn oct_q8_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
 }
 
 #ifdef MR_Q8
+// Planes in element order (XQ_CONTIGUOUS: a Q8_0 weight) take the bytes as stored; in even / odd order (a weight
+// fused with nibble formats), octet o's words a (elements 8o .. 8o+3) and b (8o+4 .. 8o+7) give (e0, e4, e2, e6) and
+// (e1, e5, e3, e7) by masks, then bytes 1 and 2 swap.
 fn q8_q8_0(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
   let g = base + (blk / 8u) * 17u;
   let j = blk % 8u;
   let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
-  return d * dot(planes_dot(w_q[g + 2u * j], w_q[g + 2u * j + 1u], xp), vec2<f32>(1.0));  // planes in element order
+  let qa = w_q[g + 2u * j];
+  let qb = w_q[g + 2u * j + 1u];
+#ifdef XQ_CONTIGUOUS
+  return d * dot(planes_dot(qa, qb, xp), vec2<f32>(1.0));
+#else
+  let a = vec4<u32>(qa.x, qa.z, qb.x, qb.z);
+  let b = vec4<u32>(qa.y, qa.w, qb.y, qb.w);
+  let m = vec4<u32>(0x00FF00FFu);
+  let qe = swap_bytes12((a & m) | ((b & m) << vec4<u32>(8u)));
+  let qo = swap_bytes12(((a >> vec4<u32>(8u)) & m) | (b & ~m));
+  return d * dot(octets_dot(qe, qo, xp), vec2<f32>(1.0));
+#endif
+}
+
+fn swap_bytes12(w: vec4<u32>) -> vec4<u32> {
+  let t = (w ^ (w >> vec4<u32>(8u))) & vec4<u32>(0x0000FF00u);
+  return w ^ t ^ (t << vec4<u32>(8u));
 }
 #endif
 #endif

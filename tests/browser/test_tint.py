@@ -227,20 +227,17 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                     ),
                 ]  # fmt: skip
                 assert all(len(launches) == 2 for launches in mrq)  # quantize_x, then GEMV_MRQ
-        qkv, _ = ops.alloc_fused(kern, [(t, 32) for t in MIXED_QKV[0]], in_features(*MIXED_QKV[0]), "qkv")
-        gate_up, _ = ops.alloc_fused(
-            kern, [(t, 32) for t in MIXED_GATE_UP[0]], 256, "gate_up", interleave=True
-        )
-        mixed = [
-            ops.matmul_parts(
+        mixed = []
+        for types in MIXED_QKV[:2]:  # Q4_K_M's; the fallback's (Q8_0 v: bytes sorted to even / odd planes)
+            qkv, _ = ops.alloc_fused(kern, [(t, 32) for t in types], in_features(*types), "qkv")
+            mixed.append(ops.matmul_parts(
                 kern, w=qkv, x=buf, out=buf, xq=xq, state=state, epi="QKV", gemm=False, norm_w=buf,
                 gemv=Q8_CANDIDATES[0], kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
-            ),
-            ops.matmul_parts(
-                kern, w=gate_up, x=buf, out=buf, xq=xq, state=state, epi="SILU", gemm=False, norm_w=buf,
-                gemv=Q8_CANDIDATES[0],
-            ),
-        ]  # fmt: skip
+            ))  # fmt: skip
+        parts = [(t, 32) for t in MIXED_GATE_UP[0]]
+        gate_up, _ = ops.alloc_fused(kern, parts, in_features(*MIXED_GATE_UP[0]), "gate_up", interleave=True)
+        mixed.append(ops.matmul_parts(kern, w=gate_up, x=buf, out=buf, xq=xq, state=state, epi="SILU", gemm=False,
+                                      norm_w=buf, gemv=Q8_CANDIDATES[0]))  # fmt: skip
         assert all(len(launches) == 2 for launches in mixed)
     kern.q8_decode = q8
     # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).

@@ -529,14 +529,16 @@ def test_gemv_integer_activations(kern_f32, ggml_type, shape, normed, planes, mo
     check_store(kern_f32, GGMLType.F16, 45, 96, False, 2)
 
 
-# Fused weights on GEMV_MRQ: a Q4_K_M q/k/v (Q6_K v: two segments by row range), three formats (three segments),
-# gate/up of two formats (even / odd rows), and a mix whose planes orders differ (Q8_0 with a nibble format), which
-# runs GEMV_MR instead.
+# Fused weights on GEMV_MRQ: a Q4_K_M q/k/v (Q6_K v: two segments by row range), the fallback for rows not a
+# multiple of 256 (Q5_0 q/k, Q8_0 v: Q8_0 bytes sorted to the nibble formats' even / odd planes), three formats
+# (three segments), gate/up of two formats (even / odd rows); a mix with a float format runs GEMV_MR instead.
 Q8_FUSED = [
     ((GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K), False, True),
+    ((GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0), False, True),
     ((GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_1), False, True),
     ((GGMLType.Q4_K, GGMLType.Q6_K), True, True),
-    ((GGMLType.Q5_0, GGMLType.Q8_0), False, False),
+    ((GGMLType.Q8_0, GGMLType.Q5_K), True, True),
+    ((GGMLType.Q4_1, GGMLType.BF16), False, False),
 ]
 
 

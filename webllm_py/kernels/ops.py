@@ -501,14 +501,11 @@ def _uniform_entry(
 
 
 def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
-    """Whether GEMV_MRQ (integer activations) can run ``w``: every segment in a format it reads (Q8_FORMATS), all
-    reading x's planes in one order (Q8_CONTIGUOUS or not), on a device whose WGSL has dot4I8Packed, with its segment
-    partials (one f32 a row an invocation) in workgroup memory."""
-    fmts = segment_formats(w)
+    """Whether GEMV_MRQ (integer activations) can run ``w``: every segment in a format it reads (Q8_FORMATS), on a
+    device whose WGSL has dot4I8Packed, with its segment partials (one f32 a row an invocation) in workgroup memory."""
     return (
         kern.device.caps.packed_int_dot
-        and fmts <= set(Q8_FORMATS)
-        and len({f in Q8_CONTIGUOUS for f in fmts}) == 1
+        and segment_formats(w) <= set(Q8_FORMATS)
         and 4 * (gemv.rt + 1) * gemv.wg <= kern.device.caps.max_compute_workgroup_storage_size
     )
 
@@ -518,14 +515,20 @@ def uses_planes(kern: Kernels, w: RowSplit | Weight, gemv: GemvConfig | None) ->
     row part fits it (q8_fits); then a quantize_x launch comes first (matmul_parts)."""
     parts = w.parts if isinstance(w, RowSplit) else (w,)
     gemv = gemv or kern.gemv
-    one_order = len({f in Q8_CONTIGUOUS for f in segment_formats(w)}) == 1  # one quantize_x serves every part
-    return gemv.variant == "GEMV_MRQ" and one_order and all(q8_fits(kern, part, gemv) for part in parts)
+    return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in parts)
 
 
 def segment_formats(w: RowSplit | Weight) -> set[str]:
     """The formats of every segment of every row part of ``w``."""
     parts = w.parts if isinstance(w, RowSplit) else (w,)
     return {s.fmt for part in parts for s in part.segments}
+
+
+def contiguous_planes(w: RowSplit | Weight) -> bool:
+    """Whether a GEMV_MRQ product of ``w`` takes x's planes in element order (matmul.wgsl XQ_CONTIGUOUS): when all its
+    formats are in Q8_CONTIGUOUS (Q8_0's bytes as stored); else in even / odd order (nibble words; Q8_0 segments of a
+    mixed weight sort their bytes)."""
+    return segment_formats(w) <= set(Q8_CONTIGUOUS)
 
 
 XQ_WG = 256  # invocations of a quantize_x workgroup: a vec4 of x each, so 32 blocks a workgroup
@@ -618,6 +621,7 @@ def matmul(
     gemv: GemvConfig | None = None,
     row0: int = 0,
     best0: int = 0,
+    xq_contiguous: bool = False,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x) + bias); see matmul.wgsl for the variants.
@@ -629,7 +633,8 @@ def matmul(
     and treats its rows as the whole product's: q/k/v by row, gate/up pairs at row / 2, biases by row; matmul_parts);
     ``best0`` (ARGMAX): its argmax pairs (rows counted in the whole matrix) go from argmax_out[best0] on.
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
-    (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
+    (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache. On GEMV_MRQ, x is integer planes (quantize_x;
+    ``xq_contiguous``: in element order, as planes_input chose for the whole product)."""
     gemv = gemv or kern.gemv
     if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
         gemv = replace(gemv, variant="GEMV_MR")
@@ -646,6 +651,8 @@ def matmul(
         defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
         if planes:
             defines["PLANES"] = f"{kern.act_planes}u"
+            if xq_contiguous:
+                defines["XQ_CONTIGUOUS"] = 1
     else:
         defines[gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
@@ -771,11 +778,13 @@ def planes_input(
         attn_ml=merge,  # type: ignore[arg-type]
         n_splits=int(options.pop("n_splits", 0)) if merge is not None else 0,  # type: ignore[arg-type]
         head_dim=int(options.get("head_dim", 0)),  # type: ignore[arg-type]
-        contiguous=bool(segment_formats(w) & set(Q8_CONTIGUOUS)),
+        contiguous=contiguous_planes(w),
         label=f"{options.get('label', 'matmul')}.xq",
     )
     options["x"] = xq
     options["x_stride"] = None
+    # every row part reads the planes in the order quantize_x writes them
+    options["xq_contiguous"] = contiguous_planes(w)
     return (pre,)
 
 
