@@ -283,12 +283,17 @@ async def main() -> None:
                         "k": k,
                         "tokens": args.tokens,
                     }
-                    for variant, wg in (("GEMM", 256), ("GEMM_RT", 64), ("GEMM_RT", 128)):
-                        kern.gemm_variant, kern.gemm_wg = variant, wg
+                    for variant, wg, half in (("GEMM", 256, False), ("GEMM_RT", 64, False), ("GEMM_RT", 128, False),
+                                              ("GEMM_RT", 64, True), ("GEMM_RT", 128, True)):  # fmt: skip
+                        if half and not tier.f16:
+                            continue
+                        kern.gemm_variant, kern.gemm_wg, kern.gemm_f16 = variant, wg, half
                         launch = ops.matmul(kern, w=w, x=x, out=res, state=state, epi=epi, gemm=True, **extra)
                         s = gpu_seconds([launch.dispatch(args.tokens)] * 4)
-                        row[f"{variant}/{wg}_tflops"] = round(2 * n * k * args.tokens / s / 1e12, 2)
-                    kern.gemm_variant, kern.gemm_wg = "GEMM", 256
+                        row[f"{variant}/{wg}{'h' if half else ''}_tflops"] = round(
+                            2 * n * k * args.tokens / s / 1e12, 2
+                        )
+                    kern.gemm_variant, kern.gemm_wg, kern.gemm_f16 = "GEMM", 256, False
                     out["gemm"].append(row)
                     print(json.dumps(row), file=sys.stderr)
                     dev.destroy_buffer(w.q)

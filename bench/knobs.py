@@ -39,6 +39,12 @@ def add_kernel_args(ap: argparse.ArgumentParser) -> None:
         help="decode products with int8 activations (GEMV_MRQ) where the format allows: on, off (default)",
     )
     ap.add_argument(
+        "--gemm-f16",
+        choices=["on", "off"],
+        default=None,
+        help="GEMM_RT with f16 tiles and per-block f16 sums in the f16 tier (RT_HALF): on, off (default)",
+    )
+    ap.add_argument(
         "--checks",
         choices=["on", "off"],
         default=None,
@@ -71,6 +77,8 @@ def kernel_tuning(args: argparse.Namespace, device) -> tuple[dict | None, bool |
         given["fuse_attention"] = args.fuse == "on"
     if args.q8_decode:
         given["q8_decode"] = args.q8_decode == "on"
+    if args.gemm_f16:
+        given["gemm_f16"] = args.gemm_f16 == "on"
     for flag, (key, _, _) in FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:

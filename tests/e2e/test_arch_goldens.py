@@ -231,3 +231,49 @@ def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
                 assert tokens == p["greedy_ids"], f"{name} {p['name']}: greedy tokens differ"
         finally:
             asyncio.run(engine.unload())
+
+
+# The f16 tier's prefill on GEMM_RT with f16 tiles and per-block f16 sums (RT_HALF, opt-in: Kernels.gemm_f16),
+# forced for the Q4_K_M files: the first-step logits come from the prefill. Measured 1.4e-3..2.5e-2 from transformers
+# (phi3's 300-token prompt the largest; the f16 tier's default kernels 2e-4..4.5e-3 on the same prompts): above the
+# f16 tier's TOL_F16, hence opt-in, held to HALF_TOL here so a broken layout or an overflow still fails.
+HALF_TOL = 5e-2
+HALF_TUNING = {**PLANES_TUNING, "gemv_variant": "GEMV", "gemv_wg": 16, "gemm_variant": "GEMM_RT", "gemm_wg": 64,
+               "gemm_rt_min_dim": 0, "gemm_f16": True}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,entry", [pytest.param(n, e, id=n.removesuffix(".gguf")) for _, n, e in FILES if "Q4_K_M" in n]
+)
+def test_first_step_logits_f16_gemm_vs_transformers(name, entry, gpu_device):
+    """Prefill on RT_HALF in the f16 tier: every prompt's first-step logits within HALF_TOL of transformers fp32,
+    the argmax the reference's unless its own top-2 margin is a near-tie."""
+    from webllm_py.engine import load_engine
+
+    tier = E2E_TIERS[1]
+    for n_ctx in sorted({p["n_ctx"] for p in entry["prompts"]}):
+        engine = asyncio.run(
+            load_engine(
+                name.removesuffix(".gguf"),
+                str(arch_fixture_path(name)),
+                device=gpu_device,
+                tier=tier,
+                context_window_size=n_ctx,
+                tuning=HALF_TUNING,
+            )  # fmt: skip
+        )
+        try:
+            assert engine.kern.gemm_f16 and engine.kern.gemm_variant == "GEMM_RT"
+            for p in entry["prompts"]:
+                if p["n_ctx"] != n_ctx:
+                    continue
+                _, logits = greedy_steps(engine, p["ids"], 1)
+                ref = LOGITS[f"{name.removesuffix('.gguf')}/{p['name']}/hf"]
+                err = rel_err(logits[0], ref)
+                print(f"f16 GEMM first-step error vs transformers: {name} {p['name']} {err:.2e}")
+                assert err <= HALF_TOL, f"{name} {p['name']}: {err:.2e} > {HALF_TOL:.0e}"
+                top = np.argsort(-ref)[:2]
+                check_argmax(f"{name} f16 GEMM {p['name']}", int(np.argmax(logits[0])), (int(top[0]), int(top[1])),
+                             float(ref[top[0]] - ref[top[1]]), NEAR_TIE)  # fmt: skip
+        finally:
+            asyncio.run(engine.unload())

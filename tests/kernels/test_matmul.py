@@ -133,6 +133,35 @@ def test_gemm_rt_formats(gpu_device, ggml_type):
     check_store(kern, ggml_type, n, k, True, m)
 
 
+@pytest.mark.parametrize("normed", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize(
+    "ggml_type", [GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0], ids=lambda t: t.name
+)
+def test_gemm_rt_half(gpu_device, ggml_type, normed):
+    """GEMM_RT in the f16 tier with f16 tiles and per-block f16 sums (RT_HALF, Kernels.gemm_f16): within f16
+    rounding of the float64 product (weights and activations rounded to f16, 32-term sums in f16), and measurably
+    not the f32 kernel's result (so f16 math ran). 128 rows, two token tiles."""
+    kern = Kernels(gpu_device, Tier(f16=True, subgroups=False), gemm_variant="GEMM_RT", gemm_wg=128,
+                   gemm_rt_min_dim=0, gemm_f16=True)  # fmt: skip
+    n, k, m, eps = 128, 512, 70, 1e-5
+    rng = np.random.default_rng(int(ggml_type) + 10 * normed)
+    weight, ref = make_weight(kern, rng, ggml_type, n, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    nw = rng.standard_normal(k).astype(np.float32)
+    out = zeros(kern, m * n * 4)
+    extra = {"norm_w": upload(kern, nw), "eps": eps} if normed else {}
+    launch = ops.matmul(kern, w=weight, x=upload(kern, x), out=out, state=state_buffer(kern, 0, m), epi="STORE",
+                        gemm=True, **extra)  # fmt: skip
+    kern.device.submit([launch.dispatch(m)])
+    got = download(kern, out, np.float32, m * n).reshape(m, n)
+    xs = x.astype(np.float64)
+    if normed:
+        xs = xs / np.sqrt((xs**2).mean(axis=1, keepdims=True) + eps) * nw
+    want = xs @ ref.T.astype(np.float64)
+    assert_close(got, want, 2e-3, f"GEMM_RT f16 {ggml_type.name} {'normed' if normed else 'plain'}")
+    assert not np.allclose(got, want, rtol=1e-5, atol=0)  # f16 rounding is visible: the f16 path ran
+
+
 def check_store(kern, ggml_type, n, k, gemm, m):
     rng = np.random.default_rng(n * 1000 + k + m)
     weight, ref = make_weight(kern, rng, ggml_type, n, k)

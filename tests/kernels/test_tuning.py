@@ -12,6 +12,7 @@ import pytest
 from webllm_py.engine import SamplingParams, load_engine
 from webllm_py.kernels import tuning
 from webllm_py.kernels.registry import GemvConfig, Tier
+from webllm_py.model.quant import GGMLType
 
 from .tiny_llama import build_tiny_llama
 
@@ -120,3 +121,35 @@ def test_pick_prefers_the_first_of_near_ties():
     assert tuning.pick({a: 1.02, b: 1.0, c: 1.5}, order) == a
     assert tuning.pick({a: 1.2, b: 1.0, c: 1.01}, order) == b
     assert tuning.pick({b: 1.0, c: 0.5}, order) == c
+
+
+def test_timing_by_gpu_timestamps_counts_products_not_dispatches(tmp_path, gpu_device, monkeypatch):
+    """Tuning times each candidate by the host's GPU timestamps (pass_seconds) when it has them, per product: a
+    GEMV_MRQ candidate is two launches a layer (quantize_x, then the product), so a timer that charges every launch
+    alike makes it twice a GEMV_MR's time, and GEMV_MR wins. Without timestamps (the browser) the clock decides."""
+    path = build_tiny_llama(tmp_path / "q4.gguf", seed=3, weight_type=GGMLType.Q4_0)
+    engine = asyncio.run(
+        load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), tune=False)
+    )
+    mr, mrq = GemvConfig("GEMV_MR", 32, 8, 2), GemvConfig("GEMV_MRQ", 32, 8, 2)
+    monkeypatch.setattr(tuning, "MAX_REPS", 2)
+    monkeypatch.setattr(tuning, "ROUNDS", 1)
+    passes: list[int] = []
+
+    def pass_seconds(dispatches):
+        passes.append(len(dispatches))
+        return 1e-6 * len(dispatches)
+
+    monkeypatch.setattr(engine.device, "pass_seconds", pass_seconds, raising=False)
+    chosen, report = asyncio.run(tuning.measure(engine.graph, (mrq, mr)))
+    assert passes, "the GPU timer was not used"
+    assert all(c == mr for c in chosen.values())
+    for role in ("qkv", "o", "ffn1", "ffn2"):  # 1 us a launch: GEMV_MR one launch a product, GEMV_MRQ two
+        assert report[role][mr.label()] == pytest.approx(1.0) and report[role][mrq.label()] == pytest.approx(
+            2.0
+        )
+    monkeypatch.setattr(engine.device, "pass_seconds", lambda dispatches: None, raising=False)
+    passes.clear()
+    chosen, report = asyncio.run(tuning.measure(engine.graph, (mrq, mr)))
+    assert not passes and set(chosen) == set(tuning.ROLES)
+    asyncio.run(engine.unload())

@@ -179,6 +179,11 @@ class Device(Protocol):
         """Read any COPY_SRC buffer (through a temporary staging buffer). For tests and rare reads only."""
         ...
 
+    def pass_seconds(self, dispatches: Sequence[Dispatch]) -> float | None:
+        """GPU seconds of one compute pass over ``dispatches`` by the GPU's own timestamps, or None where this host
+        cannot time passes (the browser: timestamp queries are optional and quantized there)."""
+        ...
+
     async def idle(self) -> None:
         """Wait until the GPU finished all submitted work; raise any error the host reported asynchronously
         (the browser reports shader compilation and validation errors that way)."""

@@ -228,6 +228,11 @@ class BrowserDevice(BufferLedger):
             raise DeviceLostError(f"the WebGPU device was lost ({lost})") from exc
         raise GPUValidationError(f"reading a GPU buffer failed: {exc}") from exc
 
+    def pass_seconds(self, dispatches: Sequence[Dispatch]) -> float | None:
+        return (
+            None  # timestamp queries are optional in browsers and quantized to 100 us: tuning uses the clock
+        )
+
     async def idle(self) -> None:
         """Wait for the GPU and for pending error reports; raise the first error (load time: shaders compiled)."""
         await self.js.idle()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import shutil
+import struct
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -84,6 +85,15 @@ class NativeDevice(BufferLedger):
         BufferLedger.__init__(self)  # live buffers, their bytes and the peak
         # MAP_READ buffer handle -> index of the last submission that copied into it (see read_buffer).
         self._written_by: dict[int, int] = {}
+        # pass_seconds: a query set of two timestamps and the buffer they resolve into (None: no timestamp-query).
+        self._timestamps = None
+        if "timestamp-query" in set(device.features):
+            self._timestamps = (
+                device.create_query_set(type="timestamp", count=2),
+                device.create_buffer(
+                    size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC
+                ),
+            )
 
     # ---- resources --------------------------------------------------------------------------------------------------
 
@@ -156,6 +166,31 @@ class NativeDevice(BufferLedger):
             encoder.copy_buffer_to_buffer(src.handle, src_off, dst.handle, dst_off, size)
         readbacks = [copy[2].handle for copy in copies if copy[2].usage & BufferUsage.MAP_READ]
         return _Encoded(encoder.finish(), readbacks)
+
+    def pass_seconds(self, dispatches: Sequence[Dispatch]) -> float | None:
+        """GPU seconds of one compute pass over ``dispatches``, by timestamps the pass writes at its start and end
+        (the adapter feature "timestamp-query", requested by open_device where the adapter has it); None without.
+        Blocks until the pass has run: for load-time tuning, not for steps."""
+        if self._timestamps is None:
+            return None
+        queries, resolved = self._timestamps
+        encoder = self.device.create_command_encoder()
+        cpass = encoder.begin_compute_pass(
+            timestamp_writes={
+                "query_set": queries,
+                "beginning_of_pass_write_index": 0,
+                "end_of_pass_write_index": 1,
+            }
+        )
+        for pipeline, bind_group, x, y, z in dispatches:
+            cpass.set_pipeline(pipeline)
+            cpass.set_bind_group(0, bind_group)
+            cpass.dispatch_workgroups(x, y, z)
+        cpass.end()
+        encoder.resolve_query_set(queries, 0, 2, resolved, 0)
+        self.queue.submit([encoder.finish()])
+        t0, t1 = struct.unpack("<2Q", bytes(self.queue.read_buffer(resolved, 0, 16)))
+        return max(t1 - t0, 0) * 1e-9
 
     def submit_encoded(self, encoded: _Encoded) -> None:
         if encoded.command_buffer is None:
@@ -447,6 +482,8 @@ async def open_device(
     has_subgroups = has_subgroups if use_subgroups is None else bool(use_subgroups)
 
     required_features = list(extra_features)
+    if "timestamp-query" in features and "timestamp-query" not in required_features:
+        required_features.append("timestamp-query")  # load-time tuning times kernels by them (pass_seconds)
     if has_f16:
         required_features.append("shader-f16")
     if has_subgroups:

@@ -647,6 +647,8 @@ def matmul(
     defines: dict[str, object] = {"WG": gemm_wg if gemm else gemv.wg, "EPI": epi, **weight_defines(w)}
     if gemm:
         defines[gemm_variant] = 1
+        if gemm_variant == "GEMM_RT" and kern.gemm_f16 and kern.tier.f16:
+            defines["RT_HALF"] = 1
     elif gemv.variant in MR_VARIANTS:
         defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
         if planes:

@@ -115,6 +115,7 @@ class Kernels:
         gemm_variant: str = "GEMM",
         q8_decode: bool = False,
         gemm_rt_min_dim: int = 2048,
+        gemm_f16: bool = False,
     ):
         self.device = device
         self.tier = tier
@@ -169,6 +170,12 @@ class Kernels:
         # SmolLM2-135M (576 features) prefilled 512 tokens at 27,455 tok/s with GEMM/256 against 18,600-18,850 with
         # GEMM_RT/64, while the 1B and 8B shapes (every product at least 2048 x 2048) gained (8B: 1,022 -> 1,545).
         self.gemm_rt_min_dim = gemm_rt_min_dim
+        # GEMM_RT in the f16 tier with f16 tiles and per-block f16 sums (matmul.wgsl RT_HALF): twice the FMA rate of
+        # f32 on NVIDIA GPUs; weights and activations rounded to f16 (2^-11) and sums in f16 within a 32-column block.
+        # Opt-in: products within ~1e-3 of exact, but on the sharp-attention arch fixtures first-step logits moved
+        # 1.4e-3..2.5e-2 from transformers (the f16 tier's bound is 1e-2; its other kernels 2e-4..4.5e-3). Ignored in
+        # the f32 tiers.
+        self.gemm_f16 = gemm_f16
         # Decode products on GEMV_MRQ (the formats in Q8_FORMATS) read x as integer planes (ops.quantize_x). By
         # default three planes: 24-bit activations, rounding below 2^-23 of a block's largest value, so results stay
         # those of the f32 tier (greedy replies equal the f32 reference's). q8_decode: one plane, x rounded to int8 as

@@ -1,9 +1,12 @@
 """Load-time tuning: pick the decode matrix-vector kernel shape for each matrix of the model by measuring.
 
 Which shape is fastest depends on the adapter (subgroup size, cores, cache) and on the matrix (rows, K, format).
-The candidates are timed on the model's own buffers the way a decode step uses them: one role's launch for every
-layer in turn (each layer's weights are new to the cache, as in a step), the batch repeated until it lasts about a
-couple of milliseconds, the fastest of ROUNDS batches counting. Shapes within TIE of the fastest count as equal and the first of
+The candidates are timed on the model's own buffers the way a decode step uses them: one role's launches for every
+layer in turn (each layer's weights are new to the cache, as in a step; a GEMV_MRQ candidate with the quantize_x
+launch it needs), the batch repeated until it lasts about a couple of milliseconds, the fastest of ROUNDS batches
+counting, by the GPU's own timestamps where the host has them (native: a pass's start and end; the wall clock
+around submit and read, which measured 90-150 us for launches of 11-25 us on the H200, made picks differ between
+processes) and by the wall clock elsewhere. Shapes within TIE of the fastest count as equal and the first of
 them in CANDIDATES wins, so noise between runs does not flip the choice between shapes that are equally good. The
 winners are kept per role and, on the desktop, remembered per adapter and model shape so a second load skips the
 measurement.
@@ -58,7 +61,7 @@ TIE = 0.03  # relative: shapes this close to the fastest are equally good
 ROUNDS = 5  # timed batches per candidate; the fastest counts
 TARGET_S = 2e-3  # a timed batch lasts about this long
 MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
-CACHE_VERSION = 4  # part of the cache key: shapes measured by an older tuner are measured again
+CACHE_VERSION = 5  # part of the cache key: shapes measured by an older tuner are measured again
 
 
 def tuning_key(graph: Graph) -> str:
@@ -112,15 +115,25 @@ def pick(timings: dict[GemvConfig, float], order: tuple[GemvConfig, ...] = CANDI
 async def measure(
     graph: Graph, candidates: tuple[GemvConfig, ...] = CANDIDATES
 ) -> tuple[dict[str, GemvConfig], dict[str, dict[str, float]]]:
-    """Time every usable candidate for every role; return the pick per role and every timing (us per launch)."""
+    """Time every usable candidate for every role; return the pick per role and every timing (us per product: a
+    layer's launches of the role)."""
     dev = graph.device
     # Decode-shaped state: one token at position 0 (the tuning writes garbage into KV slot 0; prefill rewrites it).
     dev.write_buffer(graph.state, 0, pack_state(0, 1, 0))
 
-    async def seconds(dispatches: list) -> float:
-        """Seconds per dispatch of ``dispatches`` (one per layer and row part), in batches of about TARGET_S."""
+    timer = getattr(dev, "pass_seconds", None)
+
+    async def seconds(dispatches: list, products: int) -> float:
+        """Seconds per product of ``dispatches`` (``products`` products: a role's launches for every layer, each
+        its row parts, after its quantize_x launch on GEMV_MRQ), in batches of about TARGET_S: timed by the GPU's
+        own timestamps where the host has them (pass_seconds), else by the wall clock around submit and read."""
         dev.submit(dispatches)  # compile and warm up
         await dev.read_storage(graph.state, 0, 4)
+        once = timer(dispatches) if timer is not None else None
+        if once is not None:
+            reps = max(1, min(MAX_REPS, int(TARGET_S / max(once, 1e-7))))
+            batch = list(dispatches) * reps
+            return min(timer(batch) for _ in range(ROUNDS)) / (reps * products)
         t = time.perf_counter()
         dev.submit(dispatches)
         await dev.read_storage(graph.state, 0, 4)
@@ -132,7 +145,7 @@ async def measure(
             dev.submit(batch)
             await dev.read_storage(graph.state, 0, 4)
             best = min(best, time.perf_counter() - t)
-        return best / (reps * len(dispatches))
+        return best / (reps * products)
 
     def launches(role: str, layer: int | None, cand: GemvConfig) -> list:
         if role == "lm_head":  # every row part of a split LM head
@@ -146,7 +159,9 @@ async def measure(
         timings = {}
         for cand in candidates:
             if usable(graph, role, cand):
-                timings[cand] = await seconds([d for i in layers for d in launches(role, i, cand)])
+                timings[cand] = await seconds(
+                    [d for i in layers for d in launches(role, i, cand)], len(layers)
+                )
         chosen[role] = pick(timings, candidates)
         report[role] = {c.label(): round(s * 1e6, 2) for c, s in timings.items()}
     return chosen, report
