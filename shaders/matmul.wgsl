@@ -475,16 +475,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 // MR_RUNTIME: the same with the trip count read at run time (the compiler does not unroll the row: fewer registers,
 // one step's loads in flight). MR_BLOCK: lanes take whole blocks (a 16-byte nibble word per row and step, the block's
 // 32 activations in registers), trip count at run time.
-// MR_Q8 (Q4_0 and Q4_K weights): integer activations, as llama.cpp's int8 trick for decode but exact on request. x
-// comes as integer planes (XQ_PACK, one launch before: normed, or merged from the attention splits there): each
-// 32-block of x is X * dx with X integers of PLANES signed bytes (PLANES = 1: |X| <= 127, llama.cpp's int8 rounding;
-// PLANES = 3: |X| < 2^22, X = 65536 h + 256 m + l with digits h, m, l in [-128, 127]: the rounding of x is then
-// below 2^-23 of the block's largest activation, as fine as f32 itself, so the products stay those of the f32
-// tier). Lanes take whole blocks as in MR_BLOCK; a block of a row is dot4I8Packed of its nibble words' even and odd
-// nibbles (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) with each plane's words, laid out to match, the plane sums
-// combined in f32 (exact until the last rounding). Four weights an instruction per plane instead of three
-// instructions a weight: on the H200 a Q4_0 product streamed at 3.6-4.1 TB/s with one plane against 1.6-1.9 TB/s
-// with f32 dequantization (bench/gemv_probe.py), at 2.2x the f32 form with three.
+// MR_Q8 (the formats of registry.Q8_FORMATS, every segment of a W_SEGS weight): integer activations, as llama.cpp's
+// int8 trick for decode but exact on request. x comes as integer planes (XQ_PACK, one launch before: normed, or merged
+// from the attention splits there): each 32-block of x is X * dx with X integers of PLANES signed bytes (PLANES = 1:
+// |X| <= 127, llama.cpp's int8 rounding; PLANES = 3: |X| < 2^22, X = 65536 h + 256 m + l with digits h, m, l in [-128,
+// 127]: the rounding of x is then below 2^-23 of the block's largest activation, as fine as f32 itself, so the products
+// stay those of the f32 tier). Lanes take whole blocks as in MR_BLOCK; a block of a row is dot4I8Packed of its quants
+// as signed bytes with each plane's words, laid out to match (weights.wgsl q8_f: nibble formats take their nibble
+// words' even and odd nibbles, w & 0x0F0F0F0F and (w >> 4) & 0x0F0F0F0F, with the high bits or crumbs of 5- and 6-bit
+// quants or-ed in; Q8_0 its bytes, as stored against planes in element order (XQ_CONTIGUOUS) or sorted into even and
+// odd ones in a weight fused with nibble formats), the plane sums combined in f32 (exact until the last rounding). Four
+// weights an instruction per plane instead of three instructions a weight: on the H200 a Q4_0 product streamed at
+// 3.6-4.1 TB/s with one plane against 1.6-1.9 TB/s with f32 dequantization (bench/gemv_probe.py), at 2.2x the f32 form
+// with three.
 const SEGS: u32 = WG / TK;
 const ROWS: u32 = SEGS * RT;
 const NO: u32 = KB * 4u;               // octets in a row
@@ -495,40 +498,29 @@ const NV: u32 = RT + 1u;               // values a segment sums: RT row partials
 var<workgroup> red_mr: array<f32, NV * WG>;  // (NV, WG): each invocation's partials
 #endif
 #ifdef MR_Q8
-const XW: u32 = 2u * PLANES;  // plane words of a block (vec4<u32>), then one word (dx, sum of X, 0, 0)
+const XW: u32 = 2u * PLANES;  // plane words of a block (vec4<u32>), then one word: XQ_PACK's sums
 
-// Sum over a block of nibble q times X (the planes xp, most significant first), as an f32.
-fn nib_planes(q: vec4<u32>, xp: ptr<function, array<vec4<u32>, XW>>) -> f32 {
-  let m = vec4<u32>(0x0F0F0F0Fu);
-  let qe = q & m;
-  let qo = (q >> vec4<u32>(4u)) & m;
-  var t = 0.0;
-  for (var p = 0u; p < PLANES; p++) {
-    let xa = (*xp)[2u * p];
-    let xc = (*xp)[2u * p + 1u];
-    var s = dot4I8Packed(qe.x, xa.x) + dot4I8Packed(qo.x, xa.y);
-    s += dot4I8Packed(qe.y, xa.z) + dot4I8Packed(qo.y, xa.w);
-    s += dot4I8Packed(qe.z, xc.x) + dot4I8Packed(qo.z, xc.y);
-    s += dot4I8Packed(qe.w, xc.z) + dot4I8Packed(qo.w, xc.w);
-    t = fma(t, 256.0, f32(s));  // exact while |t| < 2^24: only the last plane's step rounds
+// Block b of row r . block b of x as planes (dx its scale, xs = (sum of X, sum over elements 0-15)): weights.wgsl
+// q8_f of the row's segment, times dx.
+fn q8_dot(r: u32, b: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>, dx: f32) -> f32 {
+  let nb = P.k_blocks;
+#if W_SEGS == PARITY
+  if ((r & 1u) == 1u) {
+    return dx * W_Q81(P.seg1_base, (r / 2u) * nb + b, xp, xs);
   }
-  return t;
-}
-
-// Block b of row r . block b of x as planes (dx its scale, xs the sum of its X), as weights.wgsl's dot_f.
-fn q8_dot(r: u32, b: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: f32, dx: f32) -> f32 {
-  let blk = r * P.k_blocks + b;
-#ifdef FMT_Q4_0
-  let g = (blk / 8u) * 9u;
-  let j = blk % 8u;
-  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
-  return d * dx * (nib_planes(w_q[g + j], xp) - 8.0 * xs);  // d (q - 8) x
+  return dx * W_Q8(0u, (r / 2u) * nb + b, xp, xs);
+#else
+#ifdef W_FMT2
+  if (r >= P.seg2_row) {
+    return dx * W_Q82(P.seg2_base, (r - P.seg2_row) * nb + b, xp, xs);
+  }
 #endif
-#ifdef FMT_Q4_K
-  let g = (blk / 32u) * 37u;
-  let j = blk % 32u;
-  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
-  return dx * (dm.x * nib_planes(w_q[g + j], xp) + dm.y * xs);  // (d sc q - dmin m) x
+#ifdef W_FMT1
+  if (r >= P.seg1_row) {
+    return dx * W_Q81(P.seg1_base, (r - P.seg1_row) * nb + b, xp, xs);
+  }
+#endif
+  return dx * W_Q8(0u, r * nb + b, xp, xs);
 #endif
 }
 #endif
@@ -582,9 +574,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var i = 0u; i < XW; i++) {
       xp[i] = xq_in[b * (XW + 1u) + i];
     }
-    let xm = xq_in[b * (XW + 1u) + XW];  // (dx, sum of X) as f32 bits
+    let xm = bitcast<vec4<f32>>(xq_in[b * (XW + 1u) + XW]);  // (dx, sum of X, sum over elements 0-15, 0)
     for (var r = 0u; r < RT; r++) {  // rows past the end: dropped below
-      acc[r] += q8_dot(min(row0 + r, P.n_rows - 1u), b, &xp, bitcast<f32>(xm.y), bitcast<f32>(xm.x));
+      acc[r] += q8_dot(min(row0 + r, P.n_rows - 1u), b, &xp, xm.yz, xm.x);
     }
   }
 #else
@@ -661,11 +653,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 #ifdef XQ_PACK
 // x of the step's last token as the integer planes GEMV_MR's MR_Q8 form reads: workgroup g packs blocks 32g .. 32g+31
-// (an invocation loads a vec4 of x into workgroup memory, then one invocation per block quantizes it). Block b:
-// words b * (2 PLANES + 1) + 2p, + 2p + 1 hold plane p (most significant first) as two words of four signed bytes,
-// the block's even elements (8j, 8j+2, 8j+4, 8j+6) in word 2j and its odd ones in 2j + 1 (j in 0..4) of the pair;
-// then (dx, sum of X, 0, 0) as f32 bits: x ~ dx X. With NORM, x is multiplied by norm_w and dx carries RMSNorm's
-// 1 / sqrt(mean(x^2) + eps) (each workgroup sums x^2 over all of x); with ATTN_IN, x is merged from the splits.
+// (an invocation loads a vec4 of x into workgroup memory, then one invocation per block quantizes it). Block b: words b
+// * (2 PLANES + 1) + 2p, + 2p + 1 hold plane p (most significant first) as two words of four signed bytes, the block's
+// even elements (8j, 8j+2, 8j+4, 8j+6) in word 2j and its odd ones in 2j + 1 (j in 0..4) of the pair (XQ_CONTIGUOUS,
+// for weights of Q8_0 alone, the GEMV_MRQ launch compiled with it too: elements 8j .. 8j+3 in word 2j, 8j+4 .. 8j+7 in
+// 2j + 1, as Q8_0's bytes are stored); then (dx, sum of X, sum of X over elements 0-15, 0) as f32 bits: x ~ dx X. With
+// NORM, x is multiplied by norm_w and dx carries RMSNorm's 1 / sqrt(mean(x^2) + eps) (each workgroup sums x^2 over all
+// of x); with ATTN_IN, x is merged from the splits.
 const XQ_BLOCKS: u32 = WG / 8u;  // blocks per workgroup: a vec4 an invocation
 const XQ_MAX: f32 = select(4194303.0, 127.0, PLANES == 1u);  // the largest |X|: 2^22 - 1 or 127
 var<workgroup> xq_x: array<vec4<f32>, WG>;
@@ -721,12 +715,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let inv = select(0.0, XQ_MAX / amax, amax > 0.0);
     var words: array<u32, 24>;  // (plane, word): plane words of the block, most significant plane first
     var xsum = 0;
+    var xsum_lo = 0;  // over elements 0-15 (Q6_K's first scale)
     for (var j = 0u; j < 4u; j++) {
       let lo = vec4<i32>(round(xq_x[8u * lid + 2u * j] * inv));       // X of elements 8j .. 8j+3
       let hi = vec4<i32>(round(xq_x[8u * lid + 2u * j + 1u] * inv));  // 8j+4 .. 8j+7
       xsum += lo.x + lo.y + lo.z + lo.w + hi.x + hi.y + hi.z + hi.w;
+      if (j == 1u) {
+        xsum_lo = xsum;
+      }
+#ifdef XQ_CONTIGUOUS
+      var ev = lo;  // words 2j, 2j + 1: elements 8j .. 8j+7 in order
+      var od = hi;
+#else
       var ev = vec4<i32>(lo.x, lo.z, hi.x, hi.z);
       var od = vec4<i32>(lo.y, lo.w, hi.y, hi.w);
+#endif
       for (var p = PLANES; p > 0u; p--) {  // least significant digit first: plane p - 1
         var de = ev;
         var dd = od;
@@ -749,7 +752,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         vec4<u32>(words[8u * p + 4u], words[8u * p + 5u], words[8u * p + 6u], words[8u * p + 7u]);
     }
     let dx = amax / XQ_MAX * rms;
-    xq_out[base + 2u * PLANES] = vec4<u32>(bitcast<u32>(dx), bitcast<u32>(f32(xsum)), 0u, 0u);
+    xq_out[base + 2u * PLANES] = bitcast<vec4<u32>>(vec4<f32>(dx, f32(xsum), f32(xsum_lo), 0.0));
   }
 }
 #endif

@@ -35,6 +35,10 @@
 // `base` is where the matrix (or its
 // segment, matmul.wgsl) starts in w_q, in vec4 words. block_dot / dequant4 are those of W_FMT at base 0, through
 // the function names W_DOT / W_DQ (ops.weight_defines builds all of these defines).
+// With MR_Q8 (matmul.wgsl: x as integer planes), also q8_f(base, blk, &xp, xs) = block blk . X, the block of x as
+// PLANES signed-byte planes xp (x ~ dx X; the caller multiplies by dx), xs = (sum of X, sum of X over elements 0-15):
+// q as signed bytes laid out as the planes are (planes_dot), dot4I8Packed with each plane. The planes are in even /
+// odd order (XQ_PACK), or in element order for weights of Q8_0 alone (XQ_CONTIGUOUS: registry.Q8_CONTIGUOUS).
 //
 // Expects the includer to declare `w_q`.
 
@@ -139,6 +143,53 @@ fn k_scale_min(sm: u32, dd: u32) -> vec2<f32> {
   return vec2<f32>(s.x * u2f(sm & 0xFFu), -s.y * u2f(sm >> 8u));
 }
 
+#ifdef MR_Q8
+// Sum of w X over the elements 0-15 and 16-31 of a block: w its 32 signed bytes in eight words (wa: the four words of
+// elements 0-15, wb: of 16-31) in the order of the planes xp (PLANES of them, most significant first; plane p's words
+// xp[2p]: elements 0-15, xp[2p + 1]: 16-31). The plane sums combine in f32 by Horner, exact while |t| < 2^24.
+fn planes_dot(wa: vec4<u32>, wb: vec4<u32>, xp: ptr<function, array<vec4<u32>, XW>>) -> vec2<f32> {
+  var t = vec2<f32>(0.0);
+  for (var p = 0u; p < PLANES; p++) {
+    let xa = (*xp)[2u * p];
+    let xc = (*xp)[2u * p + 1u];
+    let lo = dot4I8Packed(wa.x, xa.x) + dot4I8Packed(wa.y, xa.y) + dot4I8Packed(wa.z, xa.z) + dot4I8Packed(wa.w, xa.w);
+    let hi = dot4I8Packed(wb.x, xc.x) + dot4I8Packed(wb.y, xc.y) + dot4I8Packed(wb.z, xc.z) + dot4I8Packed(wb.w, xc.w);
+    t = fma(t, vec2<f32>(256.0), vec2<f32>(f32(lo), f32(hi)));  // only the last plane's step rounds
+  }
+  return t;
+}
+
+// planes_dot of quants split by octet (u32 o of qe / qo: octet o's even elements 8o, 8o+2, 8o+4, 8o+6 / odd ones,
+// a byte each), the even / odd plane layout of XQ_PACK.
+fn octets_dot(qe: vec4<u32>, qo: vec4<u32>, xp: ptr<function, array<vec4<u32>, XW>>) -> vec2<f32> {
+  return planes_dot(vec4<u32>(qe.x, qo.x, qe.y, qo.y), vec4<u32>(qe.z, qo.z, qe.w, qo.w), xp);
+}
+
+// A block's nibble vec4 q (nibble e % 8 of word e / 8 is element e) as even / odd bytes by octet.
+fn nib_even(q: vec4<u32>) -> vec4<u32> {
+  return q & vec4<u32>(0x0F0F0F0Fu);
+}
+
+fn nib_odd(q: vec4<u32>) -> vec4<u32> {
+  return (q >> vec4<u32>(4u)) & vec4<u32>(0x0F0F0F0Fu);
+}
+
+// planes_dot of a 4-bit block (nibble vec4 q).
+fn q4_planes(q: vec4<u32>, xp: ptr<function, array<vec4<u32>, XW>>) -> vec2<f32> {
+  return octets_dot(nib_even(q), nib_odd(q), xp);
+}
+
+// planes_dot of a 5-bit block: nibble vec4 q and high-bit word h (bit e: the 16 of element e). Octet o's 8 high bits
+// spread two to a byte (bits 2i, 2i + 1 to bits 0, 1 of byte i of u32 o), then to bit 4 of the even / odd bytes.
+fn q5_planes(q: vec4<u32>, h: u32, xp: ptr<function, array<vec4<u32>, XW>>) -> vec2<f32> {
+  var x = (vec4<u32>(h) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xFFu);
+  x = (x | (x << vec4<u32>(12u))) & vec4<u32>(0x000F000Fu);
+  x = (x | (x << vec4<u32>(6u))) & vec4<u32>(0x03030303u);
+  let m = vec4<u32>(0x10101010u);
+  return octets_dot(nib_even(q) | ((x << vec4<u32>(4u)) & m), nib_odd(q) | ((x << vec4<u32>(3u)) & m), xp);
+}
+#endif
+
 #ifdef FMT_Q4_0
 fn dot_q4_0(base: u32, blk: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
   let g = base + (blk / 8u) * 9u;
@@ -161,6 +212,15 @@ fn oct_q4_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
   return d * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1) - 8.0 * xs);
 }
+
+#ifdef MR_Q8
+fn q8_q4_0(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 8u) * 9u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 8u][j / 2u], j & 1u);
+  return d * (dot(q4_planes(w_q[g + j], xp), vec2<f32>(1.0)) - 8.0 * xs.x);
+}
+#endif
 #endif
 
 #ifdef FMT_Q4_1
@@ -185,6 +245,15 @@ fn oct_q4_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let dm = unpack2x16float(w_q[g + 4u][j]);
   return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
 }
+
+#ifdef MR_Q8
+fn q8_q4_1(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 4u) * 5u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 4u][j]);
+  return dm.x * dot(q4_planes(w_q[g + j], xp), vec2<f32>(1.0)) + dm.y * xs.x;
+}
+#endif
 #endif
 
 #ifdef FMT_Q5_0
@@ -211,6 +280,15 @@ fn oct_q5_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
   return d * (v - 16.0 * xs);
 }
+
+#ifdef MR_Q8
+fn q8_q5_0(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 8u) * 11u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 10u][j / 2u], j & 1u);
+  return d * (dot(q5_planes(w_q[g + j], w_q[g + 8u + j / 4u][j % 4u], xp), vec2<f32>(1.0)) - 16.0 * xs.x);
+}
+#endif
 #endif
 
 #ifdef FMT_Q5_1
@@ -237,6 +315,15 @@ fn oct_q5_1(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
   return dm.x * v + dm.y * xs;
 }
+
+#ifdef MR_Q8
+fn q8_q5_1(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 4u) * 6u;
+  let j = blk % 4u;
+  let dm = unpack2x16float(w_q[g + 5u][j]);
+  return dm.x * dot(q5_planes(w_q[g + j], w_q[g + 4u][j], xp), vec2<f32>(1.0)) + dm.y * xs.x;
+}
+#endif
 #endif
 
 #ifdef FMT_Q8_0
@@ -268,6 +355,34 @@ fn oct_q8_0(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
   return d * (dot(bytes_i8(q[c]), x0) + dot(bytes_i8(q[c + 1u]), x1));
 }
+
+#ifdef MR_Q8
+// Planes in element order (XQ_CONTIGUOUS: a Q8_0 weight) take the bytes as stored; in even / odd order (a weight
+// fused with nibble formats), octet o's words a (elements 8o .. 8o+3) and b (8o+4 .. 8o+7) give (e0, e4, e2, e6) and
+// (e1, e5, e3, e7) by masks, then bytes 1 and 2 swap.
+fn q8_q8_0(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 8u) * 17u;
+  let j = blk % 8u;
+  let d = half_at(w_q[g + 16u][j / 2u], j & 1u);
+  let qa = w_q[g + 2u * j];
+  let qb = w_q[g + 2u * j + 1u];
+#ifdef XQ_CONTIGUOUS
+  return d * dot(planes_dot(qa, qb, xp), vec2<f32>(1.0));
+#else
+  let a = vec4<u32>(qa.x, qa.z, qb.x, qb.z);
+  let b = vec4<u32>(qa.y, qa.w, qb.y, qb.w);
+  let m = vec4<u32>(0x00FF00FFu);
+  let qe = swap_bytes12((a & m) | ((b & m) << vec4<u32>(8u)));
+  let qo = swap_bytes12(((a >> vec4<u32>(8u)) & m) | (b & ~m));
+  return d * dot(octets_dot(qe, qo, xp), vec2<f32>(1.0));
+#endif
+}
+
+fn swap_bytes12(w: vec4<u32>) -> vec4<u32> {
+  let t = (w ^ (w >> vec4<u32>(8u))) & vec4<u32>(0x0000FF00u);
+  return w ^ t ^ (t << vec4<u32>(8u));
+}
+#endif
 #endif
 
 #ifdef FMT_Q4_K
@@ -292,6 +407,15 @@ fn oct_q4_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
   return dm.x * (dot(nibbles_lo(q), x0) + dot(nibbles_hi(q), x1)) + dm.y * xs;
 }
+
+#ifdef MR_Q8
+fn q8_q4_k(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 32u) * 37u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 32u + j / 8u], j), w_q[g + 36u][j / 8u]);
+  return dm.x * dot(q4_planes(w_q[g + j], xp), vec2<f32>(1.0)) + dm.y * xs.x;
+}
+#endif
 #endif
 
 #ifdef FMT_Q5_K
@@ -318,6 +442,15 @@ fn oct_q5_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let v = dot(nibbles_lo(q) + bit4f(h, 2u * o), x0) + dot(nibbles_hi(q) + bit4f(h, 2u * o + 1u), x1);
   return dm.x * v + dm.y * xs;
 }
+
+#ifdef MR_Q8
+fn q8_q5_k(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 32u) * 45u;
+  let j = blk % 32u;
+  let dm = k_scale_min(field16(w_q[g + 40u + j / 8u], j), w_q[g + 44u][j / 8u]);
+  return dm.x * dot(q5_planes(w_q[g + j], w_q[g + 32u + j / 4u][j % 4u], xp), vec2<f32>(1.0)) + dm.y * xs.x;
+}
+#endif
 #endif
 
 #ifdef FMT_Q6_K
@@ -366,6 +499,25 @@ fn oct_q6_k(base: u32, blk: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) 
   let v = dot(nibbles_lo(q) + crumbs_f(c), x0) + dot(nibbles_hi(q) + crumbs_f(c >> 8u), x1);
   return select(s.x, s.y, o >= 2u) * (v - 32.0 * xs);
 }
+
+#ifdef MR_Q8
+// q = nibble + 16 * crumb in 0..63, a positive signed byte: octet o's 16 crumb bits spread a nibble to a byte (crumbs
+// 2i, 2i + 1 to bits 0-1, 2-3 of byte i of u32 o), then to bits 4-5 of the even / odd bytes; q - 32 by the sums of X
+// over each half (one scale each).
+fn q8_q6_k(base: u32, blk: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>) -> f32 {
+  let g = base + (blk / 64u) * 105u;
+  let j = blk % 64u;
+  let q = w_q[g + j];
+  let c = q6_planes(g, j);
+  var x = vec4<u32>(c.x, c.x >> 16u, c.y, c.y >> 16u) & vec4<u32>(0xFFFFu);
+  x = (x | (x << vec4<u32>(8u))) & vec4<u32>(0x00FF00FFu);
+  x = (x | (x << vec4<u32>(4u))) & vec4<u32>(0x0F0F0F0Fu);
+  let m = vec4<u32>(0x30303030u);
+  let t = octets_dot(nib_even(q) | ((x << vec4<u32>(4u)) & m), nib_odd(q) | ((x << vec4<u32>(2u)) & m), xp);
+  let s = q6_scales(g, j);
+  return s.x * (t.x - 32.0 * xs.y) + s.y * (t.y - 32.0 * (xs.x - xs.y));
+}
+#endif
 #endif
 
 #ifdef FMT_F16

@@ -21,7 +21,7 @@ import pytest
 from webllm_py.gpu.device import AdapterInfo, Buffer, DeviceCaps
 from webllm_py.kernels import ops
 from webllm_py.kernels.probe import PROBE_WG_SIZES
-from webllm_py.kernels.registry import SUPER_BLOCK_FORMATS, GemvConfig, Kernels, Tier
+from webllm_py.kernels.registry import Q8_FORMATS, SUPER_BLOCK_FORMATS, GemvConfig, Kernels, Tier
 from webllm_py.kernels.tuning import CANDIDATES, Q8_CANDIDATES
 from webllm_py.model.quant import GGMLType
 
@@ -195,12 +195,18 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                 attn_ml=buf, n_splits=4,
             )  # fmt: skip
     # The integer-activation decode forms (three planes, and one with Kernels.q8_decode) over the formats they read,
-    # each after its quantize_x launch: the LM head, the QKV projection, the output projection merging the attention
-    # splits, gate/up (GEMV_MRQ, not the GEMV_MR fallback: the recording device has dot4I8Packed as Chromium).
+    # each after its quantize_x launch: the LM head (every format), and for Q4_0 and Q4_K also the QKV projection,
+    # the output projection merging the attention splits, gate/up (GEMV_MRQ, not the GEMV_MR fallback: the
+    # recording device has dot4I8Packed as Chromium); then fused weights of two formats (q/k/v and gate/up).
     q8 = kern.q8_decode
     for kern.q8_decode in (False, True):
         xq = buf  # compiled and bound, never run: any buffer of ops.xq_bytes(K, planes) bytes or more
         for cand in (Q8_CANDIDATES[0], Q8_CANDIDATES[-1]):
+            for t in (GGMLType[f] for f in Q8_FORMATS if f not in ("Q4_0", "Q4_K")):
+                w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
+                head = ops.matmul_parts(kern, w=w, x=buf, out=buf, xq=xq, state=state, epi="STORE", gemm=False,
+                                        norm_w=buf, gemv=cand, argmax_out=buf)  # fmt: skip
+                assert len(head) == 2  # quantize_x, then GEMV_MRQ
             for t in (GGMLType.Q4_0, GGMLType.Q4_K):
                 w = ops.alloc_weight(kern, t, 96, in_features(t), "w")
                 mrq = [
@@ -221,6 +227,18 @@ def kernel_matrix_variants(kern: Kernels, *, all_formats: bool = True) -> None:
                     ),
                 ]  # fmt: skip
                 assert all(len(launches) == 2 for launches in mrq)  # quantize_x, then GEMV_MRQ
+        mixed = []
+        for types in MIXED_QKV[:2]:  # Q4_K_M's; the fallback's (Q8_0 v: bytes sorted to even / odd planes)
+            qkv, _ = ops.alloc_fused(kern, [(t, 32) for t in types], in_features(*types), "qkv")
+            mixed.append(ops.matmul_parts(
+                kern, w=qkv, x=buf, out=buf, xq=xq, state=state, epi="QKV", gemm=False, norm_w=buf,
+                gemv=Q8_CANDIDATES[0], kv=buf, rope_freq=buf, n_q=32, n_kv=32, head_dim=16, max_ctx=64, rope_dims=16,
+            ))  # fmt: skip
+        parts = [(t, 32) for t in MIXED_GATE_UP[0]]
+        gate_up, _ = ops.alloc_fused(kern, parts, in_features(*MIXED_GATE_UP[0]), "gate_up", interleave=True)
+        mixed.append(ops.matmul_parts(kern, w=gate_up, x=buf, out=buf, xq=xq, state=state, epi="SILU", gemm=False,
+                                      norm_w=buf, gemv=Q8_CANDIDATES[0]))  # fmt: skip
+        assert all(len(launches) == 2 for launches in mixed)
     kern.q8_decode = q8
     # Segmented weights in the prefill GEMM and both decode kernels (GEMV_SEG's barrier-free form needs subgroups).
     shapes = [(True, None), (False, None)] if all_formats else []

@@ -183,15 +183,24 @@ def test_greedy_vs_transformers(name, entry, tier, prompt, gpu_device):
 PLANES_TUNING = {"gemv_variant": "GEMV_MRQ", "gemv_wg": 64, "gemv_seg": 16, "gemv_rt": 2, "attention_wg": 64,
                  "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}  # fmt: skip
 PLANES_TOL = 1e-4  # every step's logits against the f32 kernels' own: TOL_F32
+# Q4_K_M: Q4_K with Q6_K v (segmented q/k/v), Q6_K ffn_down in half the layers and the LM head; Q6_K and Q8_0 files
+# (Q8_0 reads its planes in element order)
+PLANES_FILES = ("Q4_K_M", "Q6_K", "Q8_0")
 
 
 @pytest.mark.parametrize(
-    "name,entry", [pytest.param(n, e, id=n.removesuffix(".gguf")) for _, n, e in FILES if "Q4_K_M" in n]
+    "name,entry",
+    [
+        pytest.param(n, e, id=n.removesuffix(".gguf"))
+        for _, n, e in FILES
+        if any(q in n for q in PLANES_FILES)
+    ],
 )
 def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
-    """Decode on x as three integer planes keeps the f32 tier's numerics: at every teacher-forced step of every
-    prompt the logits are within PLANES_TOL of the f32 GEMV's and the greedy tokens are the reference's, with no
-    near-tie allowance (the f32 tier has none on these files either)."""
+    """Decode on x as three integer planes (every product: q/k/v of two formats, Q6_K and Q8_0 too) keeps the f32
+    tier's numerics: at every teacher-forced step of every prompt the logits are within PLANES_TOL of the f32
+    GEMV's and the greedy tokens are the reference's, with no near-tie allowance (the f32 tier has none on these
+    files either)."""
     from webllm_py.engine import load_engine
 
     tier = E2E_TIERS[0]
@@ -207,7 +216,10 @@ def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
             )  # fmt: skip
         )
         try:
-            assert any(r.startswith("xq_") for r in engine.graph.decode_roles), "no product on integer planes"
+            roles = engine.graph.decode_roles
+            products = {r for r in roles if r in ("qkv", "o", "ffn1", "ffn2", "lm_head")}
+            on_floats = sorted(r for r in products if roles.count(f"xq_{r}") != roles.count(r))
+            assert products and not on_floats, f"decode products not on integer planes: {on_floats}"
             for p in entry["prompts"]:
                 if p["n_ctx"] != n_ctx:
                     continue

@@ -510,18 +510,22 @@ def planes_reference(x: np.ndarray, planes: int) -> np.ndarray:
     return (np.round(blocks * inv) * (amax / xmax)).reshape(x.shape)
 
 
-@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_K], ids=lambda t: t.name)
+Q8_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0]
+Q8_TYPES += [GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
+
+
+@pytest.mark.parametrize("ggml_type", Q8_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("normed", [False, True], ids=["plain", "norm"])
 @pytest.mark.parametrize("planes", [1, 3], ids=["int8", "planes3"])
 @pytest.mark.parametrize(
     "shape", [("GEMV_MRQ", 64, 16, 2), ("GEMV_MRQ", 32, 8, 4)], ids=lambda s: "/".join(map(str, s))
 )
 def test_gemv_integer_activations(kern_f32, ggml_type, shape, normed, planes, monkeypatch):
-    """GEMV_MRQ after quantize_x: Q4_0 / Q4_K rows against x as integer planes (each 32-block of x, normed first with
-    NORM, rounded with its own scale): equal to the float64 product of the dequantized weights with x rounded that
-    way. One plane (q8_decode) is within int8 rounding of the exact product and measurably off it; three planes
-    are within f32 rounding of it (the exact tier's numerics). A format it does not read (Q8_0) runs GEMV_MR of the
-    same shape, exactly, with no planes."""
+    """GEMV_MRQ after quantize_x: rows of every format it reads against x as integer planes (each 32-block of x,
+    normed first with NORM, rounded with its own scale): equal to the float64 product of the dequantized weights
+    with x rounded that way. One plane (q8_decode) is within int8 rounding of the exact product and measurably off
+    it; three planes are within f32 rounding of it (the exact tier's numerics). A format it does not read (F16)
+    runs GEMV_MR of the same shape, exactly, with no planes."""
     monkeypatch.setattr(kern_f32, "q8_decode", planes == 1)
     use_gemv(kern_f32, *shape)
     n, k, m, eps = 75, 512 if ggml_type in K_TYPES else 320, 2, 1e-5
@@ -549,6 +553,41 @@ def test_gemv_integer_activations(kern_f32, ggml_type, shape, normed, planes, mo
         assert not np.allclose(got, exact, rtol=1e-6)  # int8 x was used
     else:
         assert_close(got, exact, 1e-6, f"{ggml_type.name} x f32 activations, three planes")
-    assert ops.matmul_parts(kern_f32, w=make_weight(kern_f32, rng, GGMLType.Q8_0, 45, 96)[0], x=xq, out=out,
+    assert ops.matmul_parts(kern_f32, w=make_weight(kern_f32, rng, GGMLType.F16, 45, 96)[0], x=xq, out=out,
                             xq=xq, state=state_buffer(kern_f32, 0, m), epi="STORE", gemm=False)[0].label == "matmul"  # fmt: skip
-    check_store(kern_f32, GGMLType.Q8_0, 45, 96, False, 2)
+    check_store(kern_f32, GGMLType.F16, 45, 96, False, 2)
+
+
+# Fused weights on GEMV_MRQ: a Q4_K_M q/k/v (Q6_K v: two segments by row range), the fallback for rows not a
+# multiple of 256 (Q5_0 q/k, Q8_0 v: Q8_0 bytes sorted to the nibble formats' even / odd planes), three formats
+# (three segments), gate/up of two formats (even / odd rows); a mix with a float format runs GEMV_MR instead.
+Q8_FUSED = [
+    ((GGMLType.Q4_K, GGMLType.Q4_K, GGMLType.Q6_K), False, True),
+    ((GGMLType.Q5_0, GGMLType.Q5_0, GGMLType.Q8_0), False, True),
+    ((GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_1), False, True),
+    ((GGMLType.Q4_K, GGMLType.Q6_K), True, True),
+    ((GGMLType.Q8_0, GGMLType.Q5_K), True, True),
+    ((GGMLType.Q4_1, GGMLType.BF16), False, False),
+]
+
+
+@pytest.mark.parametrize("types,interleave,planes", Q8_FUSED, ids=lambda v: "+".join(t.name for t in v) if isinstance(v, tuple) else str(v))  # fmt: skip
+def test_gemv_integer_segments(kern_f32, types, interleave, planes):
+    """GEMV_MRQ of a weight fused from matrices of different formats: each row reads its own segment's format
+    against the one set of planes, within f32 rounding of the exact product (three planes)."""
+    use_gemv(kern_f32, "GEMV_MRQ", 32, 8, 4)
+    k, m = 256 if set(types) & set(K_TYPES) else 96, 2
+    rng = np.random.default_rng(17)
+    rows = [64, 32, 32][: len(types)] if not interleave else [37, 37]
+    weight, refs = fused_weight(kern_f32, rng, list(zip(types, rows, strict=True)), k, interleave=interleave)
+    ref = np.stack(refs, axis=1).reshape(-1, k) if interleave else np.concatenate(refs)
+    n = ref.shape[0]
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    out = zeros(kern_f32, n * 4)
+    xq = zeros(kern_f32, ops.xq_bytes(k, 3))
+    launches = ops.matmul_parts(kern_f32, w=weight, x=upload(kern_f32, x), out=out, xq=xq,
+                                state=state_buffer(kern_f32, 0, m), epi="STORE", gemm=False)  # fmt: skip
+    assert [launch.label.endswith(".xq") for launch in launches] == ([True, False] if planes else [False])
+    kern_f32.device.submit([launch.dispatch(m) for launch in launches])
+    got = download(kern_f32, out, np.float32, n)
+    assert_close(got, x[m - 1].astype(np.float64) @ ref.T, 1e-6, "+".join(t.name for t in types))

@@ -17,6 +17,7 @@ from ..model.quant import GGMLType
 from . import params
 from .registry import (
     MR_VARIANTS,
+    Q8_CONTIGUOUS,
     Q8_FORMATS,
     SUPER_BLOCK_FORMATS,
     WEIGHT_FORMAT,
@@ -334,6 +335,7 @@ def weight_defines(w: Weight) -> dict[str, object]:
         defines.update({f"W_FMT{tag}": seg.fmt, f"W_DOT{tag}": f"dot_{seg.fmt.lower()}"})
         defines[f"W_DQ{tag}"] = f"dq_{seg.fmt.lower()}"
         defines[f"W_OCT{tag}"] = f"oct_{seg.fmt.lower()}"
+        defines[f"W_Q8{tag}"] = f"q8_{seg.fmt.lower()}"  # with MR_Q8 (x as integer planes)
     if len(w.segments) > 1:
         defines["W_SEGS"] = w.rows.upper()
     return defines
@@ -499,13 +501,11 @@ def _uniform_entry(
 
 
 def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
-    """Whether GEMV_MRQ (integer activations) can run ``w``: one segment in a format it reads (Q8_FORMATS), on a
+    """Whether GEMV_MRQ (integer activations) can run ``w``: every segment in a format it reads (Q8_FORMATS), on a
     device whose WGSL has dot4I8Packed, with its segment partials (one f32 a row an invocation) in workgroup memory."""
     return (
         kern.device.caps.packed_int_dot
-        and len(w.segments) == 1
-        and w.segments[0].fmt in Q8_FORMATS
-        and w.segments[0].base == 0
+        and segment_formats(w) <= set(Q8_FORMATS)
         and 4 * (gemv.rt + 1) * gemv.wg <= kern.device.caps.max_compute_workgroup_storage_size
     )
 
@@ -516,6 +516,19 @@ def uses_planes(kern: Kernels, w: RowSplit | Weight, gemv: GemvConfig | None) ->
     parts = w.parts if isinstance(w, RowSplit) else (w,)
     gemv = gemv or kern.gemv
     return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in parts)
+
+
+def segment_formats(w: RowSplit | Weight) -> set[str]:
+    """The formats of every segment of every row part of ``w``."""
+    parts = w.parts if isinstance(w, RowSplit) else (w,)
+    return {s.fmt for part in parts for s in part.segments}
+
+
+def contiguous_planes(w: RowSplit | Weight) -> bool:
+    """Whether a GEMV_MRQ product of ``w`` takes x's planes in element order (matmul.wgsl XQ_CONTIGUOUS): when all its
+    formats are in Q8_CONTIGUOUS (Q8_0's bytes as stored); else in even / odd order (nibble words; Q8_0 segments of a
+    mixed weight sort their bytes)."""
+    return segment_formats(w) <= set(Q8_CONTIGUOUS)
 
 
 XQ_WG = 256  # invocations of a quantize_x workgroup: a vec4 of x each, so 32 blocks a workgroup
@@ -539,11 +552,13 @@ def quantize_x(
     attn_ml: Buffer | None = None,
     n_splits: int = 0,
     head_dim: int = 0,
+    contiguous: bool = False,
     label: str = "xq",
 ) -> Launch:
     """The step's last token of x (k features; normed with ``norm_w``, or merged from split attention output with
     ``attn_ml`` as matmul does) into ``xq`` as kern.act_planes integer planes for GEMV_MRQ (matmul.wgsl XQ_PACK):
-    each 32-block x ~ dx X, X of 1 signed byte (int8 rounding) or 3 (below 2^-23 of the block's largest value)."""
+    each 32-block x ~ dx X, X of 1 signed byte (int8 rounding) or 3 (below 2^-23 of the block's largest value).
+    ``contiguous``: the planes in element order (XQ_CONTIGUOUS, for the weights of Q8_CONTIGUOUS), else even / odd."""
     if xq.size < xq_bytes(k, kern.act_planes):
         raise ValueError(f"{label}: xq holds {xq.size} bytes, {xq_bytes(k, kern.act_planes)} needed")
     defines: dict[str, object] = {"XQ_PACK": 1, "WG": XQ_WG, "EPI": "XQ", "PLANES": f"{kern.act_planes}u"}
@@ -562,6 +577,8 @@ def quantize_x(
         _whole(2, x),
         _whole(6, xq),
     ]
+    if contiguous:
+        defines["XQ_CONTIGUOUS"] = 1
     if norm_w is not None:
         defines["NORM"] = 1
         entries.append(_whole(5, norm_w))
@@ -604,6 +621,7 @@ def matmul(
     gemv: GemvConfig | None = None,
     row0: int = 0,
     best0: int = 0,
+    xq_contiguous: bool = False,
     label: str = "matmul",
 ) -> Launch:
     """out = epilogue(W @ norm(x) + bias); see matmul.wgsl for the variants.
@@ -615,7 +633,8 @@ def matmul(
     and treats its rows as the whole product's: q/k/v by row, gate/up pairs at row / 2, biases by row; matmul_parts);
     ``best0`` (ARGMAX): its argmax pairs (rows counted in the whole matrix) go from argmax_out[best0] on.
     ``softcap`` > 0 caps every result (c * tanh(y / c)). ``qk_out`` (QKV): q and k rows go to ``out`` unrotated,
-    (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache."""
+    (n_tokens, n_q + n_kv), for ``qk_norm``; only v goes to the cache. On GEMV_MRQ, x is integer planes (quantize_x;
+    ``xq_contiguous``: in element order, as planes_input chose for the whole product)."""
     gemv = gemv or kern.gemv
     if not gemm and gemv.variant == "GEMV_MRQ" and not q8_fits(kern, w, gemv):
         gemv = replace(gemv, variant="GEMV_MR")
@@ -634,6 +653,8 @@ def matmul(
         defines.update(GEMV_MR=1, **MR_VARIANTS[gemv.variant])
         if planes:
             defines["PLANES"] = f"{kern.act_planes}u"
+            if xq_contiguous:
+                defines["XQ_CONTIGUOUS"] = 1
     else:
         defines[gemv.variant] = 1
     if not gemm and gemv.variant == "GEMV_SEG":
@@ -759,10 +780,13 @@ def planes_input(
         attn_ml=merge,  # type: ignore[arg-type]
         n_splits=int(options.pop("n_splits", 0)) if merge is not None else 0,  # type: ignore[arg-type]
         head_dim=int(options.get("head_dim", 0)),  # type: ignore[arg-type]
+        contiguous=contiguous_planes(w),
         label=f"{options.get('label', 'matmul')}.xq",
     )
     options["x"] = xq
     options["x_stride"] = None
+    # every row part reads the planes in the order quantize_x writes them
+    options["xq_contiguous"] = contiguous_planes(w)
     return (pre,)
 
 

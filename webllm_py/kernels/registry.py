@@ -42,7 +42,11 @@ MR_VARIANTS = {
     "GEMV_MRQ": {"MR_Q8": 1},
 }
 # GEMV_MRQ (integer activations, matmul.wgsl MR_Q8) covers these weight formats; others run GEMV_MR of its shape.
-Q8_FORMATS = ("Q4_0", "Q4_K")
+Q8_FORMATS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+# Of those, the formats whose weights (all segments in them) read x's planes in element order (matmul.wgsl
+# XQ_CONTIGUOUS: Q8_0's bytes as stored); other weights read them split into even / odd elements, as nibble words
+# hold them (a Q8_0 segment fused with nibble formats sorts its bytes to match).
+Q8_CONTIGUOUS = ("Q8_0",)
 
 
 @dataclass(frozen=True)
