@@ -77,10 +77,7 @@ class Graph:
         self.qk = scratch("qk")  # qk_norm models only
         self.y = scratch("y")  # post_norms models only
         self.logits, self.tokens = scratch("logits"), scratch("tokens")
-        self.xq = dev.create_buffer(  # decode input of GEMV_MRQ products as integer planes (ops.quantize_x)
-            ops.xq_bytes(max(cfg.hidden_size, cfg.q_size, cfg.ffn_size), kern.act_planes), STORAGE, "xq"
-        )
-        self.activation_bytes += self.xq.size
+        self.xq = scratch("xq")  # decode input of GEMV_MRQ products as integer planes (ops.quantize_x)
         self.state = dev.create_buffer(16, STORAGE | BufferUsage.UNIFORM, "state")  # State (common.wgsl)
 
         self.layers: list[Layer] = []
@@ -416,6 +413,8 @@ def activation_bytes(cfg: ModelConfig, chunk: int, attention_splits: int) -> dic
         # (vocab,) f32 of the step's last token, padded to whole vec4s (the sampler reads vec4s)
         "logits": ops.Sampler.logits_bytes(cfg.vocab_size),
         "tokens": max(C, 4) * 4,  # (C,) u32 token ids of the step
+        # a decode product's input as integer planes (GEMV_MRQ), three planes for the widest input (ops.xq_bytes)
+        "xq": ops.xq_bytes(max(H, cfg.q_size, cfg.ffn_size), 3),
     }
 
 
