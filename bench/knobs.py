@@ -92,30 +92,12 @@ def kernel_tuning(args: argparse.Namespace, device) -> tuple[dict | None, bool |
 
 def pass_timer(dev, repeats: int):
     """``seconds(dispatches)``: the fastest of ``repeats`` compute passes over ``dispatches`` ((pipeline, bind group,
-    x, y, z) tuples; one more pass first warms up), by the pass's own GPU timestamps, per dispatch. Needs a device
-    opened with the ``timestamp-query`` feature (native host)."""
-    import struct
-
-    import wgpu
-
-    qs = dev.device.create_query_set(type="timestamp", count=2)
-    qbuf = dev.device.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    writes = {"query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
+    x, y, z) tuples; one more pass first warms up), by the pass's own GPU timestamps (the native host's
+    ``pass_seconds``), per dispatch. Needs an adapter with the ``timestamp-query`` feature."""
+    if dev.pass_seconds([]) is None:
+        raise SystemExit(f"{dev.info.summary()}: no timestamp-query feature, so no GPU times")
 
     def seconds(dispatches) -> float:
-        best = float("inf")
-        for _ in range(repeats + 1):
-            enc = dev.device.create_command_encoder()
-            cpass = enc.begin_compute_pass(timestamp_writes=writes)
-            for pipe, bg, x, y, z in dispatches:
-                cpass.set_pipeline(pipe)
-                cpass.set_bind_group(0, bg)
-                cpass.dispatch_workgroups(x, y, z)
-            cpass.end()
-            enc.resolve_query_set(qs, 0, 2, qbuf, 0)
-            dev.queue.submit([enc.finish()])
-            t0, t1 = struct.unpack("<2Q", bytes(dev.queue.read_buffer(qbuf, 0, 16)))
-            best = min(best, (t1 - t0) * 1e-9)
-        return best / len(dispatches)
+        return min(dev.pass_seconds(dispatches) for _ in range(repeats + 1)) / len(dispatches)
 
     return seconds
