@@ -591,3 +591,25 @@ def test_gemv_integer_segments(kern_f32, types, interleave, planes):
     kern_f32.device.submit([launch.dispatch(m) for launch in launches])
     got = download(kern_f32, out, np.float32, n)
     assert_close(got, x[m - 1].astype(np.float64) @ ref.T, 1e-6, "+".join(t.name for t in types))
+
+
+def test_gemv_integer_planes_are_decided_per_product(kern_f32):
+    """A product split by rows whose parts differ in what GEMV_MRQ reads (a Q4_0 part and an F16 part) runs every
+    part on GEMV_MR of the same shape, with no quantize_x launch: the planes are the product's choice, so no part
+    reads planes that were never packed; the result is the exact product."""
+    use_gemv(kern_f32, "GEMV_MRQ", 32, 8, 4)
+    k, m, rows = 96, 2, (64, 32)
+    rng = np.random.default_rng(23)
+    parts = [
+        make_weight(kern_f32, rng, t, n, k) for t, n in zip((GGMLType.Q4_0, GGMLType.F16), rows, strict=True)
+    ]
+    split = ops.RowSplit(tuple(w for w, _ in parts), (0, rows[0]))
+    ref = np.concatenate([r for _, r in parts]).astype(np.float64)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    out = zeros(kern_f32, sum(rows) * 4)
+    launches = ops.matmul_parts(kern_f32, w=split, x=upload(kern_f32, x), out=out, xq=zeros(kern_f32, 4096),
+                                state=state_buffer(kern_f32, 0, m), epi="STORE", gemm=False)  # fmt: skip
+    assert len(launches) == 2 and not any(launch.label.endswith(".xq") for launch in launches)
+    kern_f32.device.submit([launch.dispatch(m) for launch in launches])
+    got = download(kern_f32, out, np.float32, sum(rows))
+    assert_close(got, x[m - 1].astype(np.float64) @ ref.T, REL, "Q4_0 part + F16 part")

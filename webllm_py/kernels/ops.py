@@ -510,18 +510,21 @@ def q8_fits(kern: Kernels, w: Weight, gemv: GemvConfig) -> bool:
     )
 
 
+def product_parts(w: RowSplit | Weight) -> tuple[Weight, ...]:
+    """The row parts of a product: a RowSplit's, or the Weight itself."""
+    return w.parts if isinstance(w, RowSplit) else (w,)
+
+
 def uses_planes(kern: Kernels, w: RowSplit | Weight, gemv: GemvConfig | None) -> bool:
     """Whether a decode product of ``w`` with kernel shape ``gemv`` reads x as integer planes: GEMV_MRQ where every
     row part fits it (q8_fits); then a quantize_x launch comes first (matmul_parts)."""
-    parts = w.parts if isinstance(w, RowSplit) else (w,)
     gemv = gemv or kern.gemv
-    return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in parts)
+    return gemv.variant == "GEMV_MRQ" and all(q8_fits(kern, part, gemv) for part in product_parts(w))
 
 
 def segment_formats(w: RowSplit | Weight) -> set[str]:
     """The formats of every segment of every row part of ``w``."""
-    parts = w.parts if isinstance(w, RowSplit) else (w,)
-    return {s.fmt for part in parts for s in part.segments}
+    return {s.fmt for part in product_parts(w) for s in part.segments}
 
 
 def contiguous_planes(w: RowSplit | Weight) -> bool:
@@ -762,8 +765,14 @@ def planes_input(
 ) -> tuple[Launch, ...]:
     """For a decode product that reads x as integer planes (uses_planes): the quantize_x launch that must run first,
     taking the RMSNorm and the attention-split merge out of ``options`` and pointing its x at ``xq`` (changed in
-    place). Otherwise nothing."""
-    if options.get("gemm") or not uses_planes(kern, w, options.get("gemv")):  # type: ignore[arg-type]
+    place). Otherwise nothing; a GEMV_MRQ shape that some row part cannot run becomes GEMV_MR of the same shape for
+    every part (the choice is the product's, so no part reads planes that were never packed)."""
+    gemv: GemvConfig = options.get("gemv") or kern.gemv  # type: ignore[assignment]
+    if options.get("gemm"):
+        return ()
+    if not uses_planes(kern, w, gemv):
+        if gemv.variant == "GEMV_MRQ":
+            options["gemv"] = replace(gemv, variant="GEMV_MR")
         return ()
     if xq is None:
         raise ValueError("a GEMV_MRQ product needs an xq buffer for its integer planes (ops.xq_bytes)")
