@@ -121,72 +121,73 @@ fn attn_coefficients(lid: u32) {
 #endif
 
 #ifndef XQ_PACK
-// Block b of row r of W: its dot product with 32 activations xb (sum xsum), and its weights 4i .. 4i+3.
-fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+// Where block b of row r of W is: (its segment, the segment's base in w_q in vec4 words, the block's index in the
+// segment's own matrix). W_SEGS (see the top): RANGE rows [seg1_row, seg2_row) are segment 1 and [seg2_row, N)
+// segment 2; PARITY odd rows are segment 1. Every reader of W below dispatches on it.
+fn seg_block(r: u32, b: u32) -> vec3<u32> {
   let nb = P.k_blocks;
 #if W_SEGS == PARITY
-  if ((r & 1u) == 1u) {
-    return W_DOT1(P.seg1_base, (r / 2u) * nb + b, xb, xsum);
-  }
-  return W_DOT(0u, (r / 2u) * nb + b, xb, xsum);
+  return vec3<u32>(r & 1u, select(0u, P.seg1_base, (r & 1u) == 1u), (r / 2u) * nb + b);
 #else
 #ifdef W_FMT2
   if (r >= P.seg2_row) {
-    return W_DOT2(P.seg2_base, (r - P.seg2_row) * nb + b, xb, xsum);
+    return vec3<u32>(2u, P.seg2_base, (r - P.seg2_row) * nb + b);
   }
 #endif
 #ifdef W_FMT1
   if (r >= P.seg1_row) {
-    return W_DOT1(P.seg1_base, (r - P.seg1_row) * nb + b, xb, xsum);
+    return vec3<u32>(1u, P.seg1_base, (r - P.seg1_row) * nb + b);
   }
 #endif
-  return W_DOT(0u, r * nb + b, xb, xsum);
+  return vec3<u32>(0u, 0u, r * nb + b);
 #endif
+}
+
+// Block b of row r of W: its dot product with 32 activations xb (sum xsum), and its weights 4i .. 4i+3.
+fn w_dot(r: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>, xsum: f32) -> f32 {
+  let s = seg_block(r, b);
+#ifdef W_FMT2
+  if (s.x == 2u) {
+    return W_DOT2(s.y, s.z, xb, xsum);
+  }
+#endif
+#ifdef W_FMT1
+  if (s.x == 1u) {
+    return W_DOT1(s.y, s.z, xb, xsum);
+  }
+#endif
+  return W_DOT(s.y, s.z, xb, xsum);
 }
 
 // Octet o (weights 8o .. 8o+7) of block b of row r of W, dotted with x0, x1 (sum xs): weights.wgsl oct_f.
 fn w_oct(r: u32, b: u32, o: u32, x0: vec4<f32>, x1: vec4<f32>, xs: f32) -> f32 {
-  let nb = P.k_blocks;
-#if W_SEGS == PARITY
-  if ((r & 1u) == 1u) {
-    return W_OCT1(P.seg1_base, (r / 2u) * nb + b, o, x0, x1, xs);
-  }
-  return W_OCT(0u, (r / 2u) * nb + b, o, x0, x1, xs);
-#else
+  let s = seg_block(r, b);
 #ifdef W_FMT2
-  if (r >= P.seg2_row) {
-    return W_OCT2(P.seg2_base, (r - P.seg2_row) * nb + b, o, x0, x1, xs);
+  if (s.x == 2u) {
+    return W_OCT2(s.y, s.z, o, x0, x1, xs);
   }
 #endif
 #ifdef W_FMT1
-  if (r >= P.seg1_row) {
-    return W_OCT1(P.seg1_base, (r - P.seg1_row) * nb + b, o, x0, x1, xs);
+  if (s.x == 1u) {
+    return W_OCT1(s.y, s.z, o, x0, x1, xs);
   }
 #endif
-  return W_OCT(0u, r * nb + b, o, x0, x1, xs);
-#endif
+  return W_OCT(s.y, s.z, o, x0, x1, xs);
 }
 
 fn w_dequant4(r: u32, b: u32, i: u32) -> vec4<f32> {
-  let nb = P.k_blocks;
-#if W_SEGS == PARITY
-  if ((r & 1u) == 1u) {
-    return W_DQ1(P.seg1_base, (r / 2u) * nb + b, i);
-  }
-  return W_DQ(0u, (r / 2u) * nb + b, i);
-#else
+  let s = seg_block(r, b);
 #ifdef W_FMT2
-  if (r >= P.seg2_row) {
-    return W_DQ2(P.seg2_base, (r - P.seg2_row) * nb + b, i);
+  if (s.x == 2u) {
+    return W_DQ2(s.y, s.z, i);
   }
 #endif
 #ifdef W_FMT1
-  if (r >= P.seg1_row) {
-    return W_DQ1(P.seg1_base, (r - P.seg1_row) * nb + b, i);
+  if (s.x == 1u) {
+    return W_DQ1(s.y, s.z, i);
   }
 #endif
-  return W_DQ(0u, r * nb + b, i);
-#endif
+  return W_DQ(s.y, s.z, i);
 }
 
 #endif
@@ -503,25 +504,18 @@ const XW: u32 = 2u * PLANES;  // plane words of a block (vec4<u32>), then one wo
 // Block b of row r . block b of x as planes (dx its scale, xs = (sum of X, sum over elements 0-15)): weights.wgsl
 // q8_f of the row's segment, times dx.
 fn q8_dot(r: u32, b: u32, xp: ptr<function, array<vec4<u32>, XW>>, xs: vec2<f32>, dx: f32) -> f32 {
-  let nb = P.k_blocks;
-#if W_SEGS == PARITY
-  if ((r & 1u) == 1u) {
-    return dx * W_Q81(P.seg1_base, (r / 2u) * nb + b, xp, xs);
-  }
-  return dx * W_Q8(0u, (r / 2u) * nb + b, xp, xs);
-#else
+  let s = seg_block(r, b);
 #ifdef W_FMT2
-  if (r >= P.seg2_row) {
-    return dx * W_Q82(P.seg2_base, (r - P.seg2_row) * nb + b, xp, xs);
+  if (s.x == 2u) {
+    return dx * W_Q82(s.y, s.z, xp, xs);
   }
 #endif
 #ifdef W_FMT1
-  if (r >= P.seg1_row) {
-    return dx * W_Q81(P.seg1_base, (r - P.seg1_row) * nb + b, xp, xs);
+  if (s.x == 1u) {
+    return dx * W_Q81(s.y, s.z, xp, xs);
   }
 #endif
-  return dx * W_Q8(0u, r * nb + b, xp, xs);
-#endif
+  return dx * W_Q8(s.y, s.z, xp, xs);
 }
 #endif
 
