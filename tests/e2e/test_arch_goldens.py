@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -83,33 +84,48 @@ FILES = [(model, name, entry) for model, m in GOLDENS["models"].items() for name
 _results: dict = {}
 
 
-def run(name: str, entry: dict, tier, prompt: dict, gpu_device):
-    """Our token and full logits at each of the 32 steps of ``prompt``, fed the reference's tokens. All prompts of a
-    (file, tier) run on one engine per context size (phi3's prompts use two, for LongRoPE), which is unloaded
-    before the next file loads; results are kept for the session."""
+def prompts_by_context(entry: dict) -> dict[int, list[dict]]:
+    """The file's prompts grouped by the context size each needs (phi3's prompts use two, for LongRoPE)."""
+    return {
+        n: [p for p in entry["prompts"] if p["n_ctx"] == n]
+        for n in sorted({p["n_ctx"] for p in entry["prompts"]})
+    }
+
+
+@contextmanager
+def fixture_engine(name: str, tier, n_ctx: int, gpu_device, tuning: dict | None = None):
+    """An engine on fixture file ``name`` (kernel ``tuning`` forced when given), unloaded on leaving, whatever happened."""
     from webllm_py.engine import load_engine
 
+    engine = asyncio.run(
+        load_engine(
+            name.removesuffix(".gguf"),
+            str(arch_fixture_path(name)),
+            device=gpu_device,
+            tier=tier,
+            context_window_size=n_ctx,
+            tuning=tuning,
+        )  # fmt: skip
+    )
+    try:
+        yield engine
+    finally:
+        asyncio.run(engine.unload())
+
+
+def run(name: str, entry: dict, tier, prompt: dict, gpu_device):
+    """Our token and full logits at each of the 32 steps of ``prompt``, fed the reference's tokens. All prompts of a
+    (file, tier) run on one engine per context size, which is unloaded before the next file loads; results are kept
+    for the session."""
     key = (name, tier)
     if key not in _results:
         out = {}
-        for n_ctx in sorted({p["n_ctx"] for p in entry["prompts"]}):
-            engine = asyncio.run(
-                load_engine(
-                    name.removesuffix(".gguf"),
-                    str(arch_fixture_path(name)),
-                    device=gpu_device,
-                    tier=tier,
-                    context_window_size=n_ctx,
-                )
-            )
-            try:
-                for p in entry["prompts"]:
-                    if p["n_ctx"] == n_ctx:
-                        out[p["name"]] = greedy_steps(
-                            engine, p["ids"], len(p["greedy_ids"]), forced=p["greedy_ids"]
-                        )
-            finally:
-                asyncio.run(engine.unload())
+        for n_ctx, prompts in prompts_by_context(entry).items():
+            with fixture_engine(name, tier, n_ctx, gpu_device) as engine:
+                for p in prompts:
+                    out[p["name"]] = greedy_steps(
+                        engine, p["ids"], len(p["greedy_ids"]), forced=p["greedy_ids"]
+                    )
         _results[key] = out
     return _results[key][prompt["name"]]
 
@@ -179,7 +195,7 @@ def test_greedy_vs_transformers(name, entry, tier, prompt, gpu_device):
 
 
 # The integer-activation decode kernel (GEMV_MRQ: x in three signed-byte planes, ops.quantize_x), forced for every
-# product it reads (Q4_K; the Q6_K ones and mixed q/k/v keep GEMV_MR), on the Q4_K_M files in the f32 tier.
+# decode product, in the f32 tier.
 PLANES_TUNING = {"gemv_variant": "GEMV_MRQ", "gemv_wg": 64, "gemv_seg": 16, "gemv_rt": 2, "attention_wg": 64,
                  "attention_splits": 2, "sample_wg": 256, "gemm_wg": 64}  # fmt: skip
 PLANES_TOL = 1e-4  # every step's logits against the f32 kernels' own: TOL_F32
@@ -201,36 +217,20 @@ def test_greedy_integer_planes_equal_f32_kernels(name, entry, gpu_device):
     tier's numerics: at every teacher-forced step of every prompt the logits are within PLANES_TOL of the f32
     GEMV's and the greedy tokens are the reference's, with no near-tie allowance (the f32 tier has none on these
     files either)."""
-    from webllm_py.engine import load_engine
-
     tier = E2E_TIERS[0]
-    for n_ctx in sorted({p["n_ctx"] for p in entry["prompts"]}):
-        engine = asyncio.run(
-            load_engine(
-                name.removesuffix(".gguf"),
-                str(arch_fixture_path(name)),
-                device=gpu_device,
-                tier=tier,
-                context_window_size=n_ctx,
-                tuning=PLANES_TUNING,
-            )  # fmt: skip
-        )
-        try:
+    for n_ctx, prompts in prompts_by_context(entry).items():
+        with fixture_engine(name, tier, n_ctx, gpu_device, PLANES_TUNING) as engine:
             roles = engine.graph.decode_roles
             products = {r for r in roles if r in ("qkv", "o", "ffn1", "ffn2", "lm_head")}
             on_floats = sorted(r for r in products if roles.count(f"xq_{r}") != roles.count(r))
             assert products and not on_floats, f"decode products not on integer planes: {on_floats}"
-            for p in entry["prompts"]:
-                if p["n_ctx"] != n_ctx:
-                    continue
+            for p in prompts:
                 tokens, logits = greedy_steps(engine, p["ids"], len(p["greedy_ids"]), forced=p["greedy_ids"])
                 _, f32_logits = run(name, entry, tier, p, gpu_device)
                 errs = [rel_err(a, b) for a, b in zip(logits, f32_logits, strict=True)]
                 print(f"integer planes vs f32 kernels: {name} {p['name']} largest step error {max(errs):.2e}")
                 assert max(errs) <= PLANES_TOL, f"{name} {p['name']}: {max(errs):.2e} from the f32 kernels"
                 assert tokens == p["greedy_ids"], f"{name} {p['name']}: greedy tokens differ"
-        finally:
-            asyncio.run(engine.unload())
 
 
 # The f16 tier's prefill on GEMM_RT with f16 tiles and per-block f16 sums (RT_HALF, opt-in: Kernels.gemm_f16),
@@ -248,25 +248,11 @@ HALF_TUNING = {**PLANES_TUNING, "gemv_variant": "GEMV", "gemv_wg": 16, "gemm_var
 def test_first_step_logits_f16_gemm_vs_transformers(name, entry, gpu_device):
     """Prefill on RT_HALF in the f16 tier: every prompt's first-step logits within HALF_TOL of transformers fp32,
     the argmax the reference's unless its own top-2 margin is a near-tie."""
-    from webllm_py.engine import load_engine
-
     tier = E2E_TIERS[1]
-    for n_ctx in sorted({p["n_ctx"] for p in entry["prompts"]}):
-        engine = asyncio.run(
-            load_engine(
-                name.removesuffix(".gguf"),
-                str(arch_fixture_path(name)),
-                device=gpu_device,
-                tier=tier,
-                context_window_size=n_ctx,
-                tuning=HALF_TUNING,
-            )  # fmt: skip
-        )
-        try:
+    for n_ctx, prompts in prompts_by_context(entry).items():
+        with fixture_engine(name, tier, n_ctx, gpu_device, HALF_TUNING) as engine:
             assert engine.kern.gemm_f16 and engine.kern.gemm_variant == "GEMM_RT"
-            for p in entry["prompts"]:
-                if p["n_ctx"] != n_ctx:
-                    continue
+            for p in prompts:
                 _, logits = greedy_steps(engine, p["ids"], 1)
                 ref = LOGITS[f"{name.removesuffix('.gguf')}/{p['name']}/hf"]
                 err = rel_err(logits[0], ref)
@@ -275,5 +261,3 @@ def test_first_step_logits_f16_gemm_vs_transformers(name, entry, gpu_device):
                 top = np.argsort(-ref)[:2]
                 check_argmax(f"{name} f16 GEMM {p['name']}", int(np.argmax(logits[0])), (int(top[0]), int(top[1])),
                              float(ref[top[0]] - ref[top[1]]), NEAR_TIE)  # fmt: skip
-        finally:
-            asyncio.run(engine.unload())
