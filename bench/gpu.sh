@@ -12,6 +12,7 @@
 #   bench/gpu.sh tune NAME...      load-time tuning twice from scratch (two processes): the shapes it picks
 #   bench/gpu.sh peer REPS NAME... waits for the llama.cpp build; ours and llama.cpp, REPS processes per model
 #   bench/gpu.sh ours REPS NAME... / llama REPS NAME...: the two sides of peer apart (ours while llama.cpp builds)
+#   bench/gpu.sh test ARGS...      pytest ARGS on the GPU (kernels only a GPU has, e.g. cooperative matrices)
 # Needs next to the repository (or in it): .gl (Vulkan loader debs), .whl (wgpu wheels), .lcp (llama_src.tgz,
 # llama_cpp_py.tgz), .bench/smol_tok.gguf (the tokenizer the models get). Environment: BW = peak memory bandwidth in
 # GB/s (default 4800: H200), OUT = where JSON goes (one JSON object a line per file), CORES = cores for our process,
@@ -148,6 +149,10 @@ llama)  # REPS NAME...: llama.cpp CUDA alone (waits for its build), REPS process
       tail -1 "$OUT/llama.jsonl" | cut -c1-300
     done
   done
+  ;;
+test)  # ARGS...: pytest on this GPU (e.g. the cooperative-matrix GEMM's goldens), output in $OUT/pytest.txt
+  taskset -c "$CORES" timeout 500 python3 -m pytest -p no:cacheprovider "$@" > "$OUT/pytest.txt" 2>&1
+  echo "pytest rc=$?"; tail -25 "$OUT/pytest.txt"
   ;;
 *) echo "unknown step $step"; exit 2 ;;
 esac

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
 from bench.knobs import pass_timer  # noqa: E402
+from bench.synth_gguf import blocks as synth_blocks  # noqa: E402
 
 # shape: hidden, q rows, kv rows, ffn, vocab
 SHAPES = {
@@ -110,6 +111,9 @@ async def main() -> None:
     ap.add_argument("--gemm", action="store_true", help="also time the prefill GEMM variants")
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument(
+        "--gemm-only", action="store_true", help="the prefill GEMM variants alone (implies --gemm)"
+    )
+    ap.add_argument(
         "--checks",
         choices=["on", "off"],
         default=None,
@@ -125,6 +129,7 @@ async def main() -> None:
 
     from webllm_py.host.native import open_device
     from webllm_py.kernels import ops
+    from webllm_py.kernels.ops import default_out_stride
     from webllm_py.kernels.params import pack_state
     from webllm_py.kernels.probe import probe_subgroups
     from webllm_py.kernels.registry import Q8_FORMATS, Kernels, Tier
@@ -188,7 +193,7 @@ async def main() -> None:
         freq = buffer(4 * head_dim, "freq")
         res = buffer(4 * max(vocab, 2 * ff) * args.tokens, "out", fill=False)
         best = buffer(8 * (vocab // 4 + 1), "best", fill=False)
-        for fmt, roles in FORMATS[shape].items():
+        for fmt, roles in () if args.gemm_only else FORMATS[shape].items():
             for role in roles[:2] if args.quick else roles:
                 n, k, epi, normed = role_dims(shape, role)
                 if fmt in ("Q4_K", "Q5_K", "Q6_K") and k % 256:
@@ -262,15 +267,23 @@ async def main() -> None:
                 )
                 for w in weights:
                     dev.destroy_buffer(w.q)
-        if args.gemm:
+        if args.gemm or args.gemm_only:
             dev.write_buffer(state, 0, pack_state(0, args.tokens, 0))
             for fmt in ("Q4_K", "Q4_0"):
                 for role in ("qkv", "ffn1", "ffn2"):
                     n, k, epi, normed = role_dims(shape, role)
                     if fmt == "Q4_K" and k % 256:
                         continue
+                    # valid blocks (finite scales, unit-variance products) and activations: the variants' results
+                    # are compared with GEMM/256's
                     w = ops.alloc_weight(kern, GGMLType[fmt], n, k, f"{role}.w")
-                    dev.write_buffer(w.q, 0, rng.integers(0, 2**32, w.nbytes // 4, dtype=np.uint32).tobytes())
+                    repack = ops.Repacker(kern)
+                    repack.upload(w, GGMLType[fmt], synth_blocks(rng, fmt, n * k, k**-0.5), n)
+                    await repack.close(f"{role}.w")
+                    dev.write_buffer(x, 0, rng.standard_normal(k * args.tokens, dtype=np.float32).tobytes())
+                    dev.write_buffer(norm, 0, (1 + 0.1 * rng.standard_normal(k, dtype=np.float32)).tobytes())
+                    inv_freq = 500000.0 ** (-np.arange(0, head_dim, 2, dtype=np.float32) / head_dim)
+                    dev.write_buffer(freq, 0, inv_freq.astype(np.float32).tobytes())
                     extra = {"norm_w": norm, "eps": 1e-5} if normed else {}
                     if epi == "QKV":
                         extra.update(kv=kv, rope_freq=freq, n_q=nq, n_kv=nkv, head_dim=head_dim, max_ctx=256,
@@ -283,16 +296,35 @@ async def main() -> None:
                         "k": k,
                         "tokens": args.tokens,
                     }
-                    for variant, wg, half in (("GEMM", 256, False), ("GEMM_RT", 64, False), ("GEMM_RT", 128, False),
-                                              ("GEMM_RT", 64, True), ("GEMM_RT", 128, True)):  # fmt: skip
+                    n_out = default_out_stride(epi, n, nq, nkv)
+                    reference = None
+                    variants = [("GEMM", 256, False), ("GEMM_RT", 64, False), ("GEMM_RT", 128, False),
+                                ("GEMM_RT", 64, True), ("GEMM_RT", 128, True)]  # fmt: skip
+                    for variant, wg, half in variants:
                         if half and not tier.f16:
                             continue
+                        name = f"{variant}/{wg}{'h' if half else ''}"
                         kern.gemm_variant, kern.gemm_wg, kern.gemm_f16 = variant, wg, half
-                        launch = ops.matmul(kern, w=w, x=x, out=res, state=state, epi=epi, gemm=True, **extra)
-                        s = gpu_seconds([launch.dispatch(args.tokens)] * 4)
-                        row[f"{variant}/{wg}{'h' if half else ''}_tflops"] = round(
-                            2 * n * k * args.tokens / s / 1e12, 2
+                        try:
+                            launch = ops.matmul(
+                                kern, w=w, x=x, out=res, state=state, epi=epi, gemm=True, **extra
+                            )
+                        except Exception as e:  # a variant this driver or compiler refuses: say why, go on
+                            row[f"{name}_error"] = str(e)[:2000]
+                            continue
+                        # one product from a zeroed output (ADD accumulates), against GEMM/256's: max |diff| / max |ref|
+                        dev.write_buffer(res, 0, bytes(4 * n_out * args.tokens))
+                        dev.submit([launch.dispatch(args.tokens)])
+                        got = np.frombuffer(
+                            await dev.read_storage(res, 0, 4 * n_out * args.tokens), np.float32
                         )
+                        if reference is None:
+                            reference = got.copy()
+                        else:
+                            scale = float(np.abs(reference).max()) or 1.0
+                            row[f"{name}_max_rel_diff"] = float(np.abs(got - reference).max()) / scale
+                        s = gpu_seconds([launch.dispatch(args.tokens)] * 4)
+                        row[f"{name}_tflops"] = round(2 * n * k * args.tokens / s / 1e12, 2)
                     kern.gemm_variant, kern.gemm_wg, kern.gemm_f16 = "GEMM", 256, False
                     out["gemm"].append(row)
                     print(json.dumps(row), file=sys.stderr)

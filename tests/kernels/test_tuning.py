@@ -153,3 +153,33 @@ def test_timing_by_gpu_timestamps_counts_products_not_dispatches(tmp_path, gpu_d
     chosen, report = asyncio.run(tuning.measure(engine.graph, (mrq, mr)))
     assert not passes and set(chosen) == set(tuning.ROLES)
     asyncio.run(engine.unload())
+
+
+def test_near_equal_shapes_are_timed_again_interleaved(tmp_path, gpu_device, monkeypatch):
+    """A drift during the sweep (here: the first shape timed while the clock was still 8 % slow) does not decide
+    between near-equal shapes: those within FINALISTS of the fastest are timed again in interleaved rounds, where two
+    equally fast shapes tie and the first in the preference order wins. Without the second rounds the later shape
+    would win by the drift alone (8 % > TIE)."""
+    path = build_tiny_llama(tmp_path / "q4.gguf", seed=3, weight_type=GGMLType.Q4_0)
+    engine = asyncio.run(
+        load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), tune=False)
+    )
+    a, b = GemvConfig("GEMV_MR", 32, 8, 2), GemvConfig("GEMV_MR", 64, 8, 2)
+    monkeypatch.setattr(tuning, "MAX_REPS", 1)
+    monkeypatch.setattr(tuning, "ROUNDS", 2)
+    monkeypatch.setattr(tuning, "WARMUP_S", 0.0)
+    calls: list[int] = []
+
+    def pass_seconds(dispatches):
+        calls.append(len(dispatches))
+        slow = 1.08 if len(calls) <= 3 else 1.0  # a's first timing and its two rounds, before the clock is up
+        return 1e-6 * len(dispatches) * slow
+
+    monkeypatch.setattr(engine.device, "pass_seconds", pass_seconds, raising=False)
+    chosen, report = asyncio.run(tuning.measure(engine.graph, (a, b)))
+    assert all(c == a for c in chosen.values()), chosen
+    assert report["qkv"][a.label()] == pytest.approx(report["qkv"][b.label()])
+    # the same drift without the second rounds: b wins the first pass by 8 %
+    first_pass = {a: 1.08, b: 1.0}
+    assert tuning.pick(first_pass, (a, b)) == b
+    asyncio.run(engine.unload())

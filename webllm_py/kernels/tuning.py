@@ -6,8 +6,10 @@ layer in turn (each layer's weights are new to the cache, as in a step; a GEMV_M
 launch it needs), the batch repeated until it lasts about a couple of milliseconds, the fastest of ROUNDS batches
 counting, by the GPU's own timestamps where the host has them (native: a pass's start and end; the wall clock
 around submit and read, which measured 90-150 us for launches of 11-25 us on the H200, made picks differ between
-processes) and by the wall clock elsewhere. Shapes within TIE of the fastest count as equal and the first of
-them in CANDIDATES wins, so noise between runs does not flip the choice between shapes that are equally good. The
+processes) and by the wall clock elsewhere. The GPU works WARMUP_S first (from idle it runs at a low clock), and
+the shapes within FINALISTS of a role's fastest are timed again in interleaved rounds, so a drift during the sweep
+does not decide between them. Shapes within TIE of the fastest count as equal and the first of them in CANDIDATES
+wins, so noise between runs does not flip the choice between shapes that are equally good. The
 winners are kept per role and, on the desktop, remembered per adapter and model shape so a second load skips the
 measurement.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .ops import q8_fits
@@ -58,6 +61,10 @@ Q8_CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV_MRQ", 128, 32, 2),
 )
 TIE = 0.03  # relative: shapes this close to the fastest are equally good
+FINALISTS = (
+    0.10  # relative: shapes this close to the fastest of a role's first pass are timed again, interleaved
+)
+WARMUP_S = 0.2  # seconds of timed batches before the first measurement (the GPU clocks up from idle)
 ROUNDS = 5  # timed batches per candidate; the fastest counts
 TARGET_S = 2e-3  # a timed batch lasts about this long
 MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
@@ -123,29 +130,35 @@ async def measure(
 
     timer = getattr(dev, "pass_seconds", None)
 
-    async def seconds(dispatches: list, products: int) -> float:
-        """Seconds per product of ``dispatches`` (``products`` products: a role's launches for every layer, each
-        its row parts, after its quantize_x launch on GEMV_MRQ), in batches of about TARGET_S: timed by the GPU's
-        own timestamps where the host has them (pass_seconds), else by the wall clock around submit and read."""
+    async def batch_timer(dispatches: list, products: int) -> Callable[[], Awaitable[float]]:
+        """A timer of ``dispatches`` (``products`` products: a role's launches for every layer, each its row parts,
+        after its quantize_x launch on GEMV_MRQ) repeated into a batch of about TARGET_S: each call times one batch,
+        in seconds per product, by the GPU's own timestamps where the host has them (pass_seconds), else by the wall
+        clock around submit and read."""
         dev.submit(dispatches)  # compile and warm up
         await dev.read_storage(graph.state, 0, 4)
         once = timer(dispatches) if timer is not None else None
         if once is not None:
             reps = max(1, min(MAX_REPS, int(TARGET_S / max(once, 1e-7))))
             batch = list(dispatches) * reps
-            return min(timer(batch) for _ in range(ROUNDS)) / (reps * products)
+
+            async def gpu_time() -> float:
+                return timer(batch) / (reps * products)
+
+            return gpu_time
         t = time.perf_counter()
         dev.submit(dispatches)
         await dev.read_storage(graph.state, 0, 4)
         reps = max(1, min(MAX_REPS, int(TARGET_S / max(time.perf_counter() - t, 1e-6))))
-        batch = dev.prepare(list(dispatches) * reps)
-        best = float("inf")
-        for _ in range(ROUNDS):
+        prepared = dev.prepare(list(dispatches) * reps)
+
+        async def wall_time() -> float:
             t = time.perf_counter()
-            dev.submit(batch)
+            dev.submit(prepared)
             await dev.read_storage(graph.state, 0, 4)
-            best = min(best, time.perf_counter() - t)
-        return best / (reps * products)
+            return (time.perf_counter() - t) / (reps * products)
+
+        return wall_time
 
     def launches(role: str, layer: int | None, cand: GemvConfig) -> list:
         if role == "lm_head":  # every row part of a split LM head
@@ -154,15 +167,38 @@ async def measure(
 
     chosen: dict[str, GemvConfig] = {}
     report: dict[str, dict[str, float]] = {}
+    warm = False
     for role in ROLES:
         layers = [None] if role == "lm_head" else range(len(graph.layers))
-        timings = {}
+        timers: dict[GemvConfig, Callable[[], Awaitable[float]]] = {}
+        timings: dict[GemvConfig, float] = {}
         for cand in candidates:
-            if usable(graph, role, cand):
-                timings[cand] = await seconds(
-                    [d for i in layers for d in launches(role, i, cand)], len(layers)
-                )
-        chosen[role] = pick(timings, candidates)
+            if not usable(graph, role, cand):
+                continue
+            timers[cand] = await batch_timer(
+                [d for i in layers for d in launches(role, i, cand)], len(layers)
+            )
+            if (
+                not warm
+            ):  # the GPU idles at a low clock: work until it is up, so the first shapes are not slowed
+                t_end = time.perf_counter() + WARMUP_S
+                while time.perf_counter() < t_end:
+                    await timers[cand]()
+                warm = True
+            timings[cand] = min([await timers[cand]() for _ in range(ROUNDS)])
+        # The shapes near the fastest again, in interleaved rounds: a clock or cache that drifted during the first
+        # pass weighs on all of them alike, so the pick between near-equals does not depend on when each was timed.
+        fastest = min(timings.values())
+        finalists = [c for c in timings if timings[c] <= fastest * (1 + FINALISTS)]
+        if len(finalists) > 1:
+            again = dict.fromkeys(finalists, float("inf"))
+            for _ in range(ROUNDS):
+                for cand in finalists:
+                    again[cand] = min(again[cand], await timers[cand]())
+            timings.update(again)
+            chosen[role] = pick(again, candidates)
+        else:
+            chosen[role] = finalists[0]
         report[role] = {c.label(): round(s * 1e6, 2) for c, s in timings.items()}
     return chosen, report
 
