@@ -77,6 +77,7 @@ async def bench_ours(
         tuning=tuning,
         tune=tune,
         context_window_size=max(lengths) + n_decode + 8,
+        prefill_chunk_size=knobs.prefill_chunk,
     )
     load_s = time.perf_counter() - t0
     if not greedy_partials:
@@ -91,6 +92,7 @@ async def bench_ours(
             "gemm": f"{engine.kern.gemm_variant}/{engine.kern.gemm_wg}",
             "attention_wg": engine.kern.attention_wg,
             "attention_splits": engine.kern.attention_splits,
+            "prefill_chunk": engine.graph.chunk,
         },
         "load_time_s": round(load_s, 3),
         "dispatches_per_decode_step": engine.dispatches_per_decode_step,

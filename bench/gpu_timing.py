@@ -77,6 +77,7 @@ async def main() -> None:
         tuning=tuning,
         tune=tune,
         context_window_size=max(args.context, args.prefill_pos + args.prefill) + 64,
+        prefill_chunk_size=args.prefill_chunk or (args.prefill or None),
     )
     g = eng.graph
     if args.greedy_partials == "off":

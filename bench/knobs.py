@@ -45,6 +45,12 @@ def add_kernel_args(ap: argparse.ArgumentParser) -> None:
         help="GEMM_RT with f16 tiles and per-block f16 sums in the f16 tier (RT_HALF): on, off (default)",
     )
     ap.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="tokens of one prefill step (load_engine's prefill_chunk_size; default graph.default_chunk: 256)",
+    )
+    ap.add_argument(
         "--checks",
         choices=["on", "off"],
         default=None,

@@ -50,7 +50,7 @@ from .kernels.registry import Kernels, Tier, default_tuning, is_cpu_adapter
 from .kernels.tuning import tune_gemv
 from .model.config import ModelConfig
 from .model.gguf import ByteSource, GGUFFile
-from .model.graph import Graph, check_kv_limit, default_chunk
+from .model.graph import Graph, check_kv_limit, prefill_chunk
 from .model.loader import load_weights
 from .model.memory import MemoryPlan, check_fits, plan_memory
 from .protocol import check_token_ids
@@ -588,6 +588,7 @@ async def load_engine(
     tuning: dict[str, object] | None = None,
     tune: bool | None = None,
     tuning_cache: str | None = None,
+    prefill_chunk_size: int | None = None,
 ) -> Engine:
     """Open ``gguf_path`` (a local file, a ByteSource such as the browser cache's, or a GGUFFile already open) and
     put the model on ``device`` (when None: a device of the host's adapter, requested with the buffer limits the
@@ -596,7 +597,9 @@ async def load_engine(
     ``tier`` and ``tuning`` (Kernels keywords such as ``gemv_wg``) override what the adapter would get. ``tune``:
     measure the decode kernel shape of each matrix at load (default: on GPUs, not on CPU adapters, not when
     ``tuning`` is given); results are kept in ``tuning_cache`` (default ~/.cache/webllm_py/tuning.json on the
-    desktop, nothing in the browser)."""
+    desktop, nothing in the browser). ``prefill_chunk_size``: tokens of one prefill step (WebLLM's ChatOptions key;
+    default graph.default_chunk, at most the context window); larger steps give the prefill GEMMs more workgroups
+    and take more activation memory."""
     t0 = time.perf_counter()
     model_id = record if isinstance(record, str) else record.model_id
     if not isinstance(record, str):
@@ -610,7 +613,10 @@ async def load_engine(
         n_ctx = context_window(cfg, context_window_size)
         caps = await _fit_caps(device)
         f16 = tier.f16 and caps.has_f16 if tier is not None else caps.has_f16
-        plan = plan_memory(gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id)
+        chunk = prefill_chunk(n_ctx, prefill_chunk_size)
+        plan = plan_memory(
+            gguf, cfg, context=n_ctx, f16=f16, caps=caps, model=model_id, prefill_chunk_size=chunk
+        )
         check_fits([plan], caps, adapter=device.info.summary() if device is not None else "")
         if device is None:
             from .host import open_device
@@ -629,7 +635,7 @@ async def load_engine(
         # GGUF -> features (cfg) -> GPU weights -> launches: each stage reads only what the one before made.
         check_kv_limit(cfg, kern, n_ctx)
         weights = await load_weights(gguf, cfg, kern, max_ctx=n_ctx, progress=progress)
-        graph = Graph(cfg, kern, weights, max_ctx=n_ctx, chunk=default_chunk(n_ctx))
+        graph = Graph(cfg, kern, weights, max_ctx=n_ctx, chunk=chunk)
         if tune if tune is not None else (tuning is None and not is_cpu_adapter(device)):
             if tuning_cache is None and sys.platform != "emscripten":
                 tuning_cache = os.path.join(os.path.expanduser("~"), ".cache", "webllm_py", "tuning.json")

@@ -107,3 +107,31 @@ def check_against_reference(tiny, kern, *, fuse_attention: bool):
 
     assert asyncio.run(run()) == tokens
     return engine
+
+
+def test_prefill_chunk_size_changes_the_steps_not_the_results(tmp_path, gpu_device):
+    """prefill_chunk_size (WebLLM's ChatOptions key) sets the tokens of one prefill step: a 40-token prompt in
+    chunks of 7 (six steps) gives the logits of the default single step; the memory plan's activations shrink with
+    the chunk; a size below 1 is a typed error naming the field, raised before anything is uploaded."""
+    from webllm_py.errors import InvalidRangeError
+    from webllm_py.kernels.registry import Tier
+    from webllm_py.model.graph import activation_bytes
+
+    path = build_tiny_llama(tmp_path / "tiny.gguf", seed=11)
+    prompt = [int(t) for t in np.random.default_rng(2).integers(3, 200, 40)]
+    results = {}
+    for chunk in (None, 7):
+        engine = asyncio.run(
+            load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), context_window_size=64,
+                        prefill_chunk_size=chunk, tuning={"gemv_wg": 32})  # fmt: skip
+        )
+        assert engine.graph.chunk == (64 if chunk is None else 7)
+        results[chunk] = stepper.greedy_steps(engine, prompt, 3)
+        asyncio.run(engine.unload())
+    (tokens, logits), (tokens7, logits7) = results[None], results[7]
+    assert tokens7 == tokens
+    np.testing.assert_allclose(np.array(logits7), np.array(logits), rtol=0, atol=1e-4)
+    cfg = engine.config
+    assert activation_bytes(cfg, 7, 2)["h"] == 7 * cfg.ffn_size * 4 < activation_bytes(cfg, 64, 2)["h"]
+    with pytest.raises(InvalidRangeError, match="prefill_chunk_size"):
+        asyncio.run(load_engine("tiny", str(path), device=gpu_device, prefill_chunk_size=0))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import DeviceLimitError
+from ..errors import DeviceLimitError, InvalidRangeError
 from ..gpu.device import Buffer, BufferUsage, Dispatch, Prepared
 from ..kernels import ops
 from ..kernels.registry import GemvConfig, Kernels
@@ -420,3 +420,13 @@ def activation_bytes(cfg: ModelConfig, chunk: int, attention_splits: int) -> dic
 
 def default_chunk(max_ctx: int) -> int:
     return min(256, max(32, 2 ** math.ceil(math.log2(max(1, min(max_ctx, 256))))))
+
+
+def prefill_chunk(max_ctx: int, requested: int | None = None) -> int:
+    """Tokens of one prefill step: ``requested`` (WebLLM's prefill_chunk_size; at most the context), else
+    default_chunk. InvalidRangeError for a size below 1."""
+    if requested is None:
+        return default_chunk(max_ctx)
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise InvalidRangeError("prefill_chunk_size", requested, "a whole number of tokens, at least 1")
+    return min(requested, max_ctx)

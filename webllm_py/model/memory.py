@@ -9,7 +9,7 @@ What a model needs (MemoryPlan):
   weights      every matrix as repacked (kernels/registry.py ``weight_nbytes`` of its GGUF type: Q4_K 4.625 bits a
                weight, Q6_K 6.5625, Q8_0 8.5), every vector (norms, biases) and RoPE table in f32;
   kv_cache     n_layers x 2 x n_kv_heads x head_dim x context_window_size x (2 bytes in the f16 tier, else 4);
-  activations  the graph's buffers for prefill chunks of ``default_chunk(context)`` tokens, the logits and the
+  activations  the graph's buffers for prefill chunks of ``prefill_chunk(context, ...)`` tokens, the logits and the
                sampler's buffers (graph.activation_bytes, ops.Sampler.buffer_bytes);
   staging      the repacker's staging buffer, held only while weights load (freed before the KV cache exists).
   peak = max(weights + staging, weights + kv_cache + activations).
@@ -46,7 +46,7 @@ from ..kernels import ops
 from ..kernels.registry import WEIGHT_FORMAT
 from .config import ModelConfig
 from .gguf import GGUFFile
-from .graph import activation_bytes, default_chunk, kv_cache_bytes
+from .graph import activation_bytes, kv_cache_bytes, prefill_chunk
 
 # WebGPU's default limits: a device never gets less than these, whatever it asks for.
 SPEC_BINDING_BYTES = 128 << 20
@@ -161,6 +161,7 @@ def plan_memory(
     caps: DeviceCaps,
     model: str = "",
     attention_splits: int = DEFAULT_ATTENTION_SPLITS,
+    prefill_chunk_size: int | None = None,
 ) -> MemoryPlan:
     """The memory plan of ``gguf`` (its header suffices: no tensor data is read) at ``context`` positions, on an
     adapter with ``caps`` (how products split depends on its bindings). ModelTooLargeError for a product that cannot
@@ -191,7 +192,7 @@ def plan_memory(
     weights += len({(lc.rope_base, lc.rope_scale) for lc in cfg.layers}) * cfg.rope_dims // 2 * 4
     kv = kv_cache_bytes(cfg, context, f16)
     bindings["a layer's KV cache"] = kv // cfg.n_layers
-    acts = activation_bytes(cfg, default_chunk(context), attention_splits)
+    acts = activation_bytes(cfg, prefill_chunk(context, prefill_chunk_size), attention_splits)
     bindings.update({f"activations {k}": v for k, v in acts.items()})
     return MemoryPlan(
         model=model or gguf.name,
