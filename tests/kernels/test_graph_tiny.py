@@ -122,8 +122,15 @@ def test_prefill_chunk_size_changes_the_steps_not_the_results(tmp_path, gpu_devi
     results = {}
     for chunk in (None, 7):
         engine = asyncio.run(
-            load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), context_window_size=64,
-                        prefill_chunk_size=chunk, tuning={"gemv_wg": 32})  # fmt: skip
+            load_engine(
+                "tiny",
+                str(path),
+                device=gpu_device,
+                tier=Tier(False, True),
+                context_window_size=64,
+                prefill_chunk_size=chunk,
+                tuning={"gemv_wg": 32},
+            )  # fmt: skip
         )
         assert engine.graph.chunk == (64 if chunk is None else 7)
         results[chunk] = stepper.greedy_steps(engine, prompt, 3)
