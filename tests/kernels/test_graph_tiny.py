@@ -82,6 +82,7 @@ def check_against_reference(tiny, kern, *, fuse_attention: bool):
             device=kern.device,
             tier=kern.tier,
             context_window_size=CONTEXT_WINDOW,
+            prefill_chunk_size=256,
             # The second prefill chunk (positions 256..299) sees >= 260 keys: flash attention; the first one not.
             tuning={
                 "gemv_wg": 32,

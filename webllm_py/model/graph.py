@@ -418,8 +418,18 @@ def activation_bytes(cfg: ModelConfig, chunk: int, attention_splits: int) -> dic
     }
 
 
+# Most tokens of one prefill step by default. On the H200 a 512-token prompt prefilled at 1,453 tok/s (8B Q4_0) and
+# 9,167 (1B) in one step against 1,386 and 4,852 in two of 256: a step's GEMMs get that many more workgroups (a
+# 2,048-row product of 256 tokens is 128 workgroups, fewer than the GPU's 132 multiprocessors). WebLLM's models use
+# 1,024 to 2,048.
+DEFAULT_PREFILL_CHUNK = 1024
+
+
 def default_chunk(max_ctx: int) -> int:
-    return min(256, max(32, 2 ** math.ceil(math.log2(max(1, min(max_ctx, 256))))))
+    """Tokens of one prefill step for a context of ``max_ctx``: the power of two that holds it, from 32 up to
+    DEFAULT_PREFILL_CHUNK."""
+    cap = DEFAULT_PREFILL_CHUNK
+    return min(cap, max(32, 2 ** math.ceil(math.log2(max(1, min(max_ctx, cap))))))
 
 
 def prefill_chunk(max_ctx: int, requested: int | None = None) -> int:
