@@ -43,6 +43,21 @@ for line in open('$KEEP/timing.jsonl'):
 print(min(best, key=best.get) if best else '')" 2>/dev/null
 }
 compact() { python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'; }
+# Wait for the llama.cpp build that setup started (up to 10 minutes); fail at once where none was started (a fresh
+# machine, or setup with NOBUILD) or it failed, instead of waiting out the limit.
+wait_llama() {
+  [ -f $LCP/build.log ] || { echo "no llama.cpp build on this machine: run 'bench/gpu.sh setup' without NOBUILD first"; return 1; }
+  for _ in $(seq 120); do
+    [ -f $LCP/done ] && return 0
+    pgrep -f "cmake --build $LCP/build" > /dev/null || pgrep -f "cmake -S $LCP/llama.cpp" > /dev/null || {
+      [ -f $LCP/done ] && return 0; echo "the llama.cpp build stopped without finishing:"; tail -5 $LCP/build.log; return 1; }
+    sleep 5
+  done
+  echo "the llama.cpp build did not finish in 10 minutes"; return 1
+}
+models_present() {  # NAME...: every model file there, else say which step makes them
+  for m in "$@"; do [ -f "$(file "$m")" ] || { echo "$(file "$m") is missing: run 'bench/gpu.sh models $m' first"; return 1; }; done
+}
 step=$1; shift
 case "$step" in
 setup)
@@ -102,7 +117,8 @@ tune)
   ;;
 peer)
   reps=$1; shift
-  for _ in $(seq 120); do [ -f $LCP/done ] && break; sleep 5; done
+  models_present "$@" || exit 1
+  wait_llama || exit 1
   tail -3 $LCP/build.log
   lib=$(dirname "$(find $LCP/build -name 'libllama.so' | head -1)")
   for m in "$@"; do
@@ -122,6 +138,7 @@ peer)
 ours)  # REPS NAME...: our engine alone, REPS processes per model, each tuning afresh (no cache: its picks are the
        # stability evidence), with the model's fastest prefill GEMM from the timing step
   reps=$1; shift
+  models_present "$@" || exit 1
   for m in "$@"; do
     gemm=$(fastest_gemm "$m")
     for i in $(seq "$reps"); do
@@ -137,7 +154,8 @@ ours)  # REPS NAME...: our engine alone, REPS processes per model, each tuning a
   ;;
 llama)  # REPS NAME...: llama.cpp CUDA alone (waits for its build), REPS processes per model
   reps=$1; shift
-  for _ in $(seq 120); do [ -f $LCP/done ] && break; sleep 5; done
+  models_present "$@" || exit 1
+  wait_llama || exit 1
   tail -2 $LCP/build.log
   lib=$(dirname "$(find $LCP/build -name 'libllama.so' | head -1)")
   for m in "$@"; do
