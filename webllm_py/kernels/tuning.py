@@ -61,14 +61,12 @@ Q8_CANDIDATES: tuple[GemvConfig, ...] = (
     GemvConfig("GEMV_MRQ", 128, 32, 2),
 )
 TIE = 0.03  # relative: shapes this close to the fastest are equally good
-FINALISTS = (
-    0.10  # relative: shapes this close to the fastest of a role's first pass are timed again, interleaved
-)
+FINALISTS = 0.10  # relative: shapes this close to a role's fastest are timed again, interleaved
 WARMUP_S = 0.2  # seconds of timed batches before the first measurement (the GPU clocks up from idle)
 ROUNDS = 5  # timed batches per candidate; the fastest counts
 TARGET_S = 2e-3  # a timed batch lasts about this long
 MAX_REPS = 64  # repeats of a role's per-layer launches in one batch
-CACHE_VERSION = 5  # part of the cache key: shapes measured by an older tuner are measured again
+CACHE_VERSION = 6  # part of the cache key: shapes measured by an older tuner are measured again
 
 
 def tuning_key(graph: Graph) -> str:
