@@ -747,7 +747,7 @@ export class WebWorkerMLCEngine {
   }
 
   /** Load a model, or several (a list of ids); progress goes to initProgressCallback. chatOpts (one object, or
-   *  one per id): {context_window_size?, chat_template?} and the model's sampling defaults {temperature?, top_p?,
+   *  one per id): {context_window_size?, prefill_chunk_size?, chat_template?} and the model's sampling defaults {temperature?, top_p?,
    *  presence_penalty?, frequency_penalty?, repetition_penalty?}, which a request's own values override. A reload
    *  aborted by unload() or a later reload() resolves with a console warning, as WebLLM's does. */
   async reload(modelId, chatOpts) {

@@ -57,7 +57,6 @@ IGNORED_OVERRIDE_KEYS = frozenset(
         "bos_token_id",
         "model_type",
         "model_config",
-        "prefill_chunk_size",
     }
 )
 MODEL_TYPES = {0: "LLM", 1: "embedding", 2: "VLM"}  # WebLLM's ModelType enum
@@ -118,6 +117,9 @@ class ModelRecord:
     sha256: str | None = None  # hex digest of what model_url serves (the archive when model_file is set)
     size: int | None = None  # bytes of what model_url serves; checked when given
     context_window_size: int | None = None  # tokens of KV cache; None => the GGUF's own context length
+    prefill_chunk_size: int | None = (
+        None  # tokens of one prefill step; None => graph.default_chunk (up to 1,024)
+    )
     chat_template: str | AnyTemplate | None = (
         None  # a template name, Jinja source or object; None => the GGUF's own
     )
@@ -146,7 +148,8 @@ class ModelRecord:
             value = getattr(self, name)
             if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
                 raise InvalidAppConfigError(f"{where}.{name}", value, allowed)
-        for name, low in (("size", 0), ("context_window_size", 1), ("approx_size", 0), ("context_length", 1)):
+        for name, low in (("size", 0), ("context_window_size", 1), ("prefill_chunk_size", 1), ("approx_size", 0),
+                          ("context_length", 1)):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not low <= value < 2**53:
                 raise InvalidAppConfigError(f"{where}.{name}", value, f"an integer in [{low}, 2^53) or None")
@@ -222,7 +225,7 @@ class ModelRecord:
     @classmethod
     def from_dict(cls, d: Any, where: str = "ModelRecord") -> ModelRecord:
         """A record from its JSON form (``app_config_to_dict``'s, or a WebLLM page's): WebLLM's ``model`` for
-        ``model_url``; ``overrides.context_window_size`` for ``context_window_size``; WebLLM's ChatOptions keys
+        ``model_url``; ``overrides.context_window_size`` / ``prefill_chunk_size`` for those fields; WebLLM's ChatOptions keys
         that mean nothing for a GGUF and unknown keys are logged and dropped."""
         if not isinstance(d, Mapping):
             raise InvalidAppConfigError(where, d, "a model record object")
@@ -241,8 +244,8 @@ class ModelRecord:
             raise InvalidAppConfigError(f"{where}.overrides", overrides, "an object of chat options")
         kept = {}
         for key, value in overrides.items():
-            if key == "context_window_size":
-                raw.setdefault("context_window_size", value)
+            if key in ("context_window_size", "prefill_chunk_size"):
+                raw.setdefault(key, value)
             elif key in OVERRIDE_KEYS:
                 kept[key] = value
             elif key in IGNORED_OVERRIDE_KEYS:
@@ -324,6 +327,7 @@ _RECORD_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
     ("sha256", (str, type(None)), "a hex digest or None"),
     ("size", (int, type(None)), "a size in bytes or None"),  # ranges: below
     ("context_window_size", (int, type(None)), "a number of tokens or None"),
+    ("prefill_chunk_size", (int, type(None)), "a number of tokens or None"),
     ("integrity", (ModelIntegrity, Mapping, type(None)), "an object {model, onFailure} or None"),
     ("approx_size", (int, type(None)), "a size in bytes or None"),
     ("context_length", (int, type(None)), "a number of tokens or None"),

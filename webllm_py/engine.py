@@ -491,13 +491,20 @@ def plan_model(
     model_id: str,
     context_window_size: int | None,
     f16: bool | None = None,
+    prefill_chunk_size: int | None = None,
 ) -> MemoryPlan:
     """The GPU memory ``gguf`` needs (its header suffices) at the context window load_engine would give it, on an
     adapter with ``caps``; ``f16``: the tier's KV cache type (default: the adapter's shader-f16)."""
     cfg = ModelConfig.from_gguf(gguf)
     n_ctx = context_window(cfg, context_window_size)
     return plan_memory(
-        gguf, cfg, context=n_ctx, f16=caps.has_f16 if f16 is None else f16, caps=caps, model=model_id
+        gguf,
+        cfg,
+        context=n_ctx,
+        f16=caps.has_f16 if f16 is None else f16,
+        caps=caps,
+        model=model_id,
+        prefill_chunk_size=prefill_chunk_size,
     )
 
 
@@ -524,7 +531,13 @@ async def preflight(
         known = [(r, h) for r, h in zip(records, headers, strict=True) if h is not None]
         if known:
             plans = [
-                plan_model(h, caps, model_id=r.model_id, context_window_size=r.context_window_size)
+                plan_model(
+                    h,
+                    caps,
+                    model_id=r.model_id,
+                    context_window_size=r.context_window_size,
+                    prefill_chunk_size=r.prefill_chunk_size,
+                )  # fmt: skip
                 for r, h in known
             ]
             adapter = device.info.summary() if device is not None else ""
@@ -604,6 +617,7 @@ async def load_engine(
     model_id = record if isinstance(record, str) else record.model_id
     if not isinstance(record, str):
         context_window_size = context_window_size or record.context_window_size
+        prefill_chunk_size = prefill_chunk_size or record.prefill_chunk_size
         chat_template = chat_template if chat_template is not None else record.chat_template
     gguf = await open_gguf(gguf_path)
     mark = device.buffer_mark() if isinstance(device, BufferLedger) else None

@@ -932,12 +932,15 @@ def check_text(value: Any, field: str, what: str = "a string") -> str:
 # WebLLM's ChatOptions (``reload(modelId, chatOpts)``) that we apply: how the model is loaded, and its sampling
 # defaults, which a request's own values override (they become the model record's ``overrides``).
 CHAT_OPTION_SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty")
-CHAT_OPTIONS = ("context_window_size", "chat_template", *CHAT_OPTION_SAMPLING)
+CHAT_OPTIONS = ("context_window_size", "prefill_chunk_size", "chat_template", *CHAT_OPTION_SAMPLING)
 
 
 @dataclass(frozen=True)
 class ChatOptions:
     context_window_size: int | None = None  # tokens; None => the record's, else the GGUF's
+    prefill_chunk_size: int | None = (
+        None  # tokens of one prefill step; None => the record's, else the default
+    )
     chat_template: Any = None  # a template name, template text or ChatTemplate; None => the record's
     sampling: Mapping[str, float] = field(default_factory=dict)  # {CHAT_OPTION_SAMPLING key: default value}
 
@@ -953,10 +956,11 @@ def check_chat_options(opts: Any, where: str = "chatOpts") -> ChatOptions:
         if key not in CHAT_OPTIONS:
             raise UnsupportedFieldError(f"{where}.{key}", opts[key], f"supported: {', '.join(CHAT_OPTIONS)}")
 
-    # 2. context_window_size: an int > 0.
-    size = opts.get("context_window_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_INT):
-        raise InvalidRangeError(f"{where}.context_window_size", size, f"an integer in [1, {MAX_INT}]")
+    # 2. context_window_size, prefill_chunk_size: ints > 0.
+    for key in ("context_window_size", "prefill_chunk_size"):
+        n = opts.get(key)
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_INT):
+            raise InvalidRangeError(f"{where}.{key}", n, f"an integer in [1, {MAX_INT}]")
     template = opts.get("chat_template")
     if isinstance(template, str):
         check_text(template, f"{where}.chat_template")
@@ -970,7 +974,8 @@ def check_chat_options(opts: Any, where: str = "chatOpts") -> ChatOptions:
     except InvalidFieldTypeError as e:
         raise InvalidFieldTypeError(f"{where}.{e.field}", e.value, e.expected) from None
     return ChatOptions(
-        context_window_size=size,
+        context_window_size=opts.get("context_window_size"),
+        prefill_chunk_size=opts.get("prefill_chunk_size"),
         chat_template=opts.get("chat_template"),
         sampling={k: getattr(config, k) for k in given},
     )

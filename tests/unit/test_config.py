@@ -143,7 +143,12 @@ def test_webllm_record_fields_are_accepted(caplog):
         "vram_required_MB": 879.04,
         "buffer_size_required_bytes": 262144000,
         "required_features": ["shader-f16"],
-        "overrides": {"context_window_size": 2048, "sliding_window_size": -1, "temperature": 0.6},
+        "overrides": {
+            "context_window_size": 2048,
+            "sliding_window_size": -1,
+            "temperature": 0.6,
+            "prefill_chunk_size": 512,
+        },
         "model_type": 0,
         "integrity": {
             "model": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
@@ -158,6 +163,7 @@ def test_webllm_record_fields_are_accepted(caplog):
         )
     record = config.get_record("m")
     assert record.model_url == webllm_record["model"] and record.context_window_size == 2048
+    assert record.prefill_chunk_size == 512  # a WebLLM ChatOptions key the engine honours
     assert record.overrides == {"temperature": 0.6} and record.required_features == ("shader-f16",)
     assert (
         record.low_resource_required
@@ -181,6 +187,7 @@ def test_webllm_record_fields_are_accepted(caplog):
         ({"model_id": "m", "model_url": "u", "integrity": {"model": "sha1-abc"}}, "integrity.model"),
         ({"model_id": "m", "model_url": "u", "integrity": {"onFailure": "ignore"}}, "integrity.onFailure"),
         ({"model_id": "m", "model_url": "u", "low_resource_required": 1}, "low_resource_required"),
+        ({"model_id": "m", "model_url": "u", "overrides": {"prefill_chunk_size": 0}}, "prefill_chunk_size"),
     ],
 )
 def test_malformed_records_name_the_field(record, field):

@@ -210,14 +210,16 @@ def test_chat_opts_load_options_per_model_and_keywords_win(world):
         engine = webllm_py.MLCEngine(app_config=world.config)
         await engine.reload(
             ["fake-model", "other-model"],
-            [{"context_window_size": 256, "temperature": 1.5}, {"chat_template": "chatml", "top_p": 0.5}],
-        )
+            [{"context_window_size": 256, "temperature": 1.5}, {"chat_template": "chatml", "top_p": 0.5,
+                                                                  "prefill_chunk_size": 64}],
+        )  # fmt: skip
         await engine.reload("other-model", {"context_window_size": 256}, context_window_size=512)
 
     run(go())
     fake, other, again = (e.record for e in world.loaded)
     assert (fake.context_window_size, dict(fake.overrides)) == (256, {"temperature": 1.5})
     assert (other.chat_template, dict(other.overrides)) == ("chatml", {"top_p": 0.5})
+    assert (fake.prefill_chunk_size, other.prefill_chunk_size) == (None, 64)
     assert again.context_window_size == 512
 
 
@@ -229,6 +231,8 @@ def test_chat_opts_load_options_per_model_and_keywords_win(world):
         ({"repetition_penalty": -1}, errors.InvalidRangeError, "chatOpts.repetition_penalty"),
         ({"presence_penalty": "high"}, errors.InvalidFieldTypeError, "chatOpts.presence_penalty"),
         ({"context_window_size": 0}, errors.InvalidRangeError, "chatOpts.context_window_size"),
+        ({"prefill_chunk_size": 0}, errors.InvalidRangeError, "chatOpts.prefill_chunk_size"),
+        ({"prefill_chunk_size": 1.5}, errors.InvalidRangeError, "chatOpts.prefill_chunk_size"),
         ({"sliding_window_size": 512}, errors.UnsupportedFieldError, "chatOpts.sliding_window_size"),
         ([{}, {}], errors.InvalidRangeError, "chatOpts"),
         ("hot", errors.InvalidFieldTypeError, "chatOpts"),

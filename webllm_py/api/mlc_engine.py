@@ -241,7 +241,8 @@ class MLCEngine:
         """Fetch (or find in the cache) ``model_id`` (one id, or a list of them), then unload every model and load
         those, one after another, each with its own KV cache.
 
-        ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``chat_template``, and the model's sampling
+        ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``prefill_chunk_size``, ``chat_template``,
+        and the model's sampling
         defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``),
         which a request's own values override. One dict for every model, or a list of one per id. The keyword
         arguments win over it."""
@@ -260,6 +261,7 @@ class MLCEngine:
                     context_window_size=_first(
                         context_window_size, opts.context_window_size, record.context_window_size
                     ),
+                    prefill_chunk_size=_first(opts.prefill_chunk_size, record.prefill_chunk_size),
                     overrides={**record.overrides, **opts.sampling},
                 )
             )

@@ -550,6 +550,7 @@ class ChatOptionsParam(TypedDict, total=False):
     own values override (checked by ``protocol.check_chat_options``)."""
 
     context_window_size: int
+    prefill_chunk_size: int  # tokens of one prefill step (default up to 1,024)
     chat_template: str  # a template name or template text; None => the GGUF's own
     temperature: float
     top_p: float
