@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-from bench.knobs import pass_timer  # noqa: E402
+from bench.knobs import pass_timer, probed_kernels  # noqa: E402
 from bench.synth_gguf import blocks as synth_blocks  # noqa: E402
 
 
@@ -58,17 +59,11 @@ async def main() -> None:
     from webllm_py.host.native import open_device
     from webllm_py.kernels import ops
     from webllm_py.kernels.params import pack_state
-    from webllm_py.kernels.probe import probe_subgroups
-    from webllm_py.kernels.registry import Kernels, Tier
     from webllm_py.kernels.tuning import GemvConfig
     from webllm_py.model.quant import GGMLType
 
     dev = await open_device(extra_features=("timestamp-query",))
-    tier = Tier.for_device(dev)
-    kern = Kernels(dev, tier)
-    probe = await probe_subgroups(kern) if tier.subgroups else None
-    if probe is not None and probe.ok:
-        kern.subgroup_min = probe.min_size
+    _, kern, _ = await probed_kernels(dev)
     rng = np.random.default_rng(0)
     gpu_seconds = pass_timer(dev, args.repeats)
     k = args.k
@@ -100,22 +95,18 @@ async def main() -> None:
                 variant, wg, seg, rt = label.split("/")
                 gemv = GemvConfig(variant, int(wg), int(seg), int(rt))
                 for epi in args.epis:
-                    launches = [
-                        ops.matmul_parts(
-                            kern, w=w, x=x, out=o, xq=xq, state=state, epi=epi, gemm=False, gemv=gemv
-                        )
-                        for w, o in zip(weights * args.dispatches, outs, strict=False)
-                    ]
-                    dev.submit([launches[0][0].dispatch(1)])  # the planes, once
-                    gemvs = [launch[-1].dispatch(1) for launch in launches]
+                    # (quantize_x, the GEMV) of a weight w into an output buffer out
+                    launches = partial(
+                        ops.matmul_parts, kern, x=x, xq=xq, state=state, epi=epi, gemm=False, gemv=gemv
+                    )
+                    dev.submit([launches(w=w0, out=outs[0])[0].dispatch(1)])  # the planes, once
                     for chain in args.chains:
-                        if chain == "dependent":  # one output buffer: a barrier between dispatches
-                            same = [launch[-1] for launch in (
-                                ops.matmul_parts(kern, w=w, x=x, out=outs[0], xq=xq, state=state, epi=epi, gemm=False, gemv=gemv)
-                                for w in weights)]  # fmt: skip
-                            seq = [same[i % copies].dispatch(1) for i in range(args.dispatches)]
-                        else:
-                            seq = gemvs
+                        # dependent: one output buffer (a barrier between dispatches); independent: one each
+                        targets = [outs[0]] * args.dispatches if chain == "dependent" else outs
+                        seq = [
+                            launches(w=weights[i % copies], out=o)[-1].dispatch(1)
+                            for i, o in enumerate(targets)
+                        ]
                         sec = gpu_seconds(seq)
                         row = {
                             "format": fmt,

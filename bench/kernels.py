@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-from bench.knobs import pass_timer  # noqa: E402
+from bench.knobs import pass_timer, probed_kernels  # noqa: E402
 from bench.synth_gguf import blocks as synth_blocks  # noqa: E402
 
 # shape: hidden, q rows, kv rows, ffn, vocab
@@ -131,8 +131,7 @@ async def main() -> None:
     from webllm_py.kernels import ops
     from webllm_py.kernels.ops import default_out_stride
     from webllm_py.kernels.params import pack_state
-    from webllm_py.kernels.probe import probe_subgroups
-    from webllm_py.kernels.registry import Q8_FORMATS, Kernels, Tier
+    from webllm_py.kernels.registry import Q8_FORMATS
     from webllm_py.kernels.tuning import CANDIDATES, Q8_CANDIDATES, pick
     from webllm_py.model.quant import GGMLType
 
@@ -140,11 +139,7 @@ async def main() -> None:
         extra_features=("timestamp-query",),
         trusted_shaders=None if args.checks is None else args.checks == "off",
     )
-    tier = Tier.for_device(dev)
-    kern = Kernels(dev, tier)
-    probe = await probe_subgroups(kern) if tier.subgroups else None
-    if probe is not None and probe.ok:
-        kern.subgroup_min = probe.min_size
+    tier, kern, probe = await probed_kernels(dev)
     rng = np.random.default_rng(0)
     gpu_seconds = pass_timer(dev, args.repeats)
 

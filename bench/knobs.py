@@ -96,6 +96,20 @@ def kernel_tuning(args: argparse.Namespace, device) -> tuple[dict | None, bool |
     return ({**default_tuning(device), **given} if given else None), tune
 
 
+async def probed_kernels(dev):
+    """(tier, Kernels, subgroup probe or None) for ``dev``, as the engine sets them up: the adapter's best tier, and
+    GEMV_MR segments that sum by shuffles up to the smallest subgroup size the start-up probe measured."""
+    from webllm_py.kernels.probe import probe_subgroups
+    from webllm_py.kernels.registry import Kernels, Tier
+
+    tier = Tier.for_device(dev)
+    kern = Kernels(dev, tier)
+    probe = await probe_subgroups(kern) if tier.subgroups else None
+    if probe is not None and probe.ok:
+        kern.subgroup_min = probe.min_size
+    return tier, kern, probe
+
+
 def pass_timer(dev, repeats: int):
     """``seconds(dispatches)``: the fastest of ``repeats`` compute passes over ``dispatches`` ((pipeline, bind group,
     x, y, z) tuples; one more pass first warms up), by the pass's own GPU timestamps (the native host's
