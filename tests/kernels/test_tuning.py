@@ -123,14 +123,17 @@ def test_pick_prefers_the_first_of_near_ties():
     assert tuning.pick({b: 1.0, c: 0.5}, order) == c
 
 
+def _q4_engine(tmp_path, gpu_device):
+    """A tiny Q4_0 model loaded untuned in the f32-subgroups tier, for measure() with a fake GPU timer."""
+    path = build_tiny_llama(tmp_path / "q4.gguf", seed=3, weight_type=GGMLType.Q4_0)
+    return asyncio.run(load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), tune=False))
+
+
 def test_timing_by_gpu_timestamps_counts_products_not_dispatches(tmp_path, gpu_device, monkeypatch):
     """Tuning times each candidate by the host's GPU timestamps (pass_seconds) when it has them, per product: a
     GEMV_MRQ candidate is two launches a layer (quantize_x, then the product), so a timer that charges every launch
     alike makes it twice a GEMV_MR's time, and GEMV_MR wins. Without timestamps (the browser) the clock decides."""
-    path = build_tiny_llama(tmp_path / "q4.gguf", seed=3, weight_type=GGMLType.Q4_0)
-    engine = asyncio.run(
-        load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), tune=False)
-    )
+    engine = _q4_engine(tmp_path, gpu_device)
     mr, mrq = GemvConfig("GEMV_MR", 32, 8, 2), GemvConfig("GEMV_MRQ", 32, 8, 2)
     monkeypatch.setattr(tuning, "MAX_REPS", 2)
     monkeypatch.setattr(tuning, "ROUNDS", 1)
@@ -160,10 +163,7 @@ def test_near_equal_shapes_are_timed_again_interleaved(tmp_path, gpu_device, mon
     between near-equal shapes: those within FINALISTS of the fastest are timed again in interleaved rounds, where two
     equally fast shapes tie and the first in the preference order wins. Without the second rounds the later shape
     would win by the drift alone (8 % > TIE)."""
-    path = build_tiny_llama(tmp_path / "q4.gguf", seed=3, weight_type=GGMLType.Q4_0)
-    engine = asyncio.run(
-        load_engine("tiny", str(path), device=gpu_device, tier=Tier(False, True), tune=False)
-    )
+    engine = _q4_engine(tmp_path, gpu_device)
     a, b = GemvConfig("GEMV_MR", 32, 8, 2), GemvConfig("GEMV_MR", 64, 8, 2)
     monkeypatch.setattr(tuning, "MAX_REPS", 1)
     monkeypatch.setattr(tuning, "ROUNDS", 2)
