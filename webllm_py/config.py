@@ -117,9 +117,8 @@ class ModelRecord:
     sha256: str | None = None  # hex digest of what model_url serves (the archive when model_file is set)
     size: int | None = None  # bytes of what model_url serves; checked when given
     context_window_size: int | None = None  # tokens of KV cache; None => the GGUF's own context length
-    prefill_chunk_size: int | None = (
-        None  # tokens of one prefill step; None => graph.default_chunk (up to 1,024)
-    )
+    # tokens of one prefill step; None => graph.default_chunk (up to 1,024)
+    prefill_chunk_size: int | None = None
     chat_template: str | AnyTemplate | None = (
         None  # a template name, Jinja source or object; None => the GGUF's own
     )
@@ -225,8 +224,8 @@ class ModelRecord:
     @classmethod
     def from_dict(cls, d: Any, where: str = "ModelRecord") -> ModelRecord:
         """A record from its JSON form (``app_config_to_dict``'s, or a WebLLM page's): WebLLM's ``model`` for
-        ``model_url``; ``overrides.context_window_size`` / ``prefill_chunk_size`` for those fields; WebLLM's ChatOptions keys
-        that mean nothing for a GGUF and unknown keys are logged and dropped."""
+        ``model_url``; ``overrides.context_window_size`` / ``prefill_chunk_size`` for those fields; WebLLM's
+        ChatOptions keys that mean nothing for a GGUF and unknown keys are logged and dropped."""
         if not isinstance(d, Mapping):
             raise InvalidAppConfigError(where, d, "a model record object")
         raw = dict(d)

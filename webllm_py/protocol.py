@@ -938,9 +938,8 @@ CHAT_OPTIONS = ("context_window_size", "prefill_chunk_size", "chat_template", *C
 @dataclass(frozen=True)
 class ChatOptions:
     context_window_size: int | None = None  # tokens; None => the record's, else the GGUF's
-    prefill_chunk_size: int | None = (
-        None  # tokens of one prefill step; None => the record's, else the default
-    )
+    # tokens of one prefill step; None => the record's, else the default
+    prefill_chunk_size: int | None = None
     chat_template: Any = None  # a template name, template text or ChatTemplate; None => the record's
     sampling: Mapping[str, float] = field(default_factory=dict)  # {CHAT_OPTION_SAMPLING key: default value}
 

@@ -242,10 +242,9 @@ class MLCEngine:
         those, one after another, each with its own KV cache.
 
         ``chat_opts`` is WebLLM's ``chatOpts``: ``context_window_size``, ``prefill_chunk_size``, ``chat_template``,
-        and the model's sampling
-        defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``),
-        which a request's own values override. One dict for every model, or a list of one per id. The keyword
-        arguments win over it."""
+        and the model's sampling defaults (``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``,
+        ``repetition_penalty``), which a request's own values override. One dict for every model, or a list of one
+        per id. The keyword arguments win over it."""
         ids = [model_id] if isinstance(model_id, str) else list(model_id)
         if not ids or not all(isinstance(i, str) for i in ids):
             raise InvalidFieldTypeError("model_id", model_id, "a model id or a non-empty list of them")

@@ -176,9 +176,8 @@ async def measure(
             timers[cand] = await batch_timer(
                 [d for i in layers for d in launches(role, i, cand)], len(layers)
             )
-            if (
-                not warm
-            ):  # the GPU idles at a low clock: work until it is up, so the first shapes are not slowed
+            # The GPU idles at a low clock: work until it is up, so the first shapes timed are not slowed.
+            if not warm:
                 t_end = time.perf_counter() + WARMUP_S
                 while time.perf_counter() < t_end:
                     await timers[cand]()
