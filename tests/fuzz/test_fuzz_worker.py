@@ -15,6 +15,7 @@ from tests.unit.test_sw_handler import Clients
 from tests.unit.test_worker_handler import FakeHost, Worker, world  # noqa: F401 - world is a fixture
 from webllm_py import errors
 from webllm_py.errors import _show
+from webllm_py.protocol import CHAT_OPTIONS
 from webllm_py.worker.messages import REQUEST_KINDS
 
 from .harness import JSON_HOSTILE, hostile, nested, tally
@@ -23,7 +24,7 @@ CASES = 400
 USER = [{"role": "user", "content": "Hi"}]
 # A plausible content per kind, which the fuzz then damages.
 PLAUSIBLE = {
-    "reload": {"modelId": ["fake-model"], "chatOpts": {"temperature": 0.5}},
+    "reload": {"modelId": ["fake-model"], "chatOpts": {"temperature": 0.5, "prefill_chunk_size": 64}},
     "chatCompletionNonStreaming": {"request": {"messages": USER, "max_tokens": 2}, "modelId": ["fake-model"]},
     "chatCompletionStreamInit": {"request": {"messages": USER}, "selectedModelId": "fake-model"},
     "completionNonStreaming": {"request": {"prompt": "Once"}},
@@ -59,6 +60,12 @@ def damage(rng: random.Random, value):
         request = dict(out["request"])
         request[rng.choice(["messages", "prompt", "stream", "max_tokens", "stop", "x"])] = hostile(rng, True)
         out["request"] = request
+    elif key == "chatOpts" and isinstance(out.get("chatOpts"), dict) and rng.random() < 0.6:
+        opts = dict(
+            out["chatOpts"]
+        )  # one chat option (or an unknown one) hostile: a typed error, never a hang
+        opts[rng.choice([*CHAT_OPTIONS, "x"])] = hostile(rng, True)
+        out["chatOpts"] = opts
     else:
         out[key] = hostile(rng, json_only=True)
     return out
